@@ -185,7 +185,7 @@ void CheckPair(const OpContext& op, const TensorInput& a, const TensorInput& b) 
   }
 }
 
-void CheckMask(const OpContext& op, const TensorInput& mask, int batch, int64_t total_len) {
+void CheckMaskShape(const OpContext& op, const TensorInput& mask, int batch, int64_t total_len) {
   if (!mask.present) return;
   CheckType(op, mask, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
   const std::vector<int64_t> want{batch, total_len};
@@ -193,6 +193,11 @@ void CheckMask(const OpContext& op, const TensorInput& mask, int batch, int64_t 
     op.Fail("input 'attention_mask' must be [B, total length] = " + ShapeString(want) + ", got " +
             ShapeString(mask.shape));
   }
+}
+
+void CheckMaskValues(const OpContext& op, const TensorInput& mask) {
+  if (!mask.present) return;
+  const int64_t total_len = mask.Dim(1);
   const int64_t* m = mask.Data<int64_t>();
   for (int64_t i = 0; i < mask.Elements(); ++i) {
     if (m[i] != 0 && m[i] != 1) {

@@ -70,8 +70,10 @@ int64_t CheckCache(const OpContext& op, const TensorInput& cache, int batch, int
 // Checks that `a` and `b` are both given or both absent.
 void CheckPair(const OpContext& op, const TensorInput& a, const TensorInput& b);
 
-// Checks an int64 [B, T] mask of 0/1 values.
-void CheckMask(const OpContext& op, const TensorInput& mask, int batch, int64_t total_len);
+// Checks the shape and type of an int64 [B, T] mask (no data access: valid for device tensors).
+void CheckMaskShape(const OpContext& op, const TensorInput& mask, int batch, int64_t total_len);
+// Checks that a host-resident mask holds only 0 and 1.
+void CheckMaskValues(const OpContext& op, const TensorInput& mask);
 
 // Resolves the scale attribute (0 = 1/sqrt(D)).
 float ResolveScale(float scale, int head_dim);

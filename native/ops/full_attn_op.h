@@ -11,6 +11,41 @@ namespace ops {
 
 constexpr const char* kFullAttnName = "HySparseFullAttn";
 
+// Input and output positions (docs/ops.md).
+enum FullAttnInput : size_t { kFullQuery, kFullKey, kFullValue, kFullPastKey, kFullPastValue, kFullMask };
+enum FullAttnOutput : size_t {
+  kFullOutput, kFullPresentKey, kFullPresentValue, kFullIndices, kFullScores, kFullSelectedKey, kFullSelectedValue
+};
+
+// The node's inputs, read from the kernel context.
+struct FullAttnInputs {
+  TensorInput query, key, value, past_key, past_value, mask;
+  explicit FullAttnInputs(const Ort::KernelContext& ctx);
+};
+
+// Sizes of one call, after every shape/type rule of docs/ops.md has been checked. Reads no tensor
+// data, so the CPU and CUDA glue share it.
+struct FullAttnShape {
+  QkvShape qkv;
+  int64_t past_len = 0;
+  int64_t total_len = 0;
+};
+FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
+                                  ONNXTensorElementDataType type);
+
+// The kernel arguments with every output allocated (host or device pointers alike, whatever memory
+// ORT hands out). present_key/value are allocated but not yet filled with past ++ new: the backend
+// does that copy (memcpy on CPU, a stream-ordered kernel on CUDA).
+template <typename T>
+struct FullAttnBinding {
+  FullAttnArgs<T> args;
+  T* present_key = nullptr;
+  T* present_value = nullptr;
+};
+template <typename T>
+FullAttnBinding<T> BindFullAttn(Ort::KernelContext& ctx, const HeadAttributes& heads, int top_k,
+                                const FullAttnInputs& in, const FullAttnShape& shape);
+
 template <typename T>
 class FullAttnKernel {
  public:

@@ -11,6 +11,52 @@ namespace ops {
 
 constexpr const char* kSparseAttnName = "HySparseSparseAttn";
 
+// Input and output positions (docs/ops.md).
+enum SparseAttnInput : size_t {
+  kSparseQuery, kSparseKey, kSparseValue, kSparsePastKey, kSparsePastValue, kSparseSharedKey, kSparseSharedValue,
+  kSparseBlockIndices, kSparseMask, kSparseGate, kSparseSinks, kSparseSelectedKey, kSparseSelectedValue
+};
+enum SparseAttnOutput : size_t { kSparseOutput, kSparsePresentKey, kSparsePresentValue };
+
+struct SparseAttnAttributes {
+  HeadAttributes heads;
+  int window = 128;
+  Combine combine = Combine::kUnion;
+  bool window_cache = false;
+};
+SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op);
+
+// The node's inputs, read from the kernel context.
+struct SparseAttnInputs {
+  TensorInput query, key, value, past_key, past_value, shared_key, shared_value, block_indices, mask, gate, sinks,
+      selected_key, selected_value;
+  explicit SparseAttnInputs(const Ort::KernelContext& ctx);
+};
+
+// Where the SA branch reads the selected blocks (docs/ops.md "Where the SA branch reads").
+enum class SaSource { kSelected, kShared, kOwn };
+
+// Sizes of one call after every shape/type rule has been checked; reads no tensor data, so the CPU
+// and CUDA glue share it. The values of the mask and the block indices are checked separately.
+struct SparseAttnShape {
+  QkvShape qkv;
+  int64_t total_len = 0;    // T
+  int64_t own_past = 0;     // length of past_key
+  int64_t own_len = 0;      // own_past + S: the own buffer the kernel reads
+  int64_t present_len = 0;  // own_len, or min(window, own_len) with a window cache
+  int64_t top_k = 0;        // last dimension of block_indices
+  int64_t num_blocks = 0;   // ceil(T / block_size)
+  bool gate_per_channel = false;
+  SaSource sa_source = SaSource::kOwn;
+};
+SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs,
+                                      const SparseAttnInputs& in, ONNXTensorElementDataType type);
+
+// Kernel arguments for one call; own_key/own_value hold past ++ new (own_len rows per head).
+template <typename T>
+SparseAttnArgs<T> MakeSparseAttnArgs(const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
+                                     const SparseAttnShape& shape, const T* own_key, const T* own_value, T* output);
+
 template <typename T>
 class SparseAttnKernel {
  public:
@@ -21,10 +67,7 @@ class SparseAttnKernel {
   void Compute(Ort::KernelContext& ctx) const;
 
   OpContext op_;
-  HeadAttributes heads_;
-  int window_ = 128;
-  Combine combine_ = Combine::kUnion;
-  bool window_cache_ = false;
+  SparseAttnAttributes attrs_;
 };
 
 template <typename T>
