@@ -93,6 +93,12 @@ HYSPARSE_AVX2 inline float HorizontalMax(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// {Σa, Σb, Σc, Σd}: the lanes of each input summed pairwise, ((0+1)+(2+3)) + ((4+5)+(6+7)).
+HYSPARSE_AVX2 inline __m128 SumEach(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 pairs = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
+}
+
 // exp(x) for x <= 88.37 (Cephes-style: x = n·ln2 + r, |r| <= ln2/2, degree-7 polynomial for e^r,
 // about 1 ulp). Inputs below -87.3 (including -inf) give exactly 0: that flushes results in the
 // float32 subnormal range, far below anything a softmax weight can resolve.
@@ -123,22 +129,34 @@ template <int MR, int NR>
 HYSPARSE_AVX2 inline void DotBlock(const float* q, int64_t ld_q, const float* k, int64_t ld_k,
                                    int dim, float* scores, int64_t ld_scores) {
   __m256 acc[MR][NR];
+  _Pragma("GCC unroll 8")
   for (int m = 0; m < MR; ++m)
+    _Pragma("GCC unroll 8")
     for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_setzero_ps();
   int d = 0;
   for (; d + 8 <= dim; d += 8) {
     __m256 kv[NR];
+    _Pragma("GCC unroll 8")
     for (int n = 0; n < NR; ++n) kv[n] = _mm256_loadu_ps(k + n * ld_k + d);
+    _Pragma("GCC unroll 8")
     for (int m = 0; m < MR; ++m) {
       const __m256 qv = _mm256_loadu_ps(q + m * ld_q + d);
+      _Pragma("GCC unroll 8")
       for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_fmadd_ps(qv, kv[n], acc[m][n]);
     }
   }
+  _Pragma("GCC unroll 8")
   for (int m = 0; m < MR; ++m) {
+    // The same addition tree for every accumulator, whatever NR and its slot: a (q, k) pair gives
+    // the same bits wherever it lands in a block.
+    alignas(16) float sums[4];
+    _mm_store_ps(sums, SumEach(acc[m][0], acc[m][NR > 1 ? 1 : 0], acc[m][NR > 2 ? 2 : 0],
+                               acc[m][NR > 2 ? 2 : 0]));
+    _Pragma("GCC unroll 8")
     for (int n = 0; n < NR; ++n) {
       float tail = 0.f;
       for (int t = d; t < dim; ++t) tail += q[m * ld_q + t] * k[n * ld_k + t];
-      scores[m * ld_scores + n] = HorizontalSum(acc[m][n]) + tail;
+      scores[m * ld_scores + n] = sums[n] + tail;
     }
   }
 }
@@ -181,20 +199,27 @@ HYSPARSE_AVX2 inline void PvBlock(const float* p, int64_t ld_p, const float* res
                                   const float* v, int64_t ld_v, int num_keys, float* acc,
                                   int64_t ld_acc) {
   __m256 out[MR][NV];
+  _Pragma("GCC unroll 8")
   for (int m = 0; m < MR; ++m) {
     const __m256 factor = _mm256_set1_ps(rescale[m]);
+    _Pragma("GCC unroll 8")
     for (int n = 0; n < NV; ++n)
       out[m][n] = _mm256_mul_ps(_mm256_loadu_ps(acc + m * ld_acc + 8 * n), factor);
   }
   for (int j = 0; j < num_keys; ++j) {
     __m256 vv[NV];
+    _Pragma("GCC unroll 8")
     for (int n = 0; n < NV; ++n) vv[n] = _mm256_loadu_ps(v + j * ld_v + 8 * n);
+    _Pragma("GCC unroll 8")
     for (int m = 0; m < MR; ++m) {
       const __m256 weight = _mm256_broadcast_ss(p + m * ld_p + j);
+      _Pragma("GCC unroll 8")
       for (int n = 0; n < NV; ++n) out[m][n] = _mm256_fmadd_ps(weight, vv[n], out[m][n]);
     }
   }
+  _Pragma("GCC unroll 8")
   for (int m = 0; m < MR; ++m)
+    _Pragma("GCC unroll 8")
     for (int n = 0; n < NV; ++n) _mm256_storeu_ps(acc + m * ld_acc + 8 * n, out[m][n]);
 }
 
@@ -203,12 +228,17 @@ HYSPARSE_AVX2 inline void PvRowBlock(const float* p, int64_t ld_p, const float* 
                                      const float* v, int64_t ld_v, int num_keys, int dim,
                                      float* acc, int64_t ld_acc) {
   const int vectors = dim / 8;
+  // Blocks of 3 vectors, ending in 2 + 2 rather than 3 + 1 where possible: a lone vector leaves
+  // only MR independent FMA chains, too few to cover the FMA latency.
+  const int triples = vectors % 3 == 1 && vectors >= 4 ? vectors / 3 - 1 : vectors / 3;
   int n = 0;
-  for (; n + 3 <= vectors; n += 3)
+  for (; n < 3 * triples; n += 3)
     PvBlock<MR, 3>(p, ld_p, rescale, v + 8 * n, ld_v, num_keys, acc + 8 * n, ld_acc);
-  if (vectors - n == 2) PvBlock<MR, 2>(p, ld_p, rescale, v + 8 * n, ld_v, num_keys, acc + 8 * n, ld_acc);
-  if (vectors - n == 1) PvBlock<MR, 1>(p, ld_p, rescale, v + 8 * n, ld_v, num_keys, acc + 8 * n, ld_acc);
+  for (; n + 2 <= vectors; n += 2)
+    PvBlock<MR, 2>(p, ld_p, rescale, v + 8 * n, ld_v, num_keys, acc + 8 * n, ld_acc);
+  if (n < vectors) PvBlock<MR, 1>(p, ld_p, rescale, v + 8 * n, ld_v, num_keys, acc + 8 * n, ld_acc);
   // Columns past the last full vector (odd head sizes).
+  _Pragma("GCC unroll 8")
   for (int m = 0; m < MR; ++m) {
     float* acc_row = acc + m * ld_acc;
     for (int d = vectors * 8; d < dim; ++d) {
