@@ -100,13 +100,15 @@ class GroupKernel {
       InitState(primary_, 0);
       // Each position once: selected blocks contribute only their positions before the window,
       // the window (read from the own cache) covers the rest.
+      runs_.clear();
       for (int k = 0; k < a_.top_k && row[k] >= 0; ++k) {
         const int64_t lo = static_cast<int64_t>(row[k]) * a_.block_size;
         if (lo >= window_lo) break;  // ascending rows: every later block is inside the window too
         const int64_t hi = std::min(lo + a_.block_size, window_lo);
-        VisitSelected(s, k, lo, hi - lo, primary_);
+        AddSelectedRun(s, k, lo, hi - lo, &primary_);
       }
-      VisitWindow(window_lo, t + 1 - window_lo, primary_);
+      AddWindowRun(window_lo, t + 1 - window_lo, &primary_);
+      VisitRuns();
       for (int i = 0; i < group_size_; ++i) {
         const float* acc = primary_.acc + static_cast<size_t>(i) * dim_;
         const float inv = primary_.sum[i] > 0.f ? 1.f / primary_.sum[i] : 0.f;
@@ -118,13 +120,15 @@ class GroupKernel {
 
     InitState(primary_, 0);    // SA branch
     InitState(secondary_, 1);  // SWA branch
+    runs_.clear();
     for (int k = 0; k < a_.top_k && row[k] >= 0; ++k) {
       const int64_t lo = static_cast<int64_t>(row[k]) * a_.block_size;
       if (lo > t) break;  // blocks wholly in the future hold no valid key
       const int64_t hi = std::min(lo + a_.block_size, t + 1);
-      VisitSelected(s, k, lo, hi - lo, primary_);
+      AddSelectedRun(s, k, lo, hi - lo, &primary_);
     }
-    VisitWindow(window_lo, t + 1 - window_lo, secondary_);
+    AddWindowRun(window_lo, t + 1 - window_lo, &secondary_);
+    VisitRuns();
     for (int i = 0; i < group_size_; ++i) {
       LoadGateWeights(s, first_head_ + i);
       const float* acc_sa = primary_.acc + static_cast<size_t>(i) * dim_;
@@ -190,8 +194,8 @@ class GroupKernel {
     }
   }
 
-  // Positions [lo, lo + count) of the k-th selected block of token s, from the SA source.
-  void VisitSelected(int64_t s, int k, int64_t lo, int64_t count, SoftmaxState& st) {
+  // Queues positions [lo, lo + count) of the k-th selected block of token s, from the SA source.
+  void AddSelectedRun(int64_t s, int k, int64_t lo, int64_t count, SoftmaxState* st) {
     if (count <= 0) return;
     int64_t row;
     const T* keys;
@@ -207,14 +211,49 @@ class GroupKernel {
       keys = a_.sa_key;
       values = a_.sa_value;
     }
-    VisitRun(keys + row * dim_, values + row * dim_, lo, count, st);
+    runs_.push_back({keys + row * dim_, values + row * dim_, lo, count, st});
   }
 
-  // Window positions [lo, lo + count), from the own cache (slot = position - own_start).
-  void VisitWindow(int64_t lo, int64_t count, SoftmaxState& st) {
+  // Queues window positions [lo, lo + count), from the own cache (slot = position - own_start).
+  void AddWindowRun(int64_t lo, int64_t count, SoftmaxState* st) {
     if (count <= 0) return;
     const int64_t row = bg_ * a_.own_capacity + (lo - a_.own_start);
-    VisitRun(a_.own_key + row * dim_, a_.own_value + row * dim_, lo, count, st);
+    runs_.push_back({a_.own_key + row * dim_, a_.own_value + row * dim_, lo, count, st});
+  }
+
+  // Asks for the rows of the chunk after the current one (possibly in the next run) to be brought
+  // into L2 while the current chunk is computed: selected blocks are scattered over a cache far
+  // larger than the LLC, so in decode the kernel would otherwise wait on memory at every block.
+  void PrefetchChunk(size_t run, int64_t c0) const {
+#if defined(__GNUC__)
+    if (c0 >= runs_[run].count) {
+      if (++run == runs_.size()) return;
+      c0 = 0;
+    }
+    const KeyRun& r = runs_[run];
+    const int64_t n = std::min<int64_t>(kChunk, r.count - c0);
+    const char* k = reinterpret_cast<const char*>(r.keys + c0 * dim_);
+    const char* v = reinterpret_cast<const char*>(r.values + c0 * dim_);
+    const int64_t bytes = n * dim_ * static_cast<int64_t>(sizeof(T));
+    for (int64_t off = 0; off < bytes; off += 64) {
+      __builtin_prefetch(k + off, 0, 2);
+      __builtin_prefetch(v + off, 0, 2);
+    }
+#else
+    (void)run;
+    (void)c0;
+#endif
+  }
+
+  void VisitRuns() {
+    for (size_t r = 0; r < runs_.size(); ++r) {
+      const KeyRun& run = runs_[r];
+      for (int64_t c0 = 0; c0 < run.count; c0 += kChunk) {
+        PrefetchChunk(r, c0 + kChunk);
+        VisitChunk(run.keys + c0 * dim_, run.values + c0 * dim_, run.first + c0,
+                   static_cast<int>(std::min<int64_t>(kChunk, run.count - c0)), *run.state);
+      }
+    }
   }
 
   const float* AsFloatRows(const float* rows, size_t, float*) const { return rows; }
@@ -223,47 +262,45 @@ class GroupKernel {
     return buffer;
   }
 
-  // Online softmax over `count` consecutive key/value rows holding positions [first, first+count).
-  void VisitRun(const T* keys, const T* values, int64_t first, int64_t count, SoftmaxState& st) {
-    for (int64_t c0 = 0; c0 < count; c0 += kChunk) {
-      const int n = static_cast<int>(std::min<int64_t>(kChunk, count - c0));
-      int masked = 0;
-      if (mask_) {
-        for (int j = 0; j < n; ++j) masked += mask_[first + c0 + j] != 1;
-        if (masked == n) continue;  // no valid key in this chunk: skip its loads entirely
-      }
-      const size_t elems = static_cast<size_t>(n) * dim_;
-      const float* k = AsFloatRows(keys + c0 * dim_, elems, key_rows_);
-      ops_.score_tile(query_, group_size_, k, n, dim_, scores_, kChunk);
-      if (masked) {
-        for (int j = 0; j < n; ++j) {
-          if (mask_[first + c0 + j] == 1) continue;
-          for (int i = 0; i < group_size_; ++i) scores_[static_cast<size_t>(i) * kChunk + j] = kNegInf;
-        }
-      }
-      for (int i = 0; i < group_size_; ++i) {
-        float* p = scores_ + static_cast<size_t>(i) * kChunk;
-        float chunk_max = kNegInf;
-        for (int j = 0; j < n; ++j) chunk_max = std::max(chunk_max, p[j]);
-        const float new_max = std::max(st.max[i], chunk_max);
-        if (new_max == kNegInf) {  // only -inf logits so far (overflowing inputs): nothing to add
-          std::fill(p, p + n, 0.f);
-          continue;
-        }
-        const float sum = ops_.exp_shift_sum(p, n, new_max);
-        if (new_max != st.max[i]) {
-          // exp(-inf) = 0 for the first keys, and acc/sum are still 0 then.
-          const float alpha = std::exp(st.max[i] - new_max);
-          float* acc = st.acc + static_cast<size_t>(i) * dim_;
-          for (int d = 0; d < dim_; ++d) acc[d] *= alpha;
-          st.sum[i] *= alpha;
-          st.max[i] = new_max;
-        }
-        st.sum[i] += sum;
-      }
-      const float* v = AsFloatRows(values + c0 * dim_, elems, value_rows_);
-      ops_.accumulate_tile(scores_, kChunk, group_size_, v, n, dim_, st.acc);
+  // Online-softmax step over n <= kChunk consecutive key/value rows holding positions
+  // [first, first + n).
+  void VisitChunk(const T* keys, const T* values, int64_t first, int n, SoftmaxState& st) {
+    int masked = 0;
+    if (mask_) {
+      for (int j = 0; j < n; ++j) masked += mask_[first + j] != 1;
+      if (masked == n) return;  // no valid key in this chunk: skip its loads entirely
     }
+    const size_t elems = static_cast<size_t>(n) * dim_;
+    const float* k = AsFloatRows(keys, elems, key_rows_);
+    ops_.score_tile(query_, group_size_, k, n, dim_, scores_, kChunk);
+    if (masked) {
+      for (int j = 0; j < n; ++j) {
+        if (mask_[first + j] == 1) continue;
+        for (int i = 0; i < group_size_; ++i) scores_[static_cast<size_t>(i) * kChunk + j] = kNegInf;
+      }
+    }
+    for (int i = 0; i < group_size_; ++i) {
+      float* p = scores_ + static_cast<size_t>(i) * kChunk;
+      float chunk_max = kNegInf;
+      for (int j = 0; j < n; ++j) chunk_max = std::max(chunk_max, p[j]);
+      const float new_max = std::max(st.max[i], chunk_max);
+      if (new_max == kNegInf) {  // only -inf logits so far (overflowing inputs): nothing to add
+        std::fill(p, p + n, 0.f);
+        continue;
+      }
+      const float sum = ops_.exp_shift_sum(p, n, new_max);
+      if (new_max != st.max[i]) {
+        // exp(-inf) = 0 for the first keys, and acc/sum are still 0 then.
+        const float alpha = std::exp(st.max[i] - new_max);
+        float* acc = st.acc + static_cast<size_t>(i) * dim_;
+        for (int d = 0; d < dim_; ++d) acc[d] *= alpha;
+        st.sum[i] *= alpha;
+        st.max[i] = new_max;
+      }
+      st.sum[i] += sum;
+    }
+    const float* v = AsFloatRows(values, elems, value_rows_);
+    ops_.accumulate_tile(scores_, kChunk, group_size_, v, n, dim_, st.acc);
   }
 
   const SparseAttnArgs<T>& a_;
@@ -275,6 +312,22 @@ class GroupKernel {
   const int64_t bg_;  // b * H_kv + g: the (batch, KV head) index into every [B, H_kv, ...] tensor
   const int64_t* const mask_;  // this batch row of the attention mask, or null
 
+  // Contiguous rows of one source (a selected block, or the window) and the softmax they feed.
+  struct KeyRun {
+    const T* keys;
+    const T* values;
+    int64_t first;  // position of the first row
+    int64_t count;
+    SoftmaxState* state;
+  };
+
+  // This thread's run list, reused across tokens and tasks (at most top_k + 1 runs per token).
+  static std::vector<KeyRun>& ThreadRuns() {
+    thread_local std::vector<KeyRun> runs;
+    return runs;
+  }
+
+  std::vector<KeyRun>& runs_ = ThreadRuns();
   float* query_;
   float* scores_;
   SoftmaxState primary_;
