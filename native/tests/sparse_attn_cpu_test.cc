@@ -763,6 +763,24 @@ TEST(SparseAttnCpu, PaddedQueryRowIsZero) {
 // ---------------------------------------------------------------------------------------------
 // Micro-kernels of every variant against naive float64 loops.
 
+TEST(SparseMath, DispatchUsesAvx2WhereTheCpuHasIt) {
+  const std::vector<const cpu::SparseMathOps*> all = cpu::SupportedSparseMathOps();
+  ASSERT_FALSE(all.empty());
+  EXPECT_STREQ(all.front()->name, "portable");
+  EXPECT_EQ(&cpu::ActiveSparseMathOps(), all.back()) << "the kernel must run the fastest variant";
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_STREQ(cpu::ActiveSparseMathOps().name, "avx2");
+  }
+#endif
+  {
+    cpu::ScopedSparseMathOverride use(all.front());
+    EXPECT_EQ(&cpu::ActiveSparseMathOps(), all.front());
+  }
+  EXPECT_EQ(&cpu::ActiveSparseMathOps(), all.back());
+}
+
 TEST(SparseMath, VariantsMatchNaiveLoops) {
   std::mt19937 rng(99);
   std::uniform_real_distribution<float> dist(-1.f, 1.f);

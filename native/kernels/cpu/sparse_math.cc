@@ -7,6 +7,7 @@
 #include <cmath>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define HYSPARSE_SPARSE_X86 1
 #endif
@@ -256,8 +257,11 @@ const SparseMathOps kAvx2Ops = {"avx2", ScoreTileAvx2, AccumulateTileAvx2, ExpSh
 
 bool CpuHasAvx2() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
+  // F16C straight from CPUID (leaf 1, ECX bit 29): not every compiler's __builtin_cpu_supports
+  // knows it. AVX2 above already implies the OS saves the YMM state.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
 }
 #endif  // HYSPARSE_SPARSE_X86
 
