@@ -289,7 +289,9 @@ ONNXTensorElementDataType SparseAttnOp<T>::GetInputType(size_t index) const {
 
 template <typename T>
 OrtCustomOpInputOutputCharacteristic SparseAttnOp<T>::GetInputCharacteristic(size_t index) const {
-  return index <= kSparseValue || index == kSparseBlockIndices ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  // block_indices is required by the contract but declared optional here: ORT's own check of a missing
+  // required input names only its position, while CheckSparseAttnInputs names it.
+  return index <= kSparseValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
 template SparseAttnArgs<float> MakeSparseAttnArgs<float>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const float*, const float*, float*);
