@@ -93,8 +93,7 @@ public sealed class SparseAttnTests
     [TestMethod]
     public void Union_AllIndicesMinusOne_IsWindowAttention()
     {
-        // With no selected block the union is the window alone: compare against a hand-made window-only call
-        // in which every window key is also selected (the reference handles both; the op must agree on both).
+        // Every row all -1: nothing is selected and the union is the sliding window alone.
         var shape = new AttentionShape(1, 2, 1, 64, 10, 34);
         var call = SparseScenarios.Random(shape, 41, SaSourceKind.OwnCache, CombineModes.Union, 0, 8, 2, 5);
         call = call with { BlockIndices = Enumerable.Repeat(-1, call.BlockIndices.Length).ToArray() };
