@@ -50,7 +50,7 @@ void RunCopy(bool bnsh, int head_dim) {
 class CopyToCacheCudaTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device: CUDA kernel test skipped (tests/gpu/run.sh runs it on a GPU)";
+    if (!HasCudaDevice()) GTEST_SKIP() << kNoGpuMessage;
   }
 };
 

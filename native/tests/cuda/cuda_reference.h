@@ -119,6 +119,43 @@ void ExpectClose(const std::vector<T>& gpu, const std::vector<float>& ref, doubl
                             << FromStorage(gpu[worst]) << ", ref " << ref[worst] << "), max |ref| " << max_ref;
 }
 
+constexpr const char* kNoGpuMessage = "no CUDA device: CUDA kernel test skipped (tests/gpu/run.sh runs it on a GPU)";
+
+// Parameterised kernel test (Param has a case `c` with a `name`, and a `dtype`) that skips, with a
+// message, on a machine without a CUDA device.
+template <typename Param>
+class CudaKernelTest : public ::testing::TestWithParam<Param> {
+ protected:
+  void SetUp() override {
+    if (!HasCudaDevice()) GTEST_SKIP() << kNoGpuMessage;
+  }
+};
+
+// Calls fn with a value of the storage type `dtype` names.
+template <typename Fn>
+void ForDType(DType dtype, Fn&& fn) {
+  switch (dtype) {
+    case DType::kFloat32: fn(float{}); break;
+    case DType::kFloat16: fn(Half{}); break;
+    case DType::kBFloat16: fn(BFloat16{}); break;
+  }
+}
+
+// Every case in every storage type.
+template <typename Param, typename Case>
+std::vector<Param> InAllDTypes(const std::vector<Case>& cases) {
+  std::vector<Param> params;
+  for (const Case& c : cases) {
+    for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) params.push_back({c, t});
+  }
+  return params;
+}
+
+template <typename Param>
+std::string ParamName(const ::testing::TestParamInfo<Param>& info) {
+  return info.param.c.name + "_" + DTypeName(info.param.dtype);
+}
+
 }  // namespace testing
 }  // namespace cuda
 }  // namespace hysparse

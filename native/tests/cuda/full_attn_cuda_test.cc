@@ -230,20 +230,11 @@ void RunFullCase(const FullCase& c) {
   }
 }
 
-class FullAttnCudaTest : public ::testing::TestWithParam<FullParam> {
- protected:
-  void SetUp() override {
-    if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device: CUDA kernel test skipped (tests/gpu/run.sh runs it on a GPU)";
-  }
-};
+using FullAttnCudaTest = CudaKernelTest<FullParam>;
 
 TEST_P(FullAttnCudaTest, MatchesCpuKernel) {
   const FullParam& p = GetParam();
-  switch (p.dtype) {
-    case DType::kFloat32: RunFullCase<float>(p.c); break;
-    case DType::kFloat16: RunFullCase<Half>(p.c); break;
-    case DType::kBFloat16: RunFullCase<BFloat16>(p.c); break;
-  }
+  ForDType(p.dtype, [&](auto storage) { RunFullCase<decltype(storage)>(p.c); });
 }
 
 std::vector<FullParam> FullParams() {
@@ -271,17 +262,10 @@ std::vector<FullParam> FullParams() {
       {"prefill_output_only", 2, 4, 2, 128, 90, 10, 16, 4, true, MaskKind::kHoles, Outputs::kNone},
       {"prefill_1k_past_1k_7b_heads", 1, 32, 8, 128, 1024, 1024, 64, 16, false, MaskKind::kNone, Outputs::kAll},
   };
-  std::vector<FullParam> params;
-  for (const FullCase& c : cases) {
-    for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) params.push_back({c, t});
-  }
-  return params;
+  return InAllDTypes<FullParam>(cases);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, FullAttnCudaTest, ::testing::ValuesIn(FullParams()),
-                         [](const ::testing::TestParamInfo<FullParam>& info) {
-                           return info.param.c.name + "_" + DTypeName(info.param.dtype);
-                         });
+INSTANTIATE_TEST_SUITE_P(Cases, FullAttnCudaTest, ::testing::ValuesIn(FullParams()), ParamName<FullParam>);
 
 // Limits of this back end are reported, not run into (no GPU needed).
 TEST(CudaBackendLimits, SupportsShapeNamesTheLimit) {

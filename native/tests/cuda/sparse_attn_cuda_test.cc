@@ -197,20 +197,11 @@ void RunSparseCase(const SparseCase& c) {
   ExpectClose(d_out.Download(), ref_out, OutputTolerance<T>(), "output");
 }
 
-class SparseAttnCudaTest : public ::testing::TestWithParam<SparseParam> {
- protected:
-  void SetUp() override {
-    if (!HasCudaDevice()) GTEST_SKIP() << "no CUDA device: CUDA kernel test skipped (tests/gpu/run.sh runs it on a GPU)";
-  }
-};
+using SparseAttnCudaTest = CudaKernelTest<SparseParam>;
 
 TEST_P(SparseAttnCudaTest, MatchesCpuKernel) {
   const SparseParam& p = GetParam();
-  switch (p.dtype) {
-    case DType::kFloat32: RunSparseCase<float>(p.c); break;
-    case DType::kFloat16: RunSparseCase<Half>(p.c); break;
-    case DType::kBFloat16: RunSparseCase<BFloat16>(p.c); break;
-  }
+  ForDType(p.dtype, [&](auto storage) { RunSparseCase<decltype(storage)>(p.c); });
 }
 
 std::vector<SparseParam> SparseParams() {
@@ -231,17 +222,10 @@ std::vector<SparseParam> SparseParams() {
       {"gate_decode_64k_7b_shape", 1, 32, 8, 128, 1, 65536, 64, 16, 128, G, Source::kShared, true, GateKind::kPerHead, true, MaskKind::kNone, false},
       {"union_decode_64k_retrofit", 1, 32, 8, 128, 1, 65536, 64, 16, 128, U, Source::kOwn, false, GateKind::kNone, false, MaskKind::kNone, false},
   };
-  std::vector<SparseParam> params;
-  for (const SparseCase& c : cases) {
-    for (DType t : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) params.push_back({c, t});
-  }
-  return params;
+  return InAllDTypes<SparseParam>(cases);
 }
 
-INSTANTIATE_TEST_SUITE_P(Cases, SparseAttnCudaTest, ::testing::ValuesIn(SparseParams()),
-                         [](const ::testing::TestParamInfo<SparseParam>& info) {
-                           return info.param.c.name + "_" + DTypeName(info.param.dtype);
-                         });
+INSTANTIATE_TEST_SUITE_P(Cases, SparseAttnCudaTest, ::testing::ValuesIn(SparseParams()), ParamName<SparseParam>);
 
 }  // namespace
 }  // namespace testing
