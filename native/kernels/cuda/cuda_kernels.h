@@ -72,3 +72,27 @@ Status LaunchCopyToCache(const T* src, HeadView src_view, int batch, int heads, 
 
 }  // namespace cuda
 }  // namespace hysparse
+
+namespace hysparse {
+namespace cuda {
+
+// What LaunchCheckSparseValues found: kind 0 = nothing wrong. The ORT glue copies this struct to the
+// host and turns it into the same error the CPU glue raises (docs/ops.md "Block indices").
+struct ValueProblem {
+  int64_t kind = 0;   // 0 none, 1 mask value not 0/1, 2 index < -1, 3 index >= num_blocks,
+                      // 4 block after a -1, 5 not strictly ascending
+  int64_t where = 0;  // mask element, or block_indices row
+  int64_t slot = 0;   // position in the row (indices)
+  int64_t value = 0;  // the offending value
+  int64_t previous = 0;  // the entry before it (kind 5)
+};
+
+// Scans the attention mask (may be null) and every block_indices row on the device and writes the
+// first problem (lowest row/element) into *problem (device memory, reset by the launcher). Lets the
+// CUDA ops refuse malformed inputs as the CPU ops do, instead of reading past a cache.
+Status LaunchCheckSparseValues(const int32_t* block_indices, int64_t rows, int top_k, int64_t num_blocks,
+                               const int64_t* mask, int64_t mask_elements, ValueProblem* problem,
+                               cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace hysparse
