@@ -1,5 +1,6 @@
 #include "kernels/cpu/tile_kernels.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -15,8 +16,13 @@ namespace {
 // ---------------------------------------------------------------------------------------------
 // Portable loops. Written so that a compiler can vectorise them for the baseline ISA.
 
-void DotRowsPortable(const float* q, int64_t ld_q, int num_rows, const float* k, int64_t ld_k,
+// The portable and AVX2 dot products read the key rows where they are.
+PreparedKeys KeysInPlace(const float* k, int64_t ld_k, int, int, float*) { return {k, ld_k}; }
+
+void DotRowsPortable(const float* q, int64_t ld_q, int num_rows, const PreparedKeys& keys,
                      int num_keys, int dim, float* scores, int64_t ld_scores) {
+  const float* k = keys.data;
+  const int64_t ld_k = keys.ld;
   for (int r = 0; r < num_rows; ++r) {
     const float* q_row = q + r * ld_q;
     for (int j = 0; j < num_keys; ++j) {
@@ -68,7 +74,7 @@ void FloatToHalfPortable(const float* src, Half* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = FloatToHalf(src[i]);
 }
 
-constexpr TileKernels kPortable = {DotRowsPortable,     AccumulatePvPortable, MaxPortable,
+constexpr TileKernels kPortable = {KeysInPlace, DotRowsPortable,     AccumulatePvPortable, MaxPortable,
                                    ExpShiftSumPortable, HalfToFloatPortable,  FloatToHalfPortable,
                                    "portable"};
 
@@ -78,6 +84,20 @@ constexpr TileKernels kPortable = {DotRowsPortable,     AccumulatePvPortable, Ma
 // file with -mavx2) so that no inline function shared with the rest of the library is ever emitted
 // with AVX2 instructions: the library must keep running on CPUs without them.
 #define HYSPARSE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+// Runs Kernel::Rows<MR>(r, args...) for row blocks r of MR = 4 rows and then the 1-3 rows left:
+// register blocks are sized at compile time. Plain (baseline ISA) code: it only makes calls.
+template <typename Kernel, typename... Args>
+void ForRowBlocks(int num_rows, const Args&... args) {
+  int r = 0;
+  for (; r + 4 <= num_rows; r += 4) Kernel::template Rows<4>(r, args...);
+  switch (num_rows - r) {
+    case 3: Kernel::template Rows<3>(r, args...); break;
+    case 2: Kernel::template Rows<2>(r, args...); break;
+    case 1: Kernel::template Rows<1>(r, args...); break;
+    default: break;
+  }
+}
 
 HYSPARSE_AVX2 inline float HorizontalSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -171,25 +191,18 @@ HYSPARSE_AVX2 inline void DotRowBlock(const float* q, int64_t ld_q, const float*
   if (num_keys - j == 1) DotBlock<MR, 1>(q, ld_q, k + j * ld_k, ld_k, dim, scores + j, ld_scores);
 }
 
-HYSPARSE_AVX2 void DotRowsAvx2(const float* q, int64_t ld_q, int num_rows, const float* k,
-                               int64_t ld_k, int num_keys, int dim, float* scores,
-                               int64_t ld_scores) {
-  int r = 0;
-  for (; r + 4 <= num_rows; r += 4)
-    DotRowBlock<4>(q + r * ld_q, ld_q, k, ld_k, num_keys, dim, scores + r * ld_scores, ld_scores);
-  switch (num_rows - r) {
-    case 3:
-      DotRowBlock<3>(q + r * ld_q, ld_q, k, ld_k, num_keys, dim, scores + r * ld_scores, ld_scores);
-      break;
-    case 2:
-      DotRowBlock<2>(q + r * ld_q, ld_q, k, ld_k, num_keys, dim, scores + r * ld_scores, ld_scores);
-      break;
-    case 1:
-      DotRowBlock<1>(q + r * ld_q, ld_q, k, ld_k, num_keys, dim, scores + r * ld_scores, ld_scores);
-      break;
-    default:
-      break;
+struct DotRowsAvx2Block {
+  template <int MR>
+  HYSPARSE_AVX2 static void Rows(int r, const float* q, int64_t ld_q, const float* k, int64_t ld_k,
+                                 int num_keys, int dim, float* scores, int64_t ld_scores) {
+    DotRowBlock<MR>(q + r * ld_q, ld_q, k, ld_k, num_keys, dim, scores + r * ld_scores, ld_scores);
   }
+};
+
+void DotRowsAvx2(const float* q, int64_t ld_q, int num_rows, const PreparedKeys& keys,
+                 int num_keys, int dim, float* scores, int64_t ld_scores) {
+  ForRowBlocks<DotRowsAvx2Block>(num_rows, q, ld_q, keys.data, keys.ld, num_keys, dim, scores,
+                                 ld_scores);
 }
 
 // MR accumulator rows x NV vectors (8 columns each) of the output, over all keys: each loaded value
@@ -249,25 +262,19 @@ HYSPARSE_AVX2 inline void PvRowBlock(const float* p, int64_t ld_p, const float* 
   }
 }
 
-HYSPARSE_AVX2 void AccumulatePvAvx2(const float* p, int64_t ld_p, int num_rows,
-                                    const float* rescale, const float* v, int64_t ld_v,
-                                    int num_keys, int dim, float* acc, int64_t ld_acc) {
-  int r = 0;
-  for (; r + 4 <= num_rows; r += 4)
-    PvRowBlock<4>(p + r * ld_p, ld_p, rescale + r, v, ld_v, num_keys, dim, acc + r * ld_acc, ld_acc);
-  switch (num_rows - r) {
-    case 3:
-      PvRowBlock<3>(p + r * ld_p, ld_p, rescale + r, v, ld_v, num_keys, dim, acc + r * ld_acc, ld_acc);
-      break;
-    case 2:
-      PvRowBlock<2>(p + r * ld_p, ld_p, rescale + r, v, ld_v, num_keys, dim, acc + r * ld_acc, ld_acc);
-      break;
-    case 1:
-      PvRowBlock<1>(p + r * ld_p, ld_p, rescale + r, v, ld_v, num_keys, dim, acc + r * ld_acc, ld_acc);
-      break;
-    default:
-      break;
+struct PvAvx2Block {
+  template <int MR>
+  HYSPARSE_AVX2 static void Rows(int r, const float* p, int64_t ld_p, const float* rescale,
+                                 const float* v, int64_t ld_v, int num_keys, int dim, float* acc,
+                                 int64_t ld_acc) {
+    PvRowBlock<MR>(p + r * ld_p, ld_p, rescale + r, v, ld_v, num_keys, dim, acc + r * ld_acc, ld_acc);
   }
+};
+
+void AccumulatePvAvx2(const float* p, int64_t ld_p, int num_rows, const float* rescale,
+                      const float* v, int64_t ld_v, int num_keys, int dim, float* acc,
+                      int64_t ld_acc) {
+  ForRowBlocks<PvAvx2Block>(num_rows, p, ld_p, rescale, v, ld_v, num_keys, dim, acc, ld_acc);
 }
 
 HYSPARSE_AVX2 float MaxAvx2(const float* x, int64_t n) {
@@ -320,8 +327,196 @@ HYSPARSE_AVX2 void FloatToHalfAvx2(const float* src, Half* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = FloatToHalf(src[i]);
 }
 
-constexpr TileKernels kAvx2 = {DotRowsAvx2,     AccumulatePvAvx2, MaxAvx2, ExpShiftSumAvx2,
+constexpr TileKernels kAvx2 = {KeysInPlace, DotRowsAvx2,     AccumulatePvAvx2, MaxAvx2, ExpShiftSumAvx2,
                                HalfToFloatAvx2, FloatToHalfAvx2,  "avx2"};
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512F. The dot products work in outer-product form over a transposed key tile: each key is a
+// lane, so there are no horizontal sums (with D = 128 a 16-wide dot product would spend about as
+// much on reducing its accumulators as on its FMAs), and the 32 registers hold 4 rows x 64 keys.
+#define HYSPARSE_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+
+HYSPARSE_AVX512 inline void Transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// kt[d * kMaxTileKeys + j] = k[j * ld_k + d], in 8 x 8 register transposes; key lanes up to the
+// next multiple of 16 are zeroed so that the (unstored) padding lanes never compute on garbage.
+HYSPARSE_AVX512 PreparedKeys TransposeKeys512(const float* k, int64_t ld_k, int num_keys, int dim,
+                                              float* kt) {
+  constexpr int64_t ld_t = kMaxTileKeys;
+  const int full_keys = num_keys / 8 * 8;
+  const int full_dims = dim / 8 * 8;
+  for (int j0 = 0; j0 < full_keys; j0 += 8) {
+    for (int d0 = 0; d0 < full_dims; d0 += 8) {
+      __m256 rows[8];
+      _Pragma("GCC unroll 8")
+      for (int i = 0; i < 8; ++i) rows[i] = _mm256_loadu_ps(k + (j0 + i) * ld_k + d0);
+      Transpose8x8(rows);
+      _Pragma("GCC unroll 8")
+      for (int i = 0; i < 8; ++i) _mm256_store_ps(kt + (d0 + i) * ld_t + j0, rows[i]);
+    }
+    for (int d = full_dims; d < dim; ++d)
+      for (int i = 0; i < 8; ++i) kt[d * ld_t + j0 + i] = k[(j0 + i) * ld_k + d];
+  }
+  const int padded_keys = (num_keys + 15) / 16 * 16;
+  for (int d = 0; d < dim; ++d) {
+    for (int j = full_keys; j < num_keys; ++j) kt[d * ld_t + j] = k[j * ld_k + d];
+    for (int j = num_keys; j < padded_keys; ++j) kt[d * ld_t + j] = 0.f;
+  }
+  return {kt, ld_t};
+}
+
+// out[m][n] += Σ_{i < steps} a[m*ld_a + i] * b[i*ld_b + 16n .. +16): MR x NV rank-1 updates, one
+// broadcast of `a` per row and one load of `b` per vector and step; the last vector loads only the
+// lanes in `last`. Both the dot products (a = queries, b = transposed keys) and the P·V update
+// (a = weights, b = values) are this loop.
+template <int MR, int NV>
+HYSPARSE_AVX512 inline void RankUpdates512(const float* a, int64_t ld_a, const float* b,
+                                           int64_t ld_b, int steps, __mmask16 last,
+                                           __m512 (&out)[MR][NV]) {
+  for (int i = 0; i < steps; ++i) {
+    __m512 bv[NV];
+    _Pragma("GCC unroll 8")
+    for (int n = 0; n < NV; ++n)
+      bv[n] = _mm512_maskz_loadu_ps(n == NV - 1 ? last : __mmask16(0xFFFF), b + i * ld_b + 16 * n);
+    _Pragma("GCC unroll 8")
+    for (int m = 0; m < MR; ++m) {
+      const __m512 av = _mm512_set1_ps(a[m * ld_a + i]);
+      _Pragma("GCC unroll 8")
+      for (int n = 0; n < NV; ++n) out[m][n] = _mm512_fmadd_ps(av, bv[n], out[m][n]);
+    }
+  }
+}
+
+template <int MR, int NV>
+HYSPARSE_AVX512 inline void StoreBlock512(const __m512 (&out)[MR][NV], float* dst, int64_t ld,
+                                          __mmask16 last) {
+  _Pragma("GCC unroll 8")
+  for (int m = 0; m < MR; ++m)
+    _Pragma("GCC unroll 8")
+    for (int n = 0; n < NV; ++n)
+      _mm512_mask_storeu_ps(dst + m * ld + 16 * n, n == NV - 1 ? last : __mmask16(0xFFFF),
+                            out[m][n]);
+}
+
+// MR rows x NJ vectors of 16 keys; the last vector stores only the lanes in `last`.
+template <int MR, int NJ>
+HYSPARSE_AVX512 inline void DotBlock512(const float* q, int64_t ld_q, const float* kt, int dim,
+                                        float* scores, int64_t ld_scores, __mmask16 last) {
+  __m512 acc[MR][NJ];
+  _Pragma("GCC unroll 8")
+  for (int m = 0; m < MR; ++m)
+    _Pragma("GCC unroll 8")
+    for (int n = 0; n < NJ; ++n) acc[m][n] = _mm512_setzero_ps();
+  RankUpdates512<MR, NJ>(q, ld_q, kt, kMaxTileKeys, dim, last, acc);
+  StoreBlock512<MR, NJ>(acc, scores, ld_scores, last);
+}
+
+template <int NJ>
+struct DotRows512Block {
+  template <int MR>
+  HYSPARSE_AVX512 static void Rows(int r, const float* q, int64_t ld_q, const float* kt, int dim,
+                                   float* scores, int64_t ld_scores, __mmask16 last) {
+    DotBlock512<MR, NJ>(q + r * ld_q, ld_q, kt, dim, scores + r * ld_scores, ld_scores, last);
+  }
+};
+
+void DotRowsAvx512(const float* q, int64_t ld_q, int num_rows, const PreparedKeys& keys,
+                   int num_keys, int dim, float* scores, int64_t ld_scores) {
+  const __mmask16 last =
+      num_keys % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (num_keys % 16)) - 1);
+  switch ((num_keys + 15) / 16) {
+    case 1: ForRowBlocks<DotRows512Block<1>>(num_rows, q, ld_q, keys.data, dim, scores, ld_scores, last); break;
+    case 2: ForRowBlocks<DotRows512Block<2>>(num_rows, q, ld_q, keys.data, dim, scores, ld_scores, last); break;
+    case 3: ForRowBlocks<DotRows512Block<3>>(num_rows, q, ld_q, keys.data, dim, scores, ld_scores, last); break;
+    default: ForRowBlocks<DotRows512Block<4>>(num_rows, q, ld_q, keys.data, dim, scores, ld_scores, last); break;
+  }
+}
+
+// MR accumulator rows x NV vectors of 16 columns; the last vector covers only the lanes in `last`.
+template <int MR, int NV>
+HYSPARSE_AVX512 inline void PvBlock512(const float* p, int64_t ld_p, const float* rescale,
+                                       const float* v, int64_t ld_v, int num_keys, float* acc,
+                                       int64_t ld_acc, __mmask16 last) {
+  __m512 out[MR][NV];
+  _Pragma("GCC unroll 8")
+  for (int m = 0; m < MR; ++m) {
+    const __m512 factor = _mm512_set1_ps(rescale[m]);
+    _Pragma("GCC unroll 8")
+    for (int n = 0; n < NV; ++n)
+      out[m][n] = _mm512_mul_ps(
+          _mm512_maskz_loadu_ps(n == NV - 1 ? last : __mmask16(0xFFFF), acc + m * ld_acc + 16 * n),
+          factor);
+  }
+  RankUpdates512<MR, NV>(p, ld_p, v, ld_v, num_keys, last, out);
+  StoreBlock512<MR, NV>(out, acc, ld_acc, last);
+}
+
+template <int MR>
+HYSPARSE_AVX512 inline void PvRowBlock512(const float* p, int64_t ld_p, const float* rescale,
+                                          const float* v, int64_t ld_v, int num_keys, int dim,
+                                          float* acc, int64_t ld_acc) {
+  const int vectors = (dim + 15) / 16;
+  const __mmask16 tail = dim % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (dim % 16)) - 1);
+  for (int n = 0; n < vectors; n += 4) {
+    const int count = std::min(4, vectors - n);
+    const __mmask16 last = n + count == vectors ? tail : __mmask16(0xFFFF);
+    const float* v_n = v + 16 * n;
+    float* acc_n = acc + 16 * n;
+    switch (count) {
+      case 4: PvBlock512<MR, 4>(p, ld_p, rescale, v_n, ld_v, num_keys, acc_n, ld_acc, last); break;
+      case 3: PvBlock512<MR, 3>(p, ld_p, rescale, v_n, ld_v, num_keys, acc_n, ld_acc, last); break;
+      case 2: PvBlock512<MR, 2>(p, ld_p, rescale, v_n, ld_v, num_keys, acc_n, ld_acc, last); break;
+      default: PvBlock512<MR, 1>(p, ld_p, rescale, v_n, ld_v, num_keys, acc_n, ld_acc, last); break;
+    }
+  }
+}
+
+struct Pv512Block {
+  template <int MR>
+  HYSPARSE_AVX512 static void Rows(int r, const float* p, int64_t ld_p, const float* rescale,
+                                   const float* v, int64_t ld_v, int num_keys, int dim, float* acc,
+                                   int64_t ld_acc) {
+    PvRowBlock512<MR>(p + r * ld_p, ld_p, rescale + r, v, ld_v, num_keys, dim, acc + r * ld_acc,
+                      ld_acc);
+  }
+};
+
+void AccumulatePvAvx512(const float* p, int64_t ld_p, int num_rows, const float* rescale,
+                        const float* v, int64_t ld_v, int num_keys, int dim, float* acc,
+                        int64_t ld_acc) {
+  ForRowBlocks<Pv512Block>(num_rows, p, ld_p, rescale, v, ld_v, num_keys, dim, acc, ld_acc);
+}
+
+// The softmax and conversion loops are a small share of the time; they stay 256-bit.
+constexpr TileKernels kAvx512 = {TransposeKeys512, DotRowsAvx512,   AccumulatePvAvx512,
+                                 MaxAvx2,          ExpShiftSumAvx2, HalfToFloatAvx2,
+                                 FloatToHalfAvx2,  "avx512"};
+
+bool CpuHasAvx512() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f");
+}
 
 bool CpuHasAvx2() {
   __builtin_cpu_init();
@@ -334,13 +529,20 @@ bool CpuHasAvx2() {
 
 const TileKernels& PortableTileKernels() { return kPortable; }
 
-const TileKernels& BestTileKernels() {
+std::vector<const TileKernels*> AvailableTileKernels() {
+  std::vector<const TileKernels*> available = {&kPortable};
 #ifdef HYSPARSE_HAVE_AVX2_VARIANT
-  static const TileKernels& best = CpuHasAvx2() ? kAvx2 : kPortable;
-  return best;
-#else
-  return kPortable;
+  if (CpuHasAvx2()) {
+    available.push_back(&kAvx2);
+    if (CpuHasAvx512()) available.push_back(&kAvx512);
+  }
 #endif
+  return available;
+}
+
+const TileKernels& BestTileKernels() {
+  static const TileKernels& best = *AvailableTileKernels().back();
+  return best;
 }
 
 }  // namespace cpu
