@@ -6,6 +6,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define HYSPARSE_HAVE_AVX2_VARIANT 1
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -508,10 +509,75 @@ void AccumulatePvAvx512(const float* p, int64_t ld_p, int num_rows, const float*
   ForRowBlocks<Pv512Block>(num_rows, p, ld_p, rescale, v, ld_v, num_keys, dim, acc, ld_acc);
 }
 
-// The softmax and conversion loops are a small share of the time; they stay 256-bit.
-constexpr TileKernels kAvx512 = {TransposeKeys512, DotRowsAvx512,   AccumulatePvAvx512,
-                                 MaxAvx2,          ExpShiftSumAvx2, HalfToFloatAvx2,
-                                 FloatToHalfAvx2,  "avx512"};
+// The masked forms of the intrinsics below take an explicit pass-through operand: GCC 12's headers
+// give the unmasked ones an undefined one and then warn about it (-Wmaybe-uninitialized).
+constexpr __mmask16 kAllLanes = 0xFFFF;
+
+template <bool kMax>
+HYSPARSE_AVX512 inline __m512 Fold512(__m512 a, __m512 b) {
+  return kMax ? _mm512_mask_max_ps(a, kAllLanes, a, b) : _mm512_add_ps(a, b);
+}
+
+// Adds (or takes the max of) the 16 lanes: halves folded onto each other down to one lane.
+template <bool kMax>
+HYSPARSE_AVX512 inline float Reduce512(__m512 v) {
+  v = Fold512<kMax>(v, _mm512_mask_shuffle_f32x4(v, kAllLanes, v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = Fold512<kMax>(v, _mm512_mask_shuffle_f32x4(v, kAllLanes, v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  __m128 s = _mm512_mask_extractf32x4_ps(_mm_setzero_ps(), 0xF, v, 0);
+  s = kMax ? _mm_max_ps(s, _mm_movehl_ps(s, s)) : _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = kMax ? _mm_max_ss(s, _mm_movehdup_ps(s)) : _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Exp above on 16 lanes; the 2^n factor through scalef.
+HYSPARSE_AVX512 inline __m512 Exp512(__m512 x) {
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_GE_OQ);
+  x = _mm512_mask_max_ps(x, kAllLanes, x, _mm512_set1_ps(-87.33654f));
+  x = _mm512_mask_min_ps(x, kAllLanes, x, _mm512_set1_ps(88.37626f));
+  const __m512 scaled = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_mask_roundscale_ps(scaled, kAllLanes, scaled,
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_scalef_ps(keep, y, n);
+}
+
+HYSPARSE_AVX512 float ExpShiftSumAvx512(float* x, int64_t n, float shift) {
+  const __m512 shift_v = _mm512_set1_ps(shift);
+  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 sum_v = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    // The tail is padded with -inf (exp 0) and goes through the same vector code, so a value gets
+    // the same exponential wherever it sits in the row.
+    const __mmask16 lanes = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    const __m512 e = Exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(minus_inf, lanes, x + i), shift_v));
+    _mm512_mask_storeu_ps(x + i, lanes, e);
+    sum_v = _mm512_add_ps(sum_v, e);
+  }
+  return Reduce512<false>(sum_v);
+}
+
+HYSPARSE_AVX512 float MaxAvx512(const float* x, int64_t n) {
+  const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 best = minus_inf;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 lanes = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1);
+    best = _mm512_mask_max_ps(best, kAllLanes, best, _mm512_mask_loadu_ps(minus_inf, lanes, x + i));
+  }
+  return Reduce512<true>(best);
+}
+
+// The conversions are a small share of the time; they stay 256-bit.
+constexpr TileKernels kAvx512 = {TransposeKeys512,  DotRowsAvx512,   AccumulatePvAvx512,
+                                 MaxAvx512,         ExpShiftSumAvx512, HalfToFloatAvx2,
+                                 FloatToHalfAvx2,   "avx512"};
 
 bool CpuHasAvx512() {
   __builtin_cpu_init();
@@ -520,8 +586,10 @@ bool CpuHasAvx512() {
 
 bool CpuHasAvx2() {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // Not every compiler's __builtin_cpu_supports knows "f16c"; CPUID leaf 1 tells directly.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 }
 #endif  // HYSPARSE_HAVE_AVX2_VARIANT
 
