@@ -121,26 +121,31 @@ HYSPARSE_AVX2 inline __m128 SumEach(__m256 a, __m256 b, __m256 c, __m256 d) {
 }
 
 // exp(x) for x <= 88.37 (Cephes-style: x = n·ln2 + r, |r| <= ln2/2, degree-7 polynomial for e^r,
-// about 1 ulp). Inputs below -87.3 (including -inf) give exactly 0: that flushes results in the
-// float32 subnormal range, far below anything a softmax weight can resolve.
+// about 1 ulp). Inputs below kExpMin (including -inf) give exactly 0: that flushes results in the
+// float32 subnormal range, far below anything a softmax weight can resolve. Shared by the 8- and
+// 16-lane versions.
+constexpr float kExpMin = -87.33654f;
+constexpr float kExpMax = 88.37626f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2High = 0.693359375f;  // ln 2 = kLn2High + kLn2Low, the first part exact
+constexpr float kLn2Low = -2.12194440e-4f;
+// e^r ≈ 1 + r + r²·P(r), P's coefficients from the highest power down.
+constexpr float kExpPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                              4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 HYSPARSE_AVX2 inline __m256 Exp(__m256 x) {
-  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654f), _CMP_LT_OQ);
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.37626f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_LT_OQ);
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kExpMin)), _mm256_set1_ps(kExpMax));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Low),
+                                    _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2High), x));
+  __m256 y = _mm256_setzero_ps();
+  for (const float c : kExpPoly) y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.f)));
   const __m256i pow2n = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
-  return _mm256_andnot_ps(underflow, y);
+  return _mm256_andnot_ps(underflow, _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n)));
 }
 
 // MR query rows against NR key rows. The MR x NR accumulators plus NR key vectors and one query
@@ -531,20 +536,16 @@ HYSPARSE_AVX512 inline float Reduce512(__m512 v) {
 
 // Exp above on 16 lanes; the 2^n factor through scalef.
 HYSPARSE_AVX512 inline __m512 Exp512(__m512 x) {
-  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_GE_OQ);
-  x = _mm512_mask_max_ps(x, kAllLanes, x, _mm512_set1_ps(-87.33654f));
-  x = _mm512_mask_min_ps(x, kAllLanes, x, _mm512_set1_ps(88.37626f));
-  const __m512 scaled = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpMin), _CMP_GE_OQ);
+  x = _mm512_mask_max_ps(x, kAllLanes, x, _mm512_set1_ps(kExpMin));
+  x = _mm512_mask_min_ps(x, kAllLanes, x, _mm512_set1_ps(kExpMax));
+  const __m512 scaled = _mm512_mul_ps(x, _mm512_set1_ps(kLog2e));
   const __m512 n = _mm512_mask_roundscale_ps(scaled, kAllLanes, scaled,
                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Low),
+                                    _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2High), x));
+  __m512 y = _mm512_setzero_ps();
+  for (const float c : kExpPoly) y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
   y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
   return _mm512_maskz_scalef_ps(keep, y, n);
 }
