@@ -255,7 +255,7 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
     const int num_keys = static_cast<int>(std::min<int64_t>(kKeyTile, key_end - k0));
     const PreparedKeys keys = kernels.prepare_keys(
         TileAsFloat(key_cache + k0 * dim, int64_t{num_keys} * dim, scratch.key_tile, kernels), dim,
-        num_keys, dim, scratch.key_layout);
+        num_keys, dim, rows, scratch.key_layout);
     const float* values =
         TileAsFloat(value_cache + k0 * dim, int64_t{num_keys} * dim, scratch.value_tile, kernels);
     bool tile_has_padding = false;

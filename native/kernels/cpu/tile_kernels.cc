@@ -18,7 +18,9 @@ namespace {
 // Portable loops. Written so that a compiler can vectorise them for the baseline ISA.
 
 // The portable and AVX2 dot products read the key rows where they are.
-PreparedKeys KeysInPlace(const float* k, int64_t ld_k, int, int, float*) { return {k, ld_k}; }
+PreparedKeys KeysInPlace(const float* k, int64_t ld_k, int, int, int64_t, float*) {
+  return {k, ld_k, false};
+}
 
 void DotRowsPortable(const float* q, int64_t ld_q, int num_rows, const PreparedKeys& keys,
                      int num_keys, int dim, float* scores, int64_t ld_scores) {
@@ -365,10 +367,15 @@ HYSPARSE_AVX512 inline void Transpose8x8(__m256 r[8]) {
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
+constexpr int64_t kMinRowsToTranspose = 8;
+
 // kt[d * kMaxTileKeys + j] = k[j * ld_k + d], in 8 x 8 register transposes; key lanes up to the
 // next multiple of 16 are zeroed so that the (unstored) padding lanes never compute on garbage.
 HYSPARSE_AVX512 PreparedKeys TransposeKeys512(const float* k, int64_t ld_k, int num_keys, int dim,
-                                              float* kt) {
+                                              int64_t query_rows, float* kt) {
+  // With few query rows (decode) the transposition would cost as much as the products it speeds
+  // up; those tiles are read in place by the 8-lane dot product instead.
+  if (query_rows < kMinRowsToTranspose) return {k, ld_k, false};
   constexpr int64_t ld_t = kMaxTileKeys;
   const int full_keys = num_keys / 8 * 8;
   const int full_dims = dim / 8 * 8;
@@ -389,7 +396,7 @@ HYSPARSE_AVX512 PreparedKeys TransposeKeys512(const float* k, int64_t ld_k, int 
     for (int j = full_keys; j < num_keys; ++j) kt[d * ld_t + j] = k[j * ld_k + d];
     for (int j = num_keys; j < padded_keys; ++j) kt[d * ld_t + j] = 0.f;
   }
-  return {kt, ld_t};
+  return {kt, ld_t, true};
 }
 
 // out[m][n] += Σ_{i < steps} a[m*ld_a + i] * b[i*ld_b + 16n .. +16): MR x NV rank-1 updates, one
@@ -449,6 +456,10 @@ struct DotRows512Block {
 
 void DotRowsAvx512(const float* q, int64_t ld_q, int num_rows, const PreparedKeys& keys,
                    int num_keys, int dim, float* scores, int64_t ld_scores) {
+  if (!keys.transposed) {
+    DotRowsAvx2(q, ld_q, num_rows, keys, num_keys, dim, scores, ld_scores);
+    return;
+  }
   const __mmask16 last =
       num_keys % 16 == 0 ? __mmask16(0xFFFF) : __mmask16((1u << (num_keys % 16)) - 1);
   switch ((num_keys + 15) / 16) {

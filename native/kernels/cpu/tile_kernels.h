@@ -19,11 +19,12 @@ namespace cpu {
 // Most keys a tile (one call of prepare_keys / dot_rows / accumulate_pv) may hold.
 constexpr int kMaxTileKeys = 64;
 
-// A key tile laid out for dot_rows: either the key rows themselves or a copy in scratch, in
-// whatever layout the implementation's dot_rows reads.
+// A key tile laid out for dot_rows: either the key rows themselves (ld = their row stride) or a
+// copy in scratch, in whatever layout the implementation's dot_rows reads.
 struct PreparedKeys {
   const float* data;
   int64_t ld;
+  bool transposed;  // data[d * ld + j] holds key j's element d
 };
 
 // One implementation of the tile loops. Every pointer is non-null. Row-major matrices are given by
@@ -31,8 +32,9 @@ struct PreparedKeys {
 struct TileKernels {
   // Lays out num_keys <= kMaxTileKeys key rows of `dim` floats for dot_rows, using `scratch`
   // (kMaxTileKeys * dim floats, 64-byte aligned) if it needs a copy. Done once per key tile and
-  // reused by every row block.
-  PreparedKeys (*prepare_keys)(const float* k, int64_t ld_k, int num_keys, int dim, float* scratch);
+  // reused by all `query_rows` rows that will be scored against it (a copy only pays off for many).
+  PreparedKeys (*prepare_keys)(const float* k, int64_t ld_k, int num_keys, int dim,
+                               int64_t query_rows, float* scratch);
 
   // scores[r*ld_scores + j] = Σ_d q[r*ld_q + d] * k_j[d] for r < num_rows, j < num_keys, d < dim,
   // where k_j is key row j of the prepared tile. For one (q row, k row) pair the result does not
