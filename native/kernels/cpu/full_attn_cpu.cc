@@ -234,9 +234,11 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
                 kNegInf);
   }
 
+  int64_t task_last_key = -1;
   for (int64_t s = pos_begin; s < pos_end; ++s) {
     const int64_t position = plan.past_len + s;
     const bool live = !mask || mask[position] != 0;
+    if (live) task_last_key = position;
     for (int64_t hh = 0; hh < group; ++hh) {
       const int64_t r = (s - pos_begin) * group + hh;
       scratch.last_key[r] = live ? position : -1;
@@ -245,8 +247,9 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
     }
   }
 
-  // Keys past the tile's last position are invalid for all its rows.
-  key_end = std::min(key_end, plan.past_len + pos_end);
+  // Keys past the last live position of the tile are invalid for all its rows (all of them when
+  // every position is padding).
+  key_end = std::min(key_end, task_last_key + 1);
   const int64_t cache_offset = (b * args.kv_num_heads + g) * args.cache_capacity;
   const T* key_cache = args.key_cache + cache_offset * dim;
   const T* value_cache = args.value_cache + cache_offset * dim;
