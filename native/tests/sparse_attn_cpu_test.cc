@@ -587,6 +587,13 @@ std::vector<Case> NamedCases() {
   c.name = "DecodeGateNoGateTensor";
   c.gate = GateKind::kNone, c.sinks = true;
   add(c);
+  c.name = "DecodeUnionSharedWindowCacheSinks";
+  c.combine = Combine::kUnion, c.source = SaSource::kSharedCache;
+  add(c);
+  c.name = "PrefillUnionGatheredWindowCacheManyTiles";  // S spans several token tiles
+  c.source = SaSource::kGathered, c.new_len = 70, c.total_len = 300, c.dim = 64, c.sinks = false;
+  c.padding = Padding::kHoles;
+  add(c);
   // Decode with a padded query (right padding in batch row 1) and left padding in row 0.
   c = {};
   c.name = "DecodePaddedBatch";
