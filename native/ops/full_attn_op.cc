@@ -1,5 +1,7 @@
 #include "ops/full_attn_op.h"
 
+#include "kernels/cuda/bfloat16.h"
+
 #include <memory>
 
 namespace hysparse {
@@ -115,32 +117,30 @@ OrtStatusPtr FullAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInf
   return GuardStatus([&] { *kernel = new FullAttnKernel<T>(api, info); });
 }
 
-template <typename T>
-ONNXTensorElementDataType FullAttnOp<T>::GetInputType(size_t index) const {
-  return index == kFullMask ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ElementType<T>::kOnnx;
+ONNXTensorElementDataType FullAttnInputType(size_t index, ONNXTensorElementDataType type) {
+  return index == kFullMask ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : type;
 }
 
-template <typename T>
-OrtCustomOpInputOutputCharacteristic FullAttnOp<T>::GetInputCharacteristic(size_t index) const {
+OrtCustomOpInputOutputCharacteristic FullAttnInputCharacteristic(size_t index) {
   return index <= kFullValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
-template <typename T>
-ONNXTensorElementDataType FullAttnOp<T>::GetOutputType(size_t index) const {
+ONNXTensorElementDataType FullAttnOutputType(size_t index, ONNXTensorElementDataType type) {
   switch (index) {
     case kFullIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
     case kFullScores: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    default: return ElementType<T>::kOnnx;
+    default: return type;
   }
 }
 
-template <typename T>
-OrtCustomOpInputOutputCharacteristic FullAttnOp<T>::GetOutputCharacteristic(size_t index) const {
+OrtCustomOpInputOutputCharacteristic FullAttnOutputCharacteristic(size_t index) {
   return index <= kFullPresentValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
 template FullAttnBinding<float> BindFullAttn<float>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
 template FullAttnBinding<Half> BindFullAttn<Half>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
+// bfloat16 is bound only by the CUDA glue; the header is plain C++, so the CPU build compiles it too.
+template FullAttnBinding<BFloat16> BindFullAttn<BFloat16>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
 template struct FullAttnOp<float>;
 template struct FullAttnOp<Half>;
 template class FullAttnKernel<float>;

@@ -17,6 +17,12 @@ enum FullAttnOutput : size_t {
   kFullOutput, kFullPresentKey, kFullPresentValue, kFullIndices, kFullScores, kFullSelectedKey, kFullSelectedValue
 };
 
+// The op's schema, shared by the CPU and CUDA registrations. `type` is the float storage type.
+ONNXTensorElementDataType FullAttnInputType(size_t index, ONNXTensorElementDataType type);
+OrtCustomOpInputOutputCharacteristic FullAttnInputCharacteristic(size_t index);
+ONNXTensorElementDataType FullAttnOutputType(size_t index, ONNXTensorElementDataType type);
+OrtCustomOpInputOutputCharacteristic FullAttnOutputCharacteristic(size_t index);
+
 // The node's inputs, read from the kernel context.
 struct FullAttnInputs {
   TensorInput query, key, value, past_key, past_value, mask;
@@ -65,11 +71,11 @@ struct FullAttnOp : Ort::CustomOpBase<FullAttnOp<T>, FullAttnKernel<T>, /*WithSt
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kFullAttnName; }
   size_t GetInputTypeCount() const { return 6; }
-  ONNXTensorElementDataType GetInputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  ONNXTensorElementDataType GetInputType(size_t i) const { return FullAttnInputType(i, ElementType<T>::kOnnx); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return FullAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 7; }
-  ONNXTensorElementDataType GetOutputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const;
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return FullAttnOutputType(i, ElementType<T>::kOnnx); }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return FullAttnOutputCharacteristic(i); }
 };
 
 }  // namespace ops

@@ -1,41 +1,68 @@
 #include "ops/sparse_attn_op.h"
 
+#include "kernels/cuda/bfloat16.h"
+
 #include <algorithm>
 #include <vector>
 
 namespace hysparse {
 namespace ops {
-void CheckBlockIndices(const OpContext& op, const int32_t* indices, int batch, int kv_heads, int64_t new_len,
-                       int64_t top_k, int64_t num_blocks, int64_t total_len, int block_size) {
-  const int64_t rows = static_cast<int64_t>(batch) * kv_heads * new_len;
+void FailBlockIndexRow(const OpContext& op, int64_t row, BlockIndexProblem problem, int64_t value, int64_t previous,
+                       const IndexLayout& layout) {
+  std::string what;
+  switch (problem) {
+    case BlockIndexProblem::kBelowMinusOne:
+      what = "holds " + std::to_string(value) + " (only -1 may pad a row)";
+      break;
+    case BlockIndexProblem::kOutOfRange:
+      what = "holds block " + std::to_string(value) + ", but the key cache has " + std::to_string(layout.num_blocks) +
+             " blocks (length " + std::to_string(layout.total_len) + ", block_size " +
+             std::to_string(layout.block_size) + ")";
+      break;
+    case BlockIndexProblem::kAfterPadding:
+      what = "holds block " + std::to_string(value) + " after a -1 (padding must come last)";
+      break;
+    case BlockIndexProblem::kNotAscending:
+      what = "is not strictly ascending (block " + std::to_string(value) + " after " + std::to_string(previous) + ")";
+      break;
+  }
+  const int64_t s = row % layout.new_len, h = (row / layout.new_len) % layout.kv_heads,
+                b = row / (layout.new_len * layout.kv_heads);
+  op.Fail("input 'block_indices' row (b=" + std::to_string(b) + ", h=" + std::to_string(h) + ", s=" +
+          std::to_string(s) + ") " + what);
+}
+
+void CheckBlockIndices(const OpContext& op, const int32_t* indices, const IndexLayout& layout) {
+  const int64_t rows = layout.batch * layout.kv_heads * layout.new_len;
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* row = indices + r * top_k;
+    const int32_t* row = indices + r * layout.top_k;
     int64_t previous = -1;
     bool padding = false;
-    for (int64_t k = 0; k < top_k; ++k) {
+    for (int64_t k = 0; k < layout.top_k; ++k) {
       const int64_t idx = row[k];
-      std::string problem;
       if (idx == -1) {
         padding = true;
         continue;
-      } else if (idx < -1) {
-        problem = "holds " + std::to_string(idx) + " (only -1 may pad a row)";
-      } else if (idx >= num_blocks) {
-        problem = "holds block " + std::to_string(idx) + ", but the key cache has " + std::to_string(num_blocks) +
-                  " blocks (length " + std::to_string(total_len) + ", block_size " + std::to_string(block_size) + ")";
-      } else if (padding) {
-        problem = "holds block " + std::to_string(idx) + " after a -1 (padding must come last)";
-      } else if (idx <= previous) {
-        problem = "is not strictly ascending (block " + std::to_string(idx) + " after " + std::to_string(previous) + ")";
       }
-      if (!problem.empty()) {
-        const int64_t s = r % new_len, h = (r / new_len) % kv_heads, b = r / (new_len * kv_heads);
-        op.Fail("input 'block_indices' row (b=" + std::to_string(b) + ", h=" + std::to_string(h) + ", s=" +
-                std::to_string(s) + ") " + problem);
-      }
+      if (idx < -1) FailBlockIndexRow(op, r, BlockIndexProblem::kBelowMinusOne, idx, previous, layout);
+      if (idx >= layout.num_blocks) FailBlockIndexRow(op, r, BlockIndexProblem::kOutOfRange, idx, previous, layout);
+      if (padding) FailBlockIndexRow(op, r, BlockIndexProblem::kAfterPadding, idx, previous, layout);
+      if (idx <= previous) FailBlockIndexRow(op, r, BlockIndexProblem::kNotAscending, idx, previous, layout);
       previous = idx;
     }
   }
+}
+
+IndexLayout SparseAttnShape::Indices(int kv_heads, int block_size) const {
+  IndexLayout layout;
+  layout.batch = qkv.batch;
+  layout.kv_heads = kv_heads;
+  layout.new_len = qkv.new_len;
+  layout.top_k = top_k;
+  layout.num_blocks = num_blocks;
+  layout.total_len = total_len;
+  layout.block_size = block_size;
+  return layout;
 }
 
 SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
@@ -242,8 +269,7 @@ void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const QkvShape& qkv = shape.qkv;
   const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
   CheckMaskValues(op_, in.mask);
-  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), B, Hkv, qkv.new_len, shape.top_k, shape.num_blocks,
-                    shape.total_len, attrs_.heads.block_size);
+  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), shape.Indices(Hkv, attrs_.heads.block_size));
 
   // Own cache = past ++ new. With a full-length cache that is the present output itself; with a
   // window cache it is scratch, and present keeps its tail.
@@ -278,17 +304,15 @@ OrtStatusPtr SparseAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelI
   return GuardStatus([&] { *kernel = new SparseAttnKernel<T>(api, info); });
 }
 
-template <typename T>
-ONNXTensorElementDataType SparseAttnOp<T>::GetInputType(size_t index) const {
+ONNXTensorElementDataType SparseAttnInputType(size_t index, ONNXTensorElementDataType type) {
   switch (index) {
     case kSparseBlockIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
     case kSparseMask: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    default: return ElementType<T>::kOnnx;
+    default: return type;
   }
 }
 
-template <typename T>
-OrtCustomOpInputOutputCharacteristic SparseAttnOp<T>::GetInputCharacteristic(size_t index) const {
+OrtCustomOpInputOutputCharacteristic SparseAttnInputCharacteristic(size_t index) {
   // block_indices is required by the contract but declared optional here: ORT's own check of a missing
   // required input names only its position, while CheckSparseAttnInputs names it.
   return index <= kSparseValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
@@ -296,6 +320,8 @@ OrtCustomOpInputOutputCharacteristic SparseAttnOp<T>::GetInputCharacteristic(siz
 
 template SparseAttnArgs<float> MakeSparseAttnArgs<float>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const float*, const float*, float*);
 template SparseAttnArgs<Half> MakeSparseAttnArgs<Half>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const Half*, const Half*, Half*);
+// bfloat16 is bound only by the CUDA glue.
+template SparseAttnArgs<BFloat16> MakeSparseAttnArgs<BFloat16>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const BFloat16*, const BFloat16*, BFloat16*);
 template struct SparseAttnOp<float>;
 template struct SparseAttnOp<Half>;
 template class SparseAttnKernel<float>;

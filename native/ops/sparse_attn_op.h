@@ -18,6 +18,10 @@ enum SparseAttnInput : size_t {
 };
 enum SparseAttnOutput : size_t { kSparseOutput, kSparsePresentKey, kSparsePresentValue };
 
+// The op's schema, shared by the CPU and CUDA registrations. `type` is the float storage type.
+ONNXTensorElementDataType SparseAttnInputType(size_t index, ONNXTensorElementDataType type);
+OrtCustomOpInputOutputCharacteristic SparseAttnInputCharacteristic(size_t index);
+
 struct SparseAttnAttributes {
   HeadAttributes heads;
   int window = 128;
@@ -31,6 +35,12 @@ struct SparseAttnInputs {
   TensorInput query, key, value, past_key, past_value, shared_key, shared_value, block_indices, mask, gate, sinks,
       selected_key, selected_value;
   explicit SparseAttnInputs(const Ort::KernelContext& ctx);
+};
+
+// Sizes needed to check and describe block_indices entries.
+struct IndexLayout {
+  int64_t batch = 0, kv_heads = 0, new_len = 0, top_k = 0, num_blocks = 0, total_len = 0;
+  int block_size = 0;
 };
 
 // Where the SA branch reads the selected blocks (docs/ops.md "Where the SA branch reads").
@@ -48,6 +58,8 @@ struct SparseAttnShape {
   int64_t num_blocks = 0;   // ceil(T / block_size)
   bool gate_per_channel = false;
   SaSource sa_source = SaSource::kOwn;
+
+  IndexLayout Indices(int kv_heads, int block_size) const;
 };
 SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs,
                                       const SparseAttnInputs& in, ONNXTensorElementDataType type);
@@ -75,16 +87,23 @@ struct SparseAttnOp : Ort::CustomOpBase<SparseAttnOp<T>, SparseAttnKernel<T>, /*
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kSparseAttnName; }
   size_t GetInputTypeCount() const { return 13; }
-  ONNXTensorElementDataType GetInputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ElementType<T>::kOnnx; }
 };
 
-// Checks that every [.., K] row of `indices` is strictly ascending blocks in [0, num_blocks) followed
-// only by -1. Throws OpError naming the first bad row.
-void CheckBlockIndices(const OpContext& op, const int32_t* indices, int batch, int kv_heads, int64_t new_len,
-                       int64_t top_k, int64_t num_blocks, int64_t total_len, int block_size);
+// What is wrong with a block_indices entry (docs/ops.md "Block indices").
+enum class BlockIndexProblem { kBelowMinusOne, kOutOfRange, kAfterPadding, kNotAscending };
+
+// Throws the OpError for a bad entry of `row` (flattened (b, h, s)); shared by the CPU check and the
+// CUDA glue, which finds problems on the device.
+[[noreturn]] void FailBlockIndexRow(const OpContext& op, int64_t row, BlockIndexProblem problem, int64_t value,
+                                    int64_t previous, const IndexLayout& layout);
+
+// Checks that every [.., K] row of host-resident `indices` is strictly ascending blocks in
+// [0, num_blocks) followed only by -1. Throws OpError naming the first bad row.
+void CheckBlockIndices(const OpContext& op, const int32_t* indices, const IndexLayout& layout);
 
 }  // namespace ops
 }  // namespace hysparse

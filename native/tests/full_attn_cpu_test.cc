@@ -564,11 +564,14 @@ TEST(FullAttnCpu, MatchesReferenceFloat) { RunSweep<float>(60, 11, kFloatToleran
 
 TEST(FullAttnCpu, MatchesReferenceHalf) { RunSweep<Half>(30, 23, kHalfTolerances, {}); }
 
-TEST(FullAttnCpu, PortableLoopsMatchReference) {
-  FullAttnCpuOptions options;
-  options.portable = true;
-  RunSweep<float>(30, 37, kFloatTolerances, options);
-  RunSweep<Half>(10, 41, kHalfTolerances, options);
+TEST(FullAttnCpu, EveryTileLoopBuildMatchesReference) {
+  for (const cpu::TileKernels* kernels : cpu::AvailableTileKernels()) {
+    SCOPED_TRACE(kernels->name);
+    FullAttnCpuOptions options;
+    options.kernels = kernels;
+    RunSweep<float>(20, 37, kFloatTolerances, options);
+    RunSweep<Half>(8, 41, kHalfTolerances, options);
+  }
 }
 
 TEST(FullAttnCpu, SmallQueryTilesAndForcedKeySplitsMatchReference) {
@@ -659,7 +662,10 @@ TEST(FullAttnCpu, EqualScoresPickLowestEligibleBlocks) {
     p.mask[sh.total() + j] = 0;
     p.mask[sh.total() + 2 * sh.block_size + j] = 0;
   }
-  for (const FullAttnCpuOptions& options : {FullAttnCpuOptions{}, FullAttnCpuOptions{0, 0, true}}) {
+  for (const cpu::TileKernels* kernels : cpu::AvailableTileKernels()) {
+    SCOPED_TRACE(kernels->name);
+    FullAttnCpuOptions options;
+    options.kernels = kernels;
     const Outputs<float> out = RunKernel(p, SerialExecutor(), {}, options);
     CheckAll(p, out, ComputeReference(p), kFloatTolerances);
     const std::vector<int32_t> want_row0 = {0, 1, 2, 3};
@@ -704,11 +710,11 @@ TEST(FullAttnCpu, ZeroScoreBlocksStayEligible) {
 TEST(TileKernels, MatchFloat64) {
   std::mt19937 rng(1234);
   std::normal_distribution<float> normal(0.f, 1.f);
-  for (const cpu::TileKernels* k : {&cpu::PortableTileKernels(), &cpu::BestTileKernels()}) {
+  for (const cpu::TileKernels* k : cpu::AvailableTileKernels()) {
     SCOPED_TRACE(k->name);
     for (const int dim : {1, 7, 8, 13, 64, 128, 131}) {
       for (const int rows : {1, 2, 3, 4, 5, 9}) {
-        const int keys = 1 + static_cast<int>(rng() % 11);
+        const int keys = 1 + static_cast<int>(rng() % cpu::kMaxTileKeys);
         const int64_t ld_q = dim + 2, ld_k = dim + 1, ld_s = keys + 3, ld_v = dim + 5, ld_acc = dim + 1;
         std::vector<float> q(rows * ld_q), kk(keys * ld_k), v(keys * ld_v), acc(rows * ld_acc);
         std::vector<float> p(rows * ld_s), rescale(rows);
@@ -718,18 +724,26 @@ TEST(TileKernels, MatchFloat64) {
         for (float& x : acc) x = normal(rng);
         for (float& x : p) x = std::fabs(normal(rng));
         for (float& x : rescale) x = std::fabs(normal(rng));
-        std::vector<float> scores(rows * ld_s, -5.f);
-        k->dot_rows(q.data(), ld_q, rows, kk.data(), ld_k, keys, dim, scores.data(), ld_s);
-        for (int r = 0; r < rows; ++r)
-          for (int j = 0; j < ld_s; ++j) {
-            if (j >= keys) {
-              EXPECT_EQ(scores[r * ld_s + j], -5.f) << "written past num_keys";
-              continue;
+        std::vector<float> layout(cpu::kMaxTileKeys * dim + 16);
+        float* aligned = layout.data() + (64 - reinterpret_cast<uintptr_t>(layout.data()) % 64) % 64 / sizeof(float);
+        // Few query rows and many: some builds lay the keys out differently for each.
+        for (const int64_t query_rows : {int64_t{rows}, int64_t{64}}) {
+          std::vector<float> scores(rows * ld_s, -5.f);
+          const cpu::PreparedKeys prepared =
+              k->prepare_keys(kk.data(), ld_k, keys, dim, query_rows, aligned);
+          k->dot_rows(q.data(), ld_q, rows, prepared, keys, dim, scores.data(), ld_s);
+          for (int r = 0; r < rows; ++r)
+            for (int j = 0; j < ld_s; ++j) {
+              if (j >= keys) {
+                EXPECT_EQ(scores[r * ld_s + j], -5.f) << "written past num_keys";
+                continue;
+              }
+              double want = 0;
+              for (int d = 0; d < dim; ++d) want += double(q[r * ld_q + d]) * kk[j * ld_k + d];
+              EXPECT_NEAR(scores[r * ld_s + j], want, 1e-5 * (1 + std::sqrt(double(dim))))
+                  << "query_rows " << query_rows;
             }
-            double want = 0;
-            for (int d = 0; d < dim; ++d) want += double(q[r * ld_q + d]) * kk[j * ld_k + d];
-            EXPECT_NEAR(scores[r * ld_s + j], want, 1e-5 * (1 + std::sqrt(double(dim))));
-          }
+        }
         std::vector<float> updated = acc;
         k->accumulate_pv(p.data(), ld_s, rows, rescale.data(), v.data(), ld_v, keys, dim,
                          updated.data(), ld_acc);
