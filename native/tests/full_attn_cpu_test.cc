@@ -3,71 +3,23 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/attention_args.h"
 #include "kernels/cpu/full_attn_cpu.h"
 #include "kernels/cpu/tile_kernels.h"
+#include "test_support.h"
 
 namespace hysparse {
 namespace {
 
 using cpu::FullAttnCpuOptions;
-
-// Runs the tasks on `threads` std::threads that pull indices from a shared counter, so the order
-// and the thread of each task vary from run to run.
-class ThreadedExecutor final : public Executor {
- public:
-  explicit ThreadedExecutor(int threads) : threads_(threads) {}
-  void ParallelFor(size_t n, const std::function<void(size_t)>& fn) const override {
-    std::atomic<size_t> next{0};
-    const auto worker = [&] {
-      for (size_t i = next++; i < n; i = next++) fn(i);
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads_; ++t) pool.emplace_back(worker);
-    worker();
-    for (std::thread& thread : pool) thread.join();
-  }
-
- private:
-  int threads_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Storage types.
-
-template <typename T>
-T ToStorage(double v);
-template <>
-float ToStorage<float>(double v) {
-  return static_cast<float>(v);
-}
-template <>
-Half ToStorage<Half>(double v) {
-  return FloatToHalf(static_cast<float>(v));
-}
-double FromStorage(float v) { return v; }
-double FromStorage(Half v) { return HalfToFloat(v); }
-template <typename T>
-T Poison();
-template <>
-float Poison<float>() {
-  return std::numeric_limits<float>::quiet_NaN();
-}
-template <>
-Half Poison<Half>() {
-  return Half{0x7E00};
-}
-bool IsPoison(float v) { return std::isnan(v); }
-bool IsPoison(Half v) { return std::isnan(HalfToFloat(v)); }
+using namespace test;
 
 // ---------------------------------------------------------------------------------------------
 // Problems.
@@ -191,7 +143,7 @@ Problem<T> MakeProblem(const Shape& shape, uint32_t seed) {
   p.shape = shape;
   p.query_view = MakeView(shape, shape.heads);
   // Query gaps hold NaN: reading them would poison the output.
-  p.query.assign(shape.batch * p.query_view.batch_stride, Poison<T>());
+  p.query.assign(shape.batch * p.query_view.batch_stride, PoisonValue<T>());
   for (int b = 0; b < shape.batch; ++b)
     for (int h = 0; h < shape.heads; ++h)
       for (int64_t s = 0; s < shape.fresh; ++s)
@@ -199,8 +151,8 @@ Problem<T> MakeProblem(const Shape& shape, uint32_t seed) {
           // Wider than unit variance so that softmax rows and block scores are far from uniform.
           p.query[p.query_view.Offset(b, h, s) + d] = ToStorage<T>(2.0 * normal(rng));
   const size_t cache_size = size_t(shape.batch) * shape.kv_heads * shape.capacity() * shape.dim;
-  p.key_cache.assign(cache_size, Poison<T>());
-  p.value_cache.assign(cache_size, Poison<T>());
+  p.key_cache.assign(cache_size, PoisonValue<T>());
+  p.value_cache.assign(cache_size, PoisonValue<T>());
   for (int b = 0; b < shape.batch; ++b)
     for (int g = 0; g < shape.kv_heads; ++g)
       for (int64_t j = 0; j < shape.total(); ++j)
@@ -311,7 +263,7 @@ Outputs<T> RunKernel(const Problem<T>& p, const Executor& exec, const Requests& 
 
   Outputs<T> out;
   args.output_view = MakeView(sh, sh.heads);
-  out.output.assign(sh.batch * args.output_view.batch_stride, Poison<T>());
+  out.output.assign(sh.batch * args.output_view.batch_stride, PoisonValue<T>());
   args.output = out.output.data();
   const size_t rows = size_t(sh.batch) * sh.kv_heads * sh.fresh;
   if (want.indices) {
@@ -324,11 +276,11 @@ Outputs<T> RunKernel(const Problem<T>& p, const Executor& exec, const Requests& 
   }
   const size_t gathered = rows * sh.top_k * sh.block_size * sh.dim;
   if (want.selected_key) {
-    out.selected_key.assign(gathered, Poison<T>());
+    out.selected_key.assign(gathered, PoisonValue<T>());
     args.selected_key = out.selected_key.data();
   }
   if (want.selected_value) {
-    out.selected_value.assign(gathered, Poison<T>());
+    out.selected_value.assign(gathered, PoisonValue<T>());
     args.selected_value = out.selected_value.data();
   }
   cpu::RunFullAttnCpu(args, exec, options);

@@ -13,15 +13,17 @@
 #include <numeric>
 #include <random>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "kernels/attention_args.h"
 #include "kernels/cpu/sparse_math.h"
+#include "test_support.h"
 
 namespace hysparse {
 namespace {
+
+using namespace test;
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
@@ -32,33 +34,6 @@ constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 // as stored, so 1e-3 covers the rounding but not a wrong key.
 constexpr double kFloatTolerance = 5e-6;
 constexpr double kHalfTolerance = 1e-3;
-
-template <typename T>
-T FromDouble(double x);
-template <>
-float FromDouble<float>(double x) { return static_cast<float>(x); }
-template <>
-Half FromDouble<Half>(double x) { return FloatToHalf(static_cast<float>(x)); }
-double ToDouble(float x) { return x; }
-double ToDouble(Half x) { return HalfToFloat(x); }
-
-// A NaN with a payload the kernel never produces: output elements that still hold it were not written.
-template <typename T>
-T PoisonValue();
-template <>
-float PoisonValue<float>() {
-  const uint32_t bits = 0x7FC0DEADu;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-template <>
-Half PoisonValue<Half>() { return Half{0x7E5Au}; }
-template <typename T>
-bool IsPoison(T x) {
-  const T p = PoisonValue<T>();
-  return std::memcmp(&x, &p, sizeof x) == 0;
-}
 
 enum class SaSource { kOwnCache, kSharedCache, kGathered };
 enum class Padding { kNone, kLeftRight, kHoles };
@@ -141,12 +116,12 @@ struct Problem {
 
     // Stores x as T and records the stored value.
     auto store = [](double x, T* slot, double* ref) {
-      *slot = FromDouble<T>(x);
-      *ref = ToDouble(*slot);
+      *slot = ToStorage<T>(x);
+      *ref = FromStorage(*slot);
     };
     auto random_kv = [&](std::vector<double>& ref, double amplitude) {
       ref.resize(static_cast<size_t>(B) * Hkv * L * D);
-      for (double& x : ref) x = ToDouble(FromDouble<T>(uniform(-amplitude, amplitude)));
+      for (double& x : ref) x = FromStorage(ToStorage<T>(uniform(-amplitude, amplitude)));
     };
 
     // Query (and output) views, optionally with poisoned gaps after each row.
@@ -154,7 +129,7 @@ struct Problem {
     query_view = c.bsnh ? HeadView::Bsnh(S, Hq, row) : HeadView::Bnsh(S, Hq, row);
     output_view = query_view;
     const size_t view_elems = static_cast<size_t>(B) * Hq * S * row;
-    query.assign(view_elems, FromDouble<T>(kNaN));
+    query.assign(view_elems, ToStorage<T>(kNaN));
     q_ref.resize(static_cast<size_t>(B) * Hq * S * D);
     for (int b = 0; b < B; ++b)
       for (int h = 0; h < Hq; ++h)
@@ -168,15 +143,15 @@ struct Problem {
     own_start = c.window_cache ? past - std::min<int64_t>(c.window, past) : 0;
     own_len = L - own_start;
     own_capacity = own_len + 3;
-    own_k.assign(static_cast<size_t>(B) * Hkv * own_capacity * D, FromDouble<T>(kNaN));
+    own_k.assign(static_cast<size_t>(B) * Hkv * own_capacity * D, ToStorage<T>(kNaN));
     own_v = own_k;
     for (int b = 0; b < B; ++b)
       for (int g = 0; g < Hkv; ++g)
         for (int64_t j = own_start; j < L; ++j)
           for (int d = 0; d < D; ++d) {
             const size_t slot = ((static_cast<size_t>(b) * Hkv + g) * own_capacity + (j - own_start)) * D + d;
-            own_k[slot] = FromDouble<T>(own_k_ref[KvIndex(b, g, j, d)]);
-            own_v[slot] = FromDouble<T>(own_v_ref[KvIndex(b, g, j, d)]);
+            own_k[slot] = ToStorage<T>(own_k_ref[KvIndex(b, g, j, d)]);
+            own_v[slot] = ToStorage<T>(own_v_ref[KvIndex(b, g, j, d)]);
           }
 
     if (c.source != SaSource::kOwnCache) {
@@ -185,15 +160,15 @@ struct Problem {
     }
     if (c.source == SaSource::kSharedCache) {
       sa_capacity = L + 2;
-      sa_k.assign(static_cast<size_t>(B) * Hkv * sa_capacity * D, FromDouble<T>(kNaN));
+      sa_k.assign(static_cast<size_t>(B) * Hkv * sa_capacity * D, ToStorage<T>(kNaN));
       sa_v = sa_k;
       for (int b = 0; b < B; ++b)
         for (int g = 0; g < Hkv; ++g)
           for (int64_t j = 0; j < L; ++j)
             for (int d = 0; d < D; ++d) {
               const size_t slot = ((static_cast<size_t>(b) * Hkv + g) * sa_capacity + j) * D + d;
-              sa_k[slot] = FromDouble<T>(sa_k_ref[KvIndex(b, g, j, d)]);
-              sa_v[slot] = FromDouble<T>(sa_v_ref[KvIndex(b, g, j, d)]);
+              sa_k[slot] = ToStorage<T>(sa_k_ref[KvIndex(b, g, j, d)]);
+              sa_v[slot] = ToStorage<T>(sa_v_ref[KvIndex(b, g, j, d)]);
             }
     }
 
@@ -249,7 +224,7 @@ struct Problem {
     // the last block) are NaN instead of the contract's zeros, to show the kernel never reads them.
     if (c.source == SaSource::kGathered) {
       const size_t elems = static_cast<size_t>(B) * Hkv * S * K * bs * D;
-      sel_k.assign(elems, FromDouble<T>(kNaN));
+      sel_k.assign(elems, ToStorage<T>(kNaN));
       sel_v = sel_k;
       sel_k_ref.assign(elems, kNaN);
       sel_v_ref.assign(elems, kNaN);
@@ -497,7 +472,7 @@ void ExpectOutput(const Problem<T>& p, const std::vector<double>& want, double t
       for (int64_t s = 0; s < c.new_len; ++s) {
         const int64_t base = p.output_view.Offset(b, h, s);
         for (int d = 0; d < c.dim; ++d) {
-          const double got = ToDouble(p.output[base + d]);
+          const double got = FromStorage(p.output[base + d]);
           const double w = want[p.QIndex(b, h, s, d)];
           const double err = std::fabs(got - w);
           if (!(err <= tol)) {
@@ -517,24 +492,6 @@ void ExpectOutput(const Problem<T>& p, const std::vector<double>& want, double t
       }
   EXPECT_EQ(bad, 0) << what << " " << Describe(c) << " (largest error within tolerance " << worst << ")";
 }
-
-// Runs ParallelFor on `threads` std::threads pulling indices from a shared counter.
-class ThreadedExecutor final : public Executor {
- public:
-  explicit ThreadedExecutor(int threads) : threads_(threads) {}
-  void ParallelFor(size_t n, const std::function<void(size_t)>& fn) const override {
-    std::atomic<size_t> next{0};
-    std::vector<std::thread> pool;
-    for (int i = 0; i < threads_; ++i)
-      pool.emplace_back([&] {
-        for (size_t task = next++; task < n; task = next++) fn(task);
-      });
-    for (auto& t : pool) t.join();
-  }
-
- private:
-  int threads_;
-};
 
 // Every micro-kernel variant against the reference; then a 3-thread run must equal the serial run
 // bit for bit (tasks write disjoint rows and never depend on scheduling).
