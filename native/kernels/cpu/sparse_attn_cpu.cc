@@ -86,7 +86,8 @@ class TileTask {
                         3 * static_cast<size_t>(dim_);
     if (f.size() < need) f.resize(need);
     // prepare_keys wants its scratch on a 64-byte boundary; the other pieces follow it.
-    float* p = f.data() + (kAlignFloats - reinterpret_cast<uintptr_t>(f.data()) / sizeof(float) % kAlignFloats) % kAlignFloats;
+    const size_t misaligned = reinterpret_cast<uintptr_t>(f.data()) / sizeof(float) % kAlignFloats;
+    float* p = f.data() + (kAlignFloats - misaligned) % kAlignFloats;
     key_layout_ = p, p += layout;
     query_ = p, p += rd;
     scores_ = p, p += r * kChunk;
@@ -349,8 +350,9 @@ class TileTask {
       }
     };
     for_each_group([&](int first, int end) {
-      kernels_.dot_rows(query_ + first * head_rows * dim_, dim_, static_cast<int>((end - first) * head_rows),
-                        keys, n, dim_, scores_ + first * head_rows * kChunk, kChunk);
+      const int rows = static_cast<int>((end - first) * head_rows);
+      kernels_.dot_rows(query_ + first * head_rows * dim_, dim_, rows, keys, n, dim_,
+                        scores_ + first * head_rows * kChunk, kChunk);
     });
 
     SoftmaxState& st = state_[run.branch];
@@ -384,8 +386,9 @@ class TileTask {
     }
     const float* v = cpu::AsFloats(run.values + c0 * dim_, elems, value_rows_, kernels_);
     for_each_group([&](int first, int end) {
-      kernels_.accumulate_pv(scores_ + first * head_rows * kChunk, kChunk, static_cast<int>((end - first) * head_rows),
-                             rescale_ + first * head_rows, v, dim_, n, dim_, st.acc + first * head_rows * dim_, dim_);
+      const int rows = static_cast<int>((end - first) * head_rows);
+      kernels_.accumulate_pv(scores_ + first * head_rows * kChunk, kChunk, rows, rescale_ + first * head_rows, v,
+                             dim_, n, dim_, st.acc + first * head_rows * dim_, dim_);
     });
   }
 
@@ -480,8 +483,9 @@ void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec,
   exec.ParallelFor(tasks, [&](size_t task) {
     const int64_t tile = static_cast<int64_t>(task) % tiles;
     const int64_t bg = static_cast<int64_t>(task) / tiles;
-    TileTask<T>(args, kernels, static_cast<int>(bg / args.kv_num_heads), static_cast<int>(bg % args.kv_num_heads),
-                tile * kTokenTile, std::min(args.new_len, (tile + 1) * kTokenTile))
+    TileTask<T>(args, kernels, static_cast<int>(bg / args.kv_num_heads),
+                static_cast<int>(bg % args.kv_num_heads), tile * kTokenTile,
+                std::min(args.new_len, (tile + 1) * kTokenTile))
         .Run();
   });
 }
