@@ -150,30 +150,6 @@ struct RowState {
   float* block_max;  // [rows][num_blocks]: max valid logit per block, or null without selection
 };
 
-inline void LoadScaled(const float* src, float* dst, int dim, float scale, const TileKernels&) {
-  for (int d = 0; d < dim; ++d) dst[d] = src[d] * scale;
-}
-inline void LoadScaled(const Half* src, float* dst, int dim, float scale, const TileKernels& k) {
-  k.half_to_float(src, dst, dim);
-  for (int d = 0; d < dim; ++d) dst[d] *= scale;
-}
-
-// float caches are read in place; float16 tiles are converted into scratch first.
-inline const float* TileAsFloat(const float* src, int64_t, float*, const TileKernels&) {
-  return src;
-}
-inline const float* TileAsFloat(const Half* src, int64_t n, float* scratch, const TileKernels& k) {
-  k.half_to_float(src, scratch, n);
-  return scratch;
-}
-
-inline void StoreRowAs(const float* src, float* dst, int dim, const TileKernels&) {
-  std::memcpy(dst, src, sizeof(float) * dim);
-}
-inline void StoreRowAs(const float* src, Half* dst, int dim, const TileKernels& k) {
-  k.float_to_half(src, dst, dim);
-}
-
 // Per-task scratch of the streaming loop.
 struct TileScratch {
   float* queries;  // [rows][D], pre-multiplied by scale
@@ -257,10 +233,10 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kKeyTile) {
     const int num_keys = static_cast<int>(std::min<int64_t>(kKeyTile, key_end - k0));
     const PreparedKeys keys = kernels.prepare_keys(
-        TileAsFloat(key_cache + k0 * dim, int64_t{num_keys} * dim, scratch.key_tile, kernels), dim,
+        AsFloats(key_cache + k0 * dim, int64_t{num_keys} * dim, scratch.key_tile, kernels), dim,
         num_keys, dim, rows, scratch.key_layout);
     const float* values =
-        TileAsFloat(value_cache + k0 * dim, int64_t{num_keys} * dim, scratch.value_tile, kernels);
+        AsFloats(value_cache + k0 * dim, int64_t{num_keys} * dim, scratch.value_tile, kernels);
     bool tile_has_padding = false;
     if (mask)
       for (int c = 0; c < num_keys; ++c) tile_has_padding |= mask[k0 + c] == 0;
@@ -380,7 +356,7 @@ void Finish(const FullAttnArgs<T>& args, const Plan& plan, const TileKernels& ke
       const float sum = state.row_sum[r];
       const float inv = live && sum > 0.f ? 1.f / sum : 0.f;
       for (int d = 0; d < dim; ++d) scratch.out_row[d] = state.acc[r * dim + d] * inv;
-      StoreRowAs(scratch.out_row, args.output + args.output_view.Offset(b, g * group + hh, s), dim,
+      StoreFloats(scratch.out_row, args.output + args.output_view.Offset(b, g * group + hh, s), dim,
                  kernels);
     }
     if (!plan.selection) continue;

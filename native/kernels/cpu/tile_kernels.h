@@ -1,4 +1,5 @@
-// Inner loops of the CPU attention kernels, over float32 tiles.
+// Inner loops of the CPU attention kernels (full_attn_cpu.cc, sparse_attn_cpu.cc), over float32
+// tiles, and the few storage-type adapters both kernels use around them.
 //
 // The attention kernels spend nearly all their time in the few loops below (q·k dot products, the
 // softmax exponentials and the P·V accumulation), so these come in three builds: a portable one that
@@ -9,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "kernels/attention_args.h"
@@ -71,6 +73,45 @@ const TileKernels& BestTileKernels();
 
 // Every implementation this CPU can run, portable first (for tests and benchmarks).
 std::vector<const TileKernels*> AvailableTileKernels();
+
+// Storage adapters. Both kernels store float or float16 and compute in float32 (docs/ops.md
+// "Types"); these overloads let their templates handle either storage type with the conversions of
+// the chosen implementation.
+
+inline float ToFloat(float x) { return x; }
+inline float ToFloat(Half x) { return HalfToFloat(x); }
+
+// dst[0..n) = float(src[0..n)) * scale.
+inline void LoadScaled(const float* src, float* dst, int64_t n, float scale, const TileKernels&) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * scale;
+}
+inline void LoadScaled(const Half* src, float* dst, int64_t n, float scale, const TileKernels& k) {
+  k.half_to_float(src, dst, n);
+  for (int64_t i = 0; i < n; ++i) dst[i] *= scale;
+}
+
+// dst[0..n) = float(src[0..n)).
+inline void LoadFloats(const float* src, float* dst, int64_t n, const TileKernels&) {
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+inline void LoadFloats(const Half* src, float* dst, int64_t n, const TileKernels& k) {
+  k.half_to_float(src, dst, n);
+}
+
+// src[0..n) as float: float data is read in place, float16 data converted into `scratch` (n floats).
+inline const float* AsFloats(const float* src, int64_t, float*, const TileKernels&) { return src; }
+inline const float* AsFloats(const Half* src, int64_t n, float* scratch, const TileKernels& k) {
+  k.half_to_float(src, scratch, n);
+  return scratch;
+}
+
+// dst[0..n) = src[0..n) in the storage type (float16: rounded to nearest even).
+inline void StoreFloats(const float* src, float* dst, int64_t n, const TileKernels&) {
+  std::memcpy(dst, src, sizeof(float) * n);
+}
+inline void StoreFloats(const float* src, Half* dst, int64_t n, const TileKernels& k) {
+  k.float_to_half(src, dst, n);
+}
 
 }  // namespace cpu
 }  // namespace hysparse
