@@ -1,0 +1,49 @@
+using Google.Protobuf;
+using HySparse.Models.Llama;
+
+namespace HySparse.Exporter.Tests;
+
+/// <summary>The builder's decomposed decoder computes what a float64 loop implementation computes.</summary>
+[TestClass]
+public sealed class DenseModelTests
+{
+    [TestMethod]
+    [DataRow(4, 2, false, DisplayName = "GQA 4:2, untied head")]
+    [DataRow(2, 2, true, DisplayName = "MHA, tied head")]
+    [DataRow(6, 1, false, DisplayName = "MQA 6:1")]
+    public void DecomposedModelMatchesFloat64Reference(int heads, int kvHeads, bool tied)
+    {
+        var config = new LlamaConfig { Layers = 2, Hidden = 24, Heads = heads, KvHeads = kvHeads, HeadDim = 8, Ffn = 40, Vocab = 37, Seed = 7, TiedEmbeddings = tied };
+        var weights = LlamaWeights.Generate(config);
+        var model = LlamaModelBuilder.Build(weights).ToByteArray();
+
+        // Prefill-with-past and decode calls, the second batch row left-padded into its new tokens.
+        foreach (var (past, newTokens) in new[] { (3, 5), (6, 1), (0, 4) })
+        {
+            var inputs = DecoderInputs.Random(config, batch: 2, past, newTokens, leftPadding: [0, Math.Min(past + 2, past + newTokens - 1)], seed: (ulong)(past * 31 + newTokens));
+            var actual = DecoderRunner.Run(model, config, inputs);
+            var expected = ReferenceLlama.Forward(weights, inputs.Batch, inputs.InputIds, inputs.Mask, inputs.PastKeys, inputs.PastValues);
+            Close.Assert(expected.Logits, actual.Logits, 2e-4, $"logits (P={past}, S={newTokens})");
+            for (var l = 0; l < config.Layers; l++)
+            {
+                Close.Assert(expected.PresentKeys[l], actual.PresentKeys[l], 2e-4, $"present.{l}.key (P={past}, S={newTokens})");
+                Close.Assert(expected.PresentValues[l], actual.PresentValues[l], 2e-4, $"present.{l}.value (P={past}, S={newTokens})");
+            }
+        }
+    }
+}
+
+/// <summary>Element-wise closeness with a message that names the first bad element.</summary>
+public static class Close
+{
+    public static void Assert(double[] expected, double[] actual, double tolerance, string what)
+    {
+        Microsoft.VisualStudio.TestTools.UnitTesting.Assert.AreEqual(expected.Length, actual.Length, $"{what}: element count");
+        for (var i = 0; i < expected.Length; i++)
+        {
+            var allowed = tolerance * Math.Max(1, Math.Abs(expected[i]));
+            if (!(Math.Abs(expected[i] - actual[i]) <= allowed))
+                Microsoft.VisualStudio.TestTools.UnitTesting.Assert.Fail($"{what}[{i}]: expected {expected[i]:R}, got {actual[i]:R}");
+        }
+    }
+}
