@@ -96,7 +96,12 @@ public static class HybridConverter
     /// Reads <paramref name="inputPath"/>, converts it and writes <paramref name="outputPath"/>
     /// atomically. The input file is only read. Nothing is written when the conversion is refused.
     /// </summary>
-    public static ConversionReport ConvertFile(string inputPath, string outputPath, ConversionOptions options, bool overwrite = false)
+    /// <param name="inputPath">Dense model to read.</param>
+    /// <param name="outputPath">Where to write the hybrid model.</param>
+    /// <param name="options">Layout and parameters.</param>
+    /// <param name="overwrite">Replace an existing output file.</param>
+    /// <param name="progress">Told when each step (read, rewrite, write) starts, for long conversions.</param>
+    public static ConversionReport ConvertFile(string inputPath, string outputPath, ConversionOptions options, bool overwrite = false, Action<string>? progress = null)
     {
         var input = Path.GetFullPath(inputPath);
         var output = Path.GetFullPath(outputPath);
@@ -109,12 +114,15 @@ public static class HybridConverter
         if (File.Exists(output) && !overwrite)
             throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' exists; pass --overwrite to replace it");
 
+        progress?.Invoke($"reading {inputPath} ({new FileInfo(input).Length:N0} bytes)");
         var model = ModelFile.Load(input);
         if (model.Graph.Initializer.Any(Tensors.IsExternal)
             && !string.Equals(Path.GetDirectoryName(input), Path.GetDirectoryName(output), StringComparison.Ordinal))
             throw new ConversionException(ConversionError.UnsupportedExternalData,
                 $"the model keeps weights in external data files found relative to its directory; write the output into '{Path.GetDirectoryName(input)}' so they stay valid");
+        progress?.Invoke($"rewriting {model.Graph.Node.Count:N0} nodes");
         var report = ConvertInPlace(model, options);
+        progress?.Invoke($"writing {outputPath}");
         ModelFile.WriteAtomically(model, output, overwrite);
         return report;
     }
