@@ -87,4 +87,35 @@ public static class DecoderRunner
             foreach (var value in values) value.Dispose();
         }
     }
+
+    /// <summary>
+    /// Prefill of 16 tokens (second row left-padded by 5), then <paramref name="decodeSteps"/> one-token
+    /// steps that feed each call's presents back as the next call's pasts.
+    /// </summary>
+    public static List<(DecoderInputs Inputs, DecoderOutputs Outputs)> PrefillThenDecode(byte[] model, LlamaConfig config, int decodeSteps, Action<SessionOptions>? configure = null)
+    {
+        var runs = new List<(DecoderInputs, DecoderOutputs)>();
+        var inputs = DecoderInputs.Random(config, batch: 2, past: 0, newTokens: 16, leftPadding: [0, 5], seed: 99);
+        for (var step = 0; ; step++)
+        {
+            var outputs = Run(model, config, inputs, configure);
+            runs.Add((inputs, outputs));
+            if (step == decodeSteps) return runs;
+            var total = inputs.Total + 1;
+            var mask = new long[inputs.Batch * total];
+            for (var b = 0; b < inputs.Batch; b++)
+            {
+                Array.Copy(inputs.Mask, b * inputs.Total, mask, b * total, inputs.Total);
+                mask[b * total + total - 1] = 1;
+            }
+            inputs = new DecoderInputs
+            {
+                Batch = inputs.Batch,
+                InputIds = Enumerable.Range(0, inputs.Batch).Select(b => (long)((step * 7 + b * 11 + 3) % config.Vocab)).ToArray(),
+                Mask = mask,
+                PastKeys = outputs.PresentKeys.Select(k => k.Select(v => (float)v).ToArray()).ToArray(),
+                PastValues = outputs.PresentValues.Select(k => k.Select(v => (float)v).ToArray()).ToArray(),
+            };
+        }
+    }
 }

@@ -33,6 +33,29 @@ public sealed class DenseModelTests
     }
 }
 
+/// <summary>Caches handed from call to call stay consistent with a from-scratch reference.</summary>
+[TestClass]
+public sealed class DenseDecodeTests
+{
+    [TestMethod]
+    public void PresentsFedBackAsPastsMatchTheReferenceAtEveryStep()
+    {
+        var config = new LlamaConfig { Layers = 2, Hidden = 24, Heads = 4, KvHeads = 2, HeadDim = 8, Ffn = 40, Vocab = 37, Seed = 9 };
+        var weights = LlamaWeights.Generate(config);
+
+        var runs = DecoderRunner.PrefillThenDecode(LlamaModelBuilder.Build(weights).ToByteArray(), config, decodeSteps: 3);
+
+        Assert.HasCount(4, runs);
+        foreach (var (inputs, actual) in runs)
+        {
+            var expected = ReferenceLlama.Forward(weights, inputs.Batch, inputs.InputIds, inputs.Mask, inputs.PastKeys, inputs.PastValues);
+            Close.Assert(expected.Logits, actual.Logits, 2e-4, $"logits at T={inputs.Total}");
+            Close.Assert(expected.PresentKeys[1], actual.PresentKeys[1], 2e-4, $"present.1.key at T={inputs.Total}");
+        }
+        Assert.AreEqual(19, runs[^1].Inputs.Total);
+    }
+}
+
 /// <summary>Element-wise closeness with a message that names the first bad element.</summary>
 public static class Close
 {
