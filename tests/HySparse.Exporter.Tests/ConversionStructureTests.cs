@@ -44,6 +44,40 @@ public sealed class ConversionStructureTests
     }
 
     [TestMethod]
+    [DataRow(ScalePlacement.DivideScores, false)]
+    [DataRow(ScalePlacement.MultiplyScores, false)]
+    [DataRow(ScalePlacement.SplitOverQueryAndKey, false)]
+    [DataRow(ScalePlacement.DivideScores, true)]
+    [DataRow(ScalePlacement.SplitOverQueryAndKey, true)]
+    public void RecognisesExportVariants(ScalePlacement placement, bool fusedQkv)
+    {
+        var model = LlamaModelBuilder.Build(Gqa, LlamaAttentionStyle.Decomposed, new DecomposedExportOptions { Scale = placement, FusedQkv = fusedQkv });
+        var producers = model.Graph.Node.SelectMany(n => n.Output.Select(o => (o, n))).ToDictionary(p => p.o, p => p.n);
+
+        var analysis = HybridConverter.Analyse(model);
+
+        Assert.IsEmpty(analysis.Failures, string.Join("; ", analysis.Failures));
+        Assert.HasCount(Gqa.Layers, analysis.Layers);
+        foreach (var layer in analysis.Layers)
+        {
+            if (placement == ScalePlacement.SplitOverQueryAndKey)
+            {
+                // Q keeps its own D^-1/4 (the op reads the scaled Q); the key side's D^-1/4 becomes the attribute.
+                Assert.AreEqual(MathF.Pow(8, -0.25f), layer.Scale, 1e-7f);
+                Assert.AreEqual("Mul", producers[layer.Query].OpType);
+            }
+            else
+            {
+                Assert.AreEqual(1f / MathF.Sqrt(8), layer.Scale, 1e-7f);
+                Assert.AreEqual("Add", producers[layer.Query].OpType, "Q is the RoPE output");
+            }
+        }
+        var (converted, _) = HybridConverter.Convert(model, new ConversionOptions());
+        Assert.AreEqual(Gqa.Layers, converted.Graph.Node.Count(n => n.Domain == "com.hysparse"));
+        ModelFile.Validate(converted, "converted");
+    }
+
+    [TestMethod]
     public void ConvertsIntoWiredHySparseNodes()
     {
         var source = LlamaModelBuilder.Build(Gqa);

@@ -8,14 +8,16 @@ namespace HySparse.Exporter.Tests;
 public sealed class DenseModelTests
 {
     [TestMethod]
-    [DataRow(4, 2, false, DisplayName = "GQA 4:2, untied head")]
-    [DataRow(2, 2, true, DisplayName = "MHA, tied head")]
-    [DataRow(6, 1, false, DisplayName = "MQA 6:1")]
-    public void DecomposedModelMatchesFloat64Reference(int heads, int kvHeads, bool tied)
+    [DataRow(4, 2, false, ScalePlacement.DivideScores, false, DisplayName = "GQA 4:2, untied head")]
+    [DataRow(2, 2, true, ScalePlacement.DivideScores, false, DisplayName = "MHA, tied head")]
+    [DataRow(6, 1, false, ScalePlacement.DivideScores, false, DisplayName = "MQA 6:1")]
+    [DataRow(4, 2, false, ScalePlacement.MultiplyScores, true, DisplayName = "GQA 4:2, Mul scale, fused QKV")]
+    [DataRow(4, 2, true, ScalePlacement.SplitOverQueryAndKey, false, DisplayName = "GQA 4:2, SDPA-style split scale")]
+    public void DecomposedModelMatchesFloat64Reference(int heads, int kvHeads, bool tied, ScalePlacement scale, bool fusedQkv)
     {
         var config = new LlamaConfig { Layers = 2, Hidden = 24, Heads = heads, KvHeads = kvHeads, HeadDim = 8, Ffn = 40, Vocab = 37, Seed = 7, TiedEmbeddings = tied };
         var weights = LlamaWeights.Generate(config);
-        var model = LlamaModelBuilder.Build(weights).ToByteArray();
+        var model = LlamaModelBuilder.Build(weights, LlamaAttentionStyle.Decomposed, new DecomposedExportOptions { Scale = scale, FusedQkv = fusedQkv }).ToByteArray();
 
         // Prefill-with-past and decode calls, the second batch row left-padded into its new tokens.
         foreach (var (past, newTokens) in new[] { (3, 5), (6, 1), (0, 4) })

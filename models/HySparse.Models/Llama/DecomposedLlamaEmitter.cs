@@ -10,7 +10,7 @@ namespace HySparse.Models.Llama;
 /// MatMul(Q, Kᵀ) → Div(√D) → Add(mask) → Softmax → MatMul(V). The additive mask is built once
 /// from <c>attention_mask</c>: 0 where a key is causal and real, the float32 minimum elsewhere.
 /// </summary>
-internal sealed class DecomposedLlamaEmitter(LlamaWeights weights) : LlamaEmitter(weights)
+internal sealed class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExportOptions options) : LlamaEmitter(weights)
 {
     private string _cos = "", _sin = "", _mask = "";
 
@@ -55,23 +55,56 @@ internal sealed class DecomposedLlamaEmitter(LlamaWeights weights) : LlamaEmitte
         var c = Config;
         var w = Weights.Layers[layer];
         var prefix = $"model.layers.{layer}.self_attn";
-        string Heads(string projection, float[] weight, int heads, int width)
+        int qWidth = c.Heads * c.HeadDim, kvWidth = c.KvHeads * c.HeadDim;
+        string[] projections;
+        if (options.FusedQkv)
         {
-            var flat = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.{projection}.weight", [c.Hidden, width], weight));
-            var split = G.Op("Reshape", flat, G.ConstInt64s(0, 0, heads, c.HeadDim));
-            return G.Op("Transpose", [split], Attr.Ints("perm", 0, 2, 1, 3));
+            // One [hidden, q + k + v] weight, its columns the three projections side by side.
+            var fused = new float[c.Hidden * (qWidth + 2 * kvWidth)];
+            for (var row = 0; row < c.Hidden; row++)
+            {
+                Array.Copy(w.Query, row * qWidth, fused, row * (qWidth + 2 * kvWidth), qWidth);
+                Array.Copy(w.Key, row * kvWidth, fused, row * (qWidth + 2 * kvWidth) + qWidth, kvWidth);
+                Array.Copy(w.Value, row * kvWidth, fused, row * (qWidth + 2 * kvWidth) + qWidth + kvWidth, kvWidth);
+            }
+            var qkv = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.qkv_proj.weight", [c.Hidden, qWidth + 2 * kvWidth], fused));
+            projections = G.Node("Split", [qkv, G.ConstInt64s(qWidth, kvWidth, kvWidth)], 3, "", Attr.Int("axis", -1));
         }
-        var query = Rotate(Heads("q_proj", w.Query, c.Heads, c.Heads * c.HeadDim));
-        var key = Rotate(Heads("k_proj", w.Key, c.KvHeads, c.KvHeads * c.HeadDim));
-        var value = Heads("v_proj", w.Value, c.KvHeads, c.KvHeads * c.HeadDim);
+        else
+        {
+            projections =
+            [
+                G.Op("MatMul", normed, G.AddInitializer($"{prefix}.q_proj.weight", [c.Hidden, qWidth], w.Query)),
+                G.Op("MatMul", normed, G.AddInitializer($"{prefix}.k_proj.weight", [c.Hidden, kvWidth], w.Key)),
+                G.Op("MatMul", normed, G.AddInitializer($"{prefix}.v_proj.weight", [c.Hidden, kvWidth], w.Value)),
+            ];
+        }
+        string Heads(string flat, int heads) =>
+            G.Op("Transpose", [G.Op("Reshape", flat, G.ConstInt64s(0, 0, heads, c.HeadDim))], Attr.Ints("perm", 0, 2, 1, 3));
+        var query = Rotate(Heads(projections[0], c.Heads));
+        var key = Rotate(Heads(projections[1], c.KvHeads));
+        var value = Heads(projections[2], c.KvHeads);
 
         var presentKey = G.OpNamed(LlamaNames.PresentKey(layer), "Concat", [LlamaNames.PastKey(layer), key], Attr.Int("axis", 2));
         var presentValue = G.OpNamed(LlamaNames.PresentValue(layer), "Concat", [LlamaNames.PastValue(layer), value], Attr.Int("axis", 2));
         var keys = RepeatKv(presentKey);
         var values = RepeatKv(presentValue);
 
-        var scores = G.Op("MatMul", query, G.Op("Transpose", [keys], Attr.Ints("perm", 0, 1, 3, 2)));
-        var scaled = G.Op("Div", scores, G.ConstFloat(MathF.Sqrt(c.HeadDim)));
+        var transposedKeys = G.Op("Transpose", [keys], Attr.Ints("perm", 0, 1, 3, 2));
+        string scaled;
+        switch (options.Scale)
+        {
+            case ScalePlacement.DivideScores:
+                scaled = G.Op("Div", G.Op("MatMul", query, transposedKeys), G.ConstFloat(MathF.Sqrt(c.HeadDim)));
+                break;
+            case ScalePlacement.MultiplyScores:
+                scaled = G.Op("Mul", G.Op("MatMul", query, transposedKeys), G.ConstFloat(1f / MathF.Sqrt(c.HeadDim)));
+                break;
+            default:
+                var quarter = G.ConstFloat(MathF.Pow(c.HeadDim, -0.25f));
+                scaled = G.Op("MatMul", G.Op("Mul", query, quarter), G.Op("Mul", transposedKeys, quarter));
+                break;
+        }
         var probabilities = G.Op("Softmax", [G.Op("Add", scaled, _mask)], Attr.Int("axis", -1));
         var context = G.Op("MatMul", probabilities, values);
         var merged = G.Op("Transpose", [context], Attr.Ints("perm", 0, 2, 1, 3));

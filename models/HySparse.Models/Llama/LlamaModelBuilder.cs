@@ -14,6 +14,29 @@ public enum LlamaAttentionStyle
     Decomposed,
 }
 
+/// <summary>Where a decomposed export applies the 1/√D logit scale.</summary>
+public enum ScalePlacement
+{
+    /// <summary><c>Div(Q·Kᵀ, √D)</c>, as Hugging Face's eager attention exports.</summary>
+    DivideScores,
+    /// <summary><c>Mul(Q·Kᵀ, 1/√D)</c>.</summary>
+    MultiplyScores,
+    /// <summary>
+    /// <c>Mul(Q, D^-¼)</c> and <c>Mul(Kᵀ, D^-¼)</c> before the MatMul, as torch exports
+    /// scaled_dot_product_attention (the scale split over both operands for range).
+    /// </summary>
+    SplitOverQueryAndKey,
+}
+
+/// <summary>Variations among real decomposed exports, so the converter is tested on more than one spelling.</summary>
+public sealed record DecomposedExportOptions
+{
+    /// <summary>Where the logit scale goes.</summary>
+    public ScalePlacement Scale { get; init; } = ScalePlacement.DivideScores;
+    /// <summary>One fused QKV projection split by <c>Split</c>, instead of three MatMuls.</summary>
+    public bool FusedQkv { get; init; }
+}
+
 /// <summary>Builds Llama-style decoders as ONNX models.</summary>
 public static class LlamaModelBuilder
 {
@@ -31,15 +54,18 @@ public static class LlamaModelBuilder
     /// <c>attention_mask</c> int64 [B,P+S], <c>past_key_values.N.key|value</c> float [B,H_kv,P,D];
     /// outputs: <c>logits</c> [B,S,V], <c>present.N.key|value</c> [B,H_kv,P+S,D].
     /// </summary>
-    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed) => style switch
+    /// <param name="weights">The weights (and through them the configuration).</param>
+    /// <param name="style">How attention is written.</param>
+    /// <param name="decomposed">Variations of the decomposed style (default: Hugging Face eager export).</param>
+    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) => style switch
     {
-        LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights).Emit(),
+        LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
     };
 
     /// <summary>Generates weights from <paramref name="config"/> and builds the decoder.</summary>
-    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed) =>
-        Build(LlamaWeights.Generate(config), style);
+    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) =>
+        Build(LlamaWeights.Generate(config), style, decomposed);
 }
 
 /// <summary>
