@@ -47,11 +47,18 @@ public sealed class DecoderInputs
 /// <summary>Runs a decoder model in ONNX Runtime (CPU) and returns its outputs as float64 arrays.</summary>
 public static class DecoderRunner
 {
-    public static DecoderOutputs Run(byte[] model, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure = null)
+    public static DecoderOutputs Run(byte[] model, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure = null) =>
+        Run(options => new InferenceSession(model, options), config, inputs, configure);
+
+    /// <summary>Runs a model file (needed when its weights live in external data beside it).</summary>
+    public static DecoderOutputs RunFile(string path, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure = null) =>
+        Run(options => new InferenceSession(path, options), config, inputs, configure);
+
+    private static DecoderOutputs Run(Func<SessionOptions, InferenceSession> open, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure)
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         configure?.Invoke(options);
-        using var session = new InferenceSession(model, options);
+        using var session = open(options);
         var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
         var values = new List<OrtValue>
         {
