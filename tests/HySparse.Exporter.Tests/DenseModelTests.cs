@@ -23,14 +23,7 @@ public sealed class DenseModelTests
         foreach (var (past, newTokens) in new[] { (3, 5), (6, 1), (0, 4) })
         {
             var inputs = DecoderInputs.Random(config, batch: 2, past, newTokens, leftPadding: [0, Math.Min(past + 2, past + newTokens - 1)], seed: (ulong)(past * 31 + newTokens));
-            var actual = DecoderRunner.Run(model, config, inputs);
-            var expected = ReferenceLlama.Forward(weights, inputs.Batch, inputs.InputIds, inputs.Mask, inputs.PastKeys, inputs.PastValues);
-            Close.Assert(expected.Logits, actual.Logits, 2e-4, $"logits (P={past}, S={newTokens})");
-            for (var l = 0; l < config.Layers; l++)
-            {
-                Close.Assert(expected.PresentKeys[l], actual.PresentKeys[l], 2e-4, $"present.{l}.key (P={past}, S={newTokens})");
-                Close.Assert(expected.PresentValues[l], actual.PresentValues[l], 2e-4, $"present.{l}.value (P={past}, S={newTokens})");
-            }
+            ReferenceLlama.AssertModelMatches(model, weights, inputs, 2e-4);
         }
     }
 }

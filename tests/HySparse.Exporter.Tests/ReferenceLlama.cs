@@ -136,6 +136,20 @@ public static class ReferenceLlama
         return new DecoderOutputs(result, presentKeys, presentValues);
     }
 
+    /// <summary>Runs <paramref name="model"/> in ONNX Runtime and checks logits and every present cache against <see cref="Forward"/>.</summary>
+    public static void AssertModelMatches(byte[] model, LlamaWeights weights, DecoderInputs inputs, double tolerance)
+    {
+        var actual = DecoderRunner.Run(model, weights.Config, inputs);
+        var expected = Forward(weights, inputs.Batch, inputs.InputIds, inputs.Mask, inputs.PastKeys, inputs.PastValues);
+        var call = $"(B={inputs.Batch}, P={inputs.Past}, S={inputs.NewTokens})";
+        Close.Assert(expected.Logits, actual.Logits, tolerance, $"logits {call}");
+        for (var l = 0; l < weights.Config.Layers; l++)
+        {
+            Close.Assert(expected.PresentKeys[l], actual.PresentKeys[l], tolerance, $"present.{l}.key {call}");
+            Close.Assert(expected.PresentValues[l], actual.PresentValues[l], tolerance, $"present.{l}.value {call}");
+        }
+    }
+
     private static double[] RmsNorm(double[] x, float[] weight, int width, double eps)
     {
         var y = new double[x.Length];

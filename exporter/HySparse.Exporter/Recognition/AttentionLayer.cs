@@ -8,6 +8,8 @@ public enum AttentionStyle
 {
     /// <summary>MatMul(Q,Kᵀ) → scale → Add(mask) → Softmax → MatMul(V), as torch.onnx.export and Optimum emit it.</summary>
     Decomposed,
+    /// <summary>A fused attention operator (GroupQueryAttention, MultiHeadAttention, ONNX Attention).</summary>
+    Fused,
 }
 
 /// <summary>

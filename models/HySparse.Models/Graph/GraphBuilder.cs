@@ -84,22 +84,23 @@ public sealed class GraphBuilder
         Node(opType, inputs, 1, "", attributes)[0];
 
     /// <summary>Adds a one-output node whose output gets the given name (for graph outputs).</summary>
-    public string OpNamed(string outputName, string opType, string[] inputs, params AttributeProto[] attributes)
-    {
-        var node = NewNode(opType, inputs, "", attributes);
-        Claim(outputName);
-        node.Output.Add(outputName);
-        _graph.Node.Add(node);
-        return outputName;
-    }
+    public string OpNamed(string outputName, string opType, string[] inputs, params AttributeProto[] attributes) =>
+        Node(opType, inputs, [outputName], "", attributes)[0];
 
     /// <summary>Adds a node with <paramref name="outputCount"/> generated outputs and returns their names.</summary>
-    public string[] Node(string opType, IReadOnlyList<string> inputs, int outputCount, string domain = "", params AttributeProto[] attributes)
+    public string[] Node(string opType, IReadOnlyList<string> inputs, int outputCount, string domain = "", params AttributeProto[] attributes) =>
+        Node(opType, inputs, new string?[outputCount], domain, attributes);
+
+    /// <summary>
+    /// Adds a node whose outputs get the given names; a null entry gets a generated name. Returns the
+    /// output names.
+    /// </summary>
+    public string[] Node(string opType, IReadOnlyList<string> inputs, IReadOnlyList<string?> outputs, string domain = "", params AttributeProto[] attributes)
     {
         var node = NewNode(opType, inputs, domain, attributes);
-        for (var i = 0; i < outputCount; i++)
+        for (var i = 0; i < outputs.Count; i++)
         {
-            var output = $"{node.Name}_output_{i}";
+            var output = outputs[i] ?? $"{node.Name}_output_{i}";
             Claim(output);
             node.Output.Add(output);
         }

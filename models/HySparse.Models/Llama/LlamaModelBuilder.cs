@@ -12,6 +12,13 @@ public enum LlamaAttentionStyle
     /// GQA expansion, MatMul(Q, Kᵀ) → Div(√D) → Add(mask) → Softmax → MatMul(V).
     /// </summary>
     Decomposed,
+
+    /// <summary>
+    /// As the onnxruntime-genai model builder emits it: <c>com.microsoft.GroupQueryAttention</c> with
+    /// RoPE inside (<c>do_rotary=1</c>) and separate past/present caches. Matches the decomposed model
+    /// on batches without left padding (GroupQueryAttention assumes right padding).
+    /// </summary>
+    GroupQueryAttention,
 }
 
 /// <summary>Where a decomposed export applies the 1/√D logit scale.</summary>
@@ -40,6 +47,9 @@ public sealed record DecomposedExportOptions
 /// <summary>Builds Llama-style decoders as ONNX models.</summary>
 public static class LlamaModelBuilder
 {
+    /// <summary>Positions the rotary cos/sin caches of fused styles cover.</summary>
+    public const int RotaryCacheLength = 1024;
+
     /// <summary>Symbolic batch dimension.</summary>
     public const string BatchDim = "batch_size";
     /// <summary>Symbolic new-token dimension.</summary>
@@ -60,6 +70,7 @@ public static class LlamaModelBuilder
     public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
+        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
     };
 
