@@ -13,6 +13,8 @@ internal static class SharedOptions
         var ratio = reader.Option("--ratio");
         var fullLayers = reader.Option("--full-layers");
         var sparseLast = reader.Flag("--sparse-last");
+        if (reader.Flag("--kv-sharing"))
+            throw new UsageException("--kv-sharing is not supported yet: this version converts in retrofit mode only (every layer keeps its own KV cache)");
         if (new[] { pattern, ratio, fullLayers }.Count(o => o is not null) > 1)
             throw new UsageException("give only one of --pattern, --ratio and --full-layers");
         var layout = pattern is not null ? LayoutSpec.FromPattern(pattern, sparseLast)

@@ -191,6 +191,68 @@ public sealed class ConversionStructureTests
     }
 
     [TestMethod]
+    [DataRow("where-mask", "/model/layers.0/self_attn/Softmax", "Where")]
+    [DataRow("softmax-axis", "/model/layers.0/self_attn/Softmax", "axis 1")]
+    [DataRow("keys-bshd", "/model/layers.0/self_attn/Transpose_3", "[0, 2, 3, 1]")]
+    [DataRow("scale-not-constant", "/model/layers.0/self_attn/Add_2", "not MatMul(Q, Kᵀ) scaled by a constant")]
+    [DataRow("mask-not-from-input", "/model/layers.0/self_attn/Add_2", "not computed from 'attention_mask'")]
+    public void UnsupportedSpellingsAreReportedWithTheirReason(string mutation, string node, string reason)
+    {
+        var model = LlamaModelBuilder.Build(Gqa with { Layers = 1 });
+        var graph = model.Graph;
+        NodeProto Named(string name) => graph.Node.Single(n => n.Name == name);
+        var scope = "/model/layers.0/self_attn";
+        var maskAdd = Named($"{scope}/Add_2");
+        switch (mutation)
+        {
+            case "where-mask":
+                // Where(keep, scores, min) instead of Add(scores, mask), reusing the prelude's bool mask.
+                var keep = graph.Node.Single(n => n.OpType == "And").Output[0];
+                var minimum = graph.Node.Single(n => n.OpType == "Where" && n.Input[0] == keep).Input[2];
+                maskAdd.OpType = "Where";
+                maskAdd.Input.Clear();
+                maskAdd.Input.AddRange([keep, $"{scope}/Div_output_0", minimum]);
+                break;
+            case "softmax-axis":
+                Named($"{scope}/Softmax").Attribute.Single().I = 1;
+                break;
+            case "keys-bshd":
+                Named($"{scope}/Transpose_3").Attribute.Single().Ints[1] = 2;
+                Named($"{scope}/Transpose_3").Attribute.Single().Ints[2] = 3;
+                Named($"{scope}/Transpose_3").Attribute.Single().Ints[3] = 1;
+                break;
+            case "scale-not-constant":
+                // Divide by a value computed at run time (older exports take √D from Shape).
+                Named($"{scope}/Div").Input[1] = Named("/model/layers.0/input_layernorm/Sqrt").Output[0];
+                break;
+            case "mask-not-from-input":
+                // An additive mask that is a constant zero: nothing ties it to attention_mask.
+                maskAdd.Input[1] = Named($"{scope}/Div").Input[1];
+                break;
+        }
+
+        var analysis = HybridConverter.Analyse(model);
+
+        Assert.IsEmpty(analysis.Layers);
+        var failure = analysis.Failures.Single();
+        Assert.AreEqual(node, failure.Node);
+        StringAssert.Contains(failure.Reason, reason);
+    }
+
+    [TestMethod]
+    public void ScaleConstantMayBeTheFirstMulOperand()
+    {
+        var model = LlamaModelBuilder.Build(Gqa with { Layers = 1 }, LlamaAttentionStyle.Decomposed, new DecomposedExportOptions { Scale = ScalePlacement.MultiplyScores });
+        var mul = model.Graph.Node.Single(n => n.Name == "/model/layers.0/self_attn/Mul_4");
+        Assert.AreEqual("/model/layers.0/self_attn/MatMul_3_output_0", mul.Input[0], "Mul_4 scales Q·Kᵀ");
+        (mul.Input[0], mul.Input[1]) = (mul.Input[1], mul.Input[0]);
+
+        var layer = HybridConverter.Analyse(model).Layers.Single();
+
+        Assert.AreEqual(1f / MathF.Sqrt(8), layer.Scale, 1e-7f);
+    }
+
+    [TestMethod]
     public void ScaleFoldedIntoQueryIsKeptAsScaleOne()
     {
         var model = LlamaModelBuilder.Build(Gqa with { Layers = 1 });

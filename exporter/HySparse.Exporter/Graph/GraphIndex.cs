@@ -85,18 +85,16 @@ public sealed class GraphIndex
         return null;
     }
 
-    /// <summary>A constant holding exactly one number (any rank), as a double; else null.</summary>
+    /// <summary>A constant holding exactly one number (any rank, float or integer), as a double; else null.</summary>
     public double? ScalarConstant(string tensor)
     {
         if (Constant(tensor) is not { } value || Tensors.ElementCount(value) != 1 || Tensors.IsExternal(value)) return null;
-        try
+        return (TensorProto.Types.DataType)value.DataType switch
         {
-            return Tensors.ReadFloats(value)[0];
-        }
-        catch (NotSupportedException)
-        {
-            return Tensors.ReadInt64s(value)[0];
-        }
+            TensorProto.Types.DataType.Float or TensorProto.Types.DataType.Double or TensorProto.Types.DataType.Float16 => Tensors.ReadFloats(value)[0],
+            TensorProto.Types.DataType.Int64 or TensorProto.Types.DataType.Int32 => Tensors.ReadInt64s(value)[0],
+            _ => null,
+        };
     }
 
     /// <summary>An integer constant's values; null when <paramref name="tensor"/> is not an integer constant.</summary>

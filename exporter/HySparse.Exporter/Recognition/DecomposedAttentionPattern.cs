@@ -127,11 +127,19 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
         };
     }
 
-    /// <summary>True when <paramref name="tensor"/> is a MatMul output, possibly scaled by constants.</summary>
+    /// <summary>
+    /// True when <paramref name="tensor"/> is a MatMul output, possibly scaled (by anything: whether
+    /// the scale is usable is checked later, with its own reason).
+    /// </summary>
     private static bool LeadsToMatMul(GraphIndex graph, string tensor)
     {
-        var (raw, _) = ScaleFactors.Strip(graph, tensor, []);
-        return graph.Producer(raw) is { OpType: "MatMul", Domain: "" };
+        for (var depth = 0; depth < 3 && graph.Producer(tensor) is { Domain: "" } node; depth++)
+        {
+            if (node.OpType == "MatMul") return true;
+            if (node.OpType is not ("Mul" or "Div")) return false;
+            tensor = node.OpType == "Mul" && graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
+        }
+        return false;
     }
 
     /// <summary>H_kv, D and element type from the past cache's declared shape [B,H_kv,P,D].</summary>
