@@ -74,8 +74,22 @@ public static class HybridConverter
                 if (match.Layer is { } layer) found.Add((graph.PositionOf(anchor), layer));
                 else failures.Add((graph.PositionOf(anchor), match.Failure!));
             }
+        // Two layers claiming one node (a cache or mask path shared across layers) cannot both be
+        // replaced: refuse both rather than rewrite one and starve the other.
+        var owners = new Dictionary<NodeProto, AttentionLayer>(ReferenceEqualityComparer.Instance);
+        var clashing = new HashSet<AttentionLayer>(ReferenceEqualityComparer.Instance);
+        foreach (var (position, layer) in found)
+            foreach (var node in layer.ReplacedNodes)
+            {
+                if (owners.TryAdd(node, layer)) continue;
+                if (clashing.Add(layer))
+                    failures.Add((position, new UnconvertibleLayer(layer.AnchorNode, $"shares node '{AttentionMatch.NodeLabel(node)}' with the layer at '{owners[node].AnchorNode}'")));
+                if (clashing.Add(owners[node]))
+                    failures.Add((found.First(f => f.Layer == owners[node]).Position,
+                        new UnconvertibleLayer(owners[node].AnchorNode, $"shares node '{AttentionMatch.NodeLabel(node)}' with the layer at '{layer.AnchorNode}'")));
+            }
         return new ModelAnalysis(
-            found.OrderBy(f => f.Position).Select(f => f.Layer).ToList(),
+            found.Where(f => !clashing.Contains(f.Layer)).OrderBy(f => f.Position).Select(f => f.Layer).ToList(),
             failures.OrderBy(f => f.Position).Select(f => f.Failure).ToList());
     }
 

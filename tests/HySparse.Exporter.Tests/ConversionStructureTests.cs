@@ -240,6 +240,24 @@ public sealed class ConversionStructureTests
     }
 
     [TestMethod]
+    public void LayersSharingACacheAreBothRefused()
+    {
+        // Without GQA expansion the values MatMul reads the cache Concat directly, whose output each op keeps.
+        var model = LlamaModelBuilder.Build(Gqa with { Layers = 3, Heads = 2, KvHeads = 2 });
+        // Layer 2 reads layer 1's value cache (cross-layer KV sharing): neither can be replaced alone.
+        var layer2ValueMatMul = model.Graph.Node.Single(n => n.Name == "/model/layers.2/self_attn/MatMul_4");
+        layer2ValueMatMul.Input[1] = model.Graph.Node.Single(n => n.Name == "/model/layers.1/self_attn/MatMul_4").Input[1];
+
+        var analysis = HybridConverter.Analyse(model);
+
+        Assert.HasCount(1, analysis.Layers, "layer 0 still matches");
+        CollectionAssert.AreEquivalent(
+            new[] { "/model/layers.1/self_attn/Softmax", "/model/layers.2/self_attn/Softmax" },
+            analysis.Failures.Select(f => f.Node).ToArray(), string.Join("; ", analysis.Failures));
+        Assert.IsTrue(analysis.Failures.All(f => f.Reason.Contains("shares node '/model/layers.1/self_attn/Concat_3'")), string.Join("; ", analysis.Failures.Select(f => f.Reason)));
+    }
+
+    [TestMethod]
     public void ScaleConstantMayBeTheFirstMulOperand()
     {
         var model = LlamaModelBuilder.Build(Gqa with { Layers = 1 }, LlamaAttentionStyle.Decomposed, new DecomposedExportOptions { Scale = ScalePlacement.MultiplyScores });
