@@ -54,6 +54,18 @@ public sealed class DenseDecodeTests
 /// <summary>Element-wise closeness with a message that names the first bad element.</summary>
 public static class Close
 {
+    /// <summary>Compares the logits of new tokens whose own mask entry is 1 (padding rows are skipped).</summary>
+    public static void AssertLogitsOfRealTokens(DecoderInputs inputs, int vocab, double[] expected, double[] actual, double tolerance, string what)
+    {
+        for (var b = 0; b < inputs.Batch; b++)
+            for (var i = 0; i < inputs.NewTokens; i++)
+            {
+                if (inputs.Mask[b * inputs.Total + inputs.Past + i] == 0) continue;
+                var offset = (b * inputs.NewTokens + i) * vocab;
+                Assert(expected[offset..(offset + vocab)], actual[offset..(offset + vocab)], tolerance, $"{what} logits (b={b}, s={i})");
+            }
+    }
+
     public static void Assert(double[] expected, double[] actual, double tolerance, string what)
     {
         Microsoft.VisualStudio.TestTools.UnitTesting.Assert.AreEqual(expected.Length, actual.Length, $"{what}: element count");

@@ -112,6 +112,32 @@ public sealed class GraphIndex
     }
 
     /// <summary>
+    /// A 1-D int64 shape vector whose entries are partly known: exporters build shapes as
+    /// <c>Concat(Unsqueeze(Gather(Shape(x))), Constant, …)</c>, where only some entries are
+    /// constants. Unknown entries are null; null overall when even the length is unknown.
+    /// </summary>
+    public long?[]? PartialIntVector(string tensor)
+    {
+        if (IntConstant(tensor) is { } constant) return constant.Select(v => (long?)v).ToArray();
+        switch (Producer(tensor))
+        {
+            case { OpType: "Concat", Domain: "" } concat when Attr.GetInt(concat, "axis", 0) == 0:
+                var parts = new List<long?>();
+                foreach (var input in concat.Input)
+                {
+                    if (PartialIntVector(input) is not { } part) return null;
+                    parts.AddRange(part);
+                }
+                return parts.ToArray();
+            case { OpType: "Unsqueeze", Domain: "" }:
+                // Unsqueezing a scalar (a dimension gathered from a Shape) gives one unknown entry.
+                return [null];
+            default:
+                return null;
+        }
+    }
+
+    /// <summary>
     /// True when <paramref name="tensor"/> is computed (transitively) from the graph input
     /// <paramref name="input"/>.
     /// </summary>

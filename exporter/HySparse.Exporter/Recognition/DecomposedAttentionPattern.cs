@@ -30,7 +30,14 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
         // A Softmax whose output is multiplied by another activation is attention; one feeding a
         // router (TopK) or a classifier output is not.
         graph.Graph.Node.Where(n => n is { OpType: "Softmax", Domain: "" }
-            && graph.Consumers(n.Output[0]).Any(c => c is { OpType: "MatMul", Domain: "" } && c.Input[0] == n.Output[0] && graph.Constant(c.Input[1]) is null));
+            && graph.Consumers(ThroughCast(graph, n.Output[0])).Any(c => c is { OpType: "MatMul", Domain: "" } && graph.Constant(c.Input[1]) is null));
+
+    /// <summary>
+    /// torch exports <c>softmax(…, dtype=float32)</c> as Softmax → Cast: the tensor after such a Cast
+    /// when it is the only reader, else <paramref name="tensor"/> itself.
+    /// </summary>
+    private static string ThroughCast(GraphIndex graph, string tensor) =>
+        graph.Consumers(tensor) is [{ OpType: "Cast", Domain: "" } cast] && !graph.IsGraphOutput(tensor) ? cast.Output[0] : tensor;
 
     /// <inheritdoc />
     public AttentionMatch Match(GraphIndex graph, NodeProto anchor)
@@ -48,7 +55,14 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
     private static AttentionLayer MatchLayer(GraphIndex graph, NodeProto softmax)
     {
         var nodes = new List<NodeProto> { softmax };
-        var probabilities = softmax.Output[0];
+        var probabilities = ThroughCast(graph, softmax.Output[0]);
+        if (probabilities != softmax.Output[0])
+        {
+            var cast = graph.Producer(probabilities)!;
+            if (Attr.GetInt(cast, "to", 0) is not ((long)DataType.Float or (long)DataType.Float16 or (long)DataType.Bfloat16))
+                throw new PatternMismatch(cast, "attention probabilities are cast to a non-float type");
+            nodes.Add(cast);
+        }
         var users = graph.Consumers(probabilities);
         if (users is not [{ OpType: "MatMul", Domain: "" } valueMatMul] || graph.IsGraphOutput(probabilities))
             throw new PatternMismatch(softmax, $"attention probabilities feed {users.Count} node(s) or a graph output; expected only MatMul(probabilities, V)");
@@ -96,10 +110,13 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
         nodes.AddRange(valueExpansion.Nodes);
         var valueCache = CacheConcat.Match(graph, valueExpansion.Source, valueMatMul);
         nodes.Add(valueCache.Node);
-        if (valueExpansion.GroupSize != keyExpansion.GroupSize)
-            throw new PatternMismatch(valueMatMul, $"keys are repeated {keyExpansion.GroupSize}× but values {valueExpansion.GroupSize}×");
+        if (keyExpansion.Nodes.Count > 0 != valueExpansion.Nodes.Count > 0
+            || keyExpansion.GroupSize is { } k && valueExpansion.GroupSize is { } v && k != v)
+            throw new PatternMismatch(valueMatMul, $"keys and values are not repeated alike (keys {keyExpansion.GroupSize?.ToString() ?? "?"}×, values {valueExpansion.GroupSize?.ToString() ?? "?"}×)");
 
         var (kvHeads, headSize, elementType) = CacheGeometry(graph, keyCache, scoreMatMul);
+        var groupSize = keyExpansion.Nodes.Count == 0 ? 1
+            : keyExpansion.GroupSize ?? valueExpansion.GroupSize ?? GroupSizeFromHeadMerge(graph, valueMatMul, kvHeads, headSize);
         var padding = MaskSource(graph, maskTensor, maskAdd);
         RequireSelfContained(graph, nodes, [valueMatMul.Output[0], keyCache.Present, valueCache.Present]);
 
@@ -119,7 +136,7 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
             Output = valueMatMul.Output[0],
             AttentionMask = padding,
             Scale = (float)(scale * keyScaleAfter * keyScaleBefore),
-            NumHeads = kvHeads * keyExpansion.GroupSize,
+            NumHeads = kvHeads * groupSize,
             KvNumHeads = kvHeads,
             HeadSize = headSize,
             ElementType = elementType,
@@ -140,6 +157,23 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
             tensor = node.OpType == "Mul" && graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
         }
         return false;
+    }
+
+    /// <summary>
+    /// When the expansion shape is computed at run time, the query head count comes from the
+    /// head merge after the attention: Transpose(0,2,1,3) → Reshape to [.., .., H_q·D] whose last
+    /// entry is a constant even when the others are gathered from shapes.
+    /// </summary>
+    private static int GroupSizeFromHeadMerge(GraphIndex graph, NodeProto valueMatMul, int kvHeads, int headSize)
+    {
+        if (graph.Consumers(valueMatMul.Output[0]) is [{ OpType: "Transpose", Domain: "" } transpose]
+            && Attr.GetInts(transpose, "perm") is [0, 2, 1, 3]
+            && graph.Consumers(transpose.Output[0]) is [{ OpType: "Reshape", Domain: "" } reshape]
+            && graph.PartialIntVector(reshape.Input[1]) is [_, _, { } width]
+            && width % ((long)kvHeads * headSize) == 0 && width > 0)
+            return checked((int)(width / ((long)kvHeads * headSize)));
+        throw new PatternMismatch(valueMatMul,
+            "the GQA expansion shape is computed at run time and the head merge after the attention does not state the query width; cannot tell how many query heads share a KV head");
     }
 
     /// <summary>H_kv, D and element type from the past cache's declared shape [B,H_kv,P,D].</summary>

@@ -41,9 +41,12 @@ internal sealed record CacheConcat(NodeProto Node, string Past, string New, stri
 /// [B,H_kv,T,D] into [B,H_kv·n,T,D]. Absent when every query head has its own KV head.
 /// </summary>
 /// <param name="Source">The unexpanded cache tensor.</param>
-/// <param name="GroupSize">n, the query heads per KV head (1 when no expansion was found).</param>
+/// <param name="GroupSize">
+/// n, the query heads per KV head: 1 when no expansion was found, null when the expansion's shape
+/// is computed at run time (torch exports build it from Shape) and n must come from elsewhere.
+/// </param>
 /// <param name="Nodes">The expansion nodes (empty when absent).</param>
-internal sealed record KvExpansion(string Source, int GroupSize, IReadOnlyList<NodeProto> Nodes)
+internal sealed record KvExpansion(string Source, int? GroupSize, IReadOnlyList<NodeProto> Nodes)
 {
     /// <summary>Matches an expansion producing <paramref name="tensor"/>, or reports none.</summary>
     public static KvExpansion Match(GraphIndex graph, string tensor)
@@ -58,9 +61,8 @@ internal sealed record KvExpansion(string Source, int GroupSize, IReadOnlyList<N
             throw new PatternMismatch(unsqueeze, $"GQA expansion must unsqueeze axis 2 (found [{string.Join(", ", axes ?? [])}])");
         // Expand broadcasts, so the group size is the shape's axis 2 whichever other entries it has.
         var shape = graph.IntConstant(expand.Input[1]);
-        if (shape is not { Length: 5 } || shape[2] < 1)
-            throw new PatternMismatch(expand, "GQA expansion shape is not a constant 5-D shape; cannot tell how many query heads share a KV head");
-        return new KvExpansion(unsqueeze.Input[0], checked((int)shape[2]), [unsqueeze, expand, reshape]);
+        int? groupSize = shape is { Length: 5 } && shape[2] >= 1 ? checked((int)shape[2]) : null;
+        return new KvExpansion(unsqueeze.Input[0], groupSize, [unsqueeze, expand, reshape]);
     }
 }
 
