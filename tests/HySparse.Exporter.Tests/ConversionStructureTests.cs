@@ -258,6 +258,25 @@ public sealed class ConversionStructureTests
     }
 
     [TestMethod]
+    public void SoftmaxIntoAWeightIsNotAttention()
+    {
+        // A classifier head: Softmax(x·W1)·W2. No attention, so nothing to report either.
+        var g = new GraphBuilder("head");
+        g.AddInput("x", TensorProto.Types.DataType.Float, "batch", 2);
+        var w1 = g.AddInitializer("w1", [2, 2], [1, 2, 3, 4]);
+        var w2 = g.AddInitializer("w2", [2, 2], [0.5f, -1, 1, 0.25f]);
+        g.OpNamed("y", "MatMul", [g.Op("Softmax", [g.Op("MatMul", "x", w1)], Attr.Int("axis", -1)), w2]);
+        g.AddOutput("y", TensorProto.Types.DataType.Float, "batch", 2);
+        var model = g.BuildModel(new Dictionary<string, long> { [""] = 17 }, 8, "test");
+
+        var analysis = HybridConverter.Analyse(model);
+
+        Assert.IsEmpty(analysis.Layers);
+        Assert.IsEmpty(analysis.Failures);
+        Assert.AreEqual(ConversionError.NoAttention, Assert.ThrowsExactly<ConversionException>(() => HybridConverter.Convert(model, new ConversionOptions())).Error);
+    }
+
+    [TestMethod]
     public void ScaleConstantMayBeTheFirstMulOperand()
     {
         var model = LlamaModelBuilder.Build(Gqa with { Layers = 1 }, LlamaAttentionStyle.Decomposed, new DecomposedExportOptions { Scale = ScalePlacement.MultiplyScores });

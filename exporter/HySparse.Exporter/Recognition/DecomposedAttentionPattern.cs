@@ -10,8 +10,9 @@ namespace HySparse.Exporter.Recognition;
 /// <code>
 /// present_k = Concat(past_k, k_rot, axis=2)      present_v = Concat(past_v, v, axis=2)
 /// [repeat_kv: Unsqueeze → Expand → Reshape]       [repeat_kv]
-/// scores = MatMul(q_rot, Transpose(K, [0,1,3,2])) → Div(√D) | Mul(1/√D) (or folded into Q/K)
-/// probs  = Softmax(Add(scores, mask), axis=-1) ;  out = MatMul(probs, V)
+/// scores = MatMul(q_rot, Transpose(K, [0,1,3,2])) → Div(√D) | Mul(1/√D)
+///          (or constant Muls on the Q and Kᵀ operands, or folded into Q)
+/// probs  = Softmax(Add(scores, mask), axis=-1) [→ Cast] ;  out = MatMul(probs, V)
 /// </code>
 /// The anchor is the Softmax. The HySparse op takes q_rot, k_rot, v (BNSH) and the caches, and
 /// produces <c>out</c> and the presents under their original names; the mask subgraph is replaced
@@ -29,8 +30,8 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
     public IEnumerable<NodeProto> Anchors(GraphIndex graph) =>
         // A Softmax whose output is multiplied by another activation is attention; one feeding a
         // router (TopK) or a classifier output is not.
-        graph.Graph.Node.Where(n => n is { OpType: "Softmax", Domain: "" }
-            && graph.Consumers(ThroughCast(graph, n.Output[0])).Any(c => c is { OpType: "MatMul", Domain: "" } && graph.Constant(c.Input[1]) is null));
+        graph.Graph.Node.Where(n => n is { OpType: "Softmax", Domain: "" } && ThroughCast(graph, n.Output[0]) is var probabilities
+            && graph.Consumers(probabilities).Any(c => c is { OpType: "MatMul", Domain: "" } && c.Input[0] == probabilities && graph.Constant(c.Input[1]) is null));
 
     /// <summary>
     /// torch exports <c>softmax(…, dtype=float32)</c> as Softmax → Cast: the tensor after such a Cast
