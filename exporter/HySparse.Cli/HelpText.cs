@@ -77,8 +77,10 @@ internal static class HelpText
           -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input)
           --overwrite         replace an existing output file
           -q, --quiet         no progress lines on stderr
+          --json              print the result as JSON on stdout (no progress lines)
 
         {Layout}
+
         Examples:
           hysparse convert llama.onnx -o llama.hybrid.onnx --ratio 1:3
           hysparse convert llama.onnx --full-layers 0,8,16,24,31 --top-k 8 --window 256
@@ -103,8 +105,10 @@ internal static class HelpText
 
         Options:
           --context LIST      context lengths, comma-separated, k = 1024 (default 4096,32768)
+          --json              print the report as JSON on stdout
 
         {Layout}
+
         Examples:
           hysparse inspect llama.onnx
           hysparse inspect llama.onnx --ratio 1:7 --context 8k,32k,128k --json
