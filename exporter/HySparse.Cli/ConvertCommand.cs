@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using HySparse.Exporter;
 using HySparse.Exporter.Layout;
+using HySparse.Onnx;
 
 namespace HySparse.Cli;
 

@@ -9,9 +9,9 @@ internal static class HelpText
         A HySparse model keeps a few layers as full attention. Each full layer also acts as an
         oracle: for every token it picks the top-K blocks of B keys with the highest attention. The
         sparse layers after it attend only to those blocks plus a sliding window of the last w
-        tokens. When K*B + w covers the whole context the hybrid computes exactly what the dense
-        model computes; beyond that, a sparse layer reads at most K*B + w keys per token instead of
-        all of them.
+        tokens. When the selected blocks and the window cover the whole context (K*B >= context,
+        or w >= context) the hybrid computes exactly what the dense model computes; beyond that, a
+        sparse layer reads at most K*B + w keys per token instead of all of them.
 
         Usage:
           hysparse convert <model.onnx> [-o <out.onnx>] [layout] [parameters]

@@ -1,8 +1,9 @@
 using HySparse.Exporter.Layout;
+using HySparse.Onnx;
 
 namespace HySparse.Exporter;
 
-/// <summary>KV-cache size and decode traffic of one layout at one context length, in bytes.</summary>
+/// <summary>KV-cache size and decode traffic of one layout at one context length, in bytes per sequence.</summary>
 /// <param name="Context">Tokens in the cache, T.</param>
 /// <param name="DenseCache">Cache of the dense model: every layer keeps T tokens.</param>
 /// <param name="RetrofitCache">Cache of the retrofit hybrid: the same as dense (every layer keeps its own full KV).</param>
@@ -12,30 +13,21 @@ namespace HySparse.Exporter;
 public sealed record KvFigures(long Context, long DenseCache, long RetrofitCache, long KvSharingCache, long DenseDecodeRead, long HybridDecodeRead);
 
 /// <summary>
-/// The KV formulas of the design brief: per layer a token costs 2·H_kv·D·bytes; a sparse layer reads
-/// at most K·B + w of them per decoded token and, with KV sharing, stores only the last w.
+/// KV figures of a layout. Cache sizes come from <see cref="KvCacheCalculator"/> (the library's
+/// formula); decode traffic adds what a sparse layer reads: at most K·B + w of its keys per token.
 /// </summary>
 public static class KvAccounting
 {
-    /// <summary>Figures for each context length.</summary>
-    /// <param name="bytesPerToken">Per layer: 2·H_kv·D·element bytes.</param>
-    /// <param name="layout">Kind of each layer (same count as <paramref name="bytesPerToken"/>).</param>
-    /// <param name="parameters">K, B, w.</param>
-    /// <param name="contexts">Context lengths T.</param>
-    public static IReadOnlyList<KvFigures> Compute(IReadOnlyList<long> bytesPerToken, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts)
+    /// <summary>Figures for each context length, for layers of <paramref name="kvHeads"/> × <paramref name="headSize"/> elements of <paramref name="elementBytes"/>.</summary>
+    public static IReadOnlyList<KvFigures> Compute(int kvHeads, int headSize, int elementBytes, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts)
     {
-        if (bytesPerToken.Count != layout.Count) throw new ArgumentException("one bytes-per-token entry per layer is needed");
+        KvCacheCalculator Calculator(KvCacheMode mode) => new(layout.Kinds, kvHeads, headSize, elementBytes, mode, parameters.Window);
+        var retrofit = Calculator(KvCacheMode.Retrofit);
+        var sharing = Calculator(KvCacheMode.KvSharing);
         return contexts.Select(t =>
         {
-            long dense = 0, sharing = 0, hybridRead = 0;
-            for (var l = 0; l < layout.Count; l++)
-            {
-                var full = layout.Kinds[l] == LayerKind.Full;
-                dense += bytesPerToken[l] * t;
-                sharing += bytesPerToken[l] * (full ? t : Math.Min(t, parameters.Window));
-                hybridRead += bytesPerToken[l] * (full ? t : Math.Min(t, parameters.SparseReach));
-            }
-            return new KvFigures(t, dense, dense, sharing, dense, hybridRead);
+            var hybridRead = checked(retrofit.BytesPerLayerToken * (retrofit.FullLayerCount * t + retrofit.SparseLayerCount * Math.Min(t, parameters.SparseReach)));
+            return new KvFigures(t, retrofit.DenseBytesAt(t), retrofit.BytesAt(t), sharing.BytesAt(t), retrofit.DenseBytesAt(t), hybridRead);
         }).ToList();
     }
 }

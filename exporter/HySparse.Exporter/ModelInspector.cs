@@ -75,9 +75,17 @@ public static class ModelInspector
             Failures = analysis.Failures,
             Layout = layout,
             Parameters = options.Parameters,
-            Kv = layout is null ? [] : KvAccounting.Compute(layers.Select(l => l.BytesPerToken).ToList(), layout, options.Parameters, contexts),
+            Kv = Figures(layers, layout, options.Parameters, contexts),
             Metadata = metadata,
         };
+    }
+
+    /// <summary>KV figures when every layer has the same cache geometry (as in every real decoder); else none.</summary>
+    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts)
+    {
+        var geometry = layers.Select(l => (l.KvNumHeads, l.HeadSize, Bytes: Tensors.ElementSize(l.CacheType))).Distinct().ToList();
+        if (layout is null || geometry is not [var (kvHeads, headSize, bytes)] || kvHeads < 1 || headSize < 1 || bytes < 1) return [];
+        return KvAccounting.Compute(kvHeads, headSize, bytes, layout, parameters, contexts);
     }
 
     private static InspectionReport InspectConverted(ModelProto model, Dictionary<string, string> metadata, IReadOnlyList<long> contexts)
@@ -115,7 +123,7 @@ public static class ModelInspector
             Failures = [],
             Layout = layout,
             Parameters = parameters,
-            Kv = layout is null ? [] : KvAccounting.Compute(layers.Select(l => l.BytesPerToken).ToList(), layout, parameters, contexts),
+            Kv = Figures(layers, layout, parameters, contexts),
             Metadata = metadata,
         };
     }

@@ -28,7 +28,7 @@ public sealed class CliTests
     {
         var (code, output, _) = Run("--help");
         Assert.AreEqual(ExitCodes.Success, code);
-        foreach (var text in new[] { "convert", "inspect", "K*B + w", "Exit codes" }) StringAssert.Contains(output, text);
+        foreach (var text in new[] { "convert", "inspect", "K*B + w", "w >= context", "Exit codes" }) StringAssert.Contains(output, text);
 
         var convert = Run("convert", "--help");
         Assert.AreEqual(ExitCodes.Success, convert.Code);

@@ -109,12 +109,11 @@ public sealed class TorchFixtureTests
 
     [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
-    [Ignore(HySparseEquivalenceTests.NotYet)]
     public void ConvertedExportComputesWhatTorchComputedOnRealTokens()
     {
         var fixture = Load("tiny_llama_gqa");
-        // T = 7: K·B + w = 1·2 + 5 covers it.
-        var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = new HybridParameters { TopK = 1, BlockSize = 2, Window = 5 } };
+        // T = 7 in 4 blocks of 2, all of them selected (K ≥ nb): the union is every key, so dense.
+        var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = new HybridParameters { TopK = 4, BlockSize = 2, Window = 2 } };
         var (converted, _) = HybridConverter.Convert(ModelFile.Load(fixture.Path), options);
 
         var actual = DecoderRunner.Run(converted.ToByteArray(), fixture.Config, fixture.Inputs, o => o.RegisterHySparseOps());

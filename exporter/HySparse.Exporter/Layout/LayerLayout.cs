@@ -1,15 +1,7 @@
 using System.Globalization;
+using HySparse.Onnx;
 
 namespace HySparse.Exporter.Layout;
-
-/// <summary>What a layer becomes.</summary>
-public enum LayerKind
-{
-    /// <summary>HySparseFullAttn: dense attention that also selects blocks for the sparse layers after it.</summary>
-    Full,
-    /// <summary>HySparseSparseAttn: attention over the selected blocks and a sliding window.</summary>
-    Sparse,
-}
 
 /// <summary>Why a layout request or its parameters are invalid.</summary>
 public sealed class LayoutException(string message) : ArgumentException(message);
