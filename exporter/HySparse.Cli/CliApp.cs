@@ -45,7 +45,8 @@ public static class CliApp
             {
                 "convert" => ConvertCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 "inspect" => InspectCommand.Run(new ArgumentReader(rest), stdout),
-                "verify" or "demo" => throw new UsageException($"'{verb}' needs the HySparse operators, which this build does not include yet"),
+                "verify" => VerifyCommand.Run(new ArgumentReader(rest), stdout, stderr),
+                "demo" => throw new UsageException("'demo' is not available yet; build a model, then use convert and verify"),
                 _ => throw new UsageException($"unknown command '{verb}'"),
             };
         }

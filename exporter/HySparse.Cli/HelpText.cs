@@ -16,12 +16,13 @@ internal static class HelpText
         Usage:
           hysparse convert <model.onnx> [-o <out.onnx>] [layout] [parameters]
           hysparse inspect <model.onnx> [--context 4096,32k] [layout] [parameters]
+          hysparse verify <dense.onnx> <converted.onnx> [--prompt 64] [--steps 8]
           hysparse <command> --help
 
         Commands:
           convert   rewrite the attention layers into HySparseFullAttn / HySparseSparseAttn nodes
           inspect   list attention layers, heads and KV bytes, dense against a hybrid layout
-          verify    (coming) run original and converted side by side and compare
+          verify    run original and converted side by side in ONNX Runtime and compare
           demo      (coming) build, convert and run a small model end to end
 
         Common options:
@@ -115,11 +116,42 @@ internal static class HelpText
 
         """;
 
+    private const string Verify = """
+        hysparse verify - run a dense model and its conversion side by side
+
+        Usage:
+          hysparse verify <dense.onnx> <converted.onnx> [--prompt N] [--steps N] [--batch N] [--seed N] [--json]
+
+        Feeds both models the same random prompt (prefill), then decodes greedily: the dense model's
+        next token goes to both, and each model gets back its own caches. For every call it reports
+        the largest absolute and relative logit difference, how often the arg-max token agrees, and
+        the wall time of each model (ONNX Runtime, CPU). The converted model runs with the HySparse
+        operator library registered. Both models need the exported-decoder interface: input_ids,
+        attention_mask, past_key_values.N.key/value in; logits, present.N.key/value out (float32).
+
+        A retrofit conversion is exact (errors at float rounding level) while the selected blocks
+        and the window cover the context, i.e. K*B >= context or w >= context; past that it
+        approximates, which the top-1 agreement measures.
+
+        Options:
+          --prompt N   prompt tokens per sequence (64)
+          --steps N    decode steps after the prompt (8)
+          --batch N    sequences per call (1)
+          --seed N     seed of the random prompt (1)
+          -q, --quiet  no progress lines on stderr
+
+        Example:
+          hysparse convert llama.onnx -o hybrid.onnx --top-k 2 --block-size 16 --window 32
+          hysparse verify llama.onnx hybrid.onnx --prompt 256 --steps 16
+
+        """;
+
     /// <summary>The help page of <paramref name="verb"/>, or null for an unknown verb.</summary>
     public static string? For(string verb) => verb switch
     {
         "convert" => Convert,
         "inspect" => Inspect,
+        "verify" => Verify,
         _ => null,
     };
 }

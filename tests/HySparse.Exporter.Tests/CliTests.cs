@@ -170,6 +170,35 @@ public sealed class CliTests
     }
 
     [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void VerifyComparesDenseAndConvertedModels()
+    {
+        using var dir = new ModelDirectory();
+        var model = dir.WriteLlama(layers: 4);
+        // 24 + 3 tokens in blocks of 4: K = 7 selects every block, so the conversion is exact.
+        Assert.AreEqual(ExitCodes.Success, Run("convert", model, "-o", dir.File("exact.onnx"), "--top-k", "7", "--block-size", "4", "--window", "4", "-q").Code);
+        Assert.AreEqual(ExitCodes.Success, Run("convert", model, "-o", dir.File("sparse.onnx"), "--top-k", "1", "--block-size", "4", "--window", "4", "-q").Code);
+
+        var exact = Run("verify", model, dir.File("exact.onnx"), "--prompt", "24", "--steps", "3", "--batch", "2", "--json");
+        var sparse = Run("verify", model, dir.File("sparse.onnx"), "--prompt", "24", "--steps", "3");
+
+        Assert.AreEqual(ExitCodes.Success, exact.Code, exact.Err);
+        using var json = JsonDocument.Parse(exact.Out);
+        var report = json.RootElement.GetProperty("report");
+        Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble());
+        Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble());
+        var steps = report.GetProperty("steps").EnumerateArray().ToList();
+        Assert.HasCount(4, steps);
+        Assert.AreEqual(24, steps[0].GetProperty("tokens").GetInt32());
+        Assert.AreEqual(1, steps[3].GetProperty("tokens").GetInt32());
+
+        Assert.AreEqual(ExitCodes.Success, sparse.Code, sparse.Err);
+        StringAssert.Contains(sparse.Out, "top-1 agreement");
+        StringAssert.Contains(sparse.Err, "decode step 3 of 3");
+        AssertOneLineError(Run("verify", model).Err, "two model files");
+    }
+
+    [TestMethod]
     public void InspectReadsAConvertedModelsLayout()
     {
         using var dir = new ModelDirectory();
