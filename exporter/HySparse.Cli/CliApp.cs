@@ -46,7 +46,7 @@ public static class CliApp
                 "convert" => ConvertCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 "inspect" => InspectCommand.Run(new ArgumentReader(rest), stdout),
                 "verify" => VerifyCommand.Run(new ArgumentReader(rest), stdout, stderr),
-                "demo" => throw new UsageException("'demo' is not available yet; build a model, then use convert and verify"),
+                "demo" => DemoCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 _ => throw new UsageException($"unknown command '{verb}'"),
             };
         }

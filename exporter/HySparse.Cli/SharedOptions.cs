@@ -7,7 +7,7 @@ namespace HySparse.Cli;
 /// <summary>Options convert and inspect share: the layout and the sparse parameters.</summary>
 internal static class SharedOptions
 {
-    public static ConversionOptions ReadConversion(ArgumentReader reader)
+    public static ConversionOptions ReadConversion(ArgumentReader reader, HybridParameters? defaults = null)
     {
         var pattern = reader.Option("--pattern");
         var ratio = reader.Option("--ratio");
@@ -21,7 +21,7 @@ internal static class SharedOptions
             : ratio is not null ? LayoutSpec.Ratio(ratio, sparseLast)
             : fullLayers is not null ? LayoutSpec.FromFullLayers(fullLayers, sparseLast)
             : LayoutSpec.Ratio("1:3", sparseLast);
-        var defaults = new HybridParameters();
+        defaults ??= new HybridParameters();
         var parameters = new HybridParameters
         {
             TopK = reader.PositiveInt("--top-k") ?? defaults.TopK,

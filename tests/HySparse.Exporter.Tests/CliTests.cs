@@ -199,6 +199,29 @@ public sealed class CliTests
     }
 
     [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void DemoBuildsConvertsAndComparesInOneCommand()
+    {
+        using var dir = new ModelDirectory();
+
+        var (code, output, err) = Run("demo", "--dir", dir.Path, "--layers", "4", "--prompt", "120", "--steps", "2", "--json");
+
+        Assert.AreEqual(ExitCodes.Success, code, err);
+        using var json = JsonDocument.Parse(output);
+        var root = json.RootElement;
+        Assert.AreEqual("FSSF", root.GetProperty("layout").GetString());
+        Assert.HasCount(3, root.GetProperty("verify").GetProperty("steps").EnumerateArray().ToList());
+        // Context 122 beyond top-k 4 × 16 + window 32 = 96: the sparse layers read fewer keys than dense.
+        var kv = root.GetProperty("kv");
+        Assert.IsLessThan(kv.GetProperty("denseDecodeRead").GetInt64(), kv.GetProperty("hybridDecodeRead").GetInt64());
+        Assert.IsTrue(File.Exists(dir.File("demo_llama.onnx")) && File.Exists(dir.File("demo_llama.hysparse.onnx")), "--dir keeps both models");
+
+        var text = Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "-q");
+        Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
+        StringAssert.Contains(text.Out, "top-1 agreement");
+    }
+
+    [TestMethod]
     public void InspectReadsAConvertedModelsLayout()
     {
         using var dir = new ModelDirectory();
