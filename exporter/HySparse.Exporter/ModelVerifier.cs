@@ -58,17 +58,19 @@ public static class ModelVerifier
         var rng = new SplitMix64(options.Seed);
         var ids = new long[options.Batch * options.PromptLength];
         for (var i = 0; i < ids.Length; i++) ids[i] = rng.NextInt(layers.Vocab);
+        using var denseState = new KvCacheDecoder(denseSession, options.Batch);
+        using var hybridState = new KvCacheDecoder(hybridSession, options.Batch);
         // One untimed prefill per session first: ONNX Runtime finishes initialising on its first run.
-        new DecoderState(layers, options.Batch).Run(denseSession, ids);
-        new DecoderState(layers, options.Batch).Run(hybridSession, ids);
-        var denseState = new DecoderState(layers, options.Batch);
-        var hybridState = new DecoderState(layers, options.Batch);
+        denseState.Step(ids);
+        hybridState.Step(ids);
+        denseState.Reset();
+        hybridState.Reset();
         var steps = new List<VerifyStep>();
         for (var step = 0; step <= options.DecodeSteps; step++)
         {
             progress?.Invoke(step == 0 ? $"prefill of {options.PromptLength} tokens" : $"decode step {step} of {options.DecodeSteps}");
-            var (denseLogits, denseMs) = denseState.Run(denseSession, ids);
-            var (hybridLogits, hybridMs) = hybridState.Run(hybridSession, ids);
+            var (denseLogits, denseMs) = Timed(denseState, ids);
+            var (hybridLogits, hybridMs) = Timed(hybridState, ids);
             var tokens = ids.Length / options.Batch;
             steps.Add(Compare(step, tokens, denseLogits, hybridLogits, layers.Vocab, denseMs, hybridMs));
             ids = LastArgMax(denseLogits, options.Batch, tokens, layers.Vocab);
@@ -77,6 +79,13 @@ public static class ModelVerifier
         var compared = steps.Sum(s => (double)s.Tokens);
         return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
             decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0);
+    }
+
+    private static (float[] Logits, double Milliseconds) Timed(KvCacheDecoder decoder, long[] ids)
+    {
+        var clock = Stopwatch.StartNew();
+        var logits = decoder.Step(ids);
+        return (logits, clock.Elapsed.TotalMilliseconds);
     }
 
     private static InferenceSession Open(string path, bool registerOps)
@@ -130,57 +139,6 @@ public static class ModelVerifier
                 throw new ConversionException(ConversionError.InvalidModel,
                     $"'{path}' does not have the float32 decoder interface verify needs (past_key_values.N.key [B,H_kv,P,D] with fixed H_kv and D, logits [B,S,V] with fixed V)");
             return new DecoderInterface(layers, (int)cache.Shape.Dim[1].DimValue, (int)cache.Shape.Dim[3].DimValue, (int)logits.Shape.Dim[2].DimValue);
-        }
-    }
-
-    /// <summary>One model's caches and mask between calls.</summary>
-    private sealed class DecoderState(DecoderInterface shape, int batch)
-    {
-        private float[][] _keys = Enumerable.Range(0, shape.Layers).Select(_ => Array.Empty<float>()).ToArray();
-        private float[][] _values = Enumerable.Range(0, shape.Layers).Select(_ => Array.Empty<float>()).ToArray();
-        private int _past;
-
-        public (float[] Logits, double Milliseconds) Run(InferenceSession session, long[] ids)
-        {
-            var tokens = ids.Length / batch;
-            var total = _past + tokens;
-            var mask = new long[batch * total];
-            Array.Fill(mask, 1L);
-            var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
-            var values = new List<OrtValue>
-            {
-                OrtValue.CreateTensorValueFromMemory(ids, [batch, tokens]),
-                OrtValue.CreateTensorValueFromMemory(mask, [batch, total]),
-            };
-            long[] cacheShape = [batch, shape.KvHeads, _past, shape.HeadSize];
-            var outputNames = new List<string> { LlamaNames.Logits };
-            for (var l = 0; l < shape.Layers; l++)
-            {
-                names.Add(LlamaNames.PastKey(l));
-                values.Add(OrtValue.CreateTensorValueFromMemory(_keys[l], cacheShape));
-                names.Add(LlamaNames.PastValue(l));
-                values.Add(OrtValue.CreateTensorValueFromMemory(_values[l], cacheShape));
-                outputNames.Add(LlamaNames.PresentKey(l));
-                outputNames.Add(LlamaNames.PresentValue(l));
-            }
-            try
-            {
-                using var runOptions = new RunOptions();
-                var clock = Stopwatch.StartNew();
-                using var results = session.Run(runOptions, names, values, outputNames);
-                var elapsed = clock.Elapsed.TotalMilliseconds;
-                for (var l = 0; l < shape.Layers; l++)
-                {
-                    _keys[l] = results[1 + 2 * l].GetTensorDataAsSpan<float>().ToArray();
-                    _values[l] = results[2 + 2 * l].GetTensorDataAsSpan<float>().ToArray();
-                }
-                _past = total;
-                return (results[0].GetTensorDataAsSpan<float>().ToArray(), elapsed);
-            }
-            finally
-            {
-                foreach (var value in values) value.Dispose();
-            }
         }
     }
 }

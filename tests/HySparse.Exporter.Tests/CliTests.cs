@@ -215,10 +215,25 @@ public sealed class CliTests
         var kv = root.GetProperty("kv");
         Assert.IsLessThan(kv.GetProperty("denseDecodeRead").GetInt64(), kv.GetProperty("hybridDecodeRead").GetInt64());
         Assert.IsTrue(File.Exists(dir.File("demo_llama.onnx")) && File.Exists(dir.File("demo_llama.hysparse.onnx")), "--dir keeps both models");
+        // The oracle report: layer 0's choice for the first decoded token (position 120, 8 blocks of 16),
+        // per KV head: top-k 4 valid blocks in ascending order.
+        var oracle = root.GetProperty("oracle");
+        Assert.AreEqual(0, oracle.GetProperty("layer").GetInt32());
+        Assert.AreEqual(120, oracle.GetProperty("position").GetInt64());
+        Assert.AreEqual(8, oracle.GetProperty("blocks").GetInt64());
+        var heads = oracle.GetProperty("perHead").EnumerateArray().Select(h => h.EnumerateArray().Select(b => b.GetInt32()).ToArray()).ToList();
+        Assert.HasCount(2, heads);
+        foreach (var blocks in heads)
+        {
+            Assert.HasCount(4, blocks);
+            CollectionAssert.AreEqual(blocks.Order().Distinct().ToArray(), blocks, "ascending, no repeats");
+            Assert.IsTrue(blocks.All(b => b is >= 0 and < 8), string.Join(",", blocks));
+        }
 
         var text = Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "-q");
         Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
         StringAssert.Contains(text.Out, "top-1 agreement");
+        StringAssert.Contains(text.Out, "no sparse layers");
     }
 
     [TestMethod]
