@@ -74,7 +74,8 @@ __device__ __forceinline__ bool ResolveSlot(const GroupAttnParams<T>& p, const R
   if (block < 0) return false;
   pos = static_cast<int64_t>(block) * p.block_size + i % p.block_size;
   if (pos > row.t || pos >= p.total_len) return false;
-  if (p.mode == GroupMode::kUnion && pos > row.t - p.window) return false;  // counted once, from the window
+  // Union: positions the window covers (from t - w + 1, or the own cache's first one) count once, there.
+  if (p.mode == GroupMode::kUnion && pos >= max(row.t - p.window + 1, p.start)) return false;
   if (row.mask && row.mask[pos] == 0) return false;
   if (row.selected_key) {
     k = row.selected_key + i * D;
