@@ -24,8 +24,8 @@ failures=0
 step() { printf '\n=== %s (%ds)\n' "$*" $(( $(date +%s) - t0 )); }
 fail() { echo "FAILED: $*"; failures=$((failures + 1)); }
 
-# The toolkit may not be on PATH (it usually lives in /usr/local/cuda).
-if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+# The toolkit's tools (nvcc, compute-sanitizer) may not be on PATH; they usually live in /usr/local/cuda.
+[ -d /usr/local/cuda/bin ] && export PATH=$PATH:/usr/local/cuda/bin
 
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee "$out/device.txt"
@@ -73,7 +73,7 @@ bench=build/gpu/native/tests/cuda/hysparse_cuda_bench
 if [ "${HYSPARSE_GPU_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   step "compute-sanitizer memcheck, small cases"
   small='*tiny*:*d36*:*chunk3*:*block1*:*prefill_leftpad_bf16*:*union_retrofit_prefill*:*gate_selected_prefill*:CopyToCache*'
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 "$tests" --gtest_filter="$small" \
+  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$tests" --gtest_filter="$small" \
     >"$out/memcheck.log" 2>&1 || fail "memcheck (see memcheck.log)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/memcheck.log" | tail -5
 fi
