@@ -59,8 +59,8 @@ struct GroupAttnParams {
 };
 template <typename T>
 Status LaunchGroupAttn(const GroupAttnParams<T>& params, cudaStream_t stream);
-// Heads one group-kernel CTA serves for head size D (the register budget is per D).
-int GroupHeadsPerCta(int head_dim);
+// Heads one group-kernel CTA serves (the register budget depends on D and the storage size).
+int GroupHeadsPerCta(int head_dim, int element_bytes);
 
 // Merges the split partials of every (b, h, s) and writes the output (and the LSE for kFull).
 template <typename T>
@@ -89,13 +89,16 @@ struct SelectParams {
   int64_t num_blocks = 0;
   int top_k = 0;
   const int64_t* mask = nullptr;
-  const float* block_max = nullptr;   // tiled path statistics, or
-  const float* key_logits = nullptr;  // split path statistics
+  const float* block_max = nullptr;  // [B*H_q*S, nb], log2 units, read for blocks up to the token's own
   const float* lse = nullptr;
   float* block_scores = nullptr;    // [B, H_kv, S, nb] or null
   int32_t* block_indices = nullptr;  // [B, H_kv, S, K] or null (scores only)
   float* work = nullptr;             // [B*H_kv*S, nb] when nb exceeds the shared-memory budget
 };
+// Split-path statistics: block_max[row, i] = max of key_logits[row, j] over block i up to the row's
+// token position (rows as above, key_logits [rows, T]).
+Status LaunchBlockMax(const float* key_logits, float* block_max, int64_t head_rows, int64_t new_len,
+                      int64_t total_len, int block_size, int64_t num_blocks, cudaStream_t stream);
 // Blocks whose scores fit in the selection kernel's shared memory; beyond it `work` is needed.
 int64_t SelectSharedCapacity();
 Status LaunchSelect(const SelectParams& params, cudaStream_t stream);

@@ -44,11 +44,12 @@ struct RowContext {
 // Finds the key/value rows of a slot; returns false when the slot holds no valid key.
 template <typename T>
 __device__ __forceinline__ bool ResolveSlot(const GroupAttnParams<T>& p, const RowContext<T>& row, int branch,
-                                            int64_t slot, const T*& k, const T*& v, int64_t& pos) {
+                                            int64_t slot, const T*& k, const T*& v) {
   const int64_t D = p.head_dim;
   const int64_t selected_slots = static_cast<int64_t>(p.top_k) * p.block_size;
   bool window_part;
   int64_t i = slot;
+  int64_t pos;
   if (p.mode == GroupMode::kFull) {
     pos = slot;
     if (row.mask && row.mask[pos] == 0) return false;
@@ -73,7 +74,8 @@ __device__ __forceinline__ bool ResolveSlot(const GroupAttnParams<T>& p, const R
   if (block < 0) return false;
   pos = static_cast<int64_t>(block) * p.block_size + i % p.block_size;
   if (pos > row.t || pos >= p.total_len) return false;
-  if (p.mode == GroupMode::kUnion && pos > row.t - p.window) return false;  // counted once, from the window
+  // Union: positions the window covers (from t - w + 1, or the own cache's first one) count once, there.
+  if (p.mode == GroupMode::kUnion && pos >= max(row.t - p.window + 1, p.start)) return false;
   if (row.mask && row.mask[pos] == 0) return false;
   if (row.selected_key) {
     k = row.selected_key + i * D;
@@ -100,6 +102,35 @@ __device__ __forceinline__ void LoadSlice(const T* row, int d0, int head_dim, bo
 #pragma unroll
     for (int i = 0; i < 8; ++i) out[8 * c + i] = chunk[i];
   }
+}
+
+// A lane's kE elements of one K or V row, kept in the storage type until used: half the registers
+// of floats for 16-bit types, so the next key's rows can be in flight while this one is computed.
+template <typename T, int kE>
+struct RawSlice {
+  static constexpr int kWords = kE * static_cast<int>(sizeof(T)) / 16;
+  union {
+    uint4 words[kWords];
+    T elems[kE];
+  };
+};
+
+template <typename T, int kE>
+__device__ __forceinline__ void LoadRaw(const T* row, int d0, int head_dim, bool vector_ok, RawSlice<T, kE>& out) {
+  if (vector_ok && d0 + kE <= head_dim) {
+    const uint4* src = reinterpret_cast<const uint4*>(row + d0);
+#pragma unroll
+    for (int w = 0; w < RawSlice<T, kE>::kWords; ++w) out.words[w] = src[w];
+  } else {
+#pragma unroll
+    for (int e = 0; e < kE; ++e) out.elems[e] = d0 + e < head_dim ? row[d0 + e] : T{};
+  }
+}
+
+template <typename T, int kE>
+__device__ __forceinline__ void ZeroRaw(RawSlice<T, kE>& out) {
+#pragma unroll
+  for (int w = 0; w < RawSlice<T, kE>::kWords; ++w) out.words[w] = make_uint4(0, 0, 0, 0);
 }
 
 // kE: elements per lane (head-size capacity 8*kE); kHeads: query heads per CTA.
@@ -175,37 +206,52 @@ __global__ void __launch_bounds__(kThreads) GroupAttnKernel(const GroupAttnParam
     for (int e = 0; e < kE; ++e) o[hh][e] = 0.f;
   }
 
-  // Every lane runs the same number of iterations so the shuffles below see all 32 lanes.
+  // Every lane runs the same number of iterations so the shuffles below see all 32 lanes. The rows
+  // of the group's next slot are requested before the current slot's arithmetic (one slot ahead).
+  const T* kp = nullptr;
+  const T* vp = nullptr;
+  bool valid = begin + lane_group < end && ResolveSlot(p, row, branch, begin + lane_group, kp, vp);
+  RawSlice<T, kE> k_raw, v_raw;
+  if (valid) {
+    LoadRaw<T, kE>(kp, d0, p.head_dim, p.vector_ok, k_raw);
+    LoadRaw<T, kE>(vp, d0, p.head_dim, p.vector_ok, v_raw);
+  } else {
+    ZeroRaw(k_raw);
+    ZeroRaw(v_raw);
+  }
   for (int64_t base = begin; base < end; base += kLaneGroups) {
     const int64_t slot = base + lane_group;
-    const T* kp = nullptr;
-    const T* vp = nullptr;
-    int64_t pos = 0;
-    const bool valid = slot < end && ResolveSlot(p, row, branch, slot, kp, vp, pos);
-    // V is loaded with K so both loads are in flight together.
-    float kf[kE], vf[kE];
-    if (valid) {
-      LoadSlice<T, kE>(kp, d0, p.head_dim, p.vector_ok, kf);
-      LoadSlice<T, kE>(vp, d0, p.head_dim, p.vector_ok, vf);
+    const int64_t next_slot = slot + kLaneGroups;
+    const T* next_kp = nullptr;
+    const T* next_vp = nullptr;
+    const bool next_valid = next_slot < end && ResolveSlot(p, row, branch, next_slot, next_kp, next_vp);
+    RawSlice<T, kE> next_k, next_v;
+    if (next_valid) {
+      LoadRaw<T, kE>(next_kp, d0, p.head_dim, p.vector_ok, next_k);
+      LoadRaw<T, kE>(next_vp, d0, p.head_dim, p.vector_ok, next_v);
     } else {
-#pragma unroll
-      for (int e = 0; e < kE; ++e) kf[e] = vf[e] = 0.f;
+      ZeroRaw(next_k);
+      ZeroRaw(next_v);
     }
+
     float logit[kHeads];
 #pragma unroll
     for (int hh = 0; hh < kHeads; ++hh) {
       float dot = 0.f;
 #pragma unroll
-      for (int e = 0; e < kE; ++e) dot = fmaf(q[hh][e], kf[e], dot);
+      for (int e = 0; e < kE; ++e) dot = fmaf(q[hh][e], ToFloat(k_raw.elems[e]), dot);
       dot += __shfl_xor_sync(0xffffffffu, dot, 4);
       dot += __shfl_xor_sync(0xffffffffu, dot, 2);
       dot += __shfl_xor_sync(0xffffffffu, dot, 1);
       logit[hh] = dot;
     }
-    if (p.key_logits && l8 == 0 && slot < end) {
-      for (int hh = 0; hh < heads; ++hh) {
-        const int64_t head_row = (static_cast<int64_t>(row.b) * p.num_heads + h0 + hh) * p.new_len + row.s;
-        p.key_logits[head_row * p.total_len + slot] = valid ? logit[hh] : NegInf();
+    if (p.key_logits && l8 == 0 && slot < end) {  // kFull: slot = position
+#pragma unroll
+      for (int hh = 0; hh < kHeads; ++hh) {
+        if (hh < heads) {
+          const int64_t head_row = (static_cast<int64_t>(row.b) * p.num_heads + h0 + hh) * p.new_len + row.s;
+          p.key_logits[head_row * p.total_len + slot] = valid ? logit[hh] : NegInf();
+        }
       }
     }
     if (valid) {
@@ -217,11 +263,14 @@ __global__ void __launch_bounds__(kThreads) GroupAttnKernel(const GroupAttnParam
           const float weight = exp2f(logit[hh] - m_new);
           l[hh] = l[hh] * alpha + weight;
 #pragma unroll
-          for (int e = 0; e < kE; ++e) o[hh][e] = fmaf(o[hh][e], alpha, weight * vf[e]);
+          for (int e = 0; e < kE; ++e) o[hh][e] = fmaf(o[hh][e], alpha, weight * ToFloat(v_raw.elems[e]));
           m[hh] = m_new;
         }
       }
     }
+    k_raw = next_k;
+    v_raw = next_v;
+    valid = next_valid;
   }
 
   // Merge the lane groups (all 8 lanes of a group hold identical m and l).
@@ -338,13 +387,19 @@ Status LaunchGroup(const GroupAttnParams<T>& p, cudaStream_t stream) {
 
 }  // namespace
 
-int GroupHeadsPerCta(int head_dim) { return head_dim <= 64 ? 8 : head_dim <= 128 ? 4 : 2; }
+// q and the output slices take 2*kE*kHeads registers, the K/V slices of two slots 4*kE*sizeof(T)/4:
+// kept under the 255-register limit without spills.
+int GroupHeadsPerCta(int head_dim, int element_bytes) {
+  if (head_dim <= 64) return 8;
+  if (head_dim <= 128) return 4;
+  return element_bytes == 4 ? 1 : 2;
+}
 
 template <typename T>
 Status LaunchGroupAttn(const GroupAttnParams<T>& p, cudaStream_t stream) {
   if (p.head_dim <= 64) return LaunchGroup<T, 8, 8>(p, stream);
   if (p.head_dim <= 128) return LaunchGroup<T, 16, 4>(p, stream);
-  return LaunchGroup<T, 32, 2>(p, stream);
+  return LaunchGroup<T, 32, sizeof(T) == 4 ? 1 : 2>(p, stream);
 }
 
 template <typename T>

@@ -15,8 +15,9 @@ namespace {
 // chunks): the tiled kernel would start only B*H_kv CTAs for them, too few to fill the GPU on long
 // contexts. Past it, per-token split-K would re-read K/V once per token.
 constexpr int64_t kSplitPathMaxTokens = 4;
-// Keys one split walks at the least: below that the partials cost more than they save.
-constexpr int64_t kMinSplitSlots = 256;
+// Slots one split walks at the least (4 per lane group): fewer would make the partials cost more than
+// they save; more leaves short (sparse) decodes latency-bound on a few long chains of dependent loads.
+constexpr int64_t kMinSplitSlots = 64;
 
 struct SplitPlan {
   int num_splits = 1;
@@ -144,7 +145,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
   const bool split_path = a.new_len <= kSplitPathMaxTokens;
 
   SplitPlan splits;
-  const int heads_per_cta = GroupHeadsPerCta(a.head_dim);
+  const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
   const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
   ScratchPlan plan;
   size_t off_part_ml = 0, off_part_o = 0, off_logits = 0, off_block_max = 0, off_lse = 0, off_indices = 0,
@@ -154,9 +155,8 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
     off_part_ml = plan.Add<float2>(head_rows * splits.num_splits);
     off_part_o = plan.Add<float>(head_rows * splits.num_splits * a.head_dim);
     if (want_stats) off_logits = plan.Add<float>(head_rows * a.total_len);
-  } else if (want_stats) {
-    off_block_max = plan.Add<float>(head_rows * nb);
   }
+  if (want_stats) off_block_max = plan.Add<float>(head_rows * nb);
   if (want_stats) {
     off_lse = plan.Add<float>(head_rows);
     if (want_indices && !a.block_indices) off_indices = plan.Add<int32_t>(kv_rows * a.top_k);
@@ -189,6 +189,11 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
     HYSPARSE_CUDA_RETURN_IF(LaunchFullAttnTiled(a, stats, vector_ok, stream));
   }
   if (!want_stats) return Status::Ok();
+  if (split_path) {
+    HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(reinterpret_cast<float*>(base + off_logits),
+                                           reinterpret_cast<float*>(base + off_block_max), head_rows, a.new_len,
+                                           a.total_len, a.block_size, nb, stream));
+  }
 
   int32_t* indices = a.block_indices ? a.block_indices
                                      : (want_indices ? reinterpret_cast<int32_t*>(base + off_indices) : nullptr);
@@ -202,11 +207,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
   s.num_blocks = nb;
   s.top_k = a.top_k;
   s.mask = a.attention_mask;
-  if (split_path) {
-    s.key_logits = reinterpret_cast<float*>(base + off_logits);
-  } else {
-    s.block_max = reinterpret_cast<float*>(base + off_block_max);
-  }
+  s.block_max = reinterpret_cast<float*>(base + off_block_max);
   s.lse = lse;
   s.block_scores = a.block_scores;
   s.block_indices = indices;
@@ -253,7 +254,7 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
   const int64_t max_slots = gate ? std::max<int64_t>(selected_slots, a.window) : selected_slots + a.window;
   const int64_t head_rows = static_cast<int64_t>(a.batch) * a.num_heads * a.new_len;
   const int64_t kv_rows = static_cast<int64_t>(a.batch) * a.kv_num_heads * a.new_len;
-  const int heads_per_cta = GroupHeadsPerCta(a.head_dim);
+  const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
   const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
 
   SplitPlan splits;

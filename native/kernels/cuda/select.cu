@@ -6,6 +6,8 @@
 //      >= 0, so their bits order like the values);
 //   3. one ascending pass that emits every block above that threshold plus, among the blocks equal to
 //      it, the lowest indices, so equal scores resolve towards the lower block index; then -1 padding.
+#include <algorithm>
+
 #include "kernels/cuda/cuda_internal.cuh"
 
 namespace hysparse {
@@ -65,15 +67,7 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const SelectParams p) {
     if (row_valid && i <= last_block) {
       for (int hh = 0; hh < group; ++hh) {
         const int64_t head_row = (b * p.num_heads + g * group + hh) * S + s;
-        float mx;
-        if (p.block_max) {
-          mx = p.block_max[head_row * nb + i];
-        } else {
-          mx = NegInf();
-          const int64_t end = min((i + 1) * p.block_size, t + 1);
-          const float* logits = p.key_logits + head_row * p.total_len;
-          for (int64_t j = i * p.block_size; j < end; ++j) mx = fmaxf(mx, logits[j]);
-        }
+        const float mx = p.block_max[head_row * nb + i];
         if (mx != NegInf()) {
           eligible = true;
           const float lse = p.lse[head_row];
@@ -101,11 +95,15 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const SelectParams p) {
       const int shift = 24 - 8 * pass;
       hist[tid] = 0;
       __syncthreads();
-      for (int64_t i = tid; i < nb; i += kThreads) {
-        const float v = work[i];
-        if (v < 0.f) continue;
+      // Scores share few leading bytes, so lanes with the same digit add once, through their leader.
+      for (int64_t base = 0; base < nb; base += kThreads) {
+        const int64_t i = base + tid;
+        const float v = i < nb ? work[i] : -1.f;
         const uint32_t bits = __float_as_uint(v);
-        if ((bits & prefix_mask) == prefix) atomicAdd(&hist[(bits >> shift) & 255u], 1);
+        const bool candidate = v >= 0.f && (bits & prefix_mask) == prefix;
+        const int digit = candidate ? static_cast<int>((bits >> shift) & 255u) : 256 + (tid & 31);
+        const unsigned peers = __match_any_sync(0xffffffffu, digit);
+        if (candidate && (tid & 31) == __ffs(peers) - 1) atomicAdd(&hist[digit], __popc(peers));
       }
       __syncthreads();
       if (tid < 32) {
@@ -170,9 +168,74 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const SelectParams p) {
   for (int k = take + tid; k < p.top_k; k += kThreads) out[k] = -1;
 }
 
+// One warp per (head row, key block): the largest key logit of the block up to the token's position.
+__global__ void __launch_bounds__(kThreads) BlockMaxKernel(const float* __restrict__ logits, float* __restrict__ block_max,
+                                                           int64_t items, int64_t new_len, int64_t total_len,
+                                                           int block_size, int64_t num_blocks) {
+  const int lane = threadIdx.x & 31;
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);  // head_row*nb + block
+  if (item >= items) return;  // whole warps leave together
+  const int64_t head_row = item / num_blocks, block = item % num_blocks;
+  const int64_t t = total_len - new_len + head_row % new_len;
+  const int64_t end = min((block + 1) * block_size, t + 1);
+  const float* row = logits + head_row * total_len;
+  float mx = NegInf();
+  for (int64_t j = block * block_size + lane; j < end; j += 32) mx = fmaxf(mx, row[j]);
+#pragma unroll
+  for (int off = 16; off >= 1; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  if (lane == 0) block_max[item] = mx;
+}
+
+__global__ void __launch_bounds__(kThreads) CheckIndicesKernel(const int32_t* __restrict__ indices, int64_t rows,
+                                                               int top_k, int64_t num_blocks,
+                                                               unsigned long long* first_bad_row) {
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const int32_t* r = indices + row * top_k;
+    bool ok = true, padding = false;
+    int64_t previous = -1;
+    for (int k = 0; k < top_k && ok; ++k) {
+      const int32_t v = r[k];
+      if (v == -1) {
+        padding = true;
+      } else {
+        ok = !padding && v > previous && v < num_blocks;
+        previous = v;
+      }
+    }
+    if (!ok) atomicMin(first_bad_row, static_cast<unsigned long long>(row));
+  }
+}
+
 }  // namespace
 
+Status LaunchBlockMax(const float* key_logits, float* block_max, int64_t head_rows, int64_t new_len,
+                      int64_t total_len, int block_size, int64_t num_blocks, cudaStream_t stream) {
+  const int64_t items = head_rows * num_blocks;
+  BlockMaxKernel<<<static_cast<unsigned>(CeilDiv(items, kWarps)), kThreads, 0, stream>>>(
+      key_logits, block_max, items, new_len, total_len, block_size, num_blocks);
+  HYSPARSE_CUDA_CHECK_LAUNCH("HySparseFullAttn block maximum kernel");
+  return Status::Ok();
+}
+
 int64_t SelectSharedCapacity() { return kSharedScores; }
+
+}  // namespace detail
+
+Status LaunchCheckBlockIndices(const int32_t* block_indices, int64_t rows, int top_k, int64_t num_blocks,
+                               int64_t* first_bad_row, cudaStream_t stream) {
+  using namespace detail;
+  if (stream == nullptr) return Error(cudaErrorInvalidValue, "LaunchCheckBlockIndices: refusing the legacy default stream");
+  if (rows <= 0 || top_k <= 0) return Status::Ok();
+  const int64_t blocks = std::min<int64_t>(CeilDiv(rows, kThreads), 4096);
+  // int64 >= 0 and unsigned long long order alike, and INT64_MAX stays the "none" marker.
+  CheckIndicesKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      block_indices, rows, top_k, num_blocks, reinterpret_cast<unsigned long long*>(first_bad_row));
+  HYSPARSE_CUDA_CHECK_LAUNCH("HySparseSparseAttn block_indices check kernel");
+  return Status::Ok();
+}
+
+namespace detail {
 
 Status LaunchSelect(const SelectParams& p, cudaStream_t stream) {
   const int64_t rows = static_cast<int64_t>(p.batch) * p.kv_num_heads * p.new_len;

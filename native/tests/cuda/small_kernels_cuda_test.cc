@@ -1,8 +1,12 @@
-// LaunchCopyToCache: every (b, h, s) row of a BSNH or BNSH tensor lands at cache row dst_start + s,
-// bit for bit, and no other cache row changes.
+// The glue's helper kernels: LaunchCopyToCache (every (b, h, s) row of a BSNH or BNSH tensor lands at
+// cache row dst_start + s, bit for bit, and no other cache row changes) and LaunchCheckBlockIndices.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstring>
+#include <limits>
+#include <utility>
+#include <vector>
 #include <random>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -60,6 +64,45 @@ TEST_F(CopyToCacheCudaTest, BsnhAndBnshAllTypes) {
     RunCopy<Half>(bnsh, 128);
     RunCopy<BFloat16>(bnsh, 64);
     RunCopy<Half>(bnsh, 36);  // scalar path
+  }
+}
+
+// Returns the first bad row the kernel reports for these rows (INT64_MAX: none).
+int64_t FirstBadRow(const std::vector<int32_t>& rows, int top_k, int64_t num_blocks) {
+  DeviceArray<int32_t> d_rows(rows);
+  DeviceArray<int64_t> d_bad(std::vector<int64_t>{std::numeric_limits<int64_t>::max()});
+  Stream stream;
+  const Status st = LaunchCheckBlockIndices(d_rows.get(), static_cast<int64_t>(rows.size()) / top_k, top_k,
+                                            num_blocks, d_bad.get(), stream.get());
+  if (!st.ok()) throw std::runtime_error(st.message);
+  stream.Sync();
+  return d_bad.Download()[0];
+}
+
+class CheckBlockIndicesCudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HasCudaDevice()) GTEST_SKIP() << kNoGpuMessage;
+  }
+};
+
+TEST_F(CheckBlockIndicesCudaTest, FindsTheFirstRowBreakingTheForm) {
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  const std::vector<int32_t> good = {0, 3, 9, -1, /**/ -1, -1, -1, -1, /**/ 1, 2, 3, 4, /**/ 9, -1, -1, -1};
+  EXPECT_EQ(FirstBadRow(good, 4, 10), kNone);
+  const std::vector<std::pair<std::vector<int32_t>, const char*>> bad_rows = {
+      {{0, 3, 10, -1}, "block == num_blocks"},
+      {{0, 3, 3, -1}, "repeat"},
+      {{5, 3, -1, -1}, "descending"},
+      {{0, -1, 4, -1}, "block after -1"},
+      {{-2, -1, -1, -1}, "below -1"},
+  };
+  for (const auto& [bad, why] : bad_rows) {
+    // Good rows around the bad one: it is row 2 of 4; a second bad row later must not win.
+    std::vector<int32_t> rows = good;
+    rows.insert(rows.begin() + 8, bad.begin(), bad.end());
+    rows.insert(rows.end(), bad.begin(), bad.end());
+    EXPECT_EQ(FirstBadRow(rows, 4, 10), 2) << why;
   }
 }
 
