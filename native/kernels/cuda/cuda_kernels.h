@@ -70,14 +70,6 @@ template <typename T>
 Status LaunchCopyToCache(const T* src, HeadView src_view, int batch, int heads, int64_t len, int head_dim,
                          T* dst, int64_t dst_capacity, int64_t dst_start, cudaStream_t stream);
 
-// Checks block_indices rows ([rows, top_k] int32, device) against docs/ops.md "Block indices":
-// strictly ascending blocks in [0, num_blocks), then only -1. Writes the smallest offending row to
-// *first_bad_row (device int64), which the caller sets to INT64_MAX beforehand; the caller reads it
-// back (the only host synchronisation, and only where the values must be checked). The kernels
-// themselves never read out of bounds whatever the indices hold: a block past the cache or below 0
-// selects nothing.
-Status LaunchCheckBlockIndices(const int32_t* block_indices, int64_t rows, int top_k, int64_t num_blocks,
-                               int64_t* first_bad_row, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace hysparse

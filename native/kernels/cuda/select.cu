@@ -186,27 +186,6 @@ __global__ void __launch_bounds__(kThreads) BlockMaxKernel(const float* __restri
   if (lane == 0) block_max[item] = mx;
 }
 
-__global__ void __launch_bounds__(kThreads) CheckIndicesKernel(const int32_t* __restrict__ indices, int64_t rows,
-                                                               int top_k, int64_t num_blocks,
-                                                               unsigned long long* first_bad_row) {
-  for (int64_t row = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; row < rows;
-       row += static_cast<int64_t>(gridDim.x) * kThreads) {
-    const int32_t* r = indices + row * top_k;
-    bool ok = true, padding = false;
-    int64_t previous = -1;
-    for (int k = 0; k < top_k && ok; ++k) {
-      const int32_t v = r[k];
-      if (v == -1) {
-        padding = true;
-      } else {
-        ok = !padding && v > previous && v < num_blocks;
-        previous = v;
-      }
-    }
-    if (!ok) atomicMin(first_bad_row, static_cast<unsigned long long>(row));
-  }
-}
-
 }  // namespace
 
 Status LaunchBlockMax(const float* key_logits, float* block_max, int64_t head_rows, int64_t new_len,
@@ -221,19 +200,6 @@ Status LaunchBlockMax(const float* key_logits, float* block_max, int64_t head_ro
 int64_t SelectSharedCapacity() { return kSharedScores; }
 
 }  // namespace detail
-
-Status LaunchCheckBlockIndices(const int32_t* block_indices, int64_t rows, int top_k, int64_t num_blocks,
-                               int64_t* first_bad_row, cudaStream_t stream) {
-  using namespace detail;
-  if (stream == nullptr) return Error(cudaErrorInvalidValue, "LaunchCheckBlockIndices: refusing the legacy default stream");
-  if (rows <= 0 || top_k <= 0) return Status::Ok();
-  const int64_t blocks = std::min<int64_t>(CeilDiv(rows, kThreads), 4096);
-  // int64 >= 0 and unsigned long long order alike, and INT64_MAX stays the "none" marker.
-  CheckIndicesKernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      block_indices, rows, top_k, num_blocks, reinterpret_cast<unsigned long long*>(first_bad_row));
-  HYSPARSE_CUDA_CHECK_LAUNCH("HySparseSparseAttn block_indices check kernel");
-  return Status::Ok();
-}
 
 namespace detail {
 

@@ -1,5 +1,6 @@
 // The glue's helper kernels: LaunchCopyToCache (every (b, h, s) row of a BSNH or BNSH tensor lands at
-// cache row dst_start + s, bit for bit, and no other cache row changes) and LaunchCheckBlockIndices.
+// cache row dst_start + s, bit for bit, and no other cache row changes) and LaunchCheckSparseValues (the
+// device-side check of block_indices rows and mask values).
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -67,16 +68,24 @@ TEST_F(CopyToCacheCudaTest, BsnhAndBnshAllTypes) {
   }
 }
 
-// Returns the first bad row the kernel reports for these rows (INT64_MAX: none).
-int64_t FirstBadRow(const std::vector<int32_t>& rows, int top_k, int64_t num_blocks) {
+// What the device-side check reports for these rows and this mask (kind 0: nothing wrong).
+ValueProblem CheckValues(const std::vector<int32_t>& rows, int top_k, int64_t num_blocks,
+                         const std::vector<int64_t>& mask = {}) {
   DeviceArray<int32_t> d_rows(rows);
-  DeviceArray<int64_t> d_bad(std::vector<int64_t>{std::numeric_limits<int64_t>::max()});
+  DeviceArray<int64_t> d_mask(mask.empty() ? std::vector<int64_t>{0} : mask);
+  DeviceArray<ValueProblem> d_problem(std::vector<ValueProblem>(1));
   Stream stream;
-  const Status st = LaunchCheckBlockIndices(d_rows.get(), static_cast<int64_t>(rows.size()) / top_k, top_k,
-                                            num_blocks, d_bad.get(), stream.get());
+  const Status st = LaunchCheckSparseValues(d_rows.get(), static_cast<int64_t>(rows.size()) / top_k, top_k, num_blocks,
+                                            mask.empty() ? nullptr : d_mask.get(), static_cast<int64_t>(mask.size()),
+                                            d_problem.get(), stream.get());
   if (!st.ok()) throw std::runtime_error(st.message);
   stream.Sync();
-  return d_bad.Download()[0];
+  return d_problem.Download()[0];
+}
+
+int64_t FirstBadRow(const std::vector<int32_t>& rows, int top_k, int64_t num_blocks) {
+  const ValueProblem p = CheckValues(rows, top_k, num_blocks);
+  return p.kind == 0 ? std::numeric_limits<int64_t>::max() : p.where;
 }
 
 class CheckBlockIndicesCudaTest : public ::testing::Test {
@@ -104,6 +113,29 @@ TEST_F(CheckBlockIndicesCudaTest, FindsTheFirstRowBreakingTheForm) {
     rows.insert(rows.end(), bad.begin(), bad.end());
     EXPECT_EQ(FirstBadRow(rows, 4, 10), 2) << why;
   }
+}
+
+TEST_F(CheckBlockIndicesCudaTest, DescribesTheProblemAndChecksTheMask) {
+  // kind: 2 below -1, 3 past the last block, 4 a block after -1, 5 not ascending (slot, value, previous).
+  struct Case { std::vector<int32_t> row; int64_t kind, slot, value, previous; };
+  const std::vector<Case> cases = {
+      {{0, -3, -1, -1}, 2, 1, -3, 0}, {{0, 3, 10, -1}, 3, 2, 10, 3}, {{0, -1, 4, -1}, 4, 2, 4, 0},
+      {{2, 7, 7, -1}, 5, 2, 7, 7}};
+  for (const Case& c : cases) {
+    const ValueProblem p = CheckValues(c.row, 4, 10);
+    EXPECT_EQ(p.kind, c.kind);
+    EXPECT_EQ(p.where, 0);
+    EXPECT_EQ(p.slot, c.slot);
+    EXPECT_EQ(p.value, c.value);
+    EXPECT_EQ(p.previous, c.previous);
+  }
+  // Mask problems rank before index problems; the first bad element wins.
+  const std::vector<int32_t> bad_row = {0, 3, 10, -1};
+  const ValueProblem m = CheckValues(bad_row, 4, 10, {1, 1, 0, 2, 1, 5});
+  EXPECT_EQ(m.kind, 1);
+  EXPECT_EQ(m.where, 3);
+  EXPECT_EQ(m.value, 2);
+  EXPECT_EQ(CheckValues({0, 1, -1, -1}, 4, 10, {0, 1, 1, 0}).kind, 0);
 }
 
 }  // namespace
