@@ -72,12 +72,13 @@ public sealed class SharedBufferTests
     }
 
     [TestMethod]
-    [DataRow(false, DisplayName = "present separate from past")]
-    [DataRow(true, DisplayName = "present bound to past")]
-    public void FullAttn_SelectionEqualsConcatModeOnEachRow(bool aliased)
+    [DataRow(false, true, DisplayName = "present separate from past")]
+    [DataRow(true, true, DisplayName = "present bound to past")]
+    [DataRow(false, false, DisplayName = "4-D query/key/value")]
+    public void FullAttn_SelectionEqualsConcatModeOnEachRow(bool aliased, bool threeD)
     {
         var sc = new SharedBufferScenario(3, 4, 2, 64, Capacity, seed: 1200, ElementType.Float32);
-        var options = new FullAttnOptions { BlockSize = 8, TopK = 2 };
+        var options = new FullAttnOptions { BlockSize = 8, TopK = 2, ThreeD = threeD };
         var (hkv, d, topK) = (sc.KvNumHeads, sc.HeadDim, options.TopK);
         var selectedWidth = topK * options.BlockSize * d;
         var nbCapacity = (Capacity + options.BlockSize - 1) / options.BlockSize;
@@ -85,7 +86,7 @@ public sealed class SharedBufferTests
         foreach (var step in Steps(sc))
         {
             var at = At(step);
-            var ours = SharedBufferCalls.Run(SharedBufferCalls.Full(step, key, value, options), step, aliased);
+            var ours = SharedBufferCalls.Run(SharedBufferCalls.Full(step, key, value, options), step, aliased, threeD);
             var ourIndices = ours.BlockIndices!.Select(i => (double)i).ToArray();
             for (var b = 0; b < sc.Batch; b++)
             {
