@@ -54,6 +54,11 @@ bool CheckValuesEnabled(const OrtKernelInfo* info) {
   }
 }
 
+// GroupQueryAttention's shared-buffer convention runs on CPU only so far (docs/ops.md "Shared KV buffer").
+void RefuseSharedBuffer(const OpContext& op, bool shared_buffer) {
+  if (shared_buffer) op.Fail("shared-buffer mode (seqlens_k) is not implemented on CUDA yet");
+}
+
 cudaStream_t ComputeStream(const Ort::KernelContext& ctx, const OpContext& op) {
   auto* stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
   if (stream == nullptr) {
@@ -138,6 +143,7 @@ template <typename T>
 void CudaFullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const FullAttnInputs in(ctx);
   const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
+  RefuseSharedBuffer(op_, shape.shared_buffer);
   std::string why;
   if (!cuda::SupportsShape(shape.qkv.head_dim, heads_.num_heads, heads_.kv_num_heads, &why)) op_.Fail(why);
   const cudaStream_t stream = ComputeStream(ctx, op_);
@@ -182,6 +188,7 @@ template <typename T>
 void CudaSparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const SparseAttnInputs in(ctx);
   const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
+  RefuseSharedBuffer(op_, shape.shared_buffer);
   const QkvShape& qkv = shape.qkv;
   const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
   std::string why;

@@ -77,7 +77,7 @@ struct CudaFullAttnOp : Ort::CustomOpBase<CudaFullAttnOp<T>, CudaFullAttnKernel<
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kFullAttnName; }
   const char* GetExecutionProviderType() const { return kCudaExecutionProvider; }
-  size_t GetInputTypeCount() const { return 6; }
+  size_t GetInputTypeCount() const { return kFullInputCount; }
   ONNXTensorElementDataType GetInputType(size_t i) const { return FullAttnInputType(i, ElementType<T>::kOnnx); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return FullAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 7; }
@@ -90,7 +90,7 @@ struct CudaSparseAttnOp : Ort::CustomOpBase<CudaSparseAttnOp<T>, CudaSparseAttnK
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kSparseAttnName; }
   const char* GetExecutionProviderType() const { return kCudaExecutionProvider; }
-  size_t GetInputTypeCount() const { return 13; }
+  size_t GetInputTypeCount() const { return kSparseInputCount; }
   ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 3; }

@@ -14,7 +14,8 @@ constexpr const char* kSparseAttnName = "HySparseSparseAttn";
 // Input and output positions (docs/ops.md).
 enum SparseAttnInput : size_t {
   kSparseQuery, kSparseKey, kSparseValue, kSparsePastKey, kSparsePastValue, kSparseSharedKey, kSparseSharedValue,
-  kSparseBlockIndices, kSparseMask, kSparseGate, kSparseSinks, kSparseSelectedKey, kSparseSelectedValue
+  kSparseBlockIndices, kSparseMask, kSparseGate, kSparseSinks, kSparseSelectedKey, kSparseSelectedValue,
+  kSparseSeqlensK, kSparseTotalSequenceLength, kSparseInputCount
 };
 enum SparseAttnOutput : size_t { kSparseOutput, kSparsePresentKey, kSparsePresentValue };
 
@@ -33,7 +34,7 @@ SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, 
 // The node's inputs, read from the kernel context.
 struct SparseAttnInputs {
   TensorInput query, key, value, past_key, past_value, shared_key, shared_value, block_indices, mask, gate, sinks,
-      selected_key, selected_value;
+      selected_key, selected_value, seqlens_k, total_sequence_length;
   explicit SparseAttnInputs(const Ort::KernelContext& ctx);
 };
 
@@ -41,6 +42,12 @@ struct SparseAttnInputs {
 struct IndexLayout {
   int64_t batch = 0, kv_heads = 0, new_len = 0, top_k = 0, num_blocks = 0, total_len = 0;
   int block_size = 0;
+  // Shared-buffer mode: each batch row's own total length (host memory, `batch` entries); rows then
+  // hold blocks below ceil(row_total_len[b] / block_size) instead of num_blocks.
+  const int64_t* row_total_len = nullptr;
+
+  int64_t TotalOf(int64_t b) const { return row_total_len ? row_total_len[b] : total_len; }
+  int64_t NumBlocksOf(int64_t b) const { return row_total_len ? (row_total_len[b] + block_size - 1) / block_size : num_blocks; }
 };
 
 // Where the SA branch reads the selected blocks (docs/ops.md "Where the SA branch reads").
@@ -48,6 +55,8 @@ enum class SaSource { kSelected, kShared, kOwn };
 
 // Sizes of one call after every shape/type rule has been checked; reads no tensor data, so the CPU
 // and CUDA glue share it. The values of the mask and the block indices are checked separately.
+// In shared-buffer mode (seqlens_k given) total_len, own_past, own_len and present_len are all the
+// buffer capacity; each row's own lengths come from seqlens_k at run time.
 struct SparseAttnShape {
   QkvShape qkv;
   int64_t total_len = 0;    // T
@@ -57,6 +66,7 @@ struct SparseAttnShape {
   int64_t top_k = 0;        // last dimension of block_indices
   int64_t num_blocks = 0;   // ceil(T / block_size)
   bool gate_per_channel = false;
+  bool shared_buffer = false;
   SaSource sa_source = SaSource::kOwn;
 
   IndexLayout Indices(int kv_heads, int block_size) const;
@@ -77,16 +87,20 @@ class SparseAttnKernel {
 
  private:
   void Compute(Ort::KernelContext& ctx) const;
+  // Shared-buffer mode: one kernel call per batch row over that row's valid prefix of the buffer.
+  void ComputeSharedBuffer(Ort::KernelContext& ctx, const SparseAttnInputs& in, const SparseAttnShape& shape) const;
 
   OpContext op_;
   SparseAttnAttributes attrs_;
 };
 
+// The CPU registration; declares past -> present as may-inplace (see FullAttnOp).
 template <typename T>
 struct SparseAttnOp : Ort::CustomOpBase<SparseAttnOp<T>, SparseAttnKernel<T>, /*WithStatus=*/true> {
+  SparseAttnOp();
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kSparseAttnName; }
-  size_t GetInputTypeCount() const { return 13; }
+  size_t GetInputTypeCount() const { return kSparseInputCount; }
   ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 3; }
