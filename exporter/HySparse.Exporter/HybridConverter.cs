@@ -41,6 +41,10 @@ public sealed record ConversionReport
     public required IReadOnlyList<ConvertedLayer> Layers { get; init; }
     /// <summary>The metadata entries written.</summary>
     public required IReadOnlyDictionary<string, string> Metadata { get; init; }
+    /// <summary>KV sharing: the cache inputs then outputs that became window caches (empty in retrofit).</summary>
+    public required IReadOnlyList<string> WindowCaches { get; init; }
+    /// <summary>How the model's inputs and outputs changed, in words ("none" in retrofit).</summary>
+    public string InterfaceChanges => Metadata[HybridMetadata.InterfaceChanges];
 }
 
 /// <summary>The attention layers of a model, as far as the patterns can tell.</summary>
@@ -159,24 +163,24 @@ public static class HybridConverter
                 "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
 
-        var ops = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
-        var metadata = Metadata(analysis, layout, options);
+        var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
+        var metadata = Metadata(analysis, layout, options, windowCaches);
         foreach (var (key, value) in metadata) model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
 
         var layers = analysis.Layers.Select((layer, i) => new ConvertedLayer(
             i, layer.CacheIndex, layout.Kinds[i], layer.AnchorNode, ops[i].Name,
             layout.Kinds[i] == LayerKind.Sparse ? layout.OracleOf(i) : null)).ToList();
-        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata };
+        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata, WindowCaches = windowCaches };
     }
 
-    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options)
+    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options, IReadOnlyList<string> windowCaches)
     {
         string Number(long n) => n.ToString(CultureInfo.InvariantCulture);
         var p = options.Parameters;
-        return new Dictionary<string, string>
+        var metadata = new Dictionary<string, string>
         {
             [HybridMetadata.FormatVersion] = "1",
-            [HybridMetadata.Mode] = "retrofit",
+            [HybridMetadata.Mode] = p.ModeName,
             [HybridMetadata.Layout] = layout.Pattern,
             [HybridMetadata.FullLayers] = string.Join(",", layout.FullLayers),
             [HybridMetadata.TopK] = Number(p.TopK),
@@ -185,8 +189,17 @@ public static class HybridConverter
             [HybridMetadata.Combine] = HySparseOps.CombineModes.Union,
             [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
             [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
-            [HybridMetadata.InterfaceChanges] = "none",
+            [HybridMetadata.InterfaceChanges] = windowCaches.Count == 0 ? "none" : WindowCacheChange(p.Window, windowCaches.Count / 4),
             [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
         };
+        if (windowCaches.Count > 0) metadata[HybridMetadata.WindowCaches] = string.Join(",", windowCaches);
+        return metadata;
     }
+
+    /// <summary>What a KV-sharing conversion changes for whoever feeds the model, in one sentence.</summary>
+    private static string WindowCacheChange(int window, int sparseLayers) =>
+        $"the past/present caches of the {sparseLayers} sparse layer(s) (listed in {HybridMetadata.WindowCaches}) are window caches: " +
+        $"a past input holds the last min({window}, T - S) tokens (dim 2 '{HybridMetadata.PastWindowDim}', empty at the first call), " +
+        $"a present output the last min({window}, T) (dim 2 '{HybridMetadata.PresentWindowDim}'); feed each present back as the next past; " +
+        "full layers' caches keep the whole sequence";
 }

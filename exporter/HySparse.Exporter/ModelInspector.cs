@@ -38,6 +38,10 @@ public sealed record InspectionReport
     public required LayerLayout? Layout { get; init; }
     /// <summary>K, B, w of the model (converted) or of the request (dense).</summary>
     public required HybridParameters Parameters { get; init; }
+    /// <summary>The model's mode (converted) or the requested one (dense).</summary>
+    public required HybridMode Mode { get; init; }
+    /// <summary>Cache inputs and outputs that are window caches (a converted KV-sharing model; else empty).</summary>
+    public required IReadOnlyList<string> WindowCaches { get; init; }
     /// <summary>KV figures at the requested contexts (empty without layers).</summary>
     public required IReadOnlyList<KvFigures> Kv { get; init; }
     /// <summary>The model's hysparse.* metadata.</summary>
@@ -75,6 +79,8 @@ public static class ModelInspector
             Failures = analysis.Failures,
             Layout = layout,
             Parameters = options.Parameters,
+            Mode = options.Parameters.Mode,
+            WindowCaches = [],
             Kv = Figures(layers, layout, options.Parameters, contexts),
             Metadata = metadata,
         };
@@ -111,7 +117,9 @@ public static class ModelInspector
             TopK = Meta(HybridMetadata.TopK, defaults.TopK),
             BlockSize = Meta(HybridMetadata.BlockSize, defaults.BlockSize),
             Window = Meta(HybridMetadata.Window, defaults.Window),
+            Mode = HybridParameters.ParseMode(metadata.GetValueOrDefault(HybridMetadata.Mode)) ?? HybridMode.Retrofit,
         };
+        var windowCaches = metadata.GetValueOrDefault(HybridMetadata.WindowCaches) is { Length: > 0 } list ? list.Split(',') : [];
         LayerLayout? layout = layers.Count > 0 && layers[0].Kind == "full"
             ? new LayerLayout(layers.Select(l => l.Kind == "full" ? LayerKind.Full : LayerKind.Sparse).ToList())
             : null;
@@ -123,6 +131,8 @@ public static class ModelInspector
             Failures = [],
             Layout = layout,
             Parameters = parameters,
+            Mode = parameters.Mode,
+            WindowCaches = windowCaches,
             Kv = Figures(layers, layout, parameters, contexts),
             Metadata = metadata,
         };
