@@ -61,8 +61,9 @@ internal static class HelpText
                             past_key_values.N.* inputs and present.N.* outputs keep their names
                             but hold at most W tokens (dim 2 'past_window_length' /
                             'present_window_length'; start empty, feed each present back as the
-                            next past). Not exact even with full coverage: a selected key outside
-                            the window comes from the full layer's K/V, not the layer's own.
+                            next past). Exact only while W >= context; beyond, even with every
+                            block selected, a key outside the window comes from the full
+                            layer's K/V, not the layer's own.
         """;
 
     private static readonly string Convert = $"""

@@ -146,35 +146,46 @@ public sealed class KvSharingTests
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void DecodingKeepsWindowCachesAndMatchesTheSharedKvReference()
     {
-        const int window = 5;
+        // Two rows, the second left-padded by 3 in the prefill: window caches count positions, padding
+        // included, and the mask keeps padding out of both the window and the shared cache.
+        const int window = 5, batch = 2, padding = 3;
         var weights = LlamaWeights.Generate(Config);
         var (model, report) = Convert(weights, topK: 4, blockSize: 4, window: window);
-        var tokens = RandomTokens(Chunks.Sum(), seed: 4);
+        var length = Chunks.Sum();
+        var tokens = RandomTokens(batch * length, seed: 4);
+        var mask = Enumerable.Range(0, batch * length).Select(i => i / length == 1 && i % length < padding ? 0L : 1L).ToArray();
         // Causal, so one call over the whole sequence gives every position's logits.
-        var expected = ReferenceLlama.Forward(weights, 1, tokens, Enumerable.Repeat(1L, tokens.Length).ToArray(),
-            NoPast(), NoPast(), new SharedKvReference(SharedFrom, window)).Logits;
+        var expected = ReferenceLlama.Forward(weights, batch, tokens, mask, NoPast(), NoPast(), new SharedKvReference(SharedFrom, window)).Logits;
         var calculator = new KvCacheCalculator(report.Layout.Kinds, Config.KvHeads, Config.HeadDim, 4, KvCacheMode.KvSharing, window);
 
         using var session = Open(model.ToByteArray(), registerOps: true);
-        using var decoder = new KvCacheDecoder(session);
-        var cacheLayers = session.InputNames.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal))
-            .Select(n => int.Parse(n.Split('.')[1])).ToArray();
+        using var decoder = new KvCacheDecoder(session, batch);
+        var caches = session.InputNames.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal)).ToArray();
         var offset = 0;
         foreach (var chunk in Chunks)
         {
-            var logits = decoder.Step(tokens.AsSpan(offset, chunk));
-            Close.Assert(expected[(offset * Config.Vocab)..((offset + chunk) * Config.Vocab)], logits.Select(v => (double)v).ToArray(), 1e-4, $"tokens {offset}..{offset + chunk - 1}");
+            long[] Rows(long[] values) => Enumerable.Range(0, batch).SelectMany(b => values.Skip(b * length + offset).Take(chunk)).ToArray();
+            var logits = decoder.Step(Rows(tokens), Rows(mask));
+            for (var b = 0; b < batch; b++)
+                for (var i = 0; i < chunk; i++)
+                {
+                    var position = offset + i;
+                    if (mask[b * length + position] == 0) continue;
+                    var want = expected[((b * length + position) * Config.Vocab)..((b * length + position + 1) * Config.Vocab)];
+                    var got = logits[((b * chunk + i) * Config.Vocab)..((b * chunk + i + 1) * Config.Vocab)].Select(v => (double)v).ToArray();
+                    Close.Assert(want, got, 1e-4, $"row {b}, position {position}");
+                }
             offset += chunk;
 
             var lengths = decoder.CacheLengths;
-            for (var i = 0; i < lengths.Count; i++)
+            for (var i = 0; i < caches.Length; i++)
             {
-                var sparse = SharedFrom[cacheLayers[i]] >= 0;
-                Assert.AreEqual(sparse ? Math.Min(window, offset) : offset, lengths[i], $"{session.InputNames.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal)).ElementAt(i)} after {offset} tokens");
+                var sparse = SharedFrom[int.Parse(caches[i].Split('.')[1])] >= 0;
+                Assert.AreEqual(sparse ? Math.Min(window, offset) : offset, lengths[i], $"{caches[i]} after {offset} tokens");
             }
-            Assert.AreEqual(calculator.BytesAt(offset), decoder.KvCacheBytes, $"KV bytes after {offset} tokens");
+            Assert.AreEqual(calculator.BytesAt(offset, batch), decoder.KvCacheBytes, $"KV bytes after {offset} tokens");
         }
-        Assert.IsLessThan(calculator.DenseBytesAt(offset), decoder.KvCacheBytes);
+        Assert.IsLessThan(calculator.DenseBytesAt(offset, batch), decoder.KvCacheBytes);
     }
 
     [TestMethod]
