@@ -14,6 +14,7 @@ internal static class ConvertCommand
         var quiet = reader.Flag("--quiet", "-q");
         var overwrite = reader.Flag("--overwrite");
         var output = reader.Option("--output", "-o");
+        var contexts = reader.PositiveIntList("--context", "--contexts") ?? InspectCommand.DefaultContexts;
         var options = SharedOptions.ReadConversion(reader);
         var input = SharedOptions.ModelPath(reader, "convert");
         output ??= DefaultOutput(input);
@@ -22,6 +23,7 @@ internal static class ConvertCommand
         Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[{clock.Elapsed.TotalSeconds,6:0.00} s] {step}");
         var report = HybridConverter.ConvertFile(input, output, options, overwrite, progress);
         progress?.Invoke("done");
+        var kv = report.KvAt(contexts);
 
         if (json)
         {
@@ -36,6 +38,7 @@ internal static class ConvertCommand
                 parameters = new { mode = report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window, combine = "union" },
                 interfaceChanges = report.InterfaceChanges,
                 windowCaches = report.WindowCaches,
+                kv,
                 layers = report.Layers,
                 metadata = report.Metadata,
             });
@@ -58,6 +61,11 @@ internal static class ConvertCommand
             stdout.WriteLine($"             model interface changed: {report.WindowCaches.Count} cache inputs/outputs keep their names but become window caches");
             stdout.WriteLine($"             (past: last min({p.Window}, T-S) tokens, dim 2 '{HybridMetadata.PastWindowDim}'; present: last min({p.Window}, T), '{HybridMetadata.PresentWindowDim}'; start empty, feed present back as past):");
             foreach (var name in report.WindowCaches) stdout.WriteLine($"               {name}");
+        }
+        foreach (var figures in kv)
+        {
+            var hybrid = p.Mode == HybridMode.KvSharing ? figures.KvSharingCache : figures.RetrofitCache;
+            stdout.WriteLine($"  KV cache   at {figures.Context} tokens: {SharedOptions.Bytes(figures.DenseCache)} dense, {SharedOptions.Bytes(hybrid)} this model ({(double)hybrid / figures.DenseCache:P0}) per sequence");
         }
         stdout.WriteLine();
         var sharing = p.Mode == HybridMode.KvSharing;

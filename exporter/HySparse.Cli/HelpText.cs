@@ -89,6 +89,7 @@ internal static class HelpText
 
         Options:
           -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input)
+          --context LIST      contexts to show KV cache bytes at, k = 1024 (default 4096,32768)
           --overwrite         replace an existing output file
           -q, --quiet         no progress lines on stderr
           --json              print the result as JSON on stdout (no progress lines)

@@ -5,7 +5,8 @@ namespace HySparse.Cli;
 /// <summary><c>hysparse inspect</c>: attention layers found and KV figures dense vs hybrid.</summary>
 internal static class InspectCommand
 {
-    private static readonly long[] DefaultContexts = [4096, 32768];
+    /// <summary>Contexts the KV figures of inspect and convert are shown at unless --context says otherwise.</summary>
+    public static readonly long[] DefaultContexts = [4096, 32768];
 
     public static int Run(ArgumentReader reader, TextWriter stdout)
     {

@@ -45,6 +45,12 @@ public sealed record ConversionReport
     public required IReadOnlyList<string> WindowCaches { get; init; }
     /// <summary>How the model's inputs and outputs changed, in words ("none" in retrofit).</summary>
     public string InterfaceChanges => Metadata[HybridMetadata.InterfaceChanges];
+    /// <summary>The cache geometry all layers share, or null when they differ.</summary>
+    public CacheGeometry? Cache { get; init; }
+
+    /// <summary>KV figures (dense, retrofit, KV sharing) at <paramref name="contexts"/>; empty without a common cache geometry.</summary>
+    public IReadOnlyList<KvFigures> KvAt(IEnumerable<long> contexts) =>
+        Cache is { } cache ? KvAccounting.Compute(cache, Layout, Parameters, contexts) : [];
 }
 
 /// <summary>The attention layers of a model, as far as the patterns can tell.</summary>
@@ -170,7 +176,9 @@ public static class HybridConverter
         var layers = analysis.Layers.Select((layer, i) => new ConvertedLayer(
             i, layer.CacheIndex, layout.Kinds[i], layer.AnchorNode, ops[i].Name,
             layout.Kinds[i] == LayerKind.Sparse ? layout.OracleOf(i) : null)).ToList();
-        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata, WindowCaches = windowCaches };
+        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata, WindowCaches = windowCaches,
+            Cache = CacheGeometry.Common(analysis.Layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.ElementType)))),
+        };
     }
 
     private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options, IReadOnlyList<string> windowCaches)

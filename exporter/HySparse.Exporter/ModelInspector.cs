@@ -39,7 +39,7 @@ public sealed record InspectionReport
     /// <summary>K, B, w of the model (converted) or of the request (dense).</summary>
     public required HybridParameters Parameters { get; init; }
     /// <summary>The model's mode (converted) or the requested one (dense).</summary>
-    public required HybridMode Mode { get; init; }
+    public HybridMode Mode => Parameters.Mode;
     /// <summary>Cache inputs and outputs that are window caches (a converted KV-sharing model; else empty).</summary>
     public required IReadOnlyList<string> WindowCaches { get; init; }
     /// <summary>KV figures at the requested contexts (empty without layers).</summary>
@@ -79,7 +79,6 @@ public static class ModelInspector
             Failures = analysis.Failures,
             Layout = layout,
             Parameters = options.Parameters,
-            Mode = options.Parameters.Mode,
             WindowCaches = [],
             Kv = Figures(layers, layout, options.Parameters, contexts),
             Metadata = metadata,
@@ -87,12 +86,10 @@ public static class ModelInspector
     }
 
     /// <summary>KV figures when every layer has the same cache geometry (as in every real decoder); else none.</summary>
-    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts)
-    {
-        var geometry = layers.Select(l => (l.KvNumHeads, l.HeadSize, Bytes: Tensors.ElementSize(l.CacheType))).Distinct().ToList();
-        if (layout is null || geometry is not [var (kvHeads, headSize, bytes)] || kvHeads < 1 || headSize < 1 || bytes < 1) return [];
-        return KvAccounting.Compute(kvHeads, headSize, bytes, layout, parameters, contexts);
-    }
+    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts) =>
+        layout is not null && CacheGeometry.Common(layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.CacheType)))) is { } cache
+            ? KvAccounting.Compute(cache, layout, parameters, contexts)
+            : [];
 
     private static InspectionReport InspectConverted(ModelProto model, Dictionary<string, string> metadata, IReadOnlyList<long> contexts)
     {
@@ -131,7 +128,6 @@ public static class ModelInspector
             Failures = [],
             Layout = layout,
             Parameters = parameters,
-            Mode = parameters.Mode,
             WindowCaches = windowCaches,
             Kv = Figures(layers, layout, parameters, contexts),
             Metadata = metadata,

@@ -269,14 +269,21 @@ public sealed class CliTests
         foreach (var name in new[] { "past_key_values.1.key", "past_key_values.1.value", "present.1.key", "present.1.value" })
             StringAssert.Contains(convert.Out, name);
         Assert.DoesNotContain("past_key_values.0.key", convert.Out, "full layers keep full caches");
+        // 2 KV heads × 8 × 4 bytes × (K and V) per layer and token; the sparse layer keeps only 6 tokens.
+        const long perLayer = 2 * 2 * 8 * 4;
+        StringAssert.Contains(convert.Out, "at 4096 tokens: 2 MiB dense, 1");
+        StringAssert.Contains(convert.Out, "MiB this model");
 
-        var json = Run("convert", model, "-o", dir.File("shared2.onnx"), "--pattern", "FS", "--window", "6", "--kv-sharing", "--json");
+        var json = Run("convert", model, "-o", dir.File("shared2.onnx"), "--pattern", "FS", "--window", "6", "--kv-sharing", "--context", "100", "--json");
         Assert.AreEqual(ExitCodes.Success, json.Code, json.Err);
         using (var doc = JsonDocument.Parse(json.Out))
         {
             Assert.AreEqual("kv_sharing", doc.RootElement.GetProperty("parameters").GetProperty("mode").GetString());
             Assert.AreEqual(4, doc.RootElement.GetProperty("windowCaches").GetArrayLength());
             StringAssert.Contains(doc.RootElement.GetProperty("interfaceChanges").GetString(), "window caches");
+            var kv = doc.RootElement.GetProperty("kv").EnumerateArray().Single();
+            Assert.AreEqual(4 * perLayer * 100, kv.GetProperty("denseCache").GetInt64());
+            Assert.AreEqual(3 * perLayer * 100 + perLayer * 6, kv.GetProperty("kvSharingCache").GetInt64());
         }
 
         var inspect = Run("inspect", shared, "--context", "100", "--json");
@@ -288,8 +295,6 @@ public sealed class CliTests
             Assert.AreEqual("kv_sharing", root.GetProperty("parameters").GetProperty("mode").GetString());
             CollectionAssert.AreEqual(new[] { "past_key_values.1.key", "past_key_values.1.value", "present.1.key", "present.1.value" },
                 root.GetProperty("windowCaches").EnumerateArray().Select(e => e.GetString()).ToArray());
-            // 2 KV heads × 8 × 4 bytes × (K and V) per layer and token; the sparse layer keeps 6 of 100.
-            const long perLayer = 2 * 2 * 8 * 4;
             Assert.AreEqual(3 * perLayer * 100 + perLayer * 6, root.GetProperty("kv")[0].GetProperty("kvSharingCache").GetInt64());
         }
         var inspectText = Run("inspect", shared);
