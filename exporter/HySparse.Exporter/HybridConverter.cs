@@ -168,6 +168,7 @@ public static class HybridConverter
             throw new ConversionException(ConversionError.NoAttention,
                 "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
+        if (options.Parameters.Mode == HybridMode.KvSharing) CheckSharedCaches(analysis.Layers, layout);
 
         var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
         var metadata = Metadata(analysis, layout, options, windowCaches);
@@ -202,6 +203,27 @@ public static class HybridConverter
         };
         if (windowCaches.Count > 0) metadata[HybridMetadata.WindowCaches] = string.Join(",", windowCaches);
         return metadata;
+    }
+
+    /// <summary>
+    /// With KV sharing a sparse layer reads the full layer's cache as its own keys: heads, head size
+    /// and element type must agree, or the op would refuse the model when a session loads it.
+    /// </summary>
+    private static void CheckSharedCaches(IReadOnlyList<AttentionLayer> layers, LayerLayout layout)
+    {
+        static string Geometry(AttentionLayer l) => $"{l.KvNumHeads} KV heads of size {l.HeadSize}, {l.ElementType.ToString().ToLowerInvariant()}";
+        var mismatches = new List<UnconvertibleLayer>();
+        for (var i = 0; i < layers.Count; i++)
+        {
+            if (layout.Kinds[i] != LayerKind.Sparse) continue;
+            var (own, shared) = (layers[i], layers[layout.OracleOf(i)]);
+            if (own.KvNumHeads != shared.KvNumHeads || own.HeadSize != shared.HeadSize || own.ElementType != shared.ElementType)
+                mismatches.Add(new UnconvertibleLayer(own.AnchorNode,
+                    $"--kv-sharing: its cache ({Geometry(own)}) differs from that of full layer {layout.OracleOf(i)} ({Geometry(shared)}), which it would read"));
+        }
+        if (mismatches.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"{mismatches.Count} sparse layer(s) cannot share their full layer's cache, first: {mismatches[0]}", mismatches);
     }
 
     /// <summary>What a KV-sharing conversion changes for whoever feeds the model, in one sentence.</summary>

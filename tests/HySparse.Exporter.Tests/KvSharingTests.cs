@@ -95,6 +95,28 @@ public sealed class KvSharingTests
     }
 
     [TestMethod]
+    public void RefusesASparseLayerWhoseCacheDiffersFromTheSharedOne()
+    {
+        // Layer 1 declares a float16 cache while layer 0, whose cache it would read, is float32.
+        var model = LlamaModelBuilder.Build(Config);
+        foreach (var input in model.Graph.Input.Where(i => i.Name == LlamaNames.PastKey(1) || i.Name == LlamaNames.PastValue(1)))
+            input.Type.TensorType.ElemType = (int)TensorProto.Types.DataType.Float16;
+        var before = model.ToByteArray();
+        var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = new HybridParameters { Mode = HybridMode.KvSharing } };
+
+        var refusal = Assert.ThrowsExactly<ConversionException>(() => HybridConverter.ConvertInPlace(model, options));
+
+        Assert.AreEqual(ConversionError.UnconvertibleLayers, refusal.Error);
+        var layer = refusal.Layers.Single();
+        Assert.AreEqual("/model/layers.1/self_attn/Softmax", layer.Node);
+        StringAssert.Contains(layer.Reason, "full layer 0");
+        StringAssert.Contains(layer.Reason, "float16");
+        CollectionAssert.AreEqual(before, model.ToByteArray(), "a refused model is left unchanged");
+        // Retrofit reads no other layer's cache, so the same model converts.
+        HybridConverter.Convert(model, options with { Parameters = new HybridParameters() });
+    }
+
+    [TestMethod]
     public void RetrofitKeepsTheInterfaceAndSaysSo()
     {
         var dense = LlamaModelBuilder.Build(Config);
