@@ -297,6 +297,14 @@ public sealed class CliTests
                 root.GetProperty("windowCaches").EnumerateArray().Select(e => e.GetString()).ToArray());
             Assert.AreEqual(3 * perLayer * 100 + perLayer * 6, root.GetProperty("kv")[0].GetProperty("kvSharingCache").GetInt64());
         }
+        var projected = Run("inspect", model, "--kv-sharing", "--json");
+        Assert.AreEqual(ExitCodes.Success, projected.Code, projected.Err);
+        using (var doc = JsonDocument.Parse(projected.Out))
+        {
+            Assert.IsFalse(doc.RootElement.GetProperty("converted").GetBoolean());
+            Assert.AreEqual("kv_sharing", doc.RootElement.GetProperty("parameters").GetProperty("mode").GetString());
+            Assert.AreEqual(0, doc.RootElement.GetProperty("windowCaches").GetArrayLength(), "a dense model has no window caches yet");
+        }
         var inspectText = Run("inspect", shared);
         StringAssert.Contains(inspectText.Out, "window caches (at most 6 tokens each): past_key_values.1.key");
 
