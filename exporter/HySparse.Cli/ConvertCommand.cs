@@ -14,6 +14,7 @@ internal static class ConvertCommand
         var quiet = reader.Flag("--quiet", "-q");
         var overwrite = reader.Flag("--overwrite");
         var output = reader.Option("--output", "-o");
+        var contexts = reader.PositiveIntList("--context", "--contexts") ?? InspectCommand.DefaultContexts;
         var options = SharedOptions.ReadConversion(reader);
         var input = SharedOptions.ModelPath(reader, "convert");
         output ??= DefaultOutput(input);
@@ -22,6 +23,7 @@ internal static class ConvertCommand
         Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[{clock.Elapsed.TotalSeconds,6:0.00} s] {step}");
         var report = HybridConverter.ConvertFile(input, output, options, overwrite, progress);
         progress?.Invoke("done");
+        var kv = report.KvAt(contexts);
 
         if (json)
         {
@@ -33,8 +35,10 @@ internal static class ConvertCommand
                 sourceAttention = report.Style,
                 layout = report.Layout.Pattern,
                 fullLayers = report.Layout.FullLayers,
-                parameters = new { mode = report.Parameters.Mode, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window, combine = "union" },
-                interfaceChanges = "none",
+                parameters = new { mode = report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window, combine = "union" },
+                interfaceChanges = report.InterfaceChanges,
+                windowCaches = report.WindowCaches,
+                kv,
                 layers = report.Layers,
                 metadata = report.Metadata,
             });
@@ -46,14 +50,31 @@ internal static class ConvertCommand
         stdout.WriteLine($"  attention  {report.Style.ToString().ToLowerInvariant()}, {report.Layers.Count} layers");
         stdout.WriteLine($"  layout     {report.Layout.Pattern}  ({options.Layout.Description}{(options.Layout.SparseLast ? "" : ", last layer full")}; full layers {string.Join(",", report.Layout.FullLayers)})");
         stdout.WriteLine($"  sparse     top-k {p.TopK} blocks x block size {p.BlockSize} + window {p.Window} = at most {p.SparseReach} keys per token per sparse layer");
-        stdout.WriteLine("  mode       retrofit: every layer keeps its own KV cache; sparse layers take one softmax over selected blocks ∪ window");
-        stdout.WriteLine("             model inputs and outputs are unchanged (same names, shapes and types)");
+        stdout.WriteLine($"  mode       {SharedOptions.ModeLine(p.Mode)}");
+        if (report.WindowCaches.Count == 0)
+        {
+            stdout.WriteLine("             model inputs and outputs are unchanged (same names, shapes and types)");
+        }
+        else
+        {
+            // The interface changed: whoever feeds the model must know which caches stay short.
+            stdout.WriteLine($"             model interface changed: {report.WindowCaches.Count} cache inputs/outputs keep their names but become window caches");
+            stdout.WriteLine($"             (past: last min({p.Window}, T-S) tokens, dim 2 '{HybridMetadata.PastWindowDim}'; present: last min({p.Window}, T), '{HybridMetadata.PresentWindowDim}'; start empty, feed present back as past):");
+            foreach (var name in report.WindowCaches) stdout.WriteLine($"               {name}");
+        }
+        foreach (var figures in kv)
+        {
+            var hybrid = p.Mode == HybridMode.KvSharing ? figures.KvSharingCache : figures.RetrofitCache;
+            stdout.WriteLine($"  KV cache   at {figures.Context} tokens: {SharedOptions.Bytes(figures.DenseCache)} dense, {SharedOptions.Bytes(hybrid)} this model ({(double)hybrid / figures.DenseCache:P0}) per sequence");
+        }
         stdout.WriteLine();
-        stdout.WriteLine("  layer  kind    selection from  node");
+        var sharing = p.Mode == HybridMode.KvSharing;
+        stdout.WriteLine($"  layer  kind    selection from  {(sharing ? "own cache  " : "")}node");
         foreach (var layer in report.Layers)
         {
             var from = layer.OracleLayer is { } oracle ? $"layer {oracle}" : "-";
-            stdout.WriteLine($"  {layer.Index,5}  {(layer.Kind == LayerKind.Full ? "full" : "sparse"),-6}  {from,-14}  {layer.Node}");
+            var cache = !sharing ? "" : layer.Kind == LayerKind.Full ? "full       " : "window     ";
+            stdout.WriteLine($"  {layer.Index,5}  {(layer.Kind == LayerKind.Full ? "full" : "sparse"),-6}  {from,-14}  {cache}{layer.Node}");
         }
         return ExitCodes.Success;
     }

@@ -51,13 +51,14 @@ internal static class DemoCommand
                 return ExitCodes.Success;
             }
             var p = conversion.Parameters;
-            stdout.WriteLine($"HySparse demo: {layers}-layer decoder, layout {report.Layout.Pattern}, top-k {p.TopK} x block {p.BlockSize} + window {p.Window}");
+            stdout.WriteLine($"HySparse demo: {layers}-layer decoder, layout {report.Layout.Pattern}, top-k {p.TopK} x block {p.BlockSize} + window {p.Window}, {p.ModeName.Replace('_', '-')}");
             stdout.WriteLine($"  prompt {prompt} tokens, then {steps} greedy decode steps (context {context})");
             stdout.WriteLine();
             stdout.WriteLine("                          dense        hybrid");
             stdout.WriteLine($"  prefill ms           {verify.Steps[0].DenseMilliseconds,9:0.00}     {verify.Steps[0].HybridMilliseconds,9:0.00}");
             stdout.WriteLine($"  decode ms / token    {verify.DenseDecodeMilliseconds,9:0.00}     {verify.HybridDecodeMilliseconds,9:0.00}");
-            stdout.WriteLine($"  KV cache             {SharedOptions.Bytes(kv.DenseCache),9}     {SharedOptions.Bytes(kv.RetrofitCache),9}   (retrofit keeps every layer's cache)");
+            var sharing = p.Mode == HybridMode.KvSharing;
+            stdout.WriteLine($"  KV cache             {SharedOptions.Bytes(kv.DenseCache),9}     {SharedOptions.Bytes(sharing ? kv.KvSharingCache : kv.RetrofitCache),9}   ({(sharing ? "sparse layers keep only their window" : "retrofit keeps every layer's cache")}; the last call returned {SharedOptions.Bytes(verify.DenseKvBytes)} / {SharedOptions.Bytes(verify.HybridKvBytes)})");
             stdout.WriteLine($"  KV read / token      {SharedOptions.Bytes(kv.DenseDecodeRead),9}     {SharedOptions.Bytes(kv.HybridDecodeRead),9}");
             stdout.WriteLine($"  max |logit error|                  {verify.MaxAbsError,9:0.000e+00}");
             stdout.WriteLine($"  top-1 agreement                    {verify.Top1Agreement,9:P1}");
@@ -71,7 +72,7 @@ internal static class DemoCommand
                 stdout.WriteLine($"  Oracle: full layer {oracle.Layer} at token {oracle.Position} ({oracle.Blocks} key blocks of {p.BlockSize} so far) chose, per KV head:");
                 for (var h = 0; h < oracle.PerHead.Count; h++)
                     stdout.WriteLine($"    KV head {h}: blocks [{string.Join(", ", oracle.PerHead[h])}]");
-                stdout.WriteLine($"  Each sparse layer after it reads those {p.TopK} x {p.BlockSize} keys plus the last {p.Window}: at most {Math.Min(context, (long)p.TopK * p.BlockSize + p.Window)} of {context} keys per token.");
+                stdout.WriteLine($"  Each sparse layer after it reads those {p.TopK} x {p.BlockSize} keys{(sharing ? " (from this full layer's cache)" : "")} plus the last {p.Window}: at most {Math.Min(context, (long)p.TopK * p.BlockSize + p.Window)} of {context} keys per token.");
             }
             stdout.WriteLine();
             stdout.WriteLine(keep ? $"Models kept in {directory}." : "Pass --dir DIR to keep the models; then try hysparse inspect / verify on them.");

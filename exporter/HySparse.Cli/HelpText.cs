@@ -54,6 +54,16 @@ internal static class HelpText
           --top-k K         blocks each token selects (16)
           --block-size B    tokens per key block (64)
           --window W        sliding-window tokens of each sparse layer (128)
+
+        Mode (default retrofit: every layer keeps its own full KV cache, interface unchanged):
+          --kv-sharing      sparse layers read their selected blocks from the preceding full
+                            layer's KV cache and keep only a window cache of their own: their
+                            past_key_values.N.* inputs and present.N.* outputs keep their names
+                            but hold at most W tokens (dim 2 'past_window_length' /
+                            'present_window_length'; start empty, feed each present back as the
+                            next past). Exact only while W >= context; beyond, even with every
+                            block selected, a key outside the window comes from the full
+                            layer's K/V, not the layer's own.
         """;
 
     private static readonly string Convert = $"""
@@ -64,11 +74,13 @@ internal static class HelpText
 
         Finds every attention layer (decomposed torch.onnx.export / Optimum style: MatMul(Q,K^T),
         scale, Add(mask), Softmax, MatMul(V), with a KV cache Concat(past, new)), and replaces it by a
-        HySparse operator that takes the rotated Q/K/V, the past caches and attention_mask. Mode is
-        retrofit: every layer keeps its own keys and values, so the model's inputs and outputs keep
-        their names and shapes; sparse layers compute one exact softmax over selected blocks plus
-        window. Initializers and all other nodes are left as they are. The layout and parameters are
-        recorded in the model's metadata (hysparse.*).
+        HySparse operator that takes the rotated Q/K/V, the past caches and attention_mask. In the
+        default retrofit mode every layer keeps its own keys and values, so the model's inputs and
+        outputs keep their names and shapes; sparse layers compute one exact softmax over selected
+        blocks plus window. With --kv-sharing the sparse layers' caches become window caches (the
+        command lists them) and sparse layers read selected blocks from the full layer's cache.
+        Initializers and all other nodes are left as they are. The layout, parameters, mode and any
+        interface change are recorded in the model's metadata (hysparse.*).
 
         The input file is only read. The output is written to a temporary file and renamed, so it is
         never half written; nothing is written when the conversion is refused. A layer that cannot be
@@ -77,6 +89,7 @@ internal static class HelpText
 
         Options:
           -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input)
+          --context LIST      contexts to show KV cache bytes at, k = 1024 (default 4096,32768)
           --overwrite         replace an existing output file
           -q, --quiet         no progress lines on stderr
           --json              print the result as JSON on stdout (no progress lines)
@@ -87,6 +100,7 @@ internal static class HelpText
           hysparse convert llama.onnx -o llama.hybrid.onnx --ratio 1:3
           hysparse convert llama.onnx --full-layers 0,8,16,24,31 --top-k 8 --window 256
           hysparse convert llama.onnx --pattern FSSSSSSS --json
+          hysparse convert llama.onnx -o llama.shared.onnx --ratio 1:3 --kv-sharing --window 256
 
         """;
 
@@ -98,7 +112,8 @@ internal static class HelpText
 
         Lists the attention layers found (style, heads, head size, cache type) and any that cannot be
         converted with the reason. For a dense model it shows what the layout given (default 1:3)
-        would do; for a converted model, the layout it has. KV figures at each context T:
+        would do; for a converted model, the layout and mode it has and which caches are window
+        caches (kv-sharing). KV figures at each context T (* marks the model's or requested mode):
           KV cache           bytes the caches hold: dense and retrofit keep T tokens in every layer;
                              kv-sharing keeps T in full layers and only the window in sparse layers
           KV read per token  bytes one decode step reads: T per full layer, at most
@@ -132,7 +147,9 @@ internal static class HelpText
 
         A retrofit conversion is exact (errors at float rounding level) while the selected blocks
         and the window cover the context, i.e. K*B >= context or w >= context; past that it
-        approximates, which the top-1 agreement measures.
+        approximates, which the top-1 agreement measures. A kv-sharing conversion is exact only
+        while w >= context; its window caches are fed back at whatever length they come out, and
+        the KV bytes both models returned at the last call are printed.
 
         Options:
           --prompt N   prompt tokens per sequence (64)
@@ -157,7 +174,8 @@ internal static class HelpText
         size 32), converts it, then runs dense and hybrid side by side on a random prompt and greedy
         decode steps (as verify does) and prints time, KV bytes and agreement. The demo's defaults
         (top-k 4, block size 16, window 32) are small so that the sparse layers really skip keys
-        within its context; with the paper's defaults the hybrid would be exact here.
+        within its context; with the paper's defaults the hybrid would be exact here. Add
+        --kv-sharing to convert in that mode and see its smaller KV cache.
 
         Options:
           --dir DIR     keep the two models in DIR (default: a temporary directory, deleted)

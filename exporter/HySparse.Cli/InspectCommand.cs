@@ -5,7 +5,8 @@ namespace HySparse.Cli;
 /// <summary><c>hysparse inspect</c>: attention layers found and KV figures dense vs hybrid.</summary>
 internal static class InspectCommand
 {
-    private static readonly long[] DefaultContexts = [4096, 32768];
+    /// <summary>Contexts the KV figures of inspect and convert are shown at unless --context says otherwise.</summary>
+    public static readonly long[] DefaultContexts = [4096, 32768];
 
     public static int Run(ArgumentReader reader, TextWriter stdout)
     {
@@ -26,7 +27,8 @@ internal static class InspectCommand
                 layers = report.Layers.Select(l => new { l.Index, l.CacheIndex, l.Node, l.Kind, l.NumHeads, l.KvNumHeads, l.HeadSize, cacheType = SharedOptions.TypeName(l.CacheType), l.BytesPerToken }),
                 unconvertible = report.Failures,
                 layout = report.Layout?.Pattern,
-                parameters = new { topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
+                parameters = new { mode = report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
+                windowCaches = report.WindowCaches,
                 kv = report.Kv,
                 metadata = report.Metadata,
             });
@@ -59,12 +61,17 @@ internal static class InspectCommand
             var p = report.Parameters;
             stdout.WriteLine();
             stdout.WriteLine($"  {(report.Converted ? "hybrid layout" : "with layout")} {layout.Pattern}, top-k {p.TopK}, block size {p.BlockSize}, window {p.Window} (sparse layers read at most {p.SparseReach} keys per token)");
-            stdout.WriteLine("  context   KV cache: dense / retrofit / kv-sharing*     KV read per decoded token: dense / hybrid");
+            stdout.WriteLine($"  mode       {SharedOptions.ModeLine(report.Mode)}");
+            if (report.WindowCaches.Count > 0)
+                stdout.WriteLine($"  window caches (at most {p.Window} tokens each): {string.Join(", ", report.WindowCaches)}");
+            stdout.WriteLine($"  context   KV cache: {(report.Converted ? "dense / retrofit / kv-sharing (* this model)" : "dense / retrofit / kv-sharing (* requested mode)")}     KV read per decoded token: dense / hybrid");
             foreach (var kv in report.Kv)
             {
-                stdout.WriteLine($"  {kv.Context,7}   {SharedOptions.Bytes(kv.DenseCache),10} / {SharedOptions.Bytes(kv.RetrofitCache),10} / {SharedOptions.Bytes(kv.KvSharingCache),10}     {SharedOptions.Bytes(kv.DenseDecodeRead),10} / {SharedOptions.Bytes(kv.HybridDecodeRead),10} ({(double)kv.DenseDecodeRead / kv.HybridDecodeRead:0.0}x less)");
+                var retrofit = SharedOptions.Bytes(kv.RetrofitCache) + (report.Mode == HybridMode.Retrofit ? "*" : " ");
+                var kvSharing = SharedOptions.Bytes(kv.KvSharingCache) + (report.Mode == HybridMode.KvSharing ? "*" : " ");
+                stdout.WriteLine($"  {kv.Context,7}   {SharedOptions.Bytes(kv.DenseCache),10} / {retrofit,11} / {kvSharing,11}    {SharedOptions.Bytes(kv.DenseDecodeRead),10} / {SharedOptions.Bytes(kv.HybridDecodeRead),10} ({(double)kv.DenseDecodeRead / kv.HybridDecodeRead:0.0}x less)");
             }
-            stdout.WriteLine("  * kv-sharing: sparse layers keep only a window cache and read the full layer's KV (not yet offered by convert).");
+            stdout.WriteLine("  retrofit keeps every layer's full cache; kv-sharing keeps full caches in full layers and only the window in sparse layers.");
         }
         return ExitCodes.Success;
     }

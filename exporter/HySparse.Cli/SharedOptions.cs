@@ -13,8 +13,7 @@ internal static class SharedOptions
         var ratio = reader.Option("--ratio");
         var fullLayers = reader.Option("--full-layers");
         var sparseLast = reader.Flag("--sparse-last");
-        if (reader.Flag("--kv-sharing"))
-            throw new UsageException("--kv-sharing is not supported yet: this version converts in retrofit mode only (every layer keeps its own KV cache)");
+        var kvSharing = reader.Flag("--kv-sharing");
         if (new[] { pattern, ratio, fullLayers }.Count(o => o is not null) > 1)
             throw new UsageException("give only one of --pattern, --ratio and --full-layers");
         var layout = pattern is not null ? LayoutSpec.FromPattern(pattern, sparseLast)
@@ -27,9 +26,15 @@ internal static class SharedOptions
             TopK = reader.PositiveInt("--top-k") ?? defaults.TopK,
             BlockSize = reader.PositiveInt("--block-size") ?? defaults.BlockSize,
             Window = reader.PositiveInt("--window") ?? defaults.Window,
+            Mode = kvSharing ? HybridMode.KvSharing : defaults.Mode,
         };
         return new ConversionOptions { Layout = layout, Parameters = parameters };
     }
+
+    /// <summary>One line on what the mode keeps and reads, for convert, inspect and demo.</summary>
+    public static string ModeLine(HybridMode mode) => mode == HybridMode.KvSharing
+        ? "kv-sharing: sparse layers read selected blocks from the preceding full layer's KV cache and keep only a window cache of their own"
+        : "retrofit: every layer keeps its own KV cache; sparse layers take one softmax over selected blocks ∪ window";
 
     /// <summary>The single positional argument: the model path.</summary>
     public static string ModelPath(ArgumentReader reader, string verb)

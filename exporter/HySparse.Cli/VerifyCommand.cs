@@ -33,6 +33,7 @@ internal static class VerifyCommand
         foreach (var s in report.Steps)
             stdout.WriteLine($"  {(s.Step == 0 ? "pre" : s.Step.ToString()),4}  {s.Tokens,6}  {s.MaxAbsError,11:0.000e+00}  {s.MaxRelError,11:0.000e+00}  {s.Top1Agreement,11:P1}  {s.DenseMilliseconds,8:0.00}  {s.HybridMilliseconds,9:0.00}");
         stdout.WriteLine($"  overall: max abs error {report.MaxAbsError:0.000e+00}, top-1 agreement {report.Top1Agreement:P1}, decode {report.DenseDecodeMilliseconds:0.00} ms dense vs {report.HybridDecodeMilliseconds:0.00} ms hybrid per step");
+        stdout.WriteLine($"  KV cache after the last call: {SharedOptions.Bytes(report.DenseKvBytes)} dense, {SharedOptions.Bytes(report.HybridKvBytes)} converted");
         return ExitCodes.Success;
     }
 }

@@ -41,6 +41,16 @@ public sealed record ConversionReport
     public required IReadOnlyList<ConvertedLayer> Layers { get; init; }
     /// <summary>The metadata entries written.</summary>
     public required IReadOnlyDictionary<string, string> Metadata { get; init; }
+    /// <summary>KV sharing: the cache inputs then outputs that became window caches (empty in retrofit).</summary>
+    public required IReadOnlyList<string> WindowCaches { get; init; }
+    /// <summary>How the model's inputs and outputs changed, in words ("none" in retrofit).</summary>
+    public string InterfaceChanges => Metadata[HybridMetadata.InterfaceChanges];
+    /// <summary>The cache geometry all layers share, or null when they differ.</summary>
+    public CacheGeometry? Cache { get; init; }
+
+    /// <summary>KV figures (dense, retrofit, KV sharing) at <paramref name="contexts"/>; empty without a common cache geometry.</summary>
+    public IReadOnlyList<KvFigures> KvAt(IEnumerable<long> contexts) =>
+        Cache is { } cache ? KvAccounting.Compute(cache, Layout, Parameters, contexts) : [];
 }
 
 /// <summary>The attention layers of a model, as far as the patterns can tell.</summary>
@@ -158,25 +168,28 @@ public static class HybridConverter
             throw new ConversionException(ConversionError.NoAttention,
                 "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
+        if (options.Parameters.Mode == HybridMode.KvSharing) CheckSharedCaches(analysis.Layers, layout);
 
-        var ops = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
-        var metadata = Metadata(analysis, layout, options);
+        var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
+        var metadata = Metadata(analysis, layout, options, windowCaches);
         foreach (var (key, value) in metadata) model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
 
         var layers = analysis.Layers.Select((layer, i) => new ConvertedLayer(
             i, layer.CacheIndex, layout.Kinds[i], layer.AnchorNode, ops[i].Name,
             layout.Kinds[i] == LayerKind.Sparse ? layout.OracleOf(i) : null)).ToList();
-        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata };
+        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata, WindowCaches = windowCaches,
+            Cache = CacheGeometry.Common(analysis.Layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.ElementType)))),
+        };
     }
 
-    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options)
+    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options, IReadOnlyList<string> windowCaches)
     {
         string Number(long n) => n.ToString(CultureInfo.InvariantCulture);
         var p = options.Parameters;
-        return new Dictionary<string, string>
+        var metadata = new Dictionary<string, string>
         {
             [HybridMetadata.FormatVersion] = "1",
-            [HybridMetadata.Mode] = "retrofit",
+            [HybridMetadata.Mode] = p.ModeName,
             [HybridMetadata.Layout] = layout.Pattern,
             [HybridMetadata.FullLayers] = string.Join(",", layout.FullLayers),
             [HybridMetadata.TopK] = Number(p.TopK),
@@ -185,8 +198,38 @@ public static class HybridConverter
             [HybridMetadata.Combine] = HySparseOps.CombineModes.Union,
             [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
             [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
-            [HybridMetadata.InterfaceChanges] = "none",
+            [HybridMetadata.InterfaceChanges] = windowCaches.Count == 0 ? "none" : WindowCacheChange(p.Window, windowCaches.Count / 4),
             [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
         };
+        if (windowCaches.Count > 0) metadata[HybridMetadata.WindowCaches] = string.Join(",", windowCaches);
+        return metadata;
     }
+
+    /// <summary>
+    /// With KV sharing a sparse layer reads the full layer's cache as its own keys: heads, head size
+    /// and element type must agree, or the op would refuse the model when a session loads it.
+    /// </summary>
+    private static void CheckSharedCaches(IReadOnlyList<AttentionLayer> layers, LayerLayout layout)
+    {
+        static string Geometry(AttentionLayer l) => $"{l.KvNumHeads} KV heads of size {l.HeadSize}, {l.ElementType.ToString().ToLowerInvariant()}";
+        var mismatches = new List<UnconvertibleLayer>();
+        for (var i = 0; i < layers.Count; i++)
+        {
+            if (layout.Kinds[i] != LayerKind.Sparse) continue;
+            var (own, shared) = (layers[i], layers[layout.OracleOf(i)]);
+            if (own.KvNumHeads != shared.KvNumHeads || own.HeadSize != shared.HeadSize || own.ElementType != shared.ElementType)
+                mismatches.Add(new UnconvertibleLayer(own.AnchorNode,
+                    $"--kv-sharing: its cache ({Geometry(own)}) differs from that of full layer {layout.OracleOf(i)} ({Geometry(shared)}), which it would read"));
+        }
+        if (mismatches.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"{mismatches.Count} sparse layer(s) cannot share their full layer's cache, first: {mismatches[0]}", mismatches);
+    }
+
+    /// <summary>What a KV-sharing conversion changes for whoever feeds the model, in one sentence.</summary>
+    private static string WindowCacheChange(int window, int sparseLayers) =>
+        $"the past/present caches of the {sparseLayers} sparse layer(s) (listed in {HybridMetadata.WindowCaches}) are window caches: " +
+        $"a past input holds the last min({window}, T - S) tokens (dim 2 '{HybridMetadata.PastWindowDim}', empty at the first call), " +
+        $"a present output the last min({window}, T) (dim 2 '{HybridMetadata.PresentWindowDim}'); feed each present back as the next past; " +
+        "full layers' caches keep the whole sequence";
 }

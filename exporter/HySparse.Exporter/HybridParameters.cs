@@ -7,6 +7,12 @@ public enum HybridMode
 {
     /// <summary>Training-free retrofit: every layer keeps its own K/V; sparse layers use one softmax over selected ∪ window.</summary>
     Retrofit,
+    /// <summary>
+    /// KV sharing: sparse layers read selected blocks from the preceding full layer's cache and keep
+    /// only a sliding-window cache of their own, so their <c>past_key_values.N.*</c> inputs and
+    /// <c>present.N.*</c> outputs hold at most <c>w</c> tokens.
+    /// </summary>
+    KvSharing,
 }
 
 /// <summary>Sparse-attention parameters written into the converted model (see docs/ops.md).</summary>
@@ -20,6 +26,17 @@ public sealed record HybridParameters
     public int Window { get; init; } = 128;
     /// <summary>Conversion mode.</summary>
     public HybridMode Mode { get; init; } = HybridMode.Retrofit;
+
+    /// <summary>The mode as metadata and JSON write it: "retrofit" or "kv_sharing".</summary>
+    public string ModeName => Mode == HybridMode.KvSharing ? "kv_sharing" : "retrofit";
+
+    /// <summary>Parses <see cref="ModeName"/>; null for anything else.</summary>
+    public static HybridMode? ParseMode(string? name) => name switch
+    {
+        "retrofit" => HybridMode.Retrofit,
+        "kv_sharing" => HybridMode.KvSharing,
+        _ => null,
+    };
 
     /// <summary>Keys a sparse layer attends to per token at most: K·B + w.</summary>
     public long SparseReach => (long)TopK * BlockSize + Window;
@@ -43,7 +60,7 @@ public static class HybridMetadata
     public const string Prefix = "hysparse.";
     /// <summary>Format of these entries ("1").</summary>
     public const string FormatVersion = Prefix + "format_version";
-    /// <summary>"retrofit".</summary>
+    /// <summary>"retrofit" or "kv_sharing" (<see cref="HybridParameters.ModeName"/>).</summary>
     public const string Mode = Prefix + "mode";
     /// <summary>One letter per attention layer, e.g. "FSSSFSSF".</summary>
     public const string Layout = Prefix + "layout";
@@ -61,8 +78,17 @@ public static class HybridMetadata
     public const string SourceStyle = Prefix + "source_attention";
     /// <summary>The layout request as given.</summary>
     public const string Request = Prefix + "layout_request";
-    /// <summary>What changed in the model's inputs and outputs ("none" in retrofit).</summary>
+    /// <summary>What changed in the model's inputs and outputs ("none" in retrofit), in words.</summary>
     public const string InterfaceChanges = Prefix + "interface_changes";
+    /// <summary>
+    /// KV sharing only: comma-separated cache inputs and outputs that became window caches (at most
+    /// <c>w</c> tokens along dimension 2, starting empty).
+    /// </summary>
+    public const string WindowCaches = Prefix + "window_caches";
+    /// <summary>Symbolic length (dimension 2) the converter declares for a window cache input: min(w, T − S) tokens.</summary>
+    public const string PastWindowDim = "past_window_length";
+    /// <summary>Symbolic length the converter declares for a window cache output: min(w, T) tokens.</summary>
+    public const string PresentWindowDim = "present_window_length";
     /// <summary>Converter name and version.</summary>
     public const string Converter = Prefix + "converter";
 }

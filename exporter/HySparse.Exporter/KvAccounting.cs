@@ -12,12 +12,30 @@ namespace HySparse.Exporter;
 /// <param name="HybridDecodeRead">At most what one decode step reads in the hybrid: T per full layer, min(T, K·B + w) per sparse layer.</param>
 public sealed record KvFigures(long Context, long DenseCache, long RetrofitCache, long KvSharingCache, long DenseDecodeRead, long HybridDecodeRead);
 
+/// <summary>The cache geometry of one layer: what a token costs it.</summary>
+/// <param name="KvHeads">Key/value heads H_kv.</param>
+/// <param name="HeadSize">Head size D.</param>
+/// <param name="ElementBytes">Bytes per cached element.</param>
+public sealed record CacheGeometry(int KvHeads, int HeadSize, int ElementBytes)
+{
+    /// <summary>
+    /// The geometry every layer shares (as in every real decoder), or null when layers differ or one
+    /// is unknown: the accounting formula assumes one geometry for all layers.
+    /// </summary>
+    public static CacheGeometry? Common(IEnumerable<CacheGeometry> layers) =>
+        layers.Distinct().ToList() is [var only] && only.KvHeads > 0 && only.HeadSize > 0 && only.ElementBytes > 0 ? only : null;
+}
+
 /// <summary>
 /// KV figures of a layout. Cache sizes come from <see cref="KvCacheCalculator"/> (the library's
 /// formula); decode traffic adds what a sparse layer reads: at most K·B + w of its keys per token.
 /// </summary>
 public static class KvAccounting
 {
+    /// <summary>Figures for each context length, for layers of the given geometry.</summary>
+    public static IReadOnlyList<KvFigures> Compute(CacheGeometry cache, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts) =>
+        Compute(cache.KvHeads, cache.HeadSize, cache.ElementBytes, layout, parameters, contexts);
+
     /// <summary>Figures for each context length, for layers of <paramref name="kvHeads"/> × <paramref name="headSize"/> elements of <paramref name="elementBytes"/>.</summary>
     public static IReadOnlyList<KvFigures> Compute(int kvHeads, int headSize, int elementBytes, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts)
     {

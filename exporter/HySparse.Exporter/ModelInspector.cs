@@ -38,6 +38,10 @@ public sealed record InspectionReport
     public required LayerLayout? Layout { get; init; }
     /// <summary>K, B, w of the model (converted) or of the request (dense).</summary>
     public required HybridParameters Parameters { get; init; }
+    /// <summary>The model's mode (converted) or the requested one (dense).</summary>
+    public HybridMode Mode => Parameters.Mode;
+    /// <summary>Cache inputs and outputs that are window caches (a converted KV-sharing model; else empty).</summary>
+    public required IReadOnlyList<string> WindowCaches { get; init; }
     /// <summary>KV figures at the requested contexts (empty without layers).</summary>
     public required IReadOnlyList<KvFigures> Kv { get; init; }
     /// <summary>The model's hysparse.* metadata.</summary>
@@ -75,18 +79,17 @@ public static class ModelInspector
             Failures = analysis.Failures,
             Layout = layout,
             Parameters = options.Parameters,
+            WindowCaches = [],
             Kv = Figures(layers, layout, options.Parameters, contexts),
             Metadata = metadata,
         };
     }
 
     /// <summary>KV figures when every layer has the same cache geometry (as in every real decoder); else none.</summary>
-    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts)
-    {
-        var geometry = layers.Select(l => (l.KvNumHeads, l.HeadSize, Bytes: Tensors.ElementSize(l.CacheType))).Distinct().ToList();
-        if (layout is null || geometry is not [var (kvHeads, headSize, bytes)] || kvHeads < 1 || headSize < 1 || bytes < 1) return [];
-        return KvAccounting.Compute(kvHeads, headSize, bytes, layout, parameters, contexts);
-    }
+    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts) =>
+        layout is not null && CacheGeometry.Common(layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.CacheType)))) is { } cache
+            ? KvAccounting.Compute(cache, layout, parameters, contexts)
+            : [];
 
     private static InspectionReport InspectConverted(ModelProto model, Dictionary<string, string> metadata, IReadOnlyList<long> contexts)
     {
@@ -111,7 +114,9 @@ public static class ModelInspector
             TopK = Meta(HybridMetadata.TopK, defaults.TopK),
             BlockSize = Meta(HybridMetadata.BlockSize, defaults.BlockSize),
             Window = Meta(HybridMetadata.Window, defaults.Window),
+            Mode = HybridParameters.ParseMode(metadata.GetValueOrDefault(HybridMetadata.Mode)) ?? HybridMode.Retrofit,
         };
+        var windowCaches = metadata.GetValueOrDefault(HybridMetadata.WindowCaches) is { Length: > 0 } list ? list.Split(',') : [];
         LayerLayout? layout = layers.Count > 0 && layers[0].Kind == "full"
             ? new LayerLayout(layers.Select(l => l.Kind == "full" ? LayerKind.Full : LayerKind.Sparse).ToList())
             : null;
@@ -123,6 +128,7 @@ public static class ModelInspector
             Failures = [],
             Layout = layout,
             Parameters = parameters,
+            WindowCaches = windowCaches,
             Kv = Figures(layers, layout, parameters, contexts),
             Metadata = metadata,
         };

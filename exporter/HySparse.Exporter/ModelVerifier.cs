@@ -35,7 +35,10 @@ public sealed record VerifyStep(int Step, int Tokens, double MaxAbsError, double
 /// <param name="Top1Agreement">Fraction of all compared tokens whose arg-max agrees.</param>
 /// <param name="DenseDecodeMilliseconds">Mean dense decode-step time (0 without decode steps).</param>
 /// <param name="HybridDecodeMilliseconds">Mean hybrid decode-step time.</param>
-public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbsError, double Top1Agreement, double DenseDecodeMilliseconds, double HybridDecodeMilliseconds);
+/// <param name="DenseKvBytes">Bytes of the dense model's caches after the last call (what it really returned).</param>
+/// <param name="HybridKvBytes">Bytes of the converted model's caches after the last call (smaller with KV sharing).</param>
+public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbsError, double Top1Agreement, double DenseDecodeMilliseconds, double HybridDecodeMilliseconds,
+    long DenseKvBytes, long HybridKvBytes);
 
 /// <summary>
 /// Runs a dense decoder and its HySparse conversion side by side in ONNX Runtime (CPU) on the same
@@ -78,7 +81,8 @@ public static class ModelVerifier
         var decode = steps.Skip(1).ToList();
         var compared = steps.Sum(s => (double)s.Tokens);
         return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
-            decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0);
+            decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0,
+            denseState.KvCacheBytes, hybridState.KvCacheBytes);
     }
 
     private static (float[] Logits, double Milliseconds) Timed(KvCacheDecoder decoder, long[] ids)

@@ -32,7 +32,7 @@ public sealed class CliTests
 
         var convert = Run("convert", "--help");
         Assert.AreEqual(ExitCodes.Success, convert.Code);
-        foreach (var text in new[] { "--pattern", "--ratio", "--full-layers", "--top-k", "--block-size", "--window", "Layer 0 must be full", "Examples" })
+        foreach (var text in new[] { "--pattern", "--ratio", "--full-layers", "--top-k", "--block-size", "--window", "--kv-sharing", "past_window_length", "Layer 0 must be full", "Examples" })
             StringAssert.Contains(convert.Out, text);
         StringAssert.Contains(Run("inspect", "--help").Out, "--context");
     }
@@ -252,5 +252,76 @@ public sealed class CliTests
         Assert.AreEqual(7, json.RootElement.GetProperty("parameters").GetProperty("window").GetInt32());
         Assert.AreEqual("decomposed", json.RootElement.GetProperty("sourceAttention").GetString());
         Assert.AreEqual(ExitCodes.Refused, Run("inspect", dir.WriteMlp()).Code);
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void KvSharingConvertsInspectsAndVerifies()
+    {
+        using var dir = new ModelDirectory();
+        var model = dir.WriteLlama(layers: 4);
+        var shared = dir.File("shared.onnx");
+
+        var convert = Run("convert", model, "-o", shared, "--pattern", "FS", "--top-k", "2", "--block-size", "4", "--window", "6", "--kv-sharing", "-q");
+        Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
+        StringAssert.Contains(convert.Out, "kv-sharing");
+        StringAssert.Contains(convert.Out, "4 cache inputs/outputs keep their names but become window caches");
+        foreach (var name in new[] { "past_key_values.1.key", "past_key_values.1.value", "present.1.key", "present.1.value" })
+            StringAssert.Contains(convert.Out, name);
+        Assert.DoesNotContain("past_key_values.0.key", convert.Out, "full layers keep full caches");
+        // 2 KV heads × 8 × 4 bytes × (K and V) per layer and token; the sparse layer keeps only 6 tokens.
+        const long perLayer = 2 * 2 * 8 * 4;
+        StringAssert.Contains(convert.Out, "at 4096 tokens: 2 MiB dense, 1");
+        StringAssert.Contains(convert.Out, "MiB this model");
+
+        var json = Run("convert", model, "-o", dir.File("shared2.onnx"), "--pattern", "FS", "--window", "6", "--kv-sharing", "--context", "100", "--json");
+        Assert.AreEqual(ExitCodes.Success, json.Code, json.Err);
+        using (var doc = JsonDocument.Parse(json.Out))
+        {
+            Assert.AreEqual("kv_sharing", doc.RootElement.GetProperty("parameters").GetProperty("mode").GetString());
+            Assert.AreEqual(4, doc.RootElement.GetProperty("windowCaches").GetArrayLength());
+            StringAssert.Contains(doc.RootElement.GetProperty("interfaceChanges").GetString(), "window caches");
+            var kv = doc.RootElement.GetProperty("kv").EnumerateArray().Single();
+            Assert.AreEqual(4 * perLayer * 100, kv.GetProperty("denseCache").GetInt64());
+            Assert.AreEqual(3 * perLayer * 100 + perLayer * 6, kv.GetProperty("kvSharingCache").GetInt64());
+        }
+
+        var inspect = Run("inspect", shared, "--context", "100", "--json");
+        Assert.AreEqual(ExitCodes.Success, inspect.Code, inspect.Err);
+        using (var doc = JsonDocument.Parse(inspect.Out))
+        {
+            var root = doc.RootElement;
+            Assert.AreEqual("FSFF", root.GetProperty("layout").GetString());
+            Assert.AreEqual("kv_sharing", root.GetProperty("parameters").GetProperty("mode").GetString());
+            CollectionAssert.AreEqual(new[] { "past_key_values.1.key", "past_key_values.1.value", "present.1.key", "present.1.value" },
+                root.GetProperty("windowCaches").EnumerateArray().Select(e => e.GetString()).ToArray());
+            Assert.AreEqual(3 * perLayer * 100 + perLayer * 6, root.GetProperty("kv")[0].GetProperty("kvSharingCache").GetInt64());
+        }
+        var projected = Run("inspect", model, "--kv-sharing", "--json");
+        Assert.AreEqual(ExitCodes.Success, projected.Code, projected.Err);
+        using (var doc = JsonDocument.Parse(projected.Out))
+        {
+            Assert.IsFalse(doc.RootElement.GetProperty("converted").GetBoolean());
+            Assert.AreEqual("kv_sharing", doc.RootElement.GetProperty("parameters").GetProperty("mode").GetString());
+            Assert.AreEqual(0, doc.RootElement.GetProperty("windowCaches").GetArrayLength(), "a dense model has no window caches yet");
+        }
+        var inspectText = Run("inspect", shared);
+        StringAssert.Contains(inspectText.Out, "window caches (at most 6 tokens each): past_key_values.1.key");
+
+        // 20 + 2 tokens: the window cache stays at 6 tokens, so the converted model returns fewer KV bytes.
+        var verify = Run("verify", model, shared, "--prompt", "20", "--steps", "2", "--json");
+        Assert.AreEqual(ExitCodes.Success, verify.Code, verify.Err);
+        using (var doc = JsonDocument.Parse(verify.Out))
+        {
+            var report = doc.RootElement.GetProperty("report");
+            Assert.HasCount(3, report.GetProperty("steps").EnumerateArray().ToList());
+            Assert.AreEqual(4 * 128L * 22, report.GetProperty("denseKvBytes").GetInt64());
+            Assert.AreEqual(3 * 128L * 22 + 128L * 6, report.GetProperty("hybridKvBytes").GetInt64());
+        }
+        StringAssert.Contains(Run("verify", model, shared, "--prompt", "20", "--steps", "1", "-q").Out, "KV cache after the last call");
+
+        var demo = Run("demo", "--layers", "2", "--pattern", "FS", "--sparse-last", "--prompt", "40", "--steps", "1", "--kv-sharing", "-q");
+        Assert.AreEqual(ExitCodes.Success, demo.Code, demo.Err);
+        StringAssert.Contains(demo.Out, "kv-sharing");
     }
 }

@@ -9,6 +9,13 @@ namespace HySparse.Exporter.Tests;
 public sealed record DecoderOutputs(double[] Logits, double[][] PresentKeys, double[][] PresentValues);
 
 /// <summary>
+/// What a KV-sharing sparse layer attends to when its selection covers every block: each key within
+/// the last <paramref name="Window"/> positions of the query from the layer's own K/V, every earlier
+/// key from the K/V of layer <paramref name="SharedFrom"/>[l] (−1: the layer's own K/V throughout).
+/// </summary>
+public sealed record SharedKvReference(int[] SharedFrom, int Window);
+
+/// <summary>
 /// Float64 forward pass of a Llama-style decoder written with plain loops from the weights alone, so
 /// it shares nothing with the ONNX graph it checks. It follows the semantics the decomposed export
 /// has, including its behaviour on padding: positions are cumsum(mask) − 1 (padding at 1), a query
@@ -17,7 +24,7 @@ public sealed record DecoderOutputs(double[] Logits, double[][] PresentKeys, dou
 /// </summary>
 public static class ReferenceLlama
 {
-    public static DecoderOutputs Forward(LlamaWeights weights, int batch, long[] inputIds, long[] mask, float[][] pastKeys, float[][] pastValues)
+    public static DecoderOutputs Forward(LlamaWeights weights, int batch, long[] inputIds, long[] mask, float[][] pastKeys, float[][] pastValues, SharedKvReference? sharing = null)
     {
         var c = weights.Config;
         int h = c.Hidden, d = c.HeadDim, hq = c.Heads, hkv = c.KvHeads;
@@ -77,6 +84,7 @@ public static class ReferenceLlama
             presentKeys[l] = kc;
             presentValues[l] = vc;
 
+            var source = sharing?.SharedFrom[l] ?? -1;
             var heads = new double[batch * s * hq * d];
             var logits = new double[t];
             var scale = 1.0 / Math.Sqrt(d);
@@ -87,12 +95,17 @@ public static class ReferenceLlama
                     for (var i = 0; i < s; i++)
                     {
                         var anyVisible = false;
+                        // Keys at or before this position come from the shared layer's cache.
+                        var sharedUpTo = source >= 0 ? p + i - sharing!.Window : -1;
+                        double[] KeysAt(int j) => j <= sharedUpTo ? presentKeys[source] : kc;
+                        double[] ValuesAt(int j) => j <= sharedUpTo ? presentValues[source] : vc;
                         for (var j = 0; j < t; j++)
                         {
                             var visible = j <= p + i && mask[b * t + j] == 1;
                             anyVisible |= visible;
                             double dot = 0;
-                            for (var e = 0; e < d; e++) dot += q[(b * s + i) * hq * d + head * d + e] * kc[((b * hkv + g) * t + j) * d + e];
+                            var keys = KeysAt(j);
+                            for (var e = 0; e < d; e++) dot += q[(b * s + i) * hq * d + head * d + e] * keys[((b * hkv + g) * t + j) * d + e];
                             logits[j] = visible ? dot * scale : double.NegativeInfinity;
                         }
                         if (!anyVisible) Array.Fill(logits, 0.0);
@@ -102,7 +115,7 @@ public static class ReferenceLlama
                         for (var e = 0; e < d; e++)
                         {
                             double acc = 0;
-                            for (var j = 0; j < t; j++) acc += logits[j] * vc[((b * hkv + g) * t + j) * d + e];
+                            for (var j = 0; j < t; j++) acc += logits[j] * ValuesAt(j)[((b * hkv + g) * t + j) * d + e];
                             heads[(b * s + i) * hq * d + head * d + e] = acc / sum;
                         }
                     }

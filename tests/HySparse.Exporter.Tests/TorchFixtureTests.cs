@@ -120,4 +120,30 @@ public sealed class TorchFixtureTests
 
         Close.AssertLogitsOfRealTokens(fixture.Inputs, fixture.Config.Vocab, fixture.Expected.Logits, actual.Logits, 1e-4, "converted export");
     }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    [DataRow("tiny_llama_gqa")]
+    [DataRow("tiny_llama_mha")]
+    public void KvSharingExportWithAWindowCoveringTheContextComputesWhatTorchComputed(string name)
+    {
+        var fixture = Load(name);
+        // w = T: a window cache holds min(w, P) = P tokens, so torch's past feeds it as it is, and every
+        // key is read from the layer's own cache: kv-sharing is exactly dense here.
+        var total = fixture.Inputs.Total;
+        var options = new ConversionOptions
+        {
+            Layout = LayoutSpec.Ratio("1:3"),
+            Parameters = new HybridParameters { TopK = 1, BlockSize = 2, Window = total, Mode = HybridMode.KvSharing },
+        };
+        var (converted, report) = HybridConverter.Convert(ModelFile.Load(fixture.Path), options);
+        Assert.AreEqual("FSSF", report.Layout.Pattern);
+        CollectionAssert.AreEqual(new[] { LlamaNames.PastKey(1), LlamaNames.PastValue(1), LlamaNames.PastKey(2), LlamaNames.PastValue(2),
+            LlamaNames.PresentKey(1), LlamaNames.PresentValue(1), LlamaNames.PresentKey(2), LlamaNames.PresentValue(2) }, report.WindowCaches.ToArray());
+
+        var actual = DecoderRunner.Run(converted.ToByteArray(), fixture.Config, fixture.Inputs, o => o.RegisterHySparseOps());
+
+        Close.AssertLogitsOfRealTokens(fixture.Inputs, fixture.Config.Vocab, fixture.Expected.Logits, actual.Logits, 1e-4, $"{name} kv-sharing");
+        Assert.HasCount(fixture.Expected.PresentKeys[1].Length, actual.PresentKeys[1], "a window of T tokens holds the whole cache");
+    }
 }

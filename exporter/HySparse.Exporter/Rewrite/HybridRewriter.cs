@@ -12,13 +12,18 @@ namespace HySparse.Exporter.Rewrite;
 /// in place. Only graph structure changes: the op nodes take the place of each layer's matched
 /// nodes, producing the layer's attention output and present caches under their original names;
 /// nodes and initializers that only fed the replaced subgraphs (the additive mask, scale constants)
-/// are dropped; nothing else is touched.
+/// are dropped; nothing else is touched, except, with KV sharing, the declared length of the sparse
+/// layers' cache inputs and outputs, which become window caches.
 /// </summary>
 internal static class HybridRewriter
 {
+    /// <summary>What the rewrite produced.</summary>
+    /// <param name="Ops">The op node created for each layer, in layer order.</param>
+    /// <param name="WindowCaches">Graph inputs then outputs that became window caches (KV sharing), in layer order.</param>
+    public sealed record Result(IReadOnlyList<NodeProto> Ops, IReadOnlyList<string> WindowCaches);
+
     /// <summary>Rewrites <paramref name="model"/>; <paramref name="layers"/> are in graph order, one per layout entry.</summary>
-    /// <returns>The op node created for each layer, in layer order.</returns>
-    public static IReadOnlyList<NodeProto> Apply(ModelProto model, IReadOnlyList<AttentionLayer> layers, LayerLayout layout, HybridParameters parameters)
+    public static Result Apply(ModelProto model, IReadOnlyList<AttentionLayer> layers, LayerLayout layout, HybridParameters parameters)
     {
         if (layers.Count != layout.Count) throw new ArgumentException($"{layers.Count} layers but a layout for {layout.Count}");
         var graph = model.Graph;
@@ -45,7 +50,8 @@ internal static class HybridRewriter
             }
             else
             {
-                op = SparseNode(layer, selections[layout.OracleOf(i)]!, parameters);
+                var oracle = layout.OracleOf(i);
+                op = SparseNode(layer, layers[oracle], selections[oracle]!, parameters);
             }
             op.Name = Unique(usedNodeNames, $"{ScopeOf(layer.AnchorNode)}/{op.OpType}");
             ops[i] = op;
@@ -65,8 +71,38 @@ internal static class HybridRewriter
         graph.Node.AddRange(TopologicalOrder(graph, rebuilt));
         PruneValueInfoAndInitializers(graph, dropped);
 
+        var windowCaches = new List<string>();
+        if (parameters.Mode == HybridMode.KvSharing)
+        {
+            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse).Select(i => layers[i]).ToList();
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey, l.PastValue }));
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue }));
+            DeclareWindowCaches(graph, sparse);
+        }
+
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = HySparseOps.Domain, Version = HySparseOps.DomainVersion });
-        return ops;
+        return new Result(ops, windowCaches);
+    }
+
+    /// <summary>
+    /// Gives the sparse layers' cache inputs and outputs their window length along dimension 2 in
+    /// every declaration (graph inputs, outputs, value infos): they no longer share the full layers'
+    /// past/total length, and a declared length that disagrees with the real one would make ONNX
+    /// Runtime reject the feeds or warn on every output.
+    /// </summary>
+    private static void DeclareWindowCaches(GraphProto graph, IEnumerable<AttentionLayer> sparseLayers)
+    {
+        var dims = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var layer in sparseLayers)
+        {
+            dims[layer.PastKey] = dims[layer.PastValue] = HybridMetadata.PastWindowDim;
+            dims[layer.PresentKey] = dims[layer.PresentValue] = HybridMetadata.PresentWindowDim;
+        }
+        foreach (var info in graph.Input.Concat(graph.Output).Concat(graph.ValueInfo))
+        {
+            if (!dims.TryGetValue(info.Name, out var symbol)) continue;
+            if (info.Type?.TensorType?.Shape?.Dim is { Count: 4 } shape) shape[2] = new TensorShapeProto.Types.Dimension { DimParam = symbol };
+        }
     }
 
     private static NodeProto FullNode(AttentionLayer layer, string? selection, HybridParameters parameters)
@@ -81,17 +117,21 @@ internal static class HybridRewriter
         return node;
     }
 
-    private static NodeProto SparseNode(AttentionLayer layer, string selection, HybridParameters parameters)
+    private static NodeProto SparseNode(AttentionLayer layer, AttentionLayer oracle, string selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.SparseAttn, Domain = HySparseOps.Domain };
-        // Retrofit: no shared_key/shared_value (inputs 5, 6); the SA branch reads the layer's own cache.
-        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue, "", "", selection, layer.AttentionMask ?? ""]);
+        // Retrofit: no shared_key/shared_value (inputs 5, 6); the SA branch reads the layer's own
+        // full-length cache. KV sharing: the SA branch reads the oracle's present cache (which also
+        // tells the op T), and the layer's own cache only has to serve the window.
+        var sharing = parameters.Mode == HybridMode.KvSharing;
+        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue,
+            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
         node.Attribute.AddRange(CommonAttributes(layer, parameters));
         node.Attribute.Add(Attr.Int(HySparseOps.Attributes.Window, parameters.Window));
         node.Attribute.Add(Attr.String(HySparseOps.Attributes.Combine, HySparseOps.CombineModes.Union));
-        node.Attribute.Add(Attr.Int(HySparseOps.Attributes.WindowCache, 0));
+        node.Attribute.Add(Attr.Int(HySparseOps.Attributes.WindowCache, sharing ? 1 : 0));
         return node;
     }
 
