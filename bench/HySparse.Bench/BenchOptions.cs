@@ -73,6 +73,9 @@ public sealed class BenchOptions
     /// <summary>Whether the <c>--quick</c> preset was chosen.</summary>
     public bool Quick { get; private set; }
 
+    /// <summary>Keys of the measurements to run (see <see cref="Labels.Keys"/>); all when empty.</summary>
+    public IReadOnlySet<string> OnlyKeys { get; private set; } = new HashSet<string>();
+
     /// <summary>Skip the HySparse operators (ONNX Runtime and floors only).</summary>
     public bool OrtOnly { get; private set; }
 
@@ -106,6 +109,8 @@ public sealed class BenchOptions
           --threads N             intra-op threads             (default: all cores)
           --warmup N --iters N    untimed / timed runs         (default 2 / 5; the median is reported)
           --ort-only              skip the HySparse ops
+          --only KEY,...          run only these measurements (for profiling): gqa, gqa-shared, full,
+                                  sparse-retrofit, sparse-shared
           --library PATH          native HySparse library      (default: located next to the app)
           --json PATH --svg PATH --markdown PATH   extra outputs (markdown is always printed)
           --seed N                seed of the random inputs
@@ -138,6 +143,11 @@ public sealed class BenchOptions
                 case "--warmup": o.Warmup = ParseInt(arg, Value(), min: 0); break;
                 case "--iters": o.Iterations = ParsePositive(arg, Value()); break;
                 case "--ort-only": o.OrtOnly = true; break;
+                case "--only":
+                    o.OnlyKeys = SplitList(Value()).ToHashSet();
+                    if (o.OnlyKeys.FirstOrDefault(k => !Labels.Keys.Contains(k)) is string bad)
+                        throw new ArgumentException($"--only: unknown key '{bad}' (expected {string.Join(", ", Labels.Keys)})");
+                    break;
                 case "--library": o.LibraryPath = Value(); break;
                 case "--json": o.JsonPath = Value(); break;
                 case "--svg": o.SvgPath = Value(); break;

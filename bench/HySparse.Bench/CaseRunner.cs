@@ -22,6 +22,19 @@ public static class Labels
     public const string Retrofit = "retrofit, own full cache (concat)";
     /// <summary>Sparse op reading the full layer's cache, own window cache.</summary>
     public const string SharedKv = "shared-KV, window cache";
+
+    /// <summary>Short keys of (op, variant) pairs, for <c>--only</c>.</summary>
+    public static readonly IReadOnlySet<string> Keys = new HashSet<string> { "gqa", "gqa-shared", "full", "sparse-retrofit", "sparse-shared" };
+
+    /// <summary>The <c>--only</c> key of a measurement.</summary>
+    public static string KeyOf(string op, string variant) => (op, variant) switch
+    {
+        (Gqa, SharedBuffer) => "gqa-shared",
+        (Gqa, _) => "gqa",
+        (_, Retrofit) => "sparse-retrofit",
+        (_, SharedKv) => "sparse-shared",
+        _ => "full",
+    };
 }
 
 /// <summary>One timed operator invocation pattern and what it cost.</summary>
@@ -92,13 +105,13 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         var total = pool.Int32([s], 1);
         var ctx = new CaseContext("prefill", shape, kind, s);
 
-        Time(ctx, Labels.Gqa, Labels.NoPast, WorkModel.Prefill(shape, e, s, 0), GqaModel(shape),
+        bool gqaRan = Time(ctx, Labels.Gqa, Labels.NoPast, WorkModel.Prefill(shape, e, s, 0), GqaModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", null), ("past_value", null), ("seqlens_k", seqlens), ("total_sequence_length", total)],
              [("output", gqaOut), ("present_key", presentK), ("present_value", presentV)]);
         Time(ctx, HySparseOps.FullAttn, Labels.NoPast, WorkModel.Prefill(shape, e, s, K), FullModel(shape),
              [("query", q), ("key", k), ("value", v)],
              [("output", fullOut), ("present_key", presentK), ("present_value", presentV), ("block_indices", indices)],
-             compareTo: gqaOut);
+             compareTo: gqaRan ? gqaOut : null);
     }
 
     /// <summary>One decode step at total context <paramref name="t"/> (T − 1 cached tokens + 1 new).</summary>
@@ -122,17 +135,17 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         var fullIndices = pool.Int32(new int[Hkv * options.Sparse.TopK], 1, Hkv, 1, options.Sparse.TopK);
         var ctx = new CaseContext("decode", shape, kind, t);
 
-        Time(ctx, Labels.Gqa, Labels.Separate, WorkModel.DecodeConcat(shape, e, t, 0), GqaModel(shape),
+        bool gqaRan = Time(ctx, Labels.Gqa, Labels.Separate, WorkModel.DecodeConcat(shape, e, t, 0), GqaModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", pastK), ("past_value", pastV), ("seqlens_k", seqlens), ("total_sequence_length", total)],
              [("output", outputs[0]), ("present_key", presentK), ("present_value", presentV)]);
         Time(ctx, Labels.Gqa, Labels.SharedBuffer, WorkModel.DecodeShared(shape, e, t), GqaModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", bufferK), ("past_value", bufferV), ("seqlens_k", seqlens), ("total_sequence_length", total)],
              [("output", outputs[1]), ("present_key", bufferK), ("present_value", bufferV)],
-             compareTo: outputs[0]);
+             compareTo: gqaRan ? outputs[0] : null);
         Time(ctx, HySparseOps.FullAttn, Labels.Concat, WorkModel.DecodeConcat(shape, e, t, options.Sparse.TopK), FullModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", pastK), ("past_value", pastV)],
              [("output", outputs[2]), ("present_key", presentK), ("present_value", presentV), ("block_indices", fullIndices)],
-             compareTo: outputs[0]);
+             compareTo: gqaRan ? outputs[0] : null);
 
         var selection = new SparseSelection(Hkv, t, options.Sparse, new Random(options.Seed ^ t));
         var indices = pool.Int32(selection.Indices, 1, Hkv, 1, options.Sparse.TopK);
@@ -169,9 +182,11 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
              ModelFactory.Int(A.BlockSize, options.Sparse.BlockSize), ModelFactory.Int(A.Window, options.Sparse.Window),
              ModelFactory.String(A.Combine, HySparseOps.CombineModes.Union), ModelFactory.Int(A.WindowCache, windowCache ? 1 : 0)]);
 
-    private void Time(CaseContext ctx, string op, string variant, Work work, ModelBuilder model,
+    // True when the op ran and its outputs hold a result.
+    private bool Time(CaseContext ctx, string op, string variant, Work work, ModelBuilder model,
                       (string Name, OrtValue? Value)[] inputs, (string Name, OrtValue Value)[] outputs, OrtValue? compareTo = null)
     {
+        if (options.OnlyKeys.Count > 0 && !options.OnlyKeys.Contains(Labels.KeyOf(op, variant))) return false;
         var (floorMs, bound) = floor.FloorMs(work.Bytes, work.Flops);
         var m = new Measurement
         {
@@ -182,7 +197,7 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         if (hySparse && (options.OrtOnly || hySparseUnavailable is not null))
         {
             _results.Add(m with { Error = options.OrtOnly ? "skipped (--ort-only)" : hySparseUnavailable });
-            return;
+            return false;
         }
         Console.Error.Write($"  {ctx.Phase} {ctx.Shape.Name} {m.Type} {ctx.Length,6} {op} ({variant}) ... ");
         try
@@ -195,11 +210,13 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
             double? diff = compareTo is null ? null : OutputComparison.MaxAbsDiff(compareTo, outputs[0].Value);
             _results.Add(m with { MedianMs = timing.MedianMs, MinMs = timing.MinMs, MaxMs = timing.MaxMs, SamplesMs = timing.SamplesMs, MaxAbsDiffVsGqa = diff });
             Console.Error.WriteLine($"{timing.MedianMs:F3} ms");
+            return true;
         }
         catch (Exception ex) when (ex is OnnxRuntimeException or HySparseLibraryNotFoundException)
         {
             _results.Add(m with { Error = ex.Message.Split('\n')[0] });
             Console.Error.WriteLine($"failed: {ex.Message.Split('\n')[0]}");
+            return false;
         }
     }
 }
