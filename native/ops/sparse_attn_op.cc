@@ -1,1 +1,305 @@
+#include "ops/sparse_attn_op.h"
 
+#include <algorithm>
+#include <vector>
+
+namespace hysparse {
+namespace ops {
+void CheckBlockIndices(const OpContext& op, const int32_t* indices, int batch, int kv_heads, int64_t new_len,
+                       int64_t top_k, int64_t num_blocks, int64_t total_len, int block_size) {
+  const int64_t rows = static_cast<int64_t>(batch) * kv_heads * new_len;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* row = indices + r * top_k;
+    int64_t previous = -1;
+    bool padding = false;
+    for (int64_t k = 0; k < top_k; ++k) {
+      const int64_t idx = row[k];
+      std::string problem;
+      if (idx == -1) {
+        padding = true;
+        continue;
+      } else if (idx < -1) {
+        problem = "holds " + std::to_string(idx) + " (only -1 may pad a row)";
+      } else if (idx >= num_blocks) {
+        problem = "holds block " + std::to_string(idx) + ", but the key cache has " + std::to_string(num_blocks) +
+                  " blocks (length " + std::to_string(total_len) + ", block_size " + std::to_string(block_size) + ")";
+      } else if (padding) {
+        problem = "holds block " + std::to_string(idx) + " after a -1 (padding must come last)";
+      } else if (idx <= previous) {
+        problem = "is not strictly ascending (block " + std::to_string(idx) + " after " + std::to_string(previous) + ")";
+      }
+      if (!problem.empty()) {
+        const int64_t s = r % new_len, h = (r / new_len) % kv_heads, b = r / (new_len * kv_heads);
+        op.Fail("input 'block_indices' row (b=" + std::to_string(b) + ", h=" + std::to_string(h) + ", s=" +
+                std::to_string(s) + ") " + problem);
+      }
+      previous = idx;
+    }
+  }
+}
+
+SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
+  SparseAttnAttributes a;
+  a.heads = ReadHeadAttributes(info, op);
+  const int64_t default_window = 128, default_window_cache = 0;
+  a.window = static_cast<int>(ReadIntAttribute(info, op, "window", &default_window, 1));
+  const int64_t window_cache = ReadIntAttribute(info, op, "window_cache", &default_window_cache, 0);
+  if (window_cache > 1) op.Fail("attribute 'window_cache' must be 0 or 1, got " + std::to_string(window_cache));
+  a.window_cache = window_cache == 1;
+  const std::string combine = ReadStringAttribute(info, "combine", "union");
+  if (combine == "union") {
+    a.combine = Combine::kUnion;
+  } else if (combine == "gate") {
+    a.combine = Combine::kGate;
+  } else {
+    op.Fail("attribute 'combine' must be \"union\" or \"gate\", got \"" + combine + "\"");
+  }
+  return a;
+}
+
+template <typename T>
+SparseAttnKernel<T>::SparseAttnKernel(const OrtApi&, const OrtKernelInfo* info)
+    : op_(kSparseAttnName, NodeName(Ort::ConstKernelInfo(info))),
+      attrs_(ReadSparseAttnAttributes(Ort::ConstKernelInfo(info), op_)) {}
+
+template <typename T>
+OrtStatusPtr SparseAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
+  return GuardStatus([&] {
+    Ort::KernelContext ctx(context);
+    Compute(ctx);
+  });
+}
+
+SparseAttnInputs::SparseAttnInputs(const Ort::KernelContext& ctx)
+    : query(ReadInput(ctx, kSparseQuery, "query")),
+      key(ReadInput(ctx, kSparseKey, "key")),
+      value(ReadInput(ctx, kSparseValue, "value")),
+      past_key(ReadInput(ctx, kSparsePastKey, "past_key")),
+      past_value(ReadInput(ctx, kSparsePastValue, "past_value")),
+      shared_key(ReadInput(ctx, kSparseSharedKey, "shared_key")),
+      shared_value(ReadInput(ctx, kSparseSharedValue, "shared_value")),
+      block_indices(ReadInput(ctx, kSparseBlockIndices, "block_indices")),
+      mask(ReadInput(ctx, kSparseMask, "attention_mask")),
+      gate(ReadInput(ctx, kSparseGate, "gate")),
+      sinks(ReadInput(ctx, kSparseSinks, "sinks")),
+      selected_key(ReadInput(ctx, kSparseSelectedKey, "selected_key")),
+      selected_value(ReadInput(ctx, kSparseSelectedValue, "selected_value")) {}
+
+SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
+                                      ONNXTensorElementDataType type) {
+  const HeadAttributes& heads = attrs.heads;
+  for (const TensorInput* t : {&in.query, &in.key, &in.value, &in.past_key, &in.past_value, &in.shared_key,
+                               &in.shared_value, &in.gate, &in.sinks, &in.selected_key, &in.selected_value}) {
+    CheckType(op, *t, type);
+  }
+  if (!in.block_indices.present) op.Fail("input 'block_indices' is required");
+  CheckType(op, in.block_indices, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32);
+
+  SparseAttnShape shape;
+  shape.qkv = CheckQkv(op, heads, in.query, in.key, in.value);
+  const int B = shape.qkv.batch, Hq = heads.num_heads, Hkv = heads.kv_num_heads, D = shape.qkv.head_dim;
+  const int64_t S = shape.qkv.new_len;
+  CheckPair(op, in.past_key, in.past_value);
+  CheckPair(op, in.shared_key, in.shared_value);
+  CheckPair(op, in.selected_key, in.selected_value);
+
+  // Total length T: from the shared cache, else (window cache) the mask, else the own full-length cache.
+  const int64_t own_past = in.past_key.present ? CheckCache(op, in.past_key, B, Hkv, -1, D) : 0;
+  int64_t total;
+  if (in.shared_key.present) {
+    total = CheckCache(op, in.shared_key, B, Hkv, -1, D);
+    CheckCache(op, in.shared_value, B, Hkv, total, D, "the length of 'shared_key'");
+    if (total < S) {
+      op.Fail("input 'shared_key' " + ShapeString(in.shared_key.shape) + " is shorter than the " + std::to_string(S) +
+              " new tokens: it must be the full layer's present cache, which includes them");
+    }
+  } else if (attrs.window_cache && in.mask.present && in.mask.Rank() == 2) {
+    total = in.mask.Dim(1);
+  } else if (attrs.window_cache) {
+    op.Fail("with window_cache=1 the total length comes from 'shared_key' or 'attention_mask'; neither is given");
+  } else {
+    total = own_past + S;
+  }
+  if (total < S) op.Fail("total length " + std::to_string(total) + " is shorter than the " + std::to_string(S) + " new tokens");
+  const int64_t past_total = total - S;
+  const int64_t expected_own_past = attrs.window_cache ? std::min<int64_t>(attrs.window, past_total) : past_total;
+  const std::string own_rule = attrs.window_cache ? "window_cache=1: min(window, total length - S)" : "total length - S";
+  if (in.past_key.present) {
+    CheckCache(op, in.past_key, B, Hkv, expected_own_past, D, own_rule);
+    CheckCache(op, in.past_value, B, Hkv, expected_own_past, D, "the length of 'past_key'");
+  } else if (expected_own_past != 0) {
+    op.Fail("inputs 'past_key'/'past_value' are missing but the total length " + std::to_string(total) + " implies " +
+            std::to_string(expected_own_past) + " past tokens (" + own_rule + ")");
+  }
+  CheckMaskShape(op, in.mask, B, total);
+  shape.total_len = total;
+  shape.own_past = own_past;
+  shape.own_len = own_past + S;
+  shape.present_len = attrs.window_cache ? std::min<int64_t>(attrs.window, shape.own_len) : shape.own_len;
+
+  const TensorInput& indices = in.block_indices;
+  if (indices.Rank() != 4 || indices.Dim(0) != B || indices.Dim(1) != Hkv || indices.Dim(2) != S || indices.Dim(3) < 1) {
+    op.Fail("input 'block_indices' must be [B, kv_num_heads, S, K] = [" + std::to_string(B) + ", " +
+            std::to_string(Hkv) + ", " + std::to_string(S) + ", K>=1], got " + ShapeString(indices.shape));
+  }
+  shape.top_k = indices.Dim(3);
+  const int64_t bs = heads.block_size;
+  shape.num_blocks = (total + bs - 1) / bs;
+
+  if (in.selected_key.present) {
+    const std::vector<int64_t> want{B, Hkv, S, shape.top_k * bs, D};
+    for (const TensorInput* t : {&in.selected_key, &in.selected_value}) {
+      if (t->shape != want) {
+        op.Fail(std::string("input '") + t->name + "' must be [B, kv_num_heads, S, K*block_size, D] = " +
+                ShapeString(want) + ", got " + ShapeString(t->shape));
+      }
+    }
+    shape.sa_source = SaSource::kSelected;
+  } else if (in.shared_key.present) {
+    shape.sa_source = SaSource::kShared;
+  } else if (attrs.window_cache) {
+    op.Fail("with window_cache=1 the own cache holds only the window, so the selected blocks need 'shared_key'/"
+            "'shared_value' or 'selected_key'/'selected_value'");
+  } else {
+    shape.sa_source = SaSource::kOwn;
+  }
+
+  if (in.gate.present) {
+    if (attrs.combine != Combine::kGate) op.Fail("input 'gate' is only allowed with combine=\"gate\"");
+    const std::vector<int64_t> per_head{B, S, 2LL * Hq}, per_channel{B, S, 2LL * Hq * D};
+    if (in.gate.shape == per_channel && D != 1) {
+      shape.gate_per_channel = true;
+    } else if (in.gate.shape != per_head) {
+      op.Fail("input 'gate' must be [B, S, 2*num_heads] = " + ShapeString(per_head) +
+              " (per head) or [B, S, 2*num_heads*D] = " + ShapeString(per_channel) + " (per channel), got " +
+              ShapeString(in.gate.shape));
+    }
+  }
+  if (in.sinks.present) {
+    const bool gated = attrs.combine == Combine::kGate;
+    const std::vector<int64_t> want{gated ? 2 : 1, Hq};
+    if (in.sinks.shape != want) {
+      op.Fail("input 'sinks' must be " + ShapeString(want) + " for combine=\"" + (gated ? "gate" : "union") +
+              "\", got " + ShapeString(in.sinks.shape));
+    }
+  }
+  return shape;
+}
+
+template <typename T>
+SparseAttnArgs<T> MakeSparseAttnArgs(const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
+                                     const SparseAttnShape& shape, const T* own_key, const T* own_value, T* output) {
+  const QkvShape& qkv = shape.qkv;
+  SparseAttnArgs<T> args;
+  args.batch = qkv.batch;
+  args.num_heads = attrs.heads.num_heads;
+  args.kv_num_heads = attrs.heads.kv_num_heads;
+  args.head_dim = qkv.head_dim;
+  args.new_len = qkv.new_len;
+  args.total_len = shape.total_len;
+  args.scale = ResolveScale(attrs.heads.scale, qkv.head_dim);
+  args.block_size = attrs.heads.block_size;
+  args.window = attrs.window;
+  args.combine = attrs.combine;
+  args.query = in.query.Data<T>();
+  args.query_view = qkv.query_view;
+  args.own_key = own_key;
+  args.own_value = own_value;
+  args.own_capacity = shape.own_len;
+  args.own_len = shape.own_len;
+  args.own_start = shape.total_len - shape.own_len;
+  switch (shape.sa_source) {
+    case SaSource::kSelected:
+      args.selected_key = in.selected_key.Data<T>();
+      args.selected_value = in.selected_value.Data<T>();
+      break;
+    case SaSource::kShared:
+      args.sa_key = in.shared_key.Data<T>();
+      args.sa_value = in.shared_value.Data<T>();
+      args.sa_capacity = shape.total_len;
+      break;
+    case SaSource::kOwn:
+      args.sa_key = own_key;
+      args.sa_value = own_value;
+      args.sa_capacity = shape.own_len;
+      break;
+  }
+  args.block_indices = in.block_indices.Data<int32_t>();
+  args.top_k = static_cast<int>(shape.top_k);
+  args.attention_mask = in.mask.present ? in.mask.Data<int64_t>() : nullptr;
+  args.gate = in.gate.present ? in.gate.Data<T>() : nullptr;
+  args.gate_per_channel = shape.gate_per_channel;
+  args.sinks = in.sinks.present ? in.sinks.Data<T>() : nullptr;
+  args.output = output;
+  args.output_view = qkv.query_view;
+  return args;
+}
+
+template <typename T>
+void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
+  const SparseAttnInputs in(ctx);
+  const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
+  const QkvShape& qkv = shape.qkv;
+  const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
+  CheckMaskValues(op_, in.mask);
+  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), B, Hkv, qkv.new_len, shape.top_k, shape.num_blocks,
+                    shape.total_len, attrs_.heads.block_size);
+
+  // Own cache = past ++ new. With a full-length cache that is the present output itself; with a
+  // window cache it is scratch, and present keeps its tail.
+  const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
+  T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
+  T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
+  std::vector<T> own_key_scratch, own_value_scratch;
+  T* own_k = present_key;
+  T* own_v = present_value;
+  if (attrs_.window_cache) {
+    own_key_scratch.resize(static_cast<size_t>(B) * Hkv * shape.own_len * D);
+    own_value_scratch.resize(own_key_scratch.size());
+    own_k = own_key_scratch.data();
+    own_v = own_value_scratch.data();
+  }
+  ConcatCache(in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.own_past, in.key.Data<T>(), qkv.kv_view,
+              qkv.new_len, B, Hkv, D, own_k);
+  ConcatCache(in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.own_past, in.value.Data<T>(),
+              qkv.kv_view, qkv.new_len, B, Hkv, D, own_v);
+
+  T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
+  RunSparseAttnCpu(MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output), OrtExecutor(ctx));
+
+  if (attrs_.window_cache) {
+    CopyCacheTail(own_k, shape.own_len, shape.present_len, B, Hkv, D, present_key);
+    CopyCacheTail(own_v, shape.own_len, shape.present_len, B, Hkv, D, present_value);
+  }
+}
+
+template <typename T>
+OrtStatusPtr SparseAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+  return GuardStatus([&] { *kernel = new SparseAttnKernel<T>(api, info); });
+}
+
+template <typename T>
+ONNXTensorElementDataType SparseAttnOp<T>::GetInputType(size_t index) const {
+  switch (index) {
+    case kSparseBlockIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case kSparseMask: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    default: return ElementType<T>::kOnnx;
+  }
+}
+
+template <typename T>
+OrtCustomOpInputOutputCharacteristic SparseAttnOp<T>::GetInputCharacteristic(size_t index) const {
+  // block_indices is required by the contract but declared optional here: ORT's own check of a missing
+  // required input names only its position, while CheckSparseAttnInputs names it.
+  return index <= kSparseValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+}
+
+template SparseAttnArgs<float> MakeSparseAttnArgs<float>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const float*, const float*, float*);
+template SparseAttnArgs<Half> MakeSparseAttnArgs<Half>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const Half*, const Half*, Half*);
+template struct SparseAttnOp<float>;
+template struct SparseAttnOp<Half>;
+template class SparseAttnKernel<float>;
+template class SparseAttnKernel<Half>;
+
+}  // namespace ops
+}  // namespace hysparse

@@ -1,1 +1,55 @@
-extern "C" int RegisterCustomOps() { return 0; }
+// The library's only exported symbol. ONNX Runtime calls it from
+// SessionOptions.RegisterCustomOpLibrary; it adds the com.hysparse domain with every kernel that was
+// built (CPU always; CUDA when the library was compiled with HYSPARSE_WITH_CUDA).
+#include <mutex>
+#include <string>
+
+#include "ops/full_attn_op.h"
+#include "ops/sparse_attn_op.h"
+
+namespace {
+
+constexpr const char* kDomain = "com.hysparse";
+
+// The op objects and the domain must outlive every session that uses them, so they live for the
+// process. The domain is created once and added to each SessionOptions that asks for it.
+struct Registry {
+  hysparse::ops::FullAttnOp<float> full_f32;
+  hysparse::ops::FullAttnOp<hysparse::Half> full_f16;
+  hysparse::ops::SparseAttnOp<float> sparse_f32;
+  hysparse::ops::SparseAttnOp<hysparse::Half> sparse_f16;
+  Ort::CustomOpDomain domain{kDomain};
+
+  Registry() {
+    domain.Add(&full_f32);
+    domain.Add(&full_f16);
+    domain.Add(&sparse_f32);
+    domain.Add(&sparse_f16);
+  }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) {
+    // No OrtApi of our version: the running ONNX Runtime is older than the headers we were built with.
+    // Report it through the oldest API table every runtime has.
+    const OrtApi* fallback = api_base->GetApi(1);
+    const std::string message = std::string("HySparse ops were built against ONNX Runtime API version ") +
+                                std::to_string(ORT_API_VERSION) + ", but the running ONNX Runtime is " +
+                                api_base->GetVersionString() + ", which does not provide it. Use ONNX Runtime " +
+                                "1." + std::to_string(ORT_API_VERSION) + " or newer.";
+    return fallback ? fallback->CreateStatus(ORT_FAIL, message.c_str()) : nullptr;
+  }
+  static std::once_flag init;
+  std::call_once(init, [api] { Ort::InitApi(api); });
+  try {
+    static Registry registry;
+    Ort::UnownedSessionOptions(options).Add(registry.domain);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+}

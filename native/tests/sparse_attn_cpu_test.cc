@@ -1,1 +1,852 @@
+// RunSparseAttnCpu against a naive float64 reference written from docs/ops.md "HySparseSparseAttn"
+// (token sets, union / gate combination, sinks, padding), plus a dense causal-attention reference for
+// the case where union attention must equal dense attention, and the float32 micro-kernels of
+// sparse_math.h against naive loops.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "kernels/attention_args.h"
+#include "kernels/cpu/sparse_math.h"
+
+namespace hysparse {
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+// Tolerances against the float64 reference. Values are O(1) (|v| <= 1, so |output| <= 1).
+// float32: accumulation error of ~1e3-term float32 sums, well below 2e-5.
+// float16: the output is rounded to half (<= 2.5e-4 for |o| < 1, half an ulp at [0.5, 1)); inputs are
+// compared exactly as stored, so 1e-3 leaves room for the float32 arithmetic but not for a wrong key.
+constexpr double kFloatTolerance = 2e-5;
+constexpr double kHalfTolerance = 1e-3;
+
+template <typename T>
+T FromDouble(double x);
+template <>
+float FromDouble<float>(double x) { return static_cast<float>(x); }
+template <>
+Half FromDouble<Half>(double x) { return FloatToHalf(static_cast<float>(x)); }
+double ToDouble(float x) { return x; }
+double ToDouble(Half x) { return HalfToFloat(x); }
+
+// A NaN with a payload the kernel never produces: output elements that still hold it were not written.
+template <typename T>
+T PoisonValue();
+template <>
+float PoisonValue<float>() {
+  const uint32_t bits = 0x7FC0DEADu;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+template <>
+Half PoisonValue<Half>() { return Half{0x7E5Au}; }
+template <typename T>
+bool IsPoison(T x) {
+  const T p = PoisonValue<T>();
+  return std::memcmp(&x, &p, sizeof x) == 0;
+}
+
+enum class SaSource { kOwnCache, kSharedCache, kGathered };
+enum class Padding { kNone, kLeftRight, kHoles };
+enum class GateKind { kNone, kPerHead, kPerChannel };
+// kCoverOutsideWindow: every row holds all blocks with a position before the token's window (plus
+// random extra blocks), so union over the own cache is dense causal attention.
+enum class Rows { kRandom, kCoverOutsideWindow };
+
+struct Case {
+  std::string name;
+  int batch = 1;
+  int num_heads = 4;
+  int kv_heads = 2;
+  int dim = 64;
+  int64_t new_len = 1;
+  int64_t total_len = 100;
+  int block_size = 16;
+  int window = 24;
+  int top_k = 3;
+  Combine combine = Combine::kUnion;
+  bool bsnh = false;  // 3-D [B, S, H*D] query/output views instead of 4-D [B, H, S, D]
+  SaSource source = SaSource::kOwnCache;
+  bool window_cache = false;  // own cache holds only the last min(w, T-S) past tokens
+  Padding padding = Padding::kNone;
+  GateKind gate = GateKind::kNone;
+  bool sinks = false;
+  Rows rows = Rows::kRandom;
+  int row_padding = 0;  // extra elements after every query/output row (strided views), poisoned
+  float scale = 0.f;    // 0: 1/sqrt(D)
+  uint32_t seed = 1;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+std::string Describe(const Case& c) {
+  const char* src[] = {"own", "shared", "gathered"};
+  const char* pad[] = {"none", "left/right", "holes"};
+  const char* gate[] = {"none", "per-head", "per-channel"};
+  return c.name + " [B=" + std::to_string(c.batch) + " Hq=" + std::to_string(c.num_heads) +
+         " Hkv=" + std::to_string(c.kv_heads) + " D=" + std::to_string(c.dim) +
+         " S=" + std::to_string(c.new_len) + " T=" + std::to_string(c.total_len) +
+         " bs=" + std::to_string(c.block_size) + " w=" + std::to_string(c.window) +
+         " K=" + std::to_string(c.top_k) + (c.combine == Combine::kUnion ? " union" : " gate") +
+         (c.bsnh ? " 3-D" : " 4-D") + " src=" + src[static_cast<int>(c.source)] +
+         (c.window_cache ? " window_cache" : "") + " pad=" + pad[static_cast<int>(c.padding)] +
+         " gate=" + gate[static_cast<int>(c.gate)] + (c.sinks ? " sinks" : "") +
+         " seed=" + std::to_string(c.seed) + "]";
+}
+
+// Inputs of one call: *_ref hold exactly the stored values as double, for the reference.
+template <typename T>
+struct Problem {
+  Case c;
+  int64_t past = 0;  // T - S
+  int64_t num_blocks = 0;
+  int group = 0;  // H_q / H_kv
+
+  std::vector<double> q_ref;                 // [B][Hq][S][D]
+  std::vector<double> own_k_ref, own_v_ref;  // [B][Hkv][T][D], by absolute position
+  std::vector<double> sa_k_ref, sa_v_ref;    // [B][Hkv][T][D], shared cache (source != own)
+  std::vector<double> sel_k_ref, sel_v_ref;  // [B][Hkv][S][K*bs][D] (gathered source)
+  std::vector<int64_t> mask;                 // [B][T], empty when absent
+  std::vector<int32_t> indices;              // [B][Hkv][S][K]
+  std::vector<double> gate_ref;              // [B][S][2*Hq] or [B][S][2*Hq*D]
+  std::vector<double> sinks_ref;             // [2][Hq] (gate) or [1][Hq] (union)
+
+  std::vector<T> query, own_k, own_v, sa_k, sa_v, sel_k, sel_v, gate, sinks, output;
+  HeadView query_view, output_view;
+  int64_t own_start = 0, own_len = 0, own_capacity = 0, sa_capacity = 0;
+
+  explicit Problem(const Case& cs) : c(cs) {
+    std::mt19937 rng(c.seed);
+    auto uniform = [&](double lo, double hi) { return std::uniform_real_distribution<double>(lo, hi)(rng); };
+    auto randint = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+    const int B = c.batch, Hq = c.num_heads, Hkv = c.kv_heads, D = c.dim, K = c.top_k, bs = c.block_size;
+    const int64_t S = c.new_len, L = c.total_len;  // L: total length T
+    past = L - S;
+    num_blocks = (L + bs - 1) / bs;
+    group = Hq / Hkv;
+
+    // Stores x as T and records the stored value.
+    auto store = [](double x, T* slot, double* ref) {
+      *slot = FromDouble<T>(x);
+      *ref = ToDouble(*slot);
+    };
+    auto random_kv = [&](std::vector<double>& ref, double amplitude) {
+      ref.resize(static_cast<size_t>(B) * Hkv * L * D);
+      for (double& x : ref) x = ToDouble(FromDouble<T>(uniform(-amplitude, amplitude)));
+    };
+
+    // Query (and output) views, optionally with poisoned gaps after each row.
+    const int row = D + c.row_padding;
+    query_view = c.bsnh ? HeadView::Bsnh(S, Hq, row) : HeadView::Bnsh(S, Hq, row);
+    output_view = query_view;
+    const size_t view_elems = static_cast<size_t>(B) * Hq * S * row;
+    query.assign(view_elems, FromDouble<T>(kNaN));
+    q_ref.resize(static_cast<size_t>(B) * Hq * S * D);
+    for (int b = 0; b < B; ++b)
+      for (int h = 0; h < Hq; ++h)
+        for (int64_t s = 0; s < S; ++s)
+          for (int d = 0; d < D; ++d)
+            store(uniform(-2, 2), &query[query_view.Offset(b, h, s) + d], &q_ref[QIndex(b, h, s, d)]);
+
+    // Own keys/values for every position; the own buffer holds [own_start, T) plus poisoned slack.
+    random_kv(own_k_ref, 1.0);
+    random_kv(own_v_ref, 1.0);
+    own_start = c.window_cache ? past - std::min<int64_t>(c.window, past) : 0;
+    own_len = L - own_start;
+    own_capacity = own_len + 3;
+    own_k.assign(static_cast<size_t>(B) * Hkv * own_capacity * D, FromDouble<T>(kNaN));
+    own_v = own_k;
+    for (int b = 0; b < B; ++b)
+      for (int g = 0; g < Hkv; ++g)
+        for (int64_t j = own_start; j < L; ++j)
+          for (int d = 0; d < D; ++d) {
+            const size_t slot = ((static_cast<size_t>(b) * Hkv + g) * own_capacity + (j - own_start)) * D + d;
+            own_k[slot] = FromDouble<T>(own_k_ref[KvIndex(b, g, j, d)]);
+            own_v[slot] = FromDouble<T>(own_v_ref[KvIndex(b, g, j, d)]);
+          }
+
+    if (c.source != SaSource::kOwnCache) {
+      random_kv(sa_k_ref, 1.0);
+      random_kv(sa_v_ref, 1.0);
+    }
+    if (c.source == SaSource::kSharedCache) {
+      sa_capacity = L + 2;
+      sa_k.assign(static_cast<size_t>(B) * Hkv * sa_capacity * D, FromDouble<T>(kNaN));
+      sa_v = sa_k;
+      for (int b = 0; b < B; ++b)
+        for (int g = 0; g < Hkv; ++g)
+          for (int64_t j = 0; j < L; ++j)
+            for (int d = 0; d < D; ++d) {
+              const size_t slot = ((static_cast<size_t>(b) * Hkv + g) * sa_capacity + j) * D + d;
+              sa_k[slot] = FromDouble<T>(sa_k_ref[KvIndex(b, g, j, d)]);
+              sa_v[slot] = FromDouble<T>(sa_v_ref[KvIndex(b, g, j, d)]);
+            }
+    }
+
+    // Attention mask.
+    if (c.padding != Padding::kNone) {
+      mask.assign(static_cast<size_t>(B) * L, 1);
+      for (int b = 0; b < B; ++b) {
+        int64_t* m = &mask[static_cast<size_t>(b) * L];
+        if (c.padding == Padding::kHoles) {
+          for (int64_t j = 0; j < L; ++j) m[j] = uniform(0, 1) < 0.25 ? 0 : 1;
+        } else if (b % 2 == 0) {  // left padding
+          const int64_t n = randint(1, std::max<int64_t>(1, L / 3));
+          std::fill(m, m + n, 0);
+        } else {  // right padding: reaches into the new tokens
+          const int64_t n = randint(1, std::min<int64_t>(L, S + 2));
+          std::fill(m + L - n, m + L, 0);
+        }
+      }
+    }
+
+    // Block index rows: strictly ascending valid blocks, then -1.
+    indices.assign(static_cast<size_t>(B) * Hkv * S * K, -1);
+    for (int b = 0; b < B; ++b)
+      for (int g = 0; g < Hkv; ++g)
+        for (int64_t s = 0; s < S; ++s) {
+          std::vector<int32_t> chosen;
+          std::vector<int32_t> pool;
+          if (c.rows == Rows::kCoverOutsideWindow) {
+            const int64_t t = past + s;
+            const int64_t last_outside = t - c.window;  // last position before the window
+            for (int64_t i = 0; last_outside >= 0 && i <= last_outside / bs; ++i) chosen.push_back(static_cast<int32_t>(i));
+            if (static_cast<int>(chosen.size()) > K) {
+              ADD_FAILURE() << "case " << c.name << " cannot cover the blocks outside the window with K=" << K;
+              chosen.resize(K);
+            }
+            for (int64_t i = chosen.size(); i < num_blocks; ++i) pool.push_back(static_cast<int32_t>(i));
+            std::shuffle(pool.begin(), pool.end(), rng);
+            const int64_t extra = randint(0, std::min<int64_t>(K - chosen.size(), pool.size()));
+            chosen.insert(chosen.end(), pool.begin(), pool.begin() + extra);
+          } else {
+            pool.resize(num_blocks);
+            std::iota(pool.begin(), pool.end(), 0);
+            std::shuffle(pool.begin(), pool.end(), rng);
+            const int64_t most = std::min<int64_t>(K, num_blocks);
+            const int64_t count = uniform(0, 1) < 0.7 ? most : randint(0, most);
+            chosen.assign(pool.begin(), pool.begin() + count);
+          }
+          std::sort(chosen.begin(), chosen.end());
+          std::copy(chosen.begin(), chosen.end(), &indices[RowIndex(b, g, s)]);
+        }
+
+    // Gathered blocks (from the shared cache): rows that hold no position (a -1 slot, or past T in
+    // the last block) are NaN instead of the contract's zeros, to show the kernel never reads them.
+    if (c.source == SaSource::kGathered) {
+      const size_t elems = static_cast<size_t>(B) * Hkv * S * K * bs * D;
+      sel_k.assign(elems, FromDouble<T>(kNaN));
+      sel_v = sel_k;
+      sel_k_ref.assign(elems, kNaN);
+      sel_v_ref.assign(elems, kNaN);
+      for (int b = 0; b < B; ++b)
+        for (int g = 0; g < Hkv; ++g)
+          for (int64_t s = 0; s < S; ++s)
+            for (int k = 0; k < K; ++k) {
+              const int32_t idx = indices[RowIndex(b, g, s) + k];
+              for (int r = 0; idx >= 0 && r < bs; ++r) {
+                const int64_t j = static_cast<int64_t>(idx) * bs + r;
+                if (j >= L) break;
+                for (int d = 0; d < D; ++d) {
+                  const size_t slot = SelIndex(b, g, s, static_cast<int64_t>(k) * bs + r, d);
+                  store(sa_k_ref[KvIndex(b, g, j, d)], &sel_k[slot], &sel_k_ref[slot]);
+                  store(sa_v_ref[KvIndex(b, g, j, d)], &sel_v[slot], &sel_v_ref[slot]);
+                }
+              }
+            }
+    }
+
+    if (c.gate != GateKind::kNone) {
+      const size_t width = c.gate == GateKind::kPerHead ? 2 * Hq : 2 * static_cast<size_t>(Hq) * D;
+      gate.resize(static_cast<size_t>(B) * S * width);
+      gate_ref.resize(gate.size());
+      for (size_t i = 0; i < gate.size(); ++i) store(uniform(-3, 3), &gate[i], &gate_ref[i]);
+    }
+    if (c.sinks) {
+      const size_t rows = c.combine == Combine::kGate ? 2 : 1;
+      sinks.resize(rows * Hq);
+      sinks_ref.resize(sinks.size());
+      for (size_t i = 0; i < sinks.size(); ++i) store(uniform(-1, 2.5), &sinks[i], &sinks_ref[i]);
+    }
+    PoisonOutput();
+  }
+
+  size_t QIndex(int b, int h, int64_t s, int d) const {
+    return ((static_cast<size_t>(b) * c.num_heads + h) * c.new_len + s) * c.dim + d;
+  }
+  size_t KvIndex(int b, int g, int64_t j, int d) const {
+    return ((static_cast<size_t>(b) * c.kv_heads + g) * c.total_len + j) * c.dim + d;
+  }
+  size_t RowIndex(int b, int g, int64_t s) const {
+    return ((static_cast<size_t>(b) * c.kv_heads + g) * c.new_len + s) * c.top_k;
+  }
+  size_t SelIndex(int b, int g, int64_t s, int64_t slot, int d) const {
+    return (((static_cast<size_t>(b) * c.kv_heads + g) * c.new_len + s) * c.top_k * c.block_size + slot) * c.dim + d;
+  }
+
+  void PoisonOutput() { output.assign(static_cast<size_t>(c.batch) * c.num_heads * c.new_len * (c.dim + c.row_padding), PoisonValue<T>()); }
+
+  SparseAttnArgs<T> Args() {
+    SparseAttnArgs<T> a;
+    a.batch = c.batch;
+    a.num_heads = c.num_heads;
+    a.kv_num_heads = c.kv_heads;
+    a.head_dim = c.dim;
+    a.new_len = c.new_len;
+    a.total_len = c.total_len;
+    a.scale = c.scale != 0.f ? c.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
+    a.block_size = c.block_size;
+    a.window = c.window;
+    a.combine = c.combine;
+    a.query = query.data();
+    a.query_view = query_view;
+    a.own_key = own_k.data();
+    a.own_value = own_v.data();
+    a.own_capacity = own_capacity;
+    a.own_start = own_start;
+    a.own_len = own_len;
+    if (c.source == SaSource::kOwnCache) {
+      a.sa_key = own_k.data();
+      a.sa_value = own_v.data();
+      a.sa_capacity = own_capacity;
+    } else if (c.source == SaSource::kSharedCache) {
+      a.sa_key = sa_k.data();
+      a.sa_value = sa_v.data();
+      a.sa_capacity = sa_capacity;
+    } else {
+      a.selected_key = sel_k.data();
+      a.selected_value = sel_v.data();
+    }
+    a.block_indices = indices.data();
+    a.top_k = c.top_k;
+    a.attention_mask = mask.empty() ? nullptr : mask.data();
+    a.gate = gate.empty() ? nullptr : gate.data();
+    a.gate_per_channel = c.gate == GateKind::kPerChannel;
+    a.sinks = sinks.empty() ? nullptr : sinks.data();
+    a.output = output.data();
+    a.output_view = output_view;
+    return a;
+  }
+
+  double Scale() const {
+    return c.scale != 0.f ? static_cast<double>(static_cast<float>(c.scale))
+                          : static_cast<double>(static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim))));
+  }
+  bool Valid(int b, int64_t t, int64_t j) const {
+    return j <= t && (mask.empty() || mask[static_cast<size_t>(b) * c.total_len + j] == 1);
+  }
+  bool QueryIsPadding(int b, int64_t t) const {
+    return !mask.empty() && mask[static_cast<size_t>(b) * c.total_len + t] == 0;
+  }
+};
+
+// softmax over `logits` with an optional sink in the denominator, applied to `values`: the output row.
+std::vector<double> Softmax(const std::vector<double>& logits, const std::vector<const double*>& values,
+                            const double* sink, int dim) {
+  std::vector<double> out(dim, 0.0);
+  if (logits.empty()) return out;  // no valid key: contributes 0 (with or without a sink)
+  double m = sink ? *sink : -INFINITY;
+  for (double l : logits) m = std::max(m, l);
+  double denom = sink ? std::exp(*sink - m) : 0.0;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const double p = std::exp(logits[i] - m);
+    denom += p;
+    for (int d = 0; d < dim; ++d) out[d] += p * values[i][d];
+  }
+  for (double& x : out) x /= denom;
+  return out;
+}
+
+// The contract, token by token: output [B][Hq][S][D].
+template <typename T>
+std::vector<double> SparseReference(const Problem<T>& p) {
+  const Case& c = p.c;
+  const int D = c.dim, bs = c.block_size;
+  std::vector<double> out(static_cast<size_t>(c.batch) * c.num_heads * c.new_len * D, 0.0);
+  for (int b = 0; b < c.batch; ++b)
+    for (int h = 0; h < c.num_heads; ++h)
+      for (int64_t s = 0; s < c.new_len; ++s) {
+        const int64_t t = p.past + s;
+        if (p.QueryIsPadding(b, t)) continue;  // zero row
+        const int g = h / p.group;
+        const int32_t* row = &p.indices[p.RowIndex(b, g, s)];
+        auto slot_of_block = [&](int64_t block) {  // position in the row, or -1 when not selected
+          for (int k = 0; k < c.top_k; ++k)
+            if (row[k] == block) return k;
+          return -1;
+        };
+        auto own_key = [&](int64_t j) {
+          EXPECT_GE(j, p.own_start) << "window position outside the own cache";
+          return &p.own_k_ref[p.KvIndex(b, g, j, 0)];
+        };
+        auto own_value = [&](int64_t j) { return &p.own_v_ref[p.KvIndex(b, g, j, 0)]; };
+        auto sa_row = [&](int64_t j, bool value) -> const double* {
+          switch (c.source) {
+            case SaSource::kOwnCache:
+              return value ? own_value(j) : own_key(j);
+            case SaSource::kSharedCache:
+              return &(value ? p.sa_v_ref : p.sa_k_ref)[p.KvIndex(b, g, j, 0)];
+            case SaSource::kGathered:
+              return &(value ? p.sel_v_ref : p.sel_k_ref)[p.SelIndex(b, g, s, slot_of_block(j / bs) * bs + j % bs, 0)];
+          }
+          return nullptr;
+        };
+        const double* q = &p.q_ref[p.QIndex(b, h, s, 0)];
+        auto logit = [&](const double* k) {
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += q[d] * k[d];
+          return p.Scale() * dot;
+        };
+
+        std::vector<double> sel_logits, win_logits, union_logits;
+        std::vector<const double*> sel_values, win_values, union_values;
+        for (int64_t j = 0; j <= t; ++j) {
+          if (!p.Valid(b, t, j)) continue;
+          const bool selected = slot_of_block(j / bs) >= 0;
+          const bool in_window = j > t - c.window;
+          if (selected) {
+            sel_logits.push_back(logit(sa_row(j, false)));
+            sel_values.push_back(sa_row(j, true));
+          }
+          if (in_window) {
+            win_logits.push_back(logit(own_key(j)));
+            win_values.push_back(own_value(j));
+          }
+          if (in_window || selected) {  // union: each position once, the window from the own cache
+            union_logits.push_back(in_window ? logit(own_key(j)) : logit(sa_row(j, false)));
+            union_values.push_back(in_window ? own_value(j) : sa_row(j, true));
+          }
+        }
+        double* o = &out[p.QIndex(b, h, s, 0)];
+        if (c.combine == Combine::kUnion) {
+          const auto r = Softmax(union_logits, union_values, c.sinks ? &p.sinks_ref[h] : nullptr, D);
+          std::copy(r.begin(), r.end(), o);
+          continue;
+        }
+        const auto o_sa = Softmax(sel_logits, sel_values, c.sinks ? &p.sinks_ref[h] : nullptr, D);
+        const auto o_swa = Softmax(win_logits, win_values, c.sinks ? &p.sinks_ref[c.num_heads + h] : nullptr, D);
+        for (int d = 0; d < D; ++d) {
+          double g_sa = 0, g_swa = 0;
+          const size_t token = static_cast<size_t>(b) * c.new_len + s;
+          if (c.gate == GateKind::kPerHead) {
+            g_sa = p.gate_ref[token * 2 * c.num_heads + h];
+            g_swa = p.gate_ref[token * 2 * c.num_heads + c.num_heads + h];
+          } else if (c.gate == GateKind::kPerChannel) {
+            const size_t width = static_cast<size_t>(c.num_heads) * D;
+            g_sa = p.gate_ref[token * 2 * width + static_cast<size_t>(h) * D + d];
+            g_swa = p.gate_ref[token * 2 * width + width + static_cast<size_t>(h) * D + d];
+          }
+          o[d] = o_sa[d] / (1 + std::exp(-g_sa)) + o_swa[d] / (1 + std::exp(-g_swa));
+        }
+      }
+  return out;
+}
+
+// Plain causal softmax attention over the own cache (no sinks): what union must equal when the rows
+// cover every block outside the window.
+template <typename T>
+std::vector<double> DenseReference(const Problem<T>& p) {
+  const Case& c = p.c;
+  const int D = c.dim;
+  std::vector<double> out(static_cast<size_t>(c.batch) * c.num_heads * c.new_len * D, 0.0);
+  for (int b = 0; b < c.batch; ++b)
+    for (int h = 0; h < c.num_heads; ++h)
+      for (int64_t s = 0; s < c.new_len; ++s) {
+        const int64_t t = p.past + s;
+        if (p.QueryIsPadding(b, t)) continue;
+        const double* q = &p.q_ref[p.QIndex(b, h, s, 0)];
+        std::vector<double> logits;
+        std::vector<const double*> values;
+        for (int64_t j = 0; j <= t; ++j) {
+          if (!p.Valid(b, t, j)) continue;
+          const double* k = &p.own_k_ref[p.KvIndex(b, h / p.group, j, 0)];
+          double dot = 0;
+          for (int d = 0; d < D; ++d) dot += q[d] * k[d];
+          logits.push_back(p.Scale() * dot);
+          values.push_back(&p.own_v_ref[p.KvIndex(b, h / p.group, j, 0)]);
+        }
+        const auto r = Softmax(logits, values, nullptr, D);
+        std::copy(r.begin(), r.end(), &out[p.QIndex(b, h, s, 0)]);
+      }
+  return out;
+}
+
+// Every output element within `tol` of `want`; every gap element of a strided view still poisoned.
+template <typename T>
+void ExpectOutput(const Problem<T>& p, const std::vector<double>& want, double tol, const std::string& what) {
+  const Case& c = p.c;
+  int reported = 0;
+  int64_t bad = 0;
+  double worst = 0;
+  for (int b = 0; b < c.batch; ++b)
+    for (int h = 0; h < c.num_heads; ++h)
+      for (int64_t s = 0; s < c.new_len; ++s) {
+        const int64_t base = p.output_view.Offset(b, h, s);
+        for (int d = 0; d < c.dim; ++d) {
+          const double got = ToDouble(p.output[base + d]);
+          const double w = want[p.QIndex(b, h, s, d)];
+          const double err = std::fabs(got - w);
+          if (!(err <= tol)) {
+            ++bad;
+            if (reported++ < 5)
+              ADD_FAILURE() << what << " " << Describe(c) << ": output (b=" << b << ", h=" << h << ", s=" << s
+                            << ", d=" << d << ") = " << got << ", want " << w;
+          } else {
+            worst = std::max(worst, err);
+          }
+        }
+        for (int d = c.dim; d < c.dim + c.row_padding; ++d)
+          if (!IsPoison(p.output[base + d])) {
+            ++bad;
+            if (reported++ < 5) ADD_FAILURE() << what << " " << Describe(c) << ": wrote the gap after row (" << b << ", " << h << ", " << s << ")";
+          }
+      }
+  EXPECT_EQ(bad, 0) << what << " " << Describe(c) << " (largest error within tolerance " << worst << ")";
+}
+
+// Runs ParallelFor on `threads` std::threads pulling indices from a shared counter.
+class ThreadedExecutor final : public Executor {
+ public:
+  explicit ThreadedExecutor(int threads) : threads_(threads) {}
+  void ParallelFor(size_t n, const std::function<void(size_t)>& fn) const override {
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> pool;
+    for (int i = 0; i < threads_; ++i)
+      pool.emplace_back([&] {
+        for (size_t task = next++; task < n; task = next++) fn(task);
+      });
+    for (auto& t : pool) t.join();
+  }
+
+ private:
+  int threads_;
+};
+
+// Every micro-kernel variant against the reference; then a 3-thread run must equal the serial run
+// bit for bit (tasks write disjoint rows and never depend on scheduling).
+template <typename T>
+void CheckCase(const Case& c, bool also_dense) {
+  Problem<T> p(c);
+  const double tol = std::is_same<T, float>::value ? kFloatTolerance : kHalfTolerance;
+  const auto want = SparseReference(p);
+  const auto dense = also_dense ? DenseReference(p) : std::vector<double>();
+  for (const cpu::SparseMathOps* ops : cpu::SupportedSparseMathOps()) {
+    cpu::ScopedSparseMathOverride use(ops);
+    p.PoisonOutput();
+    RunSparseAttnCpu(p.Args(), SerialExecutor());
+    ExpectOutput(p, want, tol, ops->name);
+    if (also_dense) ExpectOutput(p, dense, tol, std::string(ops->name) + " vs dense");
+  }
+  p.PoisonOutput();
+  RunSparseAttnCpu(p.Args(), SerialExecutor());
+  const std::vector<T> serial = p.output;
+  p.PoisonOutput();
+  RunSparseAttnCpu(p.Args(), ThreadedExecutor(3));
+  EXPECT_EQ(std::memcmp(serial.data(), p.output.data(), serial.size() * sizeof(T)), 0)
+      << "threaded run differs from serial: " << Describe(c);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named cases: each stresses one part of the contract.
+
+std::vector<Case> NamedCases() {
+  std::vector<Case> cases;
+  auto add = [&](Case c) {
+    c.seed = 1000 + static_cast<uint32_t>(cases.size());
+    cases.push_back(c);
+  };
+  Case c;
+  // Decode, 7B-like group (4 query heads per KV head), T not a multiple of bs.
+  c = {};
+  c.name = "DecodeUnionOwnCache";
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 1000, c.block_size = 64, c.window = 128, c.top_k = 4;
+  add(c);
+  c.name = "DecodeUnionOwnCacheSinks", c.sinks = true;
+  add(c);
+  c = {};
+  c.name = "DecodeGatePerHeadSinksShared";
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 777, c.block_size = 64, c.window = 128, c.top_k = 4;
+  c.combine = Combine::kGate, c.gate = GateKind::kPerHead, c.sinks = true, c.source = SaSource::kSharedCache;
+  add(c);
+  c.name = "DecodeGatePerChannelGatheredWindowCache";
+  c.gate = GateKind::kPerChannel, c.sinks = false, c.source = SaSource::kGathered, c.window_cache = true;
+  add(c);
+  c.name = "DecodeGateNoGateTensor";
+  c.gate = GateKind::kNone, c.sinks = true;
+  add(c);
+  // Decode with a padded query (right padding in batch row 1) and left padding in row 0.
+  c = {};
+  c.name = "DecodePaddedBatch";
+  c.batch = 2, c.num_heads = 4, c.kv_heads = 4, c.dim = 64, c.total_len = 90, c.padding = Padding::kLeftRight;
+  add(c);
+  c.name = "DecodePaddedBatchGate", c.combine = Combine::kGate, c.gate = GateKind::kPerHead, c.sinks = true;
+  add(c);
+  // Prefill.
+  c = {};
+  c.name = "PrefillUnionOwnLeftRightPadding3D";
+  c.batch = 2, c.num_heads = 4, c.kv_heads = 2, c.dim = 64, c.new_len = 37, c.total_len = 150;
+  c.padding = Padding::kLeftRight, c.bsnh = true;
+  add(c);
+  c.name = "PrefillUnionGatheredSinksHoles";
+  c.source = SaSource::kGathered, c.sinks = true, c.padding = Padding::kHoles, c.bsnh = false;
+  add(c);
+  c = {};
+  c.name = "PrefillGatePerChannelSharedWindowCache3D";
+  c.batch = 3, c.num_heads = 8, c.kv_heads = 4, c.dim = 64, c.new_len = 45, c.total_len = 200, c.window = 20;
+  c.combine = Combine::kGate, c.gate = GateKind::kPerChannel, c.sinks = true, c.source = SaSource::kSharedCache;
+  c.window_cache = true, c.bsnh = true, c.padding = Padding::kLeftRight;
+  add(c);
+  c.name = "PrefillWholeSequenceWindowCache";  // P = 0: the own cache is just the new tokens
+  c.new_len = c.total_len = 60, c.batch = 1, c.padding = Padding::kNone;
+  add(c);
+  // Odd head size, MQA and MHA groupings.
+  c = {};
+  c.name = "OddHeadSizeUnionShared";
+  c.dim = 37, c.num_heads = 2, c.kv_heads = 1, c.new_len = 5, c.total_len = 123, c.block_size = 7, c.top_k = 5;
+  c.source = SaSource::kSharedCache;
+  add(c);
+  c.name = "OddHeadSizeGateGathered", c.combine = Combine::kGate, c.gate = GateKind::kPerChannel;
+  c.source = SaSource::kGathered;
+  add(c);
+  c = {};
+  c.name = "MultiQueryHkv1";
+  c.num_heads = 8, c.kv_heads = 1, c.dim = 64, c.new_len = 3, c.total_len = 300, c.top_k = 6;
+  add(c);
+  c = {};
+  c.name = "SingleHead";
+  c.num_heads = 1, c.kv_heads = 1, c.dim = 128, c.new_len = 2, c.total_len = 64;
+  c.combine = Combine::kGate, c.source = SaSource::kGathered;
+  add(c);
+  // Window and block extremes.
+  c = {};
+  c.name = "WindowLargerThanSequence";
+  c.num_heads = 4, c.kv_heads = 2, c.new_len = 6, c.total_len = 50, c.window = 500;
+  c.combine = Combine::kGate, c.gate = GateKind::kPerHead, c.source = SaSource::kSharedCache;
+  add(c);
+  c.name = "WindowOfOne", c.window = 1, c.combine = Combine::kUnion, c.gate = GateKind::kNone;
+  add(c);
+  c = {};
+  c.name = "BlockSizeOne";
+  c.block_size = 1, c.top_k = 9, c.new_len = 4, c.total_len = 40, c.window = 5, c.padding = Padding::kHoles;
+  add(c);
+  c = {};
+  c.name = "StridedViews";
+  c.row_padding = 3, c.new_len = 4, c.total_len = 70, c.bsnh = true, c.combine = Combine::kGate;
+  c.gate = GateKind::kPerChannel;
+  add(c);
+  c.name = "StridedViews4D", c.bsnh = false, c.combine = Combine::kUnion, c.gate = GateKind::kNone, c.scale = 0.3f;
+  add(c);
+  return cases;
+}
+
+// Union over the own cache with every block outside the window selected (K*bs + w >= T): dense.
+std::vector<Case> DenseCases() {
+  std::vector<Case> cases;
+  auto add = [&](Case c) {
+    c.seed = 2000 + static_cast<uint32_t>(cases.size());
+    c.rows = Rows::kCoverOutsideWindow;
+    cases.push_back(c);
+  };
+  Case c;
+  c.name = "DenseDecode";
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 300, c.block_size = 32, c.window = 64, c.top_k = 8;
+  add(c);
+  c = {};
+  c.name = "DensePrefillPadded";
+  c.batch = 2, c.num_heads = 4, c.kv_heads = 4, c.dim = 64, c.new_len = 50, c.total_len = 200, c.block_size = 16;
+  c.window = 40, c.top_k = 10, c.padding = Padding::kLeftRight, c.bsnh = true;
+  add(c);
+  c = {};
+  c.name = "DenseWindowCoversAll";
+  c.num_heads = 2, c.kv_heads = 1, c.dim = 37, c.new_len = 7, c.total_len = 45, c.window = 64, c.top_k = 1;
+  add(c);
+  c = {};
+  c.name = "DenseOnlyBlocks";  // window of one: the blocks do all the work
+  c.num_heads = 4, c.kv_heads = 2, c.new_len = 9, c.total_len = 100, c.block_size = 8, c.window = 1, c.top_k = 13;
+  c.padding = Padding::kHoles;
+  add(c);
+  return cases;
+}
+
+// Random shapes from a fixed seed, covering combinations the named cases do not.
+std::vector<Case> RandomCases() {
+  std::vector<Case> cases;
+  std::mt19937 rng(4242);
+  auto pick = [&](std::initializer_list<int> v) { return *(v.begin() + rng() % v.size()); };
+  auto randint = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  for (int i = 0; i < 24; ++i) {
+    Case c;
+    c.name = "Random" + std::to_string(i);
+    c.batch = pick({1, 2, 3});
+    c.num_heads = pick({1, 2, 4, 8});
+    do c.kv_heads = pick({1, 2, 4, 8});
+    while (c.num_heads % c.kv_heads != 0);
+    c.dim = pick({64, 128, 37, 8});
+    c.block_size = pick({1, 5, 16, 32, 64});
+    c.total_len = randint(1, 260);
+    c.new_len = rng() % 2 ? 1 : randint(1, std::min<int64_t>(c.total_len, 24));
+    c.window = rng() % 4 == 0 ? static_cast<int>(c.total_len + randint(0, 50)) : static_cast<int>(randint(1, 80));
+    c.top_k = static_cast<int>(randint(1, 8));
+    c.combine = rng() % 2 ? Combine::kUnion : Combine::kGate;
+    c.source = static_cast<SaSource>(rng() % 3);
+    c.window_cache = c.source != SaSource::kOwnCache && rng() % 2;
+    c.padding = static_cast<Padding>(rng() % 3);
+    c.gate = c.combine == Combine::kGate ? static_cast<GateKind>(rng() % 3) : GateKind::kNone;
+    c.sinks = rng() % 2;
+    c.bsnh = rng() % 2;
+    c.row_padding = rng() % 4 == 0 ? 2 : 0;
+    c.seed = 3000 + i;
+    cases.push_back(c);
+  }
+  return cases;
+}
+
+std::string CaseName(const testing::TestParamInfo<Case>& info) { return info.param.name; }
+
+class SparseAttnCpuNamed : public testing::TestWithParam<Case> {};
+TEST_P(SparseAttnCpuNamed, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
+TEST_P(SparseAttnCpuNamed, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
+INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuNamed, testing::ValuesIn(NamedCases()), CaseName);
+
+class SparseAttnCpuDense : public testing::TestWithParam<Case> {};
+TEST_P(SparseAttnCpuDense, Float32UnionEqualsDenseAttention) { CheckCase<float>(GetParam(), true); }
+TEST_P(SparseAttnCpuDense, Float16UnionEqualsDenseAttention) { CheckCase<Half>(GetParam(), true); }
+INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuDense, testing::ValuesIn(DenseCases()), CaseName);
+
+class SparseAttnCpuRandom : public testing::TestWithParam<Case> {};
+TEST_P(SparseAttnCpuRandom, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
+TEST_P(SparseAttnCpuRandom, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
+INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuRandom, testing::ValuesIn(RandomCases()), CaseName);
+
+// The reference itself must see the cases it claims to: a padded decode query gives a zero row, and
+// the sparse result differs from dense attention when rows leave blocks out (else the comparisons
+// above could pass with a kernel that ignores block_indices).
+TEST(SparseAttnCpu, SparseDiffersFromDenseWhenBlocksAreLeftOut) {
+  Case c;
+  c.name = "LeftOut";
+  c.num_heads = 4, c.kv_heads = 2, c.total_len = 400, c.block_size = 16, c.window = 16, c.top_k = 2;
+  c.seed = 77;
+  Problem<float> p(c);
+  const auto sparse = SparseReference(p);
+  const auto dense = DenseReference(p);
+  double diff = 0;
+  for (size_t i = 0; i < sparse.size(); ++i) diff = std::max(diff, std::fabs(sparse[i] - dense[i]));
+  EXPECT_GT(diff, 1e-2);
+  RunSparseAttnCpu(p.Args(), SerialExecutor());
+  ExpectOutput(p, sparse, kFloatTolerance, "default");
+}
+
+TEST(SparseAttnCpu, PaddedQueryRowIsZero) {
+  Case c;
+  c.name = "PaddedQuery";
+  c.batch = 2, c.padding = Padding::kLeftRight, c.sinks = true, c.combine = Combine::kGate, c.seed = 5;
+  Problem<float> p(c);
+  ASSERT_TRUE(p.QueryIsPadding(1, c.total_len - 1));
+  RunSparseAttnCpu(p.Args(), SerialExecutor());
+  for (int h = 0; h < c.num_heads; ++h)
+    for (int d = 0; d < c.dim; ++d) EXPECT_EQ(p.output[p.output_view.Offset(1, h, 0) + d], 0.f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernels of every variant against naive float64 loops.
+
+TEST(SparseMath, DispatchUsesAvx2WhereTheCpuHasIt) {
+  const std::vector<const cpu::SparseMathOps*> all = cpu::SupportedSparseMathOps();
+  ASSERT_FALSE(all.empty());
+  EXPECT_STREQ(all.front()->name, "portable");
+  EXPECT_EQ(&cpu::ActiveSparseMathOps(), all.back()) << "the kernel must run the fastest variant";
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_STREQ(cpu::ActiveSparseMathOps().name, "avx2");
+  }
+#endif
+  {
+    cpu::ScopedSparseMathOverride use(all.front());
+    EXPECT_EQ(&cpu::ActiveSparseMathOps(), all.front());
+  }
+  EXPECT_EQ(&cpu::ActiveSparseMathOps(), all.back());
+}
+
+TEST(SparseMath, VariantsMatchNaiveLoops) {
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  for (const cpu::SparseMathOps* ops : cpu::SupportedSparseMathOps()) {
+    SCOPED_TRACE(ops->name);
+    for (int dim : {1, 5, 8, 13, 64, 67, 128}) {
+      for (int num_q : {1, 2, 3, 4, 5, 8}) {
+        for (int num_k : {1, 2, 7, 32}) {
+          const int ld = num_k + 3;
+          std::vector<float> q(static_cast<size_t>(num_q) * dim), k(static_cast<size_t>(num_k) * dim);
+          for (float& x : q) x = dist(rng);
+          for (float& x : k) x = dist(rng);
+          std::vector<float> scores(static_cast<size_t>(num_q) * ld, 123.f);
+          ops->score_tile(q.data(), num_q, k.data(), num_k, dim, scores.data(), ld);
+          for (int i = 0; i < num_q; ++i)
+            for (int j = 0; j < ld; ++j) {
+              if (j >= num_k) {
+                EXPECT_EQ(scores[i * ld + j], 123.f) << "wrote past num_k";
+                continue;
+              }
+              double want = 0;
+              for (int d = 0; d < dim; ++d) want += static_cast<double>(q[i * dim + d]) * k[j * dim + d];
+              EXPECT_NEAR(scores[i * ld + j], want, 1e-5 * (1 + dim)) << dim << " " << num_q << " " << num_k;
+            }
+
+          std::vector<float> acc(static_cast<size_t>(num_q) * dim);
+          for (float& x : acc) x = dist(rng);
+          std::vector<double> want_acc(acc.begin(), acc.end());
+          for (int i = 0; i < num_q; ++i)
+            for (int j = 0; j < num_k; ++j)
+              for (int d = 0; d < dim; ++d)
+                want_acc[i * dim + d] += static_cast<double>(scores[i * ld + j]) * k[j * dim + d];
+          ops->accumulate_tile(scores.data(), ld, num_q, k.data(), num_k, dim, acc.data());
+          for (size_t e = 0; e < acc.size(); ++e) EXPECT_NEAR(acc[e], want_acc[e], 1e-4 * (1 + dim));
+        }
+      }
+    }
+    for (int n : {1, 7, 8, 9, 32}) {
+      std::vector<float> x(n + 1, 55.f);
+      for (int j = 0; j < n; ++j) x[j] = j % 5 == 2 ? -INFINITY : 40.f * dist(rng) - 20.f;
+      const std::vector<float> in = x;
+      const float shift = 3.25f;
+      const float sum = ops->exp_shift_sum(x.data(), n, shift);
+      double want_sum = 0;
+      for (int j = 0; j < n; ++j) {
+        // The shift is subtracted in float32, as the kernel does; the test is about the exp.
+        const float shifted = in[j] - shift;
+        const double want = std::exp(static_cast<double>(shifted));
+        want_sum += want;
+        EXPECT_NEAR(x[j], want, 4e-7 * want) << in[j];
+      }
+      EXPECT_EQ(x[n], 55.f) << "wrote past n";
+      EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum);
+    }
+    std::vector<Half> h(37);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = Half{static_cast<uint16_t>(rng())};
+    std::vector<float> f(h.size() + 1, 7.f);
+    ops->half_to_float(h.data(), f.data(), h.size());
+    for (size_t i = 0; i < h.size(); ++i) {
+      const float want = HalfToFloat(h[i]);
+      if (std::isnan(want)) EXPECT_TRUE(std::isnan(f[i]));
+      else EXPECT_EQ(f[i], want);
+    }
+    EXPECT_EQ(f[h.size()], 7.f);
+  }
+}
+
+}  // namespace
+}  // namespace hysparse

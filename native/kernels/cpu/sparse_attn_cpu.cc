@@ -1,2 +1,481 @@
-// Filled in by the kernel work; see kernels/attention_args.h.
+// CPU kernel of HySparseSparseAttn (docs/ops.md "HySparseSparseAttn").
+//
+// Cost is O(K*bs + w) keys per token, independent of the total length T: a token only visits the
+// blocks in its block_indices row and its sliding window. One task serves every query head of one
+// KV group for a tile of consecutive tokens. The task lists the key *runs* its tokens need (each
+// selected block once, however many tokens of the tile selected it, and one window run covering
+// every token's window) and walks them in chunks; a chunk's key/value rows are read (and converted
+// to float32, for float16 storage) once and feed every query row of the tile that uses them, each
+// with its own online softmax. In decode (one token) that is G = H_q/H_kv rows per key read; in
+// prefill neighbouring tokens share most blocks and their windows, so the tile multiplies the reuse.
+// The float32 inner loops live in sparse_math.{h,cc} (portable + AVX2).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
 #include "kernels/attention_args.h"
+#include "kernels/cpu/cpu_math.h"
+#include "kernels/cpu/sparse_math.h"
+
+namespace hysparse {
+namespace {
+
+// Keys per online-softmax step: a chunk of float32 keys and values (2 x 32 x D floats) stays in L1
+// for the head sizes that matter (D <= 128), and 32 keys amortise the per-chunk rescale.
+constexpr int kChunk = 32;
+// New tokens per task. Bounds the tile's query rows (16*G) so its scores and accumulators stay in
+// L2, and the window run (w + 15 positions) wastes at most 15 positions per token.
+constexpr int64_t kTokenTile = 16;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+float Sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+
+// Running softmax of one branch (or of the union) for every query row of the tile (row r = token *
+// G + head-in-group): max[r]; sum[r] = sum of exp(logit - max[r]) over the keys seen so far (sink
+// included); acc[r*D ..] = sum of exp(logit - max[r]) * v.
+struct SoftmaxState {
+  float* max = nullptr;
+  float* sum = nullptr;
+  float* acc = nullptr;
+};
+
+// Positions [lo, hi) that one token takes from one run (empty when lo >= hi).
+struct PositionRange {
+  int64_t lo = 0;
+  int64_t hi = 0;
+};
+
+struct TokenInfo {
+  int64_t position;   // t
+  int64_t window_lo;  // first window position
+  const int32_t* row; // block_indices row
+  bool padding;       // query masked out: no valid keys, zero output
+};
+
+// Processes the tokens [s_begin, s_end) of one (batch row, KV head) pair.
+template <typename T>
+class TileKernel {
+ public:
+  TileKernel(const SparseAttnArgs<T>& args, const cpu::SparseMathOps& ops, int batch, int kv_head,
+             int64_t s_begin, int64_t s_end)
+      : a_(args),
+        ops_(ops),
+        b_(batch),
+        group_size_(args.num_heads / args.kv_num_heads),
+        dim_(args.head_dim),
+        first_head_(kv_head * group_size_),
+        bg_(static_cast<int64_t>(batch) * args.kv_num_heads + kv_head),
+        s_begin_(s_begin),
+        num_tokens_(static_cast<int>(s_end - s_begin)),
+        rows_(num_tokens_ * group_size_),
+        mask_(args.attention_mask ? args.attention_mask + static_cast<int64_t>(batch) * args.total_len
+                                  : nullptr),
+        scratch_(ThreadScratch()) {
+    const size_t rd = static_cast<size_t>(rows_) * dim_;
+    const size_t r = static_cast<size_t>(rows_);
+    const size_t chunk_rows = static_cast<size_t>(kChunk) * dim_;
+    std::vector<float>& f = scratch_.floats;
+    const size_t need = 3 * rd + r * kChunk + 4 * r + 2 * chunk_rows + 3 * static_cast<size_t>(dim_);
+    if (f.size() < need) f.resize(need);
+    float* p = f.data();
+    query_ = p, p += rd;
+    scores_ = p, p += r * kChunk;
+    state_[0] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
+    state_[1] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
+    key_rows_ = p, p += chunk_rows;
+    value_rows_ = p, p += chunk_rows;
+    out_row_ = p, p += dim_;
+    gate_sa_ = p, p += dim_;
+    gate_swa_ = p;
+  }
+
+  void Run() {
+    PrepareTokens();
+    InitState(state_[0], 0);
+    if (a_.combine == Combine::kGate) InitState(state_[1], 1);
+    PlanRuns();
+    scratch_.take.resize(2 * static_cast<size_t>(num_tokens_));
+    for (size_t r = 0; r < scratch_.runs.size(); ++r) {
+      const KeyRun& run = scratch_.runs[r];
+      for (int64_t c0 = 0; c0 < run.count; c0 += kChunk) {
+        PrefetchChunk(r, c0 + kChunk);
+        VisitChunk(run, c0, static_cast<int>(std::min<int64_t>(kChunk, run.count - c0)));
+      }
+    }
+    WriteOutputs();
+  }
+
+ private:
+  // Contiguous key/value rows of one source (a selected block, or the window span of the tile),
+  // the branch they feed, and, in ranges[tok], the positions each token of the tile takes from them.
+  struct KeyRun {
+    const T* keys;
+    const T* values;
+    int64_t first;  // position of the first row
+    int64_t count;
+    int branch;     // 0: union / SA, 1: SWA
+    size_t ranges;  // offset of this run's num_tokens_ ranges in Scratch::ranges
+  };
+
+  // Per-thread working memory, grown when a task needs more and reused by every later task on the
+  // thread, so tasks do not allocate once the thread has seen the shape.
+  struct Scratch {
+    std::vector<float> floats;
+    std::vector<TokenInfo> tokens;
+    std::vector<KeyRun> runs;
+    std::vector<PositionRange> ranges;
+    std::vector<int32_t> blocks;
+    std::vector<int> cursors;  // per token: position in its block_indices row, while planning
+    std::vector<int> take;     // per token: first and end chunk row it takes, while visiting
+  };
+
+  static Scratch& ThreadScratch() {
+    thread_local Scratch scratch;
+    return scratch;
+  }
+
+  void PrepareTokens() {
+    scratch_.tokens.resize(num_tokens_);
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      const int64_t s = s_begin_ + tok;
+      TokenInfo& info = scratch_.tokens[tok];
+      info.position = a_.total_len - a_.new_len + s;
+      // The own cache holds every window position (ops.md "Own cache"); the clamp only guards reads.
+      info.window_lo = std::max({int64_t{0}, info.position - a_.window + 1, a_.own_start});
+      info.row = a_.block_indices + (bg_ * a_.new_len + s) * a_.top_k;
+      info.padding = mask_ && mask_[info.position] != 1;
+      for (int i = 0; i < group_size_; ++i) {
+        float* q = query_ + (static_cast<size_t>(tok) * group_size_ + i) * dim_;
+        if (info.padding) {
+          std::fill(q, q + dim_, 0.f);  // never used for a softmax; keeps the tile's scores finite
+          continue;
+        }
+        cpu::LoadRow(a_.query + a_.query_view.Offset(b_, first_head_ + i, s), q, dim_);
+        // Folding the scale into q makes every score a plain dot product.
+        for (int d = 0; d < dim_; ++d) q[d] *= a_.scale;
+      }
+    }
+  }
+
+  // branch 0: the union softmax or the SA branch; 1: the SWA branch (sinks row 1).
+  void InitState(SoftmaxState& st, int branch) {
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      for (int i = 0; i < group_size_; ++i) {
+        const int r = tok * group_size_ + i;
+        if (a_.sinks) {
+          // exp(sink) in the denominator is a key with logit `sink` and value 0.
+          st.max[r] = cpu::ToFloat(a_.sinks[static_cast<int64_t>(branch) * a_.num_heads + first_head_ + i]);
+          st.sum[r] = 1.f;
+        } else {
+          st.max[r] = kNegInf;
+          st.sum[r] = 0.f;
+        }
+      }
+    }
+    std::fill(st.acc, st.acc + static_cast<size_t>(rows_) * dim_, 0.f);
+  }
+
+  // Positions of block `block` that token `info` takes for the SA side: union mode leaves the
+  // window's positions to the window run (each position once), gate mode stops at the token.
+  PositionRange SelectedRange(const TokenInfo& info, int64_t block) const {
+    const int64_t lo = block * a_.block_size;
+    const int64_t end = a_.combine == Combine::kUnion ? info.window_lo : info.position + 1;
+    return {lo, std::min(lo + a_.block_size, end)};
+  }
+
+  KeyRun& AddRun(const T* keys, const T* values, int64_t first, int branch) {
+    scratch_.runs.push_back({keys, values, first, 0, branch, scratch_.ranges.size()});
+    scratch_.ranges.resize(scratch_.ranges.size() + num_tokens_);
+    return scratch_.runs.back();
+  }
+
+  void PlanRuns() {
+    scratch_.runs.clear();
+    scratch_.ranges.clear();
+    if (a_.selected_key) {
+      PlanGatheredRuns();
+    } else {
+      PlanSharedBlockRuns();
+    }
+    // One window run over the span of every token's window, from the own cache.
+    int64_t lo = std::numeric_limits<int64_t>::max(), hi = 0;
+    for (const TokenInfo& info : scratch_.tokens) {
+      if (info.padding) continue;
+      lo = std::min(lo, info.window_lo);
+      hi = std::max(hi, info.position + 1);
+    }
+    if (lo >= hi) return;
+    const int64_t row = bg_ * a_.own_capacity + (lo - a_.own_start);
+    KeyRun& run = AddRun(a_.own_key + row * dim_, a_.own_value + row * dim_, lo,
+                         a_.combine == Combine::kUnion ? 0 : 1);
+    run.count = hi - lo;
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      const TokenInfo& info = scratch_.tokens[tok];
+      if (!info.padding) scratch_.ranges[run.ranges + tok] = {info.window_lo, info.position + 1};
+    }
+  }
+
+  // SA source = a full-length cache: a block is the same rows for every token, so each block
+  // selected by any token of the tile becomes one run.
+  void PlanSharedBlockRuns() {
+    std::vector<int32_t>& blocks = scratch_.blocks;
+    blocks.clear();
+    for (const TokenInfo& info : scratch_.tokens) {
+      if (info.padding) continue;
+      for (int k = 0; k < a_.top_k && info.row[k] >= 0; ++k) {
+        const PositionRange range = SelectedRange(info, info.row[k]);
+        if (range.lo >= range.hi) break;  // ascending rows: later blocks contribute nothing either
+        blocks.push_back(info.row[k]);
+      }
+    }
+    std::sort(blocks.begin(), blocks.end());
+    blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
+    // Rows are ascending, so one cursor per token walks them alongside the ascending union.
+    scratch_.cursors.assign(num_tokens_, 0);
+    for (const int32_t block : blocks) {
+      const int64_t first = static_cast<int64_t>(block) * a_.block_size;
+      const int64_t row = bg_ * a_.sa_capacity + first;
+      KeyRun& run = AddRun(a_.sa_key + row * dim_, a_.sa_value + row * dim_, first, 0);
+      int64_t end = first;
+      for (int tok = 0; tok < num_tokens_; ++tok) {
+        const TokenInfo& info = scratch_.tokens[tok];
+        if (info.padding) continue;
+        int& k = scratch_.cursors[tok];
+        while (k < a_.top_k && info.row[k] >= 0 && info.row[k] < block) ++k;
+        if (k == a_.top_k || info.row[k] != block) continue;
+        const PositionRange range = SelectedRange(info, block);
+        if (range.lo >= range.hi) continue;
+        scratch_.ranges[run.ranges + tok] = range;
+        end = std::max(end, range.hi);
+      }
+      run.count = end - first;
+    }
+  }
+
+  // SA source = gathered blocks: every token has its own copy (slot k*bs + r is position
+  // row[k]*bs + r), so each (token, block) is a run of its own.
+  void PlanGatheredRuns() {
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      const TokenInfo& info = scratch_.tokens[tok];
+      if (info.padding) continue;
+      for (int k = 0; k < a_.top_k && info.row[k] >= 0; ++k) {
+        const PositionRange range = SelectedRange(info, info.row[k]);
+        if (range.lo >= range.hi) break;
+        const int64_t slot = ((bg_ * a_.new_len + s_begin_ + tok) * a_.top_k + k) * a_.block_size;
+        KeyRun& run = AddRun(a_.selected_key + slot * dim_, a_.selected_value + slot * dim_, range.lo, 0);
+        run.count = range.hi - range.lo;
+        scratch_.ranges[run.ranges + tok] = range;
+      }
+    }
+  }
+
+  // Asks for the rows of the chunk after the current one (possibly in the next run) to be brought
+  // into L2 while the current chunk is computed: selected blocks are scattered over a cache far
+  // larger than the LLC, and each block start is a new stream for the hardware prefetcher.
+  void PrefetchChunk(size_t run, int64_t c0) const {
+#if defined(__GNUC__)
+    if (c0 >= scratch_.runs[run].count) {
+      if (++run == scratch_.runs.size()) return;
+      c0 = 0;
+    }
+    const KeyRun& r = scratch_.runs[run];
+    const int64_t n = std::min<int64_t>(kChunk, r.count - c0);
+    const char* k = reinterpret_cast<const char*>(r.keys + c0 * dim_);
+    const char* v = reinterpret_cast<const char*>(r.values + c0 * dim_);
+    const int64_t bytes = n * dim_ * static_cast<int64_t>(sizeof(T));
+    for (int64_t off = 0; off < bytes; off += 64) {
+      __builtin_prefetch(k + off, 0, 2);
+      __builtin_prefetch(v + off, 0, 2);
+    }
+#else
+    (void)run;
+    (void)c0;
+#endif
+  }
+
+  const float* AsFloatRows(const float* rows, size_t, float*) const { return rows; }
+  const float* AsFloatRows(const Half* rows, size_t n, float* buffer) const {
+    ops_.half_to_float(rows, buffer, n);
+    return buffer;
+  }
+
+  // Online-softmax step for rows [c0, c0 + n) of `run` (positions first + c0 ...). The chunk's keys
+  // and values are read (converted) once; each maximal group of consecutive tokens that take some
+  // of its positions gets one score_tile and one accumulate_tile call, which find the rows in L1
+  // after the first group. Within a token's rows, positions it does not take score -inf.
+  void VisitChunk(const KeyRun& run, int64_t c0, int n) {
+    const int64_t p0 = run.first + c0, p1 = p0 + n;
+    const PositionRange* ranges = &scratch_.ranges[run.ranges];
+    int* take_lo = scratch_.take.data();  // per token: first and end row it takes, in [0, n]
+    int* take_hi = take_lo + num_tokens_;
+    bool any = false;
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      take_lo[tok] = static_cast<int>(std::clamp(ranges[tok].lo, p0, p1) - p0);
+      take_hi[tok] = static_cast<int>(std::clamp(ranges[tok].hi, p0, p1) - p0);
+      any |= take_lo[tok] < take_hi[tok];
+    }
+    if (!any) return;
+    int masked = 0;
+    if (mask_) {
+      for (int j = 0; j < n; ++j) masked += mask_[p0 + j] != 1;
+      if (masked == n) return;  // no valid key in this chunk: skip its loads entirely
+    }
+
+    const size_t elems = static_cast<size_t>(n) * dim_;
+    const size_t head_rows = static_cast<size_t>(group_size_);
+    const float* k = AsFloatRows(run.keys + c0 * dim_, elems, key_rows_);
+    auto for_each_group = [&](auto&& fn) {  // fn(first token, end token) per group of takers
+      for (int tok = 0; tok < num_tokens_;) {
+        if (take_lo[tok] >= take_hi[tok]) {
+          ++tok;
+          continue;
+        }
+        int end = tok + 1;
+        while (end < num_tokens_ && take_lo[end] < take_hi[end]) ++end;
+        fn(tok, end);
+        tok = end;
+      }
+    };
+    for_each_group([&](int first, int end) {
+      ops_.score_tile(query_ + first * head_rows * dim_, static_cast<int>((end - first) * head_rows), k, n,
+                      dim_, scores_ + first * head_rows * kChunk, kChunk);
+    });
+
+    SoftmaxState& st = state_[run.branch];
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      const int lo = take_lo[tok], hi = take_hi[tok];
+      if (lo >= hi) continue;
+      for (int i = 0; i < group_size_; ++i) {
+        const size_t r = tok * head_rows + i;
+        float* p = scores_ + r * kChunk;
+        std::fill(p, p + lo, kNegInf);
+        std::fill(p + hi, p + n, kNegInf);
+        if (masked) {
+          for (int j = lo; j < hi; ++j)
+            if (mask_[p0 + j] != 1) p[j] = kNegInf;
+        }
+        float chunk_max = kNegInf;
+        for (int j = lo; j < hi; ++j) chunk_max = std::max(chunk_max, p[j]);
+        const float new_max = std::max(st.max[r], chunk_max);
+        if (new_max == kNegInf) {  // nothing valid here (or -inf logits): nothing to add
+          std::fill(p, p + n, 0.f);
+          continue;
+        }
+        const float sum = ops_.exp_shift_sum(p, n, new_max);
+        if (new_max != st.max[r]) {
+          // exp(-inf) = 0 for the first keys, and acc/sum are still 0 then.
+          const float alpha = std::exp(st.max[r] - new_max);
+          float* acc = st.acc + r * dim_;
+          for (int d = 0; d < dim_; ++d) acc[d] *= alpha;
+          st.sum[r] *= alpha;
+          st.max[r] = new_max;
+        }
+        st.sum[r] += sum;
+      }
+    }
+    const float* v = AsFloatRows(run.values + c0 * dim_, elems, value_rows_);
+    for_each_group([&](int first, int end) {
+      ops_.accumulate_tile(scores_ + first * head_rows * kChunk, kChunk, static_cast<int>((end - first) * head_rows),
+                           v, n, dim_, st.acc + first * head_rows * dim_);
+    });
+  }
+
+  void LoadGateWeights(int64_t s, int head) {
+    if (!a_.gate) {  // absent gate: logits 0
+      std::fill(gate_sa_, gate_sa_ + dim_, 0.5f);
+      std::fill(gate_swa_, gate_swa_ + dim_, 0.5f);
+      return;
+    }
+    const int64_t token = static_cast<int64_t>(b_) * a_.new_len + s;
+    if (a_.gate_per_channel) {
+      const int64_t width = static_cast<int64_t>(a_.num_heads) * dim_;
+      const T* sa = a_.gate + token * 2 * width + static_cast<int64_t>(head) * dim_;
+      cpu::LoadRow(sa, gate_sa_, dim_);
+      cpu::LoadRow(sa + width, gate_swa_, dim_);
+      for (int d = 0; d < dim_; ++d) {
+        gate_sa_[d] = Sigmoid(gate_sa_[d]);
+        gate_swa_[d] = Sigmoid(gate_swa_[d]);
+      }
+    } else {
+      const T* logits = a_.gate + token * 2 * a_.num_heads;
+      std::fill(gate_sa_, gate_sa_ + dim_, Sigmoid(cpu::ToFloat(logits[head])));
+      std::fill(gate_swa_, gate_swa_ + dim_, Sigmoid(cpu::ToFloat(logits[a_.num_heads + head])));
+    }
+  }
+
+  void WriteOutputs() {
+    for (int tok = 0; tok < num_tokens_; ++tok) {
+      const int64_t s = s_begin_ + tok;
+      for (int i = 0; i < group_size_; ++i) {
+        const int r = tok * group_size_ + i;
+        const int head = first_head_ + i;
+        T* out = a_.output + a_.output_view.Offset(b_, head, s);
+        if (scratch_.tokens[tok].padding) {  // a padding query has no valid keys: zero row
+          std::fill(out_row_, out_row_ + dim_, 0.f);
+          cpu::StoreRow(out_row_, out, dim_);
+          continue;
+        }
+        // A softmax without any valid key (and no sink) has sum 0 and contributes 0.
+        const float* acc = state_[0].acc + static_cast<size_t>(r) * dim_;
+        const float inv = state_[0].sum[r] > 0.f ? 1.f / state_[0].sum[r] : 0.f;
+        if (a_.combine == Combine::kUnion) {
+          for (int d = 0; d < dim_; ++d) out_row_[d] = acc[d] * inv;
+        } else {
+          LoadGateWeights(s, head);
+          const float* acc_swa = state_[1].acc + static_cast<size_t>(r) * dim_;
+          const float inv_swa = state_[1].sum[r] > 0.f ? 1.f / state_[1].sum[r] : 0.f;
+          for (int d = 0; d < dim_; ++d)
+            out_row_[d] = gate_sa_[d] * acc[d] * inv + gate_swa_[d] * acc_swa[d] * inv_swa;
+        }
+        cpu::StoreRow(out_row_, out, dim_);
+      }
+    }
+  }
+
+  const SparseAttnArgs<T>& a_;
+  const cpu::SparseMathOps& ops_;
+  const int b_;
+  const int group_size_;
+  const int dim_;
+  const int first_head_;
+  const int64_t bg_;  // b * H_kv + g: the (batch, KV head) index into every [B, H_kv, ...] tensor
+  const int64_t s_begin_;
+  const int num_tokens_;
+  const int rows_;             // num_tokens_ * group_size_ query rows
+  const int64_t* const mask_;  // this batch row of the attention mask, or null
+  Scratch& scratch_;
+
+  float* query_;       // [rows_][D], scaled
+  float* scores_;      // [rows_][kChunk]
+  SoftmaxState state_[2];
+  float* key_rows_;    // float16 storage: the chunk's keys as float32
+  float* value_rows_;
+  float* out_row_;
+  float* gate_sa_;     // sigmoid of the gate logits of one head, per channel
+  float* gate_swa_;
+};
+
+}  // namespace
+
+template <typename T>
+void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec) {
+  if (args.batch <= 0 || args.new_len <= 0) return;
+  const cpu::SparseMathOps& ops = cpu::ActiveSparseMathOps();
+  const int64_t tiles = (args.new_len + kTokenTile - 1) / kTokenTile;
+  const size_t tasks = static_cast<size_t>(args.batch) * args.kv_num_heads * tiles;
+  exec.ParallelFor(tasks, [&](size_t task) {
+    const int64_t tile = static_cast<int64_t>(task) % tiles;
+    const int64_t bg = static_cast<int64_t>(task) / tiles;
+    TileKernel<T>(args, ops, static_cast<int>(bg / args.kv_num_heads), static_cast<int>(bg % args.kv_num_heads),
+                  tile * kTokenTile, std::min(args.new_len, (tile + 1) * kTokenTile))
+        .Run();
+  });
+}
+
+template void RunSparseAttnCpu<float>(const SparseAttnArgs<float>&, const Executor&);
+template void RunSparseAttnCpu<Half>(const SparseAttnArgs<Half>&, const Executor&);
+
+}  // namespace hysparse

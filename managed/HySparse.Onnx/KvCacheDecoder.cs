@@ -1,0 +1,267 @@
+using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
+
+namespace HySparse.Onnx;
+
+/// <summary>
+/// Runs a decoder-only ONNX model token by token, carrying its KV cache from one call to the next.
+/// </summary>
+/// <remarks>
+/// <para>Works with the input/output naming that torch/Optimum exports, the onnxruntime-genai model
+/// builder and HySparse's converter all use: inputs <c>input_ids</c> (int64 [B, S]), optional
+/// <c>attention_mask</c> (int64 [B, P+S]) and <c>position_ids</c> (int64 [B, S]), caches
+/// <c>past_key_values.N.key|value</c>; outputs <c>logits</c> and <c>present.N.key|value</c>.</para>
+/// <para>Each <c>present</c> tensor is fed back as the matching <c>past</c> on the next step without a
+/// copy, whatever its length: so full-length caches, HySparse window caches (which stay at most
+/// <c>window</c> tokens long) and KV-sharing layouts all run through the same loop, and
+/// <see cref="KvCacheBytes"/> reports what the model really keeps.</para>
+/// </remarks>
+public sealed class KvCacheDecoder : IDisposable
+{
+    private const string InputIdsName = "input_ids";
+    private const string AttentionMaskName = "attention_mask";
+    private const string PositionIdsName = "position_ids";
+    private const string LogitsName = "logits";
+    private const string PastPrefix = "past_key_values.";
+    private const string PresentPrefix = "present.";
+
+    private readonly InferenceSession _session;
+    private readonly List<(string Past, string Present)> _cachePairs = [];
+    private readonly bool _hasMask;
+    private readonly bool _hasPositions;
+    private readonly RunOptions _runOptions = new();
+    private IDisposableReadOnlyCollection<OrtValue>? _lastOutputs;
+    private OrtValue[] _caches = [];
+    private long[] _mask = [];
+    private bool _disposed;
+
+    /// <summary>Wraps <paramref name="session"/> (not owned: dispose it yourself, after this object).</summary>
+    /// <param name="session">A session over a decoder model with the naming described above.</param>
+    /// <param name="batchSize">Rows decoded together.</param>
+    /// <exception cref="ArgumentException">The model lacks <c>input_ids</c> or <c>logits</c>, or a cache
+    /// input has no matching output.</exception>
+    public KvCacheDecoder(InferenceSession session, int batchSize = 1)
+    {
+        ArgumentNullException.ThrowIfNull(session);
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        _session = session;
+        BatchSize = batchSize;
+        if (!session.InputMetadata.ContainsKey(InputIdsName))
+            throw new ArgumentException($"The model has no '{InputIdsName}' input; inputs: {string.Join(", ", session.InputNames)}", nameof(session));
+        if (!session.OutputMetadata.ContainsKey(LogitsName))
+            throw new ArgumentException($"The model has no '{LogitsName}' output; outputs: {string.Join(", ", session.OutputNames)}", nameof(session));
+        _hasMask = session.InputMetadata.ContainsKey(AttentionMaskName);
+        _hasPositions = session.InputMetadata.ContainsKey(PositionIdsName);
+
+        foreach (var name in session.InputNames.Where(n => n.StartsWith(PastPrefix, StringComparison.Ordinal)))
+        {
+            var present = PresentPrefix + name[PastPrefix.Length..];
+            if (!session.OutputMetadata.ContainsKey(present))
+                throw new ArgumentException($"Cache input '{name}' has no matching output '{present}'", nameof(session));
+            _cachePairs.Add((name, present));
+        }
+        Reset();
+    }
+
+    /// <summary>Rows decoded together.</summary>
+    public int BatchSize { get; }
+
+    /// <summary>Tokens consumed so far (the absolute position of the next token).</summary>
+    public long Position { get; private set; }
+
+    /// <summary>Number of cache tensors (two per attention layer).</summary>
+    public int CacheTensorCount => _cachePairs.Count;
+
+    /// <summary>Bytes currently held by all KV-cache tensors (the last <c>present</c> outputs).</summary>
+    public long KvCacheBytes => _caches.Sum(TensorBytes);
+
+    /// <summary>Lengths (third dimension) of each cache tensor, in model input order.</summary>
+    public IReadOnlyList<long> CacheLengths => _caches.Select(c => c.GetTensorTypeAndShape().Shape[2]).ToArray();
+
+    /// <summary>Forgets the cache and starts a new sequence.</summary>
+    public void Reset()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        DisposeCaches();
+        _caches = new OrtValue[_cachePairs.Count];
+        for (var i = 0; i < _cachePairs.Count; i++)
+        {
+            var meta = _session.InputMetadata[_cachePairs[i].Past];
+            if (meta.Dimensions.Length != 4)
+                throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must be 4-D [B, H_kv, length, D], the model declares rank {meta.Dimensions.Length}");
+            var heads = meta.Dimensions[1];
+            var headDim = meta.Dimensions[3];
+            if (heads <= 0 || headDim <= 0)
+                throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must declare its head count and head size, got {string.Join("x", meta.Dimensions)}");
+            _caches[i] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType,
+                [BatchSize, heads, 0, headDim]);
+        }
+        _mask = [];
+        Position = 0;
+    }
+
+    /// <summary>
+    /// Feeds <paramref name="tokens"/> ([B, S] row-major) and returns the logits of every new token,
+    /// as float32 [B, S, vocab] whatever the model's output type.
+    /// </summary>
+    /// <param name="tokens">Token ids, <see cref="BatchSize"/> rows of S tokens.</param>
+    /// <param name="newTokenMask">Optional 0/1 per new token ([B, S]); 0 marks padding (for batches of
+    /// prompts of different lengths). Earlier tokens keep the mask they were given.</param>
+    public float[] Step(ReadOnlySpan<long> tokens, ReadOnlySpan<long> newTokenMask = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (tokens.Length == 0 || tokens.Length % BatchSize != 0)
+            throw new ArgumentException($"tokens must hold {BatchSize} rows of equal length, got {tokens.Length} ids", nameof(tokens));
+        var newLen = tokens.Length / BatchSize;
+        if (!newTokenMask.IsEmpty && newTokenMask.Length != tokens.Length)
+            throw new ArgumentException($"newTokenMask must have one entry per token ({tokens.Length}), got {newTokenMask.Length}", nameof(newTokenMask));
+
+        var total = Position + newLen;
+        var mask = new long[BatchSize * total];
+        for (var b = 0; b < BatchSize; b++)
+        {
+            for (long j = 0; j < total; j++)
+            {
+                mask[b * total + j] = j < Position ? _mask[b * Position + j]
+                    : newTokenMask.IsEmpty ? 1 : newTokenMask[b * newLen + (int)(j - Position)];
+            }
+        }
+
+        var names = new List<string> { InputIdsName };
+        using var ids = OrtValue.CreateTensorValueFromMemory(tokens.ToArray(), [BatchSize, newLen]);
+        var values = new List<OrtValue> { ids };
+        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [BatchSize, total]);
+        if (_hasMask)
+        {
+            names.Add(AttentionMaskName);
+            values.Add(maskValue);
+        }
+        using var positions = OrtValue.CreateTensorValueFromMemory(PositionIds(mask, total, newLen), [BatchSize, newLen]);
+        if (_hasPositions)
+        {
+            names.Add(PositionIdsName);
+            values.Add(positions);
+        }
+        for (var i = 0; i < _cachePairs.Count; i++)
+        {
+            names.Add(_cachePairs[i].Past);
+            values.Add(_caches[i]);
+        }
+
+        var outputNames = new List<string> { LogitsName };
+        outputNames.AddRange(_cachePairs.Select(p => p.Present));
+        var outputs = _session.Run(_runOptions, names, values, outputNames);
+
+        var logits = ToFloat(outputs[0]);
+        // The new caches are the outputs just produced; the previous ones can go.
+        DisposeCaches();
+        _lastOutputs = outputs;
+        _caches = outputs.Skip(1).ToArray();
+        _mask = mask;
+        Position = total;
+        return logits;
+    }
+
+    /// <summary>Greedy decoding: feeds the prompt, then appends the arg-max token <paramref name="newTokens"/> times.</summary>
+    /// <returns>The generated tokens, [B, newTokens] row-major.</returns>
+    public long[] GenerateGreedy(ReadOnlySpan<long> prompt, int newTokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(newTokens, 0);
+        var generated = new long[BatchSize * newTokens];
+        if (newTokens == 0) return generated;
+        var logits = Step(prompt);
+        var promptLen = prompt.Length / BatchSize;
+        var next = ArgMaxLast(logits, promptLen);
+        for (var step = 0; step < newTokens; step++)
+        {
+            for (var b = 0; b < BatchSize; b++) generated[b * newTokens + step] = next[b];
+            if (step + 1 == newTokens) break;
+            logits = Step(next);
+            next = ArgMaxLast(logits, 1);
+        }
+        return generated;
+    }
+
+    /// <summary>Arg-max over the vocabulary of the last token of each row of [B, S, vocab] logits.</summary>
+    public long[] ArgMaxLast(float[] logits, int newLen)
+    {
+        var vocab = logits.Length / (BatchSize * newLen);
+        var result = new long[BatchSize];
+        for (var b = 0; b < BatchSize; b++)
+        {
+            var row = logits.AsSpan((b * newLen + newLen - 1) * vocab, vocab);
+            var best = 0;
+            for (var v = 1; v < vocab; v++) if (row[v] > row[best]) best = v;
+            result[b] = best;
+        }
+        return result;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed) return;
+        DisposeCaches();
+        _runOptions.Dispose();
+        _disposed = true;
+    }
+
+    // Positions count only real tokens, so left-padded rows start at position 0 like unpadded ones.
+    private static long[] PositionIds(long[] mask, long total, int newLen)
+    {
+        var batch = mask.Length / (int)total;
+        var positions = new long[batch * newLen];
+        for (var b = 0; b < batch; b++)
+        {
+            long seen = 0;
+            for (long j = 0; j < total; j++)
+            {
+                var real = mask[b * total + j] != 0;
+                var s = j - (total - newLen);
+                if (s >= 0) positions[b * newLen + s] = real ? seen : 0;
+                if (real) seen++;
+            }
+        }
+        return positions;
+    }
+
+    private void DisposeCaches()
+    {
+        if (_lastOutputs is not null)
+        {
+            _lastOutputs.Dispose();
+            _lastOutputs = null;
+        }
+        else
+        {
+            foreach (var c in _caches) c?.Dispose();
+        }
+        _caches = [];
+    }
+
+    private static long TensorBytes(OrtValue value)
+    {
+        var info = value.GetTensorTypeAndShape();
+        return info.ElementCount * ElementSize(info.ElementDataType);
+    }
+
+    private static int ElementSize(TensorElementType type) => type switch
+    {
+        TensorElementType.Float => 4,
+        TensorElementType.Float16 or TensorElementType.BFloat16 => 2,
+        TensorElementType.Double or TensorElementType.Int64 => 8,
+        TensorElementType.Int32 => 4,
+        _ => throw new NotSupportedException($"KV cache element type {type} is not supported"),
+    };
+
+    private static float[] ToFloat(OrtValue value)
+    {
+        var info = value.GetTensorTypeAndShape();
+        return info.ElementDataType switch
+        {
+            TensorElementType.Float => value.GetTensorDataAsSpan<float>().ToArray(),
+            TensorElementType.Float16 => value.GetTensorDataAsSpan<Float16>().ToArray().Select(h => (float)h).ToArray(),
+            _ => throw new NotSupportedException($"logits of type {info.ElementDataType} are not supported"),
+        };
+    }
+}

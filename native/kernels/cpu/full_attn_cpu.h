@@ -1,0 +1,30 @@
+// Tuning entry point of the CPU HySparseFullAttn kernel. The public RunFullAttnCpu
+// (kernels/attention_args.h) picks everything itself; tests use this one to force the work split and
+// the loop implementation, since the result must not depend on either beyond rounding.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/attention_args.h"
+
+namespace hysparse {
+namespace cpu {
+
+// How RunFullAttnCpu divides its work. Zero means "choose automatically".
+struct FullAttnCpuOptions {
+  // Query positions per task (each task covers all query heads of one KV head for these positions).
+  int64_t query_tile = 0;
+  // Keys per split-KV chunk, rounded up to a multiple of block_size; -1 never splits the key range.
+  // The automatic choice splits only when (batch x KV head x query tile) alone gives too few tasks to
+  // keep the threads busy, as in decode.
+  int64_t kv_split = 0;
+  // Run the portable loops even on a CPU with AVX2.
+  bool portable = false;
+};
+
+template <typename T>
+void RunFullAttnCpu(const FullAttnArgs<T>& args, const Executor& exec,
+                    const FullAttnCpuOptions& options);
+
+}  // namespace cpu
+}  // namespace hysparse

@@ -1,0 +1,120 @@
+// Checking and preparing the inputs both HySparse ops share: attributes, Q/K/V layouts, KV caches,
+// attention masks, and the past ++ new cache copy. Everything here throws OpError with a message
+// that names the op, the input and expected vs actual.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kernels/attention_args.h"
+#include "ops/op_errors.h"
+#include "ops/ort_api.h"
+
+namespace hysparse {
+namespace ops {
+
+// One input of the node as the op sees it: absent (optional and not given) or a tensor.
+struct TensorInput {
+  const char* name = "";
+  bool present = false;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+
+  int64_t Dim(size_t i) const { return shape[i]; }
+  size_t Rank() const { return shape.size(); }
+  int64_t Elements() const;
+  template <typename T>
+  const T* Data() const { return static_cast<const T*>(data); }
+};
+
+// Reads input `index` (absent when the node lists fewer inputs or an empty name there).
+TensorInput ReadInput(const Ort::KernelContext& ctx, size_t index, const char* name);
+
+// Integer/float/string attributes with defaults. A missing attribute takes the default; a required
+// one (no default) is an error.
+int64_t ReadIntAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name,
+                         const int64_t* default_value, int64_t min_value);
+float ReadFloatAttribute(const Ort::ConstKernelInfo& info, const char* name, float default_value);
+std::string ReadStringAttribute(const Ort::ConstKernelInfo& info, const char* name, const std::string& default_value);
+
+// Attributes both ops take.
+struct HeadAttributes {
+  int num_heads = 0;
+  int kv_num_heads = 0;
+  float scale = 0.f;  // 0 = 1/sqrt(D), resolved per call
+  int block_size = 64;
+};
+HeadAttributes ReadHeadAttributes(const Ort::ConstKernelInfo& info, const OpContext& op);
+
+// The shapes of query/key/value after checking: 3-D [B,S,H*D] or 4-D [B,H,S,D].
+struct QkvShape {
+  int batch = 0;
+  int64_t new_len = 0;  // S
+  int head_dim = 0;     // D
+  bool bnsh = false;    // 4-D layout
+  HeadView query_view;
+  HeadView kv_view;     // of key and value
+};
+QkvShape CheckQkv(const OpContext& op, const HeadAttributes& heads, const TensorInput& query,
+                  const TensorInput& key, const TensorInput& value);
+
+// Checks that `input` has element type `type`.
+void CheckType(const OpContext& op, const TensorInput& input, ONNXTensorElementDataType type);
+
+// Checks a [B, H_kv, length, D] cache. expected_length < 0 accepts any length. Returns the length.
+int64_t CheckCache(const OpContext& op, const TensorInput& cache, int batch, int kv_heads,
+                   int64_t expected_length, int head_dim, const std::string& rule = "");
+
+// Checks that `a` and `b` are both given or both absent.
+void CheckPair(const OpContext& op, const TensorInput& a, const TensorInput& b);
+
+// Checks the shape and type of an int64 [B, T] mask (no data access: valid for device tensors).
+void CheckMaskShape(const OpContext& op, const TensorInput& mask, int batch, int64_t total_len);
+// Checks that a host-resident mask holds only 0 and 1.
+void CheckMaskValues(const OpContext& op, const TensorInput& mask);
+
+// Resolves the scale attribute (0 = 1/sqrt(D)).
+float ResolveScale(float scale, int head_dim);
+
+// Writes the [B, H_kv, past_len + S, D] cache `dst` = past ++ new, where `past` is [B, H_kv, past_len, D]
+// (or null when past_len == 0) and the new tokens are read through `new_view`.
+template <typename T>
+void ConcatCache(const T* past, int64_t past_len, const T* fresh, const HeadView& new_view, int64_t new_len,
+                 int batch, int kv_heads, int head_dim, T* dst);
+
+// Copies the last `keep` positions of the [B, H_kv, len, D] buffer `src` into [B, H_kv, keep, D] `dst`.
+template <typename T>
+void CopyCacheTail(const T* src, int64_t len, int64_t keep, int batch, int kv_heads, int head_dim, T* dst);
+
+// ORT's intra-op thread pool as a kernel Executor.
+class OrtExecutor final : public Executor {
+ public:
+  explicit OrtExecutor(const Ort::KernelContext& ctx) : ctx_(ctx) {}
+  void ParallelFor(size_t n, const std::function<void(size_t)>& fn) const override;
+
+ private:
+  const Ort::KernelContext& ctx_;
+};
+
+// Runs `body`, turning OpError/Ort::Exception/std::exception into an OrtStatus (null on success).
+template <typename F>
+OrtStatusPtr GuardStatus(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const OpError& e) {
+    return Ort::Status(e.what(), ORT_INVALID_ARGUMENT).release();
+  } catch (const Ort::Exception& e) {
+    return Ort::Status(e.what(), e.GetOrtErrorCode()).release();
+  } catch (const std::exception& e) {
+    return Ort::Status(e.what(), ORT_FAIL).release();
+  }
+}
+
+// Node name for messages ("?" when ORT does not know it).
+std::string NodeName(const Ort::ConstKernelInfo& info);
+
+}  // namespace ops
+}  // namespace hysparse

@@ -1,0 +1,76 @@
+// ONNX Runtime glue of HySparseFullAttn (docs/ops.md): schema, attribute and input checks, output
+// allocation, the past ++ new cache copy, then the kernel.
+#pragma once
+
+#include "kernels/attention_args.h"
+#include "ops/attention_inputs.h"
+#include "ops/element_types.h"
+
+namespace hysparse {
+namespace ops {
+
+constexpr const char* kFullAttnName = "HySparseFullAttn";
+
+// Input and output positions (docs/ops.md).
+enum FullAttnInput : size_t { kFullQuery, kFullKey, kFullValue, kFullPastKey, kFullPastValue, kFullMask };
+enum FullAttnOutput : size_t {
+  kFullOutput, kFullPresentKey, kFullPresentValue, kFullIndices, kFullScores, kFullSelectedKey, kFullSelectedValue
+};
+
+// The node's inputs, read from the kernel context.
+struct FullAttnInputs {
+  TensorInput query, key, value, past_key, past_value, mask;
+  explicit FullAttnInputs(const Ort::KernelContext& ctx);
+};
+
+// Sizes of one call, after every shape/type rule of docs/ops.md has been checked. Reads no tensor
+// data, so the CPU and CUDA glue share it.
+struct FullAttnShape {
+  QkvShape qkv;
+  int64_t past_len = 0;
+  int64_t total_len = 0;
+};
+FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
+                                  ONNXTensorElementDataType type);
+
+// The kernel arguments with every output allocated (host or device pointers alike, whatever memory
+// ORT hands out). present_key/value are allocated but not yet filled with past ++ new: the backend
+// does that copy (memcpy on CPU, a stream-ordered kernel on CUDA).
+template <typename T>
+struct FullAttnBinding {
+  FullAttnArgs<T> args;
+  T* present_key = nullptr;
+  T* present_value = nullptr;
+};
+template <typename T>
+FullAttnBinding<T> BindFullAttn(Ort::KernelContext& ctx, const HeadAttributes& heads, int top_k,
+                                const FullAttnInputs& in, const FullAttnShape& shape);
+
+template <typename T>
+class FullAttnKernel {
+ public:
+  FullAttnKernel(const OrtApi& api, const OrtKernelInfo* info);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) const;
+
+ private:
+  void Compute(Ort::KernelContext& ctx) const;
+
+  OpContext op_;
+  HeadAttributes heads_;
+  int top_k_ = 16;
+};
+
+template <typename T>
+struct FullAttnOp : Ort::CustomOpBase<FullAttnOp<T>, FullAttnKernel<T>, /*WithStatus=*/true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+  const char* GetName() const { return kFullAttnName; }
+  size_t GetInputTypeCount() const { return 6; }
+  ONNXTensorElementDataType GetInputType(size_t index) const;
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  size_t GetOutputTypeCount() const { return 7; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const;
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const;
+};
+
+}  // namespace ops
+}  // namespace hysparse
