@@ -85,33 +85,12 @@ public sealed class BoundSession : IDisposable
     /// <summary>Runs once, untimed (for checks).</summary>
     public void Run() => _session.RunWithBinding(_runOptions, _binding);
 
-    /// <summary>A run slower than this is long enough that fewer repetitions give a stable median.</summary>
-    public const double LongRunMs = 1000;
-
-    /// <summary>
-    /// Runs <paramref name="warmup"/> untimed then <paramref name="iterations"/> timed invocations; when
-    /// the first warm-up run exceeds <see cref="LongRunMs"/>, one warm-up and at most 3 timed runs.
-    /// </summary>
-    public Timing Measure(int warmup, int iterations)
+    /// <summary>Runs once and returns the wall time in milliseconds.</summary>
+    public double TimeOnce()
     {
-        for (int i = 0; i < warmup; i++)
-        {
-            long start = Stopwatch.GetTimestamp();
-            Run();
-            if (i == 0 && Stopwatch.GetElapsedTime(start).TotalMilliseconds > LongRunMs)
-            {
-                iterations = Math.Min(iterations, 3);
-                break;
-            }
-        }
-        var samples = new double[iterations];
-        for (int i = 0; i < iterations; i++)
-        {
-            long start = Stopwatch.GetTimestamp();
-            Run();
-            samples[i] = Stopwatch.GetElapsedTime(start).TotalMilliseconds;
-        }
-        return new Timing(samples);
+        long start = Stopwatch.GetTimestamp();
+        Run();
+        return Stopwatch.GetElapsedTime(start).TotalMilliseconds;
     }
 
     /// <inheritdoc />

@@ -105,13 +105,14 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         var total = pool.Int32([s], 1);
         var ctx = new CaseContext("prefill", shape, kind, s);
 
-        bool gqaRan = Time(ctx, Labels.Gqa, Labels.NoPast, WorkModel.Prefill(shape, e, s, 0), GqaModel(shape),
+        var gqa = Queue(ctx, Labels.Gqa, Labels.NoPast, WorkModel.Prefill(shape, e, s, 0), GqaModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", null), ("past_value", null), ("seqlens_k", seqlens), ("total_sequence_length", total)],
              [("output", gqaOut), ("present_key", presentK), ("present_value", presentV)]);
-        Time(ctx, HySparseOps.FullAttn, Labels.NoPast, WorkModel.Prefill(shape, e, s, K), FullModel(shape),
+        Queue(ctx, HySparseOps.FullAttn, Labels.NoPast, WorkModel.Prefill(shape, e, s, K), FullModel(shape),
              [("query", q), ("key", k), ("value", v)],
              [("output", fullOut), ("present_key", presentK), ("present_value", presentV), ("block_indices", indices)],
-             compareTo: gqaRan ? gqaOut : null);
+             reference: gqa);
+        RunQueued();
     }
 
     /// <summary>One decode step at total context <paramref name="t"/> (T − 1 cached tokens + 1 new).</summary>
@@ -135,21 +136,21 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         var fullIndices = pool.Int32(new int[Hkv * options.Sparse.TopK], 1, Hkv, 1, options.Sparse.TopK);
         var ctx = new CaseContext("decode", shape, kind, t);
 
-        bool gqaRan = Time(ctx, Labels.Gqa, Labels.Separate, WorkModel.DecodeConcat(shape, e, t, 0), GqaModel(shape),
+        var gqa = Queue(ctx, Labels.Gqa, Labels.Separate, WorkModel.DecodeConcat(shape, e, t, 0), GqaModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", pastK), ("past_value", pastV), ("seqlens_k", seqlens), ("total_sequence_length", total)],
              [("output", outputs[0]), ("present_key", presentK), ("present_value", presentV)]);
-        Time(ctx, Labels.Gqa, Labels.SharedBuffer, WorkModel.DecodeShared(shape, e, t), GqaModel(shape),
+        Queue(ctx, Labels.Gqa, Labels.SharedBuffer, WorkModel.DecodeShared(shape, e, t), GqaModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", bufferK), ("past_value", bufferV), ("seqlens_k", seqlens), ("total_sequence_length", total)],
              [("output", outputs[1]), ("present_key", bufferK), ("present_value", bufferV)],
-             compareTo: gqaRan ? outputs[0] : null);
-        Time(ctx, HySparseOps.FullAttn, Labels.Concat, WorkModel.DecodeConcat(shape, e, t, options.Sparse.TopK), FullModel(shape),
+             reference: gqa);
+        Queue(ctx, HySparseOps.FullAttn, Labels.Concat, WorkModel.DecodeConcat(shape, e, t, options.Sparse.TopK), FullModel(shape),
              [("query", q), ("key", k), ("value", v), ("past_key", pastK), ("past_value", pastV)],
              [("output", outputs[2]), ("present_key", presentK), ("present_value", presentV), ("block_indices", fullIndices)],
-             compareTo: gqaRan ? outputs[0] : null);
+             reference: gqa);
 
         var selection = new SparseSelection(Hkv, t, options.Sparse, new Random(options.Seed ^ t));
         var indices = pool.Int32(selection.Indices, 1, Hkv, 1, options.Sparse.TopK);
-        Time(ctx, HySparseOps.SparseAttn, Labels.Retrofit, WorkModel.SparseRetrofit(shape, e, t, selection), SparseModel(shape, windowCache: false),
+        Queue(ctx, HySparseOps.SparseAttn, Labels.Retrofit, WorkModel.SparseRetrofit(shape, e, t, selection), SparseModel(shape, windowCache: false),
              [("query", q), ("key", k), ("value", v), ("past_key", pastK), ("past_value", pastV), ("shared_key", null), ("shared_value", null), ("block_indices", indices)],
              [("output", outputs[3]), ("present_key", presentK), ("present_value", presentV)]);
 
@@ -157,9 +158,10 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         var windowPastV = pool.Random(kind, 1, Hkv, Math.Min(w, t - 1), D);
         var windowPresentK = pool.Allocate(kind, 1, Hkv, Math.Min(w, t), D);
         var windowPresentV = pool.Allocate(kind, 1, Hkv, Math.Min(w, t), D);
-        Time(ctx, HySparseOps.SparseAttn, Labels.SharedKv, WorkModel.SparseSharedKv(shape, e, t, w, selection), SparseModel(shape, windowCache: true),
+        Queue(ctx, HySparseOps.SparseAttn, Labels.SharedKv, WorkModel.SparseSharedKv(shape, e, t, w, selection), SparseModel(shape, windowCache: true),
              [("query", q), ("key", k), ("value", v), ("past_key", windowPastK), ("past_value", windowPastV), ("shared_key", bufferK), ("shared_value", bufferV), ("block_indices", indices)],
              [("output", outputs[4]), ("present_key", windowPresentK), ("present_value", windowPresentV)]);
+        RunQueued();
     }
 
     private sealed record CaseContext(string Phase, AttentionShape Shape, ElementKind Kind, long Length);
@@ -182,11 +184,29 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
              ModelFactory.Int(A.BlockSize, options.Sparse.BlockSize), ModelFactory.Int(A.Window, options.Sparse.Window),
              ModelFactory.String(A.Combine, HySparseOps.CombineModes.Union), ModelFactory.Int(A.WindowCache, windowCache ? 1 : 0)]);
 
-    // True when the op ran and its outputs hold a result.
-    private bool Time(CaseContext ctx, string op, string variant, Work work, ModelBuilder model,
-                      (string Name, OrtValue? Value)[] inputs, (string Name, OrtValue Value)[] outputs, OrtValue? compareTo = null)
+    /// <summary>A run slower than this is long enough that fewer repetitions give a stable median.</summary>
+    public const double LongRunMs = 1000;
+
+    // One op of the current case: its session, ready to run, and where its result goes.
+    private sealed class Pending(int slot, Measurement template, BoundSession session, OrtValue output, Pending? reference)
     {
-        if (options.OnlyKeys.Count > 0 && !options.OnlyKeys.Contains(Labels.KeyOf(op, variant))) return false;
+        public int Slot { get; } = slot;
+        public Measurement Template { get; } = template;
+        public BoundSession Session { get; } = session;
+        public OrtValue Output { get; } = output;
+        public Pending? Reference { get; } = reference;
+        public List<double> Samples { get; } = [];
+        public string? Error { get; set; }
+    }
+
+    private readonly List<Pending> _pending = [];
+
+    // Creates the op's session and queues it for RunQueued; null when it was filtered out or failed
+    // (the failure is recorded). reference: the queued op whose output this one must reproduce.
+    private Pending? Queue(CaseContext ctx, string op, string variant, Work work, ModelBuilder model,
+                           (string Name, OrtValue? Value)[] inputs, (string Name, OrtValue Value)[] outputs, Pending? reference = null)
+    {
+        if (options.OnlyKeys.Count > 0 && !options.OnlyKeys.Contains(Labels.KeyOf(op, variant))) return null;
         var (floorMs, bound) = floor.FloorMs(work.Bytes, work.Flops);
         var m = new Measurement
         {
@@ -197,26 +217,81 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         if (hySparse && (options.OrtOnly || hySparseUnavailable is not null))
         {
             _results.Add(m with { Error = options.OrtOnly ? "skipped (--ort-only)" : hySparseUnavailable });
-            return false;
+            return null;
         }
-        Console.Error.Write($"  {ctx.Phase} {ctx.Shape.Name} {m.Type} {ctx.Length,6} {op} ({variant}) ... ");
         try
         {
             var specs = inputs.Select(i => i.Value is null ? null : TensorPool.Spec(i.Name, i.Value)).ToArray();
             var outSpecs = outputs.Select(o => TensorPool.Spec(o.Name, o.Value)).ToArray();
             var boundInputs = inputs.Where(i => i.Value is not null).Select(i => (i.Name, i.Value!));
-            using var session = new BoundSession(sessions, model(specs, outSpecs), hySparse, boundInputs, outputs);
-            var timing = session.Measure(options.Warmup, options.Iterations);
-            double? diff = compareTo is null ? null : OutputComparison.MaxAbsDiff(compareTo, outputs[0].Value);
-            _results.Add(m with { MedianMs = timing.MedianMs, MinMs = timing.MinMs, MaxMs = timing.MaxMs, SamplesMs = timing.SamplesMs, MaxAbsDiffVsGqa = diff });
-            Console.Error.WriteLine($"{timing.MedianMs:F3} ms");
-            return true;
+            var pending = new Pending(_results.Count, m, new BoundSession(sessions, model(specs, outSpecs), hySparse, boundInputs, outputs), outputs[0].Value, reference);
+            _pending.Add(pending);
+            _results.Add(m);  // its slot, so results keep the order the ops were queued in
+            return pending;
         }
         catch (Exception ex) when (ex is OnnxRuntimeException or HySparseLibraryNotFoundException)
         {
-            _results.Add(m with { Error = ex.Message.Split('\n')[0] });
-            Console.Error.WriteLine($"failed: {ex.Message.Split('\n')[0]}");
-            return false;
+            _results.Add(m with { Error = FirstLine(ex) });
+            Console.Error.WriteLine($"  {Describe(m)}: failed: {FirstLine(ex)}");
+            return null;
         }
     }
+
+    // Times the queued ops of one case round-robin: run i of every op happens before run i + 1 of any,
+    // so a change of machine load during the case hits every op alike and the ratios stay fair.
+    private void RunQueued()
+    {
+        int iterations = options.Iterations, warmup = options.Warmup;
+        foreach (var p in _pending)
+        {
+            for (int i = 0; i < warmup && p.Error is null; i++)
+            {
+                double ms = Guarded(p, p.Session.TimeOnce);
+                if (i == 0 && ms > LongRunMs)
+                {
+                    iterations = Math.Min(iterations, 3);
+                    warmup = 1;
+                }
+            }
+        }
+        for (int i = 0; i < iterations; i++)
+        {
+            foreach (var p in _pending.Where(p => p.Error is null)) p.Samples.Add(Guarded(p, p.Session.TimeOnce));
+        }
+        foreach (var p in _pending)
+        {
+            Measurement m = p.Template;
+            if (p.Error is not null)
+            {
+                _results[p.Slot] = m with { Error = p.Error };
+                Console.Error.WriteLine($"  {Describe(m)}: failed: {p.Error}");
+            }
+            else
+            {
+                var timing = new Timing([.. p.Samples]);
+                double? diff = p.Reference is { Error: null } r ? OutputComparison.MaxAbsDiff(r.Output, p.Output) : null;
+                _results[p.Slot] = m with { MedianMs = timing.MedianMs, MinMs = timing.MinMs, MaxMs = timing.MaxMs, SamplesMs = timing.SamplesMs, MaxAbsDiffVsGqa = diff };
+                Console.Error.WriteLine($"  {Describe(m)}: {timing.MedianMs:F3} ms");
+            }
+            p.Session.Dispose();
+        }
+        _pending.Clear();
+    }
+
+    private static double Guarded(Pending p, Func<double> run)
+    {
+        try
+        {
+            return run();
+        }
+        catch (OnnxRuntimeException ex)
+        {
+            p.Error = FirstLine(ex);
+            return double.NaN;
+        }
+    }
+
+    private static string Describe(Measurement m) => $"{m.Phase} {m.Shape} {m.Type} {m.Length,6} {m.Op} ({m.Variant})";
+
+    private static string FirstLine(Exception ex) => ex.Message.Split('\n')[0];
 }

@@ -25,7 +25,7 @@ public static class Reports
         var run = report.Run;
         sb.AppendLine("### Run").AppendLine();
         sb.AppendLine($"- CPU: {run.Cpu}, {run.LogicalCores} logical cores; ONNX Runtime {run.OrtVersion} (CPU provider), .NET {run.DotnetVersion}");
-        sb.AppendLine($"- intra-op threads: {run.Threads} for every session and for the floors; {run.Warmup} warm-up + median of {run.Iterations} runs (runs over {BoundSession.LongRunMs / 1000:0} s: 1 warm-up + median of 3); IOBinding with pre-allocated tensors");
+        sb.AppendLine($"- intra-op threads: {run.Threads} for every session and for the floors; {run.Warmup} warm-up + median of {run.Iterations} runs (runs over {CaseRunner.LongRunMs / 1000:0} s: 1 warm-up + median of 3); IOBinding with pre-allocated tensors; the ops of a case are timed round-robin");
         sb.AppendLine($"- started {run.StartedUtc}; command: `{run.CommandLine}`");
         if (run.HySparseStatus is not null) sb.AppendLine($"- HySparse ops: {run.HySparseStatus}");
         sb.AppendLine();
