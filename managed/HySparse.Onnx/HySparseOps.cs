@@ -52,9 +52,12 @@ public static class HySparseOps
     /// <summary>Input and output positions of <see cref="FullAttn"/>.</summary>
     public static class FullAttnIO
     {
-        /// <summary>Input names in order; optional ones may be empty strings in a node.</summary>
+        /// <summary>
+        /// Input names in order; optional ones may be empty strings in a node. The last two
+        /// (<c>seqlens_k</c>, <c>total_sequence_length</c>) select the shared-buffer mode of docs/ops.md.
+        /// </summary>
         public static readonly IReadOnlyList<string> Inputs =
-            ["query", "key", "value", "past_key", "past_value", "attention_mask"];
+            ["query", "key", "value", "past_key", "past_value", "attention_mask", "seqlens_k", "total_sequence_length"];
         /// <summary>Output names in order; outputs 3 to 6 are optional.</summary>
         public static readonly IReadOnlyList<string> Outputs =
             ["output", "present_key", "present_value", "block_indices", "block_scores", "selected_key", "selected_value"];
@@ -63,10 +66,13 @@ public static class HySparseOps
     /// <summary>Input and output positions of <see cref="SparseAttn"/>.</summary>
     public static class SparseAttnIO
     {
-        /// <summary>Input names in order; optional ones may be empty strings in a node.</summary>
+        /// <summary>
+        /// Input names in order; optional ones may be empty strings in a node. The last two
+        /// (<c>seqlens_k</c>, <c>total_sequence_length</c>) select the shared-buffer mode of docs/ops.md.
+        /// </summary>
         public static readonly IReadOnlyList<string> Inputs =
             ["query", "key", "value", "past_key", "past_value", "shared_key", "shared_value", "block_indices",
-             "attention_mask", "gate", "sinks", "selected_key", "selected_value"];
+             "attention_mask", "gate", "sinks", "selected_key", "selected_value", "seqlens_k", "total_sequence_length"];
         /// <summary>Output names in order.</summary>
         public static readonly IReadOnlyList<string> Outputs = ["output", "present_key", "present_value"];
     }

@@ -27,6 +27,7 @@ public sealed class KvCacheDecoder : IDisposable
 
     private readonly InferenceSession _session;
     private readonly List<(string Past, string Present)> _cachePairs = [];
+    private readonly List<string> _extraOutputs = [];
     private readonly bool _hasMask;
     private readonly bool _hasPositions;
     private readonly RunOptions _runOptions = new();
@@ -38,9 +39,11 @@ public sealed class KvCacheDecoder : IDisposable
     /// <summary>Wraps <paramref name="session"/> (not owned: dispose it yourself, after this object).</summary>
     /// <param name="session">A session over a decoder model with the naming described above.</param>
     /// <param name="batchSize">Rows decoded together.</param>
-    /// <exception cref="ArgumentException">The model lacks <c>input_ids</c> or <c>logits</c>, or a cache
-    /// input has no matching output.</exception>
-    public KvCacheDecoder(InferenceSession session, int batchSize = 1)
+    /// <param name="extraOutputs">Other model outputs to fetch at every step (for example a full
+    /// layer's <c>block_indices</c> exposed as a graph output), read with <see cref="ExtraOutput"/>.</param>
+    /// <exception cref="ArgumentException">The model lacks <c>input_ids</c> or <c>logits</c>, a cache
+    /// input has no matching output, or an extra output does not exist.</exception>
+    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null)
     {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
@@ -59,6 +62,12 @@ public sealed class KvCacheDecoder : IDisposable
             if (!session.OutputMetadata.ContainsKey(present))
                 throw new ArgumentException($"Cache input '{name}' has no matching output '{present}'", nameof(session));
             _cachePairs.Add((name, present));
+        }
+        foreach (var name in extraOutputs ?? [])
+        {
+            if (!session.OutputMetadata.ContainsKey(name))
+                throw new ArgumentException($"The model has no output '{name}'; outputs: {string.Join(", ", session.OutputNames)}", nameof(extraOutputs));
+            _extraOutputs.Add(name);
         }
         Reset();
     }
@@ -150,16 +159,33 @@ public sealed class KvCacheDecoder : IDisposable
 
         var outputNames = new List<string> { LogitsName };
         outputNames.AddRange(_cachePairs.Select(p => p.Present));
+        outputNames.AddRange(_extraOutputs);
         var outputs = _session.Run(_runOptions, names, values, outputNames);
 
         var logits = ToFloat(outputs[0]);
         // The new caches are the outputs just produced; the previous ones can go.
         DisposeCaches();
         _lastOutputs = outputs;
-        _caches = outputs.Skip(1).ToArray();
+        _caches = outputs.Skip(1).Take(_cachePairs.Count).ToArray();
         _mask = mask;
         Position = total;
         return logits;
+    }
+
+    /// <summary>
+    /// An extra output (named at construction) of the last <see cref="Step"/>. The value belongs to
+    /// this decoder and stays valid until the next <see cref="Step"/>, <see cref="Reset"/> or
+    /// <see cref="Dispose"/>.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">No step has run since the last reset.</exception>
+    /// <exception cref="KeyNotFoundException"><paramref name="name"/> was not named at construction.</exception>
+    public OrtValue ExtraOutput(string name)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var index = _extraOutputs.IndexOf(name);
+        if (index < 0) throw new KeyNotFoundException($"'{name}' is not one of the extra outputs this decoder fetches");
+        if (_lastOutputs is null) throw new InvalidOperationException("No step has run since the decoder was reset");
+        return _lastOutputs[1 + _cachePairs.Count + index];
     }
 
     /// <summary>Greedy decoding: feeds the prompt, then appends the arg-max token <paramref name="newTokens"/> times.</summary>

@@ -200,11 +200,13 @@ void CheckMaskValues(const OpContext& op, const TensorInput& mask) {
   const int64_t total_len = mask.Dim(1);
   const int64_t* m = mask.Data<int64_t>();
   for (int64_t i = 0; i < mask.Elements(); ++i) {
-    if (m[i] != 0 && m[i] != 1) {
-      op.Fail("input 'attention_mask' must hold only 0 and 1, got " + std::to_string(m[i]) + " at (b=" +
-              std::to_string(i / total_len) + ", position " + std::to_string(i % total_len) + ")");
-    }
+    if (m[i] != 0 && m[i] != 1) FailMaskValue(op, i, m[i], total_len);
   }
+}
+
+void FailMaskValue(const OpContext& op, int64_t element, int64_t value, int64_t total_len) {
+  op.Fail("input 'attention_mask' must hold only 0 and 1, got " + std::to_string(value) + " at (b=" +
+          std::to_string(element / total_len) + ", position " + std::to_string(element % total_len) + ")");
 }
 
 float ResolveScale(float scale, int head_dim) {

@@ -74,6 +74,8 @@ void CheckPair(const OpContext& op, const TensorInput& a, const TensorInput& b);
 void CheckMaskShape(const OpContext& op, const TensorInput& mask, int batch, int64_t total_len);
 // Checks that a host-resident mask holds only 0 and 1.
 void CheckMaskValues(const OpContext& op, const TensorInput& mask);
+// Throws the OpError for a mask entry that is neither 0 nor 1 (shared with the CUDA glue).
+[[noreturn]] void FailMaskValue(const OpContext& op, int64_t element, int64_t value, int64_t total_len);
 
 // Resolves the scale attribute (0 = 1/sqrt(D)).
 float ResolveScale(float scale, int head_dim);

@@ -1,6 +1,12 @@
 #include "ops/full_attn_op.h"
 
+#include "kernels/cuda/bfloat16.h"
+#include "ops/shared_buffer.h"
+
+#include <algorithm>
 #include <memory>
+#include <type_traits>
+#include <vector>
 
 namespace hysparse {
 namespace ops {
@@ -10,7 +16,9 @@ FullAttnInputs::FullAttnInputs(const Ort::KernelContext& ctx)
       value(ReadInput(ctx, kFullValue, "value")),
       past_key(ReadInput(ctx, kFullPastKey, "past_key")),
       past_value(ReadInput(ctx, kFullPastValue, "past_value")),
-      mask(ReadInput(ctx, kFullMask, "attention_mask")) {}
+      mask(ReadInput(ctx, kFullMask, "attention_mask")),
+      seqlens_k(ReadInput(ctx, kFullSeqlensK, "seqlens_k")),
+      total_sequence_length(ReadInput(ctx, kFullTotalSequenceLength, "total_sequence_length")) {}
 
 FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
                                   ONNXTensorElementDataType type) {
@@ -23,6 +31,17 @@ FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& hea
     shape.past_len = CheckCache(op, in.past_key, qkv.batch, heads.kv_num_heads, -1, qkv.head_dim);
     CheckCache(op, in.past_value, qkv.batch, heads.kv_num_heads, shape.past_len, qkv.head_dim,
                "the length of 'past_key'");
+  }
+  shape.shared_buffer = CheckSharedBufferInputs(op, in.seqlens_k, in.total_sequence_length, qkv.batch);
+  if (shape.shared_buffer) {
+    if (!in.past_key.present) {
+      op.Fail("shared-buffer mode (seqlens_k) needs 'past_key'/'past_value': the [B, kv_num_heads, capacity, D] buffer");
+    }
+    if (in.mask.present) {
+      op.Fail("input 'attention_mask' must be absent in shared-buffer mode: seqlens_k gives each row's length");
+    }
+    shape.total_len = shape.past_len;
+    return shape;
   }
   shape.total_len = shape.past_len + qkv.new_len;
   CheckMaskShape(op, in.mask, qkv.batch, shape.total_len);
@@ -100,6 +119,10 @@ template <typename T>
 void FullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const FullAttnInputs in(ctx);
   const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
+  if (shape.shared_buffer) {
+    ComputeSharedBuffer(ctx, in, shape);
+    return;
+  }
   CheckMaskValues(op_, in.mask);
   const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
   const QkvShape& qkv = shape.qkv;
@@ -110,37 +133,104 @@ void FullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   RunFullAttnCpu(bound.args, OrtExecutor(ctx));
 }
 
+// One kernel call per row b with batch 1, the row's total length and its real new tokens, over row b
+// of the buffer (cache_capacity stays the buffer's). The per-token outputs of a row whose prompt is
+// right-padded (real < S) or whose block count differs from the buffer's go through compact scratch
+// and are spread into the node's outputs, padding rows filled as the contract says.
+template <typename T>
+void FullAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const FullAttnInputs& in,
+                                            const FullAttnShape& shape) const {
+  const QkvShape& qkv = shape.qkv;
+  const SharedBufferRows rows = ReadSharedBufferRows(op_, in.seqlens_k, in.total_sequence_length, in.past_key, qkv.new_len);
+  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
+  UpdateSharedBuffer(in.past_key.Data<T>(), bound.present_key, in.key.Data<T>(), qkv.kv_view, rows, qkv.batch,
+                     heads_.kv_num_heads, qkv.head_dim);
+  UpdateSharedBuffer(in.past_value.Data<T>(), bound.present_value, in.value.Data<T>(), qkv.kv_view, rows, qkv.batch,
+                     heads_.kv_num_heads, qkv.head_dim);
+
+  const FullAttnArgs<T>& all = bound.args;
+  const int64_t Hkv = heads_.kv_num_heads, S = qkv.new_len, D = qkv.head_dim, K = top_k_;
+  const int64_t capacity = rows.capacity, nb_all = all.NumBlocks(), selected_width = K * heads_.block_size * D;
+  const OrtExecutor exec(ctx);
+  for (int b = 0; b < qkv.batch; ++b) {
+    FullAttnArgs<T> row = RowArgs(all, rows, b);
+    row.key_cache += b * Hkv * capacity * D;
+    row.value_cache += b * Hkv * capacity * D;
+    const int64_t real = row.new_len, nb = row.NumBlocks();
+    const bool padded = real < S;
+
+    // Where the kernel writes one per-token output of this row, and how it reaches the node's output.
+    std::vector<int32_t> indices_scratch;
+    std::vector<float> scores_scratch;
+    std::vector<T> selected_key_scratch, selected_value_scratch;
+    auto place = [&](auto* node_output, int64_t node_width, auto& scratch, int64_t width, auto fill) {
+      using E = std::remove_pointer_t<decltype(node_output)>;
+      if (node_output == nullptr) return static_cast<E*>(nullptr);
+      E* node_row = node_output + b * Hkv * S * node_width;
+      if (!padded && width == node_width) return node_row;
+      scratch.assign(static_cast<size_t>(Hkv * real * width), fill);
+      return scratch.data();
+    };
+    row.block_indices = place(all.block_indices, K, indices_scratch, K, int32_t{-1});
+    row.block_scores = place(all.block_scores, nb_all, scores_scratch, nb, 0.f);
+    row.selected_key = place(all.selected_key, selected_width, selected_key_scratch, selected_width, T{});
+    row.selected_value = place(all.selected_value, selected_width, selected_value_scratch, selected_width, T{});
+    RunFullAttnCpu(row, exec);
+
+    auto spread = [&](auto* node_output, int64_t node_width, const auto& scratch, int64_t width, auto fill) {
+      if (node_output == nullptr || scratch.empty()) return;
+      auto* node_row = node_output + b * Hkv * S * node_width;
+      std::fill(node_row, node_row + Hkv * S * node_width, fill);
+      CopyHeadRows(scratch.data(), real * width, width, node_row, S * node_width, node_width, Hkv, real, width);
+    };
+    spread(all.block_indices, K, indices_scratch, K, int32_t{-1});
+    spread(all.block_scores, nb_all, scores_scratch, nb, 0.f);
+    spread(all.selected_key, selected_width, selected_key_scratch, selected_width, T{});
+    spread(all.selected_value, selected_width, selected_value_scratch, selected_width, T{});
+    ZeroPaddingOutput(all.output, all.output_view, b, heads_.num_heads, qkv.head_dim, real, S);
+  }
+}
+
+template <typename T>
+FullAttnOp<T>::FullAttnOp() {
+  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
+  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
+}
+
 template <typename T>
 OrtStatusPtr FullAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
   return GuardStatus([&] { *kernel = new FullAttnKernel<T>(api, info); });
 }
 
-template <typename T>
-ONNXTensorElementDataType FullAttnOp<T>::GetInputType(size_t index) const {
-  return index == kFullMask ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ElementType<T>::kOnnx;
-}
-
-template <typename T>
-OrtCustomOpInputOutputCharacteristic FullAttnOp<T>::GetInputCharacteristic(size_t index) const {
-  return index <= kFullValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-}
-
-template <typename T>
-ONNXTensorElementDataType FullAttnOp<T>::GetOutputType(size_t index) const {
+ONNXTensorElementDataType FullAttnInputType(size_t index, ONNXTensorElementDataType type) {
   switch (index) {
-    case kFullIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    case kFullScores: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    default: return ElementType<T>::kOnnx;
+    case kFullMask: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    case kFullSeqlensK:
+    case kFullTotalSequenceLength: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    default: return type;
   }
 }
 
-template <typename T>
-OrtCustomOpInputOutputCharacteristic FullAttnOp<T>::GetOutputCharacteristic(size_t index) const {
+OrtCustomOpInputOutputCharacteristic FullAttnInputCharacteristic(size_t index) {
+  return index <= kFullValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+}
+
+ONNXTensorElementDataType FullAttnOutputType(size_t index, ONNXTensorElementDataType type) {
+  switch (index) {
+    case kFullIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    case kFullScores: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    default: return type;
+  }
+}
+
+OrtCustomOpInputOutputCharacteristic FullAttnOutputCharacteristic(size_t index) {
   return index <= kFullPresentValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
 }
 
 template FullAttnBinding<float> BindFullAttn<float>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
 template FullAttnBinding<Half> BindFullAttn<Half>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
+// bfloat16 is bound only by the CUDA glue; the header is plain C++, so the CPU build compiles it too.
+template FullAttnBinding<BFloat16> BindFullAttn<BFloat16>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
 template struct FullAttnOp<float>;
 template struct FullAttnOp<Half>;
 template class FullAttnKernel<float>;

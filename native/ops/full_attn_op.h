@@ -12,23 +12,35 @@ namespace ops {
 constexpr const char* kFullAttnName = "HySparseFullAttn";
 
 // Input and output positions (docs/ops.md).
-enum FullAttnInput : size_t { kFullQuery, kFullKey, kFullValue, kFullPastKey, kFullPastValue, kFullMask };
+enum FullAttnInput : size_t {
+  kFullQuery, kFullKey, kFullValue, kFullPastKey, kFullPastValue, kFullMask, kFullSeqlensK, kFullTotalSequenceLength,
+  kFullInputCount
+};
 enum FullAttnOutput : size_t {
   kFullOutput, kFullPresentKey, kFullPresentValue, kFullIndices, kFullScores, kFullSelectedKey, kFullSelectedValue
 };
 
+// The op's schema, shared by the CPU and CUDA registrations. `type` is the float storage type.
+ONNXTensorElementDataType FullAttnInputType(size_t index, ONNXTensorElementDataType type);
+OrtCustomOpInputOutputCharacteristic FullAttnInputCharacteristic(size_t index);
+ONNXTensorElementDataType FullAttnOutputType(size_t index, ONNXTensorElementDataType type);
+OrtCustomOpInputOutputCharacteristic FullAttnOutputCharacteristic(size_t index);
+
 // The node's inputs, read from the kernel context.
 struct FullAttnInputs {
-  TensorInput query, key, value, past_key, past_value, mask;
+  TensorInput query, key, value, past_key, past_value, mask, seqlens_k, total_sequence_length;
   explicit FullAttnInputs(const Ort::KernelContext& ctx);
 };
 
 // Sizes of one call, after every shape/type rule of docs/ops.md has been checked. Reads no tensor
 // data, so the CPU and CUDA glue share it.
+// In shared-buffer mode (seqlens_k given) past_len and total_len are both the buffer capacity: the
+// present/block_scores shapes follow it, and each row's own lengths come from seqlens_k at run time.
 struct FullAttnShape {
   QkvShape qkv;
   int64_t past_len = 0;
   int64_t total_len = 0;
+  bool shared_buffer = false;
 };
 FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
                                   ONNXTensorElementDataType type);
@@ -54,22 +66,27 @@ class FullAttnKernel {
 
  private:
   void Compute(Ort::KernelContext& ctx) const;
+  // Shared-buffer mode: one kernel call per batch row over that row's valid prefix of the buffer.
+  void ComputeSharedBuffer(Ort::KernelContext& ctx, const FullAttnInputs& in, const FullAttnShape& shape) const;
 
   OpContext op_;
   HeadAttributes heads_;
   int top_k_ = 16;
 };
 
+// The CPU registration. Declares past -> present as may-inplace so ORT can hand a shared-buffer call
+// the same memory for both (CustomOpBase's constructor clears that entry, so it is set afterwards).
 template <typename T>
 struct FullAttnOp : Ort::CustomOpBase<FullAttnOp<T>, FullAttnKernel<T>, /*WithStatus=*/true> {
+  FullAttnOp();
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kFullAttnName; }
-  size_t GetInputTypeCount() const { return 6; }
-  ONNXTensorElementDataType GetInputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  size_t GetInputTypeCount() const { return kFullInputCount; }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return FullAttnInputType(i, ElementType<T>::kOnnx); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return FullAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 7; }
-  ONNXTensorElementDataType GetOutputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t index) const;
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return FullAttnOutputType(i, ElementType<T>::kOnnx); }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return FullAttnOutputCharacteristic(i); }
 };
 
 }  // namespace ops

@@ -1,41 +1,70 @@
 #include "ops/sparse_attn_op.h"
 
+#include "kernels/cuda/bfloat16.h"
+#include "ops/shared_buffer.h"
+
 #include <algorithm>
 #include <vector>
 
 namespace hysparse {
 namespace ops {
-void CheckBlockIndices(const OpContext& op, const int32_t* indices, int batch, int kv_heads, int64_t new_len,
-                       int64_t top_k, int64_t num_blocks, int64_t total_len, int block_size) {
-  const int64_t rows = static_cast<int64_t>(batch) * kv_heads * new_len;
+void FailBlockIndexRow(const OpContext& op, int64_t row, BlockIndexProblem problem, int64_t value, int64_t previous,
+                       const IndexLayout& layout) {
+  const int64_t s = row % layout.new_len, h = (row / layout.new_len) % layout.kv_heads,
+                b = row / (layout.new_len * layout.kv_heads);
+  std::string what;
+  switch (problem) {
+    case BlockIndexProblem::kBelowMinusOne:
+      what = "holds " + std::to_string(value) + " (only -1 may pad a row)";
+      break;
+    case BlockIndexProblem::kOutOfRange:
+      what = "holds block " + std::to_string(value) + ", but the key cache has " + std::to_string(layout.NumBlocksOf(b)) +
+             " blocks (length " + std::to_string(layout.TotalOf(b)) + ", block_size " +
+             std::to_string(layout.block_size) + ")";
+      break;
+    case BlockIndexProblem::kAfterPadding:
+      what = "holds block " + std::to_string(value) + " after a -1 (padding must come last)";
+      break;
+    case BlockIndexProblem::kNotAscending:
+      what = "is not strictly ascending (block " + std::to_string(value) + " after " + std::to_string(previous) + ")";
+      break;
+  }
+  op.Fail("input 'block_indices' row (b=" + std::to_string(b) + ", h=" + std::to_string(h) + ", s=" +
+          std::to_string(s) + ") " + what);
+}
+
+void CheckBlockIndices(const OpContext& op, const int32_t* indices, const IndexLayout& layout) {
+  const int64_t rows = layout.batch * layout.kv_heads * layout.new_len;
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* row = indices + r * top_k;
+    const int32_t* row = indices + r * layout.top_k;
+    const int64_t num_blocks = layout.NumBlocksOf(r / (layout.kv_heads * layout.new_len));
     int64_t previous = -1;
     bool padding = false;
-    for (int64_t k = 0; k < top_k; ++k) {
+    for (int64_t k = 0; k < layout.top_k; ++k) {
       const int64_t idx = row[k];
-      std::string problem;
       if (idx == -1) {
         padding = true;
         continue;
-      } else if (idx < -1) {
-        problem = "holds " + std::to_string(idx) + " (only -1 may pad a row)";
-      } else if (idx >= num_blocks) {
-        problem = "holds block " + std::to_string(idx) + ", but the key cache has " + std::to_string(num_blocks) +
-                  " blocks (length " + std::to_string(total_len) + ", block_size " + std::to_string(block_size) + ")";
-      } else if (padding) {
-        problem = "holds block " + std::to_string(idx) + " after a -1 (padding must come last)";
-      } else if (idx <= previous) {
-        problem = "is not strictly ascending (block " + std::to_string(idx) + " after " + std::to_string(previous) + ")";
       }
-      if (!problem.empty()) {
-        const int64_t s = r % new_len, h = (r / new_len) % kv_heads, b = r / (new_len * kv_heads);
-        op.Fail("input 'block_indices' row (b=" + std::to_string(b) + ", h=" + std::to_string(h) + ", s=" +
-                std::to_string(s) + ") " + problem);
-      }
+      if (idx < -1) FailBlockIndexRow(op, r, BlockIndexProblem::kBelowMinusOne, idx, previous, layout);
+      if (idx >= num_blocks) FailBlockIndexRow(op, r, BlockIndexProblem::kOutOfRange, idx, previous, layout);
+      if (padding) FailBlockIndexRow(op, r, BlockIndexProblem::kAfterPadding, idx, previous, layout);
+      if (idx <= previous) FailBlockIndexRow(op, r, BlockIndexProblem::kNotAscending, idx, previous, layout);
       previous = idx;
     }
   }
+}
+
+IndexLayout SparseAttnShape::Indices(int kv_heads, int block_size) const {
+  IndexLayout layout;
+  layout.batch = qkv.batch;
+  layout.kv_heads = kv_heads;
+  layout.new_len = qkv.new_len;
+  layout.top_k = top_k;
+  layout.num_blocks = num_blocks;
+  layout.total_len = total_len;
+  layout.block_size = block_size;
+  return layout;
 }
 
 SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
@@ -83,7 +112,9 @@ SparseAttnInputs::SparseAttnInputs(const Ort::KernelContext& ctx)
       gate(ReadInput(ctx, kSparseGate, "gate")),
       sinks(ReadInput(ctx, kSparseSinks, "sinks")),
       selected_key(ReadInput(ctx, kSparseSelectedKey, "selected_key")),
-      selected_value(ReadInput(ctx, kSparseSelectedValue, "selected_value")) {}
+      selected_value(ReadInput(ctx, kSparseSelectedValue, "selected_value")),
+      seqlens_k(ReadInput(ctx, kSparseSeqlensK, "seqlens_k")),
+      total_sequence_length(ReadInput(ctx, kSparseTotalSequenceLength, "total_sequence_length")) {}
 
 SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
                                       ONNXTensorElementDataType type) {
@@ -103,10 +134,29 @@ SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttri
   CheckPair(op, in.shared_key, in.shared_value);
   CheckPair(op, in.selected_key, in.selected_value);
 
+  shape.shared_buffer = CheckSharedBufferInputs(op, in.seqlens_k, in.total_sequence_length, B);
   // Total length T: from the shared cache, else (window cache) the mask, else the own full-length cache.
   const int64_t own_past = in.past_key.present ? CheckCache(op, in.past_key, B, Hkv, -1, D) : 0;
   int64_t total;
-  if (in.shared_key.present) {
+  if (shape.shared_buffer) {
+    // The own past is the buffer; its capacity stands in for T in every shape below.
+    if (attrs.window_cache) {
+      op.Fail("attribute 'window_cache' must be 0 in shared-buffer mode (seqlens_k): the own cache is the shared buffer");
+    }
+    if (in.mask.present) {
+      op.Fail("input 'attention_mask' must be absent in shared-buffer mode: seqlens_k gives each row's length");
+    }
+    if (!in.past_key.present) {
+      op.Fail("shared-buffer mode (seqlens_k) needs 'past_key'/'past_value': the [B, kv_num_heads, capacity, D] buffer");
+    }
+    CheckCache(op, in.past_value, B, Hkv, own_past, D, "the length of 'past_key'");
+    if (in.shared_key.present) {
+      const std::string rule = "shared-buffer mode: the capacity of 'past_key'";
+      CheckCache(op, in.shared_key, B, Hkv, own_past, D, rule);
+      CheckCache(op, in.shared_value, B, Hkv, own_past, D, rule);
+    }
+    total = own_past;
+  } else if (in.shared_key.present) {
     total = CheckCache(op, in.shared_key, B, Hkv, -1, D);
     CheckCache(op, in.shared_value, B, Hkv, total, D, "the length of 'shared_key'");
     if (total < S) {
@@ -120,21 +170,25 @@ SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttri
   } else {
     total = own_past + S;
   }
-  if (total < S) op.Fail("total length " + std::to_string(total) + " is shorter than the " + std::to_string(S) + " new tokens");
-  const int64_t past_total = total - S;
-  const int64_t expected_own_past = attrs.window_cache ? std::min<int64_t>(attrs.window, past_total) : past_total;
-  const std::string own_rule = attrs.window_cache ? "window_cache=1: min(window, total length - S)" : "total length - S";
-  if (in.past_key.present) {
-    CheckCache(op, in.past_key, B, Hkv, expected_own_past, D, own_rule);
-    CheckCache(op, in.past_value, B, Hkv, expected_own_past, D, "the length of 'past_key'");
-  } else if (expected_own_past != 0) {
-    op.Fail("inputs 'past_key'/'past_value' are missing but the total length " + std::to_string(total) + " implies " +
-            std::to_string(expected_own_past) + " past tokens (" + own_rule + ")");
+  if (!shape.shared_buffer) {
+    if (total < S) {
+      op.Fail("total length " + std::to_string(total) + " is shorter than the " + std::to_string(S) + " new tokens");
+    }
+    const int64_t past_total = total - S;
+    const int64_t expected_own_past = attrs.window_cache ? std::min<int64_t>(attrs.window, past_total) : past_total;
+    const std::string own_rule = attrs.window_cache ? "window_cache=1: min(window, total length - S)" : "total length - S";
+    if (in.past_key.present) {
+      CheckCache(op, in.past_key, B, Hkv, expected_own_past, D, own_rule);
+      CheckCache(op, in.past_value, B, Hkv, expected_own_past, D, "the length of 'past_key'");
+    } else if (expected_own_past != 0) {
+      op.Fail("inputs 'past_key'/'past_value' are missing but the total length " + std::to_string(total) + " implies " +
+              std::to_string(expected_own_past) + " past tokens (" + own_rule + ")");
+    }
+    CheckMaskShape(op, in.mask, B, total);
   }
-  CheckMaskShape(op, in.mask, B, total);
   shape.total_len = total;
   shape.own_past = own_past;
-  shape.own_len = own_past + S;
+  shape.own_len = shape.shared_buffer ? own_past : own_past + S;
   shape.present_len = attrs.window_cache ? std::min<int64_t>(attrs.window, shape.own_len) : shape.own_len;
 
   const TensorInput& indices = in.block_indices;
@@ -241,9 +295,12 @@ void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
   const QkvShape& qkv = shape.qkv;
   const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
+  if (shape.shared_buffer) {
+    ComputeSharedBuffer(ctx, in, shape);
+    return;
+  }
   CheckMaskValues(op_, in.mask);
-  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), B, Hkv, qkv.new_len, shape.top_k, shape.num_blocks,
-                    shape.total_len, attrs_.heads.block_size);
+  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), shape.Indices(Hkv, attrs_.heads.block_size));
 
   // Own cache = past ++ new. With a full-length cache that is the present output itself; with a
   // window cache it is scratch, and present keeps its tail.
@@ -273,22 +330,88 @@ void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   }
 }
 
+// One kernel call per row b with batch 1, the row's total length and its real new tokens; the own
+// cache and the SA source are row b of their buffers (capacities unchanged). The per-token inputs of
+// a right-padded prompt row (block_indices, selected_*) are gathered into compact scratch for the
+// kernel; its padding tokens get zero output.
+template <typename T>
+void SparseAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const SparseAttnInputs& in,
+                                              const SparseAttnShape& shape) const {
+  const QkvShape& qkv = shape.qkv;
+  const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
+  const SharedBufferRows rows = ReadSharedBufferRows(op_, in.seqlens_k, in.total_sequence_length, in.past_key, qkv.new_len);
+  IndexLayout layout = shape.Indices(Hkv, attrs_.heads.block_size);
+  layout.row_total_len = rows.total.data();
+  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), layout);
+
+  const int64_t capacity = rows.capacity, S = qkv.new_len, K = shape.top_k;
+  const std::vector<int64_t> present_shape{B, Hkv, capacity, D};
+  T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
+  T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
+  UpdateSharedBuffer(in.past_key.Data<T>(), present_key, in.key.Data<T>(), qkv.kv_view, rows, B, Hkv, D);
+  UpdateSharedBuffer(in.past_value.Data<T>(), present_value, in.value.Data<T>(), qkv.kv_view, rows, B, Hkv, D);
+
+  T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
+  const SparseAttnArgs<T> all = MakeSparseAttnArgs<T>(attrs_, in, shape, present_key, present_value, output);
+  const int64_t buffer_row = Hkv * capacity * D, selected_width = K * attrs_.heads.block_size * D;
+  const int64_t gate_width = all.gate_per_channel ? 2LL * all.num_heads * D : 2LL * all.num_heads;
+  const OrtExecutor exec(ctx);
+  for (int b = 0; b < B; ++b) {
+    SparseAttnArgs<T> row = RowArgs(all, rows, b);
+    row.own_key += b * buffer_row;
+    row.own_value += b * buffer_row;
+    row.own_start = 0;
+    row.own_len = row.total_len;
+    if (row.sa_key) {
+      row.sa_key += b * buffer_row;
+      row.sa_value += b * buffer_row;
+    }
+    if (row.gate) row.gate += b * S * gate_width;
+    const int64_t real = row.new_len;
+
+    // The kernel reads per-token inputs as [H_kv, real, width]: the node's rows as they are when
+    // nothing is padded, else a compact copy of the real tokens' rows.
+    std::vector<int32_t> indices_scratch;
+    std::vector<T> selected_key_scratch, selected_value_scratch;
+    auto tokens = [&](const auto* node_input, int64_t width, auto& scratch) {
+      const auto* node_row = node_input + b * Hkv * S * width;
+      if (real == S) return node_row;
+      scratch.resize(static_cast<size_t>(Hkv * real * width));
+      CopyHeadRows(node_row, S * width, width, scratch.data(), real * width, width, Hkv, real, width);
+      return static_cast<decltype(node_row)>(scratch.data());
+    };
+    row.block_indices = tokens(all.block_indices, K, indices_scratch);
+    if (row.selected_key) {
+      row.selected_key = tokens(all.selected_key, selected_width, selected_key_scratch);
+      row.selected_value = tokens(all.selected_value, selected_width, selected_value_scratch);
+    }
+    RunSparseAttnCpu(row, exec);
+    ZeroPaddingOutput(output, all.output_view, b, all.num_heads, D, real, S);
+  }
+}
+
+template <typename T>
+SparseAttnOp<T>::SparseAttnOp() {
+  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
+  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
+}
+
 template <typename T>
 OrtStatusPtr SparseAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
   return GuardStatus([&] { *kernel = new SparseAttnKernel<T>(api, info); });
 }
 
-template <typename T>
-ONNXTensorElementDataType SparseAttnOp<T>::GetInputType(size_t index) const {
+ONNXTensorElementDataType SparseAttnInputType(size_t index, ONNXTensorElementDataType type) {
   switch (index) {
     case kSparseBlockIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
     case kSparseMask: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    default: return ElementType<T>::kOnnx;
+    case kSparseSeqlensK:
+    case kSparseTotalSequenceLength: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    default: return type;
   }
 }
 
-template <typename T>
-OrtCustomOpInputOutputCharacteristic SparseAttnOp<T>::GetInputCharacteristic(size_t index) const {
+OrtCustomOpInputOutputCharacteristic SparseAttnInputCharacteristic(size_t index) {
   // block_indices is required by the contract but declared optional here: ORT's own check of a missing
   // required input names only its position, while CheckSparseAttnInputs names it.
   return index <= kSparseValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
@@ -296,6 +419,8 @@ OrtCustomOpInputOutputCharacteristic SparseAttnOp<T>::GetInputCharacteristic(siz
 
 template SparseAttnArgs<float> MakeSparseAttnArgs<float>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const float*, const float*, float*);
 template SparseAttnArgs<Half> MakeSparseAttnArgs<Half>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const Half*, const Half*, Half*);
+// bfloat16 is bound only by the CUDA glue.
+template SparseAttnArgs<BFloat16> MakeSparseAttnArgs<BFloat16>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const BFloat16*, const BFloat16*, BFloat16*);
 template struct SparseAttnOp<float>;
 template struct SparseAttnOp<Half>;
 template class SparseAttnKernel<float>;

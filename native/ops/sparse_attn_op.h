@@ -14,9 +14,14 @@ constexpr const char* kSparseAttnName = "HySparseSparseAttn";
 // Input and output positions (docs/ops.md).
 enum SparseAttnInput : size_t {
   kSparseQuery, kSparseKey, kSparseValue, kSparsePastKey, kSparsePastValue, kSparseSharedKey, kSparseSharedValue,
-  kSparseBlockIndices, kSparseMask, kSparseGate, kSparseSinks, kSparseSelectedKey, kSparseSelectedValue
+  kSparseBlockIndices, kSparseMask, kSparseGate, kSparseSinks, kSparseSelectedKey, kSparseSelectedValue,
+  kSparseSeqlensK, kSparseTotalSequenceLength, kSparseInputCount
 };
 enum SparseAttnOutput : size_t { kSparseOutput, kSparsePresentKey, kSparsePresentValue };
+
+// The op's schema, shared by the CPU and CUDA registrations. `type` is the float storage type.
+ONNXTensorElementDataType SparseAttnInputType(size_t index, ONNXTensorElementDataType type);
+OrtCustomOpInputOutputCharacteristic SparseAttnInputCharacteristic(size_t index);
 
 struct SparseAttnAttributes {
   HeadAttributes heads;
@@ -29,8 +34,20 @@ SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, 
 // The node's inputs, read from the kernel context.
 struct SparseAttnInputs {
   TensorInput query, key, value, past_key, past_value, shared_key, shared_value, block_indices, mask, gate, sinks,
-      selected_key, selected_value;
+      selected_key, selected_value, seqlens_k, total_sequence_length;
   explicit SparseAttnInputs(const Ort::KernelContext& ctx);
+};
+
+// Sizes needed to check and describe block_indices entries.
+struct IndexLayout {
+  int64_t batch = 0, kv_heads = 0, new_len = 0, top_k = 0, num_blocks = 0, total_len = 0;
+  int block_size = 0;
+  // Shared-buffer mode: each batch row's own total length (host memory, `batch` entries); rows then
+  // hold blocks below ceil(row_total_len[b] / block_size) instead of num_blocks.
+  const int64_t* row_total_len = nullptr;
+
+  int64_t TotalOf(int64_t b) const { return row_total_len ? row_total_len[b] : total_len; }
+  int64_t NumBlocksOf(int64_t b) const { return row_total_len ? (row_total_len[b] + block_size - 1) / block_size : num_blocks; }
 };
 
 // Where the SA branch reads the selected blocks (docs/ops.md "Where the SA branch reads").
@@ -38,6 +55,8 @@ enum class SaSource { kSelected, kShared, kOwn };
 
 // Sizes of one call after every shape/type rule has been checked; reads no tensor data, so the CPU
 // and CUDA glue share it. The values of the mask and the block indices are checked separately.
+// In shared-buffer mode (seqlens_k given) total_len, own_past, own_len and present_len are all the
+// buffer capacity; each row's own lengths come from seqlens_k at run time.
 struct SparseAttnShape {
   QkvShape qkv;
   int64_t total_len = 0;    // T
@@ -47,7 +66,10 @@ struct SparseAttnShape {
   int64_t top_k = 0;        // last dimension of block_indices
   int64_t num_blocks = 0;   // ceil(T / block_size)
   bool gate_per_channel = false;
+  bool shared_buffer = false;
   SaSource sa_source = SaSource::kOwn;
+
+  IndexLayout Indices(int kv_heads, int block_size) const;
 };
 SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs,
                                       const SparseAttnInputs& in, ONNXTensorElementDataType type);
@@ -65,26 +87,37 @@ class SparseAttnKernel {
 
  private:
   void Compute(Ort::KernelContext& ctx) const;
+  // Shared-buffer mode: one kernel call per batch row over that row's valid prefix of the buffer.
+  void ComputeSharedBuffer(Ort::KernelContext& ctx, const SparseAttnInputs& in, const SparseAttnShape& shape) const;
 
   OpContext op_;
   SparseAttnAttributes attrs_;
 };
 
+// The CPU registration; declares past -> present as may-inplace (see FullAttnOp).
 template <typename T>
 struct SparseAttnOp : Ort::CustomOpBase<SparseAttnOp<T>, SparseAttnKernel<T>, /*WithStatus=*/true> {
+  SparseAttnOp();
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kSparseAttnName; }
-  size_t GetInputTypeCount() const { return 13; }
-  ONNXTensorElementDataType GetInputType(size_t index) const;
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const;
+  size_t GetInputTypeCount() const { return kSparseInputCount; }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ElementType<T>::kOnnx; }
 };
 
-// Checks that every [.., K] row of `indices` is strictly ascending blocks in [0, num_blocks) followed
-// only by -1. Throws OpError naming the first bad row.
-void CheckBlockIndices(const OpContext& op, const int32_t* indices, int batch, int kv_heads, int64_t new_len,
-                       int64_t top_k, int64_t num_blocks, int64_t total_len, int block_size);
+// What is wrong with a block_indices entry (docs/ops.md "Block indices").
+enum class BlockIndexProblem { kBelowMinusOne, kOutOfRange, kAfterPadding, kNotAscending };
+
+// Throws the OpError for a bad entry of `row` (flattened (b, h, s)); shared by the CPU check and the
+// CUDA glue, which finds problems on the device.
+[[noreturn]] void FailBlockIndexRow(const OpContext& op, int64_t row, BlockIndexProblem problem, int64_t value,
+                                    int64_t previous, const IndexLayout& layout);
+
+// Checks that every [.., K] row of host-resident `indices` is strictly ascending blocks in
+// [0, num_blocks) followed only by -1. Throws OpError naming the first bad row.
+void CheckBlockIndices(const OpContext& op, const int32_t* indices, const IndexLayout& layout);
 
 }  // namespace ops
 }  // namespace hysparse

@@ -6,6 +6,9 @@
 
 #include "ops/full_attn_op.h"
 #include "ops/sparse_attn_op.h"
+#ifdef HYSPARSE_WITH_CUDA
+#include "ops/cuda_attn_ops.h"
+#endif
 
 namespace {
 
@@ -18,6 +21,14 @@ struct Registry {
   hysparse::ops::FullAttnOp<hysparse::Half> full_f16;
   hysparse::ops::SparseAttnOp<float> sparse_f32;
   hysparse::ops::SparseAttnOp<hysparse::Half> sparse_f16;
+#ifdef HYSPARSE_WITH_CUDA
+  hysparse::ops::CudaFullAttnOp<float> cuda_full_f32;
+  hysparse::ops::CudaFullAttnOp<hysparse::Half> cuda_full_f16;
+  hysparse::ops::CudaFullAttnOp<hysparse::BFloat16> cuda_full_bf16;
+  hysparse::ops::CudaSparseAttnOp<float> cuda_sparse_f32;
+  hysparse::ops::CudaSparseAttnOp<hysparse::Half> cuda_sparse_f16;
+  hysparse::ops::CudaSparseAttnOp<hysparse::BFloat16> cuda_sparse_bf16;
+#endif
   Ort::CustomOpDomain domain{kDomain};
 
   Registry() {
@@ -25,6 +36,16 @@ struct Registry {
     domain.Add(&full_f16);
     domain.Add(&sparse_f32);
     domain.Add(&sparse_f16);
+#ifdef HYSPARSE_WITH_CUDA
+    // ORT assigns a node to these when the session uses the CUDA execution provider; the CPU
+    // kernels above stay the fallback for nodes it places on the CPU.
+    domain.Add(&cuda_full_f32);
+    domain.Add(&cuda_full_f16);
+    domain.Add(&cuda_full_bf16);
+    domain.Add(&cuda_sparse_f32);
+    domain.Add(&cuda_sparse_f16);
+    domain.Add(&cuda_sparse_bf16);
+#endif
   }
 };
 

@@ -3,71 +3,23 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/attention_args.h"
 #include "kernels/cpu/full_attn_cpu.h"
 #include "kernels/cpu/tile_kernels.h"
+#include "test_support.h"
 
 namespace hysparse {
 namespace {
 
 using cpu::FullAttnCpuOptions;
-
-// Runs the tasks on `threads` std::threads that pull indices from a shared counter, so the order
-// and the thread of each task vary from run to run.
-class ThreadedExecutor final : public Executor {
- public:
-  explicit ThreadedExecutor(int threads) : threads_(threads) {}
-  void ParallelFor(size_t n, const std::function<void(size_t)>& fn) const override {
-    std::atomic<size_t> next{0};
-    const auto worker = [&] {
-      for (size_t i = next++; i < n; i = next++) fn(i);
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads_; ++t) pool.emplace_back(worker);
-    worker();
-    for (std::thread& thread : pool) thread.join();
-  }
-
- private:
-  int threads_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Storage types.
-
-template <typename T>
-T ToStorage(double v);
-template <>
-float ToStorage<float>(double v) {
-  return static_cast<float>(v);
-}
-template <>
-Half ToStorage<Half>(double v) {
-  return FloatToHalf(static_cast<float>(v));
-}
-double FromStorage(float v) { return v; }
-double FromStorage(Half v) { return HalfToFloat(v); }
-template <typename T>
-T Poison();
-template <>
-float Poison<float>() {
-  return std::numeric_limits<float>::quiet_NaN();
-}
-template <>
-Half Poison<Half>() {
-  return Half{0x7E00};
-}
-bool IsPoison(float v) { return std::isnan(v); }
-bool IsPoison(Half v) { return std::isnan(HalfToFloat(v)); }
+using namespace test;
 
 // ---------------------------------------------------------------------------------------------
 // Problems.
@@ -191,7 +143,7 @@ Problem<T> MakeProblem(const Shape& shape, uint32_t seed) {
   p.shape = shape;
   p.query_view = MakeView(shape, shape.heads);
   // Query gaps hold NaN: reading them would poison the output.
-  p.query.assign(shape.batch * p.query_view.batch_stride, Poison<T>());
+  p.query.assign(shape.batch * p.query_view.batch_stride, PoisonValue<T>());
   for (int b = 0; b < shape.batch; ++b)
     for (int h = 0; h < shape.heads; ++h)
       for (int64_t s = 0; s < shape.fresh; ++s)
@@ -199,8 +151,8 @@ Problem<T> MakeProblem(const Shape& shape, uint32_t seed) {
           // Wider than unit variance so that softmax rows and block scores are far from uniform.
           p.query[p.query_view.Offset(b, h, s) + d] = ToStorage<T>(2.0 * normal(rng));
   const size_t cache_size = size_t(shape.batch) * shape.kv_heads * shape.capacity() * shape.dim;
-  p.key_cache.assign(cache_size, Poison<T>());
-  p.value_cache.assign(cache_size, Poison<T>());
+  p.key_cache.assign(cache_size, PoisonValue<T>());
+  p.value_cache.assign(cache_size, PoisonValue<T>());
   for (int b = 0; b < shape.batch; ++b)
     for (int g = 0; g < shape.kv_heads; ++g)
       for (int64_t j = 0; j < shape.total(); ++j)
@@ -311,7 +263,7 @@ Outputs<T> RunKernel(const Problem<T>& p, const Executor& exec, const Requests& 
 
   Outputs<T> out;
   args.output_view = MakeView(sh, sh.heads);
-  out.output.assign(sh.batch * args.output_view.batch_stride, Poison<T>());
+  out.output.assign(sh.batch * args.output_view.batch_stride, PoisonValue<T>());
   args.output = out.output.data();
   const size_t rows = size_t(sh.batch) * sh.kv_heads * sh.fresh;
   if (want.indices) {
@@ -324,11 +276,11 @@ Outputs<T> RunKernel(const Problem<T>& p, const Executor& exec, const Requests& 
   }
   const size_t gathered = rows * sh.top_k * sh.block_size * sh.dim;
   if (want.selected_key) {
-    out.selected_key.assign(gathered, Poison<T>());
+    out.selected_key.assign(gathered, PoisonValue<T>());
     args.selected_key = out.selected_key.data();
   }
   if (want.selected_value) {
-    out.selected_value.assign(gathered, Poison<T>());
+    out.selected_value.assign(gathered, PoisonValue<T>());
     args.selected_value = out.selected_value.data();
   }
   cpu::RunFullAttnCpu(args, exec, options);
@@ -564,11 +516,14 @@ TEST(FullAttnCpu, MatchesReferenceFloat) { RunSweep<float>(60, 11, kFloatToleran
 
 TEST(FullAttnCpu, MatchesReferenceHalf) { RunSweep<Half>(30, 23, kHalfTolerances, {}); }
 
-TEST(FullAttnCpu, PortableLoopsMatchReference) {
-  FullAttnCpuOptions options;
-  options.portable = true;
-  RunSweep<float>(30, 37, kFloatTolerances, options);
-  RunSweep<Half>(10, 41, kHalfTolerances, options);
+TEST(FullAttnCpu, EveryTileLoopBuildMatchesReference) {
+  for (const cpu::TileKernels* kernels : cpu::AvailableTileKernels()) {
+    SCOPED_TRACE(kernels->name);
+    FullAttnCpuOptions options;
+    options.kernels = kernels;
+    RunSweep<float>(20, 37, kFloatTolerances, options);
+    RunSweep<Half>(8, 41, kHalfTolerances, options);
+  }
 }
 
 TEST(FullAttnCpu, SmallQueryTilesAndForcedKeySplitsMatchReference) {
@@ -659,7 +614,10 @@ TEST(FullAttnCpu, EqualScoresPickLowestEligibleBlocks) {
     p.mask[sh.total() + j] = 0;
     p.mask[sh.total() + 2 * sh.block_size + j] = 0;
   }
-  for (const FullAttnCpuOptions& options : {FullAttnCpuOptions{}, FullAttnCpuOptions{0, 0, true}}) {
+  for (const cpu::TileKernels* kernels : cpu::AvailableTileKernels()) {
+    SCOPED_TRACE(kernels->name);
+    FullAttnCpuOptions options;
+    options.kernels = kernels;
     const Outputs<float> out = RunKernel(p, SerialExecutor(), {}, options);
     CheckAll(p, out, ComputeReference(p), kFloatTolerances);
     const std::vector<int32_t> want_row0 = {0, 1, 2, 3};
@@ -696,101 +654,6 @@ TEST(FullAttnCpu, ZeroScoreBlocksStayEligible) {
   // Token 2 is padding: no output, no blocks.
   for (int d = 0; d < sh.dim; ++d) EXPECT_EQ(out.output[p.query_view.Offset(0, 0, 2) + d], 0.f);
   for (int k = 0; k < 3; ++k) EXPECT_EQ(out.indices[2 * sh.top_k + k], -1);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Tile loops: the AVX2 build (where the CPU has it) and the portable one against float64.
-
-TEST(TileKernels, MatchFloat64) {
-  std::mt19937 rng(1234);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  for (const cpu::TileKernels* k : {&cpu::PortableTileKernels(), &cpu::BestTileKernels()}) {
-    SCOPED_TRACE(k->name);
-    for (const int dim : {1, 7, 8, 13, 64, 128, 131}) {
-      for (const int rows : {1, 2, 3, 4, 5, 9}) {
-        const int keys = 1 + static_cast<int>(rng() % 11);
-        const int64_t ld_q = dim + 2, ld_k = dim + 1, ld_s = keys + 3, ld_v = dim + 5, ld_acc = dim + 1;
-        std::vector<float> q(rows * ld_q), kk(keys * ld_k), v(keys * ld_v), acc(rows * ld_acc);
-        std::vector<float> p(rows * ld_s), rescale(rows);
-        for (float& x : q) x = normal(rng);
-        for (float& x : kk) x = normal(rng);
-        for (float& x : v) x = normal(rng);
-        for (float& x : acc) x = normal(rng);
-        for (float& x : p) x = std::fabs(normal(rng));
-        for (float& x : rescale) x = std::fabs(normal(rng));
-        std::vector<float> scores(rows * ld_s, -5.f);
-        k->dot_rows(q.data(), ld_q, rows, kk.data(), ld_k, keys, dim, scores.data(), ld_s);
-        for (int r = 0; r < rows; ++r)
-          for (int j = 0; j < ld_s; ++j) {
-            if (j >= keys) {
-              EXPECT_EQ(scores[r * ld_s + j], -5.f) << "written past num_keys";
-              continue;
-            }
-            double want = 0;
-            for (int d = 0; d < dim; ++d) want += double(q[r * ld_q + d]) * kk[j * ld_k + d];
-            EXPECT_NEAR(scores[r * ld_s + j], want, 1e-5 * (1 + std::sqrt(double(dim))));
-          }
-        std::vector<float> updated = acc;
-        k->accumulate_pv(p.data(), ld_s, rows, rescale.data(), v.data(), ld_v, keys, dim,
-                         updated.data(), ld_acc);
-        for (int r = 0; r < rows; ++r)
-          for (int d = 0; d < ld_acc; ++d) {
-            if (d >= dim) {
-              EXPECT_EQ(updated[r * ld_acc + d], acc[r * ld_acc + d]) << "written past dim";
-              continue;
-            }
-            double want = double(acc[r * ld_acc + d]) * rescale[r];
-            for (int j = 0; j < keys; ++j) want += double(p[r * ld_s + j]) * v[j * ld_v + d];
-            EXPECT_NEAR(updated[r * ld_acc + d], want, 1e-5 * (1 + std::fabs(want)));
-          }
-      }
-    }
-    for (const int n : {0, 1, 5, 8, 17, 64, 100}) {
-      std::vector<float> x(n);
-      for (float& e : x) e = normal(rng) * 30.f;
-      if (n > 3) x[2] = -std::numeric_limits<float>::infinity();
-      if (n > 4) x[n - 1] = -200.f;  // underflows
-      const float shift = n > 0 ? *std::max_element(x.begin(), x.end()) : 0.f;
-      EXPECT_EQ(k->max(x.data(), n), n > 0 ? shift : -std::numeric_limits<float>::infinity());
-      std::vector<float> e = x;
-      const float sum = k->exp_shift_sum(e.data(), n, shift);
-      double want_sum = 0;
-      for (int i = 0; i < n; ++i) {
-        // The difference is taken in float32 (as the kernel does); the exponential itself must be
-        // accurate to a few ulp.
-        const double want = std::exp(double(x[i] - shift));
-        want_sum += want;
-        EXPECT_NEAR(e[i], want, 3e-7 * want + 1e-37) << "x=" << x[i];
-      }
-      EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum);
-    }
-    // Half conversion agrees bit for bit with the software conversion, for every half value and a
-    // spread of floats (normals, subnormals, overflow, ties).
-    std::vector<Half> halves(65536);
-    for (int i = 0; i < 65536; ++i) halves[i] = Half{static_cast<uint16_t>(i)};
-    std::vector<float> widened(65536);
-    k->half_to_float(halves.data(), widened.data(), 65536);
-    for (int i = 0; i < 65536; ++i) {
-      const float want = HalfToFloat(halves[i]);
-      if (std::isnan(want)) {
-        EXPECT_TRUE(std::isnan(widened[i])) << i;
-      } else {
-        EXPECT_EQ(std::memcmp(&widened[i], &want, sizeof(float)), 0) << i;
-      }
-    }
-    std::vector<float> floats(4099);
-    for (size_t i = 0; i < floats.size(); ++i) {
-      const int kind = static_cast<int>(i % 4);
-      floats[i] = kind == 0 ? normal(rng) * 1000.f
-                : kind == 1 ? normal(rng) * 1e-6f
-                : kind == 2 ? normal(rng) * 1e5f
-                            : HalfToFloat(Half{static_cast<uint16_t>(rng() & 0x7BFF)}) * (1.f + 1.f / 2048);
-    }
-    std::vector<Half> narrowed(floats.size());
-    k->float_to_half(floats.data(), narrowed.data(), static_cast<int64_t>(floats.size()));
-    for (size_t i = 0; i < floats.size(); ++i)
-      EXPECT_EQ(narrowed[i].bits, FloatToHalf(floats[i]).bits) << floats[i];
-  }
 }
 
 }  // namespace

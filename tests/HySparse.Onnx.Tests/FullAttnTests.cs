@@ -17,7 +17,8 @@ public sealed class FullAttnTests
     [DataRow(2, 9, 30, 4, 2, 128, 16, 2, true, 3, DisplayName = "chunked prefill B=2, GQA 4:2, D=128")]
     [DataRow(1, 20, 13, 8, 8, 64, 8, 4, false, 4, DisplayName = "chunked prefill 8:8 heads, 4-D")]
     [DataRow(2, 1, 100, 8, 2, 128, 32, 2, true, 5, DisplayName = "decode P=100, GQA 8:2, D=128")]
-    [DataRow(1, 50, 0, 8, 4, 64, 64, 16, true, 6, DisplayName = "one block, K > blocks: -1 padding")]
+    [DataRow(1, 50, 0, 8, 4, 64, 16, 6, true, 6, DisplayName = "K=6 > 4 blocks: -1 padding")]
+    [DataRow(1, 9, 0, 4, 4, 64, 64, 2, false, 9, DisplayName = "one partial block")]
     [DataRow(3, 5, 11, 4, 1, 64, 4, 3, false, 7, DisplayName = "B=3, MQA 4:1, block size 4")]
     [DataRow(1, 33, 0, 2, 2, 128, 1, 5, true, 8, DisplayName = "block size 1")]
     public void MatchesReference(int batch, int newLen, int pastLen, int hq, int hkv, int dim, int blockSize, int topK, bool threeD, int seed)

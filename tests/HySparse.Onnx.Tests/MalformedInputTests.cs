@@ -24,6 +24,34 @@ public sealed class MalformedInputTests
 
     private static OpInvocation ValidSparse(int windowCache = 1) => ValidSparseCall(windowCache).Build().WithoutOutputShapes();
 
+    // Shared-buffer mode: B=2, capacity 16, a prompt of S=5 with rows of 5 and 3 real tokens; block size 4, K=2.
+    private static SharedBufferStep SharedStep() =>
+        new SharedBufferScenario(2, 4, 2, 64, 16, seed: 903, ElementType.Float32).Next(0, [5, 3]);
+
+    private static OpInvocation ValidSharedFull()
+    {
+        var step = SharedStep();
+        return SharedBufferCalls.Full(step, step.Scenario.GarbageBuffer(), step.Scenario.GarbageBuffer(),
+                                      new FullAttnOptions { BlockSize = 4, TopK = 2 }).WithoutOutputShapes();
+    }
+
+    private static OpInvocation ValidSharedSparse()
+    {
+        var step = SharedStep();
+        var sc = step.Scenario;
+        return new SparseAttnCall
+        {
+            Shape = new AttentionShape(2, 4, 2, 64, 5, 16),
+            Query = step.Query, Key = step.OwnKey, Value = step.OwnValue,
+            PastKey = sc.GarbageBuffer(), PastValue = sc.GarbageBuffer(), PastLength = 16,
+            SharedKey = sc.Key, SharedValue = sc.Value,
+            // Block 0 holds the first token of every row, so [0, -1] is valid for every token.
+            BlockIndices = Enumerable.Range(0, 2 * 2 * 5).SelectMany(_ => new[] { 0, -1 }).ToArray(), TopK = 2,
+            Gate = step.Gate, Sinks = sc.Sinks, BlockSize = 4, Window = 6, Combine = CombineModes.Gate,
+            SeqlensK = step.SeqlensK, TotalSequenceLength = step.TotalSequenceLength,
+        }.Build().WithoutOutputShapes();
+    }
+
     private static TestTensor Floats(params long[] shape) =>
         new(ElementType.Float32, shape, new TensorRandom(902).Uniform(TestTensor.ElementCount(shape), 1));
 
@@ -42,6 +70,8 @@ public sealed class MalformedInputTests
         ValidFull().Run();
         ValidSparse().Run();
         ValidSparse(windowCache: 0).Run();
+        ValidSharedFull().Run();
+        ValidSharedSparse().Run();
     }
 
     // ---- HySparseFullAttn -------------------------------------------------------------------------
@@ -105,7 +135,9 @@ public sealed class MalformedInputTests
 
     [TestMethod]
     public void Full_KeyTypeDiffersFromQuery() =>
-        ExpectError(With(ValidFull(), c => { c.Inputs["key"] = c.Inputs["key"].As(ElementType.Float16); }), FullAttn, "key", "type");
+        // One kernel is registered per element type, so ONNX Runtime itself rejects the node while building
+        // the session ("no kernel def matches node inputs"): its message names the op and the node, not the input.
+        ExpectError(With(ValidFull(), c => { c.Inputs["key"] = c.Inputs["key"].As(ElementType.Float16); }), FullAttn, "key", "full_layer");
 
     // ---- HySparseSparseAttn -----------------------------------------------------------------------
 
@@ -200,6 +232,89 @@ public sealed class MalformedInputTests
     [TestMethod]
     public void Sparse_MissingBlockIndices() =>
         ExpectError(With(ValidSparse(), c => c.Inputs.Remove("block_indices")), SparseAttn, "block_indices");
+
+    // ---- Shared-buffer mode (seqlens_k / total_sequence_length) ----------------------------------
+
+    private static TestTensor Seqlens(params int[] values) => TestTensor.Int32s([values.Length], values);
+
+    [TestMethod]
+    public void SharedFull_SeqlensWithoutTotalSequenceLength() =>
+        ExpectError(With(ValidSharedFull(), c => c.Inputs.Remove("total_sequence_length")), FullAttn, "total_sequence_length");
+
+    [TestMethod]
+    public void SharedSparse_TotalSequenceLengthWithoutSeqlens() =>
+        ExpectError(With(ValidSharedSparse(), c => c.Inputs.Remove("seqlens_k")), SparseAttn, "seqlens_k");
+
+    [TestMethod]
+    public void SharedFull_RowLongerThanCapacity() =>
+        // Row 0: seqlens_k 16 means 17 valid tokens in a buffer of 16.
+        ExpectError(With(ValidSharedFull(), c => { c.Inputs["seqlens_k"] = Seqlens(16, 2); c.Inputs["total_sequence_length"] = TestTensor.Int32s([], [17]); }),
+                    FullAttn, "seqlens_k");
+
+    [TestMethod]
+    public void SharedSparse_RowLongerThanCapacity() =>
+        ExpectError(With(ValidSharedSparse(), c => { c.Inputs["seqlens_k"] = Seqlens(4, 20); c.Inputs["total_sequence_length"] = TestTensor.Int32s([], [21]); }),
+                    SparseAttn, "seqlens_k");
+
+    [TestMethod]
+    public void SharedFull_NegativeSeqlens() =>
+        ExpectError(With(ValidSharedFull(), c => { c.Inputs["seqlens_k"] = Seqlens(4, -1); c.Inputs["total_sequence_length"] = TestTensor.Int32s([], [5]); }),
+                    FullAttn, "seqlens_k");
+
+    [TestMethod]
+    public void SharedFull_TotalSequenceLengthNotMaxPlusOne() =>
+        ExpectError(With(ValidSharedFull(), c => c.Inputs["total_sequence_length"] = TestTensor.Int32s([], [7])), FullAttn, "total_sequence_length");
+
+    [TestMethod]
+    public void SharedSparse_TotalSequenceLengthNotMaxPlusOne() =>
+        ExpectError(With(ValidSharedSparse(), c => c.Inputs["total_sequence_length"] = TestTensor.Int32s([1], [4])), SparseAttn, "total_sequence_length");
+
+    [TestMethod]
+    public void SharedFull_MaskGiven() =>
+        ExpectError(With(ValidSharedFull(), c => c.Inputs["attention_mask"] = TestTensor.Int64s([2, 16], Enumerable.Repeat(1L, 32))),
+                    FullAttn, "attention_mask");
+
+    [TestMethod]
+    public void SharedSparse_MaskGiven() =>
+        ExpectError(With(ValidSharedSparse(), c => c.Inputs["attention_mask"] = TestTensor.Int64s([2, 16], Enumerable.Repeat(1L, 32))),
+                    SparseAttn, "attention_mask");
+
+    [TestMethod]
+    public void SharedSparse_WindowCache() =>
+        ExpectError(With(ValidSharedSparse(), c => c.Attributes[Attributes.WindowCache] = 1), SparseAttn, Attributes.WindowCache);
+
+    [TestMethod]
+    public void SharedFull_WithoutPastBuffer() =>
+        ExpectError(With(ValidSharedFull(), c => { c.Inputs.Remove("past_key"); c.Inputs.Remove("past_value"); }), FullAttn, "past_key");
+
+    [TestMethod]
+    public void SharedFull_SeqlensOfWrongType() =>
+        // The schema declares int32, so ONNX Runtime rejects the node when the session is built.
+        ExpectError(With(ValidSharedFull(), c => c.Inputs["seqlens_k"] = TestTensor.Int64s([2], [4L, 2L])), FullAttn, "seqlens_k", "full_layer");
+
+    [TestMethod]
+    public void SharedFull_SeqlensOfWrongLength() =>
+        ExpectError(With(ValidSharedFull(), c => c.Inputs["seqlens_k"] = Seqlens(4)), FullAttn, "seqlens_k");
+
+    [TestMethod]
+    public void SharedFull_TotalSequenceLengthOfTwoElements() =>
+        ExpectError(With(ValidSharedFull(), c => c.Inputs["total_sequence_length"] = TestTensor.Int32s([2], [5, 5])), FullAttn, "total_sequence_length");
+
+    [TestMethod]
+    public void SharedSparse_SharedKeyOfOtherCapacity() =>
+        ExpectError(With(ValidSharedSparse(), c => { c.Inputs["shared_key"] = Floats(2, 2, 12, 64); c.Inputs["shared_value"] = Floats(2, 2, 12, 64); }),
+                    SparseAttn, "shared_key");
+
+    [TestMethod]
+    public void SharedSparse_BlockBeyondTheRowsLength()
+    {
+        // Row 1 holds 3 tokens: one block of 4. Block 2 exists in the buffer (16 positions) but not in the row.
+        var call = ValidSharedSparse();
+        var indices = call.Inputs["block_indices"].Data.ToArray();
+        indices[(1 * 2 * 5 + 0) * 2] = 2;
+        call.Inputs["block_indices"] = new TestTensor(ElementType.Int32, call.Inputs["block_indices"].Shape, indices);
+        ExpectError(call, SparseAttn, "block_indices");
+    }
 
     [TestMethod]
     public void ProcessSurvivesManyRejectedCalls()

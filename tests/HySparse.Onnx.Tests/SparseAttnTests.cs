@@ -68,10 +68,32 @@ public sealed class SparseAttnTests
     }
 
     [TestMethod]
+    [DataRow(CombineModes.Gate, DisplayName = "gate")]
+    [DataRow(CombineModes.Union, DisplayName = "union")]
+    public void WindowCache_SelectedKvWithoutSharedKv_TakesTheTotalLengthFromTheMask(string combine)
+    {
+        // A decode-time offload graph passes only the gathered blocks; T = attention_mask.shape[1].
+        const int total = 46, newLen = 3;
+        var call = SparseScenarios.Random(new AttentionShape(2, 4, 2, 64, newLen, total), 51, SaSourceKind.Selected, combine, 1,
+                                          blockSize: 8, topK: 3, window: 7, withGate: combine == CombineModes.Gate, withSinks: true,
+                                          mask: Masks.Padded(total, leftPadding: [9, 0], rightPadding: [0, 1]));
+        CompareWithReference(call with { SharedKey = null, SharedValue = null }, "selected only");
+    }
+
+    [TestMethod]
+    [DataRow(CombineModes.Gate, DisplayName = "gate")]
+    [DataRow(CombineModes.Union, DisplayName = "union")]
+    public void ExplicitScale_IsUsed(string combine)
+    {
+        var call = SparseScenarios.Random(new AttentionShape(1, 4, 2, 64, 5, 27), 52, SaSourceKind.Shared, combine, 1,
+                                          blockSize: 4, topK: 3, window: 6, withGate: combine == CombineModes.Gate, withSinks: true);
+        CompareWithReference(call with { Scale = 0.31f }, "scale 0.31");
+    }
+
+    [TestMethod]
     public void Union_AllIndicesMinusOne_IsWindowAttention()
     {
-        // With no selected block the union is the window alone: compare against a hand-made window-only call
-        // in which every window key is also selected (the reference handles both; the op must agree on both).
+        // Every row all -1: nothing is selected and the union is the sliding window alone.
         var shape = new AttentionShape(1, 2, 1, 64, 10, 34);
         var call = SparseScenarios.Random(shape, 41, SaSourceKind.OwnCache, CombineModes.Union, 0, 8, 2, 5);
         call = call with { BlockIndices = Enumerable.Repeat(-1, call.BlockIndices.Length).ToArray() };

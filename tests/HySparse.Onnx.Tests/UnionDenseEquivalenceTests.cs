@@ -41,16 +41,33 @@ public sealed class UnionDenseEquivalenceTests
         CompareUnionWithDense(data, full.BlockIndices!, topK, blockSize, window: 5, mask);
     }
 
+    [TestMethod]
+    public void CoverageNotSize_DecidesDenseness_LastBlocksPlusWindowIsNotDense()
+    {
+        // K·bs + w ≥ T alone is not enough: selecting the last K blocks (all inside the window for the late
+        // tokens) leaves the early keys out, and the union must then differ from dense attention.
+        const int blockSize = 8, topK = 3, window = 16, total = 40;
+        var shape = new AttentionShape(1, 2, 1, 64, 1, total);
+        var data = AttentionData.Random(shape, seed: 320);
+        var lastBlocks = Enumerable.Range(5 - topK, topK).ToArray();
+        var sparse = UnionCall(data, lastBlocks, topK, blockSize, window, mask: null);
+        var (output, _, _) = sparse.Run();
+        Check.Close(sparse.ReferenceOutput(), output, AbsTol, 0, "union output vs float64 reference");
+        var dense = FullAttnCall.Reference(data, new FullAttnOptions { BlockSize = blockSize, TopK = topK }).Output;
+        Assert.IsTrue(Check.MaxAbsDiff(dense, output) > 1e-2, "the union over the last blocks must not be dense attention");
+    }
+
+    private static SparseAttnCall UnionCall(AttentionData data, int[] indices, int topK, int blockSize, int window, long[]? mask) => new()
+    {
+        Shape = data.Shape, Query = data.Query, Key = data.Key, Value = data.Value,
+        PastKey = data.PastKey, PastValue = data.PastValue, PastLength = data.Shape.PastLength,
+        BlockIndices = indices, TopK = topK, BlockSize = blockSize, Window = window, Mask = mask,
+        Combine = CombineModes.Union, WindowCache = 0,
+    };
+
     private static void CompareUnionWithDense(AttentionData data, int[] indices, int topK, int blockSize, int window, long[]? mask)
     {
-        var sparse = new SparseAttnCall
-        {
-            Shape = data.Shape, Query = data.Query, Key = data.Key, Value = data.Value,
-            PastKey = data.PastKey, PastValue = data.PastValue, PastLength = data.Shape.PastLength,
-            BlockIndices = indices, TopK = topK, BlockSize = blockSize, Window = window, Mask = mask,
-            Combine = CombineModes.Union, WindowCache = 0,
-        };
-        var (sparseOutput, presentKey, _) = sparse.Run();
+        var (sparseOutput, presentKey, _) = UnionCall(data, indices, topK, blockSize, window, mask).Run();
         var dense = FullAttnCall.Run(data, new FullAttnOptions { BlockSize = blockSize, TopK = topK, WantIndices = false, WantScores = false, WantSelected = false });
         var reference = FullAttnCall.Reference(data, new FullAttnOptions { BlockSize = blockSize, TopK = topK });
 

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -29,7 +30,7 @@ namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Keys per K/V tile: a float32 tile of 64 keys x 128 dims is 32 KiB, so K and V tiles of a task
 // stay in L1/L2 while all its rows stream over them.
-constexpr int kKeyTile = 64;
+constexpr int kKeyTile = kMaxTileKeys;
 // Rows taken through scores -> softmax -> P·V together (the height of the register blocks).
 constexpr int kRowBlock = 4;
 // Accumulator rows (query heads x positions) a task aims for: enough reuse of each K/V tile.
@@ -121,8 +122,11 @@ class Carver {
   explicit Carver(std::vector<E>& storage) : storage_(storage) {}
   void Plan(int64_t n) { total_ += Padded(n); }
   void Allocate() {
-    if (static_cast<int64_t>(storage_.size()) < total_) storage_.resize(total_);
-    cursor_ = storage_.data();
+    const int64_t needed = total_ + kAlign;
+    if (static_cast<int64_t>(storage_.size()) < needed) storage_.resize(needed);
+    // Pieces start on 64-byte boundaries (aligned vector loads of the prepared key tile).
+    const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
+    cursor_ = storage_.data() + (RoundUp(static_cast<int64_t>(address), 64) - address) / sizeof(E);
   }
   E* Take(int64_t n) {
     E* piece = cursor_;
@@ -131,7 +135,8 @@ class Carver {
   }
 
  private:
-  static int64_t Padded(int64_t n) { return RoundUp(std::max<int64_t>(n, 1), 64 / sizeof(E)); }
+  static constexpr int64_t kAlign = 64 / sizeof(E);
+  static int64_t Padded(int64_t n) { return RoundUp(std::max<int64_t>(n, 1), kAlign); }
   std::vector<E>& storage_;
   int64_t total_ = 0;
   E* cursor_ = nullptr;
@@ -145,34 +150,11 @@ struct RowState {
   float* block_max;  // [rows][num_blocks]: max valid logit per block, or null without selection
 };
 
-inline void LoadScaled(const float* src, float* dst, int dim, float scale, const TileKernels&) {
-  for (int d = 0; d < dim; ++d) dst[d] = src[d] * scale;
-}
-inline void LoadScaled(const Half* src, float* dst, int dim, float scale, const TileKernels& k) {
-  k.half_to_float(src, dst, dim);
-  for (int d = 0; d < dim; ++d) dst[d] *= scale;
-}
-
-// float caches are read in place; float16 tiles are converted into scratch first.
-inline const float* TileAsFloat(const float* src, int64_t, float*, const TileKernels&) {
-  return src;
-}
-inline const float* TileAsFloat(const Half* src, int64_t n, float* scratch, const TileKernels& k) {
-  k.half_to_float(src, scratch, n);
-  return scratch;
-}
-
-inline void StoreRowAs(const float* src, float* dst, int dim, const TileKernels&) {
-  std::memcpy(dst, src, sizeof(float) * dim);
-}
-inline void StoreRowAs(const float* src, Half* dst, int dim, const TileKernels& k) {
-  k.float_to_half(src, dst, dim);
-}
-
 // Per-task scratch of the streaming loop.
 struct TileScratch {
   float* queries;  // [rows][D], pre-multiplied by scale
-  float* key_tile;
+  float* key_tile;      // float16 keys converted
+  float* key_layout;    // the key tile as dot_rows reads it (TileKernels::prepare_keys)
   float* value_tile;
   float* scores;   // [kRowBlock][kKeyTile]
   float* rescale;  // [kRowBlock]
@@ -181,6 +163,7 @@ struct TileScratch {
 
 void PlanTileScratch(const Plan& plan, int dim, Carver<float>& floats, Carver<int64_t>& ints) {
   floats.Plan(plan.max_rows * dim);
+  floats.Plan(int64_t{kKeyTile} * dim);
   floats.Plan(int64_t{kKeyTile} * dim);
   floats.Plan(int64_t{kKeyTile} * dim);
   floats.Plan(int64_t{kRowBlock} * kKeyTile);
@@ -192,6 +175,7 @@ TileScratch TakeTileScratch(const Plan& plan, int dim, Carver<float>& floats,
   TileScratch s;
   s.queries = floats.Take(plan.max_rows * dim);
   s.key_tile = floats.Take(int64_t{kKeyTile} * dim);
+  s.key_layout = floats.Take(int64_t{kKeyTile} * dim);
   s.value_tile = floats.Take(int64_t{kKeyTile} * dim);
   s.scores = floats.Take(int64_t{kRowBlock} * kKeyTile);
   s.rescale = floats.Take(kRowBlock);
@@ -226,9 +210,11 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
                 kNegInf);
   }
 
+  int64_t task_last_key = -1;
   for (int64_t s = pos_begin; s < pos_end; ++s) {
     const int64_t position = plan.past_len + s;
     const bool live = !mask || mask[position] != 0;
+    if (live) task_last_key = position;
     for (int64_t hh = 0; hh < group; ++hh) {
       const int64_t r = (s - pos_begin) * group + hh;
       scratch.last_key[r] = live ? position : -1;
@@ -237,18 +223,20 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
     }
   }
 
-  // Keys past the tile's last position are invalid for all its rows.
-  key_end = std::min(key_end, plan.past_len + pos_end);
+  // Keys past the last live position of the tile are invalid for all its rows (all of them when
+  // every position is padding).
+  key_end = std::min(key_end, task_last_key + 1);
   const int64_t cache_offset = (b * args.kv_num_heads + g) * args.cache_capacity;
   const T* key_cache = args.key_cache + cache_offset * dim;
   const T* value_cache = args.value_cache + cache_offset * dim;
 
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kKeyTile) {
     const int num_keys = static_cast<int>(std::min<int64_t>(kKeyTile, key_end - k0));
-    const float* keys =
-        TileAsFloat(key_cache + k0 * dim, int64_t{num_keys} * dim, scratch.key_tile, kernels);
+    const PreparedKeys keys = kernels.prepare_keys(
+        AsFloats(key_cache + k0 * dim, int64_t{num_keys} * dim, scratch.key_tile, kernels), dim,
+        num_keys, dim, rows, scratch.key_layout);
     const float* values =
-        TileAsFloat(value_cache + k0 * dim, int64_t{num_keys} * dim, scratch.value_tile, kernels);
+        AsFloats(value_cache + k0 * dim, int64_t{num_keys} * dim, scratch.value_tile, kernels);
     bool tile_has_padding = false;
     if (mask)
       for (int c = 0; c < num_keys; ++c) tile_has_padding |= mask[k0 + c] == 0;
@@ -262,7 +250,7 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
       if (cols <= 0) continue;  // every key of the tile is in these rows' future
 
       float* scores = scratch.scores;
-      kernels.dot_rows(scratch.queries + r0 * dim, dim, block_rows, keys, dim, cols, dim, scores,
+      kernels.dot_rows(scratch.queries + r0 * dim, dim, block_rows, keys, cols, dim, scores,
                        kKeyTile);
       for (int i = 0; i < block_rows; ++i) {
         const int64_t r = r0 + i;
@@ -368,7 +356,7 @@ void Finish(const FullAttnArgs<T>& args, const Plan& plan, const TileKernels& ke
       const float sum = state.row_sum[r];
       const float inv = live && sum > 0.f ? 1.f / sum : 0.f;
       for (int d = 0; d < dim; ++d) scratch.out_row[d] = state.acc[r * dim + d] * inv;
-      StoreRowAs(scratch.out_row, args.output + args.output_view.Offset(b, g * group + hh, s), dim,
+      StoreFloats(scratch.out_row, args.output + args.output_view.Offset(b, g * group + hh, s), dim,
                  kernels);
     }
     if (!plan.selection) continue;
@@ -552,7 +540,7 @@ template <typename T>
 void RunFullAttnCpu(const FullAttnArgs<T>& args, const Executor& exec,
                     const FullAttnCpuOptions& options) {
   if (args.batch == 0 || args.new_len == 0) return;
-  const TileKernels& kernels = options.portable ? PortableTileKernels() : BestTileKernels();
+  const TileKernels& kernels = options.kernels ? *options.kernels : BestTileKernels();
   const Plan plan = MakePlan(args, options);
   std::vector<int64_t> first_valid_key;
   if (plan.selection) first_valid_key = FirstValidKeys(args, plan.num_blocks);

@@ -10,6 +10,8 @@
 namespace hysparse {
 namespace cpu {
 
+struct TileKernels;
+
 // How RunFullAttnCpu divides its work. Zero means "choose automatically".
 struct FullAttnCpuOptions {
   // Query positions per task (each task covers all query heads of one KV head for these positions).
@@ -18,8 +20,8 @@ struct FullAttnCpuOptions {
   // The automatic choice splits only when (batch x KV head x query tile) alone gives too few tasks to
   // keep the threads busy, as in decode.
   int64_t kv_split = 0;
-  // Run the portable loops even on a CPU with AVX2.
-  bool portable = false;
+  // The tile loops to use (one of AvailableTileKernels()); null picks the fastest.
+  const TileKernels* kernels = nullptr;
 };
 
 template <typename T>

@@ -8,7 +8,9 @@
 // to float32, for float16 storage) once and feed every query row of the tile that uses them, each
 // with its own online softmax. In decode (one token) that is G = H_q/H_kv rows per key read; in
 // prefill neighbouring tokens share most blocks and their windows, so the tile multiplies the reuse.
-// The float32 inner loops live in sparse_math.{h,cc} (portable + AVX2).
+// The float32 inner loops are the TileKernels of tile_kernels.h, shared with the full kernel.
+#include "kernels/cpu/sparse_attn_cpu.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -16,8 +18,7 @@
 #include <vector>
 
 #include "kernels/attention_args.h"
-#include "kernels/cpu/cpu_math.h"
-#include "kernels/cpu/sparse_math.h"
+#include "kernels/cpu/tile_kernels.h"
 
 namespace hysparse {
 namespace {
@@ -25,6 +26,7 @@ namespace {
 // Keys per online-softmax step: a chunk of float32 keys and values (2 x 32 x D floats) stays in L1
 // for the head sizes that matter (D <= 128), and 32 keys amortise the per-chunk rescale.
 constexpr int kChunk = 32;
+static_assert(kChunk <= cpu::kMaxTileKeys, "a chunk is one TileKernels key tile");
 // New tokens per task. Bounds the tile's query rows (16*G) so its scores and accumulators stay in
 // L2, and the window run (w + 15 positions) wastes at most 15 positions per token.
 constexpr int64_t kTokenTile = 16;
@@ -57,12 +59,12 @@ struct TokenInfo {
 
 // Processes the tokens [s_begin, s_end) of one (batch row, KV head) pair.
 template <typename T>
-class TileKernel {
+class TileTask {
  public:
-  TileKernel(const SparseAttnArgs<T>& args, const cpu::SparseMathOps& ops, int batch, int kv_head,
-             int64_t s_begin, int64_t s_end)
+  TileTask(const SparseAttnArgs<T>& args, const cpu::TileKernels& kernels, int batch, int kv_head,
+           int64_t s_begin, int64_t s_end)
       : a_(args),
-        ops_(ops),
+        kernels_(kernels),
         b_(batch),
         group_size_(args.num_heads / args.kv_num_heads),
         dim_(args.head_dim),
@@ -78,11 +80,18 @@ class TileKernel {
     const size_t r = static_cast<size_t>(rows_);
     const size_t chunk_rows = static_cast<size_t>(kChunk) * dim_;
     std::vector<float>& f = scratch_.floats;
-    const size_t need = 3 * rd + r * kChunk + 4 * r + 2 * chunk_rows + 3 * static_cast<size_t>(dim_);
+    const size_t layout = static_cast<size_t>(cpu::kMaxTileKeys) * dim_;
+    constexpr size_t kAlignFloats = 64 / sizeof(float);
+    const size_t need = layout + kAlignFloats + 3 * rd + r * kChunk + 5 * r + 2 * chunk_rows +
+                        3 * static_cast<size_t>(dim_);
     if (f.size() < need) f.resize(need);
-    float* p = f.data();
+    // prepare_keys wants its scratch on a 64-byte boundary; the other pieces follow it.
+    const size_t misaligned = reinterpret_cast<uintptr_t>(f.data()) / sizeof(float) % kAlignFloats;
+    float* p = f.data() + (kAlignFloats - misaligned) % kAlignFloats;
+    key_layout_ = p, p += layout;
     query_ = p, p += rd;
     scores_ = p, p += r * kChunk;
+    rescale_ = p, p += r;
     state_[0] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
     state_[1] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
     key_rows_ = p, p += chunk_rows;
@@ -101,7 +110,7 @@ class TileKernel {
     for (size_t r = 0; r < scratch_.runs.size(); ++r) {
       const KeyRun& run = scratch_.runs[r];
       for (int64_t c0 = 0; c0 < run.count; c0 += kChunk) {
-        PrefetchChunk(r, c0 + kChunk);
+        PrefetchNextChunk(r, c0 + kChunk);
         VisitChunk(run, c0, static_cast<int>(std::min<int64_t>(kChunk, run.count - c0)));
       }
     }
@@ -153,9 +162,8 @@ class TileKernel {
           std::fill(q, q + dim_, 0.f);  // never used for a softmax; keeps the tile's scores finite
           continue;
         }
-        cpu::LoadRow(a_.query + a_.query_view.Offset(b_, first_head_ + i, s), q, dim_);
         // Folding the scale into q makes every score a plain dot product.
-        for (int d = 0; d < dim_; ++d) q[d] *= a_.scale;
+        cpu::LoadScaled(a_.query + a_.query_view.Offset(b_, first_head_ + i, s), q, dim_, a_.scale, kernels_);
       }
     }
   }
@@ -272,52 +280,49 @@ class TileKernel {
     }
   }
 
-  // Asks for the rows of the chunk after the current one (possibly in the next run) to be brought
-  // into L2 while the current chunk is computed: selected blocks are scattered over a cache far
-  // larger than the LLC, and each block start is a new stream for the hardware prefetcher.
-  void PrefetchChunk(size_t run, int64_t c0) const {
+  // Hints that `bytes` from `rows` are about to be read: kLocality 3 brings them to L1, 2 to L2.
+  template <int kLocality>
+  static void PrefetchRows(const T* rows, int64_t bytes) {
 #if defined(__GNUC__)
+    const char* p = reinterpret_cast<const char*>(rows);
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off, 0, kLocality);
+#else
+    (void)rows;
+    (void)bytes;
+#endif
+  }
+
+  // Brings the chunk after the current one (possibly in the next run) towards L2 while the current
+  // chunk is computed: selected blocks are scattered over a cache far larger than the LLC, and each
+  // block start is a new stream for the hardware prefetcher.
+  void PrefetchNextChunk(size_t run, int64_t c0) const {
     if (c0 >= scratch_.runs[run].count) {
       if (++run == scratch_.runs.size()) return;
       c0 = 0;
     }
     const KeyRun& r = scratch_.runs[run];
-    const int64_t n = std::min<int64_t>(kChunk, r.count - c0);
-    const char* k = reinterpret_cast<const char*>(r.keys + c0 * dim_);
-    const char* v = reinterpret_cast<const char*>(r.values + c0 * dim_);
-    const int64_t bytes = n * dim_ * static_cast<int64_t>(sizeof(T));
-    for (int64_t off = 0; off < bytes; off += 64) {
-      __builtin_prefetch(k + off, 0, 2);
-      __builtin_prefetch(v + off, 0, 2);
-    }
-#else
-    (void)run;
-    (void)c0;
-#endif
-  }
-
-  const float* AsFloatRows(const float* rows, size_t, float*) const { return rows; }
-  const float* AsFloatRows(const Half* rows, size_t n, float* buffer) const {
-    ops_.half_to_float(rows, buffer, n);
-    return buffer;
+    const int64_t bytes = std::min<int64_t>(kChunk, r.count - c0) * dim_ * static_cast<int64_t>(sizeof(T));
+    PrefetchRows<2>(r.keys + c0 * dim_, bytes);
+    PrefetchRows<2>(r.values + c0 * dim_, bytes);
   }
 
   // Online-softmax step for rows [c0, c0 + n) of `run` (positions first + c0 ...). The chunk's keys
-  // and values are read (converted) once; each maximal group of consecutive tokens that take some
-  // of its positions gets one score_tile and one accumulate_tile call, which find the rows in L1
-  // after the first group. Within a token's rows, positions it does not take score -inf.
+  // and values are read (converted, laid out for dot_rows) once; each maximal group of consecutive
+  // tokens that take some of its positions gets one dot_rows and one accumulate_pv call, which find
+  // the rows in L1 after the first group. Within a token's rows, positions it does not take score
+  // -inf.
   void VisitChunk(const KeyRun& run, int64_t c0, int n) {
     const int64_t p0 = run.first + c0, p1 = p0 + n;
     const PositionRange* ranges = &scratch_.ranges[run.ranges];
     int* take_lo = scratch_.take.data();  // per token: first and end row it takes, in [0, n]
     int* take_hi = take_lo + num_tokens_;
-    bool any = false;
+    int takers = 0;
     for (int tok = 0; tok < num_tokens_; ++tok) {
       take_lo[tok] = static_cast<int>(std::clamp(ranges[tok].lo, p0, p1) - p0);
       take_hi[tok] = static_cast<int>(std::clamp(ranges[tok].hi, p0, p1) - p0);
-      any |= take_lo[tok] < take_hi[tok];
+      takers += take_lo[tok] < take_hi[tok];
     }
-    if (!any) return;
+    if (takers == 0) return;
     int masked = 0;
     if (mask_) {
       for (int j = 0; j < n; ++j) masked += mask_[p0 + j] != 1;
@@ -326,7 +331,12 @@ class TileKernel {
 
     const size_t elems = static_cast<size_t>(n) * dim_;
     const size_t head_rows = static_cast<size_t>(group_size_);
-    const float* k = AsFloatRows(run.keys + c0 * dim_, elems, key_rows_);
+    // accumulate_pv reads the values in column slices, a few cache lines per row at a time; having
+    // the whole chunk on its way to L1 during the scores was faster in DRAM-bound decode runs.
+    PrefetchRows<3>(run.values + c0 * dim_, static_cast<int64_t>(elems * sizeof(T)));
+    const float* k = cpu::AsFloats(run.keys + c0 * dim_, elems, key_rows_, kernels_);
+    const cpu::PreparedKeys keys =
+        kernels_.prepare_keys(k, dim_, n, dim_, int64_t{takers} * group_size_, key_layout_);
     auto for_each_group = [&](auto&& fn) {  // fn(first token, end token) per group of takers
       for (int tok = 0; tok < num_tokens_;) {
         if (take_lo[tok] >= take_hi[tok]) {
@@ -340,8 +350,9 @@ class TileKernel {
       }
     };
     for_each_group([&](int first, int end) {
-      ops_.score_tile(query_ + first * head_rows * dim_, static_cast<int>((end - first) * head_rows), k, n,
-                      dim_, scores_ + first * head_rows * kChunk, kChunk);
+      const int rows = static_cast<int>((end - first) * head_rows);
+      kernels_.dot_rows(query_ + first * head_rows * dim_, dim_, rows, keys, n, dim_,
+                        scores_ + first * head_rows * kChunk, kChunk);
     });
 
     SoftmaxState& st = state_[run.branch];
@@ -357,29 +368,27 @@ class TileKernel {
           for (int j = lo; j < hi; ++j)
             if (mask_[p0 + j] != 1) p[j] = kNegInf;
         }
-        float chunk_max = kNegInf;
-        for (int j = lo; j < hi; ++j) chunk_max = std::max(chunk_max, p[j]);
-        const float new_max = std::max(st.max[r], chunk_max);
+        const float new_max = std::max(st.max[r], kernels_.max(p + lo, hi - lo));
+        rescale_[r] = 1.f;  // accumulate_pv scales acc by it; exactly 1 leaves acc as it is
         if (new_max == kNegInf) {  // nothing valid here (or -inf logits): nothing to add
           std::fill(p, p + n, 0.f);
           continue;
         }
-        const float sum = ops_.exp_shift_sum(p, n, new_max);
+        const float sum = kernels_.exp_shift_sum(p, n, new_max);
         if (new_max != st.max[r]) {
           // exp(-inf) = 0 for the first keys, and acc/sum are still 0 then.
-          const float alpha = std::exp(st.max[r] - new_max);
-          float* acc = st.acc + r * dim_;
-          for (int d = 0; d < dim_; ++d) acc[d] *= alpha;
-          st.sum[r] *= alpha;
+          rescale_[r] = std::exp(st.max[r] - new_max);
+          st.sum[r] *= rescale_[r];
           st.max[r] = new_max;
         }
         st.sum[r] += sum;
       }
     }
-    const float* v = AsFloatRows(run.values + c0 * dim_, elems, value_rows_);
+    const float* v = cpu::AsFloats(run.values + c0 * dim_, elems, value_rows_, kernels_);
     for_each_group([&](int first, int end) {
-      ops_.accumulate_tile(scores_ + first * head_rows * kChunk, kChunk, static_cast<int>((end - first) * head_rows),
-                           v, n, dim_, st.acc + first * head_rows * dim_);
+      const int rows = static_cast<int>((end - first) * head_rows);
+      kernels_.accumulate_pv(scores_ + first * head_rows * kChunk, kChunk, rows, rescale_ + first * head_rows, v,
+                             dim_, n, dim_, st.acc + first * head_rows * dim_, dim_);
     });
   }
 
@@ -393,8 +402,8 @@ class TileKernel {
     if (a_.gate_per_channel) {
       const int64_t width = static_cast<int64_t>(a_.num_heads) * dim_;
       const T* sa = a_.gate + token * 2 * width + static_cast<int64_t>(head) * dim_;
-      cpu::LoadRow(sa, gate_sa_, dim_);
-      cpu::LoadRow(sa + width, gate_swa_, dim_);
+      cpu::LoadFloats(sa, gate_sa_, dim_, kernels_);
+      cpu::LoadFloats(sa + width, gate_swa_, dim_, kernels_);
       for (int d = 0; d < dim_; ++d) {
         gate_sa_[d] = Sigmoid(gate_sa_[d]);
         gate_swa_[d] = Sigmoid(gate_swa_[d]);
@@ -415,7 +424,7 @@ class TileKernel {
         T* out = a_.output + a_.output_view.Offset(b_, head, s);
         if (scratch_.tokens[tok].padding) {  // a padding query has no valid keys: zero row
           std::fill(out_row_, out_row_ + dim_, 0.f);
-          cpu::StoreRow(out_row_, out, dim_);
+          cpu::StoreFloats(out_row_, out, dim_, kernels_);
           continue;
         }
         // A softmax without any valid key (and no sink) has sum 0 and contributes 0.
@@ -430,13 +439,13 @@ class TileKernel {
           for (int d = 0; d < dim_; ++d)
             out_row_[d] = gate_sa_[d] * acc[d] * inv + gate_swa_[d] * acc_swa[d] * inv_swa;
         }
-        cpu::StoreRow(out_row_, out, dim_);
+        cpu::StoreFloats(out_row_, out, dim_, kernels_);
       }
     }
   }
 
   const SparseAttnArgs<T>& a_;
-  const cpu::SparseMathOps& ops_;
+  const cpu::TileKernels& kernels_;
   const int b_;
   const int group_size_;
   const int dim_;
@@ -450,6 +459,8 @@ class TileKernel {
 
   float* query_;       // [rows_][D], scaled
   float* scores_;      // [rows_][kChunk]
+  float* rescale_;     // [rows_]: exp(old max - new max) of the chunk being visited
+  float* key_layout_;  // the chunk's keys as dot_rows reads them (TileKernels::prepare_keys)
   SoftmaxState state_[2];
   float* key_rows_;    // float16 storage: the chunk's keys as float32
   float* value_rows_;
@@ -460,19 +471,35 @@ class TileKernel {
 
 }  // namespace
 
+namespace cpu {
+
 template <typename T>
-void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec) {
+void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec,
+                      const SparseAttnCpuOptions& options) {
   if (args.batch <= 0 || args.new_len <= 0) return;
-  const cpu::SparseMathOps& ops = cpu::ActiveSparseMathOps();
+  const TileKernels& kernels = options.kernels ? *options.kernels : BestTileKernels();
   const int64_t tiles = (args.new_len + kTokenTile - 1) / kTokenTile;
   const size_t tasks = static_cast<size_t>(args.batch) * args.kv_num_heads * tiles;
   exec.ParallelFor(tasks, [&](size_t task) {
     const int64_t tile = static_cast<int64_t>(task) % tiles;
     const int64_t bg = static_cast<int64_t>(task) / tiles;
-    TileKernel<T>(args, ops, static_cast<int>(bg / args.kv_num_heads), static_cast<int>(bg % args.kv_num_heads),
-                  tile * kTokenTile, std::min(args.new_len, (tile + 1) * kTokenTile))
+    TileTask<T>(args, kernels, static_cast<int>(bg / args.kv_num_heads),
+                static_cast<int>(bg % args.kv_num_heads), tile * kTokenTile,
+                std::min(args.new_len, (tile + 1) * kTokenTile))
         .Run();
   });
+}
+
+template void RunSparseAttnCpu<float>(const SparseAttnArgs<float>&, const Executor&,
+                                      const SparseAttnCpuOptions&);
+template void RunSparseAttnCpu<Half>(const SparseAttnArgs<Half>&, const Executor&,
+                                     const SparseAttnCpuOptions&);
+
+}  // namespace cpu
+
+template <typename T>
+void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec) {
+  cpu::RunSparseAttnCpu(args, exec, cpu::SparseAttnCpuOptions{});
 }
 
 template void RunSparseAttnCpu<float>(const SparseAttnArgs<float>&, const Executor&);

@@ -161,9 +161,12 @@ public sealed record SparseAttnCall
     public int Window { get; init; } = 8;
     public string Combine { get; init; } = CombineModes.Union;
     public int WindowCache { get; init; }
+    /// <summary>Shared-buffer mode (docs/ops.md "Shared KV buffer"): past/present/shared are buffers of <c>Shape.TotalLength</c> = <see cref="PastLength"/> positions.</summary>
+    public TestTensor? SeqlensK { get; init; }
+    public TestTensor? TotalSequenceLength { get; init; }
 
     public int OwnLength => PastLength + Shape.NewLength;
-    public int PresentLength => WindowCache == 1 ? Math.Min(Window, OwnLength) : OwnLength;
+    public int PresentLength => SeqlensK is not null ? PastLength : WindowCache == 1 ? Math.Min(Window, OwnLength) : OwnLength;
 
     public double[] OwnKey() => PastKey is null ? Key : Layouts.ConcatSeq(PastKey, PastLength, Key, Shape.NewLength, Shape.Batch, Shape.KvNumHeads, Shape.HeadDim);
     public double[] OwnValue() => PastValue is null ? Value : Layouts.ConcatSeq(PastValue, PastLength, Value, Shape.NewLength, Shape.Batch, Shape.KvNumHeads, Shape.HeadDim);
@@ -194,6 +197,8 @@ public sealed record SparseAttnCall
             call.Inputs["selected_key"] = new TestTensor(Type, [b, hkv, s, (long)TopK * BlockSize, d], SelectedKey);
             call.Inputs["selected_value"] = new TestTensor(Type, [b, hkv, s, (long)TopK * BlockSize, d], SelectedValue!);
         }
+        if (SeqlensK is not null) call.Inputs["seqlens_k"] = SeqlensK;
+        if (TotalSequenceLength is not null) call.Inputs["total_sequence_length"] = TotalSequenceLength;
 
         call.Outputs["output"] = new OutputRequest("output", Type, ThreeD ? [b, s, hq * d] : [b, hq, s, d]);
         call.Outputs["present_key"] = new OutputRequest("present_key", Type, [b, hkv, PresentLength, d]);

@@ -50,7 +50,7 @@ public static class OrtRunner
         }
     }
 
-    private static TestTensor Poisoned(OutputRequest request)
+    public static TestTensor Poisoned(OutputRequest request)
     {
         var poison = request.Type is ElementType.Float32 or ElementType.Float16 ? double.NaN : int.MinValue;
         var data = new double[TestTensor.ElementCount(request.Shape!)];

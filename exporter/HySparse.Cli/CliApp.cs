@@ -1,0 +1,86 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using HySparse.Exporter;
+using HySparse.Exporter.Layout;
+
+namespace HySparse.Cli;
+
+/// <summary>The <c>hysparse</c> command line: dispatch, error reporting, exit codes.</summary>
+public static class CliApp
+{
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        WriteIndented = true,
+        // Paths and messages hold quotes and non-ASCII; stdout is not HTML, so keep them readable.
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+        PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull,
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.CamelCase) },
+    };
+
+    /// <summary>Runs one command; returns the process exit code (see <see cref="ExitCodes"/>).</summary>
+    public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
+    {
+        var json = args.Contains("--json");
+        var verb = args.FirstOrDefault();
+        try
+        {
+            if (verb is null || verb is "--help" or "-h" or "help")
+            {
+                stdout.Write(HelpText.Overview);
+                return verb is null ? ExitCodes.Usage : ExitCodes.Success;
+            }
+            if (verb is "--version")
+            {
+                stdout.WriteLine(typeof(CliApp).Assembly.GetName().Version);
+                return ExitCodes.Success;
+            }
+            var rest = args.Skip(1).ToArray();
+            if (rest.Contains("--help") || rest.Contains("-h"))
+            {
+                stdout.Write(HelpText.For(verb) ?? throw new UsageException($"unknown command '{verb}'"));
+                return ExitCodes.Success;
+            }
+            return verb switch
+            {
+                "convert" => ConvertCommand.Run(new ArgumentReader(rest), stdout, stderr),
+                "inspect" => InspectCommand.Run(new ArgumentReader(rest), stdout),
+                "verify" => VerifyCommand.Run(new ArgumentReader(rest), stdout, stderr),
+                "demo" => DemoCommand.Run(new ArgumentReader(rest), stdout, stderr),
+                _ => throw new UsageException($"unknown command '{verb}'"),
+            };
+        }
+        catch (UsageException e)
+        {
+            return Fail(stdout, stderr, json, ExitCodes.Usage, "usage", e.Message,
+                $"run 'hysparse {(HelpText.For(verb ?? "") is null ? "" : verb + " ")}--help' for usage");
+        }
+        catch (LayoutException e)
+        {
+            return Fail(stdout, stderr, json, ExitCodes.Usage, "invalidLayout", e.Message, null);
+        }
+        catch (ConversionException e)
+        {
+            var code = Fail(stdout, stderr, json, ExitCodes.For(e.Error), JsonNamingPolicy.CamelCase.ConvertName(e.Error.ToString()), e.Message, null,
+                e.Layers.Count > 0 ? e.Layers : null);
+            foreach (var layer in e.Layers) stderr.WriteLine($"  {layer.Node}: {layer.Reason}");
+            return code;
+        }
+        catch (Exception e)
+        {
+            return Fail(stdout, stderr, json, ExitCodes.InternalError, "internal", $"{e.GetType().Name}: {e.Message}", "this is a bug; please report it with the command line");
+        }
+    }
+
+    /// <summary>Writes <paramref name="value"/> as indented camelCase JSON.</summary>
+    internal static void WriteJson(TextWriter stdout, object value) => stdout.WriteLine(JsonSerializer.Serialize(value, Json));
+
+    private static int Fail(TextWriter stdout, TextWriter stderr, bool json, int code, string kind, string message, string? hint, object? details = null)
+    {
+        // One line on stderr whatever else is printed, so scripts and people both see the reason.
+        stderr.WriteLine($"hysparse: error: {message}");
+        if (hint is not null && !json) stderr.WriteLine($"hysparse: {hint}");
+        if (json) WriteJson(stdout, new { ok = false, exitCode = code, error = new { kind, message, layers = details } });
+        return code;
+    }
+}

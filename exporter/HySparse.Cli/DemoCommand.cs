@@ -1,0 +1,127 @@
+using Google.Protobuf;
+using HySparse.Exporter;
+using HySparse.Exporter.Layout;
+using HySparse.Models.Llama;
+using HySparse.Onnx;
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+
+namespace HySparse.Cli;
+
+/// <summary>
+/// <c>hysparse demo</c>: builds a small Llama-style decoder with random weights, converts it, and
+/// runs both side by side — the whole pipeline in one command, nothing to download.
+/// </summary>
+internal static class DemoCommand
+{
+    public static int Run(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
+    {
+        var json = reader.Flag("--json");
+        var quiet = reader.Flag("--quiet", "-q");
+        var directory = reader.Option("--dir");
+        var layers = reader.PositiveInt("--layers") ?? 8;
+        var prompt = reader.PositiveInt("--prompt") ?? 256;
+        var steps = reader.PositiveInt("--steps") ?? 16;
+        // Defaults small enough that sparsity acts within the demo's context.
+        var conversion = SharedOptions.ReadConversion(reader, new HybridParameters { TopK = 4, BlockSize = 16, Window = 32 });
+        if (reader.Positionals().Count > 0) throw new UsageException("demo takes no file arguments; use --dir to keep the models");
+
+        var keep = directory is not null;
+        directory ??= Path.Combine(Path.GetTempPath(), $"hysparse-demo-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(directory);
+        Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[demo] {step}");
+        try
+        {
+            var config = new LlamaConfig { Layers = layers, Hidden = 256, Heads = 8, KvHeads = 2, HeadDim = 32, Ffn = 512, Vocab = 512, Seed = 1 };
+            var dense = Path.Combine(directory, "demo_llama.onnx");
+            var hybrid = Path.Combine(directory, "demo_llama.hysparse.onnx");
+            progress?.Invoke($"building a {layers}-layer Llama-style decoder (hidden 256, 8 query / 2 KV heads, head size 32) in {directory}");
+            File.WriteAllBytes(dense, LlamaModelBuilder.Build(config).ToByteArray());
+            progress?.Invoke("converting");
+            var report = HybridConverter.ConvertFile(dense, hybrid, conversion, overwrite: true);
+            var verify = ModelVerifier.Verify(dense, hybrid, new VerifyOptions { PromptLength = prompt, DecodeSteps = steps }, progress);
+            progress?.Invoke("reading the oracle's block choices");
+            var oracle = OracleChoices(hybrid, directory, config, prompt);
+            var context = (long)prompt + steps;
+            var kv = KvAccounting.Compute(config.KvHeads, config.HeadDim, 4, report.Layout, conversion.Parameters, [context]).Single();
+
+            if (json)
+            {
+                CliApp.WriteJson(stdout, new { ok = true, directory = keep ? directory : null, layout = report.Layout.Pattern, parameters = conversion.Parameters, verify, kv, oracle });
+                return ExitCodes.Success;
+            }
+            var p = conversion.Parameters;
+            stdout.WriteLine($"HySparse demo: {layers}-layer decoder, layout {report.Layout.Pattern}, top-k {p.TopK} x block {p.BlockSize} + window {p.Window}");
+            stdout.WriteLine($"  prompt {prompt} tokens, then {steps} greedy decode steps (context {context})");
+            stdout.WriteLine();
+            stdout.WriteLine("                          dense        hybrid");
+            stdout.WriteLine($"  prefill ms           {verify.Steps[0].DenseMilliseconds,9:0.00}     {verify.Steps[0].HybridMilliseconds,9:0.00}");
+            stdout.WriteLine($"  decode ms / token    {verify.DenseDecodeMilliseconds,9:0.00}     {verify.HybridDecodeMilliseconds,9:0.00}");
+            stdout.WriteLine($"  KV cache             {SharedOptions.Bytes(kv.DenseCache),9}     {SharedOptions.Bytes(kv.RetrofitCache),9}   (retrofit keeps every layer's cache)");
+            stdout.WriteLine($"  KV read / token      {SharedOptions.Bytes(kv.DenseDecodeRead),9}     {SharedOptions.Bytes(kv.HybridDecodeRead),9}");
+            stdout.WriteLine($"  max |logit error|                  {verify.MaxAbsError,9:0.000e+00}");
+            stdout.WriteLine($"  top-1 agreement                    {verify.Top1Agreement,9:P1}");
+            stdout.WriteLine();
+            if (oracle is null)
+            {
+                stdout.WriteLine($"  Layout {report.Layout.Pattern} has no sparse layers, so no full layer selects blocks.");
+            }
+            else
+            {
+                stdout.WriteLine($"  Oracle: full layer {oracle.Layer} at token {oracle.Position} ({oracle.Blocks} key blocks of {p.BlockSize} so far) chose, per KV head:");
+                for (var h = 0; h < oracle.PerHead.Count; h++)
+                    stdout.WriteLine($"    KV head {h}: blocks [{string.Join(", ", oracle.PerHead[h])}]");
+                stdout.WriteLine($"  Each sparse layer after it reads those {p.TopK} x {p.BlockSize} keys plus the last {p.Window}: at most {Math.Min(context, (long)p.TopK * p.BlockSize + p.Window)} of {context} keys per token.");
+            }
+            stdout.WriteLine();
+            stdout.WriteLine(keep ? $"Models kept in {directory}." : "Pass --dir DIR to keep the models; then try hysparse inspect / verify on them.");
+            return ExitCodes.Success;
+        }
+        finally
+        {
+            if (!keep) Directory.Delete(directory, recursive: true);
+        }
+    
+    }
+
+    /// <summary>The blocks one full layer selected for the first decoded token, per KV head.</summary>
+    internal sealed record OracleReport(int Layer, long Position, long Blocks, IReadOnlyList<int[]> PerHead);
+
+    // Runs the converted model once more with the first oracle layer's block_indices exposed as a
+    // graph output: prefill, then one decode step, whose selection is reported. Null when no full
+    // layer feeds sparse layers (a layout of full layers only).
+    private static OracleReport? OracleChoices(string hybridPath, string directory, LlamaConfig config, int prompt)
+    {
+        var model = ModelFile.Load(hybridPath);
+        var oracleNodes = model.Graph.Node.Where(n => n.OpType == HySparseOps.FullAttn && n.Output.Count > 3 && n.Output[3].Length > 0).ToList();
+        if (oracleNodes.Count == 0) return null;
+        var indices = oracleNodes[0].Output[3];
+        var layer = model.Graph.Node.Where(n => n.OpType is HySparseOps.FullAttn or HySparseOps.SparseAttn).ToList().IndexOf(oracleNodes[0]);
+        model.Graph.Output.Add(new ValueInfoProto
+        {
+            Name = indices,
+            Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Int32 } },
+        });
+        var inspectPath = Path.Combine(directory, "demo_llama.hysparse.oracle.onnx");
+        File.WriteAllBytes(inspectPath, model.ToByteArray());
+
+        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        options.RegisterHySparseOps();
+        using var session = new InferenceSession(inspectPath, options);
+        using var decoder = new KvCacheDecoder(session, batchSize: 1, extraOutputs: [indices]);
+        var rng = new Random(1);
+        var promptIds = Enumerable.Range(0, prompt).Select(_ => (long)rng.Next(config.Vocab)).ToArray();
+        var next = decoder.ArgMaxLast(decoder.Step(promptIds), prompt);
+        decoder.Step(next);
+        var chosen = decoder.ExtraOutput(indices);
+        var shape = chosen.GetTensorTypeAndShape().Shape;  // [1, H_kv, 1, K]
+        var values = chosen.GetTensorDataAsSpan<int>().ToArray();
+        var k = (int)shape[3];
+        var perHead = Enumerable.Range(0, (int)shape[1])
+            .Select(h => values.Skip(h * k).Take(k).Where(i => i >= 0).ToArray())
+            .ToList();
+        var position = decoder.Position - 1;
+        var blockSize = (int)oracleNodes[0].Attribute.First(a => a.Name == HySparseOps.Attributes.BlockSize).I;
+        return new OracleReport(layer, position, (position + blockSize) / blockSize, perHead);
+    }
+}

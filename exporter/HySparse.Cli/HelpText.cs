@@ -1,0 +1,181 @@
+namespace HySparse.Cli;
+
+/// <summary>The <c>--help</c> pages: what each command does, why, and examples.</summary>
+internal static class HelpText
+{
+    public const string Overview = """
+        hysparse - turn exported ONNX transformer decoders into hybrid HySparse models
+
+        A HySparse model keeps a few layers as full attention. Each full layer also acts as an
+        oracle: for every token it picks the top-K blocks of B keys with the highest attention. The
+        sparse layers after it attend only to those blocks plus a sliding window of the last w
+        tokens. When the selected blocks and the window cover the whole context (K*B >= context,
+        or w >= context) the hybrid computes exactly what the dense model computes; beyond that, a
+        sparse layer reads at most K*B + w keys per token instead of all of them.
+
+        Usage:
+          hysparse convert <model.onnx> [-o <out.onnx>] [layout] [parameters]
+          hysparse inspect <model.onnx> [--context 4096,32k] [layout] [parameters]
+          hysparse verify <dense.onnx> <converted.onnx> [--prompt 64] [--steps 8]
+          hysparse demo [--dir DIR] [--prompt 256] [--steps 16] [layout] [parameters]
+          hysparse <command> --help
+
+        Commands:
+          convert   rewrite the attention layers into HySparseFullAttn / HySparseSparseAttn nodes
+          inspect   list attention layers, heads and KV bytes, dense against a hybrid layout
+          verify    run original and converted side by side in ONNX Runtime and compare
+          demo      build a small decoder, convert it, run both and print a comparison table
+
+        Common options:
+          --json    machine-readable output on stdout (errors too: {"ok": false, ...})
+          --help    help for a command
+
+        Exit codes:
+          0 success   2 bad command line or layout   3 input is not a readable ONNX model
+          4 model refused (no attention, unconvertible layers, already converted)
+          5 output path unusable   1 internal error
+
+        Converted models run in ONNX Runtime with the HySparse custom-op library registered
+        (C#: sessionOptions.RegisterHySparseOps()).
+
+        """;
+
+    private const string Layout = """
+        Layout (choose one; default --ratio 1:3):
+          --pattern FSSS        F = full, S = sparse, repeated over the layers (FSSS on 8 layers
+                                gives FSSSFSSS, then the last layer is made full: FSSSFSSF)
+          --ratio 1:N           one full layer, then N sparse layers, repeated (1:3 = FSSS)
+          --full-layers 0,4,8   exactly these layers are full (0-based)
+          --sparse-last         keep the last layer sparse if the layout makes it so
+                                (by default the last layer is full, as in the paper)
+          Layer 0 must be full: a sparse layer needs a preceding full layer to select for it.
+
+        Parameters (defaults from the paper):
+          --top-k K         blocks each token selects (16)
+          --block-size B    tokens per key block (64)
+          --window W        sliding-window tokens of each sparse layer (128)
+        """;
+
+    private static readonly string Convert = $"""
+        hysparse convert - rewrite a dense decoder into a hybrid HySparse model
+
+        Usage:
+          hysparse convert <model.onnx> [-o <out.onnx>] [layout] [parameters] [--overwrite] [--json]
+
+        Finds every attention layer (decomposed torch.onnx.export / Optimum style: MatMul(Q,K^T),
+        scale, Add(mask), Softmax, MatMul(V), with a KV cache Concat(past, new)), and replaces it by a
+        HySparse operator that takes the rotated Q/K/V, the past caches and attention_mask. Mode is
+        retrofit: every layer keeps its own keys and values, so the model's inputs and outputs keep
+        their names and shapes; sparse layers compute one exact softmax over selected blocks plus
+        window. Initializers and all other nodes are left as they are. The layout and parameters are
+        recorded in the model's metadata (hysparse.*).
+
+        The input file is only read. The output is written to a temporary file and renamed, so it is
+        never half written; nothing is written when the conversion is refused. A layer that cannot be
+        converted is reported with its node and the reason, and the conversion is refused: a model is
+        never left partly dense.
+
+        Options:
+          -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input)
+          --overwrite         replace an existing output file
+          -q, --quiet         no progress lines on stderr
+          --json              print the result as JSON on stdout (no progress lines)
+
+        {Layout}
+
+        Examples:
+          hysparse convert llama.onnx -o llama.hybrid.onnx --ratio 1:3
+          hysparse convert llama.onnx --full-layers 0,8,16,24,31 --top-k 8 --window 256
+          hysparse convert llama.onnx --pattern FSSSSSSS --json
+
+        """;
+
+    private static readonly string Inspect = $"""
+        hysparse inspect - what the converter sees in a model
+
+        Usage:
+          hysparse inspect <model.onnx> [--context 4096,32k] [layout] [parameters] [--json]
+
+        Lists the attention layers found (style, heads, head size, cache type) and any that cannot be
+        converted with the reason. For a dense model it shows what the layout given (default 1:3)
+        would do; for a converted model, the layout it has. KV figures at each context T:
+          KV cache           bytes the caches hold: dense and retrofit keep T tokens in every layer;
+                             kv-sharing keeps T in full layers and only the window in sparse layers
+          KV read per token  bytes one decode step reads: T per full layer, at most
+                             min(T, K*B + w) per sparse layer
+        A layer's cache costs 2 * kv_heads * head_size * element_bytes per token.
+
+        Options:
+          --context LIST      context lengths, comma-separated, k = 1024 (default 4096,32768)
+          --json              print the report as JSON on stdout
+
+        {Layout}
+
+        Examples:
+          hysparse inspect llama.onnx
+          hysparse inspect llama.onnx --ratio 1:7 --context 8k,32k,128k --json
+
+        """;
+
+    private const string Verify = """
+        hysparse verify - run a dense model and its conversion side by side
+
+        Usage:
+          hysparse verify <dense.onnx> <converted.onnx> [--prompt N] [--steps N] [--batch N] [--seed N] [--json]
+
+        Feeds both models the same random prompt (prefill), then decodes greedily: the dense model's
+        next token goes to both, and each model gets back its own caches. For every call it reports
+        the largest absolute and relative logit difference, how often the arg-max token agrees, and
+        the wall time of each model (ONNX Runtime, CPU). The converted model runs with the HySparse
+        operator library registered. Both models need the exported-decoder interface: input_ids,
+        attention_mask, past_key_values.N.key/value in; logits, present.N.key/value out (float32).
+
+        A retrofit conversion is exact (errors at float rounding level) while the selected blocks
+        and the window cover the context, i.e. K*B >= context or w >= context; past that it
+        approximates, which the top-1 agreement measures.
+
+        Options:
+          --prompt N   prompt tokens per sequence (64)
+          --steps N    decode steps after the prompt (8)
+          --batch N    sequences per call (1)
+          --seed N     seed of the random prompt (1)
+          -q, --quiet  no progress lines on stderr
+
+        Example:
+          hysparse convert llama.onnx -o hybrid.onnx --top-k 2 --block-size 16 --window 32
+          hysparse verify llama.onnx hybrid.onnx --prompt 256 --steps 16
+
+        """;
+
+    private static readonly string Demo = $"""
+        hysparse demo - the whole pipeline on a built-in model
+
+        Usage:
+          hysparse demo [--dir DIR] [--layers N] [--prompt N] [--steps N] [layout] [parameters] [--json]
+
+        Builds a Llama-style decoder with random weights (hidden 256, 8 query / 2 KV heads, head
+        size 32), converts it, then runs dense and hybrid side by side on a random prompt and greedy
+        decode steps (as verify does) and prints time, KV bytes and agreement. The demo's defaults
+        (top-k 4, block size 16, window 32) are small so that the sparse layers really skip keys
+        within its context; with the paper's defaults the hybrid would be exact here.
+
+        Options:
+          --dir DIR     keep the two models in DIR (default: a temporary directory, deleted)
+          --layers N    decoder layers (8)
+          --prompt N    prompt tokens (256)
+          --steps N     decode steps (16)
+
+        {Layout}
+
+        """;
+
+    /// <summary>The help page of <paramref name="verb"/>, or null for an unknown verb.</summary>
+    public static string? For(string verb) => verb switch
+    {
+        "convert" => Convert,
+        "inspect" => Inspect,
+        "verify" => Verify,
+        "demo" => Demo,
+        _ => null,
+    };
+}

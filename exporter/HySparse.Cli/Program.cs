@@ -1,0 +1,3 @@
+using HySparse.Cli;
+
+return CliApp.Run(args, Console.Out, Console.Error);

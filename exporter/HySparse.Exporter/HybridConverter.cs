@@ -1,0 +1,192 @@
+using System.Globalization;
+using System.Reflection;
+using HySparse.Exporter.Graph;
+using HySparse.Exporter.Layout;
+using HySparse.Exporter.Recognition;
+using HySparse.Exporter.Rewrite;
+using HySparse.Models.Graph;
+using HySparse.Onnx;
+using Onnx;
+
+namespace HySparse.Exporter;
+
+/// <summary>What to convert a model into.</summary>
+public sealed record ConversionOptions
+{
+    /// <summary>Which layers become full and which sparse.</summary>
+    public LayoutSpec Layout { get; init; } = LayoutSpec.Default;
+    /// <summary>K, B, w and the mode.</summary>
+    public HybridParameters Parameters { get; init; } = new();
+}
+
+/// <summary>One converted layer.</summary>
+/// <param name="Index">Position among the model's attention layers (graph order).</param>
+/// <param name="CacheIndex">N of <c>past_key_values.N</c>, when the caches are named that way.</param>
+/// <param name="Kind">Full or sparse.</param>
+/// <param name="SourceNode">The node the layer was recognised at.</param>
+/// <param name="Node">The HySparse node that replaced it.</param>
+/// <param name="OracleLayer">For a sparse layer: the full layer whose selection it reads.</param>
+public sealed record ConvertedLayer(int Index, int? CacheIndex, LayerKind Kind, string SourceNode, string Node, int? OracleLayer);
+
+/// <summary>What a conversion did.</summary>
+public sealed record ConversionReport
+{
+    /// <summary>Attention style found in the source.</summary>
+    public required AttentionStyle Style { get; init; }
+    /// <summary>The layout applied.</summary>
+    public required LayerLayout Layout { get; init; }
+    /// <summary>The parameters applied.</summary>
+    public required HybridParameters Parameters { get; init; }
+    /// <summary>Per layer, in graph order.</summary>
+    public required IReadOnlyList<ConvertedLayer> Layers { get; init; }
+    /// <summary>The metadata entries written.</summary>
+    public required IReadOnlyDictionary<string, string> Metadata { get; init; }
+}
+
+/// <summary>The attention layers of a model, as far as the patterns can tell.</summary>
+/// <param name="Layers">Recognised layers in graph order.</param>
+/// <param name="Failures">Attention-like subgraphs that are not convertible, with reasons.</param>
+public sealed record ModelAnalysis(IReadOnlyList<AttentionLayer> Layers, IReadOnlyList<UnconvertibleLayer> Failures)
+{
+    /// <summary>The style of the recognised layers (the first one's), or null when there are none.</summary>
+    public AttentionStyle? Style => Layers.Count > 0 ? Layers[0].Style : null;
+}
+
+/// <summary>
+/// Converts exported decoders into hybrid HySparse models. The rewrite changes graph structure only:
+/// weights are never decoded or copied beyond what parsing the graph protobuf takes.
+/// </summary>
+public static class HybridConverter
+{
+    /// <summary>Every attention style the converter recognises.</summary>
+    public static IReadOnlyList<IAttentionPattern> Patterns { get; } = [new DecomposedAttentionPattern(), new FusedAttentionPattern()];
+
+    /// <summary>Finds the attention layers of <paramref name="model"/> (it is not modified).</summary>
+    public static ModelAnalysis Analyse(ModelProto model)
+    {
+        var graph = new GraphIndex(model.Graph);
+        var found = new List<(int Position, AttentionLayer Layer)>();
+        var failures = new List<(int Position, UnconvertibleLayer Failure)>();
+        foreach (var pattern in Patterns)
+            foreach (var anchor in pattern.Anchors(graph))
+            {
+                var match = pattern.Match(graph, anchor);
+                if (match.Layer is { } layer) found.Add((graph.PositionOf(anchor), layer));
+                else failures.Add((graph.PositionOf(anchor), match.Failure!));
+            }
+        // Two layers claiming one node (a cache or mask path shared across layers) cannot both be
+        // replaced: refuse both rather than rewrite one and starve the other.
+        var owners = new Dictionary<NodeProto, AttentionLayer>(ReferenceEqualityComparer.Instance);
+        var clashing = new HashSet<AttentionLayer>(ReferenceEqualityComparer.Instance);
+        foreach (var (position, layer) in found)
+            foreach (var node in layer.ReplacedNodes)
+            {
+                if (owners.TryAdd(node, layer)) continue;
+                if (clashing.Add(layer))
+                    failures.Add((position, new UnconvertibleLayer(layer.AnchorNode, $"shares node '{AttentionMatch.NodeLabel(node)}' with the layer at '{owners[node].AnchorNode}'")));
+                if (clashing.Add(owners[node]))
+                    failures.Add((found.First(f => f.Layer == owners[node]).Position,
+                        new UnconvertibleLayer(owners[node].AnchorNode, $"shares node '{AttentionMatch.NodeLabel(node)}' with the layer at '{layer.AnchorNode}'")));
+            }
+        return new ModelAnalysis(
+            found.Where(f => !clashing.Contains(f.Layer)).OrderBy(f => f.Position).Select(f => f.Layer).ToList(),
+            failures.OrderBy(f => f.Position).Select(f => f.Failure).ToList());
+    }
+
+    /// <summary>True when the model already carries HySparse operators or conversion metadata.</summary>
+    public static bool IsConverted(ModelProto model) =>
+        model.OpsetImport.Any(o => o.Domain == HySparseOps.Domain)
+        || model.Graph?.Node.Any(n => n.Domain == HySparseOps.Domain) == true
+        || model.MetadataProps.Any(p => p.Key.StartsWith(HybridMetadata.Prefix, StringComparison.Ordinal));
+
+    /// <summary>Converts a copy of <paramref name="source"/>; the source is left as it was.</summary>
+    public static (ModelProto Model, ConversionReport Report) Convert(ModelProto source, ConversionOptions options)
+    {
+        var copy = source.Clone();
+        return (copy, ConvertInPlace(copy, options));
+    }
+
+    /// <summary>
+    /// Reads <paramref name="inputPath"/>, converts it and writes <paramref name="outputPath"/>
+    /// atomically. The input file is only read. Nothing is written when the conversion is refused.
+    /// </summary>
+    /// <param name="inputPath">Dense model to read.</param>
+    /// <param name="outputPath">Where to write the hybrid model.</param>
+    /// <param name="options">Layout and parameters.</param>
+    /// <param name="overwrite">Replace an existing output file.</param>
+    /// <param name="progress">Told when each step (read, rewrite, write) starts, for long conversions.</param>
+    public static ConversionReport ConvertFile(string inputPath, string outputPath, ConversionOptions options, bool overwrite = false, Action<string>? progress = null)
+    {
+        var input = Path.GetFullPath(inputPath);
+        var output = Path.GetFullPath(outputPath);
+        if (string.Equals(input, output, StringComparison.Ordinal))
+            throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' is the input file; the converter never modifies its input, choose another path");
+        if (!Directory.Exists(Path.GetDirectoryName(output)))
+            throw new ConversionException(ConversionError.InvalidOutput, $"output directory '{Path.GetDirectoryName(output)}' does not exist");
+        if (Directory.Exists(output))
+            throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' is a directory; give a file path");
+        if (File.Exists(output) && !overwrite)
+            throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' exists; pass --overwrite to replace it");
+
+        progress?.Invoke($"reading {inputPath} ({new FileInfo(input).Length:N0} bytes)");
+        var model = ModelFile.Load(input);
+        if (model.Graph.Initializer.Any(Tensors.IsExternal)
+            && !string.Equals(Path.GetDirectoryName(input), Path.GetDirectoryName(output), StringComparison.Ordinal))
+            throw new ConversionException(ConversionError.UnsupportedExternalData,
+                $"the model keeps weights in external data files found relative to its directory; write the output into '{Path.GetDirectoryName(input)}' so they stay valid");
+        progress?.Invoke($"rewriting {model.Graph.Node.Count:N0} nodes");
+        var report = ConvertInPlace(model, options);
+        progress?.Invoke($"writing {outputPath}");
+        ModelFile.WriteAtomically(model, output, overwrite);
+        return report;
+    }
+
+    /// <summary>Converts <paramref name="model"/> itself; on refusal it is left unchanged.</summary>
+    public static ConversionReport ConvertInPlace(ModelProto model, ConversionOptions options)
+    {
+        ModelFile.Validate(model, model.Graph?.Name is { Length: > 0 } name ? $"model '{name}'" : "model");
+        if (IsConverted(model))
+            throw new ConversionException(ConversionError.AlreadyConverted,
+                "the model is already converted (it holds com.hysparse operators or hysparse.* metadata); convert the original dense model instead");
+        options.Parameters.Validate();
+
+        var analysis = Analyse(model);
+        if (analysis.Failures.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"{analysis.Failures.Count} attention layer(s) cannot be converted, first: {analysis.Failures[0]}", analysis.Failures);
+        if (analysis.Layers.Count == 0)
+            throw new ConversionException(ConversionError.NoAttention,
+                "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache the converter recognises");
+        var layout = options.Layout.Plan(analysis.Layers.Count);
+
+        var ops = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
+        var metadata = Metadata(analysis, layout, options);
+        foreach (var (key, value) in metadata) model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
+
+        var layers = analysis.Layers.Select((layer, i) => new ConvertedLayer(
+            i, layer.CacheIndex, layout.Kinds[i], layer.AnchorNode, ops[i].Name,
+            layout.Kinds[i] == LayerKind.Sparse ? layout.OracleOf(i) : null)).ToList();
+        return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata };
+    }
+
+    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options)
+    {
+        string Number(long n) => n.ToString(CultureInfo.InvariantCulture);
+        var p = options.Parameters;
+        return new Dictionary<string, string>
+        {
+            [HybridMetadata.FormatVersion] = "1",
+            [HybridMetadata.Mode] = "retrofit",
+            [HybridMetadata.Layout] = layout.Pattern,
+            [HybridMetadata.FullLayers] = string.Join(",", layout.FullLayers),
+            [HybridMetadata.TopK] = Number(p.TopK),
+            [HybridMetadata.BlockSize] = Number(p.BlockSize),
+            [HybridMetadata.Window] = Number(p.Window),
+            [HybridMetadata.Combine] = HySparseOps.CombineModes.Union,
+            [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
+            [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
+            [HybridMetadata.InterfaceChanges] = "none",
+            [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
+        };
+    }
+}

@@ -1,0 +1,130 @@
+using System.Globalization;
+using HySparse.Exporter.Layout;
+using HySparse.Exporter.Recognition;
+using HySparse.Models.Graph;
+using HySparse.Onnx;
+using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace HySparse.Exporter;
+
+/// <summary>One attention layer as <c>inspect</c> reports it.</summary>
+/// <param name="Index">Position among the attention layers.</param>
+/// <param name="CacheIndex">N of <c>past_key_values.N</c>, when named that way.</param>
+/// <param name="Node">The node the layer was found at.</param>
+/// <param name="Kind">"dense", "full" or "sparse".</param>
+/// <param name="NumHeads">Query heads.</param>
+/// <param name="KvNumHeads">Key/value heads.</param>
+/// <param name="HeadSize">Head size.</param>
+/// <param name="CacheType">Element type of the KV cache.</param>
+public sealed record InspectedLayer(int Index, int? CacheIndex, string Node, string Kind, int NumHeads, int KvNumHeads, int HeadSize, DataType CacheType)
+{
+    /// <summary>Bytes one token adds to this layer's K and V caches.</summary>
+    public long BytesPerToken => 2L * KvNumHeads * HeadSize * Tensors.ElementSize(CacheType);
+}
+
+/// <summary>What <c>inspect</c> found.</summary>
+public sealed record InspectionReport
+{
+    /// <summary>True when the model already holds HySparse operators.</summary>
+    public required bool Converted { get; init; }
+    /// <summary>Attention style of the dense source (from metadata for a converted model), or null if unknown.</summary>
+    public required string? SourceStyle { get; init; }
+    /// <summary>The attention layers.</summary>
+    public required IReadOnlyList<InspectedLayer> Layers { get; init; }
+    /// <summary>Attention-like subgraphs that cannot be converted.</summary>
+    public required IReadOnlyList<UnconvertibleLayer> Failures { get; init; }
+    /// <summary>The model's layout (converted) or the one the request would give (dense).</summary>
+    public required LayerLayout? Layout { get; init; }
+    /// <summary>K, B, w of the model (converted) or of the request (dense).</summary>
+    public required HybridParameters Parameters { get; init; }
+    /// <summary>KV figures at the requested contexts (empty without layers).</summary>
+    public required IReadOnlyList<KvFigures> Kv { get; init; }
+    /// <summary>The model's hysparse.* metadata.</summary>
+    public required IReadOnlyDictionary<string, string> Metadata { get; init; }
+}
+
+/// <summary>Describes a model's attention layers and what a hybrid layout would change.</summary>
+public static class ModelInspector
+{
+    /// <summary>Inspects <paramref name="model"/>; for a dense model, <paramref name="options"/> is the layout to project.</summary>
+    /// <exception cref="ConversionException"><see cref="ConversionError.NoAttention"/> when no attention is found.</exception>
+    public static InspectionReport Inspect(ModelProto model, ConversionOptions options, IReadOnlyList<long> contexts)
+    {
+        ModelFile.Validate(model, "model");
+        var metadata = model.MetadataProps.Where(p => p.Key.StartsWith(HybridMetadata.Prefix, StringComparison.Ordinal))
+            .ToDictionary(p => p.Key, p => p.Value);
+        return HybridConverter.IsConverted(model)
+            ? InspectConverted(model, metadata, contexts)
+            : InspectDense(model, options, metadata, contexts);
+    }
+
+    private static InspectionReport InspectDense(ModelProto model, ConversionOptions options, Dictionary<string, string> metadata, IReadOnlyList<long> contexts)
+    {
+        var analysis = HybridConverter.Analyse(model);
+        if (analysis.Layers.Count == 0 && analysis.Failures.Count == 0)
+            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention the converter recognises");
+        options.Parameters.Validate();
+        var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType)).ToList();
+        var layout = analysis.Failures.Count == 0 && layers.Count > 0 ? options.Layout.Plan(layers.Count) : null;
+        return new InspectionReport
+        {
+            Converted = false,
+            SourceStyle = analysis.Style?.ToString().ToLowerInvariant(),
+            Layers = layers,
+            Failures = analysis.Failures,
+            Layout = layout,
+            Parameters = options.Parameters,
+            Kv = Figures(layers, layout, options.Parameters, contexts),
+            Metadata = metadata,
+        };
+    }
+
+    /// <summary>KV figures when every layer has the same cache geometry (as in every real decoder); else none.</summary>
+    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts)
+    {
+        var geometry = layers.Select(l => (l.KvNumHeads, l.HeadSize, Bytes: Tensors.ElementSize(l.CacheType))).Distinct().ToList();
+        if (layout is null || geometry is not [var (kvHeads, headSize, bytes)] || kvHeads < 1 || headSize < 1 || bytes < 1) return [];
+        return KvAccounting.Compute(kvHeads, headSize, bytes, layout, parameters, contexts);
+    }
+
+    private static InspectionReport InspectConverted(ModelProto model, Dictionary<string, string> metadata, IReadOnlyList<long> contexts)
+    {
+        var inputs = model.Graph.Input.ToDictionary(i => i.Name);
+        var ops = model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain).ToList();
+        var layers = new List<InspectedLayer>();
+        foreach (var op in ops)
+        {
+            var full = op.OpType == HySparseOps.FullAttn;
+            var past = op.Input.Count > 3 ? op.Input[3] : "";
+            var dims = inputs.GetValueOrDefault(past)?.Type?.TensorType?.Shape?.Dim;
+            var headSize = dims is { Count: 4 } ? (int)dims[3].DimValue : 0;
+            var type = inputs.GetValueOrDefault(past)?.Type?.TensorType is { } t ? (DataType)t.ElemType : DataType.Float;
+            layers.Add(new InspectedLayer(layers.Count, null, op.Name, full ? "full" : "sparse",
+                (int)Attr.GetInt(op, HySparseOps.Attributes.NumHeads, 0), (int)Attr.GetInt(op, HySparseOps.Attributes.KvNumHeads, 0), headSize, type));
+        }
+        int Meta(string key, int fallback) =>
+            metadata.TryGetValue(key, out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : fallback;
+        var defaults = new HybridParameters();
+        var parameters = new HybridParameters
+        {
+            TopK = Meta(HybridMetadata.TopK, defaults.TopK),
+            BlockSize = Meta(HybridMetadata.BlockSize, defaults.BlockSize),
+            Window = Meta(HybridMetadata.Window, defaults.Window),
+        };
+        LayerLayout? layout = layers.Count > 0 && layers[0].Kind == "full"
+            ? new LayerLayout(layers.Select(l => l.Kind == "full" ? LayerKind.Full : LayerKind.Sparse).ToList())
+            : null;
+        return new InspectionReport
+        {
+            Converted = true,
+            SourceStyle = metadata.GetValueOrDefault(HybridMetadata.SourceStyle),
+            Layers = layers,
+            Failures = [],
+            Layout = layout,
+            Parameters = parameters,
+            Kv = Figures(layers, layout, parameters, contexts),
+            Metadata = metadata,
+        };
+    }
+}

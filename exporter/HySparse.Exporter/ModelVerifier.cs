@@ -1,0 +1,144 @@
+using System.Diagnostics;
+using HySparse.Models.Llama;
+using HySparse.Onnx;
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+
+namespace HySparse.Exporter;
+
+/// <summary>What to run when comparing a dense model with its conversion.</summary>
+public sealed record VerifyOptions
+{
+    /// <summary>Prompt tokens per sequence (the prefill call).</summary>
+    public int PromptLength { get; init; } = 64;
+    /// <summary>One-token decode calls after the prefill.</summary>
+    public int DecodeSteps { get; init; } = 8;
+    /// <summary>Sequences per call.</summary>
+    public int Batch { get; init; } = 1;
+    /// <summary>Seed of the random prompt tokens.</summary>
+    public ulong Seed { get; init; } = 1;
+}
+
+/// <summary>Differences at one call.</summary>
+/// <param name="Step">0 for the prefill, then 1, 2, … for decode steps.</param>
+/// <param name="Tokens">New tokens per sequence in this call.</param>
+/// <param name="MaxAbsError">Largest |hybrid − dense| over the call's logits.</param>
+/// <param name="MaxRelError">Largest |hybrid − dense| / max(|dense|, 1).</param>
+/// <param name="Top1Agreement">Fraction of new tokens whose arg-max logit is the same.</param>
+/// <param name="DenseMilliseconds">Wall time of the dense call.</param>
+/// <param name="HybridMilliseconds">Wall time of the hybrid call.</param>
+public sealed record VerifyStep(int Step, int Tokens, double MaxAbsError, double MaxRelError, double Top1Agreement, double DenseMilliseconds, double HybridMilliseconds);
+
+/// <summary>Outcome of a verification run.</summary>
+/// <param name="Steps">Prefill then each decode step.</param>
+/// <param name="MaxAbsError">Largest absolute logit difference over all calls.</param>
+/// <param name="Top1Agreement">Fraction of all compared tokens whose arg-max agrees.</param>
+/// <param name="DenseDecodeMilliseconds">Mean dense decode-step time (0 without decode steps).</param>
+/// <param name="HybridDecodeMilliseconds">Mean hybrid decode-step time.</param>
+public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbsError, double Top1Agreement, double DenseDecodeMilliseconds, double HybridDecodeMilliseconds);
+
+/// <summary>
+/// Runs a dense decoder and its HySparse conversion side by side in ONNX Runtime (CPU) on the same
+/// random prompt, then decodes greedily with the dense model's choice fed to both, so every call
+/// compares like with like. Both models must have the exported-decoder interface (input_ids,
+/// attention_mask, past_key_values.N.key/value → logits, present.N.key/value).
+/// </summary>
+public static class ModelVerifier
+{
+    /// <summary>Compares the models at <paramref name="densePath"/> and <paramref name="hybridPath"/>.</summary>
+    public static VerifyReport Verify(string densePath, string hybridPath, VerifyOptions options, Action<string>? progress = null)
+    {
+        if (options.PromptLength < 1 || options.DecodeSteps < 0 || options.Batch < 1)
+            throw new ArgumentException("verify needs a prompt of at least one token, a batch of at least one and a non-negative number of decode steps");
+        var dense = ModelFile.Load(densePath);
+        var layers = DecoderInterface.Read(dense, densePath);
+        using var denseSession = Open(densePath, registerOps: false);
+        using var hybridSession = Open(hybridPath, registerOps: true);
+
+        var rng = new SplitMix64(options.Seed);
+        var ids = new long[options.Batch * options.PromptLength];
+        for (var i = 0; i < ids.Length; i++) ids[i] = rng.NextInt(layers.Vocab);
+        using var denseState = new KvCacheDecoder(denseSession, options.Batch);
+        using var hybridState = new KvCacheDecoder(hybridSession, options.Batch);
+        // One untimed prefill per session first: ONNX Runtime finishes initialising on its first run.
+        denseState.Step(ids);
+        hybridState.Step(ids);
+        denseState.Reset();
+        hybridState.Reset();
+        var steps = new List<VerifyStep>();
+        for (var step = 0; step <= options.DecodeSteps; step++)
+        {
+            progress?.Invoke(step == 0 ? $"prefill of {options.PromptLength} tokens" : $"decode step {step} of {options.DecodeSteps}");
+            var (denseLogits, denseMs) = Timed(denseState, ids);
+            var (hybridLogits, hybridMs) = Timed(hybridState, ids);
+            var tokens = ids.Length / options.Batch;
+            steps.Add(Compare(step, tokens, denseLogits, hybridLogits, layers.Vocab, denseMs, hybridMs));
+            ids = LastArgMax(denseLogits, options.Batch, tokens, layers.Vocab);
+        }
+        var decode = steps.Skip(1).ToList();
+        var compared = steps.Sum(s => (double)s.Tokens);
+        return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
+            decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0);
+    }
+
+    private static (float[] Logits, double Milliseconds) Timed(KvCacheDecoder decoder, long[] ids)
+    {
+        var clock = Stopwatch.StartNew();
+        var logits = decoder.Step(ids);
+        return (logits, clock.Elapsed.TotalMilliseconds);
+    }
+
+    private static InferenceSession Open(string path, bool registerOps)
+    {
+        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        if (registerOps) options.RegisterHySparseOps();
+        return new InferenceSession(path, options);
+    }
+
+    private static VerifyStep Compare(int step, int tokens, float[] dense, float[] hybrid, int vocab, double denseMs, double hybridMs)
+    {
+        double maxAbs = 0, maxRel = 0;
+        for (var i = 0; i < dense.Length; i++)
+        {
+            var difference = Math.Abs((double)hybrid[i] - dense[i]);
+            maxAbs = Math.Max(maxAbs, difference);
+            maxRel = Math.Max(maxRel, difference / Math.Max(Math.Abs(dense[i]), 1));
+        }
+        var rows = dense.Length / vocab;
+        var agree = 0;
+        for (var r = 0; r < rows; r++)
+            if (ArgMax(dense, r * vocab, vocab) == ArgMax(hybrid, r * vocab, vocab)) agree++;
+        return new VerifyStep(step, tokens, maxAbs, maxRel, (double)agree / rows, denseMs, hybridMs);
+    }
+
+    private static long[] LastArgMax(float[] logits, int batch, int tokens, int vocab) =>
+        Enumerable.Range(0, batch).Select(b => (long)ArgMax(logits, ((b * tokens) + tokens - 1) * vocab, vocab)).ToArray();
+
+    private static int ArgMax(float[] values, int offset, int count)
+    {
+        var best = 0;
+        for (var i = 1; i < count; i++)
+            if (values[offset + i] > values[offset + best]) best = i;
+        return best;
+    }
+
+    /// <summary>The exported-decoder interface of a model: layer count, cache geometry, vocabulary.</summary>
+    private sealed record DecoderInterface(int Layers, int KvHeads, int HeadSize, int Vocab)
+    {
+        public static DecoderInterface Read(ModelProto model, string path)
+        {
+            var inputs = model.Graph.Input.ToDictionary(i => i.Name);
+            if (!inputs.ContainsKey(LlamaNames.InputIds) || !inputs.ContainsKey(LlamaNames.AttentionMask))
+                throw new ConversionException(ConversionError.InvalidModel, $"'{path}' lacks the {LlamaNames.InputIds} / {LlamaNames.AttentionMask} inputs verify feeds");
+            var layers = 0;
+            while (inputs.ContainsKey(LlamaNames.PastKey(layers))) layers++;
+            var cache = layers > 0 ? inputs[LlamaNames.PastKey(0)].Type?.TensorType : null;
+            var logits = model.Graph.Output.FirstOrDefault(o => o.Name == LlamaNames.Logits)?.Type?.TensorType;
+            if (cache is not { ElemType: (int)TensorProto.Types.DataType.Float, Shape.Dim.Count: 4 } || cache.Shape.Dim[1].DimValue < 1 || cache.Shape.Dim[3].DimValue < 1
+                || logits is not { Shape.Dim.Count: 3 } || logits.Shape.Dim[2].DimValue < 1)
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{path}' does not have the float32 decoder interface verify needs (past_key_values.N.key [B,H_kv,P,D] with fixed H_kv and D, logits [B,S,V] with fixed V)");
+            return new DecoderInterface(layers, (int)cache.Shape.Dim[1].DimValue, (int)cache.Shape.Dim[3].DimValue, (int)logits.Shape.Dim[2].DimValue);
+        }
+    }
+}

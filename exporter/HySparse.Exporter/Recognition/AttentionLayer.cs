@@ -1,0 +1,98 @@
+using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace HySparse.Exporter.Recognition;
+
+/// <summary>An attention formulation the converter knows how to find.</summary>
+public enum AttentionStyle
+{
+    /// <summary>MatMul(Q,Kᵀ) → scale → Add(mask) → Softmax → MatMul(V), as torch.onnx.export and Optimum emit it.</summary>
+    Decomposed,
+    /// <summary>A fused attention operator (GroupQueryAttention, MultiHeadAttention, ONNX Attention).</summary>
+    Fused,
+}
+
+/// <summary>
+/// One recognised attention layer, reduced to what the HySparse operators need: the tensors that
+/// become the op's inputs and outputs, the head geometry, and the nodes the op replaces.
+/// </summary>
+public sealed record AttentionLayer
+{
+    /// <summary>How the layer was written.</summary>
+    public required AttentionStyle Style { get; init; }
+    /// <summary>Name of the node that anchors the match (reported to users).</summary>
+    public required string AnchorNode { get; init; }
+    /// <summary>The layer number in the cache names (<c>past_key_values.N</c>), when they follow that convention.</summary>
+    public int? CacheIndex { get; init; }
+    /// <summary>Query after RoPE, [B,H_q,S,D] (rank 4) or [B,S,H_q·D] (rank 3).</summary>
+    public required string Query { get; init; }
+    /// <summary>This call's keys after RoPE, same rank as <see cref="Query"/>.</summary>
+    public required string Key { get; init; }
+    /// <summary>This call's values.</summary>
+    public required string Value { get; init; }
+    /// <summary>Rank of query, key and value (3 or 4).</summary>
+    public required int Rank { get; init; }
+    /// <summary>Past key cache graph input [B,H_kv,P,D].</summary>
+    public required string PastKey { get; init; }
+    /// <summary>Past value cache graph input.</summary>
+    public required string PastValue { get; init; }
+    /// <summary>Present key cache tensor (kept as the op's output name).</summary>
+    public required string PresentKey { get; init; }
+    /// <summary>Present value cache tensor.</summary>
+    public required string PresentValue { get; init; }
+    /// <summary>Attention output tensor (kept as the op's output name), layout of <see cref="Query"/>.</summary>
+    public required string Output { get; init; }
+    /// <summary>The int64 [B,P+S] padding mask graph input the layer's mask derives from, or null (causal only).</summary>
+    public string? AttentionMask { get; init; }
+    /// <summary>Logit scale the layer applies to Q·Kᵀ (1 when it is folded into Q).</summary>
+    public required float Scale { get; init; }
+    /// <summary>Query heads H_q.</summary>
+    public required int NumHeads { get; init; }
+    /// <summary>Key/value heads H_kv.</summary>
+    public required int KvNumHeads { get; init; }
+    /// <summary>Head size D.</summary>
+    public required int HeadSize { get; init; }
+    /// <summary>Element type of the caches.</summary>
+    public required DataType ElementType { get; init; }
+    /// <summary>Nodes the HySparse op replaces (their other outputs are used nowhere else).</summary>
+    public required IReadOnlyList<NodeProto> ReplacedNodes { get; init; }
+}
+
+/// <summary>An attention-like subgraph the converter found but cannot convert.</summary>
+/// <param name="Node">Name of the node the problem was found at.</param>
+/// <param name="Reason">Why the layer cannot be converted, in a sentence.</param>
+public sealed record UnconvertibleLayer(string Node, string Reason)
+{
+    /// <inheritdoc />
+    public override string ToString() => $"{Node}: {Reason}";
+}
+
+/// <summary>Outcome of matching one anchor: a layer, or the reason it is not one.</summary>
+public sealed class AttentionMatch
+{
+    private AttentionMatch(AttentionLayer? layer, UnconvertibleLayer? failure)
+    {
+        Layer = layer;
+        Failure = failure;
+    }
+
+    /// <summary>The recognised layer, or null on failure.</summary>
+    public AttentionLayer? Layer { get; }
+    /// <summary>The failure, or null on success.</summary>
+    public UnconvertibleLayer? Failure { get; }
+
+    /// <summary>A successful match.</summary>
+    public static AttentionMatch Success(AttentionLayer layer) => new(layer, null);
+    /// <summary>A failed match at <paramref name="node"/>.</summary>
+    public static AttentionMatch Fail(NodeProto node, string reason) => new(null, new UnconvertibleLayer(NodeLabel(node), reason));
+
+    /// <summary>The node's name, or its type and first output when it has no name.</summary>
+    public static string NodeLabel(NodeProto node) =>
+        node.Name.Length > 0 ? node.Name : $"{node.OpType} -> {node.Output.FirstOrDefault()}";
+}
+
+/// <summary>Raised inside a pattern to abandon a match with a reason; never escapes the recogniser.</summary>
+internal sealed class PatternMismatch(NodeProto node, string reason) : Exception(reason)
+{
+    public NodeProto Node { get; } = node;
+}

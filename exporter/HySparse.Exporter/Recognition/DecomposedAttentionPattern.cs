@@ -1,0 +1,228 @@
+using HySparse.Exporter.Graph;
+using HySparse.Models.Graph;
+using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace HySparse.Exporter.Recognition;
+
+/// <summary>
+/// Attention as torch.onnx.export and Optimum write it for decoders with a KV cache:
+/// <code>
+/// present_k = Concat(past_k, k_rot, axis=2)      present_v = Concat(past_v, v, axis=2)
+/// [repeat_kv: Unsqueeze → Expand → Reshape]       [repeat_kv]
+/// scores = MatMul(q_rot, Transpose(K, [0,1,3,2])) → Div(√D) | Mul(1/√D)
+///          (or constant Muls on the Q and Kᵀ operands, or folded into Q)
+/// probs  = Softmax(Add(scores, mask), axis=-1) [→ Cast] ;  out = MatMul(probs, V)
+/// </code>
+/// The anchor is the Softmax. The HySparse op takes q_rot, k_rot, v (BNSH) and the caches, and
+/// produces <c>out</c> and the presents under their original names; the mask subgraph is replaced
+/// by the op's own causal + padding masking from <c>attention_mask</c>.
+/// </summary>
+public sealed class DecomposedAttentionPattern : IAttentionPattern
+{
+    /// <summary>Name of the padding-mask graph input the op is fed.</summary>
+    public const string AttentionMaskInput = "attention_mask";
+
+    /// <inheritdoc />
+    public AttentionStyle Style => AttentionStyle.Decomposed;
+
+    /// <inheritdoc />
+    public IEnumerable<NodeProto> Anchors(GraphIndex graph) =>
+        // A Softmax whose output is multiplied by another activation is attention; one feeding a
+        // router (TopK) or a classifier output is not.
+        graph.Graph.Node.Where(n => n is { OpType: "Softmax", Domain: "" } && ThroughCast(graph, n.Output[0]) is var probabilities
+            && graph.Consumers(probabilities).Any(c => c is { OpType: "MatMul", Domain: "" } && c.Input[0] == probabilities && graph.Constant(c.Input[1]) is null));
+
+    /// <summary>
+    /// torch exports <c>softmax(…, dtype=float32)</c> as Softmax → Cast: the tensor after such a Cast
+    /// when it is the only reader, else <paramref name="tensor"/> itself.
+    /// </summary>
+    private static string ThroughCast(GraphIndex graph, string tensor) =>
+        graph.Consumers(tensor) is [{ OpType: "Cast", Domain: "" } cast] && !graph.IsGraphOutput(tensor) ? cast.Output[0] : tensor;
+
+    /// <inheritdoc />
+    public AttentionMatch Match(GraphIndex graph, NodeProto anchor)
+    {
+        try
+        {
+            return AttentionMatch.Success(MatchLayer(graph, anchor));
+        }
+        catch (PatternMismatch mismatch)
+        {
+            return AttentionMatch.Fail(mismatch.Node, mismatch.Message);
+        }
+    }
+
+    private static AttentionLayer MatchLayer(GraphIndex graph, NodeProto softmax)
+    {
+        var nodes = new List<NodeProto> { softmax };
+        var probabilities = ThroughCast(graph, softmax.Output[0]);
+        if (probabilities != softmax.Output[0])
+        {
+            var cast = graph.Producer(probabilities)!;
+            if (Attr.GetInt(cast, "to", 0) is not ((long)DataType.Float or (long)DataType.Float16 or (long)DataType.Bfloat16))
+                throw new PatternMismatch(cast, "attention probabilities are cast to a non-float type");
+            nodes.Add(cast);
+        }
+        var users = graph.Consumers(probabilities);
+        if (users is not [{ OpType: "MatMul", Domain: "" } valueMatMul] || graph.IsGraphOutput(probabilities))
+            throw new PatternMismatch(softmax, $"attention probabilities feed {users.Count} node(s) or a graph output; expected only MatMul(probabilities, V)");
+        nodes.Add(valueMatMul);
+        var axis = Attr.GetInt(softmax, "axis", -1);
+        if (axis is not (-1 or 3))
+            throw new PatternMismatch(softmax, $"Softmax must normalise over keys (axis -1 or 3), not axis {axis}");
+
+        // Mask: Add(scores, mask) in either operand order; the scores side leads to a MatMul.
+        if (graph.Producer(softmax.Input[0]) is not { OpType: "Add", Domain: "" } maskAdd)
+        {
+            var producer = graph.Producer(softmax.Input[0]);
+            throw new PatternMismatch(softmax, producer is { OpType: "Where" }
+                ? "masking with Where before Softmax is not supported yet (only an additive mask)"
+                : "no additive mask before Softmax; an unmasked attention is not causal and cannot become a HySparse layer");
+        }
+        nodes.Add(maskAdd);
+        var scoresFirst = LeadsToMatMul(graph, maskAdd.Input[0]);
+        var scoresSecond = LeadsToMatMul(graph, maskAdd.Input[1]);
+        if (scoresFirst == scoresSecond)
+            throw new PatternMismatch(maskAdd, "cannot tell the attention scores from the mask among the Add's operands");
+        var (scoresTensor, maskTensor) = scoresFirst ? (maskAdd.Input[0], maskAdd.Input[1]) : (maskAdd.Input[1], maskAdd.Input[0]);
+
+        var (rawScores, scale) = ScaleFactors.Strip(graph, scoresTensor, nodes);
+        if (graph.Producer(rawScores) is not { OpType: "MatMul", Domain: "" } scoreMatMul)
+            throw new PatternMismatch(maskAdd, $"attention scores '{rawScores}' are not MatMul(Q, Kᵀ) scaled by a constant");
+        nodes.Add(scoreMatMul);
+        var query = scoreMatMul.Input[0];
+
+        // Keys: [scale] → Transpose(0,1,3,2) → [scale] → [repeat_kv] → Concat(past, new).
+        var (transposedKeys, keyScaleAfter) = ScaleFactors.Strip(graph, scoreMatMul.Input[1], nodes);
+        if (graph.Producer(transposedKeys) is not { OpType: "Transpose", Domain: "" } transpose)
+            throw new PatternMismatch(scoreMatMul, "keys reach MatMul(Q, Kᵀ) without a Transpose");
+        var perm = Attr.GetInts(transpose, "perm");
+        if (perm is not [0, 1, 3, 2])
+            throw new PatternMismatch(transpose, $"keys transposed with perm [{string.Join(", ", perm ?? [])}]; only [0, 1, 3, 2] on BNSH keys is supported yet");
+        nodes.Add(transpose);
+        var (expandedKeys, keyScaleBefore) = ScaleFactors.Strip(graph, transpose.Input[0], nodes);
+        var keyExpansion = KvExpansion.Match(graph, expandedKeys);
+        nodes.AddRange(keyExpansion.Nodes);
+        var keyCache = CacheConcat.Match(graph, keyExpansion.Source, transpose);
+        nodes.Add(keyCache.Node);
+
+        var valueExpansion = KvExpansion.Match(graph, valueMatMul.Input[1]);
+        nodes.AddRange(valueExpansion.Nodes);
+        var valueCache = CacheConcat.Match(graph, valueExpansion.Source, valueMatMul);
+        nodes.Add(valueCache.Node);
+        if (keyExpansion.Nodes.Count > 0 != valueExpansion.Nodes.Count > 0
+            || keyExpansion.GroupSize is { } k && valueExpansion.GroupSize is { } v && k != v)
+            throw new PatternMismatch(valueMatMul, $"keys and values are not repeated alike (keys {keyExpansion.GroupSize?.ToString() ?? "?"}×, values {valueExpansion.GroupSize?.ToString() ?? "?"}×)");
+
+        var (kvHeads, headSize, elementType) = CacheGeometry(graph, keyCache, scoreMatMul);
+        var groupSize = keyExpansion.Nodes.Count == 0 ? 1
+            : keyExpansion.GroupSize ?? valueExpansion.GroupSize ?? GroupSizeFromHeadMerge(graph, valueMatMul, kvHeads, headSize);
+        var padding = MaskSource(graph, maskTensor, maskAdd);
+        RequireSelfContained(graph, nodes, [valueMatMul.Output[0], keyCache.Present, valueCache.Present]);
+
+        return new AttentionLayer
+        {
+            Style = AttentionStyle.Decomposed,
+            AnchorNode = AttentionMatch.NodeLabel(softmax),
+            CacheIndex = keyCache.LayerNumber(),
+            Query = query,
+            Key = keyCache.New,
+            Value = valueCache.New,
+            Rank = 4,
+            PastKey = keyCache.Past,
+            PastValue = valueCache.Past,
+            PresentKey = keyCache.Present,
+            PresentValue = valueCache.Present,
+            Output = valueMatMul.Output[0],
+            AttentionMask = padding,
+            Scale = (float)(scale * keyScaleAfter * keyScaleBefore),
+            NumHeads = kvHeads * groupSize,
+            KvNumHeads = kvHeads,
+            HeadSize = headSize,
+            ElementType = elementType,
+            ReplacedNodes = nodes,
+        };
+    }
+
+    /// <summary>
+    /// True when <paramref name="tensor"/> is a MatMul output, possibly scaled (by anything: whether
+    /// the scale is usable is checked later, with its own reason).
+    /// </summary>
+    private static bool LeadsToMatMul(GraphIndex graph, string tensor)
+    {
+        for (var depth = 0; depth < 3 && graph.Producer(tensor) is { Domain: "" } node; depth++)
+        {
+            if (node.OpType == "MatMul") return true;
+            if (node.OpType is not ("Mul" or "Div")) return false;
+            tensor = node.OpType == "Mul" && graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// When the expansion shape is computed at run time, the query head count comes from the
+    /// head merge after the attention: Transpose(0,2,1,3) → Reshape to [.., .., H_q·D] whose last
+    /// entry is a constant even when the others are gathered from shapes.
+    /// </summary>
+    private static int GroupSizeFromHeadMerge(GraphIndex graph, NodeProto valueMatMul, int kvHeads, int headSize)
+    {
+        if (graph.Consumers(valueMatMul.Output[0]) is [{ OpType: "Transpose", Domain: "" } transpose]
+            && Attr.GetInts(transpose, "perm") is [0, 2, 1, 3]
+            && graph.Consumers(transpose.Output[0]) is [{ OpType: "Reshape", Domain: "" } reshape]
+            && graph.PartialIntVector(reshape.Input[1]) is [_, _, { } width]
+            && width % ((long)kvHeads * headSize) == 0 && width > 0)
+            return checked((int)(width / ((long)kvHeads * headSize)));
+        throw new PatternMismatch(valueMatMul,
+            "the GQA expansion shape is computed at run time and the head merge after the attention does not state the query width; cannot tell how many query heads share a KV head");
+    }
+
+    /// <summary>H_kv, D and element type from the past cache's declared shape [B,H_kv,P,D].</summary>
+    private static (int KvHeads, int HeadSize, DataType Type) CacheGeometry(GraphIndex graph, CacheConcat cache, NodeProto user)
+    {
+        var tensorType = graph.GraphInput(cache.Past)?.Type?.TensorType;
+        var dims = tensorType?.Shape?.Dim;
+        if (dims is not { Count: 4 } || dims[1].DimValue < 1 || dims[3].DimValue < 1)
+            throw new PatternMismatch(user, $"past cache '{cache.Past}' does not declare a 4-D shape with fixed head count and head size");
+        return (checked((int)dims[1].DimValue), checked((int)dims[3].DimValue), (DataType)tensorType!.ElemType);
+    }
+
+    /// <summary>
+    /// The padding mask graph input the additive mask is computed from. The op rebuilds the causal
+    /// part itself; a mask computed from anything else could mean something the op cannot express.
+    /// </summary>
+    private static string? MaskSource(GraphIndex graph, string mask, NodeProto maskAdd)
+    {
+        var input = graph.GraphInput(AttentionMaskInput);
+        if (input is null)
+        {
+            if (graph.Graph.Input.Any(i => graph.IsGraphInput(i.Name) && graph.DependsOn(mask, i.Name)))
+                throw new PatternMismatch(maskAdd, $"the additive mask depends on graph inputs but there is no '{AttentionMaskInput}' input to give the op");
+            return null;
+        }
+        var type = input.Type?.TensorType;
+        if (type is null || (DataType)type.ElemType != DataType.Int64 || type.Shape?.Dim.Count != 2)
+            throw new PatternMismatch(maskAdd, $"'{AttentionMaskInput}' must be int64 [batch, total length] to feed the op directly");
+        if (!graph.DependsOn(mask, AttentionMaskInput))
+            throw new PatternMismatch(maskAdd, $"the additive mask is not computed from '{AttentionMaskInput}'");
+        return AttentionMaskInput;
+    }
+
+    /// <summary>
+    /// Every tensor the matched nodes produce, except <paramref name="kept"/>, must be used only inside
+    /// the match: removing the nodes must not starve anything else.
+    /// </summary>
+    private static void RequireSelfContained(GraphIndex graph, List<NodeProto> nodes, IReadOnlyCollection<string> kept)
+    {
+        var members = new HashSet<NodeProto>(nodes, ReferenceEqualityComparer.Instance);
+        if (members.Count != nodes.Count) throw new PatternMismatch(nodes[0], "the attention subgraph matched a node twice");
+        foreach (var node in nodes)
+            foreach (var output in node.Output.Where(o => o.Length > 0 && !kept.Contains(o)))
+            {
+                if (graph.IsGraphOutput(output))
+                    throw new PatternMismatch(node, $"intermediate attention tensor '{output}' is a graph output");
+                if (graph.Consumers(output).FirstOrDefault(c => !members.Contains(c)) is { } outsider)
+                    throw new PatternMismatch(node, $"intermediate attention tensor '{output}' is also used by '{AttentionMatch.NodeLabel(outsider)}'");
+            }
+    }
+}

@@ -1,0 +1,205 @@
+using System.Globalization;
+using HySparse.Exporter.Layout;
+using HySparse.Exporter.Recognition;
+using HySparse.Models.Graph;
+using HySparse.Onnx;
+using Onnx;
+
+namespace HySparse.Exporter.Rewrite;
+
+/// <summary>
+/// Replaces recognised attention layers by <c>HySparseFullAttn</c> / <c>HySparseSparseAttn</c> nodes
+/// in place. Only graph structure changes: the op nodes take the place of each layer's matched
+/// nodes, producing the layer's attention output and present caches under their original names;
+/// nodes and initializers that only fed the replaced subgraphs (the additive mask, scale constants)
+/// are dropped; nothing else is touched.
+/// </summary>
+internal static class HybridRewriter
+{
+    /// <summary>Rewrites <paramref name="model"/>; <paramref name="layers"/> are in graph order, one per layout entry.</summary>
+    /// <returns>The op node created for each layer, in layer order.</returns>
+    public static IReadOnlyList<NodeProto> Apply(ModelProto model, IReadOnlyList<AttentionLayer> layers, LayerLayout layout, HybridParameters parameters)
+    {
+        if (layers.Count != layout.Count) throw new ArgumentException($"{layers.Count} layers but a layout for {layout.Count}");
+        var graph = model.Graph;
+        var usedNames = new HashSet<string>(graph.Node.SelectMany(n => n.Output).Concat(graph.Input.Select(i => i.Name))
+            .Concat(graph.Initializer.Select(i => i.Name)), StringComparer.Ordinal);
+        var usedNodeNames = new HashSet<string>(graph.Node.Select(n => n.Name), StringComparer.Ordinal);
+
+        var selections = new string?[layers.Count];
+        var ops = new NodeProto[layers.Count];
+        var replacementAt = new Dictionary<NodeProto, NodeProto>(ReferenceEqualityComparer.Instance);
+        var removed = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
+        var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
+        for (var i = 0; i < graph.Node.Count; i++) position[graph.Node[i]] = i;
+
+        for (var i = 0; i < layers.Count; i++)
+        {
+            var layer = layers[i];
+            var label = (layer.CacheIndex ?? i).ToString(CultureInfo.InvariantCulture);
+            NodeProto op;
+            if (layout.Kinds[i] == LayerKind.Full)
+            {
+                if (layout.FeedsSparseLayers(i)) selections[i] = Unique(usedNames, $"hysparse.layers.{label}.block_indices");
+                op = FullNode(layer, selections[i], parameters);
+            }
+            else
+            {
+                op = SparseNode(layer, selections[layout.OracleOf(i)]!, parameters);
+            }
+            op.Name = Unique(usedNodeNames, $"{ScopeOf(layer.AnchorNode)}/{op.OpType}");
+            ops[i] = op;
+            removed.UnionWith(layer.ReplacedNodes);
+            // The op goes where the last replaced node was: every input of the layer exists by then.
+            replacementAt[layer.ReplacedNodes.MaxBy(n => position[n])!] = op;
+        }
+
+        var rebuilt = new List<NodeProto>(graph.Node.Count);
+        foreach (var node in graph.Node)
+        {
+            if (replacementAt.TryGetValue(node, out var op)) rebuilt.Add(op);
+            else if (!removed.Contains(node)) rebuilt.Add(node);
+        }
+        var dropped = DropOrphans(graph, rebuilt, removed);
+        graph.Node.Clear();
+        graph.Node.AddRange(TopologicalOrder(graph, rebuilt));
+        PruneValueInfoAndInitializers(graph, dropped);
+
+        model.OpsetImport.Add(new OperatorSetIdProto { Domain = HySparseOps.Domain, Version = HySparseOps.DomainVersion });
+        return ops;
+    }
+
+    private static NodeProto FullNode(AttentionLayer layer, string? selection, HybridParameters parameters)
+    {
+        var node = new NodeProto { OpType = HySparseOps.FullAttn, Domain = HySparseOps.Domain };
+        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue, layer.AttentionMask ?? ""]);
+        TrimOptionalInputs(node);
+        node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
+        if (selection is not null) node.Output.Add(selection);
+        node.Attribute.AddRange(CommonAttributes(layer, parameters));
+        node.Attribute.Add(Attr.Int(HySparseOps.Attributes.TopK, parameters.TopK));
+        return node;
+    }
+
+    private static NodeProto SparseNode(AttentionLayer layer, string selection, HybridParameters parameters)
+    {
+        var node = new NodeProto { OpType = HySparseOps.SparseAttn, Domain = HySparseOps.Domain };
+        // Retrofit: no shared_key/shared_value (inputs 5, 6); the SA branch reads the layer's own cache.
+        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue, "", "", selection, layer.AttentionMask ?? ""]);
+        TrimOptionalInputs(node);
+        node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
+        node.Attribute.AddRange(CommonAttributes(layer, parameters));
+        node.Attribute.Add(Attr.Int(HySparseOps.Attributes.Window, parameters.Window));
+        node.Attribute.Add(Attr.String(HySparseOps.Attributes.Combine, HySparseOps.CombineModes.Union));
+        node.Attribute.Add(Attr.Int(HySparseOps.Attributes.WindowCache, 0));
+        return node;
+    }
+
+    private static IEnumerable<AttributeProto> CommonAttributes(AttentionLayer layer, HybridParameters parameters) =>
+    [
+        Attr.Int(HySparseOps.Attributes.NumHeads, layer.NumHeads),
+        Attr.Int(HySparseOps.Attributes.KvNumHeads, layer.KvNumHeads),
+        // Always explicit: the source's scale may differ from the op's 1/√D default (folded into Q, say).
+        Attr.Float(HySparseOps.Attributes.Scale, layer.Scale),
+        Attr.Int(HySparseOps.Attributes.BlockSize, parameters.BlockSize),
+    ];
+
+    /// <summary>ONNX marks omitted trailing optional inputs by leaving them out, not by empty names.</summary>
+    private static void TrimOptionalInputs(NodeProto node)
+    {
+        while (node.Input.Count > 0 && node.Input[^1].Length == 0) node.Input.RemoveAt(node.Input.Count - 1);
+    }
+
+    /// <summary>
+    /// Removes nodes whose outputs nothing reads any more because the replaced subgraphs were their
+    /// only readers (the mask construction, scale constants), transitively. Nodes that were already
+    /// dead in the source stay: the rewrite only cleans up after itself.
+    /// </summary>
+    private static HashSet<NodeProto> DropOrphans(GraphProto graph, List<NodeProto> nodes, HashSet<NodeProto> removed)
+    {
+        var producers = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
+        foreach (var node in nodes)
+            foreach (var output in node.Output.Where(o => o.Length > 0)) producers[output] = node;
+        var readers = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var input in nodes.SelectMany(n => n.Input).Where(n => n.Length > 0)) readers[input] = readers.GetValueOrDefault(input) + 1;
+        var graphOutputs = graph.Output.Select(o => o.Name).ToHashSet(StringComparer.Ordinal);
+
+        var dropped = new HashSet<NodeProto>(removed, ReferenceEqualityComparer.Instance);
+        var pending = new Stack<NodeProto>(removed.SelectMany(n => n.Input).Where(producers.ContainsKey).Select(n => producers[n]));
+        while (pending.Count > 0)
+        {
+            var node = pending.Pop();
+            if (dropped.Contains(node) || node.Output.Any(o => readers.GetValueOrDefault(o) > 0 || graphOutputs.Contains(o))) continue;
+            dropped.Add(node);
+            foreach (var input in node.Input.Where(n => n.Length > 0))
+            {
+                readers[input]--;
+                if (producers.TryGetValue(input, out var producer)) pending.Push(producer);
+            }
+        }
+        nodes.RemoveAll(dropped.Contains);
+        return dropped;
+    }
+
+    private static void PruneValueInfoAndInitializers(GraphProto graph, HashSet<NodeProto> dropped)
+    {
+        var produced = graph.Node.SelectMany(n => n.Output).ToHashSet(StringComparer.Ordinal);
+        var read = graph.Node.SelectMany(n => n.Input).Concat(graph.Output.Select(o => o.Name)).ToHashSet(StringComparer.Ordinal);
+        var gone = dropped.SelectMany(n => n.Output).Where(o => !produced.Contains(o)).ToHashSet(StringComparer.Ordinal);
+        foreach (var info in graph.ValueInfo.Where(v => gone.Contains(v.Name)).ToList()) graph.ValueInfo.Remove(info);
+
+        // An initializer that only the dropped nodes read goes too; one declared as a graph input stays
+        // (removing it would change the model's interface).
+        var inputs = graph.Input.Select(i => i.Name).ToHashSet(StringComparer.Ordinal);
+        var orphaned = dropped.SelectMany(n => n.Input).Where(n => !read.Contains(n) && !inputs.Contains(n)).ToHashSet(StringComparer.Ordinal);
+        foreach (var initializer in graph.Initializer.Where(i => orphaned.Contains(i.Name)).ToList()) graph.Initializer.Remove(initializer);
+    }
+
+    /// <summary>
+    /// Kahn's algorithm taking ready nodes in their current order, so an already sorted list comes out
+    /// unchanged.
+    /// </summary>
+    private static List<NodeProto> TopologicalOrder(GraphProto graph, List<NodeProto> nodes)
+    {
+        var producerIndex = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (var i = 0; i < nodes.Count; i++)
+            foreach (var output in nodes[i].Output.Where(o => o.Length > 0)) producerIndex[output] = i;
+        var waiting = new int[nodes.Count];
+        var dependents = new List<int>[nodes.Count];
+        for (var i = 0; i < nodes.Count; i++)
+        {
+            dependents[i] = [];
+            foreach (var input in nodes[i].Input.Distinct())
+            {
+                if (input.Length == 0 || !producerIndex.TryGetValue(input, out var p) || p == i) continue;
+                waiting[i]++;
+                dependents[p].Add(i);
+            }
+        }
+        var ready = new PriorityQueue<int, int>();
+        for (var i = 0; i < nodes.Count; i++)
+            if (waiting[i] == 0) ready.Enqueue(i, i);
+        var order = new List<NodeProto>(nodes.Count);
+        while (ready.TryDequeue(out var i, out _))
+        {
+            order.Add(nodes[i]);
+            foreach (var d in dependents[i])
+                if (--waiting[d] == 0) ready.Enqueue(d, d);
+        }
+        if (order.Count != nodes.Count) throw new InvalidOperationException($"graph '{graph.Name}' has a cycle after the rewrite");
+        return order;
+    }
+
+    private static string ScopeOf(string nodeName)
+    {
+        var slash = nodeName.LastIndexOf('/');
+        return slash > 0 ? nodeName[..slash] : "/hysparse";
+    }
+
+    private static string Unique(HashSet<string> used, string stem)
+    {
+        var name = stem;
+        for (var n = 1; !used.Add(name); n++) name = $"{stem}_{n}";
+        return name;
+    }
+}

@@ -1,0 +1,41 @@
+using Google.Protobuf;
+using Onnx;
+
+namespace HySparse.Models.Graph;
+
+/// <summary>
+/// Moves initializer bytes out of the model protobuf into a side file, as exporters do for models
+/// over protobuf's 2 GB limit. ONNX Runtime finds the file relative to the model's directory.
+/// </summary>
+public static class ExternalData
+{
+    /// <summary>Offsets are page aligned so ONNX Runtime can memory-map each tensor.</summary>
+    public const int Alignment = 4096;
+
+    /// <summary>
+    /// Writes the raw data of every initializer of at least <paramref name="minimumBytes"/> bytes to
+    /// <paramref name="directory"/>/<paramref name="fileName"/> (replacing the file) and turns the
+    /// initializer into an external reference (location, offset, length).
+    /// </summary>
+    /// <returns>The number of initializers moved.</returns>
+    public static int MoveToFile(ModelProto model, string directory, string fileName, long minimumBytes = 1024)
+    {
+        if (Path.GetFileName(fileName) != fileName) throw new ArgumentException($"'{fileName}' must be a bare file name: ONNX Runtime resolves it relative to the model", nameof(fileName));
+        var moved = 0;
+        using var file = new FileStream(Path.Combine(directory, fileName), FileMode.Create, FileAccess.Write);
+        foreach (var tensor in model.Graph.Initializer)
+        {
+            if (Tensors.IsExternal(tensor) || tensor.RawData.Length < minimumBytes) continue;
+            var offset = (file.Position + Alignment - 1) / Alignment * Alignment;
+            file.Position = offset;
+            tensor.RawData.WriteTo(file);
+            tensor.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = fileName });
+            tensor.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+            tensor.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = tensor.RawData.Length.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+            tensor.DataLocation = TensorProto.Types.DataLocation.External;
+            tensor.RawData = ByteString.Empty;
+            moved++;
+        }
+        return moved;
+    }
+}

@@ -1,0 +1,178 @@
+using HySparse.Models.Graph;
+using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace HySparse.Models.Llama;
+
+/// <summary>How a built decoder expresses attention.</summary>
+public enum LlamaAttentionStyle
+{
+    /// <summary>
+    /// As <c>torch.onnx.export</c> / Optimum emit it: head Reshape/Transpose, RoPE, Concat(past, new),
+    /// GQA expansion, MatMul(Q, Kᵀ) → Div(√D) → Add(mask) → Softmax → MatMul(V).
+    /// </summary>
+    Decomposed,
+
+    /// <summary>
+    /// As the onnxruntime-genai model builder emits it: <c>com.microsoft.GroupQueryAttention</c> with
+    /// RoPE inside (<c>do_rotary=1</c>) and separate past/present caches. Matches the decomposed model
+    /// on batches without left padding (GroupQueryAttention assumes right padding).
+    /// </summary>
+    GroupQueryAttention,
+}
+
+/// <summary>Where a decomposed export applies the 1/√D logit scale.</summary>
+public enum ScalePlacement
+{
+    /// <summary><c>Div(Q·Kᵀ, √D)</c>, as Hugging Face's eager attention exports.</summary>
+    DivideScores,
+    /// <summary><c>Mul(Q·Kᵀ, 1/√D)</c>.</summary>
+    MultiplyScores,
+    /// <summary>
+    /// <c>Mul(Q, D^-¼)</c> and <c>Mul(Kᵀ, D^-¼)</c> before the MatMul, as torch exports
+    /// scaled_dot_product_attention (the scale split over both operands for range).
+    /// </summary>
+    SplitOverQueryAndKey,
+}
+
+/// <summary>Variations among real decomposed exports, so the converter is tested on more than one spelling.</summary>
+public sealed record DecomposedExportOptions
+{
+    /// <summary>Where the logit scale goes.</summary>
+    public ScalePlacement Scale { get; init; } = ScalePlacement.DivideScores;
+    /// <summary>One fused QKV projection split by <c>Split</c>, instead of three MatMuls.</summary>
+    public bool FusedQkv { get; init; }
+}
+
+/// <summary>Builds Llama-style decoders as ONNX models.</summary>
+public static class LlamaModelBuilder
+{
+    /// <summary>Positions the rotary cos/sin caches of fused styles cover.</summary>
+    public const int RotaryCacheLength = 1024;
+
+    /// <summary>Symbolic batch dimension.</summary>
+    public const string BatchDim = "batch_size";
+    /// <summary>Symbolic new-token dimension.</summary>
+    public const string SequenceDim = "sequence_length";
+    /// <summary>Symbolic cached-token dimension.</summary>
+    public const string PastDim = "past_sequence_length";
+    /// <summary>Symbolic past + new dimension.</summary>
+    public const string TotalDim = "total_sequence_length";
+
+    /// <summary>
+    /// Builds the decoder with the given weights. Inputs: <c>input_ids</c> int64 [B,S],
+    /// <c>attention_mask</c> int64 [B,P+S], <c>past_key_values.N.key|value</c> float [B,H_kv,P,D];
+    /// outputs: <c>logits</c> [B,S,V], <c>present.N.key|value</c> [B,H_kv,P+S,D].
+    /// </summary>
+    /// <param name="weights">The weights (and through them the configuration).</param>
+    /// <param name="style">How attention is written.</param>
+    /// <param name="decomposed">Variations of the decomposed style (default: Hugging Face eager export).</param>
+    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) => style switch
+    {
+        LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
+        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength).Emit(),
+        _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
+    };
+
+    /// <summary>Generates weights from <paramref name="config"/> and builds the decoder.</summary>
+    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) =>
+        Build(LlamaWeights.Generate(config), style, decomposed);
+}
+
+/// <summary>
+/// The parts every attention style shares: embedding, RMSNorm, SwiGLU, residuals, LM head, the KV
+/// cache inputs and outputs. A style supplies the attention block.
+/// </summary>
+internal abstract class LlamaEmitter
+{
+    protected LlamaEmitter(LlamaWeights weights)
+    {
+        Weights = weights;
+        Config = weights.Config;
+        G = new GraphBuilder("llama_decoder");
+    }
+
+    protected LlamaWeights Weights { get; }
+    protected LlamaConfig Config { get; }
+    protected GraphBuilder G { get; }
+
+    /// <summary>Default-domain opset and any others the style needs.</summary>
+    protected abstract IReadOnlyDictionary<string, long> Opsets { get; }
+
+    /// <summary>Emits what all layers' attention shares (positions, rotary tables, masks).</summary>
+    protected abstract void EmitAttentionPrelude();
+
+    /// <summary>
+    /// Emits layer <paramref name="layer"/>'s attention on the normalised input [B,S,hidden], writing the
+    /// caches to the layer's present outputs; returns the heads' concatenated output [B,S,H_q·D].
+    /// </summary>
+    protected abstract string EmitAttention(int layer, string normed);
+
+    public ModelProto Emit()
+    {
+        var c = Config;
+        G.AddInput(LlamaNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
+        G.AddInput(LlamaNames.AttentionMask, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
+        for (var l = 0; l < c.Layers; l++)
+        {
+            G.AddInput(LlamaNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.PastDim, c.HeadDim);
+            G.AddInput(LlamaNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.PastDim, c.HeadDim);
+        }
+
+        var embedding = G.AddInitializer("model.embed_tokens.weight", [c.Vocab, c.Hidden], Weights.Embedding);
+        string x;
+        using (G.Scope("model/embed_tokens")) x = G.Op("Gather", [embedding, LlamaNames.InputIds], Attr.Int("axis", 0));
+        using (G.Scope("model")) EmitAttentionPrelude();
+
+        for (var l = 0; l < c.Layers; l++)
+        {
+            var w = Weights.Layers[l];
+            var prefix = $"model.layers.{l}";
+            using var layerScope = G.Scope($"model/layers.{l}");
+            string normed;
+            using (G.Scope("input_layernorm")) normed = RmsNorm(x, G.AddInitializer($"{prefix}.input_layernorm.weight", [c.Hidden], w.InputNorm));
+            using (G.Scope("self_attn"))
+            {
+                var heads = EmitAttention(l, normed);
+                var projected = G.Op("MatMul", heads, G.AddInitializer($"{prefix}.self_attn.o_proj.weight", [c.Heads * c.HeadDim, c.Hidden], w.Output));
+                x = G.Op("Add", x, projected);
+            }
+            using (G.Scope("post_attention_layernorm")) normed = RmsNorm(x, G.AddInitializer($"{prefix}.post_attention_layernorm.weight", [c.Hidden], w.PostAttentionNorm));
+            using (G.Scope("mlp"))
+            {
+                var gate = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.mlp.gate_proj.weight", [c.Hidden, c.Ffn], w.Gate));
+                var up = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.mlp.up_proj.weight", [c.Hidden, c.Ffn], w.Up));
+                // SiLU as torch exports it: x · sigmoid(x).
+                var silu = G.Op("Mul", gate, G.Op("Sigmoid", gate));
+                var down = G.Op("MatMul", G.Op("Mul", silu, up), G.AddInitializer($"{prefix}.mlp.down_proj.weight", [c.Ffn, c.Hidden], w.Down));
+                x = G.Op("Add", x, down);
+            }
+        }
+
+        string final;
+        using (G.Scope("model/norm")) final = RmsNorm(x, G.AddInitializer("model.norm.weight", [c.Hidden], Weights.FinalNorm));
+        using (G.Scope("lm_head"))
+        {
+            var head = Weights.LmHead is { } lmHead
+                ? G.AddInitializer("lm_head.weight", [c.Hidden, c.Vocab], lmHead)
+                : G.Op("Transpose", [embedding], Attr.Ints("perm", 1, 0));
+            G.OpNamed(LlamaNames.Logits, "MatMul", [final, head]);
+        }
+
+        G.AddOutput(LlamaNames.Logits, DataType.Float, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim, c.Vocab);
+        for (var l = 0; l < c.Layers; l++)
+        {
+            G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.TotalDim, c.HeadDim);
+            G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.TotalDim, c.HeadDim);
+        }
+        return G.BuildModel(Opsets, irVersion: 8, producer: "HySparse.Models");
+    }
+
+    /// <summary>RMSNorm as torch exports it: x · 1/√(mean(x²) + ε) · w.</summary>
+    protected string RmsNorm(string x, string weight)
+    {
+        var meanSquare = G.Op("ReduceMean", [G.Op("Pow", x, G.ConstFloat(2f))], Attr.Ints("axes", -1), Attr.Int("keepdims", 1));
+        var inverseRms = G.Op("Div", G.ConstFloat(1f), G.Op("Sqrt", G.Op("Add", meanSquare, G.ConstFloat(Config.RmsEpsilon))));
+        return G.Op("Mul", weight, G.Op("Mul", x, inverseRms));
+    }
+}

@@ -1,0 +1,24 @@
+namespace HySparse.Models.Llama;
+
+/// <summary>
+/// Graph input and output names of exported decoders, as Optimum and the onnxruntime-genai model
+/// builder spell them.
+/// </summary>
+public static class LlamaNames
+{
+    /// <summary>Token ids, int64 [batch, sequence].</summary>
+    public const string InputIds = "input_ids";
+    /// <summary>1 for a real token, 0 for padding, int64 [batch, past + sequence].</summary>
+    public const string AttentionMask = "attention_mask";
+    /// <summary>Next-token logits, [batch, sequence, vocab].</summary>
+    public const string Logits = "logits";
+
+    /// <summary>Past key cache input of a layer, [batch, kv heads, past, head size].</summary>
+    public static string PastKey(int layer) => $"past_key_values.{layer}.key";
+    /// <summary>Past value cache input of a layer.</summary>
+    public static string PastValue(int layer) => $"past_key_values.{layer}.value";
+    /// <summary>Present key cache output of a layer, [batch, kv heads, past + sequence, head size].</summary>
+    public static string PresentKey(int layer) => $"present.{layer}.key";
+    /// <summary>Present value cache output of a layer.</summary>
+    public static string PresentValue(int layer) => $"present.{layer}.value";
+}

@@ -1,0 +1,307 @@
+// Host launchers: choose the path, plan the one scratch allocation, enqueue the kernels on the
+// caller's stream. No synchronisation and no allocation besides the ScratchAllocator call.
+#include <algorithm>
+#include <string>
+
+#include "kernels/cuda/cuda_internal.cuh"
+
+namespace hysparse {
+namespace cuda {
+
+namespace detail {
+namespace {
+
+// HySparseFullAttn calls with at most this many new tokens take the split-K path (decode, short
+// chunks): the tiled kernel would start only B*H_kv CTAs for them, too few to fill the GPU on long
+// contexts. Past it, per-token split-K would re-read K/V once per token.
+constexpr int64_t kSplitPathMaxTokens = 4;
+// Slots one split walks at the least (4 per lane group): fewer would make the partials cost more than
+// they save; more leaves short (sparse) decodes latency-bound on a few long chains of dependent loads.
+constexpr int64_t kMinSplitSlots = 64;
+
+struct SplitPlan {
+  int num_splits = 1;
+  int64_t split_len = 1;
+};
+
+// Enough CTAs for a few waves over the GPU, splits of at least kMinSplitSlots and a multiple of the
+// 16 lane groups of a CTA.
+Status PlanSplits(int64_t row_ctas, int64_t max_slots, SplitPlan* plan) {
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return Error(err, std::string("cannot query the device: ") + cudaGetErrorString(err));
+  const int64_t target_ctas = 4LL * sms;
+  int64_t splits = CeilDiv(target_ctas, std::max<int64_t>(row_ctas, 1));
+  splits = std::min(splits, std::max<int64_t>(1, CeilDiv(max_slots, kMinSplitSlots)));
+  splits = std::max<int64_t>(1, std::min<int64_t>(splits, 65535));
+  int64_t len = CeilDiv(std::max<int64_t>(max_slots, 1), splits);
+  len = CeilDiv(len, 16) * 16;
+  plan->split_len = len;
+  plan->num_splits = static_cast<int>(CeilDiv(std::max<int64_t>(max_slots, 1), len));
+  return Status::Ok();
+}
+
+template <typename T>
+bool ViewAligned(const T* base, const HeadView& v) {
+  return Aligned16(base) && StrideAligned16<T>(v.batch_stride) && StrideAligned16<T>(v.head_stride) &&
+         StrideAligned16<T>(v.token_stride);
+}
+
+template <typename T>
+bool RowsAligned(const T* base, int head_dim) {
+  return base == nullptr || (Aligned16(base) && StrideAligned16<T>(head_dim));
+}
+
+// The fields of the split-K parameters both ops fill the same way (Args: FullAttnArgs or SparseAttnArgs).
+template <typename T, template <typename> class Args>
+GroupAttnParams<T> CommonGroupParams(const Args<T>& a, GroupMode mode, const SplitPlan& splits, int head_chunks,
+                                     char* part_ml, char* part_o) {
+  GroupAttnParams<T> p;
+  p.mode = mode;
+  p.batch = a.batch;
+  p.num_heads = a.num_heads;
+  p.kv_num_heads = a.kv_num_heads;
+  p.group = a.num_heads / a.kv_num_heads;
+  p.head_dim = a.head_dim;
+  p.new_len = a.new_len;
+  p.total_len = a.total_len;
+  p.scale_log2 = a.scale * kLog2e;
+  p.block_size = a.block_size;
+  p.query = a.query;
+  p.query_view = a.query_view;
+  p.mask = a.attention_mask;
+  p.head_chunks = head_chunks;
+  p.num_splits = splits.num_splits;
+  p.split_len = splits.split_len;
+  p.part_ml = reinterpret_cast<float2*>(part_ml);
+  p.part_o = reinterpret_cast<float*>(part_o);
+  return p;
+}
+
+template <typename T, template <typename> class Args>
+CombineParams<T> CommonCombineParams(const Args<T>& a, const GroupAttnParams<T>& g, int branches) {
+  CombineParams<T> c;
+  c.batch = a.batch;
+  c.num_heads = a.num_heads;
+  c.head_dim = a.head_dim;
+  c.new_len = a.new_len;
+  c.num_splits = g.num_splits;
+  c.branches = branches;
+  c.part_ml = g.part_ml;
+  c.part_o = g.part_o;
+  c.output = a.output;
+  c.output_view = a.output_view;
+  return c;
+}
+
+char* AllocateScratch(ScratchAllocator& scratch, size_t bytes, const char* op, Status* status) {
+  if (bytes == 0) return nullptr;
+  void* p = scratch.Allocate(bytes);
+  if (!p) {
+    *status = Error(cudaErrorMemoryAllocation,
+                    std::string(op) + ": the scratch allocator could not provide " + std::to_string(bytes) + " bytes");
+  }
+  return static_cast<char*>(p);
+}
+
+}  // namespace
+}  // namespace detail
+
+bool SupportsShape(int head_dim, int num_heads, int kv_num_heads, std::string* why) {
+  std::string reason;
+  if (head_dim < 1 || head_dim > kMaxHeadDim) {
+    reason = "head size " + std::to_string(head_dim) + " is outside the CUDA kernels' range [1, " +
+             std::to_string(kMaxHeadDim) + "]";
+  } else if (kv_num_heads < 1 || num_heads < 1 || num_heads % kv_num_heads != 0) {
+    reason = "num_heads " + std::to_string(num_heads) + " is not a multiple of kv_num_heads " +
+             std::to_string(kv_num_heads);
+  } else if (num_heads / kv_num_heads > kMaxGroupSize) {
+    reason = "num_heads / kv_num_heads = " + std::to_string(num_heads / kv_num_heads) +
+             " exceeds the CUDA kernels' group limit " + std::to_string(kMaxGroupSize);
+  }
+  if (why) *why = reason;
+  return reason.empty();
+}
+
+template <typename T>
+Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch) {
+  using namespace detail;
+  if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseFullAttn: refusing the legacy default stream");
+  std::string why;
+  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
+    return Error(cudaErrorNotSupported, "HySparseFullAttn: " + why);
+  }
+  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+
+  const int group = a.num_heads / a.kv_num_heads;
+  const int64_t nb = a.NumBlocks();
+  const bool want_stats = a.WantsSelection();
+  const bool want_indices = a.block_indices || a.selected_key || a.selected_value;
+  const int64_t head_rows = static_cast<int64_t>(a.batch) * a.num_heads * a.new_len;
+  const int64_t kv_rows = static_cast<int64_t>(a.batch) * a.kv_num_heads * a.new_len;
+  const bool vector_ok = a.head_dim % 8 == 0 && ViewAligned(a.query, a.query_view) &&
+                         RowsAligned(a.key_cache, a.head_dim) && RowsAligned(a.value_cache, a.head_dim);
+  const bool split_path = a.new_len <= kSplitPathMaxTokens;
+
+  SplitPlan splits;
+  const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
+  const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
+  ScratchPlan plan;
+  size_t off_part_ml = 0, off_part_o = 0, off_logits = 0, off_block_max = 0, off_lse = 0, off_indices = 0,
+         off_work = 0;
+  if (split_path) {
+    HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks, a.total_len, &splits));
+    off_part_ml = plan.Add<float2>(head_rows * splits.num_splits);
+    off_part_o = plan.Add<float>(head_rows * splits.num_splits * a.head_dim);
+    if (want_stats) off_logits = plan.Add<float>(head_rows * a.total_len);
+  }
+  if (want_stats) off_block_max = plan.Add<float>(head_rows * nb);
+  if (want_stats) {
+    off_lse = plan.Add<float>(head_rows);
+    if (want_indices && !a.block_indices) off_indices = plan.Add<int32_t>(kv_rows * a.top_k);
+    if (nb > SelectSharedCapacity()) off_work = plan.Add<float>(kv_rows * nb);
+  }
+  Status status;
+  char* base = AllocateScratch(scratch, plan.total(), "HySparseFullAttn", &status);
+  if (!status.ok()) return status;
+
+  float* lse = want_stats ? reinterpret_cast<float*>(base + off_lse) : nullptr;
+  if (split_path) {
+    GroupAttnParams<T> p = CommonGroupParams(a, GroupMode::kFull, splits, head_chunks, base + off_part_ml,
+                                             base + off_part_o);
+    p.key = a.key_cache;
+    p.value = a.value_cache;
+    p.capacity = a.cache_capacity;
+    p.vector_ok = vector_ok;
+    p.key_logits = want_stats ? reinterpret_cast<float*>(base + off_logits) : nullptr;
+    HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
+
+    CombineParams<T> c = CommonCombineParams(a, p, 1);
+    c.lse = lse;
+    HYSPARSE_CUDA_RETURN_IF(LaunchCombine(c, stream));
+  } else {
+    TiledStats stats;
+    if (want_stats) {
+      stats.block_max = reinterpret_cast<float*>(base + off_block_max);
+      stats.lse = lse;
+    }
+    HYSPARSE_CUDA_RETURN_IF(LaunchFullAttnTiled(a, stats, vector_ok, stream));
+  }
+  if (!want_stats) return Status::Ok();
+  if (split_path) {
+    HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(reinterpret_cast<float*>(base + off_logits),
+                                           reinterpret_cast<float*>(base + off_block_max), head_rows, a.new_len,
+                                           a.total_len, a.block_size, nb, stream));
+  }
+
+  int32_t* indices = a.block_indices ? a.block_indices
+                                     : (want_indices ? reinterpret_cast<int32_t*>(base + off_indices) : nullptr);
+  SelectParams s;
+  s.batch = a.batch;
+  s.num_heads = a.num_heads;
+  s.kv_num_heads = a.kv_num_heads;
+  s.new_len = a.new_len;
+  s.total_len = a.total_len;
+  s.block_size = a.block_size;
+  s.num_blocks = nb;
+  s.top_k = a.top_k;
+  s.mask = a.attention_mask;
+  s.block_max = reinterpret_cast<float*>(base + off_block_max);
+  s.lse = lse;
+  s.block_scores = a.block_scores;
+  s.block_indices = indices;
+  s.work = nb > SelectSharedCapacity() ? reinterpret_cast<float*>(base + off_work) : nullptr;
+  HYSPARSE_CUDA_RETURN_IF(LaunchSelect(s, stream));
+
+  if (a.selected_key || a.selected_value) {
+    GatherParams<T> g;
+    g.batch = a.batch;
+    g.kv_num_heads = a.kv_num_heads;
+    g.head_dim = a.head_dim;
+    g.new_len = a.new_len;
+    g.total_len = a.total_len;
+    g.capacity = a.cache_capacity;
+    g.block_size = a.block_size;
+    g.top_k = a.top_k;
+    g.block_indices = indices;
+    g.key_cache = a.key_cache;
+    g.value_cache = a.value_cache;
+    g.selected_key = a.selected_key;
+    g.selected_value = a.selected_value;
+    g.vector_ok = a.head_dim % 8 == 0 && RowsAligned(a.key_cache, a.head_dim) &&
+                  RowsAligned(a.value_cache, a.head_dim) && RowsAligned(a.selected_key, a.head_dim) &&
+                  RowsAligned(a.selected_value, a.head_dim);
+    HYSPARSE_CUDA_RETURN_IF(LaunchGather(g, stream));
+  }
+  return Status::Ok();
+}
+
+template <typename T>
+Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch) {
+  using namespace detail;
+  if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseSparseAttn: refusing the legacy default stream");
+  std::string why;
+  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
+    return Error(cudaErrorNotSupported, "HySparseSparseAttn: " + why);
+  }
+  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+
+  const bool gate = a.combine == Combine::kGate;
+  const int branches = gate ? 2 : 1;
+  const int group = a.num_heads / a.kv_num_heads;
+  const int64_t selected_slots = static_cast<int64_t>(a.top_k) * a.block_size;
+  const int64_t max_slots = gate ? std::max<int64_t>(selected_slots, a.window) : selected_slots + a.window;
+  const int64_t head_rows = static_cast<int64_t>(a.batch) * a.num_heads * a.new_len;
+  const int64_t kv_rows = static_cast<int64_t>(a.batch) * a.kv_num_heads * a.new_len;
+  const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
+  const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
+
+  SplitPlan splits;
+  HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks * branches, max_slots, &splits));
+  ScratchPlan plan;
+  const size_t off_part_ml = plan.Add<float2>(branches * head_rows * splits.num_splits);
+  const size_t off_part_o = plan.Add<float>(branches * head_rows * splits.num_splits * a.head_dim);
+  Status status;
+  char* base = AllocateScratch(scratch, plan.total(), "HySparseSparseAttn", &status);
+  if (!status.ok()) return status;
+
+  GroupAttnParams<T> p = CommonGroupParams(a, gate ? GroupMode::kGate : GroupMode::kUnion, splits, head_chunks,
+                                           base + off_part_ml, base + off_part_o);
+  p.window = a.window;
+  p.top_k = a.top_k;
+  p.key = a.own_key;
+  p.value = a.own_value;
+  p.capacity = a.own_capacity;
+  p.start = a.own_start;
+  if (a.selected_key) {
+    p.selected_key = a.selected_key;
+    p.selected_value = a.selected_value;
+  } else {
+    p.sa_key = a.sa_key;
+    p.sa_value = a.sa_value;
+    p.sa_capacity = a.sa_capacity;
+  }
+  p.block_indices = a.block_indices;
+  p.vector_ok = a.head_dim % 8 == 0 && ViewAligned(a.query, a.query_view) && RowsAligned(a.own_key, a.head_dim) &&
+                RowsAligned(a.own_value, a.head_dim) && RowsAligned(p.sa_key, a.head_dim) &&
+                RowsAligned(p.sa_value, a.head_dim) && RowsAligned(p.selected_key, a.head_dim) &&
+                RowsAligned(p.selected_value, a.head_dim);
+  HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
+
+  CombineParams<T> c = CommonCombineParams(a, p, branches);
+  c.gate = gate ? a.gate : nullptr;
+  c.gate_per_channel = a.gate_per_channel;
+  c.sinks = a.sinks;
+  return LaunchCombine(c, stream);
+}
+
+template Status LaunchFullAttn<float>(const FullAttnArgs<float>&, cudaStream_t, ScratchAllocator&);
+template Status LaunchFullAttn<Half>(const FullAttnArgs<Half>&, cudaStream_t, ScratchAllocator&);
+template Status LaunchFullAttn<BFloat16>(const FullAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&);
+template Status LaunchSparseAttn<float>(const SparseAttnArgs<float>&, cudaStream_t, ScratchAllocator&);
+template Status LaunchSparseAttn<Half>(const SparseAttnArgs<Half>&, cudaStream_t, ScratchAllocator&);
+template Status LaunchSparseAttn<BFloat16>(const SparseAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&);
+
+}  // namespace cuda
+}  // namespace hysparse

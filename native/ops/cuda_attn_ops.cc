@@ -1,0 +1,253 @@
+#include "ops/cuda_attn_ops.h"
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+#include <vector>
+
+namespace hysparse {
+namespace ops {
+
+namespace {
+
+void ThrowIfFailed(const OpContext& op, const cuda::Status& status) {
+  if (!status.ok()) throw std::runtime_error(op.op_name() + ": CUDA: " + status.message);
+}
+
+void ThrowIfFailed(const OpContext& op, cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(op.op_name() + ": CUDA " + what + ": " + cudaGetErrorString(err));
+}
+
+// Scratch from the EP's device allocator for one Compute call. Freed when Compute returns: the work
+// that uses it is already enqueued on ORT's compute stream, and ORT's CUDA allocator hands memory out
+// again only to work ordered after it on that stream (the same rule ORT's own CUDA kernels rely on).
+class OrtScratch final : public cuda::ScratchAllocator {
+ public:
+  explicit OrtScratch(OrtAllocator* allocator) : allocator_(allocator) {}
+  ~OrtScratch() override {
+    for (void* p : blocks_) allocator_->Free(allocator_, p);
+  }
+  void* Allocate(size_t bytes) override {
+    void* p = allocator_->Alloc(allocator_, bytes);
+    if (p) blocks_.push_back(p);
+    return p;
+  }
+
+ private:
+  OrtAllocator* allocator_;
+  std::vector<void*> blocks_;
+};
+
+OrtAllocator* DeviceAllocator(const OrtKernelInfo* info) {
+  OrtAllocator* allocator = nullptr;
+  Ort::ThrowOnError(Ort::GetApi().KernelInfoGetAllocator(info, OrtMemTypeDefault, &allocator));
+  return allocator;
+}
+
+bool CheckValuesEnabled(const OrtKernelInfo* info) {
+  try {
+    Ort::KeyValuePairs config = Ort::ConstKernelInfo(info).GetConfigEntries();
+    const char* value = config.GetValue(kCudaCheckValuesConfig);
+    return value == nullptr || std::string(value) != "0";
+  } catch (const Ort::Exception&) {
+    return true;
+  }
+}
+
+// GroupQueryAttention's shared-buffer convention runs on CPU only so far (docs/ops.md "Shared KV buffer").
+void RefuseSharedBuffer(const OpContext& op, bool shared_buffer) {
+  if (shared_buffer) op.Fail("shared-buffer mode (seqlens_k) is not implemented on CUDA yet");
+}
+
+cudaStream_t ComputeStream(const Ort::KernelContext& ctx, const OpContext& op) {
+  auto* stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+  if (stream == nullptr) {
+    // Never fall back to the legacy default stream: it would race ORT's work on its own stream.
+    op.Fail("ONNX Runtime gave the CUDA kernel no compute stream");
+  }
+  return stream;
+}
+
+// Runs the device-side value checks and, when they find something, raises the CPU glue's error.
+void CheckValuesOnDevice(const OpContext& op, OrtAllocator* allocator, PinnedProblem& problem, cudaStream_t stream,
+                         const TensorInput& mask, const int32_t* indices, const IndexLayout* layout) {
+  if (!mask.present && indices == nullptr) return;
+  OrtScratch scratch(allocator);
+  auto* device_problem = static_cast<cuda::ValueProblem*>(scratch.Allocate(sizeof(cuda::ValueProblem)));
+  if (device_problem == nullptr) op.Fail("out of device memory for the value check");
+  const int64_t rows = layout ? layout->batch * layout->kv_heads * layout->new_len : 0;
+  ThrowIfFailed(op, cuda::LaunchCheckSparseValues(indices, rows, layout ? static_cast<int>(layout->top_k) : 1,
+                                                  layout ? layout->num_blocks : 0,
+                                                  mask.present ? mask.Data<int64_t>() : nullptr,
+                                                  mask.present ? mask.Elements() : 0, device_problem, stream));
+  ThrowIfFailed(op, cudaMemcpyAsync(problem.get(), device_problem, sizeof(cuda::ValueProblem), cudaMemcpyDeviceToHost,
+                                    stream), "copy of the value check");
+  ThrowIfFailed(op, cudaStreamSynchronize(stream), "synchronise for the value check");
+  const cuda::ValueProblem p = *problem.get();
+  switch (p.kind) {
+    case 0: return;
+    case 1: FailMaskValue(op, p.where, p.value, mask.Dim(1));
+    case 2: FailBlockIndexRow(op, p.where, BlockIndexProblem::kBelowMinusOne, p.value, p.previous, *layout);
+    case 3: FailBlockIndexRow(op, p.where, BlockIndexProblem::kOutOfRange, p.value, p.previous, *layout);
+    case 4: FailBlockIndexRow(op, p.where, BlockIndexProblem::kAfterPadding, p.value, p.previous, *layout);
+    default: FailBlockIndexRow(op, p.where, BlockIndexProblem::kNotAscending, p.value, p.previous, *layout);
+  }
+}
+
+// past ++ new into a present cache, on the stream. `past` is BNSH [B, H, past_len, D].
+template <typename T>
+void BuildCache(const OpContext& op, const T* past, int64_t past_len, const T* fresh, const HeadView& new_view,
+                int64_t new_len, int batch, int heads, int head_dim, T* dst, int64_t capacity, cudaStream_t stream) {
+  if (past_len > 0) {
+    ThrowIfFailed(op, cuda::LaunchCopyToCache(past, HeadView::Bnsh(past_len, heads, head_dim), batch, heads, past_len,
+                                              head_dim, dst, capacity, 0, stream));
+  }
+  ThrowIfFailed(op, cuda::LaunchCopyToCache(fresh, new_view, batch, heads, new_len, head_dim, dst, capacity, past_len,
+                                            stream));
+}
+
+}  // namespace
+
+PinnedProblem::PinnedProblem() {
+  const cudaError_t err = cudaMallocHost(reinterpret_cast<void**>(&host_), sizeof(cuda::ValueProblem));
+  if (err != cudaSuccess) throw std::runtime_error(std::string("cudaMallocHost: ") + cudaGetErrorString(err));
+}
+
+PinnedProblem::~PinnedProblem() {
+  if (host_) cudaFreeHost(host_);
+}
+
+// ---- HySparseFullAttn ------------------------------------------------------------------------------
+
+template <typename T>
+CudaFullAttnKernel<T>::CudaFullAttnKernel(const OrtApi&, const OrtKernelInfo* info)
+    : op_(kFullAttnName, NodeName(Ort::ConstKernelInfo(info))) {
+  Ort::ConstKernelInfo ki(info);
+  heads_ = ReadHeadAttributes(ki, op_);
+  const int64_t default_top_k = 16;
+  top_k_ = static_cast<int>(ReadIntAttribute(ki, op_, "top_k", &default_top_k, 1));
+  check_values_ = CheckValuesEnabled(info);
+  allocator_ = DeviceAllocator(info);
+  problem_ = std::make_unique<PinnedProblem>();
+}
+
+template <typename T>
+OrtStatusPtr CudaFullAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
+  return GuardStatus([&] {
+    Ort::KernelContext ctx(context);
+    Compute(ctx);
+  });
+}
+
+template <typename T>
+void CudaFullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
+  const FullAttnInputs in(ctx);
+  const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
+  RefuseSharedBuffer(op_, shape.shared_buffer);
+  std::string why;
+  if (!cuda::SupportsShape(shape.qkv.head_dim, heads_.num_heads, heads_.kv_num_heads, &why)) op_.Fail(why);
+  const cudaStream_t stream = ComputeStream(ctx, op_);
+  if (check_values_) CheckValuesOnDevice(op_, allocator_, *problem_, stream, in.mask, nullptr, nullptr);
+
+  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
+  const QkvShape& qkv = shape.qkv;
+  BuildCache(op_, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.past_len, in.key.Data<T>(), qkv.kv_view,
+             qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_key, shape.total_len, stream);
+  BuildCache(op_, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.past_len, in.value.Data<T>(),
+             qkv.kv_view, qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_value,
+             shape.total_len, stream);
+  OrtScratch scratch(allocator_);
+  ThrowIfFailed(op_, cuda::LaunchFullAttn(bound.args, stream, scratch));
+}
+
+template <typename T>
+OrtStatusPtr CudaFullAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+  return GuardStatus([&] { *kernel = new CudaFullAttnKernel<T>(api, info); });
+}
+
+// ---- HySparseSparseAttn ----------------------------------------------------------------------------
+
+template <typename T>
+CudaSparseAttnKernel<T>::CudaSparseAttnKernel(const OrtApi&, const OrtKernelInfo* info)
+    : op_(kSparseAttnName, NodeName(Ort::ConstKernelInfo(info))),
+      attrs_(ReadSparseAttnAttributes(Ort::ConstKernelInfo(info), op_)) {
+  check_values_ = CheckValuesEnabled(info);
+  allocator_ = DeviceAllocator(info);
+  problem_ = std::make_unique<PinnedProblem>();
+}
+
+template <typename T>
+OrtStatusPtr CudaSparseAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
+  return GuardStatus([&] {
+    Ort::KernelContext ctx(context);
+    Compute(ctx);
+  });
+}
+
+template <typename T>
+void CudaSparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
+  const SparseAttnInputs in(ctx);
+  const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
+  RefuseSharedBuffer(op_, shape.shared_buffer);
+  const QkvShape& qkv = shape.qkv;
+  const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
+  std::string why;
+  if (!cuda::SupportsShape(D, attrs_.heads.num_heads, Hkv, &why)) op_.Fail(why);
+  const cudaStream_t stream = ComputeStream(ctx, op_);
+  const IndexLayout layout = shape.Indices(Hkv, attrs_.heads.block_size);
+  if (check_values_) {
+    CheckValuesOnDevice(op_, allocator_, *problem_, stream, in.mask, in.block_indices.Data<int32_t>(), &layout);
+  }
+
+  // Own cache = past ++ new: the present output itself, or (window cache) scratch whose tail present keeps.
+  const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
+  T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
+  T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
+  OrtScratch scratch(allocator_);
+  T* own_k = present_key;
+  T* own_v = present_value;
+  if (attrs_.window_cache) {
+    const size_t bytes = sizeof(T) * static_cast<size_t>(B) * Hkv * shape.own_len * D;
+    own_k = static_cast<T*>(scratch.Allocate(bytes));
+    own_v = static_cast<T*>(scratch.Allocate(bytes));
+    if (own_k == nullptr || own_v == nullptr) op_.Fail("out of device memory for the window cache");
+  }
+  BuildCache(op_, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.own_past, in.key.Data<T>(), qkv.kv_view,
+             qkv.new_len, B, Hkv, D, own_k, shape.own_len, stream);
+  BuildCache(op_, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.own_past, in.value.Data<T>(),
+             qkv.kv_view, qkv.new_len, B, Hkv, D, own_v, shape.own_len, stream);
+
+  T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
+  ThrowIfFailed(op_, cuda::LaunchSparseAttn(MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output), stream,
+                                            scratch));
+  if (attrs_.window_cache) {
+    // The last present_len rows of each head: a BNSH source view starting present_len rows before the end.
+    const int64_t skip = shape.own_len - shape.present_len;
+    HeadView tail = HeadView::Bnsh(shape.own_len, Hkv, D);
+    ThrowIfFailed(op_, cuda::LaunchCopyToCache(own_k + skip * D, tail, B, Hkv, shape.present_len, D, present_key,
+                                               shape.present_len, 0, stream));
+    ThrowIfFailed(op_, cuda::LaunchCopyToCache(own_v + skip * D, tail, B, Hkv, shape.present_len, D, present_value,
+                                               shape.present_len, 0, stream));
+  }
+}
+
+template <typename T>
+OrtStatusPtr CudaSparseAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+  return GuardStatus([&] { *kernel = new CudaSparseAttnKernel<T>(api, info); });
+}
+
+template class CudaFullAttnKernel<float>;
+template class CudaFullAttnKernel<Half>;
+template class CudaFullAttnKernel<BFloat16>;
+template class CudaSparseAttnKernel<float>;
+template class CudaSparseAttnKernel<Half>;
+template class CudaSparseAttnKernel<BFloat16>;
+template struct CudaFullAttnOp<float>;
+template struct CudaFullAttnOp<Half>;
+template struct CudaFullAttnOp<BFloat16>;
+template struct CudaSparseAttnOp<float>;
+template struct CudaSparseAttnOp<Half>;
+template struct CudaSparseAttnOp<BFloat16>;
+
+}  // namespace ops
+}  // namespace hysparse

@@ -1,0 +1,141 @@
+// Host-side helpers for the CUDA kernel tests and the timing program: device buffers, a cudaMalloc
+// scratch allocator, storage-type conversion, and the no-GPU skip.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/attention_args.h"
+#include "kernels/cuda/bfloat16.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+namespace hysparse {
+namespace cuda {
+namespace testing {
+
+inline void Check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string(what) + ": " + cudaGetErrorName(err) + " " + cudaGetErrorString(err));
+  }
+}
+
+inline bool HasCudaDevice() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+}
+
+// Storage conversions on the host (the CPU references run in float32 on the rounded inputs).
+template <typename T>
+T ToStorage(float x);
+template <>
+inline float ToStorage<float>(float x) { return x; }
+template <>
+inline Half ToStorage<Half>(float x) { return FloatToHalf(x); }
+template <>
+inline BFloat16 ToStorage<BFloat16>(float x) { return FloatToBFloat16(x); }
+inline float FromStorage(float x) { return x; }
+inline float FromStorage(Half x) { return HalfToFloat(x); }
+inline float FromStorage(BFloat16 x) { return BFloat16ToFloat(x); }
+
+template <typename T>
+const char* TypeName();
+template <>
+inline const char* TypeName<float>() { return "float32"; }
+template <>
+inline const char* TypeName<Half>() { return "float16"; }
+template <>
+inline const char* TypeName<BFloat16>() { return "bfloat16"; }
+
+// Owning device array.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  explicit DeviceArray(size_t count) : count_(count) {
+    if (count_) Check(cudaMalloc(reinterpret_cast<void**>(&ptr_), count_ * sizeof(T)), "cudaMalloc");
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) { Upload(host); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  DeviceArray(DeviceArray&& o) noexcept : ptr_(o.ptr_), count_(o.count_) { o.ptr_ = nullptr; o.count_ = 0; }
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(count_, o.count_);
+    return *this;
+  }
+  ~DeviceArray() {
+    if (ptr_) cudaFree(ptr_);
+  }
+
+  T* get() const { return ptr_; }
+  size_t size() const { return count_; }
+  void Upload(const std::vector<T>& host) {
+    if (host.size() != count_) throw std::runtime_error("DeviceArray::Upload: size mismatch");
+    if (count_) Check(cudaMemcpy(ptr_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
+  }
+  std::vector<T> Download() const {
+    std::vector<T> host(count_);
+    if (count_) Check(cudaMemcpy(host.data(), ptr_, count_ * sizeof(T), cudaMemcpyDeviceToHost), "download");
+    return host;
+  }
+  // Fills every byte (0xFF makes float, half and bfloat16 NaN, and int32 -1; tests use it to spot
+  // elements a kernel should have written and did not).
+  void FillBytes(int byte) {
+    if (count_) Check(cudaMemset(ptr_, byte, count_ * sizeof(T)), "cudaMemset");
+  }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t count_ = 0;
+};
+
+// ScratchAllocator over cudaMalloc; everything is freed when it goes out of scope, so the owner must
+// synchronise the stream first. Counts what was asked for so tests can check the plan.
+class MallocScratch final : public ScratchAllocator {
+ public:
+  ~MallocScratch() override {
+    for (void* p : blocks_) cudaFree(p);
+  }
+  void* Allocate(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) return nullptr;
+    // Scratch is never assumed zeroed: fill it with NaN bytes so a kernel reading what nobody wrote shows.
+    cudaMemset(p, 0xFF, bytes);
+    blocks_.push_back(p);
+    requested_ += bytes;
+    ++calls_;
+    return p;
+  }
+  size_t requested_bytes() const { return requested_; }
+  int calls() const { return calls_; }
+
+ private:
+  std::vector<void*> blocks_;
+  size_t requested_ = 0;
+  int calls_ = 0;
+};
+
+// A non-blocking stream, so nothing here can serialise with the legacy default stream.
+class Stream {
+ public:
+  Stream() { Check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate"); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+  void Sync() const { Check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+}  // namespace testing
+}  // namespace cuda
+}  // namespace hysparse

@@ -1,0 +1,128 @@
+using HySparse.Models.Llama;
+using Microsoft.ML.OnnxRuntime;
+
+namespace HySparse.Exporter.Tests;
+
+/// <summary>Inputs of one decoder call, with seeded random token ids and caches.</summary>
+public sealed class DecoderInputs
+{
+    public required int Batch { get; init; }
+    public required long[] InputIds { get; init; }
+    public required long[] Mask { get; init; }
+    public required float[][] PastKeys { get; init; }
+    public required float[][] PastValues { get; init; }
+
+    public int NewTokens => InputIds.Length / Batch;
+    public int Total => Mask.Length / Batch;
+    public int Past => Total - NewTokens;
+
+    /// <summary>
+    /// Random ids and caches; <paramref name="leftPadding"/>[b] leading mask entries of row b are 0
+    /// (they may reach into the new tokens).
+    /// </summary>
+    public static DecoderInputs Random(LlamaConfig config, int batch, int past, int newTokens, int[] leftPadding, ulong seed)
+    {
+        var rng = new SplitMix64(seed);
+        var total = past + newTokens;
+        var ids = new long[batch * newTokens];
+        for (var i = 0; i < ids.Length; i++) ids[i] = rng.NextInt(config.Vocab);
+        var mask = new long[batch * total];
+        for (var b = 0; b < batch; b++)
+            for (var j = 0; j < total; j++) mask[b * total + j] = j < leftPadding[b] ? 0 : 1;
+        float[] Cache()
+        {
+            var cache = new float[batch * config.KvHeads * past * config.HeadDim];
+            for (var i = 0; i < cache.Length; i++) cache[i] = rng.NextSymmetric(1f);
+            return cache;
+        }
+        return new DecoderInputs
+        {
+            Batch = batch, InputIds = ids, Mask = mask,
+            PastKeys = Enumerable.Range(0, config.Layers).Select(_ => Cache()).ToArray(),
+            PastValues = Enumerable.Range(0, config.Layers).Select(_ => Cache()).ToArray(),
+        };
+    }
+}
+
+/// <summary>Runs a decoder model in ONNX Runtime (CPU) and returns its outputs as float64 arrays.</summary>
+public static class DecoderRunner
+{
+    public static DecoderOutputs Run(byte[] model, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure = null) =>
+        Run(options => new InferenceSession(model, options), config, inputs, configure);
+
+    /// <summary>Runs a model file (needed when its weights live in external data beside it).</summary>
+    public static DecoderOutputs RunFile(string path, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure = null) =>
+        Run(options => new InferenceSession(path, options), config, inputs, configure);
+
+    private static DecoderOutputs Run(Func<SessionOptions, InferenceSession> open, LlamaConfig config, DecoderInputs inputs, Action<SessionOptions>? configure)
+    {
+        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        configure?.Invoke(options);
+        using var session = open(options);
+        var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
+        var values = new List<OrtValue>
+        {
+            OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
+            OrtValue.CreateTensorValueFromMemory(inputs.Mask, [inputs.Batch, inputs.Total]),
+        };
+        long[] cacheShape = [inputs.Batch, config.KvHeads, inputs.Past, config.HeadDim];
+        for (var l = 0; l < config.Layers; l++)
+        {
+            names.Add(LlamaNames.PastKey(l));
+            values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastKeys[l], cacheShape));
+            names.Add(LlamaNames.PastValue(l));
+            values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastValues[l], cacheShape));
+        }
+        var outputNames = new List<string> { LlamaNames.Logits };
+        for (var l = 0; l < config.Layers; l++)
+        {
+            outputNames.Add(LlamaNames.PresentKey(l));
+            outputNames.Add(LlamaNames.PresentValue(l));
+        }
+        try
+        {
+            using var runOptions = new RunOptions();
+            using var results = session.Run(runOptions, names, values, outputNames);
+            double[] Read(int i) => results[i].GetTensorDataAsSpan<float>().ToArray().Select(v => (double)v).ToArray();
+            return new DecoderOutputs(
+                Read(0),
+                Enumerable.Range(0, config.Layers).Select(l => Read(1 + 2 * l)).ToArray(),
+                Enumerable.Range(0, config.Layers).Select(l => Read(2 + 2 * l)).ToArray());
+        }
+        finally
+        {
+            foreach (var value in values) value.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// Prefill of 16 tokens (second row left-padded by 5), then <paramref name="decodeSteps"/> one-token
+    /// steps that feed each call's presents back as the next call's pasts.
+    /// </summary>
+    public static List<(DecoderInputs Inputs, DecoderOutputs Outputs)> PrefillThenDecode(byte[] model, LlamaConfig config, int decodeSteps, Action<SessionOptions>? configure = null)
+    {
+        var runs = new List<(DecoderInputs, DecoderOutputs)>();
+        var inputs = DecoderInputs.Random(config, batch: 2, past: 0, newTokens: 16, leftPadding: [0, 5], seed: 99);
+        for (var step = 0; ; step++)
+        {
+            var outputs = Run(model, config, inputs, configure);
+            runs.Add((inputs, outputs));
+            if (step == decodeSteps) return runs;
+            var total = inputs.Total + 1;
+            var mask = new long[inputs.Batch * total];
+            for (var b = 0; b < inputs.Batch; b++)
+            {
+                Array.Copy(inputs.Mask, b * inputs.Total, mask, b * total, inputs.Total);
+                mask[b * total + total - 1] = 1;
+            }
+            inputs = new DecoderInputs
+            {
+                Batch = inputs.Batch,
+                InputIds = Enumerable.Range(0, inputs.Batch).Select(b => (long)((step * 7 + b * 11 + 3) % config.Vocab)).ToArray(),
+                Mask = mask,
+                PastKeys = outputs.PresentKeys.Select(k => k.Select(v => (float)v).ToArray()).ToArray(),
+                PastValues = outputs.PresentValues.Select(k => k.Select(v => (float)v).ToArray()).ToArray(),
+            };
+        }
+    }
+}

@@ -1,0 +1,123 @@
+using System.Text.Json;
+using Google.Protobuf;
+using HySparse.Exporter.Layout;
+using HySparse.Models.Llama;
+using HySparse.Onnx;
+
+namespace HySparse.Exporter.Tests;
+
+/// <summary>
+/// Decoders exported by torch.onnx.export (PyTorch 1.13), with the outputs torch computed for a
+/// padded batch with a past: the converter meets the graphs a real exporter writes.
+/// </summary>
+[TestClass]
+public sealed class TorchFixtureTests
+{
+    private sealed record Fixture(string Path, LlamaConfig Config, DecoderInputs Inputs, DecoderOutputs Expected);
+
+    private static Fixture Load(string name)
+    {
+        var directory = System.IO.Path.Combine(AppContext.BaseDirectory, "fixtures", "torch");
+        using var json = JsonDocument.Parse(File.ReadAllText(System.IO.Path.Combine(directory, $"{name}.expected.json")));
+        var root = json.RootElement;
+        var c = root.GetProperty("config");
+        var config = new LlamaConfig
+        {
+            Layers = c.GetProperty("layers").GetInt32(), Hidden = c.GetProperty("hidden").GetInt32(),
+            Heads = c.GetProperty("heads").GetInt32(), KvHeads = c.GetProperty("kv_heads").GetInt32(),
+            HeadDim = c.GetProperty("head_dim").GetInt32(), Ffn = c.GetProperty("ffn").GetInt32(), Vocab = c.GetProperty("vocab").GetInt32(),
+        };
+        var inputs = root.GetProperty("inputs");
+        var outputs = root.GetProperty("outputs");
+        var ids = Flatten(inputs.GetProperty(LlamaNames.InputIds));
+        var batch = inputs.GetProperty(LlamaNames.InputIds).GetArrayLength();
+        float[] Floats(JsonElement e) => Flatten(e).Select(v => (float)v).ToArray();
+        return new Fixture(
+            System.IO.Path.Combine(directory, $"{name}.onnx"),
+            config,
+            new DecoderInputs
+            {
+                Batch = batch,
+                InputIds = ids.Select(v => (long)v).ToArray(),
+                Mask = Flatten(inputs.GetProperty(LlamaNames.AttentionMask)).Select(v => (long)v).ToArray(),
+                PastKeys = Enumerable.Range(0, config.Layers).Select(l => Floats(inputs.GetProperty(LlamaNames.PastKey(l)))).ToArray(),
+                PastValues = Enumerable.Range(0, config.Layers).Select(l => Floats(inputs.GetProperty(LlamaNames.PastValue(l)))).ToArray(),
+            },
+            new DecoderOutputs(
+                Flatten(outputs.GetProperty(LlamaNames.Logits)),
+                Enumerable.Range(0, config.Layers).Select(l => Flatten(outputs.GetProperty(LlamaNames.PresentKey(l)))).ToArray(),
+                Enumerable.Range(0, config.Layers).Select(l => Flatten(outputs.GetProperty(LlamaNames.PresentValue(l)))).ToArray()));
+    }
+
+    private static double[] Flatten(JsonElement element)
+    {
+        var values = new List<double>();
+        void Walk(JsonElement e)
+        {
+            if (e.ValueKind == JsonValueKind.Array)
+                foreach (var item in e.EnumerateArray()) Walk(item);
+            else values.Add(e.GetDouble());
+        }
+        Walk(element);
+        return values.ToArray();
+    }
+
+    [TestMethod]
+    [DataRow("tiny_llama_gqa")]
+    [DataRow("tiny_llama_mha")]
+    public void ExportedModelRunsAsTorchComputedIt(string name)
+    {
+        var fixture = Load(name);
+        var actual = DecoderRunner.RunFile(fixture.Path, fixture.Config, fixture.Inputs);
+        Close.Assert(fixture.Expected.Logits, actual.Logits, 1e-4, "logits");
+        Close.Assert(fixture.Expected.PresentKeys[^1], actual.PresentKeys[^1], 1e-4, "last present key");
+    }
+
+    [TestMethod]
+    [DataRow("tiny_llama_gqa")]
+    [DataRow("tiny_llama_mha")]
+    public void EveryExportedLayerIsRecognisedAndConverted(string name)
+    {
+        var fixture = Load(name);
+        var source = ModelFile.Load(fixture.Path);
+
+        var analysis = HybridConverter.Analyse(source);
+
+        Assert.IsEmpty(analysis.Failures, string.Join("; ", analysis.Failures));
+        Assert.HasCount(fixture.Config.Layers, analysis.Layers);
+        foreach (var layer in analysis.Layers)
+        {
+            Assert.AreEqual(fixture.Config.Heads, layer.NumHeads);
+            Assert.AreEqual(fixture.Config.KvHeads, layer.KvNumHeads);
+            Assert.AreEqual(fixture.Config.HeadDim, layer.HeadSize);
+            Assert.AreEqual(1f / MathF.Sqrt(fixture.Config.HeadDim), layer.Scale, 1e-7f);
+        }
+
+        var (converted, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:3") });
+
+        Assert.AreEqual("FSSF", report.Layout.Pattern);
+        Assert.AreEqual(4, converted.Graph.Node.Count(n => n.Domain == HySparseOps.Domain));
+        Assert.IsFalse(converted.Graph.Node.Any(n => n.OpType is "Softmax" or "Expand"));
+        CollectionAssert.AreEqual(source.Graph.Input.ToList(), converted.Graph.Input.ToList());
+        CollectionAssert.AreEqual(source.Graph.Output.ToList(), converted.Graph.Output.ToList());
+        ModelFile.Validate(converted, name);
+        // The runtime shape computations of the replaced expansions and the mask go with them.
+        var read = converted.Graph.Node.SelectMany(n => n.Input).Concat(converted.Graph.Output.Select(o => o.Name)).ToHashSet();
+        var idle = converted.Graph.Node.Where(n => !n.Output.Any(read.Contains)).Select(n => n.Name).ToList();
+        Assert.IsEmpty(idle, string.Join(", ", idle));
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void ConvertedExportComputesWhatTorchComputedOnRealTokens()
+    {
+        var fixture = Load("tiny_llama_gqa");
+        // T = 7 in 4 blocks of 2, all of them selected (K ≥ nb): the union is every key, so dense.
+        var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = new HybridParameters { TopK = 4, BlockSize = 2, Window = 2 } };
+        var (converted, _) = HybridConverter.Convert(ModelFile.Load(fixture.Path), options);
+
+        var actual = DecoderRunner.Run(converted.ToByteArray(), fixture.Config, fixture.Inputs, o => o.RegisterHySparseOps());
+
+        Close.AssertLogitsOfRealTokens(fixture.Inputs, fixture.Config.Vocab, fixture.Expected.Logits, actual.Logits, 1e-4, "converted export");
+    }
+}
