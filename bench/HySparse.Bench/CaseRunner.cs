@@ -22,16 +22,20 @@ public static class Labels
     public const string Retrofit = "retrofit, own full cache (concat)";
     /// <summary>Sparse op reading the full layer's cache, own window cache.</summary>
     public const string SharedKv = "shared-KV, window cache";
+    /// <summary>Sparse op reading its own cache kept in a shared max-length buffer (seqlens_k), updated in place.</summary>
+    public const string RetrofitInPlace = "retrofit, shared buffer";
 
     /// <summary>Short keys of (op, variant) pairs, for <c>--only</c>.</summary>
-    public static readonly IReadOnlySet<string> Keys = new HashSet<string> { "gqa", "gqa-shared", "full", "sparse-retrofit", "sparse-shared" };
+    public static readonly IReadOnlySet<string> Keys = new HashSet<string> { "gqa", "gqa-shared", "full", "full-shared", "sparse-retrofit", "sparse-retrofit-shared", "sparse-shared" };
 
     /// <summary>The <c>--only</c> key of a measurement.</summary>
     public static string KeyOf(string op, string variant) => (op, variant) switch
     {
         (Gqa, SharedBuffer) => "gqa-shared",
         (Gqa, _) => "gqa",
+        (_, SharedBuffer) => "full-shared",
         (_, Retrofit) => "sparse-retrofit",
+        (_, RetrofitInPlace) => "sparse-retrofit-shared",
         (_, SharedKv) => "sparse-shared",
         _ => "full",
     };
@@ -132,7 +136,7 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
         var bufferV = pool.CacheWithCapacity(kind, pastV, t);
         var seqlens = pool.Int32([t - 1], 1);
         var total = pool.Int32([t], 1);
-        var outputs = Enumerable.Range(0, 5).Select(_ => pool.Allocate(kind, 1, 1, shape.QueryHeads * D)).ToArray();
+        var outputs = Enumerable.Range(0, 7).Select(_ => pool.Allocate(kind, 1, 1, shape.QueryHeads * D)).ToArray();
         var fullIndices = pool.Int32(new int[Hkv * options.Sparse.TopK], 1, Hkv, 1, options.Sparse.TopK);
         var ctx = new CaseContext("decode", shape, kind, t);
 
@@ -148,11 +152,23 @@ public sealed class CaseRunner(BenchOptions options, SessionFactory sessions, Ma
              [("output", outputs[2]), ("present_key", presentK), ("present_value", presentV), ("block_indices", fullIndices)],
              reference: gqa);
 
+        Queue(ctx, HySparseOps.FullAttn, Labels.SharedBuffer, WorkModel.DecodeShared(shape, e, t, options.Sparse.TopK), FullModel(shape),
+             [("query", q), ("key", k), ("value", v), ("past_key", bufferK), ("past_value", bufferV), ("attention_mask", null), ("seqlens_k", seqlens), ("total_sequence_length", total)],
+             [("output", outputs[5]), ("present_key", bufferK), ("present_value", bufferV), ("block_indices", fullIndices)],
+             reference: gqa);
+
         var selection = new SparseSelection(Hkv, t, options.Sparse, new Random(options.Seed ^ t));
         var indices = pool.Int32(selection.Indices, 1, Hkv, 1, options.Sparse.TopK);
         Queue(ctx, HySparseOps.SparseAttn, Labels.Retrofit, WorkModel.SparseRetrofit(shape, e, t, selection), SparseModel(shape, windowCache: false),
              [("query", q), ("key", k), ("value", v), ("past_key", pastK), ("past_value", pastV), ("shared_key", null), ("shared_value", null), ("block_indices", indices)],
              [("output", outputs[3]), ("present_key", presentK), ("present_value", presentV)]);
+
+        // The retrofit layer's own cache in shared-buffer mode: the same buffer GQA updates in place
+        // (every op writes the same new row, so the contents stay identical across ops and runs).
+        Queue(ctx, HySparseOps.SparseAttn, Labels.RetrofitInPlace, WorkModel.SparseInPlace(shape, e, selection), SparseModel(shape, windowCache: false),
+             [("query", q), ("key", k), ("value", v), ("past_key", bufferK), ("past_value", bufferV), ("shared_key", null), ("shared_value", null), ("block_indices", indices),
+              ("attention_mask", null), ("gate", null), ("sinks", null), ("selected_key", null), ("selected_value", null), ("seqlens_k", seqlens), ("total_sequence_length", total)],
+             [("output", outputs[6]), ("present_key", bufferK), ("present_value", bufferV)]);
 
         var windowPastK = pool.Random(kind, 1, Hkv, Math.Min(w, t - 1), D);
         var windowPastV = pool.Random(kind, 1, Hkv, Math.Min(w, t - 1), D);

@@ -12,7 +12,7 @@ namespace HySparse.Bench;
 /// </summary>
 public static class SvgPlot
 {
-    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendHeight = 92;
+    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendHeight = 114;
     private const int Left = 64, Right = 16, Top = 34, Bottom = 46;
 
     private sealed record Series(string Label, string Color, string Dash, Func<IReadOnlyList<Measurement>, double?> Value);
@@ -22,10 +22,15 @@ public static class SvgPlot
         new("GQA, separate past/present (dense)", "#1f4e99", "", m => Pick(m, Labels.Gqa, Labels.Separate)),
         new("GQA, shared buffer (dense)", "#5b9bd5", "6 4", m => Pick(m, Labels.Gqa, Labels.SharedBuffer)),
         new("HySparseFullAttn (+ top-K indices)", "#c00000", "", m => Pick(m, HySparseOps.FullAttn, Labels.Concat)),
+        new("HySparseFullAttn, shared buffer", "#c00000", "6 4", m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer)),
         new("HySparseSparseAttn retrofit (own full cache)", "#ed7d31", "", m => Pick(m, HySparseOps.SparseAttn, Labels.Retrofit)),
+        new("HySparseSparseAttn retrofit, shared buffer", "#ed7d31", "6 4", m => Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace)),
         new("HySparseSparseAttn shared-KV (window cache)", "#2e8b57", "", m => Pick(m, HySparseOps.SparseAttn, Labels.SharedKv)),
         new("hybrid 1:3 shared-KV, mean per layer", "#7030a0", "3 3",
             m => Pick(m, HySparseOps.FullAttn, Labels.Concat) is double f && Pick(m, HySparseOps.SparseAttn, Labels.SharedKv) is double s
+                 ? (f + 3 * s) / 4 : null),
+        new("hybrid 1:3 retrofit in place, mean per layer", "#7030a0", "1 3",
+            m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer) is double f && Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace) is double s
                  ? (f + 3 * s) / 4 : null),
     ];
 

@@ -24,12 +24,16 @@ public static class Targets
               HySparseOps.FullAttn, Labels.Concat, Labels.Separate);
         Ratio(checks, "HySparseFullAttn decode ≤ 1.3× GQA at T = 16k (GQA with its in-place shared buffer)", groups, "decode", 16384, 1.3,
               HySparseOps.FullAttn, Labels.Concat, Labels.SharedBuffer);
+        Ratio(checks, "HySparseFullAttn decode ≤ 1.3× GQA at T = 16k (both with the in-place shared buffer)", groups, "decode", 16384, 1.3,
+              HySparseOps.FullAttn, Labels.SharedBuffer, Labels.SharedBuffer);
         Ratio(checks, "HySparseSparseAttn decode ≤ 1/8 GQA at T = 16k (retrofit vs GQA separate)", groups, "decode", 16384, 0.125,
               HySparseOps.SparseAttn, Labels.Retrofit, Labels.Separate);
+        Ratio(checks, "HySparseSparseAttn decode ≤ 1/8 GQA at T = 16k (retrofit in place vs GQA shared buffer)", groups, "decode", 16384, 0.125,
+              HySparseOps.SparseAttn, Labels.RetrofitInPlace, Labels.SharedBuffer);
         Ratio(checks, "HySparseSparseAttn decode ≤ 1/8 GQA at T = 16k (shared-KV vs GQA shared buffer)", groups, "decode", 16384, 0.125,
               HySparseOps.SparseAttn, Labels.SharedKv, Labels.SharedBuffer);
 
-        foreach (var variant in new[] { Labels.Retrofit, Labels.SharedKv })
+        foreach (var variant in new[] { Labels.Retrofit, Labels.RetrofitInPlace, Labels.SharedKv })
         {
             const string target = "HySparseSparseAttn decode at T = 32k within 2× of its bandwidth floor";
             var rows = results.Where(r => r.Phase == "decode" && r.Length == 32768 && r.Op == HySparseOps.SparseAttn && r.Variant == variant && !double.IsNaN(r.MedianMs)).ToList();

@@ -46,10 +46,23 @@ public static class WorkModel
     /// One decode step at total length <paramref name="t"/> with past and present aliased in one
     /// max-length buffer: read the T − 1 cached rows, write the new row only.
     /// </summary>
-    public static Work DecodeShared(AttentionShape shape, int e, long t)
+    public static Work DecodeShared(AttentionShape shape, int e, long t, int topK = 0)
     {
         double row = (double)shape.KvHeads * shape.HeadDim * e;
-        return new Work(TokenIo(shape, e) + 2 * row * (t - 1) + 2 * row, AttentionFlops(shape.HeadDim, shape.QueryHeads * (double)t));
+        return new Work(TokenIo(shape, e) + 2 * row * (t - 1) + 2 * row + IndexBytes(shape, 1, topK),
+                        AttentionFlops(shape.HeadDim, shape.QueryHeads * (double)t));
+    }
+
+    /// <summary>
+    /// Retrofit sparse decode with its own cache in a shared in-place buffer: read the attended rows
+    /// (selected ∪ window) of K and V, write the new row.
+    /// </summary>
+    public static Work SparseInPlace(AttentionShape shape, int e, SparseSelection selection)
+    {
+        double headRow = (double)shape.HeadDim * e;
+        double row = shape.KvHeads * headRow;
+        double bytes = TokenIo(shape, e) + 2 * headRow * selection.Attended.Sum() + 2 * row + IndexBytes(shape, 1, selection.TopK);
+        return new Work(bytes, SparseFlops(shape, selection));
     }
 
     /// <summary>
