@@ -110,7 +110,7 @@ public sealed class BenchOptions
           --warmup N --iters N    untimed / timed runs         (default 2 / 5; the median is reported)
           --ort-only              skip the HySparse ops
           --only KEY,...          run only these measurements (for profiling): gqa, gqa-shared, full,
-                                  sparse-retrofit, sparse-shared
+                                  full-shared, sparse-retrofit, sparse-retrofit-shared, sparse-shared
           --library PATH          native HySparse library      (default: located next to the app)
           --json PATH --svg PATH --markdown PATH   extra outputs (markdown is always printed)
           --seed N                seed of the random inputs
