@@ -5,6 +5,11 @@ using HySparse.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
 
+if (args.Contains("--help") || args.Contains("-h"))
+{
+    Console.WriteLine(BenchOptions.Usage);
+    return 0;
+}
 BenchOptions options;
 try
 {
@@ -15,11 +20,6 @@ catch (ArgumentException ex)
     Console.Error.WriteLine(ex.Message);
     Console.Error.WriteLine(BenchOptions.Usage);
     return 2;
-}
-if (args.Contains("--help") || args.Contains("-h"))
-{
-    Console.WriteLine(BenchOptions.Usage);
-    return 0;
 }
 #if DEBUG
 Console.Error.WriteLine("warning: a Debug build; timings of the managed floor loops are meaningless. Use -c Release.");
