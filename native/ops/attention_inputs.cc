@@ -215,20 +215,19 @@ float ResolveScale(float scale, int head_dim) {
 
 template <typename T>
 void ConcatCache(const T* past, int64_t past_len, const T* fresh, const HeadView& new_view, int64_t new_len,
-                 int batch, int kv_heads, int head_dim, T* dst) {
+                 int batch, int kv_heads, int head_dim, T* dst, const Executor& exec) {
   const int64_t total = past_len + new_len;
   const size_t row_bytes = sizeof(T) * static_cast<size_t>(head_dim);
-  for (int b = 0; b < batch; ++b) {
-    for (int h = 0; h < kv_heads; ++h) {
-      T* out = dst + ((static_cast<int64_t>(b) * kv_heads + h) * total) * head_dim;
-      if (past_len > 0) {
-        std::memcpy(out, past + ((static_cast<int64_t>(b) * kv_heads + h) * past_len) * head_dim, row_bytes * past_len);
-      }
-      for (int64_t s = 0; s < new_len; ++s) {
-        std::memcpy(out + (past_len + s) * head_dim, fresh + new_view.Offset(b, h, s), row_bytes);
-      }
+  // One task per (b, h) plane: a long past makes this copy as costly as decode attention itself, so
+  // it must not run on one thread while the pool waits.
+  exec.ParallelFor(static_cast<size_t>(batch) * kv_heads, [&](size_t plane) {
+    const int64_t b = static_cast<int64_t>(plane) / kv_heads, h = static_cast<int64_t>(plane) % kv_heads;
+    T* out = dst + static_cast<int64_t>(plane) * total * head_dim;
+    if (past_len > 0) std::memcpy(out, past + static_cast<int64_t>(plane) * past_len * head_dim, row_bytes * past_len);
+    for (int64_t s = 0; s < new_len; ++s) {
+      std::memcpy(out + (past_len + s) * head_dim, fresh + new_view.Offset(b, h, s), row_bytes);
     }
-  }
+  });
 }
 
 template <typename T>
@@ -240,8 +239,10 @@ void CopyCacheTail(const T* src, int64_t len, int64_t keep, int batch, int kv_he
   }
 }
 
-template void ConcatCache<float>(const float*, int64_t, const float*, const HeadView&, int64_t, int, int, int, float*);
-template void ConcatCache<Half>(const Half*, int64_t, const Half*, const HeadView&, int64_t, int, int, int, Half*);
+template void ConcatCache<float>(const float*, int64_t, const float*, const HeadView&, int64_t, int, int, int, float*,
+                                 const Executor&);
+template void ConcatCache<Half>(const Half*, int64_t, const Half*, const HeadView&, int64_t, int, int, int, Half*,
+                                const Executor&);
 template void CopyCacheTail<float>(const float*, int64_t, int64_t, int, int, int, float*);
 template void CopyCacheTail<Half>(const Half*, int64_t, int64_t, int, int, int, Half*);
 

@@ -84,7 +84,7 @@ float ResolveScale(float scale, int head_dim);
 // (or null when past_len == 0) and the new tokens are read through `new_view`.
 template <typename T>
 void ConcatCache(const T* past, int64_t past_len, const T* fresh, const HeadView& new_view, int64_t new_len,
-                 int batch, int kv_heads, int head_dim, T* dst);
+                 int batch, int kv_heads, int head_dim, T* dst, const Executor& exec);
 
 // Copies the last `keep` positions of the [B, H_kv, len, D] buffer `src` into [B, H_kv, keep, D] `dst`.
 template <typename T>

@@ -126,11 +126,12 @@ void FullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   CheckMaskValues(op_, in.mask);
   const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
   const QkvShape& qkv = shape.qkv;
+  const OrtExecutor exec(ctx);
   ConcatCache(in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.past_len, in.key.Data<T>(), qkv.kv_view,
-              qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_key);
+              qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_key, exec);
   ConcatCache(in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.past_len, in.value.Data<T>(),
-              qkv.kv_view, qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_value);
-  RunFullAttnCpu(bound.args, OrtExecutor(ctx));
+              qkv.kv_view, qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_value, exec);
+  RunFullAttnCpu(bound.args, exec);
 }
 
 // One kernel call per row b with batch 1, the row's total length and its real new tokens, over row b

@@ -4,6 +4,7 @@
 #include "ops/shared_buffer.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 namespace hysparse {
@@ -289,6 +290,29 @@ SparseAttnArgs<T> MakeSparseAttnArgs(const SparseAttnAttributes& attrs, const Sp
   return args;
 }
 
+namespace {
+
+// Scratch for the window-cache path's past ++ new, which every decode step needs. Reused per thread
+// up to kKeptScratchElements, so a decode loop neither allocates nor zero-fills (nor page-faults)
+// each step; a larger request (a long prompt) gets a one-off uninitialised allocation in `owner`.
+template <typename T>
+T* WindowScratch(size_t elements, std::unique_ptr<T[]>& owner) {
+  constexpr size_t kKeptScratchElements = size_t{16} << 20;
+  if (elements > kKeptScratchElements) {
+    owner.reset(new T[elements]);
+    return owner.get();
+  }
+  thread_local std::unique_ptr<T[]> kept;
+  thread_local size_t kept_elements = 0;
+  if (kept_elements < elements) {
+    kept.reset(new T[elements]);
+    kept_elements = elements;
+  }
+  return kept.get();
+}
+
+}  // namespace
+
 template <typename T>
 void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const SparseAttnInputs in(ctx);
@@ -307,22 +331,23 @@ void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
   T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
   T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
-  std::vector<T> own_key_scratch, own_value_scratch;
+  const OrtExecutor exec(ctx);
   T* own_k = present_key;
   T* own_v = present_value;
+  std::unique_ptr<T[]> own_scratch_owner;
   if (attrs_.window_cache) {
-    own_key_scratch.resize(static_cast<size_t>(B) * Hkv * shape.own_len * D);
-    own_value_scratch.resize(own_key_scratch.size());
-    own_k = own_key_scratch.data();
-    own_v = own_value_scratch.data();
+    const size_t elements = static_cast<size_t>(B) * Hkv * shape.own_len * D;
+    T* scratch = WindowScratch<T>(2 * elements, own_scratch_owner);
+    own_k = scratch;
+    own_v = scratch + elements;
   }
   ConcatCache(in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.own_past, in.key.Data<T>(), qkv.kv_view,
-              qkv.new_len, B, Hkv, D, own_k);
+              qkv.new_len, B, Hkv, D, own_k, exec);
   ConcatCache(in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.own_past, in.value.Data<T>(),
-              qkv.kv_view, qkv.new_len, B, Hkv, D, own_v);
+              qkv.kv_view, qkv.new_len, B, Hkv, D, own_v, exec);
 
   T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
-  RunSparseAttnCpu(MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output), OrtExecutor(ctx));
+  RunSparseAttnCpu(MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output), exec);
 
   if (attrs_.window_cache) {
     CopyCacheTail(own_k, shape.own_len, shape.present_len, B, Hkv, D, present_key);
