@@ -72,6 +72,25 @@ struct HostTensor {
   }
 };
 
+// Random [planes, capacity, D] key and value caches whose rows from `valid` on hold 1000: rows a
+// kernel must never read, made loud so a read of one shows in its output.
+template <typename T>
+void FillCachePair(HostTensor<T>& key, HostTensor<T>& value, int64_t planes, int64_t capacity, int64_t valid,
+                   int head_dim, std::mt19937& rng) {
+  key.Resize(static_cast<size_t>(planes * capacity * head_dim));
+  value.Resize(key.storage.size());
+  key.FillUniform(rng, -1.f, 1.f);
+  value.FillUniform(rng, -1.f, 1.f);
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    for (int64_t row = valid; row < capacity; ++row) {
+      for (int d = 0; d < head_dim; ++d) {
+        key.Set((plane * capacity + row) * head_dim + d, 1000.f);
+        value.Set((plane * capacity + row) * head_dim + d, 1000.f);
+      }
+    }
+  }
+}
+
 enum class MaskKind { kNone, kLeftPad, kHoles };
 
 // [B, T] 0/1. kLeftPad: batch row b > 0 starts with 5 + 11*b padding positions (a padded decode

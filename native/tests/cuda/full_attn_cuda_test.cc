@@ -83,19 +83,7 @@ void RunFullCase(const FullCase& c) {
   HostTensor<T> q, kc, vc;
   q.Resize(static_cast<size_t>(B) * H * S * D);
   q.FillUniform(rng, -2.f, 2.f);
-  kc.Resize(static_cast<size_t>(B) * Hkv * cap * D);
-  vc.Resize(kc.storage.size());
-  kc.FillUniform(rng, -1.f, 1.f);
-  vc.FillUniform(rng, -1.f, 1.f);
-  // Cache rows past total_len must never be read: make them loud.
-  for (int64_t plane = 0; plane < static_cast<int64_t>(B) * Hkv; ++plane) {
-    for (int64_t pos = total; pos < cap; ++pos) {
-      for (int d = 0; d < D; ++d) {
-        kc.Set((plane * cap + pos) * D + d, 1000.f);
-        vc.Set((plane * cap + pos) * D + d, 1000.f);
-      }
-    }
-  }
+  FillCachePair(kc, vc, static_cast<int64_t>(B) * Hkv, cap, total, D, rng);  // rows past total_len: loud
   const std::vector<int64_t> mask = MakeMask(c.mask, B, total, rng);
 
   // CPU reference: float32, every output.

@@ -73,23 +73,9 @@ void RunSparseCase(const SparseCase& c) {
   HostTensor<T> q, own_k, own_v, sh_k, sh_v, sel_k, sel_v, gate, sinks;
   q.Resize(static_cast<size_t>(B) * H * S * D);
   q.FillUniform(rng, -2.f, 2.f);
-  own_k.Resize(static_cast<size_t>(B) * Hkv * own_cap * D);
-  own_v.Resize(own_k.storage.size());
-  own_k.FillUniform(rng, -1.f, 1.f);
-  own_v.FillUniform(rng, -1.f, 1.f);
-  for (int64_t plane = 0; plane < static_cast<int64_t>(B) * Hkv; ++plane) {
-    for (int64_t slot = own_len; slot < own_cap; ++slot) {
-      for (int d = 0; d < D; ++d) {
-        own_k.Set((plane * own_cap + slot) * D + d, 1000.f);
-        own_v.Set((plane * own_cap + slot) * D + d, 1000.f);
-      }
-    }
-  }
+  FillCachePair(own_k, own_v, static_cast<int64_t>(B) * Hkv, own_cap, own_len, D, rng);
   if (c.source != Source::kOwn) {
-    sh_k.Resize(static_cast<size_t>(B) * Hkv * shared_cap * D);
-    sh_v.Resize(sh_k.storage.size());
-    sh_k.FillUniform(rng, -1.f, 1.f);
-    sh_v.FillUniform(rng, -1.f, 1.f);
+    FillCachePair(sh_k, sh_v, static_cast<int64_t>(B) * Hkv, shared_cap, total, D, rng);
   }
   const std::vector<int32_t> idx = MakeIndices(c, rng);
   if (c.source == Source::kSelected) {
