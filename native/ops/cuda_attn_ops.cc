@@ -124,8 +124,7 @@ CudaFullAttnKernel<T>::CudaFullAttnKernel(const OrtApi&, const OrtKernelInfo* in
     : op_(kFullAttnName, NodeName(Ort::ConstKernelInfo(info))) {
   Ort::ConstKernelInfo ki(info);
   heads_ = ReadHeadAttributes(ki, op_);
-  const int64_t default_top_k = 16;
-  top_k_ = static_cast<int>(ReadIntAttribute(ki, op_, "top_k", &default_top_k, 1));
+  top_k_ = ReadTopKAttribute(ki, op_);
   check_values_ = CheckValuesEnabled(info);
   allocator_ = DeviceAllocator(info);
   problem_ = std::make_unique<PinnedProblem>();

@@ -48,13 +48,17 @@ FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& hea
   return shape;
 }
 
+int ReadTopKAttribute(const Ort::ConstKernelInfo& info, const OpContext& op) {
+  const int64_t default_top_k = 16;
+  return static_cast<int>(ReadIntAttribute(info, op, "top_k", &default_top_k, 1));
+}
+
 template <typename T>
 FullAttnKernel<T>::FullAttnKernel(const OrtApi&, const OrtKernelInfo* info)
     : op_(kFullAttnName, NodeName(Ort::ConstKernelInfo(info))) {
   Ort::ConstKernelInfo ki(info);
   heads_ = ReadHeadAttributes(ki, op_);
-  const int64_t default_top_k = 16;
-  top_k_ = static_cast<int>(ReadIntAttribute(ki, op_, "top_k", &default_top_k, 1));
+  top_k_ = ReadTopKAttribute(ki, op_);
 }
 
 template <typename T>

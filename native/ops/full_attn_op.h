@@ -45,6 +45,9 @@ struct FullAttnShape {
 FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
                                   ONNXTensorElementDataType type);
 
+// The `top_k` attribute (default 16, at least 1); shared by the CPU and CUDA kernels.
+int ReadTopKAttribute(const Ort::ConstKernelInfo& info, const OpContext& op);
+
 // The kernel arguments with every output allocated (host or device pointers alike, whatever memory
 // ORT hands out). present_key/value are allocated but not yet filled with past ++ new: the backend
 // does that copy (memcpy on CPU, a stream-ordered kernel on CUDA).
