@@ -29,9 +29,9 @@ public sealed class TorchFixtureTests
         };
         var inputs = root.GetProperty("inputs");
         var outputs = root.GetProperty("outputs");
-        var ids = Flatten(inputs.GetProperty(LlamaNames.InputIds));
+        var ids = JsonArrays.Flatten(inputs.GetProperty(LlamaNames.InputIds));
         var batch = inputs.GetProperty(LlamaNames.InputIds).GetArrayLength();
-        float[] Floats(JsonElement e) => Flatten(e).Select(v => (float)v).ToArray();
+        float[] Floats(JsonElement e) => JsonArrays.Flatten(e).Select(v => (float)v).ToArray();
         return new Fixture(
             System.IO.Path.Combine(directory, $"{name}.onnx"),
             config,
@@ -39,27 +39,14 @@ public sealed class TorchFixtureTests
             {
                 Batch = batch,
                 InputIds = ids.Select(v => (long)v).ToArray(),
-                Mask = Flatten(inputs.GetProperty(LlamaNames.AttentionMask)).Select(v => (long)v).ToArray(),
+                Mask = JsonArrays.Flatten(inputs.GetProperty(LlamaNames.AttentionMask)).Select(v => (long)v).ToArray(),
                 PastKeys = Enumerable.Range(0, config.Layers).Select(l => Floats(inputs.GetProperty(LlamaNames.PastKey(l)))).ToArray(),
                 PastValues = Enumerable.Range(0, config.Layers).Select(l => Floats(inputs.GetProperty(LlamaNames.PastValue(l)))).ToArray(),
             },
             new DecoderOutputs(
-                Flatten(outputs.GetProperty(LlamaNames.Logits)),
-                Enumerable.Range(0, config.Layers).Select(l => Flatten(outputs.GetProperty(LlamaNames.PresentKey(l)))).ToArray(),
-                Enumerable.Range(0, config.Layers).Select(l => Flatten(outputs.GetProperty(LlamaNames.PresentValue(l)))).ToArray()));
-    }
-
-    private static double[] Flatten(JsonElement element)
-    {
-        var values = new List<double>();
-        void Walk(JsonElement e)
-        {
-            if (e.ValueKind == JsonValueKind.Array)
-                foreach (var item in e.EnumerateArray()) Walk(item);
-            else values.Add(e.GetDouble());
-        }
-        Walk(element);
-        return values.ToArray();
+                JsonArrays.Flatten(outputs.GetProperty(LlamaNames.Logits)),
+                Enumerable.Range(0, config.Layers).Select(l => JsonArrays.Flatten(outputs.GetProperty(LlamaNames.PresentKey(l)))).ToArray(),
+                Enumerable.Range(0, config.Layers).Select(l => JsonArrays.Flatten(outputs.GetProperty(LlamaNames.PresentValue(l)))).ToArray()));
     }
 
     [TestMethod]
