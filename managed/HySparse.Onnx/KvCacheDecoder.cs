@@ -15,6 +15,10 @@ namespace HySparse.Onnx;
 /// copy, whatever its length: so full-length caches, HySparse window caches (which stay at most
 /// <c>window</c> tokens long) and KV-sharing layouts all run through the same loop, and
 /// <see cref="KvCacheBytes"/> reports what the model really keeps.</para>
+/// <para>Models with GroupQueryAttention's shared-buffer caches (onnxruntime-genai's
+/// <c>past_present_share_buffer</c>, and HySparse conversions of such models) are run with a
+/// <c>bufferCapacity</c>: every past is then a buffer of that many positions from the first step on,
+/// and the model learns the valid lengths from <c>attention_mask</c>.</para>
 /// </remarks>
 public sealed class KvCacheDecoder : IDisposable
 {
@@ -31,6 +35,7 @@ public sealed class KvCacheDecoder : IDisposable
     private readonly bool _hasMask;
     private readonly bool _hasPositions;
     private readonly RunOptions _runOptions = new();
+    private readonly int? _bufferCapacity;
     private IDisposableReadOnlyCollection<OrtValue>? _lastOutputs;
     private OrtValue[] _caches = [];
     private long[] _mask = [];
@@ -41,12 +46,16 @@ public sealed class KvCacheDecoder : IDisposable
     /// <param name="batchSize">Rows decoded together.</param>
     /// <param name="extraOutputs">Other model outputs to fetch at every step (for example a full
     /// layer's <c>block_indices</c> exposed as a graph output), read with <see cref="ExtraOutput"/>.</param>
+    /// <param name="bufferCapacity">For shared-buffer models: the positions each cache buffer holds
+    /// (the longest sequence the decoder will run); null for caches that grow with every step.</param>
     /// <exception cref="ArgumentException">The model lacks <c>input_ids</c> or <c>logits</c>, a cache
     /// input has no matching output, or an extra output does not exist.</exception>
-    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null)
+    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null, int? bufferCapacity = null)
     {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        if (bufferCapacity is { } capacity) ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1, nameof(bufferCapacity));
+        _bufferCapacity = bufferCapacity;
         _session = session;
         BatchSize = batchSize;
         if (!session.InputMetadata.ContainsKey(InputIdsName))
@@ -103,7 +112,9 @@ public sealed class KvCacheDecoder : IDisposable
             if (heads <= 0 || headDim <= 0)
                 throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must declare its head count and head size, got {string.Join("x", meta.Dimensions)}");
             _caches[i] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType,
-                [BatchSize, heads, 0, headDim]);
+                [BatchSize, heads, _bufferCapacity ?? 0, headDim]);
+            // A buffer's unused positions are never read, but zeros keep runs reproducible.
+            if (_bufferCapacity is not null) _caches[i].GetTensorMutableRawData().Clear();
         }
         _mask = [];
         Position = 0;
@@ -126,6 +137,8 @@ public sealed class KvCacheDecoder : IDisposable
             throw new ArgumentException($"newTokenMask must have one entry per token ({tokens.Length}), got {newTokenMask.Length}", nameof(newTokenMask));
 
         var total = Position + newLen;
+        if (total > _bufferCapacity)
+            throw new InvalidOperationException($"{total} tokens do not fit the KV buffers of {_bufferCapacity} positions");
         var mask = new long[BatchSize * total];
         for (var b = 0; b < BatchSize; b++)
         {
