@@ -143,12 +143,17 @@ public sealed class GroupQueryAttentionConversionTests
         var layer1 = model.Graph.Node.Where(n => n.OpType == "GroupQueryAttention").ElementAt(1);
         change(layer1);
 
-        var error = Assert.ThrowsExactly<ConversionException>(() => HybridConverter.Convert(model, new ConversionOptions()), what);
+        AssertRefusedAt(model, "/model/layers.1/self_attn/GroupQueryAttention", "com.microsoft.GroupQueryAttention", reason, what);
+    }
 
+    /// <summary>Conversion of <paramref name="model"/> fails for exactly the layer at <paramref name="node"/>, with a reason naming the operator and saying <paramref name="reason"/>.</summary>
+    internal static void AssertRefusedAt(ModelProto model, string node, string opName, string reason, string what)
+    {
+        var error = Assert.ThrowsExactly<ConversionException>(() => HybridConverter.Convert(model, new ConversionOptions()), what);
         Assert.AreEqual(ConversionError.UnconvertibleLayers, error.Error);
         var failure = error.Layers.Single();
-        Assert.AreEqual("/model/layers.1/self_attn/GroupQueryAttention", failure.Node);
-        StringAssert.Contains(failure.Reason, "com.microsoft.GroupQueryAttention");
+        Assert.AreEqual(node, failure.Node);
+        StringAssert.Contains(failure.Reason, opName);
         StringAssert.Contains(failure.Reason, reason);
     }
 
@@ -173,17 +178,17 @@ public sealed class GroupQueryAttentionConversionTests
         var model = dir.WriteModel("genai.onnx", LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention));
         var converted = dir.File("genai.hysparse.onnx");
 
-        var convert = Cli("convert", model, "-o", converted, "--ratio", "1:1", "--top-k", "7", "--block-size", "4", "--window", "4", "--json");
+        var convert = CliTests.Run("convert", model, "-o", converted, "--ratio", "1:1", "--top-k", "7", "--block-size", "4", "--window", "4", "--json");
         Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
         using (var json = JsonDocument.Parse(convert.Out))
             StringAssert.Contains(json.RootElement.GetRawText(), "groupqueryattention");
 
-        var inspect = Cli("inspect", converted, "--context", "26");
+        var inspect = CliTests.Run("inspect", converted, "--context", "26");
         Assert.AreEqual(ExitCodes.Success, inspect.Code, inspect.Err);
         StringAssert.Contains(inspect.Out, "hybrid layout FSFF");
 
         // 24 + 2 tokens in blocks of 4: K = 7 selects every block, so the conversion is exact.
-        var verify = Cli("verify", model, converted, "--prompt", "24", "--steps", "2", "--batch", "2", "--json");
+        var verify = CliTests.Run("verify", model, converted, "--prompt", "24", "--steps", "2", "--batch", "2", "--json");
         Assert.AreEqual(ExitCodes.Success, verify.Code, verify.Err);
         using (var json = JsonDocument.Parse(verify.Out))
         {
@@ -194,14 +199,6 @@ public sealed class GroupQueryAttentionConversionTests
             Assert.AreEqual(4L * 2 * 2 * 2 * 26 * 16 * 4, report.GetProperty("hybridKvBytes").GetInt64());
             Assert.AreEqual(report.GetProperty("denseKvBytes").GetInt64(), report.GetProperty("hybridKvBytes").GetInt64());
         }
-    }
-
-    private static (int Code, string Out, string Err) Cli(params string[] args)
-    {
-        using var stdout = new StringWriter();
-        using var stderr = new StringWriter();
-        var code = CliApp.Run(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
     }
 
     private static void SetInt(NodeProto node, string name, long value) => node.Attribute.Single(a => a.Name == name).I = value;

@@ -69,7 +69,7 @@ internal sealed class FusedOperator(GraphIndex graph, NodeProto node)
     /// H_kv, D and the element type from a past cache graph input declared [B,H_kv,P,D] with fixed
     /// H_kv and D, of a type the HySparse CPU kernels take.
     /// </summary>
-    public (int KvHeads, int HeadSize, DataType Type) PastCache(string past)
+    private (int KvHeads, int HeadSize, DataType Type) PastCache(string past)
     {
         if (!graph.IsGraphInput(past))
             throw Refuse($"past cache '{past}' is not a graph input; only caches fed from outside the model can become the ops' caches");
@@ -81,6 +81,21 @@ internal sealed class FusedOperator(GraphIndex graph, NodeProto node)
         if (elementType is not (DataType.Float or DataType.Float16))
             throw Refuse($"past cache '{past}' holds {elementType.ToString().ToLowerInvariant()}; the HySparse CPU operators take float32 or float16 caches");
         return (checked((int)dims[1].DimValue), checked((int)dims[3].DimValue), elementType);
+    }
+
+    /// <summary>
+    /// Geometry of the past caches <paramref name="pastKey"/> / <paramref name="pastValue"/> (see
+    /// <see cref="PastCache"/>), which must agree with each other and hold <paramref name="kvHeads"/> heads
+    /// as attribute <paramref name="headsAttribute"/> says.
+    /// </summary>
+    public (int HeadSize, DataType Type) PastCaches(string pastKey, string pastValue, int kvHeads, string headsAttribute)
+    {
+        var (heads, headSize, elementType) = PastCache(pastKey);
+        if (PastCache(pastValue) != (heads, headSize, elementType))
+            throw Refuse($"past_key '{pastKey}' and past_value '{pastValue}' are declared with different geometry");
+        if (heads != kvHeads)
+            throw Refuse($"{headsAttribute} is {kvHeads} but past cache '{pastKey}' declares {heads} heads");
+        return (headSize, elementType);
     }
 
     /// <summary>The attention output and the present caches must all be produced: the ops always write them.</summary>

@@ -13,29 +13,15 @@ namespace HySparse.Exporter.Recognition;
 /// <see cref="FusedInputs"/>). What the ops cannot compute exactly is refused: local windows, soft-capping,
 /// smooth softmax and head sinks, attention bias, quantized caches, explicit position ids.
 /// </summary>
-public sealed class GroupQueryAttentionPattern : IAttentionPattern
+public sealed class GroupQueryAttentionPattern : FusedOperatorPattern
 {
-    private const string Domain = "com.microsoft";
-    private const string OpType = "GroupQueryAttention";
+    /// <inheritdoc />
+    protected override string Domain => "com.microsoft";
+    /// <inheritdoc />
+    protected override string OpType => "GroupQueryAttention";
 
     /// <inheritdoc />
-    public AttentionStyle Style => AttentionStyle.GroupQueryAttention;
-
-    /// <inheritdoc />
-    public IEnumerable<NodeProto> Anchors(GraphIndex graph) => graph.Graph.Node.Where(n => n.Domain == Domain && n.OpType == OpType);
-
-    /// <inheritdoc />
-    public AttentionMatch Match(GraphIndex graph, NodeProto anchor)
-    {
-        try
-        {
-            return AttentionMatch.Success(MatchLayer(graph, anchor));
-        }
-        catch (PatternMismatch mismatch)
-        {
-            return AttentionMatch.Fail(mismatch.Node, mismatch.Message);
-        }
-    }
+    public override AttentionStyle Style => AttentionStyle.GroupQueryAttention;
 
     private static readonly Dictionary<string, Func<AttributeProto, string?>> Attributes = new()
     {
@@ -59,9 +45,8 @@ public sealed class GroupQueryAttentionPattern : IAttentionPattern
     private static string? QuantType(AttributeProto attribute) =>
         attribute.S.ToStringUtf8() is "" or "NONE" ? null : $"attribute '{attribute.Name}' = {attribute.S.ToStringUtf8()}: quantized KV caches are not supported by the HySparse ops";
 
-    private static AttentionLayer MatchLayer(GraphIndex graph, NodeProto node)
+    private protected override AttentionLayer MatchLayer(GraphIndex graph, NodeProto node, FusedOperator op)
     {
-        var op = new FusedOperator(graph, node);
         op.CheckAttributes(Attributes);
         op.RequireAbsentInputs(
             (9, "position_ids", "positions given explicitly follow rules of their own for a first prompt; only positions derived from seqlens_k are converted"),
@@ -85,11 +70,7 @@ public sealed class GroupQueryAttentionPattern : IAttentionPattern
         var pastValue = op.RequireInput(4, "past_value", "a layer without a KV cache input is not a decoder layer the converter handles");
         var seqlensK = op.RequireInput(5, "seqlens_k", "it is required");
         var totalLength = op.RequireInput(6, "total_sequence_length", "it is required");
-        var (kvHeads, headSize, elementType) = op.PastCache(pastKey);
-        if (op.PastCache(pastValue) != (kvHeads, headSize, elementType))
-            throw op.Refuse($"past_key '{pastKey}' and past_value '{pastValue}' are declared with different geometry");
-        if (kvHeads != kvNumHeads)
-            throw op.Refuse($"kv_num_heads is {kvNumHeads} but past cache '{pastKey}' declares {kvHeads} heads");
+        var (headSize, elementType) = op.PastCaches(pastKey, pastValue, kvNumHeads, "kv_num_heads");
 
         InternalRotary? rotary = null;
         var (cos, sin) = (op.Input(7), op.Input(8));
