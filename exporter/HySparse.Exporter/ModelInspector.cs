@@ -67,7 +67,7 @@ public static class ModelInspector
     {
         var analysis = HybridConverter.Analyse(model);
         if (analysis.Layers.Count == 0 && analysis.Failures.Count == 0)
-            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention the converter recognises");
+            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention, GroupQueryAttention or MultiHeadAttention node the converter recognises");
         options.Parameters.Validate();
         var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType)).ToList();
         var layout = analysis.Failures.Count == 0 && layers.Count > 0 ? options.Layout.Plan(layers.Count) : null;
