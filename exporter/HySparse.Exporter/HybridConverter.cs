@@ -219,13 +219,17 @@ public static class HybridConverter
     /// </summary>
     private static void CheckNoSharedBuffers(IReadOnlyList<AttentionLayer> layers)
     {
-        var buffered = layers.Where(l => l.Buffer is not null).Select(l => new UnconvertibleLayer(l.AnchorNode,
-            "--kv-sharing: the layer keeps its cache in a shared fixed-capacity buffer (GroupQueryAttention's convention), and the HySparse ops have no window cache in that mode, " +
-            "so a sparse layer would keep its whole buffer and save nothing; convert without --kv-sharing (retrofit)")).ToList();
+        var buffered = KvSharingRefusals(layers);
         if (buffered.Count > 0)
             throw new ConversionException(ConversionError.UnconvertibleLayers,
                 $"{buffered.Count} layer(s) cannot use KV sharing, first: {buffered[0]}", buffered);
     }
+
+    /// <summary>The layers that keep their cache in a shared buffer, each with why KV sharing is refused for it.</summary>
+    internal static IReadOnlyList<UnconvertibleLayer> KvSharingRefusals(IReadOnlyList<AttentionLayer> layers) =>
+        layers.Where(l => l.Buffer is not null).Select(l => new UnconvertibleLayer(l.AnchorNode,
+            "--kv-sharing: the layer keeps its cache in a shared fixed-capacity buffer (GroupQueryAttention's convention), and the HySparse ops have no window cache in that mode, " +
+            "so a sparse layer would keep its whole buffer and save nothing; convert without --kv-sharing (retrofit)")).ToList();
 
     /// <summary>
     /// With KV sharing a sparse layer reads the full layer's cache as its own keys: heads, head size

@@ -183,9 +183,22 @@ public sealed class GroupQueryAttentionConversionTests
         using (var json = JsonDocument.Parse(convert.Out))
             StringAssert.Contains(json.RootElement.GetRawText(), "groupqueryattention");
 
+        var text = CliTests.Run("convert", model, "-o", dir.File("text.onnx"), "-q");
+        Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
+        StringAssert.Contains(text.Out, "model interface changed: the KV caches are shared buffers only");
+
         var inspect = CliTests.Run("inspect", converted, "--context", "26");
         Assert.AreEqual(ExitCodes.Success, inspect.Code, inspect.Err);
         StringAssert.Contains(inspect.Out, "hybrid layout FSFF");
+        // Projecting --kv-sharing onto the source says why it would be refused instead of showing figures.
+        var projected = CliTests.Run("inspect", model, "--kv-sharing");
+        Assert.AreEqual(ExitCodes.Success, projected.Code, projected.Err);
+        StringAssert.Contains(projected.Out, "4 attention layer(s) cannot be converted");
+        StringAssert.Contains(projected.Out, "no window cache");
+        Assert.IsFalse(projected.Out.Contains("with layout", StringComparison.Ordinal), projected.Out);
+        var refused = CliTests.Run("convert", model, "-o", dir.File("shared.onnx"), "--kv-sharing");
+        Assert.AreEqual(ExitCodes.Refused, refused.Code);
+        StringAssert.Contains(refused.Err, "retrofit");
 
         // 24 + 2 tokens in blocks of 4: K = 7 selects every block, so the conversion is exact.
         var verify = CliTests.Run("verify", model, converted, "--prompt", "24", "--steps", "2", "--batch", "2", "--json");
