@@ -18,7 +18,8 @@ namespace HySparse.Onnx;
 /// <para>Models with GroupQueryAttention's shared-buffer caches (onnxruntime-genai's
 /// <c>past_present_share_buffer</c>, and HySparse conversions of such models) are run with a
 /// <c>bufferCapacity</c>: every past is then a buffer of that many positions from the first step on,
-/// and the model learns the valid lengths from <c>attention_mask</c>.</para>
+/// bound as the matching present output too, so the model writes the new tokens into it in place;
+/// the model learns the valid lengths from <c>attention_mask</c>.</para>
 /// </remarks>
 public sealed class KvCacheDecoder : IDisposable
 {
@@ -170,19 +171,46 @@ public sealed class KvCacheDecoder : IDisposable
             values.Add(_caches[i]);
         }
 
-        var outputNames = new List<string> { LogitsName };
-        outputNames.AddRange(_cachePairs.Select(p => p.Present));
-        outputNames.AddRange(_extraOutputs);
-        var outputs = _session.Run(_runOptions, names, values, outputNames);
-
-        var logits = ToFloat(outputs[0]);
-        // The new caches are the outputs just produced; the previous ones can go.
-        DisposeCaches();
-        _lastOutputs = outputs;
-        _caches = outputs.Skip(1).Take(_cachePairs.Count).ToArray();
+        float[] logits;
+        if (_bufferCapacity is null)
+        {
+            var outputNames = new List<string> { LogitsName };
+            outputNames.AddRange(_cachePairs.Select(p => p.Present));
+            outputNames.AddRange(_extraOutputs);
+            var outputs = _session.Run(_runOptions, names, values, outputNames);
+            logits = ToFloat(outputs[0]);
+            // The new caches are the outputs just produced; the previous ones can go.
+            DisposeCaches();
+            _lastOutputs = outputs;
+            _caches = outputs.Skip(1).Take(_cachePairs.Count).ToArray();
+        }
+        else
+        {
+            logits = RunInPlace(names, values);
+        }
         _mask = mask;
         Position = total;
         return logits;
+    }
+
+    /// <summary>
+    /// Shared-buffer step: each buffer is bound as both the past input and the present output, as
+    /// onnxruntime-genai binds them, so the attention operators see present and past as one memory
+    /// and write only the new tokens into it. The buffers stay this decoder's; the outputs ONNX Runtime
+    /// allocates (logits, extra outputs) live until the next step.
+    /// </summary>
+    private float[] RunInPlace(List<string> names, List<OrtValue> values)
+    {
+        using var binding = _session.CreateIoBinding();
+        for (var i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
+        binding.BindOutputToDevice(LogitsName, OrtMemoryInfo.DefaultInstance);
+        for (var i = 0; i < _cachePairs.Count; i++) binding.BindOutput(_cachePairs[i].Present, _caches[i]);
+        foreach (var name in _extraOutputs) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
+        _session.RunWithBinding(_runOptions, binding);
+        var outputs = binding.GetOutputValues();
+        _lastOutputs?.Dispose();
+        _lastOutputs = outputs;
+        return ToFloat(outputs[0]);
     }
 
     /// <summary>
@@ -266,15 +294,13 @@ public sealed class KvCacheDecoder : IDisposable
 
     private void DisposeCaches()
     {
-        if (_lastOutputs is not null)
-        {
-            _lastOutputs.Dispose();
-            _lastOutputs = null;
-        }
-        else
-        {
+        // Concatenating caches are the last outputs themselves; shared buffers are allocated here and
+        // only bound to the outputs, so they are disposed on their own.
+        var cachesAreOutputs = _lastOutputs is not null && _bufferCapacity is null;
+        _lastOutputs?.Dispose();
+        _lastOutputs = null;
+        if (!cachesAreOutputs)
             foreach (var c in _caches) c?.Dispose();
-        }
         _caches = [];
     }
 
