@@ -17,7 +17,8 @@ namespace HySparse.Exporter.Tests;
 [TestClass]
 public sealed class GroupQueryAttentionConversionTests
 {
-    private static readonly LlamaConfig Config = new() { Layers = 4, Hidden = 32, Heads = 4, KvHeads = 2, HeadDim = 16, Ffn = 40, Vocab = 43, Seed = 31 };
+    // Head size 32: partial rotary needs a cos cache width that is a multiple of 8 below D/2.
+    private static readonly LlamaConfig Config = new() { Layers = 4, Hidden = 32, Heads = 4, KvHeads = 2, HeadDim = 32, Ffn = 40, Vocab = 43, Seed = 31 };
 
     /// <summary>Positions per cache buffer in these runs.</summary>
     private const int Capacity = 24;
@@ -51,6 +52,38 @@ public sealed class GroupQueryAttentionConversionTests
             for (var step = 0; step < expected.Count; step++)
                 AssertSameOnValidPositions(expected[step].Inputs, expected[step].Outputs, actual[step].Outputs, 1e-4, $"{name}, call {step}");
         }
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void PartialRotaryAndAnExplicitScaleAreCarriedOver()
+    {
+        // cos/sin caches of width D/4 rotate the first D/2 channels of each head (as phi-style models
+        // do) and leave the rest; scale 0.2 instead of 1/√D.
+        var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention);
+        foreach (var table in new[] { "cos_cache", "sin_cache" })
+        {
+            var cache = source.Graph.Initializer.Single(i => i.Name == table);
+            var (positions, half) = ((int)cache.Dims[0], (int)cache.Dims[1]);
+            var full = Tensors.ReadFloats(cache);
+            var narrow = Enumerable.Range(0, positions).SelectMany(p => full.Skip(p * half).Take(half / 2)).ToArray();
+            source.Graph.Initializer.Remove(cache);
+            source.Graph.Initializer.Add(Tensors.Float(table, [positions, half / 2], narrow));
+        }
+        foreach (var node in source.Graph.Node.Where(n => n.OpType == "GroupQueryAttention")) node.Attribute.Add(Attr.Float("scale", 0.2f));
+        var (hybrid, _) = HybridConverter.Convert(source, new ConversionOptions
+        {
+            Layout = LayoutSpec.Ratio("1:1"),
+            Parameters = new HybridParameters { TopK = 6, BlockSize = 4, Window = 3 },
+        });
+        var rotary = hybrid.Graph.Node.First(n => n.OpType == "RotaryEmbedding");
+        Assert.AreEqual(Config.HeadDim / 2, Attr.GetInt(rotary, "rotary_embedding_dim", 0));
+
+        var (name, chunks, padding) = Scenarios[0];
+        var expected = BufferedRun(source.ToByteArray(), chunks, padding, withOps: false);
+        var actual = BufferedRun(hybrid.ToByteArray(), chunks, padding, withOps: true);
+        for (var step = 0; step < expected.Count; step++)
+            AssertSameOnValidPositions(expected[step].Inputs, expected[step].Outputs, actual[step].Outputs, 1e-4, $"{name}, call {step}");
     }
 
     /// <summary>
@@ -112,7 +145,7 @@ public sealed class GroupQueryAttentionConversionTests
             Assert.AreEqual(seqlensAt + 2, op.Input.Count, op.Name);
             StringAssert.Contains(op.Input[seqlensAt], "attn_mask_subgraph", "seqlens_k is the source's");
             Assert.AreEqual("", op.Input[5 + (op.OpType == HySparseOps.FullAttn ? 0 : 3)], "no attention_mask in shared-buffer mode");
-            Assert.AreEqual(1f / 4f, op.Attribute.Single(a => a.Name == HySparseOps.Attributes.Scale).F);
+            Assert.AreEqual(1f / MathF.Sqrt(32), op.Attribute.Single(a => a.Name == HySparseOps.Attributes.Scale).F);
         }
         foreach (var present in hybrid.Graph.Output.Where(o => o.Name.StartsWith("present.", StringComparison.Ordinal)))
             Assert.AreEqual(LlamaModelBuilder.PastDim, present.Type.TensorType.Shape.Dim[2].DimParam, present.Name);
@@ -208,8 +241,8 @@ public sealed class GroupQueryAttentionConversionTests
             var report = json.RootElement.GetProperty("report");
             Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble());
             Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble());
-            // Both models hold buffers of 26 positions: 4 layers × 2 caches × B=2 × H_kv=2 × 26 × D=16 × 4 bytes.
-            Assert.AreEqual(4L * 2 * 2 * 2 * 26 * 16 * 4, report.GetProperty("hybridKvBytes").GetInt64());
+            // Both models hold buffers of 26 positions: 4 layers × 2 caches × B=2 × H_kv=2 × 26 × D=32 × 4 bytes.
+            Assert.AreEqual(4L * 2 * 2 * 2 * 26 * 32 * 4, report.GetProperty("hybridKvBytes").GetInt64());
             Assert.AreEqual(report.GetProperty("denseKvBytes").GetInt64(), report.GetProperty("hybridKvBytes").GetInt64());
         }
     }
