@@ -74,12 +74,12 @@ public sealed class GroupQueryAttentionPattern : FusedOperatorPattern
 
         InternalRotary? rotary = null;
         var (cos, sin) = (op.Input(7), op.Input(8));
-        if (Attr(node, "do_rotary") == 1)
+        if (IntAttribute(node, "do_rotary") == 1)
         {
             if (cos is null || sin is null) throw op.Refuse("do_rotary=1 without cos_cache and sin_cache");
             var rotaryDim = 2 * (HalfRotaryWidth(graph, cos) ?? throw op.Refuse($"cos_cache '{cos}' has no fixed [positions, R/2] shape, so the rotary dimension is unknown"));
             if (rotaryDim > headSize) throw op.Refuse($"cos_cache '{cos}' rotates {rotaryDim} channels but a head has {headSize}");
-            rotary = new InternalRotary(cos, sin, rotaryDim, Attr(node, "rotary_interleaved") == 1);
+            rotary = new InternalRotary(cos, sin, rotaryDim, IntAttribute(node, "rotary_interleaved") == 1);
         }
         else if (cos is not null || sin is not null)
         {
@@ -112,7 +112,7 @@ public sealed class GroupQueryAttentionPattern : FusedOperatorPattern
         };
     }
 
-    private static long Attr(NodeProto node, string name) => HySparse.Models.Graph.Attr.GetInt(node, name, 0);
+    private static long IntAttribute(NodeProto node, string name) => HySparse.Models.Graph.Attr.GetInt(node, name, 0);
 
     /// <summary>R/2 from a cos cache's shape [positions, R/2]: a constant's dims or a graph input's fixed declaration.</summary>
     private static int? HalfRotaryWidth(GraphIndex graph, string cache)

@@ -12,8 +12,10 @@ namespace HySparse.Exporter.Rewrite;
 /// in place. Only graph structure changes: the op nodes take the place of each layer's matched
 /// nodes, producing the layer's attention output and present caches under their original names;
 /// nodes and initializers that only fed the replaced subgraphs (the additive mask, scale constants)
-/// are dropped; nothing else is touched, except, with KV sharing, the declared length of the sparse
-/// layers' cache inputs and outputs, which become window caches.
+/// are dropped; what a fused operator did to its inputs itself (splitting packed QKV, RoPE) is added
+/// in front of the op as separate nodes (<see cref="FusedInputRewrite"/>); nothing else is touched,
+/// except the declared length of some caches: with KV sharing the sparse layers' cache inputs and
+/// outputs become window caches, and shared-buffer presents are declared as long as their buffer.
 /// </summary>
 internal static class HybridRewriter
 {
