@@ -120,12 +120,21 @@ public sealed class GroupQueryAttentionConversionTests
         var bufferElements = inputs.Batch * Config.KvHeads * Capacity * Config.HeadDim;
         foreach (var cache in outputs.PresentKeys.Concat(outputs.PresentValues)) Assert.HasCount(bufferElements, cache);
         // Retrofit keeps every layer's cache: at context C the formula gives what the buffers hold.
-        var figures = report.KvAt([Capacity]).Single();
-        Assert.AreEqual(outputs.PresentKeys.Concat(outputs.PresentValues).Sum(k => (long)k.Length) * 4 / inputs.Batch, figures.RetrofitCache);
-        var inspected = ModelInspector.Inspect(hybrid, new ConversionOptions(), [Capacity]);
+        AssertKvAccounting(hybrid, report, outputs, inputs.Batch, Capacity, "groupqueryattention");
+    }
+
+    /// <summary>
+    /// The retrofit KV figure at <paramref name="context"/> equals the bytes of the caches a float32 run
+    /// returned (per sequence), and <c>inspect</c> on the converted model reads back the same figures.
+    /// </summary>
+    internal static void AssertKvAccounting(ModelProto hybrid, ConversionReport report, DecoderOutputs outputs, int batch, long context, string sourceStyle)
+    {
+        var figures = report.KvAt([context]).Single();
+        Assert.AreEqual(outputs.PresentKeys.Concat(outputs.PresentValues).Sum(k => (long)k.Length) * 4 / batch, figures.RetrofitCache);
+        var inspected = ModelInspector.Inspect(hybrid, new ConversionOptions(), [context]);
         Assert.IsTrue(inspected.Converted);
         Assert.AreEqual(figures, inspected.Kv.Single());
-        Assert.AreEqual("groupqueryattention", inspected.SourceStyle);
+        Assert.AreEqual(sourceStyle, inspected.SourceStyle);
     }
 
     [TestMethod]

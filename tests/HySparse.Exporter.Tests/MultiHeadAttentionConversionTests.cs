@@ -75,11 +75,7 @@ public sealed class MultiHeadAttentionConversionTests
         Assert.IsGreaterThan(1e-3, largestChange, "4 + 4 of 19 keys per sparse layer must change the result");
         var cacheElements = inputs.Batch * Config.KvHeads * inputs.Total * Config.HeadDim;
         foreach (var cache in outputs.PresentKeys.Concat(outputs.PresentValues)) Assert.HasCount(cacheElements, cache);
-        var figures = report.KvAt([inputs.Total]).Single();
-        Assert.AreEqual(outputs.PresentKeys.Concat(outputs.PresentValues).Sum(k => (long)k.Length) * 4 / inputs.Batch, figures.RetrofitCache);
-        var inspected = ModelInspector.Inspect(hybrid, new ConversionOptions(), [inputs.Total]);
-        Assert.AreEqual(figures, inspected.Kv.Single());
-        Assert.AreEqual("multiheadattention", inspected.SourceStyle);
+        GroupQueryAttentionConversionTests.AssertKvAccounting(hybrid, report, outputs, inputs.Batch, inputs.Total, "multiheadattention");
         Assert.AreEqual(HybridMetadata.ConcatenatedCache, hybrid.MetadataProps.Single(p => p.Key == HybridMetadata.KvCache).Value);
     }
 
