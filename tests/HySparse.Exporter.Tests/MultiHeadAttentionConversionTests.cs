@@ -42,12 +42,13 @@ public sealed class MultiHeadAttentionConversionTests
 
     [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
-    [DataRow(5, 4, 3, DisplayName = "every block selected (K·B ≥ T), small window")]
-    [DataRow(1, 4, 19, DisplayName = "window covers the context (w ≥ T), one block")]
-    public void ConvertedModelEqualsTheSourceWhenSelectionAndWindowCoverTheContext(int topK, int blockSize, int window)
+    [DataRow(5, 4, 3, false, DisplayName = "every block selected (K·B ≥ T), small window")]
+    [DataRow(1, 4, 19, false, DisplayName = "window covers the context (w ≥ T), one block")]
+    [DataRow(5, 4, 3, true, DisplayName = "every block selected, projection bias inside the op")]
+    public void ConvertedModelEqualsTheSourceWhenSelectionAndWindowCoverTheContext(int topK, int blockSize, int window, bool bias)
     {
         var parameters = new HybridParameters { TopK = topK, BlockSize = blockSize, Window = window };
-        var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention);
+        var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention, multiHead: new MultiHeadAttentionOptions { ProjectionBias = bias });
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
         Assert.AreEqual(AttentionStyle.MultiHeadAttention, report.Style);
 
@@ -92,13 +93,28 @@ public sealed class MultiHeadAttentionConversionTests
             Assert.AreEqual(LlamaNames.AttentionMask, op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
     }
 
+    [TestMethod]
+    public void AProjectionBiasInsideTheOpIsAddedInFrontOfTheHySparseOp()
+    {
+        var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention, multiHead: new MultiHeadAttentionOptions { ProjectionBias = true });
+        var (hybrid, _) = HybridConverter.Convert(source, new ConversionOptions());
+        var nodes = hybrid.Graph.Node;
+
+        var op = nodes.First(n => n.Domain == HySparseOps.Domain);
+        var producers = op.Input.Take(3).Select(input => nodes.Single(n => n.Output.Contains(input))).ToList();
+        Assert.IsTrue(producers.All(p => p.OpType == "Add"), string.Join(", ", producers.Select(p => p.OpType)));
+        var split = nodes.Single(n => n.Output.Contains(producers[0].Input[1]));
+        Assert.AreEqual("Split", split.OpType);
+        Assert.AreEqual("model.layers.0.attn.qkv_bias", split.Input[0]);
+        CollectionAssert.AreEqual(new[] { split.Output[0], split.Output[1], split.Output[2] }, producers.Select(p => p.Input[1]).ToArray());
+    }
+
     /// <summary>A change the ops cannot follow, and the words the refusal must use.</summary>
     public static IEnumerable<object[]> Unconvertible =>
     [
         ["not causal", (Action<NodeProto>)(n => n.Attribute.Remove(n.Attribute.Single(a => a.Name == "unidirectional"))), "not causal"],
         ["unidirectional=0", (Action<NodeProto>)(n => n.Attribute.Single(a => a.Name == "unidirectional").I = 0), "not causal"],
         ["attention_bias", (Action<NodeProto>)(n => n.Input[5] = "cos_cache"), "'attention_bias'"],
-        ["bias", (Action<NodeProto>)(n => n.Input[3] = "cos_cache"), "'bias'"],
         ["mask lengths", (Action<NodeProto>)(n => n.Input[4] = "input_ids"), "key_padding_mask"],
         ["mask_filter_value", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Float("mask_filter_value", -1f))), "mask_filter_value"],
         ["output_qk", (Action<NodeProto>)(n => n.Output.Add("scores")), "'output_qk'"],

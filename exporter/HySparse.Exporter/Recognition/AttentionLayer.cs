@@ -39,7 +39,8 @@ public sealed record InternalRotary(string CosCache, string SinCache, int Rotary
 /// </summary>
 /// <param name="PackedQkv">The query input is [B,S,(H_q + 2·H_kv)·D]; key and value are absent.</param>
 /// <param name="Rotary">RoPE to apply to Q and K, or null.</param>
-public sealed record FusedInputs(bool PackedQkv, InternalRotary? Rotary);
+/// <param name="QkvBias">A [(H_q + 2·H_kv)·D] bias the op added to Q, K and V (in that order) before attending, or null.</param>
+public sealed record FusedInputs(bool PackedQkv, InternalRotary? Rotary, string? QkvBias = null);
 
 /// <summary>
 /// One recognised attention layer, reduced to what the HySparse operators need: the tensors that

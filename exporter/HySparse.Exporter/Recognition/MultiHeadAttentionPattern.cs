@@ -8,10 +8,11 @@ namespace HySparse.Exporter.Recognition;
 /// <c>com.microsoft.MultiHeadAttention</c> as ONNX Runtime's transformer optimiser fuses a decoder's
 /// self-attention: 3-D Q/K/V [B,S,H·D], BNSH past/present caches that it concatenates
 /// (present = past ++ new), <c>unidirectional=1</c>, and optionally a <c>key_padding_mask</c> that is
-/// <c>attention_mask</c> cast to int32. The HySparse ops take the same Q/K/V and caches in their
+/// <c>attention_mask</c> cast to int32, and a Q/K/V projection <c>bias</c> it adds itself. The
+/// HySparse ops take the same Q/K/V (with the bias added in front of them) and caches in their
 /// concatenating mode and <c>attention_mask</c> itself. Refused with a reason: a layer that is not
-/// causal, a mask in another form, an additive bias, a projection bias inside the op, packed QKV, and
-/// the shared-buffer / beam-search inputs.
+/// causal, a mask in another form, an additive attention bias, packed QKV, and the shared-buffer /
+/// beam-search inputs.
 /// </summary>
 public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
 {
@@ -41,13 +42,13 @@ public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
         if (!node.Attribute.Any(a => a.Name == "unidirectional"))
             throw op.Refuse("unidirectional is 0 (absent): the layer is not causal, and nothing else in it says which keys a token may see");
         op.RequireAbsentInputs(
-            (3, "bias", "a Q/K/V projection bias inside the op is not converted"),
             (5, "attention_bias", "the HySparse ops take no additive bias"),
             (8, "past_sequence_length", "a shared past/present buffer is not converted for this operator"),
             (9, "cache_indirection", "beam-search cache indirection is not supported by the HySparse ops"));
         var (output, presentKey, presentValue) = op.RequiredOutputs(3, "output_qk");
 
         var numHeads = op.PositiveInt("num_heads");
+        var bias = op.Input(3);
         var query = op.RequireInput(0, "query", "the op has nothing to attend with");
         var key = op.RequireInput(1, "key", "packed QKV (or KV) in the query is not converted");
         var value = op.RequireInput(2, "value", "packed KV in the key is not converted");
@@ -76,6 +77,7 @@ public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
             KvNumHeads = numHeads,
             HeadSize = headSize,
             ElementType = elementType,
+            Inputs = bias is null ? null : new FusedInputs(PackedQkv: false, Rotary: null, QkvBias: bias),
             ReplacedNodes = [node],
         };
     }

@@ -7,7 +7,8 @@ namespace HySparse.Exporter.Rewrite;
 
 /// <summary>
 /// Builds what a fused operator did to its inputs before attending, as separate nodes in front of the
-/// HySparse op: <c>Split</c> of packed QKV and <c>com.microsoft.RotaryEmbedding</c> on Q and K. The
+/// HySparse op: <c>Split</c> of packed QKV, <c>com.microsoft.RotaryEmbedding</c> on Q and K, and the
+/// projection bias (<c>Split</c> of the bias, one <c>Add</c> each on Q, K and V). The
 /// rotation's positions are derived from <c>seqlens_k</c> as GroupQueryAttention derives them
 /// (docs/ops.md, "Shared KV buffer"): row b's new token s sits at <c>p_b + s</c> with
 /// <c>p_b = max(0, seqlens_k[b] + 1 − S)</c>; they are built once per <c>seqlens_k</c> tensor and
@@ -30,6 +31,13 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
         if (layer.Inputs is not { } inputs) return (layer.Query, layer.Key, layer.Value);
         var (query, key, value) = (layer.Query, layer.Key, layer.Value);
         if (inputs.PackedQkv) (query, key, value) = Split(layer, scope, nodes);
+        if (inputs.QkvBias is { } bias)
+        {
+            var (queryBias, keyBias, valueBias) = SplitLastAxis(bias, layer, $"{scope}/hysparse_split_bias", nodes);
+            query = NewNode("Add", "", $"{scope}/hysparse_query_bias", [query, queryBias], 1, nodes).Output[0];
+            key = NewNode("Add", "", $"{scope}/hysparse_key_bias", [key, keyBias], 1, nodes).Output[0];
+            value = NewNode("Add", "", $"{scope}/hysparse_value_bias", [value, valueBias], 1, nodes).Output[0];
+        }
         if (inputs.Rotary is { } rotary)
         {
             if (layer.Buffer is not { } buffer)
@@ -41,13 +49,17 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
         return (query, key, value);
     }
 
-    private (string, string, string) Split(AttentionLayer layer, string scope, List<NodeProto> nodes)
+    private (string, string, string) Split(AttentionLayer layer, string scope, List<NodeProto> nodes) =>
+        SplitLastAxis(layer.Query, layer, $"{scope}/hysparse_split_qkv", nodes);
+
+    /// <summary>Splits <paramref name="tensor"/>'s last axis into the Q, K and V widths H_q·D, H_kv·D, H_kv·D.</summary>
+    private (string, string, string) SplitLastAxis(string tensor, AttentionLayer layer, string name, List<NodeProto> nodes)
     {
         long queryWidth = (long)layer.NumHeads * layer.HeadSize, kvWidth = (long)layer.KvNumHeads * layer.HeadSize;
-        var split = NewNode("Split", "", $"{scope}/hysparse_split_qkv", [layer.Query], 3, nodes);
+        var split = NewNode("Split", "", name, [tensor], 3, nodes);
         split.Attribute.Add(Attr.Int("axis", -1));
         // Split takes its sizes as an input from opset 13 on, as an attribute before.
-        if (defaultOpset >= 13) split.Input.Add(Constant(Tensors.Int64("split", [3], [queryWidth, kvWidth, kvWidth]), $"{scope}/hysparse_split_sizes", nodes));
+        if (defaultOpset >= 13) split.Input.Add(Constant(Tensors.Int64("split", [3], [queryWidth, kvWidth, kvWidth]), $"{name}_sizes", nodes));
         else split.Attribute.Add(Attr.Ints("split", queryWidth, kvWidth, kvWidth));
         return (split.Output[0], split.Output[1], split.Output[2]);
     }

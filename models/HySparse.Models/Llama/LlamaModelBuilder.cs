@@ -31,6 +31,17 @@ public enum LlamaAttentionStyle
     MultiHeadAttention,
 }
 
+/// <summary>Variations among MultiHeadAttention exports.</summary>
+public sealed record MultiHeadAttentionOptions
+{
+    /// <summary>
+    /// A Q/K/V projection bias [3·H·D] as the op's input 3, which it adds before attending (as ONNX
+    /// Runtime's fusion moves a projection's bias into the op). The values are drawn from the config's
+    /// seed; the float64 Llama reference has no such bias.
+    /// </summary>
+    public bool ProjectionBias { get; init; }
+}
+
 /// <summary>Variations among GroupQueryAttention exports (the onnxruntime-genai model builder writes each).</summary>
 public sealed record GroupQueryAttentionOptions
 {
@@ -95,19 +106,20 @@ public static class LlamaModelBuilder
     /// <param name="style">How attention is written.</param>
     /// <param name="decomposed">Variations of the decomposed style (default: Hugging Face eager export).</param>
     /// <param name="groupQuery">Variations of the GroupQueryAttention style (default: separate Q/K/V, RoPE inside the op).</param>
+    /// <param name="multiHead">Variations of the MultiHeadAttention style (default: no bias inside the op).</param>
     public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed,
-        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null) => style switch
+        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
         LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
-        LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength).Emit(),
+        LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
     };
 
     /// <summary>Generates weights from <paramref name="config"/> and builds the decoder.</summary>
     public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed,
-        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null) =>
-        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery);
+        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null) =>
+        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead);
 
     private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
         options.PackedQkv && !options.DoRotary
