@@ -56,11 +56,12 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
     private (string, string, string) SplitLastAxis(string tensor, AttentionLayer layer, string name, List<NodeProto> nodes)
     {
         long queryWidth = (long)layer.NumHeads * layer.HeadSize, kvWidth = (long)layer.KvNumHeads * layer.HeadSize;
-        var split = NewNode("Split", "", name, [tensor], 3, nodes);
-        split.Attribute.Add(Attr.Int("axis", -1));
         // Split takes its sizes as an input from opset 13 on, as an attribute before.
-        if (defaultOpset >= 13) split.Input.Add(Constant(Tensors.Int64("split", [3], [queryWidth, kvWidth, kvWidth]), $"{name}_sizes", nodes));
-        else split.Attribute.Add(Attr.Ints("split", queryWidth, kvWidth, kvWidth));
+        var sizesAsInput = defaultOpset >= 13;
+        string[] inputs = sizesAsInput ? [tensor, Constant(Tensors.Int64("split", [3], [queryWidth, kvWidth, kvWidth]), $"{name}_sizes", nodes)] : [tensor];
+        var split = NewNode("Split", "", name, inputs, 3, nodes);
+        split.Attribute.Add(Attr.Int("axis", -1));
+        if (!sizesAsInput) split.Attribute.Add(Attr.Ints("split", queryWidth, kvWidth, kvWidth));
         return (split.Output[0], split.Output[1], split.Output[2]);
     }
 
