@@ -53,7 +53,9 @@ internal static class ConvertCommand
         stdout.WriteLine($"  mode       {SharedOptions.ModeLine(p.Mode)}");
         if (report.WindowCaches.Count == 0)
         {
-            stdout.WriteLine("             model inputs and outputs are unchanged (same names, shapes and types)");
+            stdout.WriteLine(report.InterfaceChanges == "none"
+                ? "             model inputs and outputs are unchanged (same names, shapes and types)"
+                : $"             model interface changed: {report.InterfaceChanges}");
         }
         else
         {

@@ -69,7 +69,7 @@ public sealed record ModelAnalysis(IReadOnlyList<AttentionLayer> Layers, IReadOn
 public static class HybridConverter
 {
     /// <summary>Every attention style the converter recognises.</summary>
-    public static IReadOnlyList<IAttentionPattern> Patterns { get; } = [new DecomposedAttentionPattern(), new FusedAttentionPattern()];
+    public static IReadOnlyList<IAttentionPattern> Patterns { get; } = [new DecomposedAttentionPattern(), new GroupQueryAttentionPattern(), new MultiHeadAttentionPattern(), new FusedAttentionPattern()];
 
     /// <summary>Finds the attention layers of <paramref name="model"/> (it is not modified).</summary>
     public static ModelAnalysis Analyse(ModelProto model)
@@ -166,9 +166,13 @@ public static class HybridConverter
                 $"{analysis.Failures.Count} attention layer(s) cannot be converted, first: {analysis.Failures[0]}", analysis.Failures);
         if (analysis.Layers.Count == 0)
             throw new ConversionException(ConversionError.NoAttention,
-                "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache the converter recognises");
+                "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache, GroupQueryAttention or MultiHeadAttention node the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
-        if (options.Parameters.Mode == HybridMode.KvSharing) CheckSharedCaches(analysis.Layers, layout);
+        if (options.Parameters.Mode == HybridMode.KvSharing)
+        {
+            CheckNoSharedBuffers(analysis.Layers);
+            CheckSharedCaches(analysis.Layers, layout);
+        }
 
         var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
         var metadata = Metadata(analysis, layout, options, windowCaches);
@@ -186,6 +190,7 @@ public static class HybridConverter
     {
         string Number(long n) => n.ToString(CultureInfo.InvariantCulture);
         var p = options.Parameters;
+        var sharedBuffers = analysis.Layers.Any(l => l.Buffer is not null);
         var metadata = new Dictionary<string, string>
         {
             [HybridMetadata.FormatVersion] = "1",
@@ -198,12 +203,33 @@ public static class HybridConverter
             [HybridMetadata.Combine] = HySparseOps.CombineModes.Union,
             [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
             [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
-            [HybridMetadata.InterfaceChanges] = windowCaches.Count == 0 ? "none" : WindowCacheChange(p.Window, windowCaches.Count / 4),
+            [HybridMetadata.InterfaceChanges] = windowCaches.Count > 0 ? WindowCacheChange(p.Window, windowCaches.Count / 4)
+                : sharedBuffers ? SharedBufferChange : "none",
+            [HybridMetadata.KvCache] = sharedBuffers ? HybridMetadata.SharedBufferCache : HybridMetadata.ConcatenatedCache,
             [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
         };
         if (windowCaches.Count > 0) metadata[HybridMetadata.WindowCaches] = string.Join(",", windowCaches);
         return metadata;
     }
+
+    /// <summary>
+    /// KV sharing turns sparse layers' caches into window caches, which the ops' shared-buffer mode
+    /// does not have (docs/ops.md): a sparse layer would keep its full buffer and only change what it
+    /// computes, saving no memory. Such models are converted in retrofit only.
+    /// </summary>
+    private static void CheckNoSharedBuffers(IReadOnlyList<AttentionLayer> layers)
+    {
+        var buffered = KvSharingRefusals(layers);
+        if (buffered.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"{buffered.Count} layer(s) cannot use KV sharing, first: {buffered[0]}", buffered);
+    }
+
+    /// <summary>The layers that keep their cache in a shared buffer, each with why KV sharing is refused for it.</summary>
+    internal static IReadOnlyList<UnconvertibleLayer> KvSharingRefusals(IReadOnlyList<AttentionLayer> layers) =>
+        layers.Where(l => l.Buffer is not null).Select(l => new UnconvertibleLayer(l.AnchorNode,
+            "--kv-sharing: the layer keeps its cache in a shared fixed-capacity buffer (GroupQueryAttention's convention), and the HySparse ops have no window cache in that mode, " +
+            "so a sparse layer would keep its whole buffer and save nothing; convert without --kv-sharing (retrofit)")).ToList();
 
     /// <summary>
     /// With KV sharing a sparse layer reads the full layer's cache as its own keys: heads, head size
@@ -225,6 +251,12 @@ public static class HybridConverter
             throw new ConversionException(ConversionError.UnconvertibleLayers,
                 $"{mismatches.Count} sparse layer(s) cannot share their full layer's cache, first: {mismatches[0]}", mismatches);
     }
+
+    /// <summary>What converting a shared-buffer (GroupQueryAttention) model changes for whoever feeds it.</summary>
+    private const string SharedBufferChange =
+        "the KV caches are shared buffers only: each past_key_values.N.* must have room for the whole sequence (capacity C >= the total length, " +
+        "as onnxruntime-genai allocates them with past_present_share_buffer), present.N.* has the past's shape [B, H_kv, C, D] and may be bound to the same memory; " +
+        "caches holding just the tokens so far (past length P < P + S), which GroupQueryAttention also accepts, are refused by the HySparse operators";
 
     /// <summary>What a KV-sharing conversion changes for whoever feeds the model, in one sentence.</summary>
     private static string WindowCacheChange(int window, int sparseLayers) =>

@@ -89,6 +89,15 @@ public static class HybridMetadata
     public const string PastWindowDim = "past_window_length";
     /// <summary>Symbolic length the converter declares for a window cache output: min(w, T) tokens.</summary>
     public const string PresentWindowDim = "present_window_length";
+    /// <summary>
+    /// How the caches are fed: <see cref="ConcatenatedCache"/> (each past holds the tokens so far and
+    /// present = past ++ new) or <see cref="SharedBufferCache"/> (fixed-capacity buffers, GroupQueryAttention's convention).
+    /// </summary>
+    public const string KvCache = Prefix + "kv_cache";
+    /// <summary><see cref="KvCache"/> value: past holds the tokens so far, present = past ++ new.</summary>
+    public const string ConcatenatedCache = "concatenated";
+    /// <summary><see cref="KvCache"/> value: past and present are one fixed-capacity buffer per cache; valid lengths come from the attention mask.</summary>
+    public const string SharedBufferCache = "shared_buffer";
     /// <summary>Converter name and version.</summary>
     public const string Converter = Prefix + "converter";
 }

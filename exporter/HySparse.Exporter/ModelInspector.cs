@@ -67,16 +67,20 @@ public static class ModelInspector
     {
         var analysis = HybridConverter.Analyse(model);
         if (analysis.Layers.Count == 0 && analysis.Failures.Count == 0)
-            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention the converter recognises");
+            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention, GroupQueryAttention or MultiHeadAttention node the converter recognises");
         options.Parameters.Validate();
         var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType)).ToList();
-        var layout = analysis.Failures.Count == 0 && layers.Count > 0 ? options.Layout.Plan(layers.Count) : null;
+        // A projection of a mode the conversion would refuse would mislead: report why instead.
+        IReadOnlyList<UnconvertibleLayer> failures = options.Parameters.Mode == HybridMode.KvSharing
+            ? [.. analysis.Failures, .. HybridConverter.KvSharingRefusals(analysis.Layers)]
+            : analysis.Failures;
+        var layout = failures.Count == 0 && layers.Count > 0 ? options.Layout.Plan(layers.Count) : null;
         return new InspectionReport
         {
             Converted = false,
             SourceStyle = analysis.Style?.ToString().ToLowerInvariant(),
             Layers = layers,
-            Failures = analysis.Failures,
+            Failures = failures,
             Layout = layout,
             Parameters = options.Parameters,
             WindowCaches = [],

@@ -43,7 +43,8 @@ public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbs
 /// <summary>
 /// Runs a dense decoder and its HySparse conversion side by side in ONNX Runtime (CPU) on the same
 /// random prompt, then decodes greedily with the dense model's choice fed to both, so every call
-/// compares like with like. Both models must have the exported-decoder interface (input_ids,
+/// compares like with like. A conversion of a shared-buffer model (metadata <c>hysparse.kv_cache</c>)
+/// is run, like its source, on KV buffers with room for the whole run. Both models must have the exported-decoder interface (input_ids,
 /// attention_mask, past_key_values.N.key/value → logits, present.N.key/value).
 /// </summary>
 public static class ModelVerifier
@@ -61,8 +62,13 @@ public static class ModelVerifier
         var rng = new SplitMix64(options.Seed);
         var ids = new long[options.Batch * options.PromptLength];
         for (var i = 0; i < ids.Length; i++) ids[i] = rng.NextInt(layers.Vocab);
-        using var denseState = new KvCacheDecoder(denseSession, options.Batch);
-        using var hybridState = new KvCacheDecoder(hybridSession, options.Batch);
+        // Shared-buffer conversions (GroupQueryAttention sources) only take fixed-capacity buffers; the
+        // dense model is fed the same way so that both see the same inputs.
+        var sharedBuffers = hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache)
+            && kvCache == HybridMetadata.SharedBufferCache;
+        int? capacity = sharedBuffers ? options.PromptLength + options.DecodeSteps : null;
+        using var denseState = new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: capacity);
+        using var hybridState = new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity);
         // One untimed prefill per session first: ONNX Runtime finishes initialising on its first run.
         denseState.Step(ids);
         hybridState.Step(ids);

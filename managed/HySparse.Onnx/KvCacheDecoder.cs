@@ -15,6 +15,11 @@ namespace HySparse.Onnx;
 /// copy, whatever its length: so full-length caches, HySparse window caches (which stay at most
 /// <c>window</c> tokens long) and KV-sharing layouts all run through the same loop, and
 /// <see cref="KvCacheBytes"/> reports what the model really keeps.</para>
+/// <para>Models with GroupQueryAttention's shared-buffer caches (onnxruntime-genai's
+/// <c>past_present_share_buffer</c>, and HySparse conversions of such models) are run with a
+/// <c>bufferCapacity</c>: every past is then a buffer of that many positions from the first step on,
+/// bound as the matching present output too, so the model writes the new tokens into it in place;
+/// the model learns the valid lengths from <c>attention_mask</c>.</para>
 /// </remarks>
 public sealed class KvCacheDecoder : IDisposable
 {
@@ -31,6 +36,7 @@ public sealed class KvCacheDecoder : IDisposable
     private readonly bool _hasMask;
     private readonly bool _hasPositions;
     private readonly RunOptions _runOptions = new();
+    private readonly int? _bufferCapacity;
     private IDisposableReadOnlyCollection<OrtValue>? _lastOutputs;
     private OrtValue[] _caches = [];
     private long[] _mask = [];
@@ -41,12 +47,16 @@ public sealed class KvCacheDecoder : IDisposable
     /// <param name="batchSize">Rows decoded together.</param>
     /// <param name="extraOutputs">Other model outputs to fetch at every step (for example a full
     /// layer's <c>block_indices</c> exposed as a graph output), read with <see cref="ExtraOutput"/>.</param>
+    /// <param name="bufferCapacity">For shared-buffer models: the positions each cache buffer holds
+    /// (the longest sequence the decoder will run); null for caches that grow with every step.</param>
     /// <exception cref="ArgumentException">The model lacks <c>input_ids</c> or <c>logits</c>, a cache
     /// input has no matching output, or an extra output does not exist.</exception>
-    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null)
+    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null, int? bufferCapacity = null)
     {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        if (bufferCapacity is { } capacity) ArgumentOutOfRangeException.ThrowIfLessThan(capacity, 1, nameof(bufferCapacity));
+        _bufferCapacity = bufferCapacity;
         _session = session;
         BatchSize = batchSize;
         if (!session.InputMetadata.ContainsKey(InputIdsName))
@@ -103,7 +113,9 @@ public sealed class KvCacheDecoder : IDisposable
             if (heads <= 0 || headDim <= 0)
                 throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must declare its head count and head size, got {string.Join("x", meta.Dimensions)}");
             _caches[i] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType,
-                [BatchSize, heads, 0, headDim]);
+                [BatchSize, heads, _bufferCapacity ?? 0, headDim]);
+            // A buffer's unused positions are never read, but zeros keep runs reproducible.
+            if (_bufferCapacity is not null) _caches[i].GetTensorMutableRawData().Clear();
         }
         _mask = [];
         Position = 0;
@@ -126,6 +138,8 @@ public sealed class KvCacheDecoder : IDisposable
             throw new ArgumentException($"newTokenMask must have one entry per token ({tokens.Length}), got {newTokenMask.Length}", nameof(newTokenMask));
 
         var total = Position + newLen;
+        if (total > _bufferCapacity)
+            throw new InvalidOperationException($"{total} tokens do not fit the KV buffers of {_bufferCapacity} positions");
         var mask = new long[BatchSize * total];
         for (var b = 0; b < BatchSize; b++)
         {
@@ -157,19 +171,46 @@ public sealed class KvCacheDecoder : IDisposable
             values.Add(_caches[i]);
         }
 
-        var outputNames = new List<string> { LogitsName };
-        outputNames.AddRange(_cachePairs.Select(p => p.Present));
-        outputNames.AddRange(_extraOutputs);
-        var outputs = _session.Run(_runOptions, names, values, outputNames);
-
-        var logits = ToFloat(outputs[0]);
-        // The new caches are the outputs just produced; the previous ones can go.
-        DisposeCaches();
-        _lastOutputs = outputs;
-        _caches = outputs.Skip(1).Take(_cachePairs.Count).ToArray();
+        float[] logits;
+        if (_bufferCapacity is null)
+        {
+            var outputNames = new List<string> { LogitsName };
+            outputNames.AddRange(_cachePairs.Select(p => p.Present));
+            outputNames.AddRange(_extraOutputs);
+            var outputs = _session.Run(_runOptions, names, values, outputNames);
+            logits = ToFloat(outputs[0]);
+            // The new caches are the outputs just produced; the previous ones can go.
+            DisposeCaches();
+            _lastOutputs = outputs;
+            _caches = outputs.Skip(1).Take(_cachePairs.Count).ToArray();
+        }
+        else
+        {
+            logits = RunInPlace(names, values);
+        }
         _mask = mask;
         Position = total;
         return logits;
+    }
+
+    /// <summary>
+    /// Shared-buffer step: each buffer is bound as both the past input and the present output, as
+    /// onnxruntime-genai binds them, so the attention operators see present and past as one memory
+    /// and write only the new tokens into it. The buffers stay this decoder's; the outputs ONNX Runtime
+    /// allocates (logits, extra outputs) live until the next step.
+    /// </summary>
+    private float[] RunInPlace(List<string> names, List<OrtValue> values)
+    {
+        using var binding = _session.CreateIoBinding();
+        for (var i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
+        binding.BindOutputToDevice(LogitsName, OrtMemoryInfo.DefaultInstance);
+        for (var i = 0; i < _cachePairs.Count; i++) binding.BindOutput(_cachePairs[i].Present, _caches[i]);
+        foreach (var name in _extraOutputs) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
+        _session.RunWithBinding(_runOptions, binding);
+        var outputs = binding.GetOutputValues();
+        _lastOutputs?.Dispose();
+        _lastOutputs = outputs;
+        return ToFloat(outputs[0]);
     }
 
     /// <summary>
@@ -253,15 +294,13 @@ public sealed class KvCacheDecoder : IDisposable
 
     private void DisposeCaches()
     {
-        if (_lastOutputs is not null)
-        {
-            _lastOutputs.Dispose();
-            _lastOutputs = null;
-        }
-        else
-        {
+        // Concatenating caches are the last outputs themselves; shared buffers are allocated here and
+        // only bound to the outputs, so they are disposed on their own.
+        var cachesAreOutputs = _lastOutputs is not null && _bufferCapacity is null;
+        _lastOutputs?.Dispose();
+        _lastOutputs = null;
+        if (!cachesAreOutputs)
             foreach (var c in _caches) c?.Dispose();
-        }
         _caches = [];
     }
 

@@ -12,9 +12,14 @@ public sealed class DecoderInputs
     public required float[][] PastKeys { get; init; }
     public required float[][] PastValues { get; init; }
 
+    /// <summary>Length of the cache inputs when they are fixed-capacity buffers (GroupQueryAttention's shared buffer); null when they hold the past.</summary>
+    public int? Capacity { get; init; }
+
     public int NewTokens => InputIds.Length / Batch;
     public int Total => Mask.Length / Batch;
     public int Past => Total - NewTokens;
+    /// <summary>Length (dimension 2) of the cache inputs.</summary>
+    public int CacheLength => Capacity ?? Past;
 
     /// <summary>
     /// Random ids and caches; <paramref name="leftPadding"/>[b] leading mask entries of row b are 0
@@ -65,7 +70,7 @@ public static class DecoderRunner
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
             OrtValue.CreateTensorValueFromMemory(inputs.Mask, [inputs.Batch, inputs.Total]),
         };
-        long[] cacheShape = [inputs.Batch, config.KvHeads, inputs.Past, config.HeadDim];
+        long[] cacheShape = [inputs.Batch, config.KvHeads, inputs.CacheLength, config.HeadDim];
         for (var l = 0; l < config.Layers; l++)
         {
             names.Add(LlamaNames.PastKey(l));

@@ -30,6 +30,35 @@ public sealed class KvCacheDecoderTests
     }
 
     [TestMethod]
+    public void StepwiseDecodingEqualsOneCall_SharedBuffers()
+    {
+        // GroupQueryAttention source and its conversion (shared-buffer mode) on buffers of 30 positions.
+        using var dir = new ModelDirectory();
+        File.WriteAllBytes(dir.File("genai.onnx"), LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray());
+        var options = new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 } };
+        HybridConverter.ConvertFile(dir.File("genai.onnx"), dir.File("hybrid.onnx"), options, overwrite: false);
+        StepwiseEqualsOneCall(File.ReadAllBytes(dir.File("genai.onnx")), registerOps: false, bufferCapacity: 30);
+        StepwiseEqualsOneCall(File.ReadAllBytes(dir.File("hybrid.onnx")), registerOps: true, bufferCapacity: 30);
+    }
+
+    [TestMethod]
+    public void SharedBuffersHoldTheirCapacityFromTheFirstStep()
+    {
+        using var session = Open(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray(), registerOps: false);
+        using var decoder = new KvCacheDecoder(session, bufferCapacity: 8);
+        var bufferBytes = 2L * Config.Layers * Config.KvHeads * 8 * Config.HeadDim * 4;
+        Assert.AreEqual(bufferBytes, decoder.KvCacheBytes);
+        decoder.Step([1, 2, 3, 4, 5]);
+        decoder.Step([6]);
+        Assert.AreEqual(6, decoder.Position);
+        Assert.AreEqual(bufferBytes, decoder.KvCacheBytes);
+        CollectionAssert.AreEqual(Enumerable.Repeat(8L, 2 * Config.Layers).ToArray(), decoder.CacheLengths.ToArray());
+        var error = Assert.ThrowsExactly<InvalidOperationException>(() => decoder.Step([7, 8, 9]));
+        StringAssert.Contains(error.Message, "8 positions");
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => new KvCacheDecoder(session, bufferCapacity: 0));
+    }
+
+    [TestMethod]
     public void ReportsCacheBytesAndPosition()
     {
         using var session = Open(LlamaModelBuilder.Build(Config).ToByteArray(), registerOps: false);
@@ -48,16 +77,16 @@ public sealed class KvCacheDecoderTests
         Assert.ThrowsExactly<ArgumentException>(() => new KvCacheDecoder(session, 1, ["no_such_output"]));
     }
 
-    private static void StepwiseEqualsOneCall(byte[] model, bool registerOps)
+    private static void StepwiseEqualsOneCall(byte[] model, bool registerOps, int? bufferCapacity = null)
     {
         using var session = Open(model, registerOps);
         var rng = new Random(3);
         var tokens = Enumerable.Range(0, 23).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
 
-        using var whole = new KvCacheDecoder(session);
+        using var whole = new KvCacheDecoder(session, bufferCapacity: bufferCapacity);
         var reference = whole.Step(tokens);
 
-        using var stepwise = new KvCacheDecoder(session);
+        using var stepwise = new KvCacheDecoder(session, bufferCapacity: bufferCapacity);
         var chunks = new[] { 9, 1, 5, 1, 1, 6 };
         var offset = 0;
         foreach (var chunk in chunks)

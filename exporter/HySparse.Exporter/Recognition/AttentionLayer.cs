@@ -8,9 +8,39 @@ public enum AttentionStyle
 {
     /// <summary>MatMul(Q,Kᵀ) → scale → Add(mask) → Softmax → MatMul(V), as torch.onnx.export and Optimum emit it.</summary>
     Decomposed,
-    /// <summary>A fused attention operator (GroupQueryAttention, MultiHeadAttention, ONNX Attention).</summary>
+    /// <summary>A fused attention operator the converter only recognises to refuse (ONNX Attention).</summary>
     Fused,
+    /// <summary><c>com.microsoft.GroupQueryAttention</c> with a shared KV buffer, as the onnxruntime-genai model builder emits it.</summary>
+    GroupQueryAttention,
+    /// <summary><c>com.microsoft.MultiHeadAttention</c> with concatenated BNSH caches.</summary>
+    MultiHeadAttention,
 }
+
+/// <summary>
+/// GroupQueryAttention's shared KV buffer: the caches are buffers of fixed capacity whose valid length
+/// per row comes from <c>seqlens_k</c>. The HySparse ops run in their shared-buffer mode on the same two
+/// tensors (docs/ops.md, "Shared KV buffer").
+/// </summary>
+/// <param name="SeqlensK">int32 [B]: valid total length − 1 per row.</param>
+/// <param name="TotalSequenceLength">int32 scalar: the largest valid total length.</param>
+public sealed record SharedKvBuffer(string SeqlensK, string TotalSequenceLength);
+
+/// <summary>RoPE a fused op applies inside itself, which the converter moves into a <c>com.microsoft.RotaryEmbedding</c> before the HySparse op.</summary>
+/// <param name="CosCache">[max positions, R/2] cosine table.</param>
+/// <param name="SinCache">[max positions, R/2] sine table.</param>
+/// <param name="RotaryDim">R, the leading channels of each head that rotate (the rest pass through).</param>
+/// <param name="Interleaved">Pairs are (x₀,x₁), (x₂,x₃)… instead of the two halves.</param>
+public sealed record InternalRotary(string CosCache, string SinCache, int RotaryDim, bool Interleaved);
+
+/// <summary>
+/// How a fused op's query input becomes the HySparse op's query, key and value: split when Q, K and V
+/// come packed in one tensor, rotated when the op applied RoPE itself. Positions for the rotation are
+/// derived from <see cref="AttentionLayer.Buffer"/> exactly as GroupQueryAttention derives them.
+/// </summary>
+/// <param name="PackedQkv">The query input is [B,S,(H_q + 2·H_kv)·D]; key and value are absent.</param>
+/// <param name="Rotary">RoPE to apply to Q and K, or null.</param>
+/// <param name="QkvBias">A [(H_q + 2·H_kv)·D] bias the op added to Q, K and V (in that order) before attending, or null.</param>
+public sealed record FusedInputs(bool PackedQkv, InternalRotary? Rotary, string? QkvBias = null);
 
 /// <summary>
 /// One recognised attention layer, reduced to what the HySparse operators need: the tensors that
@@ -24,9 +54,12 @@ public sealed record AttentionLayer
     public required string AnchorNode { get; init; }
     /// <summary>The layer number in the cache names (<c>past_key_values.N</c>), when they follow that convention.</summary>
     public int? CacheIndex { get; init; }
-    /// <summary>Query after RoPE, [B,H_q,S,D] (rank 4) or [B,S,H_q·D] (rank 3).</summary>
+    /// <summary>
+    /// Query after RoPE, [B,H_q,S,D] (rank 4) or [B,S,H_q·D] (rank 3); for a fused op that rotates or
+    /// takes packed QKV itself, the op's query input as it is (see <see cref="Inputs"/>).
+    /// </summary>
     public required string Query { get; init; }
-    /// <summary>This call's keys after RoPE, same rank as <see cref="Query"/>.</summary>
+    /// <summary>This call's keys after RoPE, same rank as <see cref="Query"/> (empty when <see cref="Inputs"/> says Q/K/V are packed in <see cref="Query"/>).</summary>
     public required string Key { get; init; }
     /// <summary>This call's values.</summary>
     public required string Value { get; init; }
@@ -54,6 +87,10 @@ public sealed record AttentionLayer
     public required int HeadSize { get; init; }
     /// <summary>Element type of the caches.</summary>
     public required DataType ElementType { get; init; }
+    /// <summary>Shared-buffer caches (GroupQueryAttention), or null for concatenated caches (present = past ++ new).</summary>
+    public SharedKvBuffer? Buffer { get; init; }
+    /// <summary>Splitting and rotation to insert before the op (fused styles), or null when Q/K/V are ready as they are.</summary>
+    public FusedInputs? Inputs { get; init; }
     /// <summary>Nodes the HySparse op replaces (their other outputs are used nowhere else).</summary>
     public required IReadOnlyList<NodeProto> ReplacedNodes { get; init; }
 }

@@ -4,8 +4,7 @@ using Onnx;
 namespace HySparse.Exporter.Recognition;
 
 /// <summary>
-/// Fused attention operators the converter knows by name but cannot rewrite yet:
-/// <c>com.microsoft.GroupQueryAttention</c>, <c>com.microsoft.MultiHeadAttention</c> and ONNX
+/// Fused attention operators the converter knows by name but cannot rewrite yet: ONNX
 /// <c>Attention</c> (opset 23). Matching them only to refuse keeps such models from being reported
 /// as having no attention, and names each layer that blocks the conversion.
 /// </summary>
@@ -13,9 +12,6 @@ public sealed class FusedAttentionPattern : IAttentionPattern
 {
     private static readonly Dictionary<(string Domain, string OpType), string> Reasons = new()
     {
-        [("com.microsoft", "GroupQueryAttention")] =
-            "com.microsoft.GroupQueryAttention is not converted yet (its seqlens_k / total_sequence_length and shared-buffer cache need operator support first)",
-        [("com.microsoft", "MultiHeadAttention")] = "com.microsoft.MultiHeadAttention is not converted yet",
         [("", "Attention")] = "the ONNX Attention operator (opset 23) is not converted yet",
         [("ai.onnx", "Attention")] = "the ONNX Attention operator (opset 23) is not converted yet",
     };

@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Text.RegularExpressions;
 using HySparse.Exporter.Graph;
 using HySparse.Models.Graph;
@@ -12,8 +13,6 @@ namespace HySparse.Exporter.Recognition;
 /// <param name="Present">The Concat output.</param>
 internal sealed record CacheConcat(NodeProto Node, string Past, string New, string Present)
 {
-    private static readonly Regex CacheName = new(@"(?:^|[._/])(\d+)[._/](?:key|value)$", RegexOptions.CultureInvariant);
-
     /// <summary>Matches the Concat producing <paramref name="tensor"/>.</summary>
     public static CacheConcat Match(GraphIndex graph, string tensor, NodeProto user)
     {
@@ -29,11 +28,7 @@ internal sealed record CacheConcat(NodeProto Node, string Past, string New, stri
     }
 
     /// <summary>N of a cache named like <c>past_key_values.N.key</c>, or null.</summary>
-    public int? LayerNumber()
-    {
-        var match = CacheName.Match(Past);
-        return match.Success ? int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
-    }
+    public int? LayerNumber() => CacheNames.LayerNumber(Past);
 }
 
 /// <summary>
@@ -95,5 +90,18 @@ internal static class ScaleFactors
             visited.Add(node);
         }
         return (tensor, factor);
+    }
+}
+
+/// <summary>The layer number exporters put in cache names.</summary>
+internal static class CacheNames
+{
+    private static readonly Regex CacheName = new(@"(?:^|[._/])(\d+)[._/](?:key|value)$", RegexOptions.CultureInvariant);
+
+    /// <summary>N of a cache named like <c>past_key_values.N.key</c>, or null.</summary>
+    public static int? LayerNumber(string past)
+    {
+        var match = CacheName.Match(past);
+        return match.Success ? int.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : null;
     }
 }

@@ -12,8 +12,10 @@ namespace HySparse.Exporter.Rewrite;
 /// in place. Only graph structure changes: the op nodes take the place of each layer's matched
 /// nodes, producing the layer's attention output and present caches under their original names;
 /// nodes and initializers that only fed the replaced subgraphs (the additive mask, scale constants)
-/// are dropped; nothing else is touched, except, with KV sharing, the declared length of the sparse
-/// layers' cache inputs and outputs, which become window caches.
+/// are dropped; what a fused operator did to its inputs itself (splitting packed QKV, RoPE) is added
+/// in front of the op as separate nodes (<see cref="FusedInputRewrite"/>); nothing else is touched,
+/// except the declared length of some caches: with KV sharing the sparse layers' cache inputs and
+/// outputs become window caches, and shared-buffer presents are declared as long as their buffer.
 /// </summary>
 internal static class HybridRewriter
 {
@@ -33,37 +35,43 @@ internal static class HybridRewriter
 
         var selections = new string?[layers.Count];
         var ops = new NodeProto[layers.Count];
-        var replacementAt = new Dictionary<NodeProto, NodeProto>(ReferenceEqualityComparer.Instance);
+        var replacementAt = new Dictionary<NodeProto, List<NodeProto>>(ReferenceEqualityComparer.Instance);
         var removed = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
         var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
         for (var i = 0; i < graph.Node.Count; i++) position[graph.Node[i]] = i;
+        var fusedInputs = new FusedInputRewrite(stem => Unique(usedNames, stem), stem => Unique(usedNodeNames, stem), DefaultOpset(model));
 
+        var prepared = new (string Query, string Key, string Value)[layers.Count];
         for (var i = 0; i < layers.Count; i++)
         {
             var layer = layers[i];
             var label = (layer.CacheIndex ?? i).ToString(CultureInfo.InvariantCulture);
+            var scope = ScopeOf(layer.AnchorNode);
+            var nodes = new List<NodeProto>();
+            prepared[i] = fusedInputs.Prepare(layer, scope, nodes);
             NodeProto op;
             if (layout.Kinds[i] == LayerKind.Full)
             {
                 if (layout.FeedsSparseLayers(i)) selections[i] = Unique(usedNames, $"hysparse.layers.{label}.block_indices");
-                op = FullNode(layer, selections[i], parameters);
+                op = FullNode(layer, prepared[i], selections[i], parameters);
             }
             else
             {
                 var oracle = layout.OracleOf(i);
-                op = SparseNode(layer, layers[oracle], selections[oracle]!, parameters);
+                op = SparseNode(layer, prepared[i], layers[oracle], selections[oracle]!, parameters);
             }
-            op.Name = Unique(usedNodeNames, $"{ScopeOf(layer.AnchorNode)}/{op.OpType}");
+            op.Name = Unique(usedNodeNames, $"{scope}/{op.OpType}");
             ops[i] = op;
+            nodes.Add(op);
             removed.UnionWith(layer.ReplacedNodes);
             // The op goes where the last replaced node was: every input of the layer exists by then.
-            replacementAt[layer.ReplacedNodes.MaxBy(n => position[n])!] = op;
+            replacementAt[layer.ReplacedNodes.MaxBy(n => position[n])!] = nodes;
         }
 
         var rebuilt = new List<NodeProto>(graph.Node.Count);
         foreach (var node in graph.Node)
         {
-            if (replacementAt.TryGetValue(node, out var op)) rebuilt.Add(op);
+            if (replacementAt.TryGetValue(node, out var replacement)) rebuilt.AddRange(replacement);
             else if (!removed.Contains(node)) rebuilt.Add(node);
         }
         var dropped = DropOrphans(graph, rebuilt, removed);
@@ -80,7 +88,10 @@ internal static class HybridRewriter
             DeclareWindowCaches(graph, sparse);
         }
 
+        DeclareBufferPresents(graph, layers.Where(l => l.Buffer is not null));
         model.OpsetImport.Add(new OperatorSetIdProto { Domain = HySparseOps.Domain, Version = HySparseOps.DomainVersion });
+        if (fusedInputs.UsesMicrosoftDomain && !model.OpsetImport.Any(o => o.Domain == MicrosoftDomain))
+            model.OpsetImport.Add(new OperatorSetIdProto { Domain = MicrosoftDomain, Version = 1 });
         return new Result(ops, windowCaches);
     }
 
@@ -105,10 +116,38 @@ internal static class HybridRewriter
         }
     }
 
-    private static NodeProto FullNode(AttentionLayer layer, string? selection, HybridParameters parameters)
+    /// <summary>
+    /// A shared buffer's present is the buffer itself, as long as the past (its capacity), not
+    /// past + new as exporters declare it: declaring the past's length tells callers to bind one
+    /// buffer to both, and keeps ONNX Runtime from comparing the output with a length it never has.
+    /// </summary>
+    private static void DeclareBufferPresents(GraphProto graph, IEnumerable<AttentionLayer> bufferLayers)
+    {
+        var pastOf = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var layer in bufferLayers)
+        {
+            pastOf[layer.PresentKey] = layer.PastKey;
+            pastOf[layer.PresentValue] = layer.PastValue;
+        }
+        var inputs = graph.Input.ToDictionary(i => i.Name, StringComparer.Ordinal);
+        foreach (var info in graph.Output.Concat(graph.ValueInfo))
+        {
+            if (!pastOf.TryGetValue(info.Name, out var past) || !inputs.TryGetValue(past, out var pastInfo)) continue;
+            if (info.Type?.TensorType?.Shape?.Dim is { Count: 4 } shape && pastInfo.Type?.TensorType?.Shape?.Dim is { Count: 4 } pastShape)
+                shape[2] = pastShape[2].Clone();
+        }
+    }
+
+    private const string MicrosoftDomain = "com.microsoft";
+
+    private static long DefaultOpset(ModelProto model) =>
+        model.OpsetImport.FirstOrDefault(o => o.Domain is "" or "ai.onnx")?.Version ?? 0;
+
+    private static NodeProto FullNode(AttentionLayer layer, (string Query, string Key, string Value) qkv, string? selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.FullAttn, Domain = HySparseOps.Domain };
-        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue, layer.AttentionMask ?? ""]);
+        node.Input.AddRange([qkv.Query, qkv.Key, qkv.Value, layer.PastKey, layer.PastValue, layer.AttentionMask ?? "",
+            layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
         if (selection is not null) node.Output.Add(selection);
@@ -117,15 +156,18 @@ internal static class HybridRewriter
         return node;
     }
 
-    private static NodeProto SparseNode(AttentionLayer layer, AttentionLayer oracle, string selection, HybridParameters parameters)
+    private static NodeProto SparseNode(AttentionLayer layer, (string Query, string Key, string Value) qkv, AttentionLayer oracle, string selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.SparseAttn, Domain = HySparseOps.Domain };
         // Retrofit: no shared_key/shared_value (inputs 5, 6); the SA branch reads the layer's own
         // full-length cache. KV sharing: the SA branch reads the oracle's present cache (which also
         // tells the op T), and the layer's own cache only has to serve the window.
         var sharing = parameters.Mode == HybridMode.KvSharing;
-        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue,
-            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? ""]);
+        // Shared-buffer layers (GroupQueryAttention) pass seqlens_k and total_sequence_length on as
+        // inputs 13 and 14; the inputs between (gate, sinks, selected KV) stay omitted.
+        node.Input.AddRange([qkv.Query, qkv.Key, qkv.Value, layer.PastKey, layer.PastValue,
+            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? "",
+            "", "", "", "", layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
         node.Attribute.AddRange(CommonAttributes(layer, parameters));
@@ -206,9 +248,9 @@ internal static class HybridRewriter
             foreach (var output in nodes[i].Output.Where(o => o.Length > 0)) producerIndex[output] = i;
         var waiting = new int[nodes.Count];
         var dependents = new List<int>[nodes.Count];
+        for (var i = 0; i < nodes.Count; i++) dependents[i] = [];
         for (var i = 0; i < nodes.Count; i++)
         {
-            dependents[i] = [];
             foreach (var input in nodes[i].Input.Distinct())
             {
                 if (input.Length == 0 || !producerIndex.TryGetValue(input, out var p) || p == i) continue;

@@ -23,12 +23,7 @@ internal sealed class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExp
         var total = G.Op("Shape", [LlamaNames.AttentionMask], Attr.Int("start", 1), Attr.Int("end", 2));
         var past = G.Op("Sub", total, newTokens);
 
-        // Positions as Hugging Face derives them from the mask: cumsum − 1, padding slots set to 1,
-        // then the last S columns (the new tokens).
-        var cumulative = G.Op("CumSum", LlamaNames.AttentionMask, G.ConstInt64(1));
-        var positionsAll = G.Op("Where",
-            G.Op("Equal", LlamaNames.AttentionMask, G.ConstInt64(0)), G.ConstInt64(1), G.Op("Sub", cumulative, G.ConstInt64(1)));
-        var positions = G.Op("Slice", positionsAll, G.Op("Neg", newTokens), G.ConstInt64s(long.MaxValue), G.ConstInt64s(1));
+        var positions = EmitPositionIds(newTokens);
 
         var inverseFrequency = new float[c.HeadDim / 2];
         for (var i = 0; i < inverseFrequency.Length; i++) inverseFrequency[i] = (float)Math.Pow(c.RopeTheta, -2.0 * i / c.HeadDim);
@@ -59,15 +54,7 @@ internal sealed class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExp
         string[] projections;
         if (options.FusedQkv)
         {
-            // One [hidden, q + k + v] weight, its columns the three projections side by side.
-            var fused = new float[c.Hidden * (qWidth + 2 * kvWidth)];
-            for (var row = 0; row < c.Hidden; row++)
-            {
-                Array.Copy(w.Query, row * qWidth, fused, row * (qWidth + 2 * kvWidth), qWidth);
-                Array.Copy(w.Key, row * kvWidth, fused, row * (qWidth + 2 * kvWidth) + qWidth, kvWidth);
-                Array.Copy(w.Value, row * kvWidth, fused, row * (qWidth + 2 * kvWidth) + qWidth + kvWidth, kvWidth);
-            }
-            var qkv = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.qkv_proj.weight", [c.Hidden, qWidth + 2 * kvWidth], fused));
+            var qkv = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.qkv_proj.weight", [c.Hidden, qWidth + 2 * kvWidth], w.ConcatenatedQkv(c)));
             projections = G.Node("Split", [qkv, G.ConstInt64s(qWidth, kvWidth, kvWidth)], 3, "", Attr.Int("axis", -1));
         }
         else

@@ -16,9 +16,47 @@ public enum LlamaAttentionStyle
     /// <summary>
     /// As the onnxruntime-genai model builder emits it: <c>com.microsoft.GroupQueryAttention</c> with
     /// RoPE inside (<c>do_rotary=1</c>) and separate past/present caches. Matches the decomposed model
-    /// on batches without left padding (GroupQueryAttention assumes right padding).
+    /// on batches without left padding (GroupQueryAttention assumes right padding). Variants:
+    /// <see cref="GroupQueryAttentionOptions"/>.
     /// </summary>
     GroupQueryAttention,
+
+    /// <summary>
+    /// As ONNX Runtime's transformer optimiser fuses a decoder: <c>com.microsoft.RotaryEmbedding</c>
+    /// on Q and K, then <c>com.microsoft.MultiHeadAttention</c> with <c>unidirectional=1</c>, a
+    /// <c>key_padding_mask</c> from <c>attention_mask</c> and concatenated BNSH caches. Needs
+    /// <see cref="LlamaConfig.Heads"/> = <see cref="LlamaConfig.KvHeads"/>; matches the decomposed model,
+    /// left padding included.
+    /// </summary>
+    MultiHeadAttention,
+}
+
+/// <summary>Variations among MultiHeadAttention exports.</summary>
+public sealed record MultiHeadAttentionOptions
+{
+    /// <summary>
+    /// A Q/K/V projection bias [3·H·D] as the op's input 3, which it adds before attending (as ONNX
+    /// Runtime's fusion moves a projection's bias into the op). The values are drawn from the config's
+    /// seed; the float64 Llama reference has no such bias.
+    /// </summary>
+    public bool ProjectionBias { get; init; }
+}
+
+/// <summary>Variations among GroupQueryAttention exports (the onnxruntime-genai model builder writes each).</summary>
+public sealed record GroupQueryAttentionOptions
+{
+    /// <summary>
+    /// RoPE inside the op (<c>do_rotary=1</c>, cos/sin caches as its inputs 7 and 8); when false,
+    /// <c>com.microsoft.RotaryEmbedding</c> nodes rotate Q and K before it.
+    /// </summary>
+    public bool DoRotary { get; init; } = true;
+    /// <summary>Rotate interleaved pairs (x₀,x₁), (x₂,x₃)… instead of the two halves of each head.</summary>
+    public bool RotaryInterleaved { get; init; }
+    /// <summary>
+    /// One packed QKV tensor [B,S,(H_q + 2·H_kv)·D] as the op's query, key and value absent.
+    /// Requires <see cref="DoRotary"/> (the rotation has to happen inside the op).
+    /// </summary>
+    public bool PackedQkv { get; init; }
 }
 
 /// <summary>Where a decomposed export applies the 1/√D logit scale.</summary>
@@ -67,16 +105,26 @@ public static class LlamaModelBuilder
     /// <param name="weights">The weights (and through them the configuration).</param>
     /// <param name="style">How attention is written.</param>
     /// <param name="decomposed">Variations of the decomposed style (default: Hugging Face eager export).</param>
-    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) => style switch
+    /// <param name="groupQuery">Variations of the GroupQueryAttention style (default: separate Q/K/V, RoPE inside the op).</param>
+    /// <param name="multiHead">Variations of the MultiHeadAttention style (default: no bias inside the op).</param>
+    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed,
+        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
-        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength).Emit(),
+        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
+        LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
     };
 
     /// <summary>Generates weights from <paramref name="config"/> and builds the decoder.</summary>
-    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null) =>
-        Build(LlamaWeights.Generate(config), style, decomposed);
+    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed,
+        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null) =>
+        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead);
+
+    private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
+        options.PackedQkv && !options.DoRotary
+            ? throw new ArgumentException("a packed QKV GroupQueryAttention export rotates inside the op: PackedQkv needs DoRotary")
+            : options;
 }
 
 /// <summary>
@@ -166,6 +214,39 @@ internal abstract class LlamaEmitter
             G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.TotalDim, c.HeadDim);
         }
         return G.BuildModel(Opsets, irVersion: 8, producer: "HySparse.Models");
+    }
+
+    /// <summary>
+    /// Positions as Hugging Face derives them from the mask, int64 [B,S]: cumsum − 1 with padding slots
+    /// set to 1, then the last S columns (the new tokens). <paramref name="newTokens"/> is S as a
+    /// one-element int64 vector.
+    /// </summary>
+    protected string EmitPositionIds(string newTokens)
+    {
+        var cumulative = G.Op("CumSum", LlamaNames.AttentionMask, G.ConstInt64(1));
+        var positionsAll = G.Op("Where",
+            G.Op("Equal", LlamaNames.AttentionMask, G.ConstInt64(0)), G.ConstInt64(1), G.Op("Sub", cumulative, G.ConstInt64(1)));
+        return G.Op("Slice", positionsAll, G.Op("Neg", newTokens), G.ConstInt64s(long.MaxValue), G.ConstInt64s(1));
+    }
+
+    /// <summary>
+    /// The cos/sin tables ONNX Runtime's rotary operators read, [positions, D/2] each, as initializers
+    /// <c>cos_cache</c> and <c>sin_cache</c>: entry (p, i) is cos/sin of p·θ^(−2i/D).
+    /// </summary>
+    protected (string Cos, string Sin) AddRotaryCaches(int positions)
+    {
+        var c = Config;
+        var half = c.HeadDim / 2;
+        var cos = new float[positions * half];
+        var sin = new float[positions * half];
+        for (var p = 0; p < positions; p++)
+            for (var i = 0; i < half; i++)
+            {
+                var angle = p * Math.Pow(c.RopeTheta, -2.0 * i / c.HeadDim);
+                cos[p * half + i] = (float)Math.Cos(angle);
+                sin[p * half + i] = (float)Math.Sin(angle);
+            }
+        return (G.AddInitializer("cos_cache", [positions, half], cos), G.AddInitializer("sin_cache", [positions, half], sin));
     }
 
     /// <summary>RMSNorm as torch exports it: x · 1/√(mean(x²) + ε) · w.</summary>

@@ -85,4 +85,22 @@ public sealed class LlamaWeights
 /// <param name="Down">SwiGLU down projection [ffn, hidden].</param>
 public sealed record LlamaLayerWeights(
     float[] InputNorm, float[] Query, float[] Key, float[] Value, float[] Output,
-    float[] PostAttentionNorm, float[] Gate, float[] Up, float[] Down);
+    float[] PostAttentionNorm, float[] Gate, float[] Up, float[] Down)
+{
+    /// <summary>
+    /// One [hidden, q + k + v] projection whose columns are the Q, K and V projections side by side,
+    /// as exports with a fused QKV projection store it.
+    /// </summary>
+    public float[] ConcatenatedQkv(LlamaConfig config)
+    {
+        int qWidth = config.Heads * config.HeadDim, kvWidth = config.KvHeads * config.HeadDim, width = qWidth + 2 * kvWidth;
+        var fused = new float[config.Hidden * width];
+        for (var row = 0; row < config.Hidden; row++)
+        {
+            Array.Copy(Query, row * qWidth, fused, row * width, qWidth);
+            Array.Copy(Key, row * kvWidth, fused, row * width + qWidth, kvWidth);
+            Array.Copy(Value, row * kvWidth, fused, row * width + qWidth + kvWidth, kvWidth);
+        }
+        return fused;
+    }
+}

@@ -1,0 +1,114 @@
+using HySparse.Exporter.Recognition;
+using HySparse.Models.Graph;
+using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace HySparse.Exporter.Rewrite;
+
+/// <summary>
+/// Builds what a fused operator did to its inputs before attending, as separate nodes in front of the
+/// HySparse op: <c>Split</c> of packed QKV, <c>com.microsoft.RotaryEmbedding</c> on Q and K, and the
+/// projection bias (<c>Split</c> of the bias, one <c>Add</c> each on Q, K and V). The
+/// rotation's positions are derived from <c>seqlens_k</c> as GroupQueryAttention derives them
+/// (docs/ops.md, "Shared KV buffer"): row b's new token s sits at <c>p_b + s</c> with
+/// <c>p_b = max(0, seqlens_k[b] + 1 − S)</c>; they are built once per <c>seqlens_k</c> tensor and
+/// shared by every layer.
+/// </summary>
+internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<string, string> uniqueNode, long defaultOpset)
+{
+    private const string MicrosoftDomain = "com.microsoft";
+    private readonly Dictionary<string, string> _positions = new(StringComparer.Ordinal);
+
+    /// <summary>True once a node of the <c>com.microsoft</c> domain has been emitted.</summary>
+    public bool UsesMicrosoftDomain { get; private set; }
+
+    /// <summary>
+    /// The query, key and value the HySparse op of <paramref name="layer"/> reads, adding to
+    /// <paramref name="nodes"/> whatever computes them.
+    /// </summary>
+    public (string Query, string Key, string Value) Prepare(AttentionLayer layer, string scope, List<NodeProto> nodes)
+    {
+        if (layer.Inputs is not { } inputs) return (layer.Query, layer.Key, layer.Value);
+        var (query, key, value) = (layer.Query, layer.Key, layer.Value);
+        if (inputs.PackedQkv) (query, key, value) = Split(layer, scope, nodes);
+        if (inputs.QkvBias is { } bias)
+        {
+            var (queryBias, keyBias, valueBias) = SplitLastAxis(bias, layer, $"{scope}/hysparse_split_bias", nodes);
+            query = NewNode("Add", "", $"{scope}/hysparse_query_bias", [query, queryBias], 1, nodes).Output[0];
+            key = NewNode("Add", "", $"{scope}/hysparse_key_bias", [key, keyBias], 1, nodes).Output[0];
+            value = NewNode("Add", "", $"{scope}/hysparse_value_bias", [value, valueBias], 1, nodes).Output[0];
+        }
+        if (inputs.Rotary is { } rotary)
+        {
+            if (layer.Buffer is not { } buffer)
+                throw new InvalidOperationException($"layer at '{layer.AnchorNode}' rotates inside the op but has no seqlens_k to take positions from");
+            var positions = Positions(buffer.SeqlensK, query, scope, nodes);
+            query = Rotate(query, layer.NumHeads, positions, rotary, $"{scope}/hysparse_rotary_query", nodes);
+            key = Rotate(key, layer.KvNumHeads, positions, rotary, $"{scope}/hysparse_rotary_key", nodes);
+        }
+        return (query, key, value);
+    }
+
+    private (string, string, string) Split(AttentionLayer layer, string scope, List<NodeProto> nodes) =>
+        SplitLastAxis(layer.Query, layer, $"{scope}/hysparse_split_qkv", nodes);
+
+    /// <summary>Splits <paramref name="tensor"/>'s last axis into the Q, K and V widths H_q·D, H_kv·D, H_kv·D.</summary>
+    private (string, string, string) SplitLastAxis(string tensor, AttentionLayer layer, string name, List<NodeProto> nodes)
+    {
+        long queryWidth = (long)layer.NumHeads * layer.HeadSize, kvWidth = (long)layer.KvNumHeads * layer.HeadSize;
+        // Split takes its sizes as an input from opset 13 on, as an attribute before.
+        var sizesAsInput = defaultOpset >= 13;
+        string[] inputs = sizesAsInput ? [tensor, Constant(Tensors.Int64("split", [3], [queryWidth, kvWidth, kvWidth]), $"{name}_sizes", nodes)] : [tensor];
+        var split = NewNode("Split", "", name, inputs, 3, nodes);
+        split.Attribute.Add(Attr.Int("axis", -1));
+        if (!sizesAsInput) split.Attribute.Add(Attr.Ints("split", queryWidth, kvWidth, kvWidth));
+        return (split.Output[0], split.Output[1], split.Output[2]);
+    }
+
+    /// <summary>int64 [B,S] positions of the new tokens from seqlens_k (int32 [B]) and S = query.shape[1].</summary>
+    private string Positions(string seqlensK, string query, string scope, List<NodeProto> nodes)
+    {
+        if (_positions.TryGetValue(seqlensK, out var existing)) return existing;
+        var stem = $"{scope}/hysparse_positions";
+        string Op(string opType, params string[] inputs) => NewNode(opType, "", $"{stem}/{opType}", inputs, 1, nodes).Output[0];
+        string Int64(long[] dims, params long[] values) => Constant(Tensors.Int64("value", dims, values), $"{stem}/Constant", nodes);
+
+        var castNode = NewNode("Cast", "", $"{stem}/Cast", [seqlensK], 1, nodes);
+        castNode.Attribute.Add(Attr.Int("to", (long)DataType.Int64));
+        var total = Op("Add", castNode.Output[0], Int64([], 1));
+        var newTokens = Op("Gather", Op("Shape", query), Int64([], 1));
+        var first = Op("Max", Op("Sub", total, newTokens), Int64([], 0));
+        var offsets = Op("Range", Int64([], 0), newTokens, Int64([], 1));
+        var positions = Op("Add", Op("Reshape", first, Int64([2], -1, 1)), offsets);
+        _positions[seqlensK] = positions;
+        return positions;
+    }
+
+    private string Rotate(string x, int heads, string positions, InternalRotary rotary, string name, List<NodeProto> nodes)
+    {
+        UsesMicrosoftDomain = true;
+        var node = NewNode("RotaryEmbedding", MicrosoftDomain, name, [x, positions, rotary.CosCache, rotary.SinCache], 1, nodes);
+        node.Attribute.Add(Attr.Int("interleaved", rotary.Interleaved ? 1 : 0));
+        // Explicit head count and rotary width: with 3-D input the op would otherwise assume the
+        // whole head rotates and infer the head size from the cos cache.
+        node.Attribute.Add(Attr.Int("num_heads", heads));
+        node.Attribute.Add(Attr.Int("rotary_embedding_dim", rotary.RotaryDim));
+        return node.Output[0];
+    }
+
+    private string Constant(TensorProto value, string name, List<NodeProto> nodes)
+    {
+        var node = NewNode("Constant", "", name, [], 1, nodes);
+        node.Attribute.Add(Attr.Tensor("value", value));
+        return node.Output[0];
+    }
+
+    private NodeProto NewNode(string opType, string domain, string name, IEnumerable<string> inputs, int outputs, List<NodeProto> nodes)
+    {
+        var node = new NodeProto { OpType = opType, Domain = domain, Name = uniqueNode(name) };
+        node.Input.AddRange(inputs);
+        for (var i = 0; i < outputs; i++) node.Output.Add(uniqueTensor($"{node.Name}_output_{i}"));
+        nodes.Add(node);
+        return node;
+    }
+}
