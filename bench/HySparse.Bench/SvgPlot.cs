@@ -8,7 +8,9 @@ namespace HySparse.Bench;
 /// <summary>
 /// Draws decode time per token against context length, one panel per (shape, type), as a plain SVG
 /// (log–log axes, polylines, a shared legend): dense GroupQueryAttention in both cache conventions,
-/// the HySparse ops, and the mean attention time per layer of a 1:3 hybrid (1 full + 3 sparse).
+/// the HySparse ops, and the mean attention time per layer of a 1:3 hybrid (1 full + 3 sparse); and,
+/// when the end-to-end benchmark ran, a panel of whole-model time per token: the dense decoder against
+/// its retrofit and kv-sharing conversions.
 /// </summary>
 public static class SvgPlot
 {
@@ -32,12 +34,23 @@ public static class SvgPlot
         new("hybrid 1:3 retrofit in place, mean per layer", "#7030a0", "1 3",
             m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer) is double f && Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace) is double s
                  ? (f + 3 * s) / 4 : null),
+        new("whole model: dense decoder", "#1f4e99", "", m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
+        new("whole model: hybrid 1:3 retrofit", "#ed7d31", "", m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
+        new("whole model: hybrid 1:3 kv-sharing", "#2e8b57", "", m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
     ];
 
+    private const string EndToEndPhase = "e2e", EndToEndVariant = "whole model";
+
     /// <summary>The SVG document, or null when the run has no decode measurements.</summary>
-    public static string? Render(IReadOnlyList<Measurement> results)
+    public static string? Render(IReadOnlyList<Measurement> results, EndToEndReport? endToEnd = null)
     {
-        var panels = results.Where(r => r.Phase == "decode" && !double.IsNaN(r.MedianMs))
+        // Whole-model points become rows of their own panel, so they share the panel drawing.
+        var wholeModel = endToEnd?.Results.Select(r => new Measurement
+        {
+            Phase = EndToEndPhase, Shape = $"end-to-end {endToEnd.Model}", Type = "f32 (ms per token, whole model)",
+            Length = r.Context, Op = r.Mode, Variant = EndToEndVariant, MedianMs = r.MedianMs,
+        }) ?? [];
+        var panels = results.Where(r => r.Phase == "decode").Concat(wholeModel).Where(r => !double.IsNaN(r.MedianMs))
                             .GroupBy(r => (r.Shape, r.Type)).ToList();
         if (panels.Count == 0) return null;
         var used = AllSeries.Where(s => panels.Any(p => Points(p.ToList(), s).Count > 0)).ToArray();
@@ -47,7 +60,7 @@ public static class SvgPlot
         var svg = new StringBuilder();
         svg.AppendLine($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">");
         svg.AppendLine($"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>");
-        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode: attention time per token per layer vs context (log–log)</text>");
+        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log): one attention layer per op panel; the whole model in the end-to-end panel</text>");
         for (int i = 0; i < used.Length; i++)
         {
             int x = 20 + (i % 3) * (width - 40) / 3, y = 42 + (i / 3) * 22;
