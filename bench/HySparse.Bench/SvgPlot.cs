@@ -34,9 +34,9 @@ public static class SvgPlot
         new("hybrid 1:3 retrofit in place, mean per layer", "#7030a0", "1 3",
             m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer) is double f && Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace) is double s
                  ? (f + 3 * s) / 4 : null),
-        new("whole model: dense decoder", "#1f4e99", "", m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
-        new("whole model: hybrid 1:3 retrofit", "#ed7d31", "", m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
-        new("whole model: hybrid 1:3 kv-sharing", "#2e8b57", "", m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
+        new("whole model: dense decoder", "#000000", "", m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
+        new("whole model: hybrid 1:3 retrofit", "#b8860b", "", m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
+        new("whole model: hybrid 1:3 kv-sharing", "#008b8b", "", m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
     ];
 
     private const string EndToEndPhase = "e2e", EndToEndVariant = "whole model";
@@ -47,7 +47,7 @@ public static class SvgPlot
         // Whole-model points become rows of their own panel, so they share the panel drawing.
         var wholeModel = endToEnd?.Results.Select(r => new Measurement
         {
-            Phase = EndToEndPhase, Shape = $"end-to-end {endToEnd.Model}", Type = "f32 (ms per token, whole model)",
+            Phase = EndToEndPhase, Shape = $"whole model {endToEnd.Model}", Type = "f32",
             Length = r.Context, Op = r.Mode, Variant = EndToEndVariant, MedianMs = r.MedianMs,
         }) ?? [];
         var panels = results.Where(r => r.Phase == "decode").Concat(wholeModel).Where(r => !double.IsNaN(r.MedianMs))
@@ -60,7 +60,7 @@ public static class SvgPlot
         var svg = new StringBuilder();
         svg.AppendLine($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">");
         svg.AppendLine($"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>");
-        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log): one attention layer per op panel; the whole model in the end-to-end panel</text>");
+        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log): one attention layer per op panel, all layers in the whole-model panel</text>");
         for (int i = 0; i < used.Length; i++)
         {
             int x = 20 + (i % 3) * (width - 40) / 3, y = 42 + (i / 3) * 22;
