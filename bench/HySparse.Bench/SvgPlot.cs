@@ -14,7 +14,7 @@ namespace HySparse.Bench;
 /// </summary>
 public static class SvgPlot
 {
-    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendHeight = 114;
+    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendColumnWidth = 320;
     private const int Left = 64, Right = 16, Top = 34, Bottom = 46;
 
     private sealed record Series(string Label, string Color, string Dash, Func<IReadOnlyList<Measurement>, double?> Value);
@@ -55,22 +55,28 @@ public static class SvgPlot
         if (panels.Count == 0) return null;
         var used = AllSeries.Where(s => panels.Any(p => Points(p.ToList(), s).Count > 0)).ToArray();
         int rows = (panels.Count + Columns - 1) / Columns;
-        int width = PanelWidth * Math.Min(Columns, panels.Count), height = LegendHeight + rows * PanelHeight;
+        int width = PanelWidth * Math.Min(Columns, panels.Count);
+        // Legend entries in as many columns of LegendColumnWidth as fit the width.
+        int legendColumns = Math.Max(1, (width - 40) / LegendColumnWidth);
+        int legendHeight = 42 + (used.Length + legendColumns - 1) / legendColumns * 22;
+        int height = legendHeight + rows * PanelHeight;
 
         var svg = new StringBuilder();
         svg.AppendLine($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">");
         svg.AppendLine($"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>");
-        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log): one attention layer per op panel, all layers in the whole-model panel</text>");
+        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log)</text>");
         for (int i = 0; i < used.Length; i++)
         {
-            int x = 20 + (i % 3) * (width - 40) / 3, y = 42 + (i / 3) * 22;
+            int x = 20 + (i % legendColumns) * (width - 40) / legendColumns, y = 42 + (i / legendColumns) * 22;
             svg.AppendLine($"<line x1=\"{x}\" y1=\"{y}\" x2=\"{x + 28}\" y2=\"{y}\" stroke=\"{used[i].Color}\" stroke-width=\"2.5\" stroke-dasharray=\"{used[i].Dash}\"/>");
             svg.AppendLine($"<text x=\"{x + 34}\" y=\"{y + 4}\">{Escape(used[i].Label)}</text>");
         }
         for (int p = 0; p < panels.Count; p++)
         {
-            int ox = (p % Columns) * PanelWidth, oy = LegendHeight + (p / Columns) * PanelHeight;
-            DrawPanel(svg, ox, oy, $"{panels[p].Key.Shape} {panels[p].Key.Type}", panels[p].ToList(), used);
+            int ox = (p % Columns) * PanelWidth, oy = legendHeight + (p / Columns) * PanelHeight;
+            var rowsOfPanel = panels[p].ToList();
+            string scope = rowsOfPanel[0].Phase == EndToEndPhase ? "all layers" : "one attention layer";
+            DrawPanel(svg, ox, oy, $"{panels[p].Key.Shape} {panels[p].Key.Type}: {scope}", rowsOfPanel, used);
         }
         svg.AppendLine("</svg>");
         return svg.ToString();
