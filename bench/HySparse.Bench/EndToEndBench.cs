@@ -80,6 +80,39 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
     /// <summary>Mode labels, in table order.</summary>
     public const string Dense = "dense", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing";
 
+    /// <summary>Decode steps of the binding check.</summary>
+    private const int CheckSteps = 3;
+
+    // Before anything is timed: the model, bound the way it is timed (caches loaded by the benchmark,
+    // ping-pong buffers, window caches cut to w), must produce the logits KvCacheDecoder produces from
+    // scratch on the same tokens. The context stays within w, where every sparse layer still attends all
+    // positions and KV sharing is exact, so the dense prefill's caches are this model's caches too.
+    private static void CheckBinding(ModeModel mode, SyntheticCache cache, LlamaConfig c, HybridParameters parameters)
+    {
+        int cached = Math.Min(cache.PrefixTokens.Length, parameters.Window) - CheckSteps;
+        var tokens = cache.PrefixTokens.AsSpan(0, cached + CheckSteps);
+        using var reference = new KvCacheDecoder(mode.Session);
+        reference.Step(tokens[..cached]);
+        using var bound = new BoundDecoder(mode.Session, mode.WindowCaches, parameters.Window, cached + CheckSteps, c.Vocab);
+        bound.Load(cached, cache.Fill);
+        double worst = 0, scale = 0;
+        for (int i = 0; i < CheckSteps; ++i)
+        {
+            var want = reference.Step(tokens.Slice(cached + i, 1));
+            bound.Step(tokens[cached + i]);
+            var got = bound.LastLogits;
+            for (int v = 0; v < want.Length; v++)
+            {
+                worst = Math.Max(worst, Math.Abs(got[v] - want[v]));
+                scale = Math.Max(scale, Math.Abs(want[v]));
+            }
+        }
+        // The caches come from a longer prefill (other matrix blockings), so equal up to float32 rounding.
+        if (!(worst <= 1e-3 * Math.Max(scale, 1)))
+            throw new InvalidOperationException($"{mode.Mode}: the bound decode differs from KvCacheDecoder by {worst:G3} (logits up to {scale:G3})");
+        Console.Error.WriteLine($"  {mode.Mode}: bound decode = KvCacheDecoder within {worst:G2} (logits up to {scale:G2})");
+    }
+
     // One model under test: its session lives for the whole benchmark; the serialized model does not.
     private sealed record ModeModel(string Mode, InferenceSession Session, IReadOnlySet<string> WindowCaches, KvCacheCalculator Kv);
 
@@ -123,6 +156,7 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
     {
         var c = config.Model;
         var cache = SyntheticCache.FromRealPrefill(modes[0].Session, c, config.RealPrefix, seed);
+        foreach (var m in modes) CheckBinding(m, cache, c, parameters);
         var results = new List<EndToEndResult>();
         var random = new SplitMix64((ulong)seed + 1);
         foreach (int t in config.Contexts)
@@ -188,20 +222,24 @@ internal sealed class SyntheticCache
     private readonly Dictionary<string, (float[] Mean, float[] Std)> _stats = [];  // per [H_kv, D]
     private readonly int _prefix, _headDim, _seed;
 
-    private SyntheticCache(int prefix, int headDim, int seed)
+    private SyntheticCache(long[] prefixTokens, int headDim, int seed)
     {
-        _prefix = prefix;
+        PrefixTokens = prefixTokens;
+        _prefix = prefixTokens.Length;
         _headDim = headDim;
         _seed = seed;
     }
 
+    /// <summary>The token ids of the real prefill, whose keys and values start every cache.</summary>
+    public long[] PrefixTokens { get; }
+
     /// <summary>Prefills <paramref name="prefix"/> seeded random tokens through the dense model and fits the per-channel statistics.</summary>
     public static SyntheticCache FromRealPrefill(InferenceSession session, LlamaConfig c, int prefix, int seed)
     {
-        var cache = new SyntheticCache(prefix, c.HeadDim, seed);
         var random = new SplitMix64((ulong)seed);
         var ids = new long[prefix];
         for (int i = 0; i < prefix; i++) ids[i] = random.NextInt(c.Vocab);
+        var cache = new SyntheticCache(ids, c.HeadDim, seed);
         var mask = new long[prefix];
         Array.Fill(mask, 1L);
         var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
