@@ -40,8 +40,8 @@ public sealed record EndToEndConfig(string Name, LlamaConfig Model, IReadOnlyLis
 /// <param name="TokensPerSecond">1000 ÷ median.</param>
 /// <param name="SpeedupVsDense">Tokens/s ÷ the dense model's at the same context.</param>
 /// <param name="KvBytesPerToken">Cache bytes one more token of context adds (KvCacheCalculator).</param>
-/// <param name="KvBytesTotal">Cache bytes at this context (KvCacheCalculator).</param>
-/// <param name="KvBytesHeld">Bytes the model's present caches actually held after the first timed step (must equal <paramref name="KvBytesTotal"/>).</param>
+/// <param name="KvBytesTotal">Cache bytes at the context of the first timed step, T + warm-up steps (KvCacheCalculator).</param>
+/// <param name="KvBytesHeld">Bytes the model's present caches held after the first timed step (checked equal to <paramref name="KvBytesTotal"/>).</param>
 public sealed record EndToEndResult(string Mode, long Context, double MedianMs, double MinMs, double MaxMs, double TokensPerSecond,
                                     double SpeedupVsDense, long KvBytesPerToken, long KvBytesTotal, long KvBytesHeld);
 
@@ -196,6 +196,9 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
                     var kv = decoders[d].Mode.Kv;
                     // The first timed step ran at context t + warmup: that is where the held bytes were read.
                     long context = t + warmup;
+                    // What the model holds must be what the library's formula says it holds.
+                    if (held[d] != kv.BytesAt(context))
+                        throw new InvalidOperationException($"{decoders[d].Mode.Mode} at T {context}: the caches hold {held[d]} bytes, KvCacheCalculator says {kv.BytesAt(context)}");
                     var r = new EndToEndResult(decoders[d].Mode.Mode, t, timing.MedianMs, timing.MinMs, timing.MaxMs, 1000 / timing.MedianMs,
                         denseMedian / timing.MedianMs, kv.BytesPerToken, kv.BytesAt(context), held[d]);
                     results.Add(r);

@@ -99,8 +99,9 @@ public static class Reports
         sb.AppendLine($"### End-to-end decode ({e.Model}: {c.Layers} layers, hidden {c.Hidden}, H_q {c.Heads}, H_kv {c.KvHeads}, D {c.HeadDim}, FFN {c.Ffn}, vocab {c.Vocab}, float32)").AppendLine();
         sb.AppendLine($"Converted layout {e.Layout} (F full, S sparse), K = {e.Parameters.TopK} blocks of {e.Parameters.BlockSize}, w = {e.Parameters.Window}; "
                       + $"caches: {e.RealPrefix} tokens of real prefill, then synthetic rows with each channel's statistics; "
-                      + $"{e.Threads} intra-op threads, {e.Warmup} warm-up + median of {e.Steps} decode steps, modes round-robin; IOBinding, present → past without copies.").AppendLine();
-        sb.AppendLine("| T | model | median ms/token | min–max ms | tokens/s | × dense tokens/s | KV bytes/token | KV MiB at T | KV MiB held |");
+                      + $"{e.Threads} intra-op threads, {e.Warmup} warm-up + median of {e.Steps} decode steps, modes round-robin; IOBinding, present → past without copies. "
+                      + $"KV MiB: at the first timed step (T + {e.Warmup}), from KvCacheCalculator and as held by the model's present caches.").AppendLine();
+        sb.AppendLine("| T | model | median ms/token | min–max ms | tokens/s | × dense tokens/s | KV bytes/token | KV MiB (calculator) | KV MiB held |");
         sb.AppendLine("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
         foreach (var r in e.Results)
         {
