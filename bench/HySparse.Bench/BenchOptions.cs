@@ -91,6 +91,15 @@ public sealed class BenchOptions
     /// <summary>Where to write the markdown report (it is always printed), or null.</summary>
     public string? MarkdownPath { get; private set; }
 
+    /// <summary>Run the end-to-end model benchmark (on by default).</summary>
+    public bool EndToEnd { get; private set; } = true;
+
+    /// <summary>Run the per-operator cases (off with <c>--e2e</c>).</summary>
+    public bool OperatorCases { get; private set; } = true;
+
+    /// <summary>Model and contexts of the end-to-end benchmark.</summary>
+    public EndToEndConfig EndToEndModel { get; private set; } = EndToEndConfig.Default;
+
     /// <summary>Sparse-layer parameters.</summary>
     public SparseParams Sparse { get; } = SparseParams.Paper;
 
@@ -101,7 +110,13 @@ public sealed class BenchOptions
     public const string Usage = """
         HySparse.Bench: HySparse ops vs ONNX Runtime GroupQueryAttention (CPU), with machine floors.
 
-          --quick                 small preset (~1 minute): 7b shape, S 512,1024, T 2048,8192, 1 warm-up, 3 runs
+          --quick                 small preset (~1 minute): 7b shape, S 512,1024, T 2048,8192, 1 warm-up, 3 runs;
+                                  end-to-end on a tiny model at T 512,2048 (seconds)
+          --e2e                   only the end-to-end model benchmark: dense decoder vs its 1:3 retrofit and
+                                  kv-sharing conversions, decode tokens/s at T 2048,8192,16384
+          --no-e2e                skip the end-to-end benchmark
+          --e2e-contexts 2048,... end-to-end context lengths T (default 2048,8192,16384)
+          --e2e-model default|tiny  end-to-end model size (default: 8 layers, d 1024, H_q 16, H_kv 4, D 64)
           --prefill 512,1024,...  prefill lengths S            (default 512,1024,2048,4096)
           --decode 2048,...       decode context lengths T     (default 2048,4096,8192,16384,32768)
           --types f32,f16         element types                (default f32,f16)
@@ -134,6 +149,27 @@ public sealed class BenchOptions
                     o.DecodeLengths = [2048, 8192];
                     o.Warmup = 1;
                     o.Iterations = 3;
+                    o.EndToEndModel = EndToEndConfig.Tiny;
+                    break;
+                case "--e2e":
+                    o.EndToEnd = true;
+                    o.OperatorCases = false;
+                    break;
+                case "--no-e2e": o.EndToEnd = false; break;
+                case "--e2e-contexts":
+                    o.EndToEndModel = o.EndToEndModel with { Contexts = ParseInts(arg, Value(), allowEmpty: false) };
+                    break;
+                case "--e2e-model":
+                    var contexts = o.EndToEndModel.Contexts;
+                    var model = Value().ToLowerInvariant() switch
+                    {
+                        "default" => EndToEndConfig.Default,
+                        "tiny" => EndToEndConfig.Tiny,
+                        var other => throw new ArgumentException($"--e2e-model: unknown size '{other}' (expected default or tiny)"),
+                    };
+                    // Contexts given before keep their value; otherwise the size's own defaults apply.
+                    o.EndToEndModel = ReferenceEquals(contexts, EndToEndConfig.Default.Contexts) || ReferenceEquals(contexts, EndToEndConfig.Tiny.Contexts)
+                        ? model : model with { Contexts = contexts };
                     break;
                 case "--prefill": o.PrefillLengths = ParseInts(arg, Value(), allowEmpty: true); break;
                 case "--decode": o.DecodeLengths = ParseInts(arg, Value(), allowEmpty: true); break;
@@ -158,6 +194,7 @@ public sealed class BenchOptions
         }
         if (o.Types.Count == 0 || o.Shapes.Count == 0) throw new ArgumentException("--types and --shapes need at least one entry");
         if (o.DecodeLengths.Any(t => t < 2)) throw new ArgumentException("--decode lengths must be at least 2 (one cached token)");
+        if (o.EndToEndModel.Contexts.Any(t => t < 2)) throw new ArgumentException("--e2e-contexts must be at least 2 (one cached token)");
         return o;
     }
 

@@ -35,20 +35,29 @@ string? hySparseStatus = options.OrtOnly ? "skipped (--ort-only)" : ProbeHySpars
 if (hySparseStatus is not null) Console.Error.WriteLine($"HySparse ops not measured: {hySparseStatus}");
 
 var runner = new CaseRunner(options, sessions, floor, options.OrtOnly ? null : hySparseStatus);
-foreach (var shape in options.Shapes)
+if (options.OperatorCases)
 {
-    foreach (var kind in options.Types)
+    foreach (var shape in options.Shapes)
     {
-        foreach (int s in options.PrefillLengths) runner.RunPrefill(shape, kind, s);
-        foreach (int t in options.DecodeLengths) runner.RunDecode(shape, kind, t);
+        foreach (var kind in options.Types)
+        {
+            foreach (int s in options.PrefillLengths) runner.RunPrefill(shape, kind, s);
+            foreach (int t in options.DecodeLengths) runner.RunDecode(shape, kind, t);
+        }
     }
+}
+EndToEndReport? endToEnd = null;
+if (options.EndToEnd && !options.OrtOnly)
+{
+    if (hySparseStatus is not null) Console.Error.WriteLine($"end-to-end benchmark skipped: {hySparseStatus}");
+    else endToEnd = new EndToEndBench(sessions, options.Seed).Run(options.EndToEndModel, options.Warmup, options.Iterations);
 }
 
 var info = new RunInfo(CpuModel(), Environment.ProcessorCount, options.Threads, OrtEnv.Instance().GetVersionString(),
                        Environment.Version.ToString(), started.ToString("yyyy-MM-dd HH:mm 'UTC'"),
                        "dotnet run -c Release --project bench/HySparse.Bench -- " + string.Join(' ', args),
                        options.Warmup, options.Iterations, hySparseStatus);
-var report = new RunReport(info, floor, options.Sparse, runner.Results, Targets.Evaluate(runner.Results));
+var report = new RunReport(info, floor, options.Sparse, runner.Results, Targets.Evaluate(runner.Results, endToEnd), endToEnd);
 
 string markdown = Reports.Markdown(report);
 Console.WriteLine(markdown);
@@ -56,7 +65,7 @@ if (options.MarkdownPath is not null) File.WriteAllText(options.MarkdownPath, ma
 if (options.JsonPath is not null) File.WriteAllText(options.JsonPath, Reports.Json(report));
 if (options.SvgPath is not null)
 {
-    string? svg = SvgPlot.Render(runner.Results);
+    string? svg = SvgPlot.Render(runner.Results, endToEnd);
     if (svg is null) Console.Error.WriteLine("no decode measurements: no plot written");
     else File.WriteAllText(options.SvgPath, svg);
 }

@@ -11,7 +11,7 @@ public sealed record RunInfo(string Cpu, int LogicalCores, int Threads, string O
 
 /// <summary>Everything one run produced.</summary>
 public sealed record RunReport(RunInfo Run, MachineFloor Floor, SparseParams Sparse, IReadOnlyList<Measurement> Measurements,
-                               IReadOnlyList<TargetCheck> Targets);
+                               IReadOnlyList<TargetCheck> Targets, EndToEndReport? EndToEnd = null);
 
 /// <summary>Renders a <see cref="RunReport"/> as markdown tables and as JSON.</summary>
 public static class Reports
@@ -66,6 +66,8 @@ public static class Reports
             sb.AppendLine();
         }
 
+        if (report.EndToEnd is { } e2e) EndToEndMarkdown(sb, e2e);
+
         var failures = report.Measurements.Where(m => m.Error is not null).Select(m => m.Error).Distinct().ToList();
         if (failures.Count > 0)
         {
@@ -89,6 +91,24 @@ public static class Reports
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
         PropertyNamingPolicy = JsonNamingPolicy.CamelCase,
     });
+
+    // The end-to-end table: decode speed and KV bytes of the dense model and its two conversions.
+    private static void EndToEndMarkdown(StringBuilder sb, EndToEndReport e)
+    {
+        var c = e.Config;
+        sb.AppendLine($"### End-to-end decode ({e.Model}: {c.Layers} layers, hidden {c.Hidden}, H_q {c.Heads}, H_kv {c.KvHeads}, D {c.HeadDim}, FFN {c.Ffn}, vocab {c.Vocab}, float32)").AppendLine();
+        sb.AppendLine($"Converted layout {e.Layout} (F full, S sparse), K = {e.Parameters.TopK} blocks of {e.Parameters.BlockSize}, w = {e.Parameters.Window}; "
+                      + $"caches: {e.RealPrefix} tokens of real prefill, then synthetic rows with each channel's statistics; "
+                      + $"{e.Threads} intra-op threads, {e.Warmup} warm-up + median of {e.Steps} decode steps, modes round-robin; IOBinding, present → past without copies. "
+                      + $"KV MiB: at the first timed step (T + {e.Warmup}), from KvCacheCalculator and as held by the model's present caches.").AppendLine();
+        sb.AppendLine("| T | model | median ms/token | min–max ms | tokens/s | × dense tokens/s | KV bytes/token | KV MiB (calculator) | KV MiB held |");
+        sb.AppendLine("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+        foreach (var r in e.Results)
+        {
+            sb.AppendLine(string.Create(Inv, $"| {r.Context} | {r.Mode} | {r.MedianMs:F2} | {r.MinMs:F2}–{r.MaxMs:F2} | {r.TokensPerSecond:F1} | {r.SpeedupVsDense:F2} | {r.KvBytesPerToken} | {r.KvBytesTotal / 1048576.0:F2} | {r.KvBytesHeld / 1048576.0:F2} |"));
+        }
+        sb.AppendLine();
+    }
 
     private static Measurement? Reference(IReadOnlyList<Measurement> all, Measurement m, string gqaVariant) =>
         all.FirstOrDefault(r => r.Op == Labels.Gqa && r.Variant == gqaVariant && r.Phase == m.Phase && r.Shape == m.Shape

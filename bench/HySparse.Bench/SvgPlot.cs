@@ -8,11 +8,13 @@ namespace HySparse.Bench;
 /// <summary>
 /// Draws decode time per token against context length, one panel per (shape, type), as a plain SVG
 /// (log–log axes, polylines, a shared legend): dense GroupQueryAttention in both cache conventions,
-/// the HySparse ops, and the mean attention time per layer of a 1:3 hybrid (1 full + 3 sparse).
+/// the HySparse ops, and the mean attention time per layer of a 1:3 hybrid (1 full + 3 sparse); and,
+/// when the end-to-end benchmark ran, a panel of whole-model time per token: the dense decoder against
+/// its retrofit and kv-sharing conversions.
 /// </summary>
 public static class SvgPlot
 {
-    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendHeight = 114;
+    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendColumnWidth = 320;
     private const int Left = 64, Right = 16, Top = 34, Bottom = 46;
 
     private sealed record Series(string Label, string Color, string Dash, Func<IReadOnlyList<Measurement>, double?> Value);
@@ -32,32 +34,49 @@ public static class SvgPlot
         new("hybrid 1:3 retrofit in place, mean per layer", "#7030a0", "1 3",
             m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer) is double f && Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace) is double s
                  ? (f + 3 * s) / 4 : null),
+        new("whole model: dense decoder", "#000000", "", m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
+        new("whole model: hybrid 1:3 retrofit", "#b8860b", "", m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
+        new("whole model: hybrid 1:3 kv-sharing", "#008b8b", "", m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
     ];
 
+    private const string EndToEndPhase = "e2e", EndToEndVariant = "whole model";
+
     /// <summary>The SVG document, or null when the run has no decode measurements.</summary>
-    public static string? Render(IReadOnlyList<Measurement> results)
+    public static string? Render(IReadOnlyList<Measurement> results, EndToEndReport? endToEnd = null)
     {
-        var panels = results.Where(r => r.Phase == "decode" && !double.IsNaN(r.MedianMs))
+        // Whole-model points become rows of their own panel, so they share the panel drawing.
+        var wholeModel = endToEnd?.Results.Select(r => new Measurement
+        {
+            Phase = EndToEndPhase, Shape = $"whole model {endToEnd.Model}", Type = "f32",
+            Length = r.Context, Op = r.Mode, Variant = EndToEndVariant, MedianMs = r.MedianMs,
+        }) ?? [];
+        var panels = results.Where(r => r.Phase == "decode").Concat(wholeModel).Where(r => !double.IsNaN(r.MedianMs))
                             .GroupBy(r => (r.Shape, r.Type)).ToList();
         if (panels.Count == 0) return null;
         var used = AllSeries.Where(s => panels.Any(p => Points(p.ToList(), s).Count > 0)).ToArray();
         int rows = (panels.Count + Columns - 1) / Columns;
-        int width = PanelWidth * Math.Min(Columns, panels.Count), height = LegendHeight + rows * PanelHeight;
+        int width = PanelWidth * Math.Min(Columns, panels.Count);
+        // Legend entries in as many columns of LegendColumnWidth as fit the width.
+        int legendColumns = Math.Max(1, (width - 40) / LegendColumnWidth);
+        int legendHeight = 42 + (used.Length + legendColumns - 1) / legendColumns * 22;
+        int height = legendHeight + rows * PanelHeight;
 
         var svg = new StringBuilder();
         svg.AppendLine($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">");
         svg.AppendLine($"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>");
-        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode: attention time per token per layer vs context (log–log)</text>");
+        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log)</text>");
         for (int i = 0; i < used.Length; i++)
         {
-            int x = 20 + (i % 3) * (width - 40) / 3, y = 42 + (i / 3) * 22;
+            int x = 20 + (i % legendColumns) * (width - 40) / legendColumns, y = 42 + (i / legendColumns) * 22;
             svg.AppendLine($"<line x1=\"{x}\" y1=\"{y}\" x2=\"{x + 28}\" y2=\"{y}\" stroke=\"{used[i].Color}\" stroke-width=\"2.5\" stroke-dasharray=\"{used[i].Dash}\"/>");
             svg.AppendLine($"<text x=\"{x + 34}\" y=\"{y + 4}\">{Escape(used[i].Label)}</text>");
         }
         for (int p = 0; p < panels.Count; p++)
         {
-            int ox = (p % Columns) * PanelWidth, oy = LegendHeight + (p / Columns) * PanelHeight;
-            DrawPanel(svg, ox, oy, $"{panels[p].Key.Shape} {panels[p].Key.Type}", panels[p].ToList(), used);
+            int ox = (p % Columns) * PanelWidth, oy = legendHeight + (p / Columns) * PanelHeight;
+            var rowsOfPanel = panels[p].ToList();
+            string scope = rowsOfPanel[0].Phase == EndToEndPhase ? "all layers" : "one attention layer";
+            DrawPanel(svg, ox, oy, $"{panels[p].Key.Shape} {panels[p].Key.Type}: {scope}", rowsOfPanel, used);
         }
         svg.AppendLine("</svg>");
         return svg.ToString();

@@ -214,18 +214,25 @@ float ResolveScale(float scale, int head_dim) {
 }
 
 template <typename T>
-void ConcatCache(const T* past, int64_t past_len, const T* fresh, const HeadView& new_view, int64_t new_len,
-                 int batch, int kv_heads, int head_dim, T* dst, const Executor& exec) {
+void ConcatCaches(const CacheAppend<T>& key, const CacheAppend<T>& value, int64_t past_len, const HeadView& new_view,
+                  int64_t new_len, int64_t keep, int batch, int kv_heads, int head_dim, const Executor& exec) {
   const int64_t total = past_len + new_len;
+  const int64_t first = total - keep;  // first position kept
   const size_t row_bytes = sizeof(T) * static_cast<size_t>(head_dim);
-  // One task per (b, h) plane: a long past makes this copy as costly as decode attention itself, so
-  // it must not run on one thread while the pool waits.
-  exec.ParallelFor(static_cast<size_t>(batch) * kv_heads, [&](size_t plane) {
+  const size_t planes = static_cast<size_t>(batch) * kv_heads;
+  // One task per (cache, b, h) plane: a long past makes this copy as costly as decode attention
+  // itself, so it must not run on one thread while the pool waits.
+  exec.ParallelFor(2 * planes, [&](size_t task) {
+    const CacheAppend<T>& cache = task < planes ? key : value;
+    const size_t plane = task % planes;
     const int64_t b = static_cast<int64_t>(plane) / kv_heads, h = static_cast<int64_t>(plane) % kv_heads;
-    T* out = dst + static_cast<int64_t>(plane) * total * head_dim;
-    if (past_len > 0) std::memcpy(out, past + static_cast<int64_t>(plane) * past_len * head_dim, row_bytes * past_len);
-    for (int64_t s = 0; s < new_len; ++s) {
-      std::memcpy(out + (past_len + s) * head_dim, fresh + new_view.Offset(b, h, s), row_bytes);
+    T* out = cache.dst + static_cast<int64_t>(plane) * keep * head_dim;
+    if (first < past_len) {
+      std::memcpy(out, cache.past + (static_cast<int64_t>(plane) * past_len + first) * head_dim,
+                  row_bytes * static_cast<size_t>(past_len - first));
+    }
+    for (int64_t s = std::max<int64_t>(0, first - past_len); s < new_len; ++s) {
+      std::memcpy(out + (past_len + s - first) * head_dim, cache.fresh + new_view.Offset(b, h, s), row_bytes);
     }
   });
 }
@@ -239,10 +246,10 @@ void CopyCacheTail(const T* src, int64_t len, int64_t keep, int batch, int kv_he
   }
 }
 
-template void ConcatCache<float>(const float*, int64_t, const float*, const HeadView&, int64_t, int, int, int, float*,
-                                 const Executor&);
-template void ConcatCache<Half>(const Half*, int64_t, const Half*, const HeadView&, int64_t, int, int, int, Half*,
-                                const Executor&);
+template void ConcatCaches<float>(const CacheAppend<float>&, const CacheAppend<float>&, int64_t, const HeadView&,
+                                  int64_t, int64_t, int, int, int, const Executor&);
+template void ConcatCaches<Half>(const CacheAppend<Half>&, const CacheAppend<Half>&, int64_t, const HeadView&,
+                                 int64_t, int64_t, int, int, int, const Executor&);
 template void CopyCacheTail<float>(const float*, int64_t, int64_t, int, int, int, float*);
 template void CopyCacheTail<Half>(const Half*, int64_t, int64_t, int, int, int, Half*);
 

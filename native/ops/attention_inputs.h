@@ -80,11 +80,21 @@ void CheckMaskValues(const OpContext& op, const TensorInput& mask);
 // Resolves the scale attribute (0 = 1/sqrt(D)).
 float ResolveScale(float scale, int head_dim);
 
-// Writes the [B, H_kv, past_len + S, D] cache `dst` = past ++ new, where `past` is [B, H_kv, past_len, D]
-// (or null when past_len == 0) and the new tokens are read through `new_view`.
+// One cache's past, its new tokens and where their concatenation goes.
 template <typename T>
-void ConcatCache(const T* past, int64_t past_len, const T* fresh, const HeadView& new_view, int64_t new_len,
-                 int batch, int kv_heads, int head_dim, T* dst, const Executor& exec);
+struct CacheAppend {
+  const T* past = nullptr;   // [B, H_kv, past_len, D], or null when past_len == 0
+  const T* fresh = nullptr;  // the new tokens, read through the new-token view
+  T* dst = nullptr;          // [B, H_kv, keep, D]
+};
+
+// Writes, for the key and the value cache alike, the last `keep` (<= past_len + S) positions of
+// past ++ new into [B, H_kv, keep, D] `dst`; keep = past_len + S is the whole concatenation. Both
+// caches are copied in one parallel pass over their (batch, head) planes: one hand-off to the thread
+// pool per call, not one per cache.
+template <typename T>
+void ConcatCaches(const CacheAppend<T>& key, const CacheAppend<T>& value, int64_t past_len, const HeadView& new_view,
+                  int64_t new_len, int64_t keep, int batch, int kv_heads, int head_dim, const Executor& exec);
 
 // Copies the last `keep` positions of the [B, H_kv, len, D] buffer `src` into [B, H_kv, keep, D] `dst`.
 template <typename T>

@@ -131,10 +131,11 @@ void FullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
   const QkvShape& qkv = shape.qkv;
   const OrtExecutor exec(ctx);
-  ConcatCache(in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.past_len, in.key.Data<T>(), qkv.kv_view,
-              qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_key, exec);
-  ConcatCache(in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.past_len, in.value.Data<T>(),
-              qkv.kv_view, qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_value, exec);
+  const CacheAppend<T> key{in.past_key.present ? in.past_key.Data<T>() : nullptr, in.key.Data<T>(), bound.present_key};
+  const CacheAppend<T> value{in.past_value.present ? in.past_value.Data<T>() : nullptr, in.value.Data<T>(),
+                             bound.present_value};
+  ConcatCaches(key, value, shape.past_len, qkv.kv_view, qkv.new_len, shape.past_len + qkv.new_len, qkv.batch,
+               heads_.kv_num_heads, qkv.head_dim, exec);
   RunFullAttnCpu(bound.args, exec);
 }
 

@@ -326,30 +326,40 @@ void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   CheckMaskValues(op_, in.mask);
   CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), shape.Indices(Hkv, attrs_.heads.block_size));
 
-  // Own cache = past ++ new. With a full-length cache that is the present output itself; with a
-  // window cache it is scratch, and present keeps its tail.
+  // Own cache = past ++ new. With a full-length cache that is the present output itself. With a
+  // window cache, present keeps only the tail: when that tail holds every own position the kernel
+  // reads (the windows of all new tokens: always so in decode), past ++ new goes straight into
+  // present and the kernel reads it there; otherwise (a prompt longer than the window) past ++ new is
+  // built in scratch and present gets its tail afterwards.
   const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
   T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
   T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
   const OrtExecutor exec(ctx);
+  const int64_t total = shape.total_len, S = qkv.new_len;
+  const int64_t first_window = std::max<int64_t>(total - S - attrs_.window + 1, total - shape.own_len);
+  const bool present_holds_windows = total - shape.present_len <= std::max<int64_t>(0, first_window);
+  const bool use_scratch = attrs_.window_cache && !present_holds_windows;
+  const int64_t own_len = use_scratch ? shape.own_len : shape.present_len;
   T* own_k = present_key;
   T* own_v = present_value;
   std::unique_ptr<T[]> own_scratch_owner;
-  if (attrs_.window_cache) {
+  if (use_scratch) {
     const size_t elements = static_cast<size_t>(B) * Hkv * shape.own_len * D;
     T* scratch = WindowScratch<T>(2 * elements, own_scratch_owner);
     own_k = scratch;
     own_v = scratch + elements;
   }
-  ConcatCache(in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.own_past, in.key.Data<T>(), qkv.kv_view,
-              qkv.new_len, B, Hkv, D, own_k, exec);
-  ConcatCache(in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.own_past, in.value.Data<T>(),
-              qkv.kv_view, qkv.new_len, B, Hkv, D, own_v, exec);
+  const CacheAppend<T> key{in.past_key.present ? in.past_key.Data<T>() : nullptr, in.key.Data<T>(), own_k};
+  const CacheAppend<T> value{in.past_value.present ? in.past_value.Data<T>() : nullptr, in.value.Data<T>(), own_v};
+  ConcatCaches(key, value, shape.own_past, qkv.kv_view, S, own_len, B, Hkv, D, exec);
 
   T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
-  RunSparseAttnCpu(MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output), exec);
+  SparseAttnArgs<T> args = MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output);
+  args.own_capacity = args.own_len = own_len;
+  args.own_start = total - own_len;
+  RunSparseAttnCpu(args, exec);
 
-  if (attrs_.window_cache) {
+  if (use_scratch) {
     CopyCacheTail(own_k, shape.own_len, shape.present_len, B, Hkv, D, present_key);
     CopyCacheTail(own_v, shape.own_len, shape.present_len, B, Hkv, D, present_value);
   }

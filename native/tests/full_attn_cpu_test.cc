@@ -539,6 +539,27 @@ TEST(FullAttnCpu, SmallQueryTilesAndForcedKeySplitsMatchReference) {
   }
 }
 
+// float16 caches converted to float32 once per call (prefill) or tile by tile: same floats, so the
+// same bits, and both right.
+TEST(FullAttnCpu, HalfCacheConvertedOnceEqualsPerTileConversion) {
+  std::vector<Shape> shapes = SweepShapes(24, 29);
+  Shape prefill = MakeShape(2, 8, 2, 64, 45, 150, 16, 4);  // 5 query tiles of 32 positions
+  prefill.mask = MaskKind::kScattered;
+  shapes.push_back(prefill);
+  FullAttnCpuOptions once, per_tile;
+  once.convert_cache = 1;
+  per_tile.convert_cache = -1;
+  const SerialExecutor serial;
+  for (const Shape& sh : shapes) {
+    SCOPED_TRACE(sh.Describe());
+    const Problem<Half> p = MakeProblem<Half>(sh, 71 + static_cast<uint32_t>(sh.fresh));
+    const Outputs<Half> converted = RunKernel(p, ThreadedExecutor(3), {}, once);
+    CheckAll(p, converted, ComputeReference(p), kHalfTolerances);
+    ExpectIdentical(converted, RunKernel(p, serial, {}, per_tile));
+    if (::testing::Test::HasFailure()) return;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Split-KV decode.
 

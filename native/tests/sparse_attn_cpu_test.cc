@@ -517,6 +517,22 @@ void CheckCase(const Case& c, bool also_dense) {
   RunSparseAttnCpu(p.Args(), ThreadedExecutor(3));
   EXPECT_EQ(std::memcmp(serial.data(), p.output.data(), serial.size() * sizeof(T)), 0)
       << "threaded run differs from serial: " << Describe(c);
+  // The key range split into parts merged afterwards (forced here; the kernel chooses it itself for
+  // decode with few KV heads). 5 parts leave some parts without a chunk in the small cases.
+  for (const int parts : {2, 5}) {
+    cpu::SparseAttnCpuOptions split;
+    split.kv_parts = parts;
+    const std::string what = "kv_parts=" + std::to_string(parts);
+    p.PoisonOutput();
+    cpu::RunSparseAttnCpu(p.Args(), SerialExecutor(), split);
+    ExpectOutput(p, want, tol, what);
+    if (also_dense) ExpectOutput(p, dense, tol, what + " vs dense");
+    const std::vector<T> serial_split = p.output;
+    p.PoisonOutput();
+    cpu::RunSparseAttnCpu(p.Args(), ThreadedExecutor(3), split);
+    EXPECT_EQ(std::memcmp(serial_split.data(), p.output.data(), serial_split.size() * sizeof(T)), 0)
+        << what << ": threaded run differs from serial: " << Describe(c);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -701,6 +717,43 @@ INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuRandom, testing::ValuesIn(RandomCa
 // The reference itself must see the cases it claims to: a padded decode query gives a zero row, and
 // the sparse result differs from dense attention when rows leave blocks out (else the comparisons
 // above could pass with a kernel that ignores block_indices).
+// Decode with fewer (batch, KV head) tasks than a big machine's threads: the kernel splits each
+// task's key range by itself. Right for every source and combine mode, and the same bits on 1 to 8
+// threads (the split depends on the shapes only).
+TEST(SparseAttnCpu, DecodeWithFewKvHeadsSplitsKeyRangeAndStaysExact) {
+  for (const SaSource source : {SaSource::kOwnCache, SaSource::kSharedCache, SaSource::kGathered}) {
+    for (const Combine combine : {Combine::kUnion, Combine::kGate}) {
+      Case c;
+      c.name = "SplitDecode";
+      c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 4000, c.block_size = 64, c.window = 128;
+      c.top_k = 16, c.source = source, c.combine = combine, c.sinks = true;
+      c.gate = combine == Combine::kGate ? GateKind::kPerHead : GateKind::kNone;
+      c.window_cache = source != SaSource::kOwnCache;
+      c.seed = 77;
+      Problem<float> p(c);
+      const auto want = SparseReference(p);
+      p.PoisonOutput();
+      RunSparseAttnCpu(p.Args(), SerialExecutor());
+      ExpectOutput(p, want, kFloatTolerance, "automatic split");
+      const std::vector<float> serial = p.output;
+      // The split really happens: forcing one part takes another summation order.
+      cpu::SparseAttnCpuOptions whole;
+      whole.kv_parts = 1;
+      p.PoisonOutput();
+      cpu::RunSparseAttnCpu(p.Args(), SerialExecutor(), whole);
+      ExpectOutput(p, want, kFloatTolerance, "unsplit");
+      EXPECT_NE(std::memcmp(serial.data(), p.output.data(), serial.size() * sizeof(float)), 0)
+          << "unsplit run is bit-identical: the automatic split did not happen? " << Describe(c);
+      for (const int threads : {2, 3, 8}) {
+        p.PoisonOutput();
+        RunSparseAttnCpu(p.Args(), ThreadedExecutor(threads));
+        EXPECT_EQ(std::memcmp(serial.data(), p.output.data(), serial.size() * sizeof(float)), 0)
+            << threads << " threads differ from serial: " << Describe(c);
+      }
+    }
+  }
+}
+
 TEST(SparseAttnCpu, SparseDiffersFromDenseWhenBlocksAreLeftOut) {
   Case c;
   c.name = "LeftOut";

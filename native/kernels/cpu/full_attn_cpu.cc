@@ -43,6 +43,9 @@ constexpr int64_t kMaxBlockMaxima = int64_t{1} << 21;
 constexpr int64_t kMinTasksWithoutSplit = 64;
 constexpr int64_t kTargetTasks = 128;
 constexpr int64_t kMinChunk = 512;
+// float16 caches converted to float32 once per call are kept in a scratch of at most this many
+// floats (64 MiB) per calling thread; a larger call converts tile by tile instead.
+constexpr int64_t kMaxConvertedCacheFloats = int64_t{1} << 24;
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 int64_t RoundUp(int64_t a, int64_t multiple) { return CeilDiv(a, multiple) * multiple; }
@@ -58,6 +61,9 @@ struct Plan {
   int64_t num_blocks = 0;
   int64_t past_len = 0;         // P = T - S
   bool selection = false;
+  // float16 storage converted up front: [B * H_kv][T][D] float32 keys and values, else null.
+  const float* converted_keys = nullptr;
+  const float* converted_values = nullptr;
 };
 
 template <typename T>
@@ -226,17 +232,24 @@ void AttendKeyRange(const FullAttnArgs<T>& args, const Plan& plan, const TileKer
   // Keys past the last live position of the tile are invalid for all its rows (all of them when
   // every position is padding).
   key_end = std::min(key_end, task_last_key + 1);
-  const int64_t cache_offset = (b * args.kv_num_heads + g) * args.cache_capacity;
-  const T* key_cache = args.key_cache + cache_offset * dim;
-  const T* value_cache = args.value_cache + cache_offset * dim;
+  const int64_t bg = b * args.kv_num_heads + g;
+  const T* key_cache = args.key_cache + bg * args.cache_capacity * dim;
+  const T* value_cache = args.value_cache + bg * args.cache_capacity * dim;
+  const int64_t converted_offset = bg * args.total_len * dim;
 
   for (int64_t k0 = key_begin; k0 < key_end; k0 += kKeyTile) {
     const int num_keys = static_cast<int>(std::min<int64_t>(kKeyTile, key_end - k0));
-    const PreparedKeys keys = kernels.prepare_keys(
-        AsFloats(key_cache + k0 * dim, int64_t{num_keys} * dim, scratch.key_tile, kernels), dim,
-        num_keys, dim, rows, scratch.key_layout);
+    const int64_t tile_elems = int64_t{num_keys} * dim;
+    const float* key_rows =
+        plan.converted_keys
+            ? plan.converted_keys + converted_offset + k0 * dim
+            : AsFloats(key_cache + k0 * dim, tile_elems, scratch.key_tile, kernels);
+    const PreparedKeys keys =
+        kernels.prepare_keys(key_rows, dim, num_keys, dim, rows, scratch.key_layout);
     const float* values =
-        AsFloats(value_cache + k0 * dim, int64_t{num_keys} * dim, scratch.value_tile, kernels);
+        plan.converted_values
+            ? plan.converted_values + converted_offset + k0 * dim
+            : AsFloats(value_cache + k0 * dim, tile_elems, scratch.value_tile, kernels);
     bool tile_has_padding = false;
     if (mask)
       for (int c = 0; c < num_keys; ++c) tile_has_padding |= mask[k0 + c] == 0;
@@ -534,6 +547,47 @@ void RunSplitChunks(const FullAttnArgs<T>& args, const Executor& exec, const Pla
   });
 }
 
+// Float32 copy of a float16 cache, kept per calling thread so that prefill after prefill reuses it.
+std::vector<float>& ConvertedCacheStorage() {
+  thread_local std::vector<float> storage;
+  return storage;
+}
+
+// float16 storage: converts rows [0, T) of every (batch, KV head) of the key and value caches into
+// the kept scratch, in parallel, and points the plan at them, when options.convert_cache asks for it
+// (or, on 0, when each key tile is read by several query tiles and the copy fits the scratch).
+// Converting a tile up front or when a task reads it gives the same floats, so this changes speed,
+// never results.
+void ConvertCacheOnce(const FullAttnArgs<float>&, const Executor&, const FullAttnCpuOptions&,
+                      const TileKernels&, Plan&) {}
+void ConvertCacheOnce(const FullAttnArgs<Half>& args, const Executor& exec,
+                      const FullAttnCpuOptions& options, const TileKernels& kernels, Plan& plan) {
+  const int64_t dim = args.head_dim;
+  const int64_t heads = int64_t{args.batch} * args.kv_num_heads;
+  const int64_t floats = 2 * heads * args.total_len * dim;
+  const bool wanted = options.convert_cache > 0 ||
+                      (options.convert_cache == 0 && plan.num_query_tiles > 1 &&
+                       floats <= kMaxConvertedCacheFloats);
+  if (!wanted) return;
+  std::vector<float>& storage = ConvertedCacheStorage();
+  if (static_cast<int64_t>(storage.size()) < floats) storage.resize(static_cast<size_t>(floats));
+  float* keys = storage.data();
+  float* values = keys + heads * args.total_len * dim;
+  // Pieces of kKeyTile rows of one head: enough tasks to share the work, each a contiguous run.
+  const int64_t pieces_per_head = CeilDiv(args.total_len, kKeyTile);
+  exec.ParallelFor(static_cast<size_t>(heads * pieces_per_head), [&](size_t index) {
+    const int64_t bg = static_cast<int64_t>(index) / pieces_per_head;
+    const int64_t first = static_cast<int64_t>(index) % pieces_per_head * kKeyTile;
+    const int64_t count = std::min<int64_t>(kKeyTile, args.total_len - first);
+    const int64_t from = (bg * args.cache_capacity + first) * dim;
+    const int64_t to = (bg * args.total_len + first) * dim;
+    kernels.half_to_float(args.key_cache + from, keys + to, count * dim);
+    kernels.half_to_float(args.value_cache + from, values + to, count * dim);
+  });
+  plan.converted_keys = keys;
+  plan.converted_values = values;
+}
+
 }  // namespace
 
 template <typename T>
@@ -541,7 +595,8 @@ void RunFullAttnCpu(const FullAttnArgs<T>& args, const Executor& exec,
                     const FullAttnCpuOptions& options) {
   if (args.batch == 0 || args.new_len == 0) return;
   const TileKernels& kernels = options.kernels ? *options.kernels : BestTileKernels();
-  const Plan plan = MakePlan(args, options);
+  Plan plan = MakePlan(args, options);
+  ConvertCacheOnce(args, exec, options, kernels, plan);
   std::vector<int64_t> first_valid_key;
   if (plan.selection) first_valid_key = FirstValidKeys(args, plan.num_blocks);
   if (plan.num_chunks == 1)

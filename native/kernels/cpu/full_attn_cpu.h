@@ -22,6 +22,11 @@ struct FullAttnCpuOptions {
   int64_t kv_split = 0;
   // The tile loops to use (one of AvailableTileKernels()); null picks the fastest.
   const TileKernels* kernels = nullptr;
+  // float16 storage only: 1 converts the call's key/value cache rows to float32 once, up front, and
+  // every task reads that copy; -1 converts each K/V tile when a task reads it (once per query tile
+  // that reads it); 0 chooses: up front when several query tiles read each key tile (prefill) and
+  // the copy fits the kept scratch, per tile otherwise (decode reads each tile once anyway).
+  int convert_cache = 0;
 };
 
 template <typename T>

@@ -9,12 +9,19 @@
 // with its own online softmax. In decode (one token) that is G = H_q/H_kv rows per key read; in
 // prefill neighbouring tokens share most blocks and their windows, so the tile multiplies the reuse.
 // The float32 inner loops are the TileKernels of tile_kernels.h, shared with the full kernel.
+//
+// Decode has one task per (batch row, KV head): fewer than a large machine has threads. Then each
+// task's key chunks are split into parts, each part a task with its own partial softmax state; the
+// part that finishes last merges them (in part order, so the bits do not depend on which thread
+// merges) and writes the outputs. The split depends on the shapes only, never on the thread count.
 #include "kernels/cpu/sparse_attn_cpu.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "kernels/attention_args.h"
@@ -32,6 +39,21 @@ static_assert(kChunk <= cpu::kMaxTileKeys, "a chunk is one TileKernels key tile"
 constexpr int64_t kTokenTile = 16;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Key-range split: split when there are fewer than kMinTasksWithoutSplit tasks, aiming for
+// kTargetTasks tasks, with at least kMinKeysPerPart keys (a token's K*bs + w) per part.
+constexpr int64_t kMinTasksWithoutSplit = 16;
+constexpr int64_t kTargetTasks = 32;
+constexpr int64_t kMinKeysPerPart = 256;
+
+// Where the parts of split tasks leave their partial softmax states, and how many have finished.
+struct SplitShare {
+  int parts = 1;
+  int branches = 1;     // 2 with combine = gate (SA and SWA states)
+  int64_t stride = 0;   // floats per (task, part, branch): max[rows], sum[rows], acc[rows * D]
+  float* partials = nullptr;
+  std::atomic<int>* finished = nullptr;  // per task
+};
 
 float Sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
@@ -61,8 +83,11 @@ struct TokenInfo {
 template <typename T>
 class TileTask {
  public:
+  // Part `part` of task `task` when `split` is given (its chunks only; the last part to finish
+  // writes the outputs), else the whole task.
   TileTask(const SparseAttnArgs<T>& args, const cpu::TileKernels& kernels, int batch, int kv_head,
-           int64_t s_begin, int64_t s_end)
+           int64_t s_begin, int64_t s_end, const SplitShare* split = nullptr, int64_t task = 0,
+           int part = 0)
       : a_(args),
         kernels_(kernels),
         b_(batch),
@@ -75,7 +100,10 @@ class TileTask {
         rows_(num_tokens_ * group_size_),
         mask_(args.attention_mask ? args.attention_mask + static_cast<int64_t>(batch) * args.total_len
                                   : nullptr),
-        scratch_(ThreadScratch()) {
+        scratch_(ThreadScratch()),
+        split_(split),
+        task_(task),
+        part_(part) {
     const size_t rd = static_cast<size_t>(rows_) * dim_;
     const size_t r = static_cast<size_t>(rows_);
     const size_t chunk_rows = static_cast<size_t>(kChunk) * dim_;
@@ -107,13 +135,21 @@ class TileTask {
     if (a_.combine == Combine::kGate) InitState(state_[1], 1);
     PlanRuns();
     scratch_.take.resize(2 * static_cast<size_t>(num_tokens_));
-    for (size_t r = 0; r < scratch_.runs.size(); ++r) {
+    // Chunks are numbered over all runs in order; a part visits its contiguous share of them.
+    const int parts = split_ ? split_->parts : 1;
+    int64_t chunks = 0;
+    for (const KeyRun& run : scratch_.runs) chunks += (run.count + kChunk - 1) / kChunk;
+    const int64_t first = part_ * chunks / parts, end = (part_ + 1) * chunks / parts;
+    int64_t index = 0;
+    for (size_t r = 0; r < scratch_.runs.size() && index < end; ++r) {
       const KeyRun& run = scratch_.runs[r];
-      for (int64_t c0 = 0; c0 < run.count; c0 += kChunk) {
+      for (int64_t c0 = 0; c0 < run.count && index < end; c0 += kChunk, ++index) {
+        if (index < first) continue;
         PrefetchNextChunk(r, c0 + kChunk);
         VisitChunk(run, c0, static_cast<int>(std::min<int64_t>(kChunk, run.count - c0)));
       }
     }
+    if (split_ && !MergeIfLast()) return;
     WriteOutputs();
   }
 
@@ -168,12 +204,54 @@ class TileTask {
     }
   }
 
-  // branch 0: the union softmax or the SA branch; 1: the SWA branch (sinks row 1).
+  // Leaves this part's state in the shared partials; returns true in the part that finished last,
+  // with the merged state of all parts in state_ (merged in part order: the same bits whichever
+  // thread ran which part).
+  bool MergeIfLast() {
+    const size_t rows = static_cast<size_t>(rows_), rd = rows * dim_;
+    const auto slot = [&](int part, int branch) {
+      return split_->partials + ((task_ * split_->parts + part) * split_->branches + branch) * split_->stride;
+    };
+    for (int br = 0; br < split_->branches; ++br) {
+      float* out = slot(part_, br);
+      std::copy(state_[br].max, state_[br].max + rows, out);
+      std::copy(state_[br].sum, state_[br].sum + rows, out + rows);
+      std::copy(state_[br].acc, state_[br].acc + rd, out + 2 * rows);
+    }
+    // acq_rel: the last part sees every other part's partials (their release precedes its acquire).
+    if (split_->finished[task_].fetch_add(1, std::memory_order_acq_rel) != split_->parts - 1) return false;
+    for (int br = 0; br < split_->branches; ++br) {
+      SoftmaxState& st = state_[br];
+      for (size_t r = 0; r < rows; ++r) {
+        float max = kNegInf;
+        for (int p = 0; p < split_->parts; ++p) max = std::max(max, slot(p, br)[r]);
+        float sum = 0.f;
+        float* acc = st.acc + r * dim_;
+        std::fill(acc, acc + dim_, 0.f);
+        if (max != kNegInf) {
+          for (int p = 0; p < split_->parts; ++p) {
+            const float* part = slot(p, br);
+            if (part[r] == kNegInf) continue;  // no key (nor sink) in this part
+            const float weight = std::exp(part[r] - max);
+            sum += part[rows + r] * weight;
+            const float* part_acc = part + 2 * rows + r * dim_;
+            for (int d = 0; d < dim_; ++d) acc[d] += part_acc[d] * weight;
+          }
+        }
+        st.max[r] = max;
+        st.sum[r] = sum;
+      }
+    }
+    return true;
+  }
+
+  // branch 0: the union softmax or the SA branch; 1: the SWA branch (sinks row 1). A split task's
+  // sink enters through part 0 only, so the merge counts it once.
   void InitState(SoftmaxState& st, int branch) {
     for (int tok = 0; tok < num_tokens_; ++tok) {
       for (int i = 0; i < group_size_; ++i) {
         const int r = tok * group_size_ + i;
-        if (a_.sinks) {
+        if (a_.sinks && part_ == 0) {
           // exp(sink) in the denominator is a key with logit `sink` and value 0.
           st.max[r] = cpu::ToFloat(a_.sinks[static_cast<int64_t>(branch) * a_.num_heads + first_head_ + i]);
           st.sum[r] = 1.f;
@@ -456,6 +534,9 @@ class TileTask {
   const int rows_;             // num_tokens_ * group_size_ query rows
   const int64_t* const mask_;  // this batch row of the attention mask, or null
   Scratch& scratch_;
+  const SplitShare* const split_;  // null when the task is not split
+  const int64_t task_;             // index of the (batch, KV head, token tile) task
+  const int part_;
 
   float* query_;       // [rows_][D], scaled
   float* scores_;      // [rows_][kChunk]
@@ -473,20 +554,74 @@ class TileTask {
 
 namespace cpu {
 
+namespace {
+
+// Parts per task: shapes only, so every executor gives the same bits.
+template <typename T>
+int ChooseKvParts(const SparseAttnArgs<T>& args, int64_t tasks, const SparseAttnCpuOptions& options) {
+  if (options.kv_parts > 0) return options.kv_parts;
+  if (tasks >= kMinTasksWithoutSplit) return 1;
+  // Keys a token attends at most: its selected blocks and its window.
+  const int64_t keys = std::min<int64_t>(
+      args.total_len, int64_t{args.top_k} * args.block_size + args.window);
+  const int64_t by_work = std::max<int64_t>(1, keys / kMinKeysPerPart);
+  const int64_t by_tasks = (kTargetTasks + tasks - 1) / tasks;
+  return static_cast<int>(std::min(by_work, by_tasks));
+}
+
+// The split tasks' shared state, kept per calling thread so a decode loop does not allocate.
+struct SplitStorage {
+  std::vector<float> partials;
+  std::unique_ptr<std::atomic<int>[]> finished;
+  size_t finished_size = 0;
+};
+SplitStorage& SplitStorageForThisThread() {
+  thread_local SplitStorage storage;
+  return storage;
+}
+
+}  // namespace
+
 template <typename T>
 void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec,
                       const SparseAttnCpuOptions& options) {
   if (args.batch <= 0 || args.new_len <= 0) return;
   const TileKernels& kernels = options.kernels ? *options.kernels : BestTileKernels();
   const int64_t tiles = (args.new_len + kTokenTile - 1) / kTokenTile;
-  const size_t tasks = static_cast<size_t>(args.batch) * args.kv_num_heads * tiles;
-  exec.ParallelFor(tasks, [&](size_t task) {
-    const int64_t tile = static_cast<int64_t>(task) % tiles;
-    const int64_t bg = static_cast<int64_t>(task) / tiles;
+  const int64_t tasks = int64_t{args.batch} * args.kv_num_heads * tiles;
+  const auto run_task = [&](int64_t task, const SplitShare* split, int part) {
+    const int64_t tile = task % tiles;
+    const int64_t bg = task / tiles;
     TileTask<T>(args, kernels, static_cast<int>(bg / args.kv_num_heads),
                 static_cast<int>(bg % args.kv_num_heads), tile * kTokenTile,
-                std::min(args.new_len, (tile + 1) * kTokenTile))
+                std::min(args.new_len, (tile + 1) * kTokenTile), split, task, part)
         .Run();
+  };
+  const int parts = ChooseKvParts(args, tasks, options);
+  if (parts == 1) {
+    exec.ParallelFor(static_cast<size_t>(tasks), [&](size_t task) {
+      run_task(static_cast<int64_t>(task), nullptr, 0);
+    });
+    return;
+  }
+  SplitStorage& storage = SplitStorageForThisThread();
+  SplitShare share;
+  share.parts = parts;
+  share.branches = args.combine == Combine::kGate ? 2 : 1;
+  const int64_t max_rows =
+      std::min<int64_t>(kTokenTile, args.new_len) * (args.num_heads / args.kv_num_heads);
+  share.stride = max_rows * (args.head_dim + 2);
+  const size_t floats = static_cast<size_t>(tasks * parts * share.branches * share.stride);
+  if (storage.partials.size() < floats) storage.partials.resize(floats);
+  if (storage.finished_size < static_cast<size_t>(tasks)) {
+    storage.finished.reset(new std::atomic<int>[tasks]);
+    storage.finished_size = static_cast<size_t>(tasks);
+  }
+  for (int64_t t = 0; t < tasks; ++t) storage.finished[t].store(0, std::memory_order_relaxed);
+  share.partials = storage.partials.data();
+  share.finished = storage.finished.get();
+  exec.ParallelFor(static_cast<size_t>(tasks * parts), [&](size_t index) {
+    run_task(static_cast<int64_t>(index) / parts, &share, static_cast<int>(index % parts));
   });
 }
 

@@ -14,6 +14,10 @@ struct TileKernels;
 struct SparseAttnCpuOptions {
   // The tile loops to use (one of AvailableTileKernels()); null picks the fastest.
   const TileKernels* kernels = nullptr;
+  // Parts each task's key range is split into (each part a task of its own, merged afterwards):
+  // 0 chooses from the shapes alone (split only when batch x KV heads x token tiles gives too few
+  // tasks to keep many threads busy, as in decode); 1 never splits; n > 1 forces n parts.
+  int kv_parts = 0;
 };
 
 template <typename T>
