@@ -77,7 +77,10 @@ if (outPath.Length == 0)
     return 0;
 }
 
-var generated = $"{Begin}\n\nRun {run.date} on {run.machine}: `{run.command}` ({windows} windows per context from {text.Length:N0} bytes of validation text).\n\n{tables}\n{End}";
+var curves = new[] { "dense", "hysparse", "swa" }.Select(k => TrainingCurve.Load(modelsDir, k)).OfType<TrainingCurve>().ToList();
+var trainingSvg = Path.GetFileNameWithoutExtension(outPath) + "-training.svg";
+var training = curves.Count > 0 ? "### Training\n\n" + TrainingReport.Markdown(curves, trainingSvg) + "\n### Evaluation\n\n" : "";
+var generated = $"{Begin}\n\nRun {run.date} on {run.machine}: `{run.command}` ({windows} windows per context from {text.Length:N0} bytes of validation text).\n\n{training}{tables}\n{End}";
 var document = File.Exists(outPath) ? File.ReadAllText(outPath) : "# Fidelity\n\n" + Begin + "\n" + End + "\n";
 var start = document.IndexOf(Begin, StringComparison.Ordinal);
 var stop = document.IndexOf(End, StringComparison.Ordinal);
@@ -88,8 +91,10 @@ if (start < 0 || stop < start)
 }
 document = document[..start] + generated + document[(stop + End.Length)..];
 var directory = Path.GetDirectoryName(Path.GetFullPath(outPath))!;
+Directory.CreateDirectory(directory);
 File.WriteAllText(outPath, document);
 File.WriteAllText(Path.Combine(directory, Path.GetFileNameWithoutExtension(outPath) + ".json"), Report.Json(results, run));
 File.WriteAllText(Path.Combine(directory, svgName), Report.Svg(results, contexts.Max()));
+if (curves.Count > 0) File.WriteAllText(Path.Combine(directory, trainingSvg), TrainingReport.Svg(curves));
 Console.Error.WriteLine($"wrote {outPath}, its .json and .svg ({clock.Elapsed.TotalSeconds:F0} s)");
 return 0;

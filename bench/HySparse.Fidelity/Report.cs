@@ -95,3 +95,83 @@ public static class Report
 
     private static string F(double v, int digits) => v.ToString("F" + digits, Inv);
 }
+
+/// <summary>The loss curve of one trained model (models/train writes it as <c>kind.loss.jsonl</c>).</summary>
+/// <param name="Kind">dense, hysparse or swa.</param>
+/// <param name="Points">(step, bytes seen, seconds, training bits per byte, validation bits per byte or NaN) per logged step.</param>
+public sealed record TrainingCurve(string Kind, IReadOnlyList<(int Step, long Tokens, double Seconds, int Sequence, double TrainBpb, double ValidationBpb)> Points)
+{
+    /// <summary>Reads <c>{kind}.loss.jsonl</c> from <paramref name="directory"/>; null when the file is absent.</summary>
+    public static TrainingCurve? Load(string directory, string kind)
+    {
+        var path = Path.Combine(directory, $"{kind}.loss.jsonl");
+        if (!File.Exists(path)) return null;
+        var points = File.ReadLines(path).Where(l => l.Length > 0).Select(line =>
+        {
+            using var doc = JsonDocument.Parse(line);
+            var r = doc.RootElement;
+            return (r.GetProperty("step").GetInt32(), r.GetProperty("tokens").GetInt64(), r.GetProperty("seconds").GetDouble(),
+                r.GetProperty("seq").GetInt32(), r.GetProperty("train_bpb").GetDouble(),
+                r.TryGetProperty("validation_bpb", out var v) ? v.GetDouble() : double.NaN);
+        }).ToList();
+        return new TrainingCurve(kind, points);
+    }
+}
+
+/// <summary>Training summary table and loss-curve plot.</summary>
+public static class TrainingReport
+{
+    private static readonly CultureInfo Inv = CultureInfo.InvariantCulture;
+
+    public static string Markdown(IReadOnlyList<TrainingCurve> curves, string svgName)
+    {
+        var sb = new StringBuilder();
+        sb.AppendLine("| model | steps | bytes seen | wall time | last training bits/byte | validation bits/byte at the end (train.py's 4 windows) |");
+        sb.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: |");
+        foreach (var c in curves)
+        {
+            var last = c.Points[^1];
+            var validation = c.Points.LastOrDefault(p => !double.IsNaN(p.ValidationBpb));
+            sb.AppendLine(Inv, $"| {c.Kind} | {last.Step} | {last.Tokens:N0} | {last.Seconds / 60:F0} min | {last.TrainBpb:F3} | {(double.IsNaN(validation.ValidationBpb) ? "—" : $"{validation.ValidationBpb:F3} @{validation.Sequence}")} |");
+        }
+        sb.AppendLine();
+        sb.AppendLine($"![training bits per byte by step]({svgName})");
+        return sb.ToString();
+    }
+
+    public static string Svg(IReadOnlyList<TrainingCurve> curves)
+    {
+        const double width = 640, height = 360, left = 60, right = 120, top = 20, bottom = 45;
+        var maxStep = curves.Max(c => c.Points[^1].Step);
+        var yMax = Math.Ceiling(curves.Max(c => c.Points.Max(p => p.TrainBpb)));
+        var yMin = Math.Floor(curves.Min(c => c.Points.Min(p => p.TrainBpb)));
+        double X(double v) => left + v / maxStep * (width - left - right);
+        double Y(double v) => height - bottom - (v - yMin) / (yMax - yMin) * (height - top - bottom);
+        var colours = new Dictionary<string, string> { ["dense"] = "black", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c" };
+        var sb = new StringBuilder();
+        sb.AppendLine(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">");
+        sb.AppendLine("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{height - bottom}\" x2=\"{width - right}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
+        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
+        for (var i = 0; i <= 4; i++)
+        {
+            sb.AppendLine(Inv, $"<text x=\"{X(maxStep * i / 4.0):F1}\" y=\"{height - bottom + 16}\" text-anchor=\"middle\">{maxStep * i / 4}</text>");
+            var yv = yMin + (yMax - yMin) * i / 4;
+            sb.AppendLine(Inv, $"<text x=\"{left - 6}\" y=\"{Y(yv) + 4:F1}\" text-anchor=\"end\">{yv:F1}</text>");
+        }
+        sb.AppendLine(Inv, $"<text x=\"{(left + width - right) / 2}\" y=\"{height - 10}\" text-anchor=\"middle\">training step</text>");
+        sb.AppendLine(Inv, $"<text x=\"14\" y=\"{(top + height - bottom) / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 14 {(top + height - bottom) / 2})\">training bits per byte</text>");
+        var legendY = top + 10;
+        foreach (var c in curves)
+        {
+            var colour = colours.GetValueOrDefault(c.Kind, "gray");
+            var path = string.Join(" ", c.Points.Select((p, i) => string.Create(Inv, $"{(i == 0 ? 'M' : 'L')}{X(p.Step):F1},{Y(p.TrainBpb):F1}")));
+            sb.AppendLine(Inv, $"<path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>");
+            sb.AppendLine(Inv, $"<line x1=\"{width - right + 10}\" y1=\"{legendY}\" x2=\"{width - right + 30}\" y2=\"{legendY}\" stroke=\"{colour}\" stroke-width=\"2\"/>");
+            sb.AppendLine(Inv, $"<text x=\"{width - right + 35}\" y=\"{legendY + 4}\">{c.Kind}</text>");
+            legendY += 18;
+        }
+        sb.AppendLine("</svg>");
+        return sb.ToString();
+    }
+}
