@@ -62,10 +62,7 @@ public static class Report
         double X(double v) => left + (v - xMin) / (xMax - xMin) * (width - left - right);
         double Y(double v) => height - bottom - (v - yMin) / (yMax - yMin) * (height - top - bottom);
         var sb = new StringBuilder();
-        sb.AppendLine(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">");
-        sb.AppendLine("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{height - bottom}\" x2=\"{width - right}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
-        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
+        Report.Frame(sb, width, height, left, right, top, bottom);
         for (var i = 0; i <= 4; i++)
         {
             var xv = xMin + (xMax - xMin) * i / 4;
@@ -87,6 +84,15 @@ public static class Report
         }
         sb.AppendLine("</svg>");
         return sb.ToString();
+    }
+
+    /// <summary>Opens an SVG of the given size on a white background and draws the two axes of the plot area.</summary>
+    internal static void Frame(StringBuilder sb, double width, double height, double left, double right, double top, double bottom)
+    {
+        sb.AppendLine(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">");
+        sb.AppendLine("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{height - bottom}\" x2=\"{width - right}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
+        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
     }
 
     private static string Escape(string s) => s.Replace("&", "&amp;").Replace("<", "&lt;");
@@ -149,10 +155,7 @@ public static class TrainingReport
         double Y(double v) => height - bottom - (v - yMin) / (yMax - yMin) * (height - top - bottom);
         var colours = new Dictionary<string, string> { ["dense"] = "black", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c" };
         var sb = new StringBuilder();
-        sb.AppendLine(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">");
-        sb.AppendLine("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{height - bottom}\" x2=\"{width - right}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
-        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
+        Report.Frame(sb, width, height, left, right, top, bottom);
         for (var i = 0; i <= 4; i++)
         {
             sb.AppendLine(Inv, $"<text x=\"{X(maxStep * i / 4.0):F1}\" y=\"{height - bottom + 16}\" text-anchor=\"middle\">{maxStep * i / 4}</text>");
