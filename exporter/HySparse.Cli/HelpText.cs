@@ -115,7 +115,8 @@ internal static class HelpText
         Lists the attention layers found (style, heads, head size, cache type) and any that cannot be
         converted with the reason. For a dense model it shows what the layout given (default 1:3)
         would do; for a converted model, the layout and mode it has and which caches are window
-        caches (kv-sharing). KV figures at each context T (* marks the model's or requested mode):
+        caches (kv-sharing); for a HySparse-native model (hysparse.mode = native, trained with its
+        sparse layers), its layout, K, B, w and window caches from its metadata. KV figures at each context T (* marks the model's or requested mode):
           KV cache           bytes the caches hold: dense and retrofit keep T tokens in every layer;
                              kv-sharing keeps T in full layers and only the window in sparse layers
           KV read per token  bytes one decode step reads: T per full layer, at most
@@ -152,6 +153,9 @@ internal static class HelpText
         approximates, which the top-1 agreement measures. A kv-sharing conversion is exact only
         while w >= context; its window caches are fed back at whatever length they come out, and
         the KV bytes both models returned at the last call are printed.
+
+        A HySparse-native model (hysparse.mode = native) has no dense original, so verify refuses it
+        on either side; inspect it instead.
 
         Options:
           --prompt N   prompt tokens per sequence (64)
