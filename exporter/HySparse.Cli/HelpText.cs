@@ -174,17 +174,20 @@ internal static class HelpText
         hysparse demo - the whole pipeline on a built-in model
 
         Usage:
-          hysparse demo [--dir DIR] [--layers N] [--prompt N] [--steps N] [layout] [parameters] [--json]
+          hysparse demo [--dir DIR] [--layers N] [--prompt N] [--steps N] [--native] [layout] [parameters] [--json]
 
         Builds a Llama-style decoder with random weights (hidden 256, 8 query / 2 KV heads, head
         size 32), converts it, then runs dense and hybrid side by side on a random prompt and greedy
         decode steps (as verify does) and prints time, KV bytes and agreement. The demo's defaults
         (top-k 4, block size 16, window 32) are small so that the sparse layers really skip keys
         within its context; with the paper's defaults the hybrid would be exact here. Add
-        --kv-sharing to convert in that mode and see its smaller KV cache.
+        --kv-sharing to convert in that mode and see its smaller KV cache. Add --native to also
+        build a HySparse-native model of the same sizes and layout (q', own k'/v' window caches,
+        gates, sinks; random weights) and run it: its time and the KV bytes it really keeps.
 
         Options:
-          --dir DIR     keep the two models in DIR (default: a temporary directory, deleted)
+          --dir DIR     keep the models in DIR (default: a temporary directory, deleted)
+          --native      also build and run a HySparse-native model
           --layers N    decoder layers (8)
           --prompt N    prompt tokens (256)
           --steps N     decode steps (16)

@@ -107,6 +107,29 @@ public sealed class NativeCliTests
     }
 
     [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void DemoRunsANativeModelBesideTheConversion()
+    {
+        using var dir = new ModelDirectory();
+
+        var (code, output, err) = Run("demo", "--dir", dir.Path, "--layers", "4", "--prompt", "40", "--steps", "2", "--native", "--json");
+
+        Assert.AreEqual(ExitCodes.Success, code, err);
+        using var json = JsonDocument.Parse(output);
+        var native = json.RootElement.GetProperty("native");
+        // Layout FSSF, T = 42, w = 32: 2 full layers keep 42 tokens, 2 sparse layers 32, at 2·2·32·4 bytes each.
+        Assert.AreEqual(2L * 2 * 32 * 4 * (2 * 42 + 2 * 32), native.GetProperty("kvBytes").GetInt64());
+        Assert.AreEqual(json.RootElement.GetProperty("kv").GetProperty("kvSharingCache").GetInt64(), native.GetProperty("kvBytes").GetInt64());
+        Assert.IsGreaterThan(0.0, native.GetProperty("decodeMilliseconds").GetDouble());
+        Assert.IsTrue(File.Exists(dir.File("demo_llama.native.onnx")));
+
+        var text = Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "--native", "-q");
+        Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
+        StringAssert.Contains(text.Out, "HySparse-native model (demo_llama.native.onnx");
+        Assert.IsFalse(Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "-q").Out.Contains("HySparse-native", StringComparison.Ordinal));
+    }
+
+    [TestMethod]
     public void VerifyRefusesAConvertedModelGivenAsTheDenseOne()
     {
         using var dir = new ModelDirectory();
