@@ -2,6 +2,7 @@ using Google.Protobuf;
 using HySparse.Exporter;
 using HySparse.Exporter.Layout;
 using HySparse.Models.Llama;
+using HySparse.Models.Native;
 using HySparse.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
@@ -22,6 +23,7 @@ internal static class DemoCommand
         var layers = reader.PositiveInt("--layers") ?? 8;
         var prompt = reader.PositiveInt("--prompt") ?? 256;
         var steps = reader.PositiveInt("--steps") ?? 16;
+        var withNative = reader.Flag("--native");
         // Defaults small enough that sparsity acts within the demo's context.
         var conversion = SharedOptions.ReadConversion(reader, new HybridParameters { TopK = 4, BlockSize = 16, Window = 32 });
         if (reader.Positionals().Count > 0) throw new UsageException("demo takes no file arguments; use --dir to keep the models");
@@ -43,11 +45,17 @@ internal static class DemoCommand
             progress?.Invoke("reading the oracle's block choices");
             var oracle = OracleChoices(hybrid, directory, config, prompt);
             var context = (long)prompt + steps;
+            NativeRun? native = null;
+            if (withNative)
+            {
+                progress?.Invoke($"building and running a HySparse-native model of the same sizes and layout {report.Layout.Pattern}");
+                native = RunNative(config, report.Layout.Pattern, conversion.Parameters, directory, prompt, steps);
+            }
             var kv = KvAccounting.Compute(config.KvHeads, config.HeadDim, 4, report.Layout, conversion.Parameters, [context]).Single();
 
             if (json)
             {
-                CliApp.WriteJson(stdout, new { ok = true, directory = keep ? directory : null, layout = report.Layout.Pattern, parameters = conversion.Parameters, verify, kv, oracle });
+                CliApp.WriteJson(stdout, new { ok = true, directory = keep ? directory : null, layout = report.Layout.Pattern, parameters = conversion.Parameters, verify, kv, oracle, native });
                 return ExitCodes.Success;
             }
             var p = conversion.Parameters;
@@ -74,6 +82,13 @@ internal static class DemoCommand
                     stdout.WriteLine($"    KV head {h}: blocks [{string.Join(", ", oracle.PerHead[h])}]");
                 stdout.WriteLine($"  Each sparse layer after it reads those {p.TopK} x {p.BlockSize} keys{(sharing ? " (from this full layer's cache)" : "")} plus the last {p.Window}: at most {Math.Min(context, (long)p.TopK * p.BlockSize + p.Window)} of {context} keys per token.");
             }
+            if (native is not null)
+            {
+                stdout.WriteLine();
+                stdout.WriteLine($"  HySparse-native model ({Path.GetFileName(native.Path)}: same sizes and layout, q′ + own k′/v′ window caches, per-head gates, sinks,");
+                stdout.WriteLine("  random weights, so its tokens are its own, not the dense model's):");
+                stdout.WriteLine($"    prefill ms {native.PrefillMilliseconds:0.00}, decode ms / token {native.DecodeMilliseconds:0.00}, KV cache {SharedOptions.Bytes(native.KvBytes)} after the last call (= the kv-sharing figure {SharedOptions.Bytes(kv.KvSharingCache)})");
+            }
             stdout.WriteLine();
             stdout.WriteLine(keep ? $"Models kept in {directory}." : "Pass --dir DIR to keep the models; then try hysparse inspect / verify on them.");
             return ExitCodes.Success;
@@ -83,6 +98,33 @@ internal static class DemoCommand
             if (!keep) Directory.Delete(directory, recursive: true);
         }
     
+    }
+
+    /// <summary>A HySparse-native model's run: where it was written, its timings and the KV bytes it returned at the last call.</summary>
+    internal sealed record NativeRun(string Path, double PrefillMilliseconds, double DecodeMilliseconds, long KvBytes);
+
+    // Builds a native model of the dense model's sizes with the conversion's layout, K, B and w, and
+    // decodes greedily with it (after one untimed warm-up prefill, as verify does).
+    private static NativeRun RunNative(LlamaConfig config, string layout, HybridParameters parameters, string directory, int prompt, int steps)
+    {
+        var native = new HySparseNativeConfig { Model = config, Layout = layout, TopK = parameters.TopK, BlockSize = parameters.BlockSize, Window = parameters.Window };
+        var path = Path.Combine(directory, "demo_llama.native.onnx");
+        File.WriteAllBytes(path, HySparseModelBuilder.Build(native).ToByteArray());
+        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        options.RegisterHySparseOps();
+        using var session = new InferenceSession(path, options);
+        using var decoder = new KvCacheDecoder(session);
+        var rng = new Random(1);
+        var promptIds = Enumerable.Range(0, prompt).Select(_ => (long)rng.Next(config.Vocab)).ToArray();
+        decoder.Step(promptIds);
+        decoder.Reset();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var next = decoder.ArgMaxLast(decoder.Step(promptIds), prompt);
+        var prefill = clock.Elapsed.TotalMilliseconds;
+        clock.Restart();
+        for (var step = 0; step < steps; step++) next = decoder.ArgMaxLast(decoder.Step(next), 1);
+        var decode = steps > 0 ? clock.Elapsed.TotalMilliseconds / steps : 0;
+        return new NativeRun(path, prefill, decode, decoder.KvCacheBytes);
     }
 
     /// <summary>The blocks one full layer selected for the first decoded token, per KV head.</summary>

@@ -115,7 +115,8 @@ internal static class HelpText
         Lists the attention layers found (style, heads, head size, cache type) and any that cannot be
         converted with the reason. For a dense model it shows what the layout given (default 1:3)
         would do; for a converted model, the layout and mode it has and which caches are window
-        caches (kv-sharing). KV figures at each context T (* marks the model's or requested mode):
+        caches (kv-sharing); for a HySparse-native model (hysparse.mode = native, trained with its
+        sparse layers), its layout, K, B, w and window caches from its metadata. KV figures at each context T (* marks the model's or requested mode):
           KV cache           bytes the caches hold: dense and retrofit keep T tokens in every layer;
                              kv-sharing keeps T in full layers and only the window in sparse layers
           KV read per token  bytes one decode step reads: T per full layer, at most
@@ -153,6 +154,9 @@ internal static class HelpText
         while w >= context; its window caches are fed back at whatever length they come out, and
         the KV bytes both models returned at the last call are printed.
 
+        A HySparse-native model (hysparse.mode = native) has no dense original, so verify refuses it
+        on either side; inspect it instead.
+
         Options:
           --prompt N   prompt tokens per sequence (64)
           --steps N    decode steps after the prompt (8)
@@ -170,17 +174,20 @@ internal static class HelpText
         hysparse demo - the whole pipeline on a built-in model
 
         Usage:
-          hysparse demo [--dir DIR] [--layers N] [--prompt N] [--steps N] [layout] [parameters] [--json]
+          hysparse demo [--dir DIR] [--layers N] [--prompt N] [--steps N] [--native] [layout] [parameters] [--json]
 
         Builds a Llama-style decoder with random weights (hidden 256, 8 query / 2 KV heads, head
         size 32), converts it, then runs dense and hybrid side by side on a random prompt and greedy
         decode steps (as verify does) and prints time, KV bytes and agreement. The demo's defaults
         (top-k 4, block size 16, window 32) are small so that the sparse layers really skip keys
         within its context; with the paper's defaults the hybrid would be exact here. Add
-        --kv-sharing to convert in that mode and see its smaller KV cache.
+        --kv-sharing to convert in that mode and see its smaller KV cache. Add --native to also
+        build a HySparse-native model of the same sizes and layout (q', own k'/v' window caches,
+        gates, sinks; random weights) and run it: its time and the KV bytes it really keeps.
 
         Options:
-          --dir DIR     keep the two models in DIR (default: a temporary directory, deleted)
+          --dir DIR     keep the models in DIR (default: a temporary directory, deleted)
+          --native      also build and run a HySparse-native model
           --layers N    decoder layers (8)
           --prompt N    prompt tokens (256)
           --steps N     decode steps (16)

@@ -1,4 +1,5 @@
 using HySparse.Exporter;
+using HySparse.Models.Native;
 
 namespace HySparse.Cli;
 
@@ -23,11 +24,12 @@ internal static class InspectCommand
                 ok = true,
                 model = path,
                 converted = report.Converted,
+                native = report.Native,
                 sourceAttention = report.SourceStyle,
                 layers = report.Layers.Select(l => new { l.Index, l.CacheIndex, l.Node, l.Kind, l.NumHeads, l.KvNumHeads, l.HeadSize, cacheType = SharedOptions.TypeName(l.CacheType), l.BytesPerToken }),
                 unconvertible = report.Failures,
                 layout = report.Layout?.Pattern,
-                parameters = new { mode = report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
+                parameters = new { mode = report.Native ? HybridMetadata.NativeMode : report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
                 windowCaches = report.WindowCaches,
                 kv = report.Kv,
                 metadata = report.Metadata,
@@ -36,7 +38,10 @@ internal static class InspectCommand
         }
 
         var layers = report.Layers;
-        stdout.WriteLine($"{path}: {layers.Count} attention layer(s), {(report.Converted ? $"converted (HySparse, source attention {report.SourceStyle ?? "unknown"})" : $"attention style {report.SourceStyle ?? "unrecognised"}")}");
+        var kind = report.Native ? NativeDescription(report.Metadata)
+            : report.Converted ? $"converted (HySparse, source attention {report.SourceStyle ?? "unknown"})"
+            : $"attention style {report.SourceStyle ?? "unrecognised"}";
+        stdout.WriteLine($"{path}: {layers.Count} attention layer(s), {kind}");
         var shapes = layers.Select(l => (l.NumHeads, l.KvNumHeads, l.HeadSize, l.CacheType)).Distinct().ToList();
         if (shapes.Count == 1)
         {
@@ -61,7 +66,7 @@ internal static class InspectCommand
             var p = report.Parameters;
             stdout.WriteLine();
             stdout.WriteLine($"  {(report.Converted ? "hybrid layout" : "with layout")} {layout.Pattern}, top-k {p.TopK}, block size {p.BlockSize}, window {p.Window} (sparse layers read at most {p.SparseReach} keys per token)");
-            stdout.WriteLine($"  mode       {SharedOptions.ModeLine(report.Mode)}");
+            stdout.WriteLine($"  mode       {(report.Native ? NativeModeLine : SharedOptions.ModeLine(report.Mode))}");
             if (report.WindowCaches.Count > 0)
                 stdout.WriteLine($"  window caches (at most {p.Window} tokens each): {string.Join(", ", report.WindowCaches)}");
             stdout.WriteLine($"  context   KV cache: {(report.Converted ? "dense / retrofit / kv-sharing (* this model)" : "dense / retrofit / kv-sharing (* requested mode)")}     KV read per decoded token: dense / hybrid");
@@ -74,5 +79,17 @@ internal static class InspectCommand
             stdout.WriteLine("  retrofit keeps every layer's full cache; kv-sharing keeps full caches in full layers and only the window in sparse layers.");
         }
         return ExitCodes.Success;
+    }
+
+    private const string NativeModeLine =
+        "native: trained as HySparse; sparse layers gate an SA branch over the full layer's cache and an SWA branch over a window cache of their own (KV kept as with kv-sharing)";
+
+    /// <summary>The header of a native model: what it is, and its gate and sinks when the metadata says.</summary>
+    private static string NativeDescription(IReadOnlyDictionary<string, string> metadata)
+    {
+        var details = new List<string> { $"combine {metadata.GetValueOrDefault(HybridMetadata.Combine, "gate")}" };
+        if (metadata.TryGetValue(HySparseModelBuilder.MetadataKeys.Gate, out var gate)) details.Add($"gates {gate.Replace('_', ' ')}");
+        if (metadata.TryGetValue(HySparseModelBuilder.MetadataKeys.Sinks, out var sinks)) details.Add(sinks == "1" ? "sinks" : "no sinks");
+        return $"HySparse-native ({string.Join(", ", details)}; no dense original)";
     }
 }

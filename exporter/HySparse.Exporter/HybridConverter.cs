@@ -109,6 +109,10 @@ public static class HybridConverter
         || model.Graph?.Node.Any(n => n.Domain == HySparseOps.Domain) == true
         || model.MetadataProps.Any(p => p.Key.StartsWith(HybridMetadata.Prefix, StringComparison.Ordinal));
 
+    /// <summary>True when the model says it is HySparse-native (<see cref="HybridMetadata.NativeMode"/>): built or trained with its sparse layers.</summary>
+    public static bool IsNative(ModelProto model) =>
+        model.MetadataProps.Any(p => p.Key == HybridMetadata.Mode && p.Value == HybridMetadata.NativeMode);
+
     /// <summary>Converts a copy of <paramref name="source"/>; the source is left as it was.</summary>
     public static (ModelProto Model, ConversionReport Report) Convert(ModelProto source, ConversionOptions options)
     {
@@ -155,6 +159,9 @@ public static class HybridConverter
     public static ConversionReport ConvertInPlace(ModelProto model, ConversionOptions options)
     {
         ModelFile.Validate(model, model.Graph?.Name is { Length: > 0 } name ? $"model '{name}'" : "model");
+        if (IsNative(model))
+            throw new ConversionException(ConversionError.AlreadyConverted,
+                "the model is HySparse-native (hysparse.mode = native): its layers already are HySparse full and sparse layers, so there is nothing to convert");
         if (IsConverted(model))
             throw new ConversionException(ConversionError.AlreadyConverted,
                 "the model is already converted (it holds com.hysparse operators or hysparse.* metadata); convert the original dense model instead");

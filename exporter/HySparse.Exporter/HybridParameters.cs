@@ -60,8 +60,16 @@ public static class HybridMetadata
     public const string Prefix = "hysparse.";
     /// <summary>Format of these entries ("1").</summary>
     public const string FormatVersion = Prefix + "format_version";
-    /// <summary>"retrofit" or "kv_sharing" (<see cref="HybridParameters.ModeName"/>).</summary>
+    /// <summary>
+    /// "retrofit" or "kv_sharing" (<see cref="HybridParameters.ModeName"/>) for a converted model;
+    /// <see cref="NativeMode"/> for a model built or trained as HySparse.
+    /// </summary>
     public const string Mode = Prefix + "mode";
+    /// <summary>
+    /// <see cref="Mode"/> of a HySparse-native model (trained with its sparse layers: q′, k′/v′, gates,
+    /// sinks; <c>combine=gate</c>, window caches). It has no dense original: nothing to convert or verify against.
+    /// </summary>
+    public const string NativeMode = "native";
     /// <summary>One letter per attention layer, e.g. "FSSSFSSF".</summary>
     public const string Layout = Prefix + "layout";
     /// <summary>Comma-separated full layers.</summary>

@@ -28,6 +28,11 @@ public sealed record InspectionReport
 {
     /// <summary>True when the model already holds HySparse operators.</summary>
     public required bool Converted { get; init; }
+    /// <summary>
+    /// True for a HySparse-native model (<see cref="HybridMetadata.NativeMode"/>): trained with its sparse
+    /// layers, which keep window caches as under KV sharing (<see cref="Mode"/> is then <see cref="HybridMode.KvSharing"/>).
+    /// </summary>
+    public bool Native { get; init; }
     /// <summary>Attention style of the dense source (from metadata for a converted model), or null if unknown.</summary>
     public required string? SourceStyle { get; init; }
     /// <summary>The attention layers.</summary>
@@ -113,12 +118,14 @@ public static class ModelInspector
         int Meta(string key, int fallback) =>
             metadata.TryGetValue(key, out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out var n) ? n : fallback;
         var defaults = new HybridParameters();
+        var native = HybridConverter.IsNative(model);
         var parameters = new HybridParameters
         {
             TopK = Meta(HybridMetadata.TopK, defaults.TopK),
             BlockSize = Meta(HybridMetadata.BlockSize, defaults.BlockSize),
             Window = Meta(HybridMetadata.Window, defaults.Window),
-            Mode = HybridParameters.ParseMode(metadata.GetValueOrDefault(HybridMetadata.Mode)) ?? HybridMode.Retrofit,
+            // A native model keeps its caches as a KV-sharing conversion does: full layers T, sparse layers w.
+            Mode = native ? HybridMode.KvSharing : HybridParameters.ParseMode(metadata.GetValueOrDefault(HybridMetadata.Mode)) ?? HybridMode.Retrofit,
         };
         var windowCaches = metadata.GetValueOrDefault(HybridMetadata.WindowCaches) is { Length: > 0 } list ? list.Split(',') : [];
         LayerLayout? layout = layers.Count > 0 && layers[0].Kind == "full"
@@ -127,6 +134,7 @@ public static class ModelInspector
         return new InspectionReport
         {
             Converted = true,
+            Native = native,
             SourceStyle = metadata.GetValueOrDefault(HybridMetadata.SourceStyle),
             Layers = layers,
             Failures = [],

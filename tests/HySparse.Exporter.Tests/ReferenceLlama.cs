@@ -32,20 +32,8 @@ public static class ReferenceLlama
         var t = mask.Length / batch;
         var p = t - s;
 
-        var x = new double[batch * s * h];
-        for (var i = 0; i < batch * s; i++)
-            for (var j = 0; j < h; j++) x[i * h + j] = weights.Embedding[inputIds[i] * h + j];
-
-        var positions = new long[batch * s];
-        for (var b = 0; b < batch; b++)
-        {
-            long running = 0;
-            for (var j = 0; j < t; j++)
-            {
-                running += mask[b * t + j];
-                if (j >= p) positions[b * s + j - p] = mask[b * t + j] == 0 ? 1 : running - 1;
-            }
-        }
+        var x = Embed(weights, inputIds);
+        var positions = Positions(mask, batch, s);
 
         var presentKeys = new double[c.Layers][];
         var presentValues = new double[c.Layers][];
@@ -122,31 +110,66 @@ public static class ReferenceLlama
                 }
             Accumulate(x, MatMul(heads, w.Output, hq * d, h));
 
-            var normed2 = RmsNorm(x, w.PostAttentionNorm, h, c.RmsEpsilon);
-            var gate = MatMul(normed2, w.Gate, h, c.Ffn);
-            var up = MatMul(normed2, w.Up, h, c.Ffn);
-            for (var i = 0; i < gate.Length; i++) gate[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
-            Accumulate(x, MatMul(gate, w.Down, c.Ffn, h));
+            FeedForward(x, w, c);
         }
+        return new DecoderOutputs(LmHead(weights, x), presentKeys, presentValues);
+    }
 
+    /// <summary>Token embeddings [ids, hidden].</summary>
+    internal static double[] Embed(LlamaWeights weights, long[] inputIds)
+    {
+        var h = weights.Config.Hidden;
+        var x = new double[inputIds.Length * h];
+        for (var i = 0; i < inputIds.Length; i++)
+            for (var j = 0; j < h; j++) x[i * h + j] = weights.Embedding[inputIds[i] * h + j];
+        return x;
+    }
+
+    /// <summary>Positions of the last <paramref name="newTokens"/> of each row of mask [B,T]: cumsum − 1, padding at 1.</summary>
+    internal static long[] Positions(long[] mask, int batch, int newTokens)
+    {
+        var t = mask.Length / batch;
+        var p = t - newTokens;
+        var positions = new long[batch * newTokens];
+        for (var b = 0; b < batch; b++)
+        {
+            long running = 0;
+            for (var j = 0; j < t; j++)
+            {
+                running += mask[b * t + j];
+                if (j >= p) positions[b * newTokens + j - p] = mask[b * t + j] == 0 ? 1 : running - 1;
+            }
+        }
+        return positions;
+    }
+
+    /// <summary>x += SwiGLU(RMSNorm(x)), the feed-forward half of a layer.</summary>
+    internal static void FeedForward(double[] x, LlamaLayerWeights w, LlamaConfig c)
+    {
+        var normed = RmsNorm(x, w.PostAttentionNorm, c.Hidden, c.RmsEpsilon);
+        var gate = MatMul(normed, w.Gate, c.Hidden, c.Ffn);
+        var up = MatMul(normed, w.Up, c.Hidden, c.Ffn);
+        for (var i = 0; i < gate.Length; i++) gate[i] = gate[i] / (1 + Math.Exp(-gate[i])) * up[i];
+        Accumulate(x, MatMul(gate, w.Down, c.Ffn, c.Hidden));
+    }
+
+    /// <summary>Logits [rows, vocab] of the residual stream x: final RMSNorm, then the LM head (or the tied embedding).</summary>
+    internal static double[] LmHead(LlamaWeights weights, double[] x)
+    {
+        var c = weights.Config;
+        var h = c.Hidden;
         var final = RmsNorm(x, weights.FinalNorm, h, c.RmsEpsilon);
-        double[] result;
-        if (weights.LmHead is { } head2)
-        {
-            result = MatMul(final, head2, h, c.Vocab);
-        }
-        else
-        {
-            result = new double[batch * s * c.Vocab];
-            for (var i = 0; i < batch * s; i++)
-                for (var tok = 0; tok < c.Vocab; tok++)
-                {
-                    double acc = 0;
-                    for (var j = 0; j < h; j++) acc += final[i * h + j] * weights.Embedding[tok * h + j];
-                    result[i * c.Vocab + tok] = acc;
-                }
-        }
-        return new DecoderOutputs(result, presentKeys, presentValues);
+        if (weights.LmHead is { } head) return MatMul(final, head, h, c.Vocab);
+        var rows = x.Length / h;
+        var result = new double[rows * c.Vocab];
+        for (var i = 0; i < rows; i++)
+            for (var tok = 0; tok < c.Vocab; tok++)
+            {
+                double acc = 0;
+                for (var j = 0; j < h; j++) acc += final[i * h + j] * weights.Embedding[tok * h + j];
+                result[i * c.Vocab + tok] = acc;
+            }
+        return result;
     }
 
     /// <summary>Runs <paramref name="model"/> in ONNX Runtime and checks logits and every present cache against <see cref="Forward"/>.</summary>
@@ -163,7 +186,7 @@ public static class ReferenceLlama
         }
     }
 
-    private static double[] RmsNorm(double[] x, float[] weight, int width, double eps)
+    internal static double[] RmsNorm(double[] x, float[] weight, int width, double eps)
     {
         var y = new double[x.Length];
         for (var row = 0; row < x.Length / width; row++)
@@ -176,7 +199,7 @@ public static class ReferenceLlama
         return y;
     }
 
-    private static double[] MatMul(double[] x, float[] w, int inWidth, int outWidth)
+    internal static double[] MatMul(double[] x, float[] w, int inWidth, int outWidth)
     {
         var rows = x.Length / inWidth;
         var y = new double[rows * outWidth];
@@ -190,7 +213,7 @@ public static class ReferenceLlama
     }
 
     /// <summary>Rotates [B·S, heads·D] in place: pair (e, e + D/2) turns by position·θ^(−2e/D).</summary>
-    private static void Rope(double[] x, long[] positions, int heads, int d, double theta)
+    internal static void Rope(double[] x, long[] positions, int heads, int d, double theta)
     {
         var half = d / 2;
         for (var row = 0; row < positions.Length; row++)
@@ -206,7 +229,7 @@ public static class ReferenceLlama
                 }
     }
 
-    private static void Accumulate(double[] x, double[] delta)
+    internal static void Accumulate(double[] x, double[] delta)
     {
         for (var i = 0; i < x.Length; i++) x[i] += delta[i];
     }

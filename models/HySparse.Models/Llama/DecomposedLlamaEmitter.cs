@@ -25,17 +25,7 @@ internal sealed class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExp
 
         var positions = EmitPositionIds(newTokens);
 
-        var inverseFrequency = new float[c.HeadDim / 2];
-        for (var i = 0; i < inverseFrequency.Length; i++) inverseFrequency[i] = (float)Math.Pow(c.RopeTheta, -2.0 * i / c.HeadDim);
-        using (G.Scope("rotary_emb"))
-        {
-            var invFreq = G.AddInitializer("model.rotary_emb.inv_freq", [inverseFrequency.Length], inverseFrequency);
-            var angles = G.Op("Mul",
-                G.Op("Unsqueeze", G.Op("Cast", [positions], Attr.Int("to", (long)DataType.Float)), G.ConstInt64s(2)), invFreq);
-            var doubled = G.Op("Concat", [angles, angles], Attr.Int("axis", -1));
-            _cos = G.Op("Unsqueeze", G.Op("Cos", doubled), G.ConstInt64s(1));
-            _sin = G.Op("Unsqueeze", G.Op("Sin", doubled), G.ConstInt64s(1));
-        }
+        (_cos, _sin) = EmitRotaryTables(positions, headAxis: 1);
 
         // Key j is visible to new token s when j ≤ P + s and attention_mask[b, j] = 1.
         var queryPositions = G.Op("Range", G.Op("Squeeze", past, G.ConstInt64s(0)), G.Op("Squeeze", total, G.ConstInt64s(0)), G.ConstInt64(1));
@@ -98,15 +88,8 @@ internal sealed class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExp
         return G.Op("Reshape", merged, G.ConstInt64s(0, 0, c.Heads * c.HeadDim));
     }
 
-    /// <summary>RoPE on [B,H,S,D]: x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁].</summary>
-    private string Rotate(string x)
-    {
-        var half = Config.HeadDim / 2;
-        var first = G.Op("Slice", x, G.ConstInt64s(0), G.ConstInt64s(half), G.ConstInt64s(3));
-        var second = G.Op("Slice", x, G.ConstInt64s(half), G.ConstInt64s(long.MaxValue), G.ConstInt64s(3));
-        var rotated = G.Op("Concat", [G.Op("Neg", second), first], Attr.Int("axis", -1));
-        return G.Op("Add", G.Op("Mul", x, _cos), G.Op("Mul", rotated, _sin));
-    }
+    /// <summary>RoPE on [B,H,S,D].</summary>
+    private string Rotate(string x) => RotateHalves(x, _cos, _sin);
 
     /// <summary>
     /// Hugging Face's repeat_kv: [B,H_kv,T,D] → [B,H_kv,n,T,D] → [B,H_q,T,D]; the identity (no nodes)

@@ -133,11 +133,11 @@ public static class LlamaModelBuilder
 /// </summary>
 internal abstract class LlamaEmitter
 {
-    protected LlamaEmitter(LlamaWeights weights)
+    protected LlamaEmitter(LlamaWeights weights, string graphName = "llama_decoder")
     {
         Weights = weights;
         Config = weights.Config;
-        G = new GraphBuilder("llama_decoder");
+        G = new GraphBuilder(graphName);
     }
 
     protected LlamaWeights Weights { get; }
@@ -156,6 +156,17 @@ internal abstract class LlamaEmitter
     /// </summary>
     protected abstract string EmitAttention(int layer, string normed);
 
+    /// <summary>Symbolic length of layer <paramref name="layer"/>'s past cache input (a window cache declares its own).</summary>
+    protected virtual Dim PastCacheLength(int layer) => LlamaModelBuilder.PastDim;
+
+    /// <summary>Symbolic length of layer <paramref name="layer"/>'s present cache output.</summary>
+    protected virtual Dim PresentCacheLength(int layer) => LlamaModelBuilder.TotalDim;
+
+    /// <summary>Declares graph outputs a style adds after the caches (none by default).</summary>
+    protected virtual void AddExtraOutputs()
+    {
+    }
+
     public ModelProto Emit()
     {
         var c = Config;
@@ -163,8 +174,8 @@ internal abstract class LlamaEmitter
         G.AddInput(LlamaNames.AttentionMask, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
         for (var l = 0; l < c.Layers; l++)
         {
-            G.AddInput(LlamaNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.PastDim, c.HeadDim);
-            G.AddInput(LlamaNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.PastDim, c.HeadDim);
+            G.AddInput(LlamaNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
+            G.AddInput(LlamaNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
         }
 
         var embedding = G.AddInitializer("model.embed_tokens.weight", [c.Vocab, c.Hidden], Weights.Embedding);
@@ -210,9 +221,10 @@ internal abstract class LlamaEmitter
         G.AddOutput(LlamaNames.Logits, DataType.Float, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim, c.Vocab);
         for (var l = 0; l < c.Layers; l++)
         {
-            G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.TotalDim, c.HeadDim);
-            G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, LlamaModelBuilder.TotalDim, c.HeadDim);
+            G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
+            G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
         }
+        AddExtraOutputs();
         return G.BuildModel(Opsets, irVersion: 8, producer: "HySparse.Models");
     }
 
@@ -247,6 +259,36 @@ internal abstract class LlamaEmitter
                 sin[p * half + i] = (float)Math.Sin(angle);
             }
         return (G.AddInitializer("cos_cache", [positions, half], cos), G.AddInitializer("sin_cache", [positions, half], sin));
+    }
+
+    /// <summary>
+    /// Hugging Face's RoPE tables from int64 positions [B,S]: cos/sin of position·θ^(−2i/D), the D/2
+    /// angles repeated once ([B,S,D]), unsqueezed at <paramref name="headAxis"/> so they broadcast over
+    /// the heads of [B,H,S,D] (axis 1) or [B,S,H,D] (axis 2).
+    /// </summary>
+    protected (string Cos, string Sin) EmitRotaryTables(string positions, long headAxis)
+    {
+        var c = Config;
+        var inverseFrequency = new float[c.HeadDim / 2];
+        for (var i = 0; i < inverseFrequency.Length; i++) inverseFrequency[i] = (float)Math.Pow(c.RopeTheta, -2.0 * i / c.HeadDim);
+        using (G.Scope("rotary_emb"))
+        {
+            var invFreq = G.AddInitializer("model.rotary_emb.inv_freq", [inverseFrequency.Length], inverseFrequency);
+            var angles = G.Op("Mul",
+                G.Op("Unsqueeze", G.Op("Cast", [positions], Attr.Int("to", (long)DataType.Float)), G.ConstInt64s(2)), invFreq);
+            var doubled = G.Op("Concat", [angles, angles], Attr.Int("axis", -1));
+            return (G.Op("Unsqueeze", G.Op("Cos", doubled), G.ConstInt64s(headAxis)), G.Op("Unsqueeze", G.Op("Sin", doubled), G.ConstInt64s(headAxis)));
+        }
+    }
+
+    /// <summary>RoPE on the last axis of a 4-D tensor: x·cos + rotate_half(x)·sin, rotate_half(x) = [−x₂, x₁].</summary>
+    protected string RotateHalves(string x, string cos, string sin)
+    {
+        var half = Config.HeadDim / 2;
+        var first = G.Op("Slice", x, G.ConstInt64s(0), G.ConstInt64s(half), G.ConstInt64s(3));
+        var second = G.Op("Slice", x, G.ConstInt64s(half), G.ConstInt64s(long.MaxValue), G.ConstInt64s(3));
+        var rotated = G.Op("Concat", [G.Op("Neg", second), first], Attr.Int("axis", -1));
+        return G.Op("Add", G.Op("Mul", x, cos), G.Op("Mul", rotated, sin));
     }
 
     /// <summary>RMSNorm as torch exports it: x · 1/√(mean(x²) + ε) · w.</summary>
