@@ -69,7 +69,7 @@ public sealed record ModelAnalysis(IReadOnlyList<AttentionLayer> Layers, IReadOn
 public static class HybridConverter
 {
     /// <summary>Every attention style the converter recognises.</summary>
-    public static IReadOnlyList<IAttentionPattern> Patterns { get; } = [new DecomposedAttentionPattern(), new FusedAttentionPattern()];
+    public static IReadOnlyList<IAttentionPattern> Patterns { get; } = [new DecomposedAttentionPattern(), new FusedAttentionPattern(), new OnnxAttentionPattern()];
 
     /// <summary>Finds the attention layers of <paramref name="model"/> (it is not modified).</summary>
     public static ModelAnalysis Analyse(ModelProto model)

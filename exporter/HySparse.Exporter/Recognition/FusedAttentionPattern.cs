@@ -16,8 +16,6 @@ public sealed class FusedAttentionPattern : IAttentionPattern
         [("com.microsoft", "GroupQueryAttention")] =
             "com.microsoft.GroupQueryAttention is not converted yet (its seqlens_k / total_sequence_length and shared-buffer cache need operator support first)",
         [("com.microsoft", "MultiHeadAttention")] = "com.microsoft.MultiHeadAttention is not converted yet",
-        [("", "Attention")] = "the ONNX Attention operator (opset 23) is not converted yet",
-        [("ai.onnx", "Attention")] = "the ONNX Attention operator (opset 23) is not converted yet",
     };
 
     /// <inheritdoc />

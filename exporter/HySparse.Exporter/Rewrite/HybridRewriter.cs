@@ -33,7 +33,8 @@ internal static class HybridRewriter
 
         var selections = new string?[layers.Count];
         var ops = new NodeProto[layers.Count];
-        var replacementAt = new Dictionary<NodeProto, NodeProto>(ReferenceEqualityComparer.Instance);
+        var wiring = new OpWiring[layers.Count];
+        var replacementAt = new Dictionary<NodeProto, NodeProto[]>(ReferenceEqualityComparer.Instance);
         var removed = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
         var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
         for (var i = 0; i < graph.Node.Count; i++) position[graph.Node[i]] = i;
@@ -42,28 +43,30 @@ internal static class HybridRewriter
         {
             var layer = layers[i];
             var label = (layer.CacheIndex ?? i).ToString(CultureInfo.InvariantCulture);
+            var (keyTranspose, wired) = Wire(layer, label, usedNames, usedNodeNames);
+            wiring[i] = wired;
             NodeProto op;
             if (layout.Kinds[i] == LayerKind.Full)
             {
                 if (layout.FeedsSparseLayers(i)) selections[i] = Unique(usedNames, $"hysparse.layers.{label}.block_indices");
-                op = FullNode(layer, selections[i], parameters);
+                op = FullNode(layer, wired, selections[i], parameters);
             }
             else
             {
                 var oracle = layout.OracleOf(i);
-                op = SparseNode(layer, layers[oracle], selections[oracle]!, parameters);
+                op = SparseNode(layer, wired, wiring[oracle], selections[oracle]!, parameters);
             }
             op.Name = Unique(usedNodeNames, $"{ScopeOf(layer.AnchorNode)}/{op.OpType}");
             ops[i] = op;
             removed.UnionWith(layer.ReplacedNodes);
             // The op goes where the last replaced node was: every input of the layer exists by then.
-            replacementAt[layer.ReplacedNodes.MaxBy(n => position[n])!] = op;
+            replacementAt[layer.ReplacedNodes.MaxBy(n => position[n])!] = keyTranspose is null ? [op] : [keyTranspose, op];
         }
 
         var rebuilt = new List<NodeProto>(graph.Node.Count);
         foreach (var node in graph.Node)
         {
-            if (replacementAt.TryGetValue(node, out var op)) rebuilt.Add(op);
+            if (replacementAt.TryGetValue(node, out var replacement)) rebuilt.AddRange(replacement);
             else if (!removed.Contains(node)) rebuilt.Add(node);
         }
         var dropped = DropOrphans(graph, rebuilt, removed);
@@ -74,9 +77,11 @@ internal static class HybridRewriter
         var windowCaches = new List<string>();
         if (parameters.Mode == HybridMode.KvSharing)
         {
-            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse).Select(i => layers[i]).ToList();
-            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey, l.PastValue }));
-            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue }));
+            // A layer without cache inputs and outputs (an export without KV cache) changes no interface.
+            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse && layers[i].PastKey is not null)
+                .Select(i => layers[i]).ToList();
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey!, l.PastValue! }));
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue }).OfType<string>());
             DeclareWindowCaches(graph, sparse);
         }
 
@@ -95,8 +100,9 @@ internal static class HybridRewriter
         var dims = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var layer in sparseLayers)
         {
-            dims[layer.PastKey] = dims[layer.PastValue] = HybridMetadata.PastWindowDim;
-            dims[layer.PresentKey] = dims[layer.PresentValue] = HybridMetadata.PresentWindowDim;
+            dims[layer.PastKey!] = dims[layer.PastValue!] = HybridMetadata.PastWindowDim;
+            if (layer.PresentKey is { } presentKey) dims[presentKey] = HybridMetadata.PresentWindowDim;
+            if (layer.PresentValue is { } presentValue) dims[presentValue] = HybridMetadata.PresentWindowDim;
         }
         foreach (var info in graph.Input.Concat(graph.Output).Concat(graph.ValueInfo))
         {
@@ -105,29 +111,55 @@ internal static class HybridRewriter
         }
     }
 
-    private static NodeProto FullNode(AttentionLayer layer, string? selection, HybridParameters parameters)
+    /// <summary>The tensors an op node reads as its key and writes as its present caches.</summary>
+    private sealed record OpWiring(string Key, string PresentKey, string PresentValue);
+
+    /// <summary>
+    /// Names the op's key input and present outputs: a [B,S,H,D] key gets a Transpose to BNSH (returned,
+    /// to go in before the op), and a layer without present caches gets fresh names for the op's
+    /// required present outputs, which nothing reads (a sparse layer with KV sharing reads its full
+    /// layer's).
+    /// </summary>
+    private static (NodeProto? KeyTranspose, OpWiring Wiring) Wire(AttentionLayer layer, string label, HashSet<string> usedNames, HashSet<string> usedNodeNames)
+    {
+        NodeProto? transpose = null;
+        var key = layer.Key;
+        if (layer.KeyIsBsnh)
+        {
+            key = Unique(usedNames, $"hysparse.layers.{label}.key_bnsh");
+            transpose = new NodeProto { OpType = "Transpose", Name = Unique(usedNodeNames, $"{ScopeOf(layer.AnchorNode)}/hysparse_key_bnsh/Transpose") };
+            transpose.Input.Add(layer.Key);
+            transpose.Output.Add(key);
+            transpose.Attribute.Add(Attr.Ints("perm", 0, 2, 1, 3));
+        }
+        return (transpose, new OpWiring(key,
+            layer.PresentKey ?? Unique(usedNames, $"hysparse.layers.{label}.present_key"),
+            layer.PresentValue ?? Unique(usedNames, $"hysparse.layers.{label}.present_value")));
+    }
+
+    private static NodeProto FullNode(AttentionLayer layer, OpWiring wiring, string? selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.FullAttn, Domain = HySparseOps.Domain };
-        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue, layer.AttentionMask ?? ""]);
+        node.Input.AddRange([layer.Query, wiring.Key, layer.Value, layer.PastKey ?? "", layer.PastValue ?? "", layer.AttentionMask ?? ""]);
         TrimOptionalInputs(node);
-        node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
+        node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);
         if (selection is not null) node.Output.Add(selection);
         node.Attribute.AddRange(CommonAttributes(layer, parameters));
         node.Attribute.Add(Attr.Int(HySparseOps.Attributes.TopK, parameters.TopK));
         return node;
     }
 
-    private static NodeProto SparseNode(AttentionLayer layer, AttentionLayer oracle, string selection, HybridParameters parameters)
+    private static NodeProto SparseNode(AttentionLayer layer, OpWiring wiring, OpWiring oracle, string selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.SparseAttn, Domain = HySparseOps.Domain };
         // Retrofit: no shared_key/shared_value (inputs 5, 6); the SA branch reads the layer's own
         // full-length cache. KV sharing: the SA branch reads the oracle's present cache (which also
         // tells the op T), and the layer's own cache only has to serve the window.
         var sharing = parameters.Mode == HybridMode.KvSharing;
-        node.Input.AddRange([layer.Query, layer.Key, layer.Value, layer.PastKey, layer.PastValue,
+        node.Input.AddRange([layer.Query, wiring.Key, layer.Value, layer.PastKey ?? "", layer.PastValue ?? "",
             sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? ""]);
         TrimOptionalInputs(node);
-        node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
+        node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);
         node.Attribute.AddRange(CommonAttributes(layer, parameters));
         node.Attribute.Add(Attr.Int(HySparseOps.Attributes.Window, parameters.Window));
         node.Attribute.Add(Attr.String(HySparseOps.Attributes.Combine, HySparseOps.CombineModes.Union));
