@@ -109,7 +109,7 @@ public static class ModelInspector
             {
                 // An export without KV cache: geometry from the head split feeding the op's key.
                 graph ??= new GraphIndex(model.Graph);
-                headSize = HeadSplit.Find(graph, op.Input[1])?.HeadSize ?? 0;
+                headSize = HeadSplit.HeadSizeOf(graph, op.Input[1], (int)Attr.GetInt(op, HySparseOps.Attributes.KvNumHeads, 0)) ?? 0;
                 type = Upstream.FloatType(graph, op.Input[2]) ?? DataType.Float;
             }
             layers.Add(new InspectedLayer(layers.Count, null, op.Name, full ? "full" : "sparse",

@@ -114,36 +114,10 @@ public sealed class OnnxAttentionPattern : IAttentionPattern
             throw new PatternMismatch(node, $"Q '{query}' is neither a [B,H,S,D] head split with constant H and D nor 3-D with q_num_heads / kv_num_heads attributes");
         if (heads % kvNumHeads != 0)
             throw new PatternMismatch(node, $"kv_num_heads ({kvNumHeads}) does not divide q_num_heads ({heads})");
-        var size = cacheSize ?? (LastDimension(graph, query) is { } width && width % heads == 0 ? (int?)(width / heads) : null)
+        var size = cacheSize ?? (HeadSplit.LastDimension(graph, query) is { } width && width % heads == 0 ? (int?)(width / heads) : null)
             ?? throw new PatternMismatch(node, $"cannot tell the head size: no past cache declares it and the width of Q '{query}' is unknown");
         if (cacheHeads is { } declaredHeads && declaredHeads != kvNumHeads)
             throw new PatternMismatch(node, $"kv_num_heads = {kvNumHeads} but past cache '{pastKey}' declares {declaredHeads} heads");
         return (3, (int)heads, (int)kvNumHeads, size);
-    }
-
-    /// <summary>
-    /// The last dimension of <paramref name="tensor"/> when it is stated: a declared shape, a Reshape's
-    /// constant last entry, or the weight of the MatMul (through a bias Add) that produces it.
-    /// </summary>
-    private static long? LastDimension(GraphIndex graph, string tensor)
-    {
-        var declared = graph.GraphInput(tensor) ?? graph.Graph.ValueInfo.FirstOrDefault(v => v.Name == tensor);
-        if (declared?.Type?.TensorType?.Shape?.Dim is { Count: > 0 } dims && dims[^1].DimValue > 0) return dims[^1].DimValue;
-        for (var depth = 0; depth < 4 && graph.Producer(tensor) is { Domain: "" } node; depth++)
-        {
-            switch (node.OpType)
-            {
-                case "Reshape":
-                    return graph.PartialIntVector(node.Input[1]) is { Length: > 0 } shape && shape[^1] is > 0 ? shape[^1] : null;
-                case "MatMul":
-                    return graph.Constant(node.Input[1]) is { Dims.Count: >= 2 } weight ? weight.Dims[^1] : null;
-                case "Add":
-                    tensor = graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
-                    break;
-                default:
-                    return null;
-            }
-        }
-        return null;
     }
 }

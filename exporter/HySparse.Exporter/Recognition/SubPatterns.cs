@@ -143,6 +143,40 @@ internal sealed record HeadSplit(int Heads, int HeadSize, bool Bnsh)
         }
         return null;
     }
+
+    /// <summary>
+    /// D of a Q, K or V tensor with <paramref name="heads"/> heads in either layout: from its head split,
+    /// or its last dimension over the heads when it is [B,S,H·D]; null when neither is stated.
+    /// </summary>
+    public static int? HeadSizeOf(GraphIndex graph, string tensor, int heads) =>
+        Find(graph, tensor)?.HeadSize
+        ?? (heads > 0 && LastDimension(graph, tensor) is { } width && width % heads == 0 ? (int)(width / heads) : null);
+
+    /// <summary>
+    /// The last dimension of <paramref name="tensor"/> when it is stated: a declared shape, a Reshape's
+    /// constant last entry, or the weight of the MatMul (through a bias Add) that produces it.
+    /// </summary>
+    public static long? LastDimension(GraphIndex graph, string tensor)
+    {
+        var declared = graph.GraphInput(tensor) ?? graph.Graph.ValueInfo.FirstOrDefault(v => v.Name == tensor);
+        if (declared?.Type?.TensorType?.Shape?.Dim is { Count: > 0 } dims && dims[^1].DimValue > 0) return dims[^1].DimValue;
+        for (var depth = 0; depth < 4 && graph.Producer(tensor) is { Domain: "" } node; depth++)
+        {
+            switch (node.OpType)
+            {
+                case "Reshape":
+                    return graph.PartialIntVector(node.Input[1]) is { Length: > 0 } shape && shape[^1] is > 0 ? shape[^1] : null;
+                case "MatMul":
+                    return graph.Constant(node.Input[1]) is { Dims.Count: >= 2 } weight ? weight.Dims[^1] : null;
+                case "Add":
+                    tensor = graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
+                    break;
+                default:
+                    return null;
+            }
+        }
+        return null;
+    }
 }
 
 /// <summary>What a tensor is computed from.</summary>

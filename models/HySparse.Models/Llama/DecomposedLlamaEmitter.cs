@@ -31,6 +31,9 @@ internal class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExportOpti
 
     protected override bool HasKvCache => Options.KvCache;
 
+    /// <summary>Whether attention reads <see cref="AdditiveMask"/> (else it is not emitted: exports hold no dead mask).</summary>
+    protected virtual bool NeedsAdditiveMask => Options.Mask == MaskStyle.Additive;
+
     protected override void EmitAttentionPrelude()
     {
         var c = Config;
@@ -63,7 +66,7 @@ internal class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExportOpti
         var causal = G.Op("LessOrEqual", keyPositions, G.Op("Unsqueeze", queryPositions, G.ConstInt64s(1)));
         var real = G.Op("Cast", [G.Op("Unsqueeze", LlamaNames.AttentionMask, G.ConstInt64s(1, 2))], Attr.Int("to", (long)DataType.Bool));
         Keep = G.Op("And", causal, real);
-        _mask = G.Op("Where", Keep, G.ConstFloat(0f), G.ConstFloat(float.MinValue));
+        if (NeedsAdditiveMask) _mask = G.Op("Where", Keep, G.ConstFloat(0f), G.ConstFloat(float.MinValue));
     }
 
     protected override string EmitAttention(int layer, string normed)

@@ -16,6 +16,8 @@ internal sealed class OnnxAttentionLlamaEmitter(LlamaWeights weights, Decomposed
 {
     protected override IReadOnlyDictionary<string, long> Opsets { get; } = new Dictionary<string, long> { [""] = 23 };
 
+    protected override bool NeedsAdditiveMask => options.Mask == OnnxAttentionMask.Additive;
+
     protected override string EmitAttention(int layer, string normed)
     {
         var c = Config;
