@@ -166,7 +166,7 @@ public static class HybridConverter
                 $"{analysis.Failures.Count} attention layer(s) cannot be converted, first: {analysis.Failures[0]}", analysis.Failures);
         if (analysis.Layers.Count == 0)
             throw new ConversionException(ConversionError.NoAttention,
-                "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache the converter recognises");
+                "no attention layer found: the model has no MatMul → Softmax → MatMul or ONNX Attention layer the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
         if (options.Parameters.Mode == HybridMode.KvSharing) CheckSharedCaches(analysis.Layers, layout);
 

@@ -46,6 +46,7 @@ public sealed record ExportVariant(string Name, LlamaAttentionStyle Style, Decom
         new("onnx-attention-bool-4d", LlamaAttentionStyle.OnnxAttention, new DecomposedExportOptions(), new OnnxAttentionOptions()),
         new("onnx-attention-additive-3d", LlamaAttentionStyle.OnnxAttention, new DecomposedExportOptions(),
             new OnnxAttentionOptions { Rank = 3, Mask = OnnxAttentionMask.Additive, ExplicitScale = true }),
+        new("onnx-attention-causal", LlamaAttentionStyle.OnnxAttention, new DecomposedExportOptions(), new OnnxAttentionOptions { Mask = OnnxAttentionMask.IsCausal, Rank = 3 }),
         new("onnx-attention-causal-no-cache", LlamaAttentionStyle.OnnxAttention, NoCache, new OnnxAttentionOptions { Mask = OnnxAttentionMask.IsCausal }),
         new("onnx-attention-bool-3d-no-cache", LlamaAttentionStyle.OnnxAttention, NoCache, new OnnxAttentionOptions { Rank = 3 }),
     }.ToDictionary(v => v.Name);
@@ -251,7 +252,7 @@ public sealed class ExportVariantStructureTests
 
     [TestMethod]
     [DataRow("softcap", "softcap = 50 caps the logits with tanh")]
-    [DataRow("causal-with-past", "is_causal = 1 with past_key")]
+    [DataRow("past-not-an-input", "is not a graph input")]
     [DataRow("no-mask", "bidirectional")]
     [DataRow("scores-output", "qk_matmul_output")]
     [DataRow("mask-not-from-input", "not computed from 'attention_mask'")]
@@ -265,8 +266,9 @@ public sealed class ExportVariantStructureTests
             case "softcap":
                 node.Attribute.Add(HySparse.Models.Graph.Attr.Float("softcap", 50f));
                 break;
-            case "causal-with-past":
-                node.Attribute.Single(a => a.Name == "is_causal").I = 1;
+            case "past-not-an-input":
+                // Reading another layer's present as its past: not a cache the op can be fed.
+                node.Input[4] = model.Graph.Node.First(n => n.OpType == "Attention").Output[1];
                 break;
             case "no-mask":
                 node.Input[3] = "";

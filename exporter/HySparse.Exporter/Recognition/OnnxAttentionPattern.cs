@@ -14,9 +14,11 @@ namespace HySparse.Exporter.Recognition;
 /// One node is one layer; the HySparse op takes its Q, K, V, caches and outputs as they are. Converted
 /// when it maps exactly onto the op's causal + padding attention: <c>attn_mask</c> computed from
 /// <c>attention_mask</c> (boolean or additive; trusted to be its causal + padding mask, as for the
-/// decomposed style), or no mask with <c>is_causal=1</c> and no past (ONNX aligns that causal mask to
-/// the top left, which only equals the op's with an empty past). Refused with the reason otherwise:
-/// <c>softcap</c>, a used <c>qk_matmul_output</c>, bidirectional attention, <c>is_causal=1</c> with a past.
+/// decomposed style), and/or <c>is_causal=1</c>. With <c>past_key</c> the causal mask of ONNX
+/// Attention is aligned to the bottom right (new token s sees keys up to P + s, ONNX Runtime 1.31's
+/// CPU kernel included, checked by the tests), which is the op's; without a past Q and K have the same
+/// length and both alignments agree. Refused with the reason otherwise: <c>softcap</c>, a used
+/// <c>qk_matmul_output</c>, bidirectional attention (no mask and <c>is_causal=0</c>).
 /// </summary>
 public sealed class OnnxAttentionPattern : IAttentionPattern
 {
@@ -50,9 +52,6 @@ public sealed class OnnxAttentionPattern : IAttentionPattern
         var isCausal = Attr.GetInt(node, "is_causal", 0) != 0;
         if (mask.Length == 0 && !isCausal)
             throw new PatternMismatch(node, "no attn_mask and is_causal = 0: the attention is bidirectional, and a HySparse layer is causal");
-        if (isCausal && pastKey.Length > 0)
-            throw new PatternMismatch(node,
-                "is_causal = 1 with past_key: ONNX Attention aligns its causal mask to the top left (new token s sees keys 0..s, not the past), which the causal HySparse op does not compute; export the causal mask as attn_mask instead");
         var padding = mask.Length > 0 ? DecomposedAttentionPattern.MaskSource(graph, mask, node) : null;
 
         var (rank, heads, kvHeads, headSize) = Geometry(graph, node, query, key, pastKey);

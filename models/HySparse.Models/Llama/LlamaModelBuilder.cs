@@ -48,8 +48,8 @@ public enum OnnxAttentionMask
     /// <summary><c>attn_mask</c> = additive float [B,1,S,T] (0 or the float minimum); <c>is_causal=0</c>.</summary>
     Additive,
     /// <summary>
-    /// No <c>attn_mask</c>, <c>is_causal=1</c>: padding is ignored, and ONNX aligns the causal mask to
-    /// the top left, so it only means causal without a past (use with <see cref="DecomposedExportOptions.KvCache"/> false).
+    /// No <c>attn_mask</c>, <c>is_causal=1</c>: padding is ignored. With a past the causal mask is aligned
+    /// to the bottom right (new token s sees keys up to P + s), without one Q and K have the same length.
     /// </summary>
     IsCausal,
 }
