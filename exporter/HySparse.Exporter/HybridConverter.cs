@@ -74,7 +74,7 @@ public static class HybridConverter
     /// <summary>Finds the attention layers of <paramref name="model"/> (it is not modified).</summary>
     public static ModelAnalysis Analyse(ModelProto model)
     {
-        var graph = new GraphIndex(model.Graph);
+        var graph = new GraphIndex(model.Graph, model);
         var found = new List<(int Position, AttentionLayer Layer)>();
         var failures = new List<(int Position, UnconvertibleLayer Failure)>();
         foreach (var pattern in Patterns)

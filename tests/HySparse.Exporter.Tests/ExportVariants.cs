@@ -251,6 +251,59 @@ public sealed class ExportVariantStructureTests
     }
 
     [TestMethod]
+    [DataRow("no-cache", "/model/layers.0/self_attn/Add_2", "not causal")]
+    [DataRow("no-cache-where-perm0231", "/model/layers.0/self_attn/Where", "not causal")]
+    [DataRow("onnx-attention-bool-3d-no-cache", "/model/layers.0/self_attn/Attention", "not causal")]
+    public void EncoderStylePaddingOnlyMaskWithoutCacheIsRefused(string name, string node, string reason)
+    {
+        using var dir = new ModelDirectory();
+        var model = Build(name);
+        // And(causal, real) → And(real, real): every real key visible to every token, as a BERT-style
+        // encoder masks. Converting that into a causal op would silently change the model.
+        var and = model.Graph.Node.Single(n => n.OpType == "And");
+        and.Input[0] = and.Input[1];
+        var input = dir.WriteModel("encoder.onnx", model);
+
+        var error = RefusalTests.Refuse(dir, input, ConversionError.UnconvertibleLayers);
+
+        Assert.HasCount(4, error.Layers, "every layer reads the mask");
+        Assert.AreEqual(node, error.Layers[0].Node);
+        StringAssert.Contains(error.Layers[0].Reason, reason);
+    }
+
+    [TestMethod]
+    public void PaddingOnlyMaskWithIsCausalConverts()
+    {
+        var model = Build("onnx-attention-bool-3d-no-cache");
+        var and = model.Graph.Node.Single(n => n.OpType == "And");
+        and.Input[0] = and.Input[1];
+        foreach (var attention in model.Graph.Node.Where(n => n.OpType == "Attention"))
+            attention.Attribute.Single(a => a.Name == "is_causal").I = 1;
+
+        var (_, report) = HybridConverter.Convert(model, new ConversionOptions { Layout = LayoutSpec.Ratio("1:1") });
+
+        Assert.HasCount(4, report.Layers);
+    }
+
+    [TestMethod]
+    public void MaskWithTheWrongPaddingWithoutCacheIsRefused()
+    {
+        var model = Build("no-cache");
+        // And(causal, Not(real)): causal, but real keys hidden and padding keys shown.
+        var and = model.Graph.Node.Single(n => n.OpType == "And");
+        var not = new NodeProto { OpType = "Not", Name = "/model/Not" };
+        not.Input.Add(and.Input[1]);
+        not.Output.Add("/model/Not_output_0");
+        model.Graph.Node.Insert(model.Graph.Node.IndexOf(and), not);
+        and.Input[1] = not.Output[0];
+
+        var failures = HybridConverter.Analyse(model).Failures;
+
+        Assert.HasCount(4, failures);
+        StringAssert.Contains(failures[0].Reason, "hides key 0 of a probe row whose attention_mask is 1: it is not attention_mask's padding");
+    }
+
+    [TestMethod]
     [DataRow("softcap", "softcap = 50 caps the logits with tanh")]
     [DataRow("past-not-an-input", "is not a graph input")]
     [DataRow("no-mask", "bidirectional")]

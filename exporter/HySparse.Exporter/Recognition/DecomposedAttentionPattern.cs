@@ -17,7 +17,8 @@ namespace HySparse.Exporter.Recognition;
 /// </code>
 /// The anchor is the Softmax. The HySparse op takes q_rot, k_rot, v (BNSH) and the caches if any, and
 /// produces <c>out</c> and the presents under their original names; the mask subgraph is replaced
-/// by the op's own causal + padding masking from <c>attention_mask</c>.
+/// by the op's own causal + padding masking from <c>attention_mask</c>. With a cache the mask is
+/// trusted to be that; without one it is computed on a probe batch and checked (<see cref="MaskProbe"/>).
 /// </summary>
 public sealed class DecomposedAttentionPattern : IAttentionPattern
 {
@@ -63,7 +64,7 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
         if (axis is not (-1 or 3))
             throw new PatternMismatch(softmax, $"Softmax must normalise over keys (axis -1 or 3), not axis {axis}");
 
-        var (scoresTensor, maskTensor, maskNode) = MaskedScores(graph, softmax);
+        var (scoresTensor, maskTensor, maskNode, meaning) = MaskedScores(graph, softmax);
         nodes.Add(maskNode);
 
         var (rawScores, scale) = ScaleFactors.Strip(graph, scoresTensor, nodes);
@@ -106,6 +107,10 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
         var groupSize = keyExpansion.Nodes.Count == 0 ? 1
             : keyExpansion.GroupSize ?? valueExpansion.GroupSize ?? GroupSizeFromHeadMerge(graph, valueMatMul, kvHeads, headSize);
         var padding = MaskSource(graph, maskTensor, maskNode);
+        // With a cache the mask is trusted to be causal + padding, as exports build it; without one a
+        // padding-only mask (an encoder) is common, so it is computed and checked.
+        if (keyCache is null && MaskProbe.CheckCausalPadding(graph, maskTensor, meaning, causalByFlag: false) is { } notCausal)
+            throw new PatternMismatch(maskNode, notCausal);
         RequireSelfContained(graph, nodes, new[] { valueMatMul.Output[0], keyCache?.Present, valueCache?.Present }.OfType<string>().ToList());
 
         return new AttentionLayer
@@ -139,7 +144,7 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
     /// constant fill (−∞, the float minimum, −10⁴ …), as newer torch exports write <c>masked_fill</c>.
     /// Returns the scores, the tensor that carries the mask (the additive mask or the condition) and the node.
     /// </summary>
-    private static (string Scores, string Mask, NodeProto Node) MaskedScores(GraphIndex graph, NodeProto softmax)
+    private static (string Scores, string Mask, NodeProto Node, MaskMeaning Meaning) MaskedScores(GraphIndex graph, NodeProto softmax)
     {
         switch (graph.Producer(softmax.Input[0]))
         {
@@ -148,7 +153,7 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
                 var (first, second) = (LeadsToMatMul(graph, add.Input[0]), LeadsToMatMul(graph, add.Input[1]));
                 if (first == second)
                     throw new PatternMismatch(add, "cannot tell the attention scores from the mask among the Add's operands");
-                return first ? (add.Input[0], add.Input[1], add) : (add.Input[1], add.Input[0], add);
+                return first ? (add.Input[0], add.Input[1], add, MaskMeaning.Additive) : (add.Input[1], add.Input[0], add, MaskMeaning.Additive);
             }
             case { OpType: "Where", Domain: "" } where:
             {
@@ -158,7 +163,7 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
                 var fill = first ? where.Input[2] : where.Input[1];
                 if (graph.ScalarConstant(fill) is not { } value || !(value <= MaskedLogitBound))
                     throw new PatternMismatch(where, $"Where fills masked scores with '{fill}', not a constant at or below {MaskedLogitBound:G} (a masked position must get no weight)");
-                return (first ? where.Input[1] : where.Input[2], where.Input[0], where);
+                return (first ? where.Input[1] : where.Input[2], where.Input[0], where, first ? MaskMeaning.TrueKeeps : MaskMeaning.TrueHides);
             }
             default:
                 throw new PatternMismatch(softmax, "no mask before Softmax (neither Add(scores, mask) nor Where(mask, scores, −∞)); an unmasked attention is not causal and cannot become a HySparse layer");
