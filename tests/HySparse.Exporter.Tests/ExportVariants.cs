@@ -145,6 +145,22 @@ public sealed class ExportVariantConversionTests
         Assert.AreEqual(outputs.PresentKeys.Sum(k => (long)k.Length) * 2 * 4 / inputs.Batch, figures.RetrofitCache);
     }
 
+    [TestMethod]
+    [DataRow("no-cache")]
+    [DataRow("onnx-attention-bool-3d-no-cache")]
+    public void KvSharingWithoutCacheEqualsDenseWhileTheWindowCoversThePrompt(string name)
+    {
+        var variant = ExportVariant.All[name];
+        var dense = variant.Build(LlamaWeights.Generate(variant.Config(seed: 31)));
+        // w = 19 ≥ T: every key a sparse layer sees is in its window, read from its own K/V.
+        var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 19, Mode = HybridMode.KvSharing };
+        var (hybrid, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = parameters });
+        Assert.AreEqual("FSSF", report.Layout.Pattern);
+
+        foreach (var ((inputs, expected), (_, actual)) in Run(variant, dense).Zip(Run(variant, hybrid, withOps: true)))
+            Close.AssertRealTokens(inputs, variant.Config(0), expected, actual, 1e-4, $"{name} kv-sharing at T={inputs.Total}");
+    }
+
     /// <summary>
     /// With a cache: prefill of 16 tokens (second row left-padded by 5) and three decode steps.
     /// Without: prefills of 19 and 9 tokens, the second row left-padded by 5.
@@ -213,6 +229,23 @@ public sealed class ExportVariantStructureTests
         var sparse = ops.First(o => o.OpType == HySparse.Onnx.HySparseOps.SparseAttn);
         Assert.AreEqual(ops[0].Output[1], sparse.Input[5]);
         Assert.IsFalse(readers.Contains(sparse.Output[1]));
+    }
+
+    [TestMethod]
+    public void OnnxAttentionWithAPastButNoPresentOutputsGetsFreshPresentNames()
+    {
+        var model = Build("onnx-attention-bool-4d");
+        foreach (var attention in model.Graph.Node.Where(n => n.OpType == "Attention"))
+            while (attention.Output.Count > 1) attention.Output.RemoveAt(attention.Output.Count - 1);
+        foreach (var present in model.Graph.Output.Where(o => o.Name.StartsWith("present.", StringComparison.Ordinal)).ToList())
+            model.Graph.Output.Remove(present);
+
+        var (hybrid, _) = HybridConverter.Convert(model, new ConversionOptions { Layout = LayoutSpec.Ratio("1:1") });
+
+        ModelFile.Validate(hybrid, "converted");
+        var full = hybrid.Graph.Node.First(n => n.OpType == HySparse.Onnx.HySparseOps.FullAttn);
+        Assert.AreEqual("past_key_values.0.key", full.Input[3]);
+        CollectionAssert.AreEqual(new[] { "hysparse.layers.0.present_key", "hysparse.layers.0.present_value" }, full.Output.Skip(1).Take(2).ToArray());
     }
 
     [TestMethod]
