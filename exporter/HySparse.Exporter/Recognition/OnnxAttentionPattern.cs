@@ -68,7 +68,7 @@ public sealed class OnnxAttentionPattern : IAttentionPattern
         {
             Style = AttentionStyle.Fused,
             AnchorNode = AttentionMatch.NodeLabel(node),
-            CacheIndex = pastKey.Length > 0 ? new CacheConcat(node, pastKey, key, Output(1) ?? "").LayerNumber() : null,
+            CacheIndex = pastKey.Length > 0 ? CacheConcat.LayerNumberOf(pastKey) : null,
             Query = query,
             Key = key,
             Value = value,

@@ -37,10 +37,13 @@ internal sealed record CacheConcat(NodeProto Node, string Past, string New, stri
         return new CacheConcat(node, node.Input[0], node.Input[1], node.Output[0]);
     }
 
-    /// <summary>N of a cache named like <c>past_key_values.N.key</c>, or null.</summary>
-    public int? LayerNumber()
+    /// <summary>N of this cache when it is named like <c>past_key_values.N.key</c>, or null.</summary>
+    public int? LayerNumber() => LayerNumberOf(Past);
+
+    /// <summary>N of a cache input named like <c>past_key_values.N.key</c>, or null.</summary>
+    public static int? LayerNumberOf(string past)
     {
-        var match = CacheName.Match(Past);
+        var match = CacheName.Match(past);
         return match.Success ? int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) : null;
     }
 }
