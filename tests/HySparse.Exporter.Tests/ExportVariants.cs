@@ -284,10 +284,12 @@ public sealed class ExportVariantStructureTests
     }
 
     [TestMethod]
+    [DataRow("where", "/model/layers.0/self_attn/Where", "not causal")]
+    [DataRow("onnx-attention-bool-4d", "/model/layers.0/self_attn/Attention", "not causal")]
     [DataRow("no-cache", "/model/layers.0/self_attn/Add_2", "not causal")]
     [DataRow("no-cache-where-perm0231", "/model/layers.0/self_attn/Where", "not causal")]
     [DataRow("onnx-attention-bool-3d-no-cache", "/model/layers.0/self_attn/Attention", "not causal")]
-    public void EncoderStylePaddingOnlyMaskWithoutCacheIsRefused(string name, string node, string reason)
+    public void EncoderStylePaddingOnlyMaskIsRefused(string name, string node, string reason)
     {
         using var dir = new ModelDirectory();
         var model = Build(name);
@@ -319,7 +321,7 @@ public sealed class ExportVariantStructureTests
     }
 
     [TestMethod]
-    public void MaskWithTheWrongPaddingWithoutCacheIsRefused()
+    public void MaskWithTheWrongPaddingIsRefused()
     {
         var model = Build("no-cache");
         // And(causal, Not(real)): causal, but real keys hidden and padding keys shown.

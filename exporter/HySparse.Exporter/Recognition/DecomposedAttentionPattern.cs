@@ -17,8 +17,8 @@ namespace HySparse.Exporter.Recognition;
 /// </code>
 /// The anchor is the Softmax. The HySparse op takes q_rot, k_rot, v (BNSH) and the caches if any, and
 /// produces <c>out</c> and the presents under their original names; the mask subgraph is replaced
-/// by the op's own causal + padding masking from <c>attention_mask</c>. With a cache the mask is
-/// trusted to be that; without one it is computed on a probe batch and checked (<see cref="MaskProbe"/>).
+/// by the op's own causal + padding masking from <c>attention_mask</c>, after the mask has been computed
+/// on a probe batch and found to be exactly that (<see cref="MaskProbe"/>).
 /// </summary>
 public sealed class DecomposedAttentionPattern : IAttentionPattern
 {
@@ -107,9 +107,9 @@ public sealed class DecomposedAttentionPattern : IAttentionPattern
         var groupSize = keyExpansion.Nodes.Count == 0 ? 1
             : keyExpansion.GroupSize ?? valueExpansion.GroupSize ?? GroupSizeFromHeadMerge(graph, valueMatMul, kvHeads, headSize);
         var padding = MaskSource(graph, maskTensor, maskNode);
-        // With a cache the mask is trusted to be causal + padding, as exports build it; without one a
-        // padding-only mask (an encoder) is common, so it is computed and checked.
-        if (keyCache is null && MaskProbe.CheckCausalPadding(graph, maskTensor, meaning, causalByFlag: false) is { } notCausal)
+        // The op masks causally and by attention_mask: the mask must be exactly that (an encoder's
+        // padding-only mask, say, is not), so it is computed on a probe batch and checked.
+        if (MaskProbe.CheckCausalPadding(graph, maskTensor, meaning, causalByFlag: false, cached: keyCache is not null) is { } notCausal)
             throw new PatternMismatch(maskNode, notCausal);
         RequireSelfContained(graph, nodes, new[] { valueMatMul.Output[0], keyCache?.Present, valueCache?.Present }.OfType<string>().ToList());
 

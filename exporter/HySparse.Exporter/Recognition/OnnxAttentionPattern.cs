@@ -13,8 +13,8 @@ namespace HySparse.Exporter.Recognition;
 /// with Q/K/V [B,H,S,D] or [B,S,H·D] (<c>q_num_heads</c>/<c>kv_num_heads</c>) and caches [B,H_kv,P,D].
 /// One node is one layer; the HySparse op takes its Q, K, V, caches and outputs as they are. Converted
 /// when it maps exactly onto the op's causal + padding attention: <c>attn_mask</c> computed from
-/// <c>attention_mask</c> (boolean or additive; with a past trusted to be its causal + padding mask, as
-/// for the decomposed style; without one computed and checked by <see cref="MaskProbe"/>), and/or
+/// <c>attention_mask</c> (boolean or additive; computed on a probe batch and checked to be its causal
+/// + padding mask, or padding only with <c>is_causal=1</c>, by <see cref="MaskProbe"/>), and/or
 /// <c>is_causal=1</c>. With <c>past_key</c> the causal mask of ONNX
 /// Attention is aligned to the bottom right (new token s sees keys up to P + s, ONNX Runtime 1.31's
 /// CPU kernel included, checked by the tests), which is the op's; without a past Q and K have the same
@@ -54,8 +54,8 @@ public sealed class OnnxAttentionPattern : IAttentionPattern
         if (mask.Length == 0 && !isCausal)
             throw new PatternMismatch(node, "no attn_mask and is_causal = 0: the attention is bidirectional, and a HySparse layer is causal");
         var padding = mask.Length > 0 ? DecomposedAttentionPattern.MaskSource(graph, mask, node) : null;
-        // Without a past a padding-only mask (an encoder) is common: compute the mask and check it.
-        if (mask.Length > 0 && pastKey.Length == 0 && MaskProbe.CheckCausalPadding(graph, mask, MaskMeaning.AttentionInput, isCausal) is { } notCausal)
+        // The op masks causally and by attention_mask: compute the mask on a probe batch and check it is that.
+        if (mask.Length > 0 && MaskProbe.CheckCausalPadding(graph, mask, MaskMeaning.AttentionInput, isCausal, cached: pastKey.Length > 0) is { } notCausal)
             throw new PatternMismatch(node, notCausal);
 
         var (rank, heads, kvHeads, headSize) = Geometry(graph, node, query, key, pastKey);
