@@ -72,11 +72,15 @@ internal static class HelpText
         Usage:
           hysparse convert <model.onnx> [-o <out.onnx>] [layout] [parameters] [--overwrite] [--json]
 
-        Finds every attention layer (decomposed torch.onnx.export / Optimum style: MatMul(Q,K^T),
-        scale, Add(mask), Softmax, MatMul(V), with a KV cache Concat(past, new); or a fused
-        com.microsoft.GroupQueryAttention / MultiHeadAttention node), and replaces it by a HySparse
-        operator that takes the rotated Q/K/V, the past caches and attention_mask (GroupQueryAttention:
-        its shared KV buffers, seqlens_k and total_sequence_length; --kv-sharing is refused there). In the
+        Finds every attention layer: decomposed torch.onnx.export / Optimum style (MatMul(Q,K^T),
+        scale, an Add or Where mask, Softmax, MatMul(V); keys transposed [0,1,3,2] or straight from
+        the head split with [0,2,3,1]; Q/K/V from separate projections or a fused QKV split by Split
+        or Slices; with a KV cache Concat(past, new) or without one); a fused
+        com.microsoft.GroupQueryAttention or MultiHeadAttention node; or an ONNX Attention node
+        (opset 23). Masks are checked to be causal + padding on a probe batch. Each layer is replaced
+        by a HySparse operator that takes the rotated Q/K/V, the past caches and attention_mask
+        (GroupQueryAttention: its shared KV buffers, seqlens_k and total_sequence_length; --kv-sharing
+        is refused there). In the
         default retrofit mode every layer keeps its own keys and values, so the model's inputs and
         outputs keep their names and shapes; sparse layers compute one exact softmax over selected
         blocks plus window. With --kv-sharing the sparse layers' caches become window caches (the

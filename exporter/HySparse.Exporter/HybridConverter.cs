@@ -69,12 +69,13 @@ public sealed record ModelAnalysis(IReadOnlyList<AttentionLayer> Layers, IReadOn
 public static class HybridConverter
 {
     /// <summary>Every attention style the converter recognises.</summary>
-    public static IReadOnlyList<IAttentionPattern> Patterns { get; } = [new DecomposedAttentionPattern(), new GroupQueryAttentionPattern(), new MultiHeadAttentionPattern(), new FusedAttentionPattern()];
+    public static IReadOnlyList<IAttentionPattern> Patterns { get; } =
+        [new DecomposedAttentionPattern(), new GroupQueryAttentionPattern(), new MultiHeadAttentionPattern(), new OnnxAttentionPattern()];
 
     /// <summary>Finds the attention layers of <paramref name="model"/> (it is not modified).</summary>
     public static ModelAnalysis Analyse(ModelProto model)
     {
-        var graph = new GraphIndex(model.Graph);
+        var graph = new GraphIndex(model.Graph, model);
         var found = new List<(int Position, AttentionLayer Layer)>();
         var failures = new List<(int Position, UnconvertibleLayer Failure)>();
         foreach (var pattern in Patterns)
@@ -173,7 +174,7 @@ public static class HybridConverter
                 $"{analysis.Failures.Count} attention layer(s) cannot be converted, first: {analysis.Failures[0]}", analysis.Failures);
         if (analysis.Layers.Count == 0)
             throw new ConversionException(ConversionError.NoAttention,
-                "no attention layer found: the model has no MatMul → Softmax → MatMul attention with a KV cache, GroupQueryAttention or MultiHeadAttention node the converter recognises");
+                "no attention layer found: the model has no MatMul → Softmax → MatMul, GroupQueryAttention, MultiHeadAttention or ONNX Attention layer the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
         if (options.Parameters.Mode == HybridMode.KvSharing)
         {

@@ -1,4 +1,5 @@
 using System.Globalization;
+using HySparse.Exporter.Graph;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
 using HySparse.Models.Graph;
@@ -105,6 +106,7 @@ public static class ModelInspector
         var inputs = model.Graph.Input.ToDictionary(i => i.Name);
         var ops = model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain).ToList();
         var layers = new List<InspectedLayer>();
+        GraphIndex? graph = null;
         foreach (var op in ops)
         {
             var full = op.OpType == HySparseOps.FullAttn;
@@ -112,6 +114,13 @@ public static class ModelInspector
             var dims = inputs.GetValueOrDefault(past)?.Type?.TensorType?.Shape?.Dim;
             var headSize = dims is { Count: 4 } ? (int)dims[3].DimValue : 0;
             var type = inputs.GetValueOrDefault(past)?.Type?.TensorType is { } t ? (DataType)t.ElemType : DataType.Float;
+            if (past.Length == 0)
+            {
+                // An export without KV cache: geometry from the head split feeding the op's key.
+                graph ??= new GraphIndex(model.Graph);
+                headSize = HeadSplit.HeadSizeOf(graph, op.Input[1], (int)Attr.GetInt(op, HySparseOps.Attributes.KvNumHeads, 0)) ?? 0;
+                type = Upstream.FloatType(graph, op.Input[2]) ?? DataType.Float;
+            }
             layers.Add(new InspectedLayer(layers.Count, null, op.Name, full ? "full" : "sparse",
                 (int)Attr.GetInt(op, HySparseOps.Attributes.NumHeads, 0), (int)Attr.GetInt(op, HySparseOps.Attributes.KvNumHeads, 0), headSize, type));
         }

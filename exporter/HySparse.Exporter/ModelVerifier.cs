@@ -44,8 +44,10 @@ public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbs
 /// Runs a dense decoder and its HySparse conversion side by side in ONNX Runtime (CPU) on the same
 /// random prompt, then decodes greedily with the dense model's choice fed to both, so every call
 /// compares like with like. A conversion of a shared-buffer model (metadata <c>hysparse.kv_cache</c>)
-/// is run, like its source, on KV buffers with room for the whole run. Both models must have the exported-decoder interface (input_ids,
-/// attention_mask, past_key_values.N.key/value → logits, present.N.key/value).
+/// is run, like its source, on KV buffers with room for the whole run. Both models must have the
+/// exported-decoder interface (input_ids, attention_mask, past_key_values.N.key/value → logits,
+/// present.N.key/value); a model without KV cache (input_ids, attention_mask → logits) is compared on
+/// the prefill only.
 /// </summary>
 public static class ModelVerifier
 {
@@ -84,9 +86,13 @@ public static class ModelVerifier
         denseState.Reset();
         hybridState.Reset();
         var steps = new List<VerifyStep>();
-        for (var step = 0; step <= options.DecodeSteps; step++)
+        // Without a KV cache a call sees only its own tokens: decoding one token at a time would
+        // compare attention over a single key, so such models are compared on the prefill alone.
+        var decodeSteps = layers.Layers > 0 ? options.DecodeSteps : 0;
+        if (decodeSteps < options.DecodeSteps) progress?.Invoke("the model has no KV cache (no past_key_values inputs): comparing the prefill only");
+        for (var step = 0; step <= decodeSteps; step++)
         {
-            progress?.Invoke(step == 0 ? $"prefill of {options.PromptLength} tokens" : $"decode step {step} of {options.DecodeSteps}");
+            progress?.Invoke(step == 0 ? $"prefill of {options.PromptLength} tokens" : $"decode step {step} of {decodeSteps}");
             var (denseLogits, denseMs) = Timed(denseState, ids);
             var (hybridLogits, hybridMs) = Timed(hybridState, ids);
             var tokens = ids.Length / options.Batch;
@@ -153,11 +159,12 @@ public static class ModelVerifier
             while (inputs.ContainsKey(LlamaNames.PastKey(layers))) layers++;
             var cache = layers > 0 ? inputs[LlamaNames.PastKey(0)].Type?.TensorType : null;
             var logits = model.Graph.Output.FirstOrDefault(o => o.Name == LlamaNames.Logits)?.Type?.TensorType;
-            if (cache is not { ElemType: (int)TensorProto.Types.DataType.Float, Shape.Dim.Count: 4 } || cache.Shape.Dim[1].DimValue < 1 || cache.Shape.Dim[3].DimValue < 1
+            // A model without KV cache (no past_key_values inputs) is fine: verify then runs the prefill only.
+            if (layers > 0 && (cache is not { ElemType: (int)TensorProto.Types.DataType.Float, Shape.Dim.Count: 4 } || cache.Shape.Dim[1].DimValue < 1 || cache.Shape.Dim[3].DimValue < 1)
                 || logits is not { Shape.Dim.Count: 3 } || logits.Shape.Dim[2].DimValue < 1)
                 throw new ConversionException(ConversionError.InvalidModel,
-                    $"'{path}' does not have the float32 decoder interface verify needs (past_key_values.N.key [B,H_kv,P,D] with fixed H_kv and D, logits [B,S,V] with fixed V)");
-            return new DecoderInterface(layers, (int)cache.Shape.Dim[1].DimValue, (int)cache.Shape.Dim[3].DimValue, (int)logits.Shape.Dim[2].DimValue);
+                    $"'{path}' does not have the float32 decoder interface verify needs (past_key_values.N.key [B,H_kv,P,D] with fixed H_kv and D if it has a cache, logits [B,S,V] with fixed V)");
+            return new DecoderInterface(layers, (int)(cache?.Shape.Dim[1].DimValue ?? 0), (int)(cache?.Shape.Dim[3].DimValue ?? 0), (int)logits.Shape.Dim[2].DimValue);
         }
     }
 }

@@ -191,9 +191,10 @@ public sealed class ConversionStructureTests
     }
 
     [TestMethod]
-    [DataRow("where-mask", "/model/layers.0/self_attn/Softmax", "Where")]
+    [DataRow("where-fill-not-negative", "/model/layers.0/self_attn/Add_2", "not a constant at or below -10000")]
     [DataRow("softmax-axis", "/model/layers.0/self_attn/Softmax", "axis 1")]
-    [DataRow("keys-bshd", "/model/layers.0/self_attn/Transpose_3", "[0, 2, 3, 1]")]
+    [DataRow("keys-bshd-after-cache", "/model/layers.0/self_attn/Transpose_3", "computed from the 4-D input 'past_key_values.0.key' but not by Concat(past, new)")]
+    [DataRow("keys-other-perm", "/model/layers.0/self_attn/Transpose_3", "[0, 3, 1, 2]")]
     [DataRow("scale-not-constant", "/model/layers.0/self_attn/Add_2", "not MatMul(Q, Kᵀ) scaled by a constant")]
     [DataRow("mask-not-from-input", "/model/layers.0/self_attn/Add_2", "not computed from 'attention_mask'")]
     public void UnsupportedSpellingsAreReportedWithTheirReason(string mutation, string node, string reason)
@@ -205,21 +206,26 @@ public sealed class ConversionStructureTests
         var maskAdd = Named($"{scope}/Add_2");
         switch (mutation)
         {
-            case "where-mask":
-                // Where(keep, scores, min) instead of Add(scores, mask), reusing the prelude's bool mask.
+            case "where-fill-not-negative":
+                // Where(keep, scores, 0): masked keys would still get weight.
                 var keep = graph.Node.Single(n => n.OpType == "And").Output[0];
-                var minimum = graph.Node.Single(n => n.OpType == "Where" && n.Input[0] == keep).Input[2];
+                var zero = graph.Node.Single(n => n.OpType == "Where" && n.Input[0] == keep).Input[1];
                 maskAdd.OpType = "Where";
                 maskAdd.Input.Clear();
-                maskAdd.Input.AddRange([keep, $"{scope}/Div_output_0", minimum]);
+                maskAdd.Input.AddRange([keep, $"{scope}/Div_output_0", zero]);
                 break;
             case "softmax-axis":
                 Named($"{scope}/Softmax").Attribute.Single().I = 1;
                 break;
-            case "keys-bshd":
+            case "keys-bshd-after-cache":
+                // [0, 2, 3, 1] is only right on a [B,S,H,D] head split; here it would transpose the cached keys.
                 Named($"{scope}/Transpose_3").Attribute.Single().Ints[1] = 2;
                 Named($"{scope}/Transpose_3").Attribute.Single().Ints[2] = 3;
                 Named($"{scope}/Transpose_3").Attribute.Single().Ints[3] = 1;
+                break;
+            case "keys-other-perm":
+                Named($"{scope}/Transpose_3").Attribute.Single().Ints.Clear();
+                Named($"{scope}/Transpose_3").Attribute.Single().Ints.AddRange([0, 3, 1, 2]);
                 break;
             case "scale-not-constant":
                 // Divide by a value computed at run time (older exports take √D from Shape).

@@ -70,8 +70,11 @@ public static class DecoderRunner
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
             OrtValue.CreateTensorValueFromMemory(inputs.Mask, [inputs.Batch, inputs.Total]),
         };
+        // An export without KV cache has neither past inputs nor present outputs.
+        var cached = session.InputMetadata.ContainsKey(LlamaNames.PastKey(0));
+        if (!cached && inputs.Past > 0) throw new ArgumentException("a model without KV cache takes no past tokens");
         long[] cacheShape = [inputs.Batch, config.KvHeads, inputs.CacheLength, config.HeadDim];
-        for (var l = 0; l < config.Layers; l++)
+        for (var l = 0; l < config.Layers && cached; l++)
         {
             names.Add(LlamaNames.PastKey(l));
             values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastKeys[l], cacheShape));
@@ -79,7 +82,7 @@ public static class DecoderRunner
             values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastValues[l], cacheShape));
         }
         var outputNames = new List<string> { LlamaNames.Logits };
-        for (var l = 0; l < config.Layers; l++)
+        for (var l = 0; l < config.Layers && cached; l++)
         {
             outputNames.Add(LlamaNames.PresentKey(l));
             outputNames.Add(LlamaNames.PresentValue(l));
@@ -89,10 +92,11 @@ public static class DecoderRunner
             using var runOptions = new RunOptions();
             using var results = session.Run(runOptions, names, values, outputNames);
             double[] Read(int i) => results[i].GetTensorDataAsSpan<float>().ToArray().Select(v => (double)v).ToArray();
+            var layers = cached ? config.Layers : 0;
             return new DecoderOutputs(
                 Read(0),
-                Enumerable.Range(0, config.Layers).Select(l => Read(1 + 2 * l)).ToArray(),
-                Enumerable.Range(0, config.Layers).Select(l => Read(2 + 2 * l)).ToArray());
+                Enumerable.Range(0, layers).Select(l => Read(1 + 2 * l)).ToArray(),
+                Enumerable.Range(0, layers).Select(l => Read(2 + 2 * l)).ToArray());
         }
         finally
         {

@@ -66,6 +66,29 @@ public static class Close
             }
     }
 
+    /// <summary>
+    /// Compares logits of real (unpadded) tokens and cache rows at real positions: a padding token's
+    /// output is all zeros in the HySparse ops (docs/ops.md), an even spread in the decomposed graph and
+    /// implementation-defined in ONNX Attention, so what later layers cache at padding positions
+    /// legitimately differs; nothing real attends to those positions.
+    /// </summary>
+    public static void AssertRealTokens(DecoderInputs inputs, LlamaConfig config, DecoderOutputs expected, DecoderOutputs actual, double tolerance, string what)
+    {
+        int t = inputs.Total, d = config.HeadDim;
+        AssertLogitsOfRealTokens(inputs, config.Vocab, expected.Logits, actual.Logits, tolerance, what);
+        Microsoft.VisualStudio.TestTools.UnitTesting.Assert.HasCount(expected.PresentKeys.Length, actual.PresentKeys, $"{what}: present caches");
+        for (var l = 0; l < expected.PresentKeys.Length; l++)
+            for (var b = 0; b < inputs.Batch; b++)
+                for (var g = 0; g < config.KvHeads; g++)
+                    for (var j = 0; j < t; j++)
+                    {
+                        if (inputs.Mask[b * t + j] == 0) continue;
+                        var offset = ((b * config.KvHeads + g) * t + j) * d;
+                        Assert(expected.PresentKeys[l][offset..(offset + d)], actual.PresentKeys[l][offset..(offset + d)], tolerance, $"{what} present.{l}.key (b={b}, g={g}, j={j})");
+                        Assert(expected.PresentValues[l][offset..(offset + d)], actual.PresentValues[l][offset..(offset + d)], tolerance, $"{what} present.{l}.value (b={b}, g={g}, j={j})");
+                    }
+    }
+
     public static void Assert(double[] expected, double[] actual, double tolerance, string what)
     {
         Microsoft.VisualStudio.TestTools.UnitTesting.Assert.AreEqual(expected.Length, actual.Length, $"{what}: element count");

@@ -34,7 +34,7 @@ public sealed class HySparseEquivalenceTests
         {
             var (inputs, expected) = denseRun[step];
             var actual = hybridRun[step].Outputs;
-            AssertCloseOnRealTokens(Config, inputs, expected, actual, 1e-4, $"step {step}");
+            Close.AssertRealTokens(inputs, Config, expected, actual, 1e-4, $"step {step}");
         }
     }
 
@@ -67,25 +67,4 @@ public sealed class HySparseEquivalenceTests
 
     private static List<(DecoderInputs Inputs, DecoderOutputs Outputs)> Decode(byte[] model, bool withOps) =>
         DecoderRunner.PrefillThenDecode(model, Config, decodeSteps: 3, withOps ? o => o.RegisterHySparseOps() : null);
-
-    /// <summary>
-    /// Compares logits of real (unpadded) tokens and cache rows at real positions: a padding token's
-    /// output is all zeros in the HySparse ops (docs/ops.md) but an even spread in the dense graph,
-    /// so what later layers cache at padding positions legitimately differs.
-    /// </summary>
-    internal static void AssertCloseOnRealTokens(LlamaConfig config, DecoderInputs inputs, DecoderOutputs expected, DecoderOutputs actual, double tolerance, string what)
-    {
-        int t = inputs.Total, d = config.HeadDim;
-        Close.AssertLogitsOfRealTokens(inputs, config.Vocab, expected.Logits, actual.Logits, tolerance, what);
-        for (var l = 0; l < config.Layers; l++)
-            for (var b = 0; b < inputs.Batch; b++)
-                for (var g = 0; g < config.KvHeads; g++)
-                    for (var j = 0; j < t; j++)
-                    {
-                        if (inputs.Mask[b * t + j] == 0) continue;
-                        var offset = ((b * config.KvHeads + g) * t + j) * d;
-                        Close.Assert(expected.PresentKeys[l][offset..(offset + d)], actual.PresentKeys[l][offset..(offset + d)], tolerance, $"{what} present.{l}.key (b={b}, g={g}, j={j})");
-                        Close.Assert(expected.PresentValues[l][offset..(offset + d)], actual.PresentValues[l][offset..(offset + d)], tolerance, $"{what} present.{l}.value (b={b}, g={g}, j={j})");
-                    }
-    }
 }

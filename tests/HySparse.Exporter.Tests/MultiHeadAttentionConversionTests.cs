@@ -56,7 +56,7 @@ public sealed class MultiHeadAttentionConversionTests
         var expected = DecoderRunner.PrefillThenDecode(source.ToByteArray(), Config, decodeSteps: 3);
         var actual = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), Config, decodeSteps: 3, o => o.RegisterHySparseOps());
         for (var step = 0; step < expected.Count; step++)
-            HySparseEquivalenceTests.AssertCloseOnRealTokens(Config, expected[step].Inputs, expected[step].Outputs, actual[step].Outputs, 1e-4, $"step {step}");
+            Close.AssertRealTokens(expected[step].Inputs, Config, expected[step].Outputs, actual[step].Outputs, 1e-4, $"step {step}");
     }
 
     [TestMethod]

@@ -4,7 +4,7 @@ namespace HySparse.Exporter.Tests;
 
 /// <summary>One decoder step's tensors, row-major, in the graph's layouts.</summary>
 /// <param name="Logits">[B,S,V].</param>
-/// <param name="PresentKeys">Per layer [B,H_kv,T,D].</param>
+/// <param name="PresentKeys">Per layer [B,H_kv,T,D] (none for a model without KV cache).</param>
 /// <param name="PresentValues">Per layer [B,H_kv,T,D].</param>
 public sealed record DecoderOutputs(double[] Logits, double[][] PresentKeys, double[][] PresentValues);
 
@@ -173,13 +173,19 @@ public static class ReferenceLlama
     }
 
     /// <summary>Runs <paramref name="model"/> in ONNX Runtime and checks logits and every present cache against <see cref="Forward"/>.</summary>
-    public static void AssertModelMatches(byte[] model, LlamaWeights weights, DecoderInputs inputs, double tolerance)
+    /// <param name="model">The model to run.</param>
+    /// <param name="weights">Its weights.</param>
+    /// <param name="inputs">One call's inputs.</param>
+    /// <param name="tolerance">Largest accepted difference.</param>
+    /// <param name="kvCache">False for a model without KV cache (only logits are compared; it must return no caches).</param>
+    public static void AssertModelMatches(byte[] model, LlamaWeights weights, DecoderInputs inputs, double tolerance, bool kvCache = true)
     {
         var actual = DecoderRunner.Run(model, weights.Config, inputs);
         var expected = Forward(weights, inputs.Batch, inputs.InputIds, inputs.Mask, inputs.PastKeys, inputs.PastValues);
         var call = $"(B={inputs.Batch}, P={inputs.Past}, S={inputs.NewTokens})";
         Close.Assert(expected.Logits, actual.Logits, tolerance, $"logits {call}");
-        for (var l = 0; l < weights.Config.Layers; l++)
+        Assert.HasCount(kvCache ? weights.Config.Layers : 0, actual.PresentKeys);
+        for (var l = 0; l < actual.PresentKeys.Length; l++)
         {
             Close.Assert(expected.PresentKeys[l], actual.PresentKeys[l], tolerance, $"present.{l}.key {call}");
             Close.Assert(expected.PresentValues[l], actual.PresentValues[l], tolerance, $"present.{l}.value {call}");

@@ -9,7 +9,7 @@ namespace HySparse.Exporter.Tests;
 [TestClass]
 public sealed class RefusalTests
 {
-    private static ConversionException Refuse(ModelDirectory dir, string input, ConversionError expected, ConversionOptions? options = null)
+    internal static ConversionException Refuse(ModelDirectory dir, string input, ConversionError expected, ConversionOptions? options = null)
     {
         var before = ModelDirectory.Sha256(input);
         var existing = Directory.GetFiles(dir.Path).Select(Path.GetFileName).ToArray();

@@ -17,10 +17,11 @@ public sealed class GraphIndex
     private readonly Dictionary<NodeProto, int> _positions = new(ReferenceEqualityComparer.Instance);
     private readonly HashSet<string> _outputs = new(StringComparer.Ordinal);
 
-    /// <summary>Indexes <paramref name="graph"/>.</summary>
-    public GraphIndex(GraphProto graph)
+    /// <summary>Indexes <paramref name="graph"/>, the graph of <paramref name="model"/> when given.</summary>
+    public GraphIndex(GraphProto graph, ModelProto? model = null)
     {
         Graph = graph;
+        Model = model;
         foreach (var initializer in graph.Initializer) _initializers[initializer.Name] = initializer;
         // Initializers may also be listed as inputs (IR < 4 style); they are not real inputs then.
         foreach (var input in graph.Input.Where(i => !_initializers.ContainsKey(i.Name))) _inputs[input.Name] = input;
@@ -40,6 +41,9 @@ public sealed class GraphIndex
 
     /// <summary>The indexed graph.</summary>
     public GraphProto Graph { get; }
+
+    /// <summary>The model holding the graph (its opsets and IR version), when known.</summary>
+    public ModelProto? Model { get; }
 
     /// <summary>The node producing <paramref name="tensor"/>, or null for inputs, initializers and unknown names.</summary>
     public NodeProto? Producer(string tensor) => _producers.GetValueOrDefault(tensor);

@@ -6,9 +6,9 @@ namespace HySparse.Exporter.Recognition;
 /// <summary>An attention formulation the converter knows how to find.</summary>
 public enum AttentionStyle
 {
-    /// <summary>MatMul(Q,Kᵀ) → scale → Add(mask) → Softmax → MatMul(V), as torch.onnx.export and Optimum emit it.</summary>
+    /// <summary>MatMul(Q,Kᵀ) → scale → Add(mask) or Where(mask) → Softmax → MatMul(V), as torch.onnx.export and Optimum emit it.</summary>
     Decomposed,
-    /// <summary>A fused attention operator the converter only recognises to refuse (ONNX Attention).</summary>
+    /// <summary>The ONNX <c>Attention</c> operator (opset 23).</summary>
     Fused,
     /// <summary><c>com.microsoft.GroupQueryAttention</c> with a shared KV buffer, as the onnxruntime-genai model builder emits it.</summary>
     GroupQueryAttention,
@@ -65,14 +65,22 @@ public sealed record AttentionLayer
     public required string Value { get; init; }
     /// <summary>Rank of query, key and value (3 or 4).</summary>
     public required int Rank { get; init; }
-    /// <summary>Past key cache graph input [B,H_kv,P,D].</summary>
-    public required string PastKey { get; init; }
-    /// <summary>Past value cache graph input.</summary>
-    public required string PastValue { get; init; }
-    /// <summary>Present key cache tensor (kept as the op's output name).</summary>
-    public required string PresentKey { get; init; }
-    /// <summary>Present value cache tensor.</summary>
-    public required string PresentValue { get; init; }
+    /// <summary>
+    /// True when <see cref="Key"/> is [B,S,H_kv,D] (a head split not yet transposed, as exports that
+    /// transpose keys with perm [0,2,3,1] have it): the rewrite feeds the op its BNSH transpose.
+    /// </summary>
+    public bool KeyIsBsnh { get; init; }
+    /// <summary>Past key cache graph input [B,H_kv,P,D]; null when the export has no KV cache.</summary>
+    public required string? PastKey { get; init; }
+    /// <summary>Past value cache graph input; null when the export has no KV cache.</summary>
+    public required string? PastValue { get; init; }
+    /// <summary>
+    /// Present key cache tensor (kept as the op's output name); null when the source produces none
+    /// (no KV cache): the op's required present outputs then get fresh names nothing reads.
+    /// </summary>
+    public required string? PresentKey { get; init; }
+    /// <summary>Present value cache tensor; null when the source produces none.</summary>
+    public required string? PresentValue { get; init; }
     /// <summary>Attention output tensor (kept as the op's output name), layout of <see cref="Query"/>.</summary>
     public required string Output { get; init; }
     /// <summary>The int64 [B,P+S] padding mask graph input the layer's mask derives from, or null (causal only).</summary>
@@ -120,6 +128,19 @@ public sealed class AttentionMatch
 
     /// <summary>A successful match.</summary>
     public static AttentionMatch Success(AttentionLayer layer) => new(layer, null);
+    /// <summary>Runs a pattern's matcher, turning a <see cref="PatternMismatch"/> it raises into a failure.</summary>
+    internal static AttentionMatch Catching(Func<AttentionLayer> match)
+    {
+        try
+        {
+            return Success(match());
+        }
+        catch (PatternMismatch mismatch)
+        {
+            return Fail(mismatch.Node, mismatch.Message);
+        }
+    }
+
     /// <summary>A failed match at <paramref name="node"/>.</summary>
     public static AttentionMatch Fail(NodeProto node, string reason) => new(null, new UnconvertibleLayer(NodeLabel(node), reason));
 

@@ -21,17 +21,8 @@ public abstract class FusedOperatorPattern : IAttentionPattern
     public IEnumerable<NodeProto> Anchors(GraphIndex graph) => graph.Graph.Node.Where(n => n.Domain == Domain && n.OpType == OpType);
 
     /// <inheritdoc />
-    public AttentionMatch Match(GraphIndex graph, NodeProto anchor)
-    {
-        try
-        {
-            return AttentionMatch.Success(MatchLayer(graph, anchor, new FusedOperator(graph, anchor)));
-        }
-        catch (PatternMismatch mismatch)
-        {
-            return AttentionMatch.Fail(mismatch.Node, mismatch.Message);
-        }
-    }
+    public AttentionMatch Match(GraphIndex graph, NodeProto anchor) =>
+        AttentionMatch.Catching(() => MatchLayer(graph, anchor, new FusedOperator(graph, anchor)));
 
     /// <summary>Describes the layer at <paramref name="node"/>, throwing <see cref="PatternMismatch"/> (via <paramref name="op"/>) when it cannot be converted.</summary>
     private protected abstract AttentionLayer MatchLayer(GraphIndex graph, NodeProto node, FusedOperator op);

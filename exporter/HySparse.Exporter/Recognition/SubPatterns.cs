@@ -3,6 +3,7 @@ using System.Text.RegularExpressions;
 using HySparse.Exporter.Graph;
 using HySparse.Models.Graph;
 using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Exporter.Recognition;
 
@@ -13,12 +14,20 @@ namespace HySparse.Exporter.Recognition;
 /// <param name="Present">The Concat output.</param>
 internal sealed record CacheConcat(NodeProto Node, string Past, string New, string Present)
 {
-    /// <summary>Matches the Concat producing <paramref name="tensor"/>.</summary>
-    public static CacheConcat Match(GraphIndex graph, string tensor, NodeProto user)
+    /// <summary>
+    /// Matches the Concat producing <paramref name="tensor"/>, or returns null when no Concat produces
+    /// it (an export without KV cache: the tensor is this call's keys or values themselves).
+    /// </summary>
+    public static CacheConcat? MatchOrNone(GraphIndex graph, string tensor, NodeProto user)
     {
         var node = graph.Producer(tensor);
         if (node is not { OpType: "Concat", Domain: "" })
-            throw new PatternMismatch(user, $"'{tensor}' is not produced by Concat(past, new): attention without a KV cache input is not supported yet");
+        {
+            // Keys or values computed from a cache-shaped input in some other way would lose that cache.
+            if (Upstream.GraphInputs(graph, tensor).FirstOrDefault(i => graph.GraphInput(i)?.Type?.TensorType?.Shape?.Dim.Count == 4) is { } cache)
+                throw new PatternMismatch(user, $"'{tensor}' is computed from the 4-D input '{cache}' but not by Concat(past, new) on axis 2");
+            return null;
+        }
         var axis = Attr.GetInt(node, "axis", long.MinValue);
         if (node.Input.Count != 2 || axis is not (2 or -2))
             throw new PatternMismatch(node, $"cache Concat must join two tensors on axis 2 (has {node.Input.Count} inputs, axis {axis})");
@@ -104,4 +113,123 @@ internal static class CacheNames
         var match = CacheName.Match(past);
         return match.Success ? int.Parse(match.Groups[1].Value, CultureInfo.InvariantCulture) : null;
     }
+}
+
+/// <summary>
+/// A per-head view of a projection: <c>Reshape(x, [.., .., H, D])</c> ([B,S,H,D]), optionally
+/// followed by <c>Transpose(0,2,1,3)</c> ([B,H,S,D]), with element-wise steps (RoPE, scaling) after
+/// either. H and D must be constants of the Reshape's shape.
+/// </summary>
+/// <param name="Heads">H.</param>
+/// <param name="HeadSize">D.</param>
+/// <param name="Bnsh">True when the heads were transposed to [B,H,S,D].</param>
+internal sealed record HeadSplit(int Heads, int HeadSize, bool Bnsh)
+{
+    /// <summary>The head split <paramref name="tensor"/> comes from, or null when it is not one.</summary>
+    public static HeadSplit? Find(GraphIndex graph, string tensor)
+    {
+        var bnsh = false;
+        for (var depth = 0; depth < 12 && graph.Producer(tensor) is { Domain: "" } node; depth++)
+        {
+            switch (node.OpType)
+            {
+                case "Reshape":
+                    return graph.PartialIntVector(node.Input[1]) is [_, _, { } heads and > 0, { } size and > 0]
+                        ? new HeadSplit(checked((int)heads), checked((int)size), bnsh)
+                        : null;
+                case "Transpose" when !bnsh && Attr.GetInts(node, "perm") is [0, 2, 1, 3]:
+                    bnsh = true;
+                    tensor = node.Input[0];
+                    break;
+                case "Add" or "Sub" or "Mul" or "Div" or "Cast":
+                    // RoPE is x·cos + rotate_half(x)·sin: the first operands lead back to x.
+                    tensor = node.Input.Count > 1 && graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
+                    break;
+                default:
+                    return null;
+            }
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// D of a Q, K or V tensor with <paramref name="heads"/> heads in either layout: from its head split,
+    /// or its last dimension over the heads when it is [B,S,H·D]; null when neither is stated.
+    /// </summary>
+    public static int? HeadSizeOf(GraphIndex graph, string tensor, int heads) =>
+        Find(graph, tensor)?.HeadSize
+        ?? (heads > 0 && LastDimension(graph, tensor) is { } width && width % heads == 0 ? (int)(width / heads) : null);
+
+    /// <summary>
+    /// The last dimension of <paramref name="tensor"/> when it is stated: a declared shape, a Reshape's
+    /// constant last entry, or the weight of the MatMul (through a bias Add) that produces it.
+    /// </summary>
+    public static long? LastDimension(GraphIndex graph, string tensor)
+    {
+        var declared = graph.GraphInput(tensor) ?? graph.Graph.ValueInfo.FirstOrDefault(v => v.Name == tensor);
+        if (declared?.Type?.TensorType?.Shape?.Dim is { Count: > 0 } dims && dims[^1].DimValue > 0) return dims[^1].DimValue;
+        for (var depth = 0; depth < 4 && graph.Producer(tensor) is { Domain: "" } node; depth++)
+        {
+            switch (node.OpType)
+            {
+                case "Reshape":
+                    return graph.PartialIntVector(node.Input[1]) is { Length: > 0 } shape && shape[^1] is > 0 ? shape[^1] : null;
+                case "MatMul":
+                    return graph.Constant(node.Input[1]) is { Dims.Count: >= 2 } weight ? weight.Dims[^1] : null;
+                case "Add":
+                    tensor = graph.Constant(node.Input[0]) is not null ? node.Input[1] : node.Input[0];
+                    break;
+                default:
+                    return null;
+            }
+        }
+        return null;
+    }
+}
+
+/// <summary>What a tensor is computed from.</summary>
+internal static class Upstream
+{
+    /// <summary>
+    /// The graph inputs whose values <paramref name="tensor"/> is computed from. Paths through
+    /// <c>Shape</c> / <c>Size</c> do not count: they read an input's dimensions, not its values (a
+    /// causal mask sized from <c>input_ids</c> does not depend on the ids).
+    /// </summary>
+    public static IReadOnlySet<string> GraphInputs(GraphIndex graph, string tensor)
+    {
+        var found = new HashSet<string>(StringComparer.Ordinal);
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Stack<string>([tensor]);
+        while (pending.Count > 0)
+        {
+            var current = pending.Pop();
+            if (!seen.Add(current)) continue;
+            if (graph.IsGraphInput(current)) found.Add(current);
+            if (graph.Producer(current) is not { } node || node is { OpType: "Shape" or "Size", Domain: "" }) continue;
+            foreach (var input in node.Input.Where(n => n.Length > 0)) pending.Push(input);
+        }
+        return found;
+    }
+
+    /// <summary>
+    /// The float element type of the weights <paramref name="tensor"/> is computed from: the first
+    /// floating-point initializer of rank 2 or more (a projection matrix) found walking up, or a
+    /// floating-point graph input; null when there is none.
+    /// </summary>
+    public static DataType? FloatType(GraphIndex graph, string tensor)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var pending = new Queue<string>([tensor]);
+        while (pending.Count > 0 && seen.Count < 256)
+        {
+            var current = pending.Dequeue();
+            if (!seen.Add(current)) continue;
+            if (graph.Constant(current) is { Dims.Count: >= 2 } weight && IsFloat((DataType)weight.DataType)) return (DataType)weight.DataType;
+            if (graph.GraphInput(current)?.Type?.TensorType is { } declared && IsFloat((DataType)declared.ElemType)) return (DataType)declared.ElemType;
+            foreach (var input in graph.Producer(current)?.Input.Where(n => n.Length > 0) ?? []) pending.Enqueue(input);
+        }
+        return null;
+    }
+
+    private static bool IsFloat(DataType type) => type is DataType.Float or DataType.Float16 or DataType.Bfloat16;
 }

@@ -13,7 +13,8 @@ namespace HySparse.Exporter.Rewrite;
 /// nodes, producing the layer's attention output and present caches under their original names;
 /// nodes and initializers that only fed the replaced subgraphs (the additive mask, scale constants)
 /// are dropped; what a fused operator did to its inputs itself (splitting packed QKV, RoPE) is added
-/// in front of the op as separate nodes (<see cref="FusedInputRewrite"/>); nothing else is touched,
+/// in front of the op as separate nodes (<see cref="FusedInputRewrite"/>), as is the BNSH transpose
+/// of a key the source transposed straight to Kᵀ (<see cref="AttentionLayer.KeyIsBsnh"/>); nothing else is touched,
 /// except the declared length of some caches: with KV sharing the sparse layers' cache inputs and
 /// outputs become window caches, and shared-buffer presents are declared as long as their buffer.
 /// </summary>
@@ -35,30 +36,30 @@ internal static class HybridRewriter
 
         var selections = new string?[layers.Count];
         var ops = new NodeProto[layers.Count];
+        var wiring = new OpWiring[layers.Count];
         var replacementAt = new Dictionary<NodeProto, List<NodeProto>>(ReferenceEqualityComparer.Instance);
         var removed = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
         var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
         for (var i = 0; i < graph.Node.Count; i++) position[graph.Node[i]] = i;
         var fusedInputs = new FusedInputRewrite(stem => Unique(usedNames, stem), stem => Unique(usedNodeNames, stem), DefaultOpset(model));
 
-        var prepared = new (string Query, string Key, string Value)[layers.Count];
         for (var i = 0; i < layers.Count; i++)
         {
             var layer = layers[i];
             var label = (layer.CacheIndex ?? i).ToString(CultureInfo.InvariantCulture);
             var scope = ScopeOf(layer.AnchorNode);
             var nodes = new List<NodeProto>();
-            prepared[i] = fusedInputs.Prepare(layer, scope, nodes);
+            wiring[i] = Wire(layer, fusedInputs.Prepare(layer, scope, nodes), label, scope, nodes, usedNames, usedNodeNames);
             NodeProto op;
             if (layout.Kinds[i] == LayerKind.Full)
             {
                 if (layout.FeedsSparseLayers(i)) selections[i] = Unique(usedNames, $"hysparse.layers.{label}.block_indices");
-                op = FullNode(layer, prepared[i], selections[i], parameters);
+                op = FullNode(layer, wiring[i], selections[i], parameters);
             }
             else
             {
                 var oracle = layout.OracleOf(i);
-                op = SparseNode(layer, prepared[i], layers[oracle], selections[oracle]!, parameters);
+                op = SparseNode(layer, wiring[i], wiring[oracle], selections[oracle]!, parameters);
             }
             op.Name = Unique(usedNodeNames, $"{scope}/{op.OpType}");
             ops[i] = op;
@@ -82,9 +83,11 @@ internal static class HybridRewriter
         var windowCaches = new List<string>();
         if (parameters.Mode == HybridMode.KvSharing)
         {
-            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse).Select(i => layers[i]).ToList();
-            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey, l.PastValue }));
-            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue }));
+            // A layer without cache inputs and outputs (an export without KV cache) changes no interface.
+            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse && layers[i].PastKey is not null)
+                .Select(i => layers[i]).ToList();
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey!, l.PastValue! }));
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue }).OfType<string>());
             DeclareWindowCaches(graph, sparse);
         }
 
@@ -106,8 +109,9 @@ internal static class HybridRewriter
         var dims = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var layer in sparseLayers)
         {
-            dims[layer.PastKey] = dims[layer.PastValue] = HybridMetadata.PastWindowDim;
-            dims[layer.PresentKey] = dims[layer.PresentValue] = HybridMetadata.PresentWindowDim;
+            dims[layer.PastKey!] = dims[layer.PastValue!] = HybridMetadata.PastWindowDim;
+            if (layer.PresentKey is { } presentKey) dims[presentKey] = HybridMetadata.PresentWindowDim;
+            if (layer.PresentValue is { } presentValue) dims[presentValue] = HybridMetadata.PresentWindowDim;
         }
         foreach (var info in graph.Input.Concat(graph.Output).Concat(graph.ValueInfo))
         {
@@ -126,8 +130,8 @@ internal static class HybridRewriter
         var pastOf = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var layer in bufferLayers)
         {
-            pastOf[layer.PresentKey] = layer.PastKey;
-            pastOf[layer.PresentValue] = layer.PastValue;
+            if (layer.PresentKey is { } presentKey && layer.PastKey is { } pastKey) pastOf[presentKey] = pastKey;
+            if (layer.PresentValue is { } presentValue && layer.PastValue is { } pastValue) pastOf[presentValue] = pastValue;
         }
         var inputs = graph.Input.ToDictionary(i => i.Name, StringComparer.Ordinal);
         foreach (var info in graph.Output.Concat(graph.ValueInfo))
@@ -143,20 +147,48 @@ internal static class HybridRewriter
     private static long DefaultOpset(ModelProto model) =>
         model.OpsetImport.FirstOrDefault(o => o.Domain is "" or "ai.onnx")?.Version ?? 0;
 
-    private static NodeProto FullNode(AttentionLayer layer, (string Query, string Key, string Value) qkv, string? selection, HybridParameters parameters)
+    /// <summary>The tensors an op node reads as its query, key and value and writes as its present caches.</summary>
+    private sealed record OpWiring(string Query, string Key, string Value, string PresentKey, string PresentValue);
+
+    /// <summary>
+    /// Names the op's inputs and present outputs from the query, key and value <paramref name="qkv"/>
+    /// (as <see cref="FusedInputRewrite"/> prepared them): a [B,S,H,D] key gets a Transpose to BNSH
+    /// (added to <paramref name="nodes"/>, to go in before the op), and a layer without present caches
+    /// gets fresh names for the op's required present outputs, which nothing reads (a sparse layer with
+    /// KV sharing reads its full layer's).
+    /// </summary>
+    private static OpWiring Wire(AttentionLayer layer, (string Query, string Key, string Value) qkv, string label, string scope,
+        List<NodeProto> nodes, HashSet<string> usedNames, HashSet<string> usedNodeNames)
+    {
+        var key = qkv.Key;
+        if (layer.KeyIsBsnh)
+        {
+            key = Unique(usedNames, $"hysparse.layers.{label}.key_bnsh");
+            var transpose = new NodeProto { OpType = "Transpose", Name = Unique(usedNodeNames, $"{scope}/hysparse_key_bnsh/Transpose") };
+            transpose.Input.Add(qkv.Key);
+            transpose.Output.Add(key);
+            transpose.Attribute.Add(Attr.Ints("perm", 0, 2, 1, 3));
+            nodes.Add(transpose);
+        }
+        return new OpWiring(qkv.Query, key, qkv.Value,
+            layer.PresentKey ?? Unique(usedNames, $"hysparse.layers.{label}.present_key"),
+            layer.PresentValue ?? Unique(usedNames, $"hysparse.layers.{label}.present_value"));
+    }
+
+    private static NodeProto FullNode(AttentionLayer layer, OpWiring wiring, string? selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.FullAttn, Domain = HySparseOps.Domain };
-        node.Input.AddRange([qkv.Query, qkv.Key, qkv.Value, layer.PastKey, layer.PastValue, layer.AttentionMask ?? "",
+        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, layer.PastKey ?? "", layer.PastValue ?? "", layer.AttentionMask ?? "",
             layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
-        node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
+        node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);
         if (selection is not null) node.Output.Add(selection);
         node.Attribute.AddRange(CommonAttributes(layer, parameters));
         node.Attribute.Add(Attr.Int(HySparseOps.Attributes.TopK, parameters.TopK));
         return node;
     }
 
-    private static NodeProto SparseNode(AttentionLayer layer, (string Query, string Key, string Value) qkv, AttentionLayer oracle, string selection, HybridParameters parameters)
+    private static NodeProto SparseNode(AttentionLayer layer, OpWiring wiring, OpWiring oracle, string selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.SparseAttn, Domain = HySparseOps.Domain };
         // Retrofit: no shared_key/shared_value (inputs 5, 6); the SA branch reads the layer's own
@@ -165,11 +197,11 @@ internal static class HybridRewriter
         var sharing = parameters.Mode == HybridMode.KvSharing;
         // Shared-buffer layers (GroupQueryAttention) pass seqlens_k and total_sequence_length on as
         // inputs 13 and 14; the inputs between (gate, sinks, selected KV) stay omitted.
-        node.Input.AddRange([qkv.Query, qkv.Key, qkv.Value, layer.PastKey, layer.PastValue,
+        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, layer.PastKey ?? "", layer.PastValue ?? "",
             sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? "",
             "", "", "", "", layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
-        node.Output.AddRange([layer.Output, layer.PresentKey, layer.PresentValue]);
+        node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);
         node.Attribute.AddRange(CommonAttributes(layer, parameters));
         node.Attribute.Add(Attr.Int(HySparseOps.Attributes.Window, parameters.Window));
         node.Attribute.Add(Attr.String(HySparseOps.Attributes.Combine, HySparseOps.CombineModes.Union));

@@ -29,6 +29,13 @@ public enum LlamaAttentionStyle
     /// left padding included.
     /// </summary>
     MultiHeadAttention,
+
+    /// <summary>
+    /// The standard ONNX <c>Attention</c> operator (opset 23) after head split and RoPE, with the
+    /// caches as its <c>past_key</c>/<c>past_value</c> inputs and <c>present_key</c>/<c>present_value</c>
+    /// outputs; variations in <see cref="OnnxAttentionOptions"/>.
+    /// </summary>
+    OnnxAttention,
 }
 
 /// <summary>Variations among MultiHeadAttention exports.</summary>
@@ -59,6 +66,43 @@ public sealed record GroupQueryAttentionOptions
     public bool PackedQkv { get; init; }
 }
 
+/// <summary>How the masked positions are removed before the Softmax in a decomposed export.</summary>
+public enum MaskStyle
+{
+    /// <summary><c>Add(scores, mask)</c> with an additive float mask (0 or the float minimum).</summary>
+    Additive,
+    /// <summary>
+    /// <c>Where(keep, scores, float minimum)</c> on a boolean mask derived from <c>attention_mask</c>
+    /// and causality, as newer torch exports write <c>masked_fill</c>.
+    /// </summary>
+    WhereOnScores,
+}
+
+/// <summary>How an ONNX <c>Attention</c> node is told which keys a query may see.</summary>
+public enum OnnxAttentionMask
+{
+    /// <summary><c>attn_mask</c> = boolean [B,1,S,T] from <c>attention_mask</c> and causality; <c>is_causal=0</c>.</summary>
+    Boolean,
+    /// <summary><c>attn_mask</c> = additive float [B,1,S,T] (0 or the float minimum); <c>is_causal=0</c>.</summary>
+    Additive,
+    /// <summary>
+    /// No <c>attn_mask</c>, <c>is_causal=1</c>: padding is ignored. With a past the causal mask is aligned
+    /// to the bottom right (new token s sees keys up to P + s), without one Q and K have the same length.
+    /// </summary>
+    IsCausal,
+}
+
+/// <summary>Variations of the ONNX <c>Attention</c> style.</summary>
+public sealed record OnnxAttentionOptions
+{
+    /// <summary>4: Q/K/V [B,H,S,D]; 3: Q/K/V [B,S,H·D] with <c>q_num_heads</c>/<c>kv_num_heads</c>.</summary>
+    public int Rank { get; init; } = 4;
+    /// <summary>How masking is expressed.</summary>
+    public OnnxAttentionMask Mask { get; init; } = OnnxAttentionMask.Boolean;
+    /// <summary>Writes the <c>scale</c> attribute (1/√D) explicitly instead of relying on its default.</summary>
+    public bool ExplicitScale { get; init; }
+}
+
 /// <summary>Where a decomposed export applies the 1/√D logit scale.</summary>
 public enum ScalePlacement
 {
@@ -80,6 +124,21 @@ public sealed record DecomposedExportOptions
     public ScalePlacement Scale { get; init; } = ScalePlacement.DivideScores;
     /// <summary>One fused QKV projection split by <c>Split</c>, instead of three MatMuls.</summary>
     public bool FusedQkv { get; init; }
+    /// <summary>With <see cref="FusedQkv"/>: three <c>Slice</c>s on the last axis instead of one <c>Split</c>.</summary>
+    public bool SplitBySlices { get; init; }
+    /// <summary>How the mask is applied.</summary>
+    public MaskStyle Mask { get; init; } = MaskStyle.Additive;
+    /// <summary>
+    /// Keys transposed with perm [0,2,3,1] straight from their [B,S,H,D] head split (RoPE applied in
+    /// that layout), as BERT-style exports do; needs <see cref="KvCache"/> false and H_q = H_kv.
+    /// </summary>
+    public bool KeysFromHeadSplit { get; init; }
+    /// <summary>
+    /// False for an export without KV cache (prefill only): no <c>past_key_values.N.*</c> inputs and
+    /// no <c>present.N.*</c> outputs, <c>attention_mask</c> covers just the new tokens. Also applies
+    /// to the ONNX <c>Attention</c> style.
+    /// </summary>
+    public bool KvCache { get; init; } = true;
 }
 
 /// <summary>Builds Llama-style decoders as ONNX models.</summary>
@@ -104,22 +163,24 @@ public static class LlamaModelBuilder
     /// </summary>
     /// <param name="weights">The weights (and through them the configuration).</param>
     /// <param name="style">How attention is written.</param>
-    /// <param name="decomposed">Variations of the decomposed style (default: Hugging Face eager export).</param>
+    /// <param name="decomposed">Variations of the decomposed style (default: Hugging Face eager export); its <c>KvCache</c> also applies to ONNX Attention.</param>
     /// <param name="groupQuery">Variations of the GroupQueryAttention style (default: separate Q/K/V, RoPE inside the op).</param>
     /// <param name="multiHead">Variations of the MultiHeadAttention style (default: no bias inside the op).</param>
-    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed,
-        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null) => style switch
+    /// <param name="onnxAttention">Variations of the ONNX Attention style.</param>
+    public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null,
+        GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
         LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
         LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
+        LlamaAttentionStyle.OnnxAttention => new OnnxAttentionLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions(), onnxAttention ?? new OnnxAttentionOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
     };
 
     /// <summary>Generates weights from <paramref name="config"/> and builds the decoder.</summary>
-    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed,
-        DecomposedExportOptions? decomposed = null, GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null) =>
-        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead);
+    public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null,
+        GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) =>
+        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead, onnxAttention);
 
     private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
         options.PackedQkv && !options.DoRotary
@@ -147,6 +208,9 @@ internal abstract class LlamaEmitter
     /// <summary>Default-domain opset and any others the style needs.</summary>
     protected abstract IReadOnlyDictionary<string, long> Opsets { get; }
 
+    /// <summary>False for an export without KV cache inputs and outputs.</summary>
+    protected virtual bool HasKvCache => true;
+
     /// <summary>Emits what all layers' attention shares (positions, rotary tables, masks).</summary>
     protected abstract void EmitAttentionPrelude();
 
@@ -172,7 +236,7 @@ internal abstract class LlamaEmitter
         var c = Config;
         G.AddInput(LlamaNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
         G.AddInput(LlamaNames.AttentionMask, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
-        for (var l = 0; l < c.Layers; l++)
+        for (var l = 0; l < c.Layers && HasKvCache; l++)
         {
             G.AddInput(LlamaNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
             G.AddInput(LlamaNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
@@ -219,7 +283,7 @@ internal abstract class LlamaEmitter
         }
 
         G.AddOutput(LlamaNames.Logits, DataType.Float, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim, c.Vocab);
-        for (var l = 0; l < c.Layers; l++)
+        for (var l = 0; l < c.Layers && HasKvCache; l++)
         {
             G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
             G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
@@ -294,7 +358,11 @@ internal abstract class LlamaEmitter
     /// <summary>RMSNorm as torch exports it: x · 1/√(mean(x²) + ε) · w.</summary>
     protected string RmsNorm(string x, string weight)
     {
-        var meanSquare = G.Op("ReduceMean", [G.Op("Pow", x, G.ConstFloat(2f))], Attr.Ints("axes", -1), Attr.Int("keepdims", 1));
+        var square = G.Op("Pow", x, G.ConstFloat(2f));
+        // Opset 18 moved ReduceMean's axes from an attribute to an input.
+        var meanSquare = Opsets[""] >= 18
+            ? G.Op("ReduceMean", [square, G.ConstInt64s(-1)], Attr.Int("keepdims", 1))
+            : G.Op("ReduceMean", [square], Attr.Ints("axes", -1), Attr.Int("keepdims", 1));
         var inverseRms = G.Op("Div", G.ConstFloat(1f), G.Op("Sqrt", G.Op("Add", meanSquare, G.ConstFloat(Config.RmsEpsilon))));
         return G.Op("Mul", weight, G.Op("Mul", x, inverseRms));
     }
