@@ -29,7 +29,7 @@ internal static class InspectCommand
                 layers = report.Layers.Select(l => new { l.Index, l.CacheIndex, l.Node, l.Kind, l.NumHeads, l.KvNumHeads, l.HeadSize, cacheType = SharedOptions.TypeName(l.CacheType), l.BytesPerToken }),
                 unconvertible = report.Failures,
                 layout = report.Layout?.Pattern,
-                parameters = new { mode = report.Native ? HybridMetadata.NativeMode : report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
+                parameters = new { mode = report.Native ? report.Metadata.GetValueOrDefault(HybridMetadata.Mode, HybridMetadata.NativeMode) : report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
                 windowCaches = report.WindowCaches,
                 kv = report.Kv,
                 metadata = report.Metadata,
@@ -66,7 +66,7 @@ internal static class InspectCommand
             var p = report.Parameters;
             stdout.WriteLine();
             stdout.WriteLine($"  {(report.Converted ? "hybrid layout" : "with layout")} {layout.Pattern}, top-k {p.TopK}, block size {p.BlockSize}, window {p.Window} (sparse layers read at most {p.SparseReach} keys per token)");
-            stdout.WriteLine($"  mode       {(report.Native ? NativeModeLine : SharedOptions.ModeLine(report.Mode))}");
+            stdout.WriteLine($"  mode       {(!report.Native ? SharedOptions.ModeLine(report.Mode) : IsSlidingWindow(report.Metadata) ? SlidingWindowModeLine : NativeModeLine)}");
             if (report.WindowCaches.Count > 0)
                 stdout.WriteLine($"  window caches (at most {p.Window} tokens each): {string.Join(", ", report.WindowCaches)}");
             stdout.WriteLine($"  context   KV cache: {(report.Converted ? "dense / retrofit / kv-sharing (* this model)" : "dense / retrofit / kv-sharing (* requested mode)")}     KV read per decoded token: dense / hybrid");
@@ -84,9 +84,17 @@ internal static class InspectCommand
     private const string NativeModeLine =
         "native: trained as HySparse; sparse layers gate an SA branch over the full layer's cache and an SWA branch over a window cache of their own (KV kept as with kv-sharing)";
 
+    private const string SlidingWindowModeLine =
+        "sliding window: trained as a hybrid of full layers and sliding-window layers; the window layers select no blocks and keep window caches";
+
+    private static bool IsSlidingWindow(IReadOnlyDictionary<string, string> metadata) =>
+        metadata.GetValueOrDefault(HybridMetadata.Mode) == HybridMetadata.SlidingWindowMode;
+
     /// <summary>The header of a native model: what it is, and its gate and sinks when the metadata says.</summary>
     private static string NativeDescription(IReadOnlyDictionary<string, string> metadata)
     {
+        if (IsSlidingWindow(metadata))
+            return $"sliding-window hybrid (window {metadata.GetValueOrDefault(HybridMetadata.Window, "?")}{(metadata.GetValueOrDefault(HySparseModelBuilder.MetadataKeys.Sinks) == "1" ? ", sinks" : "")}; no dense original)";
         var details = new List<string> { $"combine {metadata.GetValueOrDefault(HybridMetadata.Combine, "gate")}" };
         if (metadata.TryGetValue(HySparseModelBuilder.MetadataKeys.Gate, out var gate)) details.Add($"gates {gate.Replace('_', ' ')}");
         if (metadata.TryGetValue(HySparseModelBuilder.MetadataKeys.Sinks, out var sinks)) details.Add(sinks == "1" ? "sinks" : "no sinks");

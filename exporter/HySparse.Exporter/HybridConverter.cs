@@ -110,9 +110,10 @@ public static class HybridConverter
         || model.Graph?.Node.Any(n => n.Domain == HySparseOps.Domain) == true
         || model.MetadataProps.Any(p => p.Key.StartsWith(HybridMetadata.Prefix, StringComparison.Ordinal));
 
-    /// <summary>True when the model says it is HySparse-native (<see cref="HybridMetadata.NativeMode"/>): built or trained with its sparse layers.</summary>
+    /// <summary>True when the model says it was built or trained as a hybrid (<see cref="HybridMetadata.NativeMode"/>
+    /// or <see cref="HybridMetadata.SlidingWindowMode"/>): it has no dense original.</summary>
     public static bool IsNative(ModelProto model) =>
-        model.MetadataProps.Any(p => p.Key == HybridMetadata.Mode && p.Value == HybridMetadata.NativeMode);
+        model.MetadataProps.Any(p => p.Key == HybridMetadata.Mode && p.Value is HybridMetadata.NativeMode or HybridMetadata.SlidingWindowMode);
 
     /// <summary>Converts a copy of <paramref name="source"/>; the source is left as it was.</summary>
     public static (ModelProto Model, ConversionReport Report) Convert(ModelProto source, ConversionOptions options)

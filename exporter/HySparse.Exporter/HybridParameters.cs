@@ -62,7 +62,8 @@ public static class HybridMetadata
     public const string FormatVersion = Prefix + "format_version";
     /// <summary>
     /// "retrofit" or "kv_sharing" (<see cref="HybridParameters.ModeName"/>) for a converted model;
-    /// <see cref="NativeMode"/> for a model built or trained as HySparse.
+    /// <see cref="NativeMode"/> for a model built or trained as HySparse, <see cref="SlidingWindowMode"/>
+    /// for a sliding-window hybrid trained as such.
     /// </summary>
     public const string Mode = Prefix + "mode";
     /// <summary>
@@ -70,6 +71,12 @@ public static class HybridMetadata
     /// sinks; <c>combine=gate</c>, window caches). It has no dense original: nothing to convert or verify against.
     /// </summary>
     public const string NativeMode = "native";
+    /// <summary>
+    /// <see cref="Mode"/> of a hybrid sliding-window model trained as such (full layers, and
+    /// sliding-window layers with window caches: <c>HySparseSparseAttn</c> with an empty selection).
+    /// Like a native model it has no dense original.
+    /// </summary>
+    public const string SlidingWindowMode = "sliding_window";
     /// <summary>One letter per attention layer, e.g. "FSSSFSSF".</summary>
     public const string Layout = Prefix + "layout";
     /// <summary>Comma-separated full layers.</summary>

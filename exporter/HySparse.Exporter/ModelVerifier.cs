@@ -58,17 +58,21 @@ public static class ModelVerifier
             throw new ArgumentException("verify needs a prompt of at least one token, a batch of at least one and a non-negative number of decode steps");
         var dense = ModelFile.Load(densePath);
         if (HybridConverter.IsNative(dense))
+        {
+            var mode = dense.MetadataProps.First(p => p.Key == HybridMetadata.Mode).Value;
+            var what = mode == HybridMetadata.NativeMode ? "a HySparse-native model" : "a sliding-window hybrid";
             throw new ConversionException(ConversionError.AlreadyConverted,
-                $"'{densePath}' is a HySparse-native model (hysparse.mode = native): verify compares a dense model with its conversion, and a native model has no dense original; inspect it, or run it with HySparse.Onnx.KvCacheDecoder");
+                $"'{densePath}' is {what} (hysparse.mode = {mode}): verify compares a dense model with its conversion, and a model trained as a hybrid has no dense original; inspect it, or run it with HySparse.Onnx.KvCacheDecoder");
+        }
         if (HybridConverter.IsConverted(dense))
             throw new ConversionException(ConversionError.AlreadyConverted,
                 $"'{densePath}' is already a HySparse model; verify takes the dense original first and its conversion second");
         var layers = DecoderInterface.Read(dense, densePath);
         using var denseSession = Open(densePath, registerOps: false);
         using var hybridSession = Open(hybridPath, registerOps: true);
-        if (hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.Mode, out var hybridMode) && hybridMode == HybridMetadata.NativeMode)
+        if (hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.Mode, out var hybridMode) && hybridMode is HybridMetadata.NativeMode or HybridMetadata.SlidingWindowMode)
             throw new ConversionException(ConversionError.AlreadyConverted,
-                $"'{hybridPath}' is a HySparse-native model (hysparse.mode = native), not a conversion of '{densePath}': a native model was trained with its sparse layers and has no dense original to be compared with");
+                $"'{hybridPath}' is a model trained as a hybrid (hysparse.mode = {hybridMode}), not a conversion of '{densePath}': it was trained with its sparse layers and has no dense original to be compared with");
 
         var rng = new SplitMix64(options.Seed);
         var ids = new long[options.Batch * options.PromptLength];
