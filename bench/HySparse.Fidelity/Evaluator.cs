@@ -9,7 +9,9 @@ namespace HySparse.Fidelity;
 /// <param name="LateBitsPerByte">The same over the second half of each window only (positions that have long context).</param>
 /// <param name="Top1Agreement">Fraction of positions whose arg-max byte equals the dense model's (1 for dense).</param>
 /// <param name="KvBytesPerToken">KV-cache bytes the model holds after the prefill, per token (measured from the present tensors).</param>
-public sealed record ContextScore(int Context, double BitsPerByte, double LateBitsPerByte, double Top1Agreement, double KvBytesPerToken);
+/// <param name="StandardError">Standard error of <paramref name="BitsPerByte"/> across the windows (how much the
+/// choice of text moves it; differences between variants on the same windows vary much less).</param>
+public sealed record ContextScore(int Context, double BitsPerByte, double LateBitsPerByte, double Top1Agreement, double KvBytesPerToken, double StandardError);
 
 /// <summary>The long-range retrieval probe: a random value planted early must be reproduced at the end.</summary>
 /// <param name="Context">Length of each probe text.</param>
@@ -39,19 +41,23 @@ public sealed class Evaluator(byte[] text, int windows)
             var logits = decoder.Step(tokens);
             var kvPerToken = (double)decoder.KvCacheBytes / ((long)windows * context);
             double bits = 0, lateBits = 0;
+            var perWindow = new double[windows];
             var argMax = new int[windows * context];
             for (var i = 0; i < argMax.Length; i++)
             {
                 var row = logits.AsSpan(i * Vocab, Vocab);
                 var loss = CrossEntropyBits(row, targets[i], out argMax[i]);
                 bits += loss;
+                perWindow[i / context] += loss / context;
                 if (i % context >= context / 2) lateBits += loss;
             }
+            var mean = perWindow.Average();
+            var standardError = windows > 1 ? Math.Sqrt(perWindow.Sum(b => (b - mean) * (b - mean)) / (windows - 1) / windows) : double.NaN;
             if (variant.Kind == "dense") _denseArgMax[context] = argMax;
             var reference = _denseArgMax.GetValueOrDefault(context)
                 ?? throw new InvalidOperationException("evaluate the dense variant first: agreement is measured against it");
             var agree = argMax.Where((a, i) => a == reference[i]).Count();
-            scores.Add(new ContextScore(context, bits / argMax.Length, lateBits / (windows * (context - context / 2)), (double)agree / argMax.Length, kvPerToken));
+            scores.Add(new ContextScore(context, bits / argMax.Length, lateBits / (windows * (context - context / 2)), (double)agree / argMax.Length, kvPerToken, standardError));
         }
         return scores;
     }

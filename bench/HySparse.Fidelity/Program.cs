@@ -13,7 +13,7 @@ const string End = "<!-- fidelity:end -->";
 
 string modelsDir = "models/fixtures/trained", textPath = "", outPath = "";
 int[] contexts = [512, 1024, 2048];
-int windows = 8, probes = 8;
+int windows = 32, probes = 16;
 var quick = false;
 for (var i = 0; i < args.Length; i++)
 {

@@ -23,9 +23,13 @@ public static class Report
         {
             var last = r.Scores.Single(s => s.Context == longest);
             sb.AppendLine($"| {r.Variant.Name} | `{r.Variant.Layout}` | {r.Variant.Detail} | "
-                          + string.Join(" | ", contexts.Select(c => F(r.Scores.Single(s => s.Context == c).BitsPerByte, 3)))
+                          + string.Join(" | ", contexts.Select(c => F(r.Scores.Single(s => s.Context == c).BitsPerByte, 3)
+                                                                   + (c == longest ? $" ± {F(last.StandardError, 3)}" : "")))
                           + $" | {F(last.LateBitsPerByte, 3)} | {F(100 * last.Top1Agreement, 1)} % | {F(last.KvBytesPerToken, 0)} |");
         }
+        sb.AppendLine();
+        sb.AppendLine($"± is the standard error across the windows at {Label(longest)}: it measures how much the choice of text moves a model's number; "
+                      + "every model reads the same windows, so differences between rows vary much less than that.");
         sb.AppendLine();
         sb.AppendLine($"![bits per byte at {Label(longest)} against KV-cache bytes per token]({svgName})");
         sb.AppendLine();

@@ -286,19 +286,23 @@ def export_hybrid(model, path, kind):
 def metadata(model, kind, checkpoint):
     c = model.c
     layout = "".join("F" if c.is_full(i) else "S" for i in range(c.layers))
-    window_caches = [f"{d}.{i}.{kv}" for i in range(c.layers) if not c.is_full(i)
-                     for d in ("past_key_values", "present") for kv in ("key", "value")]
+    # All window-cache inputs, then all outputs: the order the converter and the C# builder write.
+    window_caches = [f"{d}.{i}.{kv}" for d in ("past_key_values", "present") for i in range(c.layers)
+                     if not c.is_full(i) for kv in ("key", "value")]
     entries = {"training.kind": kind, "training.steps": str(checkpoint["steps"]),
                "training.tokens": str(checkpoint["tokens"]),
                "training.config": json.dumps(c.to_dict())}
     if kind != "dense":
         entries.update({"hysparse.format_version": "1", "hysparse.layout": layout,
-                        "hysparse.mode": "native" if kind == "hysparse" else "sliding_window_baseline",
+                        "hysparse.mode": "native" if kind == "hysparse" else "sliding_window",
                         "hysparse.full_layers": ",".join(str(i) for i in c.full_layers),
                         "hysparse.block_size": str(c.block_size), "hysparse.top_k": str(c.top_k),
                         "hysparse.window": str(c.window),
                         "hysparse.combine": "gate" if kind == "hysparse" else "union",
-                        "hysparse.window_caches": ",".join(window_caches)})
+                        "hysparse.window_caches": ",".join(window_caches), "hysparse.kv_cache": "concatenated",
+                        "hysparse.sinks": "1"})
+        if kind == "hysparse":
+            entries["hysparse.gate"] = "per_head"
     return entries
 
 
