@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test suite: the native kernel tests (ctest) and the MSTest projects of the solution.
-# Prints each suite's counts and a last line "TOTAL: N passed, N failed".
+# Prints each suite's counts and a last line "TOTAL: N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 total_pass=0
 total_fail=0
+total_skip=0
 add() { total_pass=$((total_pass + $1)); total_fail=$((total_fail + $2)); echo "$3: $1 passed, $2 failed"; }
 
 # Restoring first fetches Microsoft.ML.OnnxRuntime.Gpu, whose headers the native build needs.
@@ -39,10 +40,13 @@ else
     f=$(sed -E 's/.*Failed: *([0-9]+).*/\1/' <<<"$s")
     p=$(sed -E 's/.*Passed: *([0-9]+).*/\1/' <<<"$s")
     name=$(sed -E 's/.* - ([^ ]+\.dll).*/\1/' <<<"$s")
+    k=$(sed -E 's/.*Skipped: *([0-9]+).*/\1/' <<<"$s")
+    total_skip=$((total_skip + ${k:-0}))
     add "$p" "$f" "$name"
   done <<<"$summaries"
   if [ "$build_ok" -ne 0 ] && [ "$(grep -c 'Failed!' <<<"$summaries")" -eq 0 ]; then add 0 1 "dotnet test (exit $build_ok)"; fi
 fi
 
-echo "TOTAL: $total_pass passed, $total_fail failed"
+# Skipped: opt-in measurements (they say why when they skip).
+echo "TOTAL: $total_pass passed, $total_fail failed, $total_skip skipped"
 [ "$total_fail" -eq 0 ]
