@@ -26,7 +26,7 @@ internal static class InspectCommand
                 converted = report.Converted,
                 native = report.Native,
                 sourceAttention = report.SourceStyle,
-                layers = report.Layers.Select(l => new { l.Index, l.CacheIndex, l.Node, l.Kind, l.NumHeads, l.KvNumHeads, l.HeadSize, cacheType = SharedOptions.TypeName(l.CacheType), l.BytesPerToken }),
+                layers = report.Layers.Select(l => new { l.Index, l.CacheIndex, l.Node, l.Kind, l.NumHeads, l.KvNumHeads, l.HeadSize, cacheType = SharedOptions.TypeName(l.CacheType), l.BytesPerToken, l.HasKvCache }),
                 unconvertible = report.Failures,
                 layout = report.Layout?.Pattern,
                 parameters = new { mode = report.Native ? report.Metadata.GetValueOrDefault(HybridMetadata.Mode, HybridMetadata.NativeMode) : report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
@@ -50,7 +50,9 @@ internal static class InspectCommand
         }
         if (layers.Count > 0)
         {
-            stdout.WriteLine($"  KV cache   {SharedOptions.Bytes(layers.Sum(l => l.BytesPerToken))} per token (dense)");
+            stdout.WriteLine(layers.Any(l => l.HasKvCache)
+                ? $"  KV cache   {SharedOptions.Bytes(layers.Sum(l => l.BytesPerToken))} per token (dense)"
+                : $"  KV cache   none: this export has no past/present caches (prefill only); the figures below are what a cache would hold, {SharedOptions.Bytes(layers.Sum(l => l.BytesPerToken))} per token (dense)");
             stdout.WriteLine();
             stdout.WriteLine("  layer  kind    heads q/kv/d  node");
             foreach (var l in layers) stdout.WriteLine($"  {l.Index,5}  {l.Kind,-6}  {$"{l.NumHeads}/{l.KvNumHeads}/{l.HeadSize}",-12}  {l.Node}");

@@ -18,7 +18,9 @@ namespace HySparse.Exporter;
 /// <param name="KvNumHeads">Key/value heads.</param>
 /// <param name="HeadSize">Head size.</param>
 /// <param name="CacheType">Element type of the KV cache.</param>
-public sealed record InspectedLayer(int Index, int? CacheIndex, string Node, string Kind, int NumHeads, int KvNumHeads, int HeadSize, DataType CacheType)
+/// <param name="HasKvCache">False when the export has no past/present cache for this layer (prefill-only
+/// exports): its KV figures are then what a cache would hold, not what the model keeps.</param>
+public sealed record InspectedLayer(int Index, int? CacheIndex, string Node, string Kind, int NumHeads, int KvNumHeads, int HeadSize, DataType CacheType, bool HasKvCache = true)
 {
     /// <summary>Bytes one token adds to this layer's K and V caches.</summary>
     public long BytesPerToken => 2L * KvNumHeads * HeadSize * Tensors.ElementSize(CacheType);
@@ -75,7 +77,7 @@ public static class ModelInspector
         if (analysis.Layers.Count == 0 && analysis.Failures.Count == 0)
             throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention, GroupQueryAttention or MultiHeadAttention node the converter recognises");
         options.Parameters.Validate();
-        var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType)).ToList();
+        var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType, l.PastKey is not null)).ToList();
         // A projection of a mode the conversion would refuse would mislead: report why instead.
         IReadOnlyList<UnconvertibleLayer> failures = options.Parameters.Mode == HybridMode.KvSharing
             ? [.. analysis.Failures, .. HybridConverter.KvSharingRefusals(analysis.Layers)]

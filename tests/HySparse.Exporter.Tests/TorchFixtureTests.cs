@@ -144,4 +144,19 @@ public sealed class TorchFixtureTests
         Close.AssertLogitsOfRealTokens(fixture.Inputs, fixture.Config.Vocab, fixture.Expected.Logits, actual.Logits, 1e-4, $"{name} kv-sharing");
         Assert.HasCount(fixture.Expected.PresentKeys[1].Length, actual.PresentKeys[1], "a window of T tokens holds the whole cache");
     }
+
+    [TestMethod]
+    public void InspectSaysWhenAnExportHasNoKvCache()
+    {
+        var directory = System.IO.Path.Combine(AppContext.BaseDirectory, "fixtures", "torch");
+
+        var without = CliTests.Run("inspect", System.IO.Path.Combine(directory, "tiny_llama_where_nocache.onnx"));
+        var with = CliTests.Run("inspect", System.IO.Path.Combine(directory, "tiny_llama_where_gqa.onnx"));
+
+        Assert.AreEqual(0, without.Code, without.Err);
+        StringAssert.Contains(without.Out, "KV cache   none: this export has no past/present caches");
+        Assert.AreEqual(0, with.Code, with.Err);
+        Assert.DoesNotContain("no past/present caches", with.Out);
+        StringAssert.Contains(with.Out, "per token (dense)");
+    }
 }
