@@ -33,18 +33,21 @@ public sealed record CacheGeometry(int KvHeads, int HeadSize, int ElementBytes)
 public static class KvAccounting
 {
     /// <summary>Figures for each context length, for layers of the given geometry.</summary>
-    public static IReadOnlyList<KvFigures> Compute(CacheGeometry cache, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts) =>
-        Compute(cache.KvHeads, cache.HeadSize, cache.ElementBytes, layout, parameters, contexts);
+    /// <param name="sparseLayersSelect">False for sliding-window layers, which read only their window (no selected blocks).</param>
+    public static IReadOnlyList<KvFigures> Compute(CacheGeometry cache, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts, bool sparseLayersSelect = true) =>
+        Compute(cache.KvHeads, cache.HeadSize, cache.ElementBytes, layout, parameters, contexts, sparseLayersSelect);
 
     /// <summary>Figures for each context length, for layers of <paramref name="kvHeads"/> × <paramref name="headSize"/> elements of <paramref name="elementBytes"/>.</summary>
-    public static IReadOnlyList<KvFigures> Compute(int kvHeads, int headSize, int elementBytes, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts)
+    /// <param name="sparseLayersSelect">False for sliding-window layers, which read only their window (no selected blocks).</param>
+    public static IReadOnlyList<KvFigures> Compute(int kvHeads, int headSize, int elementBytes, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts, bool sparseLayersSelect = true)
     {
+        var reach = sparseLayersSelect ? parameters.SparseReach : parameters.Window;
         KvCacheCalculator Calculator(KvCacheMode mode) => new(layout.Kinds, kvHeads, headSize, elementBytes, mode, parameters.Window);
         var retrofit = Calculator(KvCacheMode.Retrofit);
         var sharing = Calculator(KvCacheMode.KvSharing);
         return contexts.Select(t =>
         {
-            var hybridRead = checked(retrofit.BytesPerLayerToken * (retrofit.FullLayerCount * t + retrofit.SparseLayerCount * Math.Min(t, parameters.SparseReach)));
+            var hybridRead = checked(retrofit.BytesPerLayerToken * (retrofit.FullLayerCount * t + retrofit.SparseLayerCount * Math.Min(t, reach)));
             return new KvFigures(t, retrofit.DenseBytesAt(t), retrofit.BytesAt(t), sharing.BytesAt(t), retrofit.DenseBytesAt(t), hybridRead);
         }).ToList();
     }

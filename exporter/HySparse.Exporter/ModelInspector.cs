@@ -98,9 +98,9 @@ public static class ModelInspector
     }
 
     /// <summary>KV figures when every layer has the same cache geometry (as in every real decoder); else none.</summary>
-    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts) =>
+    private static IReadOnlyList<KvFigures> Figures(List<InspectedLayer> layers, LayerLayout? layout, HybridParameters parameters, IReadOnlyList<long> contexts, bool sparseLayersSelect = true) =>
         layout is not null && CacheGeometry.Common(layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.CacheType)))) is { } cache
-            ? KvAccounting.Compute(cache, layout, parameters, contexts)
+            ? KvAccounting.Compute(cache, layout, parameters, contexts, sparseLayersSelect)
             : [];
 
     private static InspectionReport InspectConverted(ModelProto model, Dictionary<string, string> metadata, IReadOnlyList<long> contexts)
@@ -152,7 +152,7 @@ public static class ModelInspector
             Layout = layout,
             Parameters = parameters,
             WindowCaches = windowCaches,
-            Kv = Figures(layers, layout, parameters, contexts),
+            Kv = Figures(layers, layout, parameters, contexts, sparseLayersSelect: metadata.GetValueOrDefault(HybridMetadata.Mode) != HybridMetadata.SlidingWindowMode),
             Metadata = metadata,
         };
     }

@@ -125,4 +125,22 @@ public sealed class TrainedModelTests
         using var session = Open(converted.ToByteArray());
         RunAndCompare(session, expected);
     }
+
+    [TestMethod]
+    public void InspectReportsWhatEachTrainedModelReadsPerDecodedToken()
+    {
+        const long context = 4096, bytesPerLayerToken = 2 * 2 * 32 * 4; // K and V, 2 KV heads of 32, float32
+        long ReadAt(string kind)
+        {
+            var result = CliTests.Run("inspect", Path.Combine(Directory, $"{kind}.onnx"), "--json", "--contexts", context.ToString());
+            Assert.AreEqual(0, result.Code, result.Err);
+            using var json = JsonDocument.Parse(result.Out);
+            return json.RootElement.GetProperty("kv")[0].GetProperty("hybridDecodeRead").GetInt64();
+        }
+
+        // FSSSFSSS: two full layers read every key; a native sparse layer reads K·B + w = 8·16 + 64 keys,
+        // a sliding-window layer only its 64-token window.
+        Assert.AreEqual(bytesPerLayerToken * (2 * context + 6 * (8 * 16 + 64)), ReadAt("hysparse"));
+        Assert.AreEqual(bytesPerLayerToken * (2 * context + 6 * 64), ReadAt("swa"));
+    }
 }
