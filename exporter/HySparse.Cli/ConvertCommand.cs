@@ -15,7 +15,8 @@ internal static class ConvertCommand
         var overwrite = reader.Flag("--overwrite");
         var output = reader.Option("--output", "-o");
         var contexts = reader.PositiveIntList("--context", "--contexts") ?? InspectCommand.DefaultContexts;
-        var options = SharedOptions.ReadConversion(reader);
+        var kvBuffer = reader.Flag("--kv-buffer");
+        var options = SharedOptions.ReadConversion(reader) with { KvBuffer = kvBuffer };
         var input = SharedOptions.ModelPath(reader, "convert");
         output ??= DefaultOutput(input);
 

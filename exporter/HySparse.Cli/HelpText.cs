@@ -97,6 +97,15 @@ internal static class HelpText
           -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input)
           --context LIST      contexts to show KV cache bytes at, k = 1024 (default 4096,32768)
           --overwrite         replace an existing output file
+          --kv-buffer         keep concatenated caches (present = Concat(past, new)) in buffers
+                              updated in place, as GroupQueryAttention models do: every
+                              past_key_values.N.* becomes [B, H_kv, C, D] (dim 2
+                              'max_sequence_length', C >= the total length), present.N.* has the
+                              same shape and may be bound to the same memory (IOBinding), so a
+                              decode step writes its new tokens instead of copying each cache.
+                              attention_mask keeps its [B, P+S] meaning, but padding may only be
+                              on the right of the first prompt. Refused with --kv-sharing and for
+                              models without a KV cache.
           -q, --quiet         no progress lines on stderr
           --json              print the result as JSON on stdout (no progress lines)
 

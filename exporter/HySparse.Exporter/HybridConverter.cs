@@ -17,6 +17,12 @@ public sealed record ConversionOptions
     public LayoutSpec Layout { get; init; } = LayoutSpec.Default;
     /// <summary>K, B, w and the mode.</summary>
     public HybridParameters Parameters { get; init; } = new();
+    /// <summary>
+    /// Keep concatenated caches (<c>present = Concat(past, new)</c>) in fixed-capacity buffers updated in
+    /// place (<c>--kv-buffer</c>): the ops run in their shared-buffer mode, so a decode step writes its new
+    /// tokens instead of copying every cache. Changes the interface (buffers, right padding only).
+    /// </summary>
+    public bool KvBuffer { get; init; }
 }
 
 /// <summary>One converted layer.</summary>
@@ -177,12 +183,19 @@ public static class HybridConverter
             throw new ConversionException(ConversionError.NoAttention,
                 "no attention layer found: the model has no MatMul → Softmax → MatMul, GroupQueryAttention, MultiHeadAttention or ONNX Attention layer the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
+        SharedKvBuffer? kvBuffer = null;
+        if (options.KvBuffer)
+        {
+            analysis = analysis with { Layers = KvBufferRewrite.Plan(model, analysis.Layers, options.Parameters, out var buffer) };
+            kvBuffer = buffer;
+        }
         if (options.Parameters.Mode == HybridMode.KvSharing)
         {
             CheckNoSharedBuffers(analysis.Layers);
             CheckSharedCaches(analysis.Layers, layout);
         }
 
+        if (kvBuffer is not null) KvBufferRewrite.Apply(model, analysis.Layers, kvBuffer);
         var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
         var metadata = Metadata(analysis, layout, options, windowCaches);
         foreach (var (key, value) in metadata) model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
@@ -213,7 +226,7 @@ public static class HybridConverter
             [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
             [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
             [HybridMetadata.InterfaceChanges] = windowCaches.Count > 0 ? WindowCacheChange(p.Window, windowCaches.Count / 4)
-                : sharedBuffers ? SharedBufferChange : "none",
+                : options.KvBuffer ? KvBufferChange : sharedBuffers ? SharedBufferChange : "none",
             [HybridMetadata.KvCache] = sharedBuffers ? HybridMetadata.SharedBufferCache : HybridMetadata.ConcatenatedCache,
             [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
         };
@@ -266,6 +279,12 @@ public static class HybridConverter
         "the KV caches are shared buffers only: each past_key_values.N.* must have room for the whole sequence (capacity C >= the total length, " +
         "as onnxruntime-genai allocates them with past_present_share_buffer), present.N.* has the past's shape [B, H_kv, C, D] and may be bound to the same memory; " +
         "caches holding just the tokens so far (past length P < P + S), which GroupQueryAttention also accepts, are refused by the HySparse operators";
+
+    /// <summary>What converting concatenated caches into in-place buffers (<c>--kv-buffer</c>) changes for whoever feeds the model.</summary>
+    private const string KvBufferChange =
+        "the KV caches are buffers updated in place (--kv-buffer): each past_key_values.N.* is [B, H_kv, C, D] with room for the whole sequence " +
+        $"(dim 2 '{KvBufferRewrite.CapacityDim}', C >= the total length; caches holding just the tokens so far are refused), present.N.* has the same shape and may be bound to the same memory; " +
+        "attention_mask keeps its [B, P + S] meaning but padding may only be on the right of the first prompt (left padding cannot be expressed: row b's tokens sit at [0, total_b) of its buffer)";
 
     /// <summary>What a KV-sharing conversion changes for whoever feeds the model, in one sentence.</summary>
     private static string WindowCacheChange(int window, int sparseLayers) =>

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using HySparse.Exporter.Recognition;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
 using Microsoft.ML.OnnxRuntime;
@@ -77,12 +78,15 @@ public static class ModelVerifier
         var rng = new SplitMix64(options.Seed);
         var ids = new long[options.Batch * options.PromptLength];
         for (var i = 0; i < ids.Length; i++) ids[i] = rng.NextInt(layers.Vocab);
-        // Shared-buffer conversions (GroupQueryAttention sources) only take fixed-capacity buffers; the
-        // dense model is fed the same way so that both see the same inputs.
+        // Shared-buffer conversions only take fixed-capacity buffers; a GroupQueryAttention source is
+        // fed the same way so that both see the same inputs.
         var sharedBuffers = hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache)
             && kvCache == HybridMetadata.SharedBufferCache;
         int? capacity = sharedBuffers ? options.PromptLength + options.DecodeSteps : null;
-        using var denseState = new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: capacity);
+        // A --kv-buffer conversion keeps a concatenating source: that one is fed growing caches.
+        var denseBuffered = sharedBuffers && hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.SourceStyle, out var style)
+            && style == AttentionStyle.GroupQueryAttention.ToString().ToLowerInvariant();
+        using var denseState = new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: denseBuffered ? capacity : null);
         using var hybridState = new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity);
         // One untimed prefill per session first: ONNX Runtime finishes initialising on its first run.
         denseState.Step(ids);

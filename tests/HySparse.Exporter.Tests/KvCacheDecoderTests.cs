@@ -102,7 +102,7 @@ public sealed class KvCacheDecoderTests
         Assert.AreEqual(tokens.Length, (int)stepwise.Position);
     }
 
-    private static InferenceSession Open(byte[] model, bool registerOps)
+    internal static InferenceSession Open(byte[] model, bool registerOps)
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         if (registerOps) options.RegisterHySparseOps();

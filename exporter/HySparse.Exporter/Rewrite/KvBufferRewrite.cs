@@ -1,0 +1,148 @@
+using HySparse.Exporter.Recognition;
+using HySparse.Models.Graph;
+using Onnx;
+using DataType = Onnx.TensorProto.Types.DataType;
+
+namespace HySparse.Exporter.Rewrite;
+
+/// <summary>
+/// <c>--kv-buffer</c>: turns layers whose caches are concatenated (<c>present = Concat(past, new)</c>)
+/// into shared-buffer layers (docs/ops.md, "Shared KV buffer"), so that a decode step writes its new
+/// tokens into a fixed-capacity buffer instead of copying the whole cache. <c>seqlens_k</c> and
+/// <c>total_sequence_length</c> are computed once from <c>attention_mask</c> [B, T]:
+/// <c>total_b = Σ_j mask[b, j]</c>, <c>seqlens_k = total_b − 1</c>, <c>total_sequence_length = max_b total_b</c>.
+/// That is exact for every row whose padding is only on the right of the first prompt (its real
+/// tokens then sit at [0, total_b) of the buffer); left padding has no shared-buffer equivalent.
+/// </summary>
+internal static class KvBufferRewrite
+{
+    /// <summary>The symbolic length (capacity) of every converted cache input and output.</summary>
+    public const string CapacityDim = "max_sequence_length";
+
+    /// <summary>
+    /// Checks that <paramref name="layers"/> can use buffers (throwing a
+    /// <see cref="ConversionException"/> otherwise, the model untouched) and returns them with their
+    /// <see cref="AttentionLayer.Buffer"/> set; layers that already have one (GroupQueryAttention) stay as they are.
+    /// Nothing in the model changes until <see cref="Apply"/>.
+    /// </summary>
+    public static IReadOnlyList<AttentionLayer> Plan(ModelProto model, IReadOnlyList<AttentionLayer> layers, HybridParameters parameters,
+        out SharedKvBuffer buffer)
+    {
+        if (parameters.Mode == HybridMode.KvSharing)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"--kv-buffer cannot be combined with --kv-sharing: {layers.Count} layer(s) would keep their cache in a shared fixed-capacity buffer, first: {layers[0].AnchorNode}",
+                layers.Select(l => new UnconvertibleLayer(l.AnchorNode,
+                    "--kv-buffer with --kv-sharing: the HySparse ops have no window cache in shared-buffer mode, so a sparse layer would keep its whole buffer and save nothing; " +
+                    "drop --kv-sharing (retrofit) or --kv-buffer")).ToList());
+        var uncached = layers.Where(l => l.PastKey is null || l.PastValue is null || l.PresentKey is null || l.PresentValue is null).ToList();
+        if (uncached.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"--kv-buffer: {uncached.Count} layer(s) have no KV cache to keep in a buffer, first: {uncached[0].AnchorNode}",
+                uncached.Select(l => new UnconvertibleLayer(l.AnchorNode,
+                    "--kv-buffer: the layer has no past/present KV cache (an export without cache); there is no cache to update in place, convert without --kv-buffer")).ToList());
+        var mask = model.Graph.Input.FirstOrDefault(i => i.Name == DecomposedAttentionPattern.AttentionMaskInput);
+        var concatenated = layers.Where(l => l.Buffer is null).ToList();
+        if (concatenated.Count > 0 && mask is null)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"--kv-buffer: the model has no '{DecomposedAttentionPattern.AttentionMaskInput}' input to derive each row's length from",
+                concatenated.Select(l => new UnconvertibleLayer(l.AnchorNode,
+                    $"--kv-buffer: seqlens_k is computed from the '{DecomposedAttentionPattern.AttentionMaskInput}' graph input, which this model does not have")).ToList());
+        var leftReaders = PastReadersLeft(model.Graph, layers, concatenated);
+        if (leftReaders.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"--kv-buffer: {leftReaders.Count} node(s) outside the attention layers read a past cache, whose length would become the buffer's capacity, first: {leftReaders[0]}",
+                leftReaders);
+
+        var used = new HashSet<string>(model.Graph.Node.SelectMany(n => n.Output).Concat(model.Graph.Input.Select(i => i.Name))
+            .Concat(model.Graph.Initializer.Select(i => i.Name)), StringComparer.Ordinal);
+        buffer = new SharedKvBuffer(Unique(used, "hysparse.kv_buffer.seqlens_k"), Unique(used, "hysparse.kv_buffer.total_sequence_length"));
+        var shared = buffer;
+        return layers.Select(l => l.Buffer is null ? l with { Buffer = shared, AttentionMask = null } : l).ToList();
+    }
+
+    /// <summary>
+    /// Adds the nodes computing <paramref name="buffer"/>'s tensors from <c>attention_mask</c> (first in
+    /// the graph: they read only a graph input) and declares every converted cache input with the
+    /// capacity dimension <see cref="CapacityDim"/>. Call before the layers are rewritten, so the
+    /// presents take the pasts' declaration.
+    /// </summary>
+    public static void Apply(ModelProto model, IReadOnlyList<AttentionLayer> layers, SharedKvBuffer buffer)
+    {
+        var graph = model.Graph;
+        var used = new HashSet<string>(graph.Node.SelectMany(n => n.Output).Concat(graph.Input.Select(i => i.Name))
+            .Concat(graph.Initializer.Select(i => i.Name)), StringComparer.Ordinal);
+        var usedNodes = new HashSet<string>(graph.Node.Select(n => n.Name), StringComparer.Ordinal);
+        var opset = model.OpsetImport.FirstOrDefault(o => o.Domain is "" or "ai.onnx")?.Version ?? 0;
+        var nodes = new List<NodeProto>();
+        NodeProto Node(string opType, string output, params string[] inputs)
+        {
+            var node = new NodeProto { OpType = opType, Name = Unique(usedNodes, $"/hysparse/kv_buffer/{opType}") };
+            node.Input.AddRange(inputs);
+            node.Output.Add(output);
+            nodes.Add(node);
+            return node;
+        }
+
+        var mask32 = Unique(used, "hysparse.kv_buffer.attention_mask_int32");
+        Node("Cast", mask32, DecomposedAttentionPattern.AttentionMaskInput).Attribute.Add(Attr.Int("to", (long)DataType.Int32));
+        // int32 sums: a row of the mask never holds 2³¹ tokens.
+        var totals = Unique(used, "hysparse.kv_buffer.total_per_row");
+        if (opset >= 13)
+        {
+            var axes = Unique(used, "hysparse.kv_buffer.sequence_axis");
+            graph.Initializer.Add(Tensors.Int64(axes, [1], [1L]));
+            Node("ReduceSum", totals, mask32, axes).Attribute.Add(Attr.Int("keepdims", 0));
+        }
+        else
+        {
+            var sum = Node("ReduceSum", totals, mask32);
+            sum.Attribute.Add(Attr.Ints("axes", 1));
+            sum.Attribute.Add(Attr.Int("keepdims", 0));
+        }
+        var one = Unique(used, "hysparse.kv_buffer.one");
+        graph.Initializer.Add(Tensors.Int32(one, [], [1]));
+        Node("Sub", buffer.SeqlensK, totals, one);
+        // No axes: the largest row total, as a scalar.
+        Node("ReduceMax", buffer.TotalSequenceLength, totals).Attribute.Add(Attr.Int("keepdims", 0));
+
+        for (var i = nodes.Count - 1; i >= 0; i--) graph.Node.Insert(0, nodes[i]);
+
+        var pasts = layers.Where(l => ReferenceEquals(l.Buffer, buffer)).SelectMany(l => new[] { l.PastKey!, l.PastValue! }).ToHashSet(StringComparer.Ordinal);
+        foreach (var input in graph.Input.Where(i => pasts.Contains(i.Name)))
+            if (input.Type?.TensorType?.Shape?.Dim is { Count: 4 } shape) shape[2] = new TensorShapeProto.Types.Dimension { DimParam = CapacityDim };
+    }
+
+    /// <summary>
+    /// Nodes that would stay in the graph after the rewrite and read a past cache of a
+    /// <paramref name="converted"/> layer: with buffers they would see the capacity where they expect
+    /// the past length (a position computed from the cache's shape, say). Only nodes some graph output
+    /// or some layer input still depends on count; the mask construction the ops replace does not.
+    /// </summary>
+    private static List<UnconvertibleLayer> PastReadersLeft(GraphProto graph, IReadOnlyList<AttentionLayer> layers, IReadOnlyList<AttentionLayer> converted)
+    {
+        var pasts = converted.SelectMany(l => new[] { l.PastKey!, l.PastValue! }).ToHashSet(StringComparer.Ordinal);
+        var replaced = new HashSet<NodeProto>(layers.SelectMany(l => l.ReplacedNodes), ReferenceEqualityComparer.Instance);
+        var producers = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
+        foreach (var node in graph.Node.Where(n => !replaced.Contains(n)))
+            foreach (var output in node.Output.Where(o => o.Length > 0)) producers[output] = node;
+        var pending = new Stack<string>(graph.Output.Select(o => o.Name)
+            .Concat(layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Inputs?.Rotary?.CosCache, l.Inputs?.Rotary?.SinCache, l.Inputs?.QkvBias }))
+            .OfType<string>().Where(n => n.Length > 0));
+        var live = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
+        while (pending.Count > 0)
+        {
+            if (!producers.TryGetValue(pending.Pop(), out var node) || !live.Add(node)) continue;
+            foreach (var input in node.Input.Where(i => i.Length > 0)) pending.Push(input);
+        }
+        return graph.Node.Where(live.Contains).Where(n => n.Input.Any(pasts.Contains))
+            .Select(n => new UnconvertibleLayer(AttentionMatch.NodeLabel(n),
+                $"reads past cache '{n.Input.First(pasts.Contains)}', which --kv-buffer turns into a buffer of fixed capacity; the node would see the capacity instead of the past length")).ToList();
+    }
+
+    private static string Unique(HashSet<string> used, string stem)
+    {
+        var name = stem;
+        for (var i = 1; !used.Add(name); i++) name = $"{stem}_{i}";
+        return name;
+    }
+}
