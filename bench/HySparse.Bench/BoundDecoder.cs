@@ -16,7 +16,9 @@ namespace HySparse.Bench;
 /// So the present of one step becomes the next step's past without a copy, and no step allocates a
 /// cache: whatever copying remains is the model's own (its <c>Concat(past, new)</c>, or the HySparse
 /// ops' <c>present = past ++ new</c>), which is the cost of the model's cache convention and is part of
-/// what the benchmark measures.
+/// what the benchmark measures. A shared-buffer model (<c>convert --kv-buffer</c>, GroupQueryAttention
+/// conversions) gets one buffer of the capacity per cache instead, bound as both past and present, as
+/// onnxruntime-genai binds it: the ops write the new token into it and copy nothing.
 /// </remarks>
 public sealed unsafe class BoundDecoder : IDisposable
 {
@@ -43,6 +45,7 @@ public sealed unsafe class BoundDecoder : IDisposable
     private readonly List<OrtValue> _stepValues = [];
     private readonly int _window;
     private readonly long _capacity;
+    private readonly bool _sharedBuffers;
     private readonly long[] _tokenIds = new long[1];
     private readonly long[] _mask;
     private readonly float[] _logits;
@@ -56,8 +59,12 @@ public sealed unsafe class BoundDecoder : IDisposable
     /// <param name="window">Window length w of the window caches.</param>
     /// <param name="capacity">Largest total context (cached + new tokens) a step may reach.</param>
     /// <param name="vocab">Vocabulary size (the logits' last dimension).</param>
-    public BoundDecoder(InferenceSession session, IReadOnlySet<string> windowCaches, int window, long capacity, int vocab)
+    /// <param name="sharedBuffers">The model keeps its caches in shared buffers of <paramref name="capacity"/> positions
+    /// (metadata <c>hysparse.kv_cache = shared_buffer</c>): one buffer per cache, bound as past and present.</param>
+    public BoundDecoder(InferenceSession session, IReadOnlySet<string> windowCaches, int window, long capacity, int vocab, bool sharedBuffers = false)
     {
+        if (sharedBuffers && windowCaches.Count > 0) throw new ArgumentException("shared-buffer models have no window caches", nameof(windowCaches));
+        _sharedBuffers = sharedBuffers;
         _session = session;
         _binding = _session.CreateIoBinding();
         _window = window;
@@ -79,7 +86,7 @@ public sealed unsafe class BoundDecoder : IDisposable
             _caches.Add(new Cache
             {
                 Past = past, Present = PresentPrefix + past[PastPrefix.Length..], IsWindow = isWindow, Heads = dims[1], HeadDim = dims[3],
-                Buffers = [(nint)NativeMemory.AlignedAlloc(bytes, 64), (nint)NativeMemory.AlignedAlloc(bytes, 64)],
+                Buffers = sharedBuffers ? [(nint)NativeMemory.AlignedAlloc(bytes, 64)] : [(nint)NativeMemory.AlignedAlloc(bytes, 64), (nint)NativeMemory.AlignedAlloc(bytes, 64)],
             });
         }
     }
@@ -90,8 +97,8 @@ public sealed unsafe class BoundDecoder : IDisposable
     /// <summary>Cached tokens before the next step (the context of the next step minus one).</summary>
     public long Position { get; private set; }
 
-    /// <summary>Bytes the caches hold now (what the last present outputs hold).</summary>
-    public long KvCacheBytes => _caches.Sum(c => c.Heads * c.Length * c.HeadDim * (long)sizeof(float));
+    /// <summary>Bytes the caches hold now (what the last present outputs hold: the whole buffers for shared buffers).</summary>
+    public long KvCacheBytes => _caches.Sum(c => c.Heads * (_sharedBuffers ? _capacity : c.Length) * c.HeadDim * (long)sizeof(float));
 
     /// <summary>
     /// Sets the past to <paramref name="cached"/> tokens: <paramref name="fill"/> writes, for a cache input
@@ -105,7 +112,9 @@ public sealed unsafe class BoundDecoder : IDisposable
         {
             var (c, h) = item;
             long length = c.IsWindow ? Math.Min(_window, cached) : cached;
-            var head = new Span<float>((float*)c.Buffers[0] + h * length * c.HeadDim, checked((int)(length * c.HeadDim)));
+            // A shared buffer keeps each head's rows at its capacity's stride: [1, H_kv, C, D].
+            long stride = _sharedBuffers ? _capacity : length;
+            var head = new Span<float>((float*)c.Buffers[0] + h * stride * c.HeadDim, checked((int)(length * c.HeadDim)));
             fill(c.Past, h, cached - length, head);
         });
         foreach (var c in _caches)
@@ -131,6 +140,13 @@ public sealed unsafe class BoundDecoder : IDisposable
         _binding.BindInput(AttentionMask, Track(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, _mask.AsMemory(0, (int)total), [1, total])));
         foreach (var c in _caches)
         {
+            if (_sharedBuffers)
+            {
+                var buffer = View(c.Buffers[0], c, _capacity);
+                _binding.BindInput(c.Past, buffer);
+                _binding.BindOutput(c.Present, buffer);
+                continue;
+            }
             long presentLength = c.IsWindow ? Math.Min(_window, c.Length + 1) : c.Length + 1;
             _binding.BindInput(c.Past, View(c.Buffers[c.Current], c, c.Length));
             _binding.BindOutput(c.Present, View(c.Buffers[1 - c.Current], c, presentLength));
@@ -144,7 +160,7 @@ public sealed unsafe class BoundDecoder : IDisposable
         foreach (var c in _caches)
         {
             c.Length = c.IsWindow ? Math.Min(_window, c.Length + 1) : c.Length + 1;
-            c.Current = 1 - c.Current;
+            if (!_sharedBuffers) c.Current = 1 - c.Current;
         }
         Position = total;
         return ms;

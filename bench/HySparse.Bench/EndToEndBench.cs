@@ -61,7 +61,8 @@ public sealed record EndToEndReport(string Model, LlamaConfig Config, string Lay
 /// <summary>
 /// Whole-model decode speed: a dense Llama-style decoder (HySparse.Models, decomposed attention as torch
 /// exports it) against the same model converted by <see cref="HybridConverter"/> into a 1:3 retrofit
-/// hybrid and into a KV-sharing hybrid, all in one process with the same intra-op threads.
+/// hybrid, into a KV-sharing hybrid and into a retrofit hybrid converted with <c>--kv-buffer</c> (caches
+/// updated in place in shared buffers), all in one process with the same intra-op threads.
 /// </summary>
 /// <remarks>
 /// <para>Caches: a real prefill of <see cref="EndToEndConfig.RealPrefix"/> random tokens through the dense
@@ -78,7 +79,7 @@ public sealed record EndToEndReport(string Model, LlamaConfig Config, string Lay
 public sealed class EndToEndBench(SessionFactory sessions, int seed)
 {
     /// <summary>Mode labels, in table order.</summary>
-    public const string Dense = "dense", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing";
+    public const string Dense = "dense", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing", InPlace = "hybrid 1:3 in-place";
 
     /// <summary>Decode steps of the binding check.</summary>
     private const int CheckSteps = 3;
@@ -91,9 +92,9 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
     {
         int cached = Math.Min(cache.PrefixTokens.Length, parameters.Window) - CheckSteps;
         var tokens = cache.PrefixTokens.AsSpan(0, cached + CheckSteps);
-        using var reference = new KvCacheDecoder(mode.Session);
+        using var reference = new KvCacheDecoder(mode.Session, bufferCapacity: mode.SharedBuffers ? cached + CheckSteps : null);
         reference.Step(tokens[..cached]);
-        using var bound = new BoundDecoder(mode.Session, mode.WindowCaches, parameters.Window, cached + CheckSteps, c.Vocab);
+        using var bound = new BoundDecoder(mode.Session, mode.WindowCaches, parameters.Window, cached + CheckSteps, c.Vocab, mode.SharedBuffers);
         bound.Load(cached, cache.Fill);
         double worst = 0, scale = 0;
         for (int i = 0; i < CheckSteps; ++i)
@@ -114,7 +115,8 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
     }
 
     // One model under test: its session lives for the whole benchmark; the serialized model does not.
-    private sealed record ModeModel(string Mode, InferenceSession Session, IReadOnlySet<string> WindowCaches, KvCacheCalculator Kv);
+    // SharedBuffers: converted with --kv-buffer, decoded on buffers updated in place.
+    private sealed record ModeModel(string Mode, InferenceSession Session, IReadOnlySet<string> WindowCaches, KvCacheCalculator Kv, bool SharedBuffers = false);
 
     /// <summary>Builds the models, decodes at every context and returns the report.</summary>
     public EndToEndReport Run(EndToEndConfig config, int warmup, int steps)
@@ -127,21 +129,25 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
         Console.Error.WriteLine($"  built in {clock.Elapsed.TotalSeconds:F0} s; converting and opening sessions ...");
         // One serialized model and one converted copy at a time: the float32 weights are large.
         var denseSession = sessions.Create(dense.ToByteArray(), withHySparse: false);
-        var hybrids = new List<(string Mode, InferenceSession Session, IReadOnlySet<string> Windows, KvCacheMode Kv)>();
+        var hybrids = new List<(string Mode, InferenceSession Session, IReadOnlySet<string> Windows, KvCacheMode Kv, bool Buffered)>();
         try
         {
             LayerLayout? layout = null;
             KvCacheCalculator Calculator(KvCacheMode mode) => new(layout!.Kinds, c.KvHeads, c.HeadDim, sizeof(float), mode, parameters.Window);
-            foreach (var (mode, hybridMode, kvMode) in new[] { (Retrofit, HybridMode.Retrofit, KvCacheMode.Retrofit), (KvSharing, HybridMode.KvSharing, KvCacheMode.KvSharing) })
+            foreach (var (mode, hybridMode, kvMode, buffered) in new[]
+                     {
+                         (Retrofit, HybridMode.Retrofit, KvCacheMode.Retrofit, false), (KvSharing, HybridMode.KvSharing, KvCacheMode.KvSharing, false),
+                         (InPlace, HybridMode.Retrofit, KvCacheMode.Retrofit, true),
+                     })
             {
-                var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Parameters = parameters with { Mode = hybridMode } });
+                var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Parameters = parameters with { Mode = hybridMode }, KvBuffer = buffered });
                 layout ??= report.Layout;
                 var windows = report.WindowCaches.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal)).ToHashSet();
-                hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), windows, kvMode));
+                hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), windows, kvMode, buffered));
             }
             dense = null!;
             var modes = new List<ModeModel> { new(Dense, denseSession, new HashSet<string>(), Calculator(KvCacheMode.Dense)) };
-            modes.AddRange(hybrids.Select(h => new ModeModel(h.Mode, h.Session, h.Windows, Calculator(h.Kv))));
+            modes.AddRange(hybrids.Select(h => new ModeModel(h.Mode, h.Session, h.Windows, Calculator(h.Kv), h.Buffered)));
             Console.Error.WriteLine($"  ready after {clock.Elapsed.TotalSeconds:F0} s");
             return Measure(config, parameters, layout!, modes, warmup, steps);
         }
@@ -167,7 +173,7 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
             {
                 foreach (var m in modes)
                 {
-                    var decoder = new BoundDecoder(m.Session, m.WindowCaches, parameters.Window, capacity, c.Vocab);
+                    var decoder = new BoundDecoder(m.Session, m.WindowCaches, parameters.Window, capacity, c.Vocab, m.SharedBuffers);
                     decoders.Add((m, decoder));
                     decoder.Load(t - 1, cache.Fill);
                 }
@@ -194,8 +200,9 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
                 {
                     var timing = new Timing([.. samples[d]]);
                     var kv = decoders[d].Mode.Kv;
-                    // The first timed step ran at context t + warmup: that is where the held bytes were read.
-                    long context = t + warmup;
+                    // The first timed step ran at context t + warmup: that is where the held bytes were read;
+                    // shared buffers hold their whole capacity from the start.
+                    long context = decoders[d].Mode.SharedBuffers ? capacity : t + warmup;
                     // What the model holds must be what the library's formula says it holds.
                     if (held[d] != kv.BytesAt(context))
                         throw new InvalidOperationException($"{decoders[d].Mode.Mode} at T {context}: the caches hold {held[d]} bytes, KvCacheCalculator says {kv.BytesAt(context)}");
