@@ -112,8 +112,9 @@ public sealed class BenchOptions
 
           --quick                 small preset (~1 minute): 7b shape, S 512,1024, T 2048,8192, 1 warm-up, 3 runs;
                                   end-to-end on a tiny model at T 512,2048 (seconds)
-          --e2e                   only the end-to-end model benchmark: dense decoder vs its 1:3 retrofit and
-                                  kv-sharing conversions, decode tokens/s at T 2048,8192,16384
+          --e2e                   only the end-to-end model benchmark: dense decoder vs its 1:3 retrofit,
+                                  kv-sharing and in-place (--kv-buffer) conversions, decode tokens/s at
+                                  T 2048,8192,16384
           --no-e2e                skip the end-to-end benchmark
           --e2e-contexts 2048,... end-to-end context lengths T (default 2048,8192,16384)
           --e2e-model default|tiny  end-to-end model size (default: 8 layers, d 1024, H_q 16, H_kv 4, D 64)

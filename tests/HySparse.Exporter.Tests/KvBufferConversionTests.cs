@@ -157,6 +157,24 @@ public sealed class KvBufferConversionTests
     }
 
     [TestMethod]
+    public void ANodeThatStillReadsAPastCacheIsRefused()
+    {
+        // A past length taken from the cache's shape (as some exports compute positions) would read the
+        // capacity once the cache is a buffer.
+        var model = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.Decomposed);
+        var shape = new NodeProto { OpType = "Shape", Name = "/model/past_length/Shape" };
+        shape.Input.Add("past_key_values.0.key");
+        shape.Output.Add("past_shape");
+        model.Graph.Node.Add(shape);
+        model.Graph.Output.Add(new ValueInfoProto { Name = "past_shape", Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Int64 } } });
+
+        HybridConverter.Convert(model, new ConversionOptions());
+        var error = Assert.ThrowsExactly<ConversionException>(() => HybridConverter.Convert(model, new ConversionOptions { KvBuffer = true }));
+        Assert.AreEqual("/model/past_length/Shape", error.Layers.Single().Node);
+        StringAssert.Contains(error.Layers.Single().Reason, "reads past cache 'past_key_values.0.key'");
+    }
+
+    [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void CliConvertsPrintsTheInterfaceChangeVerifiesAndRefuses()
     {
