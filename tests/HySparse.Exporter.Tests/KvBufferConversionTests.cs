@@ -205,6 +205,28 @@ public sealed class KvBufferConversionTests
         Assert.IsFalse(File.Exists(dir.File("refused.onnx")), "a refused conversion writes no file");
     }
 
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    [DataRow("tiny_llama_gqa")]
+    [DataRow("tiny_llama_where_gqa")]
+    [DataRow("tiny_llama_mha")]
+    public void TorchExportsConvertedWithKvBufferVerifyExactly(string fixture)
+    {
+        using var dir = new ModelDirectory();
+        var source = System.IO.Path.Combine(AppContext.BaseDirectory, "fixtures", "torch", $"{fixture}.onnx");
+        var converted = dir.File($"{fixture}.buffer.onnx");
+        // 20 + 3 tokens in blocks of 4: K = 6 selects every block.
+        var convert = CliTests.Run("convert", source, "-o", converted, "--ratio", "1:1", "--top-k", "6", "--block-size", "4", "--kv-buffer", "-q");
+        Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
+
+        var verify = CliTests.Run("verify", source, converted, "--prompt", "20", "--steps", "3", "--batch", "2", "--json");
+        Assert.AreEqual(ExitCodes.Success, verify.Code, verify.Err);
+        using var json = JsonDocument.Parse(verify.Out);
+        var report = json.RootElement.GetProperty("report");
+        Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble());
+        Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble());
+    }
+
     private static long[] Tokens(SplitMix64 rng, int count) => Enumerable.Range(0, count).Select(_ => (long)rng.NextInt(Config.Vocab)).ToArray();
 
     /// <summary>The logits of the rows' real new tokens agree (padding tokens' logits mean nothing).</summary>
