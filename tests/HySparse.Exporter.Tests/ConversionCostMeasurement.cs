@@ -77,12 +77,8 @@ public sealed class ConversionCostMeasurement
             if (!tensor.Dims.Any(placeholders.ContainsKey)) continue;
             for (var i = 0; i < tensor.Dims.Count; i++) tensor.Dims[i] = placeholders.GetValueOrDefault(tensor.Dims[i], tensor.Dims[i]);
             var length = Tensors.ElementCount(tensor) * Tensors.ElementSize((TensorProto.Types.DataType)tensor.DataType);
-            offset = (offset + ExternalData.Alignment - 1) / ExternalData.Alignment * ExternalData.Alignment;
-            tensor.RawData = ByteString.Empty;
-            tensor.DataLocation = TensorProto.Types.DataLocation.External;
-            tensor.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = dataName });
-            tensor.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(CultureInfo.InvariantCulture) });
-            tensor.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(CultureInfo.InvariantCulture) });
+            offset = ExternalData.Align(offset);
+            ExternalData.PointTo(tensor, dataName, offset, length);
             offset += length;
         }
         foreach (var dim in model.Graph.Output.Single(o => o.Name == LlamaNames.Logits).Type.TensorType.Shape.Dim.Where(d => d.DimValue == 13))

@@ -26,16 +26,29 @@ public static class ExternalData
         foreach (var tensor in model.Graph.Initializer)
         {
             if (Tensors.IsExternal(tensor) || tensor.RawData.Length < minimumBytes) continue;
-            var offset = (file.Position + Alignment - 1) / Alignment * Alignment;
+            var offset = Align(file.Position);
             file.Position = offset;
             tensor.RawData.WriteTo(file);
-            tensor.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = fileName });
-            tensor.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
-            tensor.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = tensor.RawData.Length.ToString(System.Globalization.CultureInfo.InvariantCulture) });
-            tensor.DataLocation = TensorProto.Types.DataLocation.External;
-            tensor.RawData = ByteString.Empty;
+            PointTo(tensor, fileName, offset, tensor.RawData.Length);
             moved++;
         }
         return moved;
+    }
+
+    /// <summary>The first <see cref="Alignment"/> boundary at or after <paramref name="offset"/>.</summary>
+    public static long Align(long offset) => (offset + Alignment - 1) / Alignment * Alignment;
+
+    /// <summary>
+    /// Turns <paramref name="tensor"/> into a reference to <paramref name="length"/> bytes at
+    /// <paramref name="offset"/> of <paramref name="fileName"/> and drops its inline bytes; the
+    /// caller writes (or, for a measurement, reserves) those bytes.
+    /// </summary>
+    public static void PointTo(TensorProto tensor, string fileName, long offset, long length)
+    {
+        tensor.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = fileName });
+        tensor.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        tensor.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(System.Globalization.CultureInfo.InvariantCulture) });
+        tensor.DataLocation = TensorProto.Types.DataLocation.External;
+        tensor.RawData = ByteString.Empty;
     }
 }
