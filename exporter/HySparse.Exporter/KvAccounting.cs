@@ -32,13 +32,13 @@ public sealed record CacheGeometry(int KvHeads, int HeadSize, int ElementBytes)
 /// </summary>
 public static class KvAccounting
 {
-    /// <summary>Figures for each context length, for layers of the given geometry.</summary>
-    /// <param name="sparseLayersSelect">False for sliding-window layers, which read only their window (no selected blocks).</param>
+    /// <summary>Figures for each context length, for layers of the given geometry; <paramref name="sparseLayersSelect"/>
+    /// false means sliding-window layers, which read only their window (no selected blocks).</summary>
     public static IReadOnlyList<KvFigures> Compute(CacheGeometry cache, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts, bool sparseLayersSelect = true) =>
         Compute(cache.KvHeads, cache.HeadSize, cache.ElementBytes, layout, parameters, contexts, sparseLayersSelect);
 
-    /// <summary>Figures for each context length, for layers of <paramref name="kvHeads"/> × <paramref name="headSize"/> elements of <paramref name="elementBytes"/>.</summary>
-    /// <param name="sparseLayersSelect">False for sliding-window layers, which read only their window (no selected blocks).</param>
+    /// <summary>Figures for each context length, for layers of <paramref name="kvHeads"/> × <paramref name="headSize"/> elements of <paramref name="elementBytes"/>;
+    /// <paramref name="sparseLayersSelect"/> false means sliding-window layers, which read only their window.</summary>
     public static IReadOnlyList<KvFigures> Compute(int kvHeads, int headSize, int elementBytes, LayerLayout layout, HybridParameters parameters, IEnumerable<long> contexts, bool sparseLayersSelect = true)
     {
         var reach = sparseLayersSelect ? parameters.SparseReach : parameters.Window;
