@@ -42,8 +42,8 @@ public sealed class KvBufferConversionTests
         // Batch 2 without padding, then batch 2 whose second prompt is right-padded by 3.
         foreach (var padding in new[] { new[] { 0, 0 }, new[] { 0, 3 } })
         {
-            using var denseSession = KvCacheDecoderTests.Open(source.ToByteArray(), registerOps: false);
-            using var hybridSession = KvCacheDecoderTests.Open(hybrid.ToByteArray(), registerOps: true);
+            using var denseSession = TestSessions.Open(source.ToByteArray(), registerOps: false);
+            using var hybridSession = TestSessions.Open(hybrid.ToByteArray(), registerOps: true);
             using var dense = new KvCacheDecoder(denseSession, batchSize: 2);
             using var buffered = new KvCacheDecoder(hybridSession, batchSize: 2, bufferCapacity: Capacity);
             const int prompt = 9;
@@ -65,7 +65,7 @@ public sealed class KvBufferConversionTests
     {
         var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 2 };
         var hybrid = Convert(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.Decomposed), parameters, "1:3");
-        using var session = KvCacheDecoderTests.Open(hybrid.ToByteArray(), registerOps: true);
+        using var session = TestSessions.Open(hybrid.ToByteArray(), registerOps: true);
         var rng = new SplitMix64(5);
 
         // Buffers poisoned with a sentinel, bound as past and present (IOBinding, as onnxruntime-genai

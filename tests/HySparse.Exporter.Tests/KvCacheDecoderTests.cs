@@ -44,7 +44,7 @@ public sealed class KvCacheDecoderTests
     [TestMethod]
     public void SharedBuffersHoldTheirCapacityFromTheFirstStep()
     {
-        using var session = Open(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray(), registerOps: false);
+        using var session = TestSessions.Open(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray(), registerOps: false);
         using var decoder = new KvCacheDecoder(session, bufferCapacity: 8);
         var bufferBytes = 2L * Config.Layers * Config.KvHeads * 8 * Config.HeadDim * 4;
         Assert.AreEqual(bufferBytes, decoder.KvCacheBytes);
@@ -61,7 +61,7 @@ public sealed class KvCacheDecoderTests
     [TestMethod]
     public void ReportsCacheBytesAndPosition()
     {
-        using var session = Open(LlamaModelBuilder.Build(Config).ToByteArray(), registerOps: false);
+        using var session = TestSessions.Open(LlamaModelBuilder.Build(Config).ToByteArray(), registerOps: false);
         using var decoder = new KvCacheDecoder(session);
         Assert.AreEqual(2 * Config.Layers, decoder.CacheTensorCount);
         Assert.AreEqual(0, decoder.KvCacheBytes);
@@ -79,7 +79,7 @@ public sealed class KvCacheDecoderTests
 
     private static void StepwiseEqualsOneCall(byte[] model, bool registerOps, int? bufferCapacity = null)
     {
-        using var session = Open(model, registerOps);
+        using var session = TestSessions.Open(model, registerOps);
         var rng = new Random(3);
         var tokens = Enumerable.Range(0, 23).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
 
@@ -100,12 +100,5 @@ public sealed class KvCacheDecoderTests
             offset += chunk;
         }
         Assert.AreEqual(tokens.Length, (int)stepwise.Position);
-    }
-
-    internal static InferenceSession Open(byte[] model, bool registerOps)
-    {
-        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
-        if (registerOps) options.RegisterHySparseOps();
-        return new InferenceSession(model, options);
     }
 }

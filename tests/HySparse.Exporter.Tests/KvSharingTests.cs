@@ -180,7 +180,7 @@ public sealed class KvSharingTests
         var expected = ReferenceLlama.Forward(weights, batch, tokens, mask, NoPast(), NoPast(), new SharedKvReference(SharedFrom, window)).Logits;
         var calculator = new KvCacheCalculator(report.Layout.Kinds, Config.KvHeads, Config.HeadDim, 4, KvCacheMode.KvSharing, window);
 
-        using var session = Open(model.ToByteArray(), registerOps: true);
+        using var session = TestSessions.Open(model.ToByteArray(), registerOps: true);
         using var decoder = new KvCacheDecoder(session, batch);
         var caches = session.InputNames.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal)).ToArray();
         var offset = 0;
@@ -220,8 +220,8 @@ public sealed class KvSharingTests
         var (model, _) = Convert(weights, topK: 1, blockSize: 4, window: Chunks.Sum());
         var tokens = RandomTokens(Chunks.Sum(), seed: 5);
 
-        using var denseSession = Open(LlamaModelBuilder.Build(weights).ToByteArray(), registerOps: false);
-        using var sharedSession = Open(model.ToByteArray(), registerOps: true);
+        using var denseSession = TestSessions.Open(LlamaModelBuilder.Build(weights).ToByteArray(), registerOps: false);
+        using var sharedSession = TestSessions.Open(model.ToByteArray(), registerOps: true);
         using var dense = new KvCacheDecoder(denseSession);
         using var shared = new KvCacheDecoder(sharedSession);
         var offset = 0;
@@ -259,11 +259,4 @@ public sealed class KvSharingTests
     }
 
     private static float[][] NoPast() => Enumerable.Range(0, Config.Layers).Select(_ => Array.Empty<float>()).ToArray();
-
-    private static InferenceSession Open(byte[] model, bool registerOps)
-    {
-        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
-        if (registerOps) options.RegisterHySparseOps();
-        return new InferenceSession(model, options);
-    }
 }

@@ -44,7 +44,7 @@ public sealed class NativeModelTests
         var expected = ReferenceHySparseNative.Forward(weights, Batch, ids, mask);
         AssertSelectionIsRobust(expected);
 
-        using var session = Open(HySparseModelBuilder.Build(weights).ToByteArray());
+        using var session = TestSessions.Open(HySparseModelBuilder.Build(weights).ToByteArray());
         using var decoder = new KvCacheDecoder(session, Batch);
         var total = Schedule.Sum();
         var vocab = config.Model.Vocab;
@@ -86,7 +86,7 @@ public sealed class NativeModelTests
         var expected = ReferenceHySparseNative.Forward(weights, Batch, ids, mask);
         var c = config.Model;
 
-        using var session = Open(HySparseModelBuilder.Build(weights, exposeBlockIndices: true).ToByteArray());
+        using var session = TestSessions.Open(HySparseModelBuilder.Build(weights, exposeBlockIndices: true).ToByteArray());
         var pasts = Enumerable.Range(0, 2 * c.Layers).Select(_ => (Data: Array.Empty<float>(), Length: 0)).ToArray();
         var offset = 0;
         foreach (var chunk in Schedule)
@@ -140,7 +140,7 @@ public sealed class NativeModelTests
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         options.RegisterHySparseOps();
         using var fromFile = new InferenceSession(path, options);
-        using var embedded = Open(HySparseModelBuilder.Build(weights).ToByteArray());
+        using var embedded = TestSessions.Open(HySparseModelBuilder.Build(weights).ToByteArray());
         using var fileDecoder = new KvCacheDecoder(fromFile, Batch);
         using var embeddedDecoder = new KvCacheDecoder(embedded, Batch);
         CollectionAssert.AreEqual(embeddedDecoder.Step(ids, mask), fileDecoder.Step(ids, mask));
@@ -309,12 +309,5 @@ public sealed class NativeModelTests
         {
             foreach (var value in values) value.Dispose();
         }
-    }
-
-    private static InferenceSession Open(byte[] model)
-    {
-        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
-        options.RegisterHySparseOps();
-        return new InferenceSession(model, options);
     }
 }

@@ -79,12 +79,6 @@ public sealed class TrainedModelTests
         }
     }
 
-    private static InferenceSession Open(byte[] model)
-    {
-        var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
-        options.RegisterHySparseOps();
-        return new InferenceSession(model, options);
-    }
 
     [TestMethod]
     [DataRow("dense")]
@@ -93,7 +87,7 @@ public sealed class TrainedModelTests
     public void TrainedModelRunsAsPyTorchComputedIt(string kind)
     {
         var expected = Load(kind);
-        using var session = Open(File.ReadAllBytes(Path.Combine(Directory, $"{kind}.onnx")));
+        using var session = TestSessions.Open(File.ReadAllBytes(Path.Combine(Directory, $"{kind}.onnx")));
         RunAndCompare(session, expected);
     }
 
@@ -109,7 +103,7 @@ public sealed class TrainedModelTests
             Assert.IsTrue(model.Graph.Node.Any(n => n.Output.Contains(name)), $"the native model has no value '{name}'");
             model.Graph.Output.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Int32 } } });
         }
-        using var session = Open(model.ToByteArray());
+        using var session = TestSessions.Open(model.ToByteArray());
         RunAndCompare(session, expected, names);
     }
 
@@ -122,7 +116,7 @@ public sealed class TrainedModelTests
         var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = new HybridParameters { TopK = 19, BlockSize = 16, Window = 64 } };
         var (converted, report) = HybridConverter.Convert(source, options);
         Assert.AreEqual("FSSSFSSF", report.Layout.Pattern);
-        using var session = Open(converted.ToByteArray());
+        using var session = TestSessions.Open(converted.ToByteArray());
         RunAndCompare(session, expected);
     }
 
