@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test suite: the native kernel tests (ctest) and the MSTest projects of the solution.
+# Runs every test suite: the native kernel tests (ctest), the MSTest projects of the solution and the
+# package smoke test (scripts/package-smoke.sh).
 # Prints each suite's counts and a last line "TOTAL: N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ total_fail=0
 total_skip=0
 add() { total_pass=$((total_pass + $1)); total_fail=$((total_fail + $2)); echo "$3: $1 passed, $2 failed"; }
 
-# Restoring first fetches Microsoft.ML.OnnxRuntime.Gpu, whose headers the native build needs.
+# Restoring first fetches Microsoft.ML.OnnxRuntime, whose headers the native build needs.
 if ! dotnet restore HySparse.Onnx.sln -v q >/tmp/hysparse-restore.log 2>&1; then
   cat /tmp/hysparse-restore.log
   echo "TOTAL: 0 passed, 1 failed"
@@ -45,6 +46,15 @@ else
     add "$p" "$f" "$name"
   done <<<"$summaries"
   if [ "$build_ok" -ne 0 ] && [ "$(grep -c 'Failed!' <<<"$summaries")" -eq 0 ]; then add 0 1 "dotnet test (exit $build_ok)"; fi
+fi
+
+# The packages, used as a user uses them: packed, installed from a local feed, in a fresh app.
+./scripts/package-smoke.sh 2>&1 | tee /tmp/hysparse-package-smoke.log | tail -20
+line=$(grep -E '^package smoke: [0-9]+ passed, [0-9]+ failed' /tmp/hysparse-package-smoke.log | tail -1)
+if [ -n "$line" ]; then
+  add "$(sed -E 's/.*: ([0-9]+) passed.*/\1/' <<<"$line")" "$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$line")" "package smoke"
+else
+  add 0 1 "package smoke (no summary)"
 fi
 
 # Skipped: opt-in measurements (they say why when they skip).

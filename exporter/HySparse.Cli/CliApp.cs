@@ -32,7 +32,7 @@ public static class CliApp
             }
             if (verb is "--version")
             {
-                stdout.WriteLine(typeof(CliApp).Assembly.GetName().Version);
+                stdout.WriteLine(Version);
                 return ExitCodes.Success;
             }
             var rest = args.Skip(1).ToArray();
@@ -47,6 +47,7 @@ public static class CliApp
                 "inspect" => InspectCommand.Run(new ArgumentReader(rest), stdout),
                 "verify" => VerifyCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 "demo" => DemoCommand.Run(new ArgumentReader(rest), stdout, stderr),
+                "native-library" => NativeLibraryCommand.Run(new ArgumentReader(rest), stdout),
                 _ => throw new UsageException($"unknown command '{verb}'"),
             };
         }
@@ -69,6 +70,18 @@ public static class CliApp
         catch (Exception e)
         {
             return Fail(stdout, stderr, json, ExitCodes.InternalError, "internal", $"{e.GetType().Name}: {e.Message}", "this is a bug; please report it with the command line");
+        }
+    }
+
+    /// <summary>The tool's version (the package version, without build metadata).</summary>
+    internal static string Version
+    {
+        get
+        {
+            var informational = typeof(CliApp).Assembly
+                .GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+                .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion;
+            return informational?.Split('+')[0] ?? typeof(CliApp).Assembly.GetName().Version?.ToString() ?? "unknown";
         }
     }
 

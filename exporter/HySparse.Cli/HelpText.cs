@@ -18,6 +18,8 @@ internal static class HelpText
           hysparse inspect <model.onnx> [--context 4096,32k] [layout] [parameters]
           hysparse verify <dense.onnx> <converted.onnx> [--prompt 64] [--steps 8]
           hysparse demo [--dir DIR] [--prompt 256] [--steps 16] [layout] [parameters]
+          hysparse native-library [--json]
+          hysparse --version
           hysparse <command> --help
 
         Commands:
@@ -25,6 +27,9 @@ internal static class HelpText
           inspect   list attention layers, heads and KV bytes, dense against a hybrid layout
           verify    run original and converted side by side in ONNX Runtime and compare
           demo      build a small decoder, convert it, run both and print a comparison table
+          native-library
+                    print the path of the HySparse custom-op library this tool carries (for
+                    ONNX Runtime from Python or C++: register_custom_ops_library(path))
 
         Common options:
           --json    machine-readable output on stdout (errors too: {"ok": false, ...})
@@ -210,12 +215,27 @@ internal static class HelpText
         """;
 
     /// <summary>The help page of <paramref name="verb"/>, or null for an unknown verb.</summary>
+    private const string NativeLibrary = """
+        hysparse native-library - print the path of the HySparse custom-op library
+
+        Converted models need the com.hysparse operators registered in ONNX Runtime. From C#, the
+        HySparse.Onnx package does it (sessionOptions.RegisterHySparseOps()); from Python or C++,
+        register this file:
+          python:  so.register_custom_ops_library(path)
+          C++:     session_options.RegisterCustomOpsLibrary(path)
+
+        Options:
+          --json    path, tool version, runtime identifier and ONNX Runtime version
+
+        """;
+
     public static string? For(string verb) => verb switch
     {
         "convert" => Convert,
         "inspect" => Inspect,
         "verify" => Verify,
         "demo" => Demo,
+        "native-library" => NativeLibrary,
         _ => null,
     };
 }

@@ -1,3 +1,4 @@
+using HySparse.Onnx.Tests.Infrastructure;
 using Microsoft.ML.OnnxRuntime;
 
 namespace HySparse.Onnx.Tests;
@@ -46,5 +47,37 @@ public sealed class NativeLibraryTests
         using var options = new SessionOptions();
         Assert.AreSame(options, options.RegisterHySparseOps());
         Assert.ThrowsExactly<ArgumentNullException>(() => SessionOptionsExtensions.RegisterHySparseOps(null!));
+    }
+
+    [TestMethod]
+    public void RegisterHySparseOps_Twice_IsANoOp_WhereOrtItselfRefusesASecondRegistration()
+    {
+        var call = FullAttnCall.Build(AttentionData.Random(new AttentionShape(1, 4, 2, 64, 5, 16), seed: 950),
+                                      new FullAttnOptions { BlockSize = 4, TopK = 2 });
+        var model = call.BuildModel();
+
+        using var options = new SessionOptions();
+        options.RegisterHySparseOps();
+        Assert.AreSame(options, options.RegisterHySparseOps());
+        using (var session = new InferenceSession(model, options))
+        {
+            Assert.IsTrue(session.InputMetadata.ContainsKey("query"));
+        }
+
+        // The guard is what makes the second call harmless: ORT refuses the same domain registered twice.
+        using var twice = new SessionOptions();
+        twice.RegisterCustomOpLibrary(HySparseNativeLibrary.Locate());
+        twice.RegisterCustomOpLibrary(HySparseNativeLibrary.Locate());
+        Assert.ThrowsExactly<OnnxRuntimeException>(() => new InferenceSession(model, twice).Dispose());
+    }
+
+    [TestMethod]
+    public void NotFound_NamesThePackagedRuntimeIdentifiers()
+    {
+        CollectionAssert.Contains(HySparseNativeLibrary.PackagedRuntimeIdentifiers.ToArray(), "linux-x64");
+        Assert.AreEqual("linux-x64", HySparseNativeLibrary.PortableRuntimeIdentifier);
+        var exception = new HySparseLibraryNotFoundException(["/nowhere/libhysparse_onnx.so"]);
+        StringAssert.Contains(exception.Message, "/nowhere/libhysparse_onnx.so");
+        StringAssert.Contains(exception.Message, "HySparse.Onnx package");
     }
 }

@@ -11,7 +11,7 @@ mkdir -p "$carry"
 ort_version=$(sed -n 's/^set(ORT_VERSION \([0-9.]*\) .*/\1/p' CMakeLists.txt)
 ort_include=""
 for root in "${NUGET_PACKAGES:-}" "$HOME/.nuget/packages"; do
-  candidate="$root/microsoft.ml.onnxruntime.gpu.linux/$ort_version/buildTransitive/native/include"
+  candidate="$root/microsoft.ml.onnxruntime/$ort_version/build/native/include"
   if [ -n "$root" ] && [ -f "$candidate/onnxruntime_cxx_api.h" ]; then ort_include=$candidate; break; fi
 done
 if [ -z "$ort_include" ]; then
