@@ -48,6 +48,7 @@ public static class CliApp
                 "verify" => VerifyCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 "demo" => DemoCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 "native-library" => NativeLibraryCommand.Run(new ArgumentReader(rest), stdout),
+                "generate" => GenerateCommand.Run(new ArgumentReader(rest), stdout, stderr),
                 _ => throw new UsageException($"unknown command '{verb}'"),
             };
         }
@@ -66,6 +67,11 @@ public static class CliApp
                 e.Layers.Count > 0 ? e.Layers : null);
             foreach (var layer in e.Layers) stderr.WriteLine($"  {layer.Node}: {layer.Reason}");
             return code;
+        }
+        catch (Microsoft.ML.OnnxRuntimeGenAI.OnnxRuntimeGenAIException e)
+        {
+            // genai refuses folders it cannot run (config errors, missing files, shapes): the input's fault.
+            return Fail(stdout, stderr, json, ExitCodes.InvalidModel, "genai", $"onnxruntime-genai: {e.Message}", null);
         }
         catch (Exception e)
         {

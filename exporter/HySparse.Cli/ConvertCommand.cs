@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using HySparse.Exporter;
+using HySparse.Exporter.Folders;
 using HySparse.Exporter.Layout;
 using HySparse.Onnx;
 
@@ -18,11 +19,22 @@ internal static class ConvertCommand
         var kvBuffer = reader.Flag("--kv-buffer");
         var options = SharedOptions.ReadConversion(reader) with { KvBuffer = kvBuffer };
         var input = SharedOptions.ModelPath(reader, "convert");
-        output ??= DefaultOutput(input);
+        var isFolder = GenAiModelFolder.IsModelFolder(input);
+        output ??= isFolder ? Path.TrimEndingDirectorySeparator(input) + "-hysparse" : DefaultOutput(input);
 
         var clock = Stopwatch.StartNew();
         Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[{clock.Elapsed.TotalSeconds,6:0.00} s] {step}");
-        var report = HybridConverter.ConvertFile(input, output, options, overwrite, progress);
+        FolderConversionReport? folder = null;
+        ConversionReport report;
+        if (isFolder)
+        {
+            folder = ModelFolderConverter.Convert(input, output, options, overwrite, progress: progress);
+            report = folder.Decoder;
+        }
+        else
+        {
+            report = HybridConverter.ConvertFile(input, output, options, overwrite, progress);
+        }
         progress?.Invoke("done");
         var kv = report.KvAt(contexts);
 
@@ -42,12 +54,18 @@ internal static class ConvertCommand
                 kv,
                 layers = report.Layers,
                 metadata = report.Metadata,
+                genai = folder is null ? null : new { copiedFiles = folder.CopiedFiles, configChanges = folder.ConfigChanges },
             });
             return ExitCodes.Success;
         }
 
         var p = report.Parameters;
         stdout.WriteLine($"Converted {input} -> {output}");
+        if (folder is not null)
+        {
+            stdout.WriteLine($"  genai      model folder: decoder {folder.DecoderFile} converted, {folder.CopiedFiles.Count} other file(s) copied, {HySparseNativeLibrary.FileName} added");
+            foreach (var change in folder.ConfigChanges) stdout.WriteLine($"             {GenAiModelFolder.ConfigFileName}: {change}");
+        }
         stdout.WriteLine($"  attention  {report.Style.ToString().ToLowerInvariant()}, {report.Layers.Count} layers");
         stdout.WriteLine($"  layout     {report.Layout.Pattern}  ({options.Layout.Description}{(options.Layout.SparseLast ? "" : ", last layer full")}; full layers {string.Join(",", report.Layout.FullLayers)})");
         stdout.WriteLine($"  sparse     top-k {p.TopK} blocks x block size {p.BlockSize} + window {p.Window} = at most {p.SparseReach} keys per token per sparse layer");

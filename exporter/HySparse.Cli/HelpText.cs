@@ -14,9 +14,10 @@ internal static class HelpText
         sparse layer reads at most K*B + w keys per token instead of all of them.
 
         Usage:
-          hysparse convert <model.onnx> [-o <out.onnx>] [layout] [parameters]
-          hysparse inspect <model.onnx> [--context 4096,32k] [layout] [parameters]
-          hysparse verify <dense.onnx> <converted.onnx> [--prompt 64] [--steps 8]
+          hysparse convert <model.onnx | genai folder> [-o <out>] [layout] [parameters]
+          hysparse generate <genai folder> (--prompt TEXT | --ids 1,2,3) [-n 64]
+          hysparse inspect <model.onnx | genai folder> [--context 4096,32k] [layout] [parameters]
+          hysparse verify <dense> <converted> [--prompt 64] [--steps 8]   (files or genai folders)
           hysparse demo [--dir DIR] [--prompt 256] [--steps 16] [layout] [parameters]
           hysparse native-library [--json]
           hysparse --version
@@ -27,6 +28,7 @@ internal static class HelpText
           inspect   list attention layers, heads and KV bytes, dense against a hybrid layout
           verify    run original and converted side by side in ONNX Runtime and compare
           demo      build a small decoder, convert it, run both and print a comparison table
+          generate  run an onnxruntime-genai model folder (converted or not) on a prompt
           native-library
                     print the path of the HySparse custom-op library this tool carries (for
                     ONNX Runtime from Python or C++: register_custom_ops_library(path))
@@ -93,13 +95,22 @@ internal static class HelpText
         Initializers and all other nodes are left as they are. The layout, parameters, mode and any
         interface change are recorded in the model's metadata (hysparse.*).
 
+        An onnxruntime-genai model folder (a folder with genai_config.json) converts into a new
+        folder: the decoder it names is converted (external data files are copied beside it), every
+        other file (tokenizer, configs) is copied, libhysparse_onnx.so is put in the folder and named
+        in the decoder's session options (custom_ops_library), and the cache settings genai needs
+        are written: past_present_share_buffer to match the converted caches and, with
+        --kv-sharing, the sparse layers declared as sliding-window layers of w tokens so genai
+        allocates only the window for them. The folder appears whole or not at all.
+
         The input file is only read. The output is written to a temporary file and renamed, so it is
         never half written; nothing is written when the conversion is refused. A layer that cannot be
         converted is reported with its node and the reason, and the conversion is refused: a model is
         never left partly dense.
 
         Options:
-          -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input)
+          -o, --output PATH   output file (default: <model>.hysparse.onnx beside the input), or
+                              output folder for a genai model folder (default: <folder>-hysparse)
           --context LIST      contexts to show KV cache bytes at, k = 1024 (default 4096,32768)
           --overwrite         replace an existing output file
           --kv-buffer         keep concatenated caches (present = Concat(past, new)) in buffers
@@ -121,6 +132,34 @@ internal static class HelpText
           hysparse convert llama.onnx --full-layers 0,8,16,24,31 --top-k 8 --window 256
           hysparse convert llama.onnx --pattern FSSSSSSS --json
           hysparse convert llama.onnx -o llama.shared.onnx --ratio 1:3 --kv-sharing --window 256
+          hysparse convert ./phi3-genai -o ./phi3-hysparse --ratio 1:3
+
+        """;
+
+    private const string Generate = """
+        hysparse generate - run an onnxruntime-genai model folder on a prompt
+
+        Runs the folder through onnxruntime-genai (CPU), as a serving app would: genai keeps the KV
+        cache and runs the search; a converted folder loads libhysparse_onnx.so itself. Prints the
+        completion (through the folder's tokenizer) or the token ids, time to first token, decode
+        tokens/s, the KV-cache bytes genai held at the end and the peak resident memory.
+
+        Usage:
+          hysparse generate <folder> (--prompt TEXT | --ids 1,2,3 | --random-prompt N) [options]
+
+        Options:
+          -p, --prompt TEXT       prompt text (needs tokenizer.json / tokenizer_config.json)
+          --ids LIST              prompt token ids, comma-separated
+          --random-prompt N       N random token ids (seeded by --seed), for measurements
+          -n, --new-tokens N      tokens to generate (64)
+          --batch N               decode N copies of the prompt together (1)
+          --sample                sample instead of greedy search, with --temperature T (1),
+                                  --top-k K (all), --top-p P (1) and --seed S (1)
+          --json                  sequences, timings, KV tensors and memory as JSON
+
+        Examples:
+          hysparse generate ./phi3-hysparse --prompt "def fibonacci(n):" -n 48
+          hysparse generate ./model-hysparse --random-prompt 8192 -n 16 --json
 
         """;
 
@@ -236,6 +275,7 @@ internal static class HelpText
         "verify" => Verify,
         "demo" => Demo,
         "native-library" => NativeLibrary,
+        "generate" => Generate,
         _ => null,
     };
 }

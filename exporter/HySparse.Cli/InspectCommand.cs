@@ -14,7 +14,7 @@ internal static class InspectCommand
         var json = reader.Flag("--json");
         var contexts = reader.PositiveIntList("--context", "--contexts") ?? DefaultContexts;
         var options = SharedOptions.ReadConversion(reader);
-        var path = SharedOptions.ModelPath(reader, "inspect");
+        var path = SharedOptions.ModelFile(SharedOptions.ModelPath(reader, "inspect"));
         var report = ModelInspector.Inspect(ModelFile.Load(path), options, contexts);
 
         if (json)

@@ -48,6 +48,13 @@ internal static class SharedOptions
         };
     }
 
+    /// <summary>
+    /// The model file a path names: the path itself, or for an onnxruntime-genai model folder the
+    /// decoder its genai_config.json names.
+    /// </summary>
+    public static string ModelFile(string path) =>
+        HySparse.Exporter.Folders.GenAiModelFolder.IsModelFolder(path) ? HySparse.Exporter.Folders.GenAiModelFolder.Open(path).DecoderPath : path;
+
     /// <summary>ONNX element type as people write it (float32, float16, bfloat16…).</summary>
     public static string TypeName(DataType type) => type switch
     {

@@ -17,8 +17,9 @@ internal static class VerifyCommand
             Batch = reader.PositiveInt("--batch") ?? defaults.Batch,
             Seed = (ulong)(reader.PositiveInt("--seed") ?? (int)defaults.Seed),
         };
-        var paths = reader.Positionals();
-        if (paths.Count != 2) throw new UsageException("verify takes two model files: hysparse verify <dense.onnx> <converted.onnx>");
+        var given = reader.Positionals();
+        if (given.Count != 2) throw new UsageException("verify takes two model files or genai model folders: hysparse verify <dense.onnx> <converted.onnx>");
+        var paths = given.Select(SharedOptions.ModelFile).ToList();
 
         Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[verify] {step}");
         var report = ModelVerifier.Verify(paths[0], paths[1], options, progress);

@@ -152,16 +152,28 @@ public static class HybridConverter
 
         progress?.Invoke($"reading {inputPath} ({new FileInfo(input).Length:N0} bytes)");
         var model = ModelFile.Load(input);
-        if (model.Graph.Initializer.Any(Tensors.IsExternal)
-            && !string.Equals(Path.GetDirectoryName(input), Path.GetDirectoryName(output), StringComparison.Ordinal))
-            throw new ConversionException(ConversionError.UnsupportedExternalData,
-                $"the model keeps weights in external data files found relative to its directory; write the output into '{Path.GetDirectoryName(input)}' so they stay valid");
+        if (!string.Equals(Path.GetDirectoryName(input), Path.GetDirectoryName(output), StringComparison.Ordinal))
+        {
+            // External data is found relative to the model file: written elsewhere, the output is valid
+            // only where the same files stand beside it (a model folder conversion copies them first).
+            var missing = ExternalDataFiles(model).Where(f => !File.Exists(Path.Combine(Path.GetDirectoryName(output)!, f))).ToList();
+            if (missing.Count > 0)
+                throw new ConversionException(ConversionError.UnsupportedExternalData,
+                    $"the model keeps weights in external data files found relative to its directory ({string.Join(", ", missing)}); " +
+                    $"write the output into '{Path.GetDirectoryName(input)}' or copy those files beside the output first");
+        }
         progress?.Invoke($"rewriting {model.Graph.Node.Count:N0} nodes");
         var report = ConvertInPlace(model, options);
         progress?.Invoke($"writing {outputPath}");
         ModelFile.WriteAtomically(model, output, overwrite);
         return report;
     }
+
+    /// <summary>The external data files the model's initializers name (locations relative to the model's folder).</summary>
+    public static IReadOnlyList<string> ExternalDataFiles(ModelProto model) =>
+        model.Graph.Initializer.Where(Tensors.IsExternal)
+            .SelectMany(t => t.ExternalData.Where(e => e.Key == "location").Select(e => e.Value))
+            .Distinct(StringComparer.Ordinal).ToList();
 
     /// <summary>Converts <paramref name="model"/> itself; on refusal it is left unchanged.</summary>
     public static ConversionReport ConvertInPlace(ModelProto model, ConversionOptions options)

@@ -1,0 +1,216 @@
+using System.Security.Cryptography;
+using System.Text.Json.Nodes;
+using HySparse.Cli;
+using HySparse.Exporter.Folders;
+using HySparse.Exporter.Layout;
+using HySparse.Models.Llama;
+using HySparse.Onnx;
+
+namespace HySparse.Exporter.Tests;
+
+/// <summary>
+/// Converted onnxruntime-genai model folders run under Microsoft.ML.OnnxRuntimeGenAI, which owns the KV
+/// cache: with a selection covering every key they decode the original folder's greedy tokens; with a
+/// sparse layout they decode what <see cref="KvCacheDecoder"/> decodes from the converted model in ONNX
+/// Runtime directly.
+/// </summary>
+[TestClass]
+public sealed class GenAiFolderTests
+{
+    private const int NewTokens = 48;
+    private static readonly LlamaConfig Config = new() { Layers = 4, Hidden = 64, Heads = 4, KvHeads = 2, HeadDim = 16, Ffn = 96, Vocab = 97, Seed = 5 };
+
+    // Two rows of equal length without the pad id (0), which genai masks out of a batch.
+    private static readonly int[][] Prompts =
+    [
+        [3, 14, 15, 9, 26, 53, 58, 9, 79, 32, 38, 46, 26, 43, 38, 32, 79, 50, 28, 84, 19, 71, 69, 39],
+        [2, 71, 82, 81, 82, 84, 59, 4, 52, 35, 36, 28, 74, 71, 35, 26, 62, 49, 77, 57, 24, 70, 93, 69],
+    ];
+
+    /// <summary>Every key of a 72-token sequence is in the selection: the hybrid computes what dense computes.</summary>
+    private static ConversionOptions Covering(bool kvSharing = false) => new()
+    {
+        Layout = LayoutSpec.Ratio("1:1", false),
+        Parameters = new HybridParameters { TopK = 8, BlockSize = 16, Window = 16, Mode = kvSharing ? HybridMode.KvSharing : HybridMode.Retrofit },
+    };
+
+    /// <summary>Sparse for real: 2 blocks of 8 + a window of 8 out of up to 72 keys, the last layer sparse too.</summary>
+    private static ConversionOptions Sparse(bool kvSharing = false) => new()
+    {
+        Layout = LayoutSpec.Ratio("1:3", true),
+        Parameters = new HybridParameters { TopK = 2, BlockSize = 8, Window = 8, Mode = kvSharing ? HybridMode.KvSharing : HybridMode.Retrofit },
+    };
+
+    private static GenerationResult Generate(string folder) =>
+        GenAiRunner.Generate(folder, Prompts, new GenerationSettings { NewTokens = NewTokens });
+
+    private static string DenseFolder(ModelDirectory dir, LlamaAttentionStyle style, GroupQueryAttentionOptions? gqa = null)
+    {
+        var folder = Path.Combine(dir.Path, "dense");
+        var model = LlamaModelBuilder.Build(Config, style, groupQuery: gqa);
+        GenAiFolders.Write(folder, model, Config, shareBuffer: style == LlamaAttentionStyle.GroupQueryAttention);
+        return folder;
+    }
+
+    /// <summary>The converted decoder run by <see cref="KvCacheDecoder"/> in ONNX Runtime, greedy, batch 2.</summary>
+    private static int[][] KvCacheDecoderTokens(string folder, bool sharedBuffers)
+    {
+        var decoderFile = GenAiModelFolder.Open(folder).DecoderPath;
+        using var session = TestSessions.Open(File.ReadAllBytes(decoderFile), registerOps: HybridConverter.IsConverted(ModelFile.Load(decoderFile)));
+        using var decoder = new KvCacheDecoder(session, batchSize: Prompts.Length, bufferCapacity: sharedBuffers ? Prompts[0].Length + NewTokens : null);
+        var generated = decoder.GenerateGreedy(Prompts.SelectMany(p => p.Select(t => (long)t)).ToArray(), NewTokens);
+        return Prompts.Select((p, b) => p.Concat(generated.Skip(b * NewTokens).Take(NewTokens).Select(t => (int)t)).ToArray()).ToArray();
+    }
+
+    private static void AssertSameTokens(int[][] expected, int[][] actual, string what)
+    {
+        Assert.AreEqual(expected.Length, actual.Length);
+        for (var b = 0; b < expected.Length; b++)
+        {
+            Assert.AreEqual(Prompts[b].Length + NewTokens, actual[b].Length, $"{what}: row {b} stopped early (the eos id was generated)");
+            CollectionAssert.AreEqual(expected[b], actual[b], $"{what}: row {b}");
+        }
+    }
+
+    [TestMethod]
+    [DataRow(false, DisplayName = "GroupQueryAttention, separate Q/K/V")]
+    [DataRow(true, DisplayName = "GroupQueryAttention, packed QKV")]
+    public void GroupQueryAttentionFolder_CoveringLayout_DecodesTheOriginalTokens_SparseLayout_TheKvCacheDecoderTokens(bool packed)
+    {
+        using var dir = new ModelDirectory();
+        var dense = DenseFolder(dir, LlamaAttentionStyle.GroupQueryAttention, new GroupQueryAttentionOptions { PackedQkv = packed });
+        var covering = Path.Combine(dir.Path, "covering");
+        var report = ModelFolderConverter.Convert(dense, covering, Covering());
+        Assert.AreEqual(HybridMetadata.SharedBufferCache, report.Decoder.Metadata[HybridMetadata.KvCache]);
+        var sparse = Path.Combine(dir.Path, "sparse");
+        ModelFolderConverter.Convert(dense, sparse, Sparse());
+        var expectedDense = KvCacheDecoderTokens(dense, sharedBuffers: true);
+        var expectedSparse = KvCacheDecoderTokens(sparse, sharedBuffers: true);
+        GenAiFolders.SetEosOutside([dense, covering, sparse], expectedDense, expectedSparse);
+
+        var original = Generate(dense);
+        AssertSameTokens(expectedDense, original.Sequences, "the original folder under genai vs KvCacheDecoder");
+        AssertSameTokens(original.Sequences, Generate(covering).Sequences, "covering conversion under genai");
+        var hybrid = Generate(sparse);
+        AssertSameTokens(expectedSparse, hybrid.Sequences, "sparse conversion under genai vs KvCacheDecoder");
+        // Shared buffers: genai holds every layer's buffer at max_length, as for the original.
+        Assert.AreEqual(original.KvBytes, hybrid.KvBytes);
+    }
+
+    [TestMethod]
+    public void ConcatenatingFolder_RetrofitAndKvSharing_RunUnderGenAi_KvSharingHoldsWindowCaches()
+    {
+        using var dir = new ModelDirectory();
+        var dense = DenseFolder(dir, LlamaAttentionStyle.Decomposed);
+        var covering = Path.Combine(dir.Path, "covering");
+        ModelFolderConverter.Convert(dense, covering, Covering());
+        var shared = Path.Combine(dir.Path, "kv-sharing");
+        var report = ModelFolderConverter.Convert(dense, shared, Sparse(kvSharing: true));
+        var expectedDense = KvCacheDecoderTokens(dense, sharedBuffers: false);
+        var expectedShared = KvCacheDecoderTokens(shared, sharedBuffers: false);
+        GenAiFolders.SetEosOutside([dense, covering, shared], expectedDense, expectedShared);
+
+        var original = Generate(dense);
+        AssertSameTokens(expectedDense, original.Sequences, "the original folder under genai vs KvCacheDecoder");
+        AssertSameTokens(original.Sequences, Generate(covering).Sequences, "covering retrofit under genai");
+
+        var window = (JsonObject)GenAiModelFolder.Open(shared).Config["model"]!["decoder"]!["sliding_window"]!;
+        Assert.AreEqual(7, window["window_size"]!.GetValue<int>());
+        Assert.AreEqual(1, window["cache_slack"]!.GetValue<int>());
+        CollectionAssert.AreEqual(new[] { 1, 2, 3 }, window["layers"]!.AsArray().Select(n => n!.GetValue<int>()).ToArray());
+        Assert.IsFalse(GenAiModelFolder.Open(shared).Config["search"]!["past_present_share_buffer"]!.GetValue<bool>());
+        Assert.AreEqual(6, report.Decoder.WindowCaches.Count / 2);
+
+        var hybrid = Generate(shared);
+        AssertSameTokens(expectedShared, hybrid.Sequences, "kv-sharing under genai vs KvCacheDecoder");
+        // The last step's caches: layer 0 keeps all T - 1 = 71 positions (genai feeds the last token
+        // without computing its KV), layers 1-3 keep the window of 8.
+        var total = Prompts[0].Length + NewTokens - 1;
+        var bytes = (long)Prompts.Length * Config.KvHeads * Config.HeadDim * sizeof(float) * 2;
+        Assert.AreEqual(bytes * (total + 3 * 8), hybrid.KvBytes, string.Join(", ", hybrid.Caches.Select(c => $"{c.Name} [{string.Join(",", c.Shape)}]")));
+        Assert.AreEqual(bytes * 4 * total, original.KvBytes);
+    }
+
+    [TestMethod]
+    public void FolderConversion_CopiesTheFolder_AddsTheLibrary_LeavesTheInputUntouched()
+    {
+        using var dir = new ModelDirectory();
+        var dense = DenseFolder(dir, LlamaAttentionStyle.GroupQueryAttention);
+        File.WriteAllText(Path.Combine(dense, "tokenizer.json"), "{\"stand-in\": true}");
+        Directory.CreateDirectory(Path.Combine(dense, "extra"));
+        File.WriteAllText(Path.Combine(dense, "extra", "notes.txt"), "kept");
+        var before = Hashes(dense);
+
+        var output = Path.Combine(dir.Path, "out");
+        var report = ModelFolderConverter.Convert(dense, output, Covering());
+        CollectionAssert.AreEquivalent(before, Hashes(dense), "the input folder changed");
+        CollectionAssert.AreEquivalent(new[] { "tokenizer.json", Path.Combine("extra", "notes.txt") }, report.CopiedFiles.ToArray());
+        Assert.AreEqual("kept", File.ReadAllText(Path.Combine(output, "extra", "notes.txt")));
+        Assert.IsTrue(File.Exists(Path.Combine(output, HySparseNativeLibrary.FileName)));
+        Assert.AreEqual(HySparseNativeLibrary.FileName,
+            GenAiModelFolder.Open(output).DecoderSessionOptions()["custom_ops_library"]!.GetValue<string>());
+        Assert.IsTrue(HybridConverter.IsConverted(ModelFile.Load(GenAiModelFolder.Open(output).DecoderPath)));
+
+        // Refusals: nothing is written, no staging folder is left behind.
+        var exists = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, output, Covering()));
+        Assert.AreEqual(ConversionError.InvalidOutput, exists.Error);
+        var inside = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, Path.Combine(dense, "sub"), Covering()));
+        StringAssert.Contains(inside.Message, "input folder");
+        var refused = Path.Combine(dir.Path, "refused");
+        var layout = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, refused, Covering(kvSharing: true)));
+        Assert.AreEqual(ConversionError.UnconvertibleLayers, layout.Error);
+        Assert.IsFalse(Directory.Exists(refused));
+        Assert.IsFalse(Directory.EnumerateFileSystemEntries(dir.Path).Any(p => Path.GetFileName(p).StartsWith('.')), "a staging folder was left behind");
+        CollectionAssert.AreEquivalent(before, Hashes(dense));
+
+        // --overwrite replaces the output whole.
+        ModelFolderConverter.Convert(dense, output, Sparse(), overwrite: true);
+        Assert.AreEqual("2", ModelFile.Load(GenAiModelFolder.Open(output).DecoderPath).MetadataProps.First(p => p.Key == HybridMetadata.TopK).Value);
+    }
+
+    [TestMethod]
+    public void FolderWithoutConfigOrDecoder_IsRefusedByName()
+    {
+        using var dir = new ModelDirectory();
+        var empty = Directory.CreateDirectory(Path.Combine(dir.Path, "empty")).FullName;
+        var none = Assert.ThrowsExactly<ConversionException>(() => GenAiModelFolder.Open(empty));
+        StringAssert.Contains(none.Message, GenAiModelFolder.ConfigFileName);
+        File.WriteAllText(Path.Combine(empty, GenAiModelFolder.ConfigFileName), """{"model": {"decoder": {"filename": "../escape.onnx"}}}""");
+        StringAssert.Contains(Assert.ThrowsExactly<ConversionException>(() => GenAiModelFolder.Open(empty)).Message, "inside the folder");
+        File.WriteAllText(Path.Combine(empty, GenAiModelFolder.ConfigFileName), """{"model": {"decoder": {"filename": "missing.onnx"}}}""");
+        StringAssert.Contains(Assert.ThrowsExactly<ConversionException>(() => GenAiModelFolder.Open(empty)).Message, "missing.onnx");
+        File.WriteAllText(Path.Combine(empty, GenAiModelFolder.ConfigFileName), "{ not json");
+        StringAssert.Contains(Assert.ThrowsExactly<ConversionException>(() => GenAiModelFolder.Open(empty)).Message, "not valid JSON");
+    }
+
+    [TestMethod]
+    public void Cli_ConvertsAFolder_AndGeneratesFromIt()
+    {
+        using var dir = new ModelDirectory();
+        var dense = DenseFolder(dir, LlamaAttentionStyle.GroupQueryAttention);
+        var output = Path.Combine(dir.Path, "cli-out");
+        var (code, stdout, stderr) = CliTests.Run("convert", dense, "-o", output, "--ratio", "1:3", "--top-k", "2", "--block-size", "8", "--window", "8", "--quiet");
+        Assert.AreEqual(0, code, stderr);
+        StringAssert.Contains(stdout, "custom_ops_library = libhysparse_onnx.so");
+
+        (code, stdout, stderr) = CliTests.Run("generate", output, "--ids", string.Join(",", Prompts[0]), "-n", "6", "--batch", "2", "--json");
+        Assert.AreEqual(0, code, stderr);
+        var result = JsonNode.Parse(stdout)!;
+        Assert.IsTrue(result["hysparse"]!.GetValue<bool>());
+        Assert.AreEqual(2, result["sequences"]!.AsArray().Count);
+        Assert.IsTrue(result["sequences"]![0]!.AsArray().Count > Prompts[0].Length);
+        Assert.AreEqual(8, result["caches"]!.AsArray().Count);
+        Assert.IsTrue(result["kvBytes"]!.GetValue<long>() > 0);
+
+        // Text prompts need the folder's tokenizer; without one the user is told what to give instead.
+        (code, _, stderr) = CliTests.Run("generate", output, "--prompt", "def f(x):");
+        Assert.AreEqual(2, code);
+        StringAssert.Contains(stderr, "--ids");
+        (code, _, stderr) = CliTests.Run("generate", Path.Combine(dir.Path, "nowhere"), "--ids", "1,2");
+        Assert.AreEqual(3, code, stderr);
+    }
+
+    private static Dictionary<string, string> Hashes(string folder) =>
+        Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
+            .ToDictionary(f => Path.GetRelativePath(folder, f), f => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(f))));
+}
