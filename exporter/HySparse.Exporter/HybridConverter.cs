@@ -53,6 +53,8 @@ public sealed record ConversionReport
     public string InterfaceChanges => Metadata[HybridMetadata.InterfaceChanges];
     /// <summary>The cache geometry all layers share, or null when they differ.</summary>
     public CacheGeometry? Cache { get; init; }
+    /// <summary>KV sharing of a shared-buffer model: its buffers became concatenated caches.</summary>
+    public bool BuffersConcatenated { get; init; }
 
     /// <summary>KV figures (dense, retrofit, KV sharing) at <paramref name="contexts"/>; empty without a common cache geometry.</summary>
     public IReadOnlyList<KvFigures> KvAt(IEnumerable<long> contexts) =>
@@ -201,26 +203,33 @@ public static class HybridConverter
             analysis = analysis with { Layers = KvBufferRewrite.Plan(model, analysis.Layers, options.Parameters, out var buffer) };
             kvBuffer = buffer;
         }
+        var buffersConcatenated = false;
         if (options.Parameters.Mode == HybridMode.KvSharing)
         {
-            CheckNoSharedBuffers(analysis.Layers);
+            if (analysis.Layers.Any(l => l.Buffer is not null))
+            {
+                analysis = analysis with { Layers = ConcatenatedCacheRewrite.Plan(model, analysis.Layers) };
+                buffersConcatenated = true;
+            }
             CheckSharedCaches(analysis.Layers, layout);
         }
 
         if (kvBuffer is not null) KvBufferRewrite.Apply(model, analysis.Layers, kvBuffer);
         var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
-        var metadata = Metadata(analysis, layout, options, windowCaches);
+        var metadata = Metadata(analysis, layout, options, windowCaches, buffersConcatenated);
         foreach (var (key, value) in metadata) model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
 
         var layers = analysis.Layers.Select((layer, i) => new ConvertedLayer(
             i, layer.CacheIndex, layout.Kinds[i], layer.AnchorNode, ops[i].Name,
             layout.Kinds[i] == LayerKind.Sparse ? layout.OracleOf(i) : null)).ToList();
         return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata, WindowCaches = windowCaches,
+            BuffersConcatenated = buffersConcatenated,
             Cache = CacheGeometry.Common(analysis.Layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.ElementType)))),
         };
     }
 
-    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options, IReadOnlyList<string> windowCaches)
+    private static Dictionary<string, string> Metadata(ModelAnalysis analysis, LayerLayout layout, ConversionOptions options, IReadOnlyList<string> windowCaches,
+                                                       bool buffersConcatenated)
     {
         string Number(long n) => n.ToString(CultureInfo.InvariantCulture);
         var p = options.Parameters;
@@ -237,7 +246,7 @@ public static class HybridConverter
             [HybridMetadata.Combine] = HySparseOps.CombineModes.Union,
             [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
             [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
-            [HybridMetadata.InterfaceChanges] = windowCaches.Count > 0 ? WindowCacheChange(p.Window, windowCaches.Count / 4)
+            [HybridMetadata.InterfaceChanges] = windowCaches.Count > 0 ? (buffersConcatenated ? BuffersConcatenatedChange : "") + WindowCacheChange(p.Window, windowCaches.Count / 4)
                 : options.KvBuffer ? KvBufferChange : sharedBuffers ? SharedBufferChange : "none",
             [HybridMetadata.KvCache] = sharedBuffers ? HybridMetadata.SharedBufferCache : HybridMetadata.ConcatenatedCache,
             [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
@@ -246,24 +255,9 @@ public static class HybridConverter
         return metadata;
     }
 
-    /// <summary>
-    /// KV sharing turns sparse layers' caches into window caches, which the ops' shared-buffer mode
-    /// does not have (docs/ops.md): a sparse layer would keep its full buffer and only change what it
-    /// computes, saving no memory. Such models are converted in retrofit only.
-    /// </summary>
-    private static void CheckNoSharedBuffers(IReadOnlyList<AttentionLayer> layers)
-    {
-        var buffered = KvSharingRefusals(layers);
-        if (buffered.Count > 0)
-            throw new ConversionException(ConversionError.UnconvertibleLayers,
-                $"{buffered.Count} layer(s) cannot use KV sharing, first: {buffered[0]}", buffered);
-    }
-
-    /// <summary>The layers that keep their cache in a shared buffer, each with why KV sharing is refused for it.</summary>
-    internal static IReadOnlyList<UnconvertibleLayer> KvSharingRefusals(IReadOnlyList<AttentionLayer> layers) =>
-        layers.Where(l => l.Buffer is not null).Select(l => new UnconvertibleLayer(l.AnchorNode,
-            "--kv-sharing: the layer keeps its cache in a shared fixed-capacity buffer (GroupQueryAttention's convention), and the HySparse ops have no window cache in that mode, " +
-            "so a sparse layer would keep its whole buffer and save nothing; convert without --kv-sharing (retrofit)")).ToList();
+    /// <summary>Why KV sharing cannot convert some of <paramref name="layers"/> (shared buffers that cannot become concatenated caches).</summary>
+    internal static IReadOnlyList<UnconvertibleLayer> KvSharingRefusals(ModelProto model, IReadOnlyList<AttentionLayer> layers) =>
+        ConcatenatedCacheRewrite.Refusals(model, layers);
 
     /// <summary>
     /// With KV sharing a sparse layer reads the full layer's cache as its own keys: heads, head size
@@ -291,6 +285,11 @@ public static class HybridConverter
         "the KV caches are shared buffers only: each past_key_values.N.* must have room for the whole sequence (capacity C >= the total length, " +
         "as onnxruntime-genai allocates them with past_present_share_buffer), present.N.* has the past's shape [B, H_kv, C, D] and may be bound to the same memory; " +
         "caches holding just the tokens so far (past length P < P + S), which GroupQueryAttention also accepts, are refused by the HySparse operators";
+
+    /// <summary>What KV sharing of a shared-buffer (GroupQueryAttention) model changes first: the caches stop being buffers.</summary>
+    private const string BuffersConcatenatedChange =
+        "the shared KV buffers become concatenated caches (the HySparse ops keep window caches only in that convention): each past_key_values.N.* holds the tokens so far " +
+        "and present.N.* = past ++ new, with valid lengths from attention_mask [B, P + S] (onnxruntime-genai: past_present_share_buffer = false); ";
 
     /// <summary>What converting concatenated caches into in-place buffers (<c>--kv-buffer</c>) changes for whoever feeds the model.</summary>
     private const string KvBufferChange =

@@ -80,7 +80,7 @@ public static class ModelInspector
         var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType, l.PastKey is not null)).ToList();
         // A projection of a mode the conversion would refuse would mislead: report why instead.
         IReadOnlyList<UnconvertibleLayer> failures = options.Parameters.Mode == HybridMode.KvSharing
-            ? [.. analysis.Failures, .. HybridConverter.KvSharingRefusals(analysis.Layers)]
+            ? [.. analysis.Failures, .. HybridConverter.KvSharingRefusals(model, analysis.Layers)]
             : analysis.Failures;
         var layout = failures.Count == 0 && layers.Count > 0 ? options.Layout.Plan(layers.Count) : null;
         return new InspectionReport

@@ -98,6 +98,29 @@ public sealed class GenAiFolderTests
     }
 
     [TestMethod]
+    public void GroupQueryAttentionFolder_KvSharing_RunsUnderGenAiWithWindowCaches_AndHoldsLessKv()
+    {
+        using var dir = new ModelDirectory();
+        var dense = DenseFolder(dir, LlamaAttentionStyle.GroupQueryAttention);
+        var shared = Path.Combine(dir.Path, "kv-sharing");
+        var report = ModelFolderConverter.Convert(dense, shared, Sparse(kvSharing: true));
+        Assert.AreEqual(HybridMetadata.ConcatenatedCache, report.Decoder.Metadata[HybridMetadata.KvCache]);
+        CollectionAssert.Contains(report.ConfigChanges.ToArray(), "search.past_present_share_buffer = false");
+        var expectedDense = KvCacheDecoderTokens(dense, sharedBuffers: true);
+        var expectedShared = KvCacheDecoderTokens(shared, sharedBuffers: false);
+        GenAiFolders.SetEosOutside([dense, shared], expectedDense, expectedShared);
+
+        var original = Generate(dense);
+        var hybrid = Generate(shared);
+        AssertSameTokens(expectedShared, hybrid.Sequences, "GQA kv-sharing under genai vs KvCacheDecoder");
+        // genai held the original's 4 buffers at max_length (72) and the hybrid's full layer at the
+        // tokens so far (71) plus three window caches of 8.
+        var bytes = (long)Prompts.Length * Config.KvHeads * Config.HeadDim * sizeof(float) * 2;
+        Assert.AreEqual(bytes * 4 * (Prompts[0].Length + NewTokens), original.KvBytes);
+        Assert.AreEqual(bytes * (Prompts[0].Length + NewTokens - 1 + 3 * 8), hybrid.KvBytes);
+    }
+
+    [TestMethod]
     public void ConcatenatingFolder_RetrofitAndKvSharing_RunUnderGenAi_KvSharingHoldsWindowCaches()
     {
         using var dir = new ModelDirectory();
@@ -157,8 +180,8 @@ public sealed class GenAiFolderTests
         var inside = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, Path.Combine(dense, "sub"), Covering()));
         StringAssert.Contains(inside.Message, "input folder");
         var refused = Path.Combine(dir.Path, "refused");
-        var layout = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, refused, Covering(kvSharing: true)));
-        Assert.AreEqual(ConversionError.UnconvertibleLayers, layout.Error);
+        var again = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(output, refused, Covering()));
+        Assert.AreEqual(ConversionError.AlreadyConverted, again.Error);
         Assert.IsFalse(Directory.Exists(refused));
         Assert.IsFalse(Directory.EnumerateFileSystemEntries(dir.Path).Any(p => Path.GetFileName(p).StartsWith('.')), "a staging folder was left behind");
         CollectionAssert.AreEquivalent(before, Hashes(dense));

@@ -200,16 +200,55 @@ public sealed class GroupQueryAttentionConversionTests
     }
 
     [TestMethod]
-    public void KvSharingIsRefusedForSharedBuffersWithTheReason()
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    [DynamicData(nameof(Variants), DynamicDataDisplayName = nameof(VariantName))]
+    public void KvSharingTurnsSharedBuffersIntoConcatenatedCaches_WithWindowCachesForSparseLayers(GroupQueryAttentionOptions variant)
+    {
+        var model = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention, groupQuery: variant);
+        var options = new ConversionOptions
+        {
+            Layout = LayoutSpec.Ratio("1:3", false),
+            Parameters = new HybridParameters { TopK = 2, BlockSize = 4, Window = 6, Mode = HybridMode.KvSharing },
+        };
+        var (converted, report) = HybridConverter.Convert(model, options);
+        Assert.AreEqual(HybridMetadata.ConcatenatedCache, report.Metadata[HybridMetadata.KvCache]);
+        StringAssert.StartsWith(report.InterfaceChanges, "the shared KV buffers become concatenated caches");
+        Assert.AreEqual(8, report.WindowCaches.Count);
+        // The ops read lengths from the mask, not from seqlens_k / total_sequence_length.
+        var ops = converted.Graph.Node.Where(n => n.Domain == HySparseOps.Domain).ToList();
+        Assert.IsTrue(ops.All(n => n.Input.Contains("attention_mask")));
+        Assert.IsFalse(ops.Any(n => n.Input.Count > 13 && n.Input[13].Length > 0), "a sparse op still reads seqlens_k");
+
+        // Run as a concatenating decoder, 3 chunks: the full layers' (0 and 3: FSSF) caches grow, the sparse layers' stay at the window.
+        using var session = TestSessions.Open(converted.ToByteArray());
+        using var decoder = new KvCacheDecoder(session, batchSize: 2);
+        var random = new Random(5);
+        long[] Tokens(int n) => Enumerable.Range(0, 2 * n).Select(_ => (long)random.Next(1, Config.Vocab)).ToArray();
+        foreach (var n in new[] { 9, 1, 3 })
+        {
+            var logits = decoder.Step(Tokens(n));
+            Assert.IsTrue(logits.All(float.IsFinite));
+        }
+        CollectionAssert.AreEqual(new long[] { 13, 13, 6, 6, 6, 6, 13, 13 }, decoder.CacheLengths.ToArray());
+
+    }
+
+    [TestMethod]
+    public void KvSharingOfSharedBuffersIsRefusedWithoutAnAttentionMaskInput()
     {
         var model = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention);
+        // The same model with its mask input under another name: the lengths cannot be tied to it.
+        foreach (var node in model.Graph.Node)
+            for (var i = 0; i < node.Input.Count; i++)
+                if (node.Input[i] == "attention_mask") node.Input[i] = "mask";
+        model.Graph.Input.Single(i => i.Name == "attention_mask").Name = "mask";
         var options = new ConversionOptions { Parameters = new HybridParameters { Mode = HybridMode.KvSharing } };
 
         var error = Assert.ThrowsExactly<ConversionException>(() => HybridConverter.Convert(model, options));
 
         Assert.AreEqual(ConversionError.UnconvertibleLayers, error.Error);
         Assert.HasCount(4, error.Layers);
-        StringAssert.Contains(error.Layers[0].Reason, "retrofit");
+        StringAssert.Contains(error.Layers[0].Reason, "'attention_mask' graph input");
     }
 
     [TestMethod]
@@ -232,15 +271,13 @@ public sealed class GroupQueryAttentionConversionTests
         var inspect = CliTests.Run("inspect", converted, "--context", "26");
         Assert.AreEqual(ExitCodes.Success, inspect.Code, inspect.Err);
         StringAssert.Contains(inspect.Out, "hybrid layout FSFF");
-        // Projecting --kv-sharing onto the source says why it would be refused instead of showing figures.
+        // --kv-sharing projects and converts (the buffers become concatenated caches).
         var projected = CliTests.Run("inspect", model, "--kv-sharing");
         Assert.AreEqual(ExitCodes.Success, projected.Code, projected.Err);
-        StringAssert.Contains(projected.Out, "4 attention layer(s) cannot be converted");
-        StringAssert.Contains(projected.Out, "no window cache");
-        Assert.IsFalse(projected.Out.Contains("with layout", StringComparison.Ordinal), projected.Out);
-        var refused = CliTests.Run("convert", model, "-o", dir.File("shared.onnx"), "--kv-sharing");
-        Assert.AreEqual(ExitCodes.Refused, refused.Code);
-        StringAssert.Contains(refused.Err, "retrofit");
+        StringAssert.Contains(projected.Out, "with layout");
+        var shared = CliTests.Run("convert", model, "-o", dir.File("shared.onnx"), "--kv-sharing", "-q");
+        Assert.AreEqual(ExitCodes.Success, shared.Code, shared.Err);
+        StringAssert.Contains(shared.Out, "concatenated caches");
 
         // 24 + 2 tokens in blocks of 4: K = 7 selects every block, so the conversion is exact.
         var verify = CliTests.Run("verify", model, converted, "--prompt", "24", "--steps", "2", "--batch", "2", "--json");

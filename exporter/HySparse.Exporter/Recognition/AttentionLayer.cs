@@ -30,12 +30,15 @@ public sealed record SharedKvBuffer(string SeqlensK, string TotalSequenceLength)
 /// <param name="SinCache">[max positions, R/2] sine table.</param>
 /// <param name="RotaryDim">R, the leading channels of each head that rotate (the rest pass through).</param>
 /// <param name="Interleaved">Pairs are (x₀,x₁), (x₂,x₃)… instead of the two halves.</param>
-public sealed record InternalRotary(string CosCache, string SinCache, int RotaryDim, bool Interleaved);
+/// <param name="SeqlensK">The op's <c>seqlens_k</c> (int32 [B], valid total length − 1), which the op
+/// derives the rotation's positions from. Kept here rather than read from <see cref="AttentionLayer.Buffer"/>:
+/// a KV-sharing conversion turns the buffers into concatenated caches but keeps the positions.</param>
+public sealed record InternalRotary(string CosCache, string SinCache, int RotaryDim, bool Interleaved, string SeqlensK);
 
 /// <summary>
 /// How a fused op's query input becomes the HySparse op's query, key and value: split when Q, K and V
 /// come packed in one tensor, rotated when the op applied RoPE itself. Positions for the rotation are
-/// derived from <see cref="AttentionLayer.Buffer"/> exactly as GroupQueryAttention derives them.
+/// derived from <see cref="InternalRotary.SeqlensK"/> exactly as GroupQueryAttention derives them.
 /// </summary>
 /// <param name="PackedQkv">The query input is [B,S,(H_q + 2·H_kv)·D]; key and value are absent.</param>
 /// <param name="Rotary">RoPE to apply to Q and K, or null.</param>

@@ -79,7 +79,7 @@ public sealed class GroupQueryAttentionPattern : FusedOperatorPattern
             if (cos is null || sin is null) throw op.Refuse("do_rotary=1 without cos_cache and sin_cache");
             var rotaryDim = 2 * (HalfRotaryWidth(graph, cos) ?? throw op.Refuse($"cos_cache '{cos}' has no fixed [positions, R/2] shape, so the rotary dimension is unknown"));
             if (rotaryDim > headSize) throw op.Refuse($"cos_cache '{cos}' rotates {rotaryDim} channels but a head has {headSize}");
-            rotary = new InternalRotary(cos, sin, rotaryDim, IntAttribute(node, "rotary_interleaved") == 1);
+            rotary = new InternalRotary(cos, sin, rotaryDim, IntAttribute(node, "rotary_interleaved") == 1, seqlensK);
         }
         else if (cos is not null || sin is not null)
         {

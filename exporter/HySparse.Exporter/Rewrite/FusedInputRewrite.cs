@@ -40,9 +40,7 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
         }
         if (inputs.Rotary is { } rotary)
         {
-            if (layer.Buffer is not { } buffer)
-                throw new InvalidOperationException($"layer at '{layer.AnchorNode}' rotates inside the op but has no seqlens_k to take positions from");
-            var positions = Positions(buffer.SeqlensK, query, scope, nodes);
+            var positions = Positions(rotary.SeqlensK, query, scope, nodes);
             query = Rotate(query, layer.NumHeads, positions, rotary, $"{scope}/hysparse_rotary_query", nodes);
             key = Rotate(key, layer.KvNumHeads, positions, rotary, $"{scope}/hysparse_rotary_key", nodes);
         }

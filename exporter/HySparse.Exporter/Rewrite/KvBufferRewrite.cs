@@ -47,7 +47,8 @@ internal static class KvBufferRewrite
                 $"--kv-buffer: the model has no '{DecomposedAttentionPattern.AttentionMaskInput}' input to derive each row's length from",
                 concatenated.Select(l => new UnconvertibleLayer(l.AnchorNode,
                     $"--kv-buffer: seqlens_k is computed from the '{DecomposedAttentionPattern.AttentionMaskInput}' graph input, which this model does not have")).ToList());
-        var leftReaders = PastReadersLeft(model.Graph, layers, concatenated);
+        var leftReaders = PastReadersLeft(model.Graph, layers, concatenated,
+            "--kv-buffer turns it into a buffer of fixed capacity; the node would see the capacity instead of the past length");
         if (leftReaders.Count > 0)
             throw new ConversionException(ConversionError.UnconvertibleLayers,
                 $"--kv-buffer: {leftReaders.Count} node(s) outside the attention layers read a past cache, whose length would become the buffer's capacity, first: {leftReaders[0]}",
@@ -115,10 +116,12 @@ internal static class KvBufferRewrite
     /// <summary>
     /// Nodes that would stay in the graph after the rewrite and read a past cache of a
     /// <paramref name="converted"/> layer: with buffers they would see the capacity where they expect
-    /// the past length (a position computed from the cache's shape, say). Only nodes some graph output
-    /// or some layer input still depends on count; the mask construction the ops replace does not.
+    /// the past length (a position computed from the cache's shape, say), and the other way round. Only
+    /// nodes some graph output or some layer input still depends on count; the mask construction the
+    /// ops replace does not.
     /// </summary>
-    private static List<UnconvertibleLayer> PastReadersLeft(GraphProto graph, IReadOnlyList<AttentionLayer> layers, IReadOnlyList<AttentionLayer> converted)
+    /// <param name="why">What the conversion does to the cache and what the node would then see.</param>
+    internal static List<UnconvertibleLayer> PastReadersLeft(GraphProto graph, IReadOnlyList<AttentionLayer> layers, IReadOnlyList<AttentionLayer> converted, string why)
     {
         var pasts = converted.SelectMany(l => new[] { l.PastKey!, l.PastValue! }).ToHashSet(StringComparer.Ordinal);
         var replaced = new HashSet<NodeProto>(layers.SelectMany(l => l.ReplacedNodes), ReferenceEqualityComparer.Instance);
@@ -126,7 +129,7 @@ internal static class KvBufferRewrite
         foreach (var node in graph.Node.Where(n => !replaced.Contains(n)))
             foreach (var output in node.Output.Where(o => o.Length > 0)) producers[output] = node;
         var pending = new Stack<string>(graph.Output.Select(o => o.Name)
-            .Concat(layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Inputs?.Rotary?.CosCache, l.Inputs?.Rotary?.SinCache, l.Inputs?.QkvBias }))
+            .Concat(layers.SelectMany(l => new[] { l.Query, l.Key, l.Value, l.Inputs?.Rotary?.CosCache, l.Inputs?.Rotary?.SinCache, l.Inputs?.Rotary?.SeqlensK, l.Inputs?.QkvBias }))
             .OfType<string>().Where(n => n.Length > 0));
         var live = new HashSet<NodeProto>(ReferenceEqualityComparer.Instance);
         while (pending.Count > 0)
@@ -136,7 +139,7 @@ internal static class KvBufferRewrite
         }
         return graph.Node.Where(live.Contains).Where(n => n.Input.Any(pasts.Contains))
             .Select(n => new UnconvertibleLayer(AttentionMatch.NodeLabel(n),
-                $"reads past cache '{n.Input.First(pasts.Contains)}', which --kv-buffer turns into a buffer of fixed capacity; the node would see the capacity instead of the past length")).ToList();
+                $"reads past cache '{n.Input.First(pasts.Contains)}': {why}")).ToList();
     }
 
     private static string Unique(HashSet<string> used, string stem)
