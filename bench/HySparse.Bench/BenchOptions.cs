@@ -106,6 +106,16 @@ public sealed class BenchOptions
     /// <summary>Seed of the random inputs.</summary>
     public int Seed { get; private set; } = 20260203;
 
+    /// <summary>
+    /// When set, only write the end-to-end model (<see cref="EndToEndModel"/>) as an onnxruntime-genai
+    /// model folder there (GroupQueryAttention on shared buffers, as genai's builder emits it) for
+    /// scripts/genai-kv-memory.sh, and measure nothing.
+    /// </summary>
+    public string? GenAiFolder { get; private set; }
+
+    /// <summary>context_length of the folder <see cref="GenAiFolder"/> writes.</summary>
+    public int GenAiContext { get; private set; } = 8192 + 64;
+
     /// <summary>Usage text.</summary>
     public const string Usage = """
         HySparse.Bench: HySparse ops vs ONNX Runtime GroupQueryAttention (CPU), with machine floors.
@@ -130,6 +140,10 @@ public sealed class BenchOptions
           --library PATH          native HySparse library      (default: located next to the app)
           --json PATH --svg PATH --markdown PATH   extra outputs (markdown is always printed)
           --seed N                seed of the random inputs
+          --write-genai-folder DIR  only write the end-to-end model (--e2e-model) as an onnxruntime-genai
+                                  model folder (GroupQueryAttention, shared buffers) for
+                                  scripts/genai-kv-memory.sh; --genai-context N sets its context
+                                  length (default 8256)
         Options after --quick override the preset.
         """;
 
@@ -190,6 +204,8 @@ public sealed class BenchOptions
                 case "--svg": o.SvgPath = Value(); break;
                 case "--markdown": o.MarkdownPath = Value(); break;
                 case "--seed": o.Seed = ParseInt(arg, Value(), min: int.MinValue); break;
+                case "--write-genai-folder": o.GenAiFolder = Value(); break;
+                case "--genai-context": o.GenAiContext = ParsePositive(arg, Value()); break;
                 default: throw new ArgumentException($"unknown option '{arg}'");
             }
         }

@@ -21,6 +21,15 @@ catch (ArgumentException ex)
     Console.Error.WriteLine(BenchOptions.Usage);
     return 2;
 }
+if (options.GenAiFolder is { } genaiFolder)
+{
+    var config = options.EndToEndModel.Model;
+    var model = HySparse.Models.Llama.LlamaModelBuilder.Build(config, HySparse.Models.Llama.LlamaAttentionStyle.GroupQueryAttention,
+        groupQuery: new HySparse.Models.Llama.GroupQueryAttentionOptions { RotaryPositions = options.GenAiContext });
+    HySparse.Models.GenAi.GenAiFolderWriter.Write(genaiFolder, model, config, contextLength: options.GenAiContext);
+    Console.WriteLine($"wrote {options.EndToEndModel.Name} as an onnxruntime-genai folder (GroupQueryAttention, shared buffers, context {options.GenAiContext}) to {genaiFolder}");
+    return 0;
+}
 #if DEBUG
 Console.Error.WriteLine("warning: a Debug build; timings of the managed floor loops are meaningless. Use -c Release.");
 #endif

@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using HySparse.Cli;
 using HySparse.Exporter.Folders;
 using HySparse.Exporter.Layout;
+using HySparse.Models.GenAi;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
 
@@ -48,7 +49,7 @@ public sealed class GenAiFolderTests
     {
         var folder = Path.Combine(dir.Path, "dense");
         var model = LlamaModelBuilder.Build(Config, style, groupQuery: gqa);
-        GenAiFolders.Write(folder, model, Config, shareBuffer: style == LlamaAttentionStyle.GroupQueryAttention);
+        GenAiFolderWriter.Write(folder, model, Config, shareBuffer: style == LlamaAttentionStyle.GroupQueryAttention);
         return folder;
     }
 

@@ -64,6 +64,8 @@ public sealed record GroupQueryAttentionOptions
     /// Requires <see cref="DoRotary"/> (the rotation has to happen inside the op).
     /// </summary>
     public bool PackedQkv { get; init; }
+    /// <summary>Rows of the cos/sin caches: the longest sequence the model can run (genai's context_length).</summary>
+    public int RotaryPositions { get; init; } = LlamaModelBuilder.RotaryCacheLength;
 }
 
 /// <summary>How the masked positions are removed before the Softmax in a decomposed export.</summary>
@@ -171,7 +173,8 @@ public static class LlamaModelBuilder
         GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
-        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
+        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, (groupQuery ?? new GroupQueryAttentionOptions()).RotaryPositions,
+            CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
         LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
         LlamaAttentionStyle.OnnxAttention => new OnnxAttentionLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions(), onnxAttention ?? new OnnxAttentionOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
