@@ -76,8 +76,9 @@ internal static class HelpText
         scale, an Add or Where mask, Softmax, MatMul(V); keys transposed [0,1,3,2] or straight from
         the head split with [0,2,3,1]; Q/K/V from separate projections or a fused QKV split by Split
         or Slices; with a KV cache Concat(past, new) or without one); a fused
-        com.microsoft.GroupQueryAttention or MultiHeadAttention node; or an ONNX Attention node
-        (opset 23). Masks are checked to be causal + padding on a probe batch. Each layer is replaced
+        com.microsoft.GroupQueryAttention, MultiHeadAttention or Attention node (GPT-2 style: the
+        projection, bias and combined past_N/present_N caches are rebuilt around the HySparse op);
+        or an ONNX Attention node (opset 23). Masks are checked to be causal + padding on a probe batch. Each layer is replaced
         by a HySparse operator that takes the rotated Q/K/V, the past caches and attention_mask
         (GroupQueryAttention: its shared KV buffers, seqlens_k and total_sequence_length; --kv-sharing
         is refused there). In the
