@@ -51,33 +51,51 @@ public sealed class MultiHeadAttentionConversionTests
         var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention, multiHead: new MultiHeadAttentionOptions { ProjectionBias = bias });
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
         Assert.AreEqual(AttentionStyle.MultiHeadAttention, report.Style);
+        AssertConvertedEqualsSource(source, hybrid, Config);
+    }
 
-        // 16-token prefill with the second row left-padded by 5, then three decode steps.
-        var expected = DecoderRunner.PrefillThenDecode(source.ToByteArray(), Config, decodeSteps: 3);
-        var actual = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), Config, decodeSteps: 3, o => o.RegisterHySparseOps());
+    /// <summary>
+    /// A 16-token prefill with the second row left-padded by 5, then three decode steps, of
+    /// <paramref name="source"/> and <paramref name="hybrid"/>: real tokens' logits and caches agree.
+    /// </summary>
+    internal static void AssertConvertedEqualsSource(ModelProto source, ModelProto hybrid, LlamaConfig config)
+    {
+        var expected = DecoderRunner.PrefillThenDecode(source.ToByteArray(), config, decodeSteps: 3);
+        var actual = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), config, decodeSteps: 3, o => o.RegisterHySparseOps());
         for (var step = 0; step < expected.Count; step++)
-            Close.AssertRealTokens(expected[step].Inputs, Config, expected[step].Outputs, actual[step].Outputs, 1e-4, $"step {step}");
+            Close.AssertRealTokens(expected[step].Inputs, config, expected[step].Outputs, actual[step].Outputs, 1e-4, $"step {step}");
     }
 
     [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void SmallTopKRunsAndMatchesTheKvAccounting()
     {
+        var hybrid = AssertSmallTopKChangesTheResultAndMatchesTheKvAccounting(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention), Config, "multiheadattention");
+        Assert.AreEqual(HybridMetadata.ConcatenatedCache, hybrid.MetadataProps.Single(p => p.Key == HybridMetadata.KvCache).Value);
+    }
+
+    /// <summary>
+    /// Converts <paramref name="source"/> at K = 1, B = 4, w = 4 (1:2) and runs both as in
+    /// <see cref="AssertConvertedEqualsSource"/>: the sparse layers' 8 of 19 keys must change the last
+    /// logits, every cache keeps the whole sequence (retrofit), and the caches the model returned are
+    /// what the KV accounting and <c>inspect</c> say. Returns the converted model.
+    /// </summary>
+    internal static ModelProto AssertSmallTopKChangesTheResultAndMatchesTheKvAccounting(ModelProto source, LlamaConfig config, string sourceStyle)
+    {
         var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 4 };
-        var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention);
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
 
-        var dense = DecoderRunner.PrefillThenDecode(source.ToByteArray(), Config, decodeSteps: 3);
-        var runs = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), Config, decodeSteps: 3, o => o.RegisterHySparseOps());
+        var dense = DecoderRunner.PrefillThenDecode(source.ToByteArray(), config, decodeSteps: 3);
+        var runs = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), config, decodeSteps: 3, o => o.RegisterHySparseOps());
 
         var (inputs, outputs) = runs[^1];
         Assert.IsTrue(outputs.Logits.All(double.IsFinite), "logits must be finite");
         var largestChange = outputs.Logits.Zip(dense[^1].Outputs.Logits, (h, d) => Math.Abs(h - d)).Max();
         Assert.IsGreaterThan(1e-3, largestChange, "4 + 4 of 19 keys per sparse layer must change the result");
-        var cacheElements = inputs.Batch * Config.KvHeads * inputs.Total * Config.HeadDim;
+        var cacheElements = inputs.Batch * config.KvHeads * inputs.Total * config.HeadDim;
         foreach (var cache in outputs.PresentKeys.Concat(outputs.PresentValues)) Assert.HasCount(cacheElements, cache);
-        GroupQueryAttentionConversionTests.AssertKvAccounting(hybrid, report, outputs, inputs.Batch, inputs.Total, "multiheadattention");
-        Assert.AreEqual(HybridMetadata.ConcatenatedCache, hybrid.MetadataProps.Single(p => p.Key == HybridMetadata.KvCache).Value);
+        GroupQueryAttentionConversionTests.AssertKvAccounting(hybrid, report, outputs, inputs.Batch, inputs.Total, sourceStyle);
+        return hybrid;
     }
 
     [TestMethod]
