@@ -76,6 +76,24 @@ public sealed class ContribAttentionConversionTests
 
     [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    [DataRow(TensorProto.Types.DataType.Int32, DisplayName = "int32 attention_mask, the op's mask_index itself")]
+    [DataRow(TensorProto.Types.DataType.Float, DisplayName = "float attention_mask cast to int32")]
+    public void AnInt32OrFloatMaskReachesTheOpsThroughOneSharedCastAndConverts(TensorProto.Types.DataType maskType)
+    {
+        var source = SourceModel(new ContribAttentionOptions { AttentionMaskType = maskType });
+        var (hybrid, _) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = new HybridParameters { TopK = 5, BlockSize = 4, Window = 3 } });
+
+        var cast = hybrid.Graph.Node.Single(n => n.OpType == "Cast" && n.Output[0].StartsWith("hysparse.", StringComparison.Ordinal));
+        Assert.AreEqual(LlamaNames.AttentionMask, cast.Input[0]);
+        Assert.AreEqual((long)TensorProto.Types.DataType.Int64, cast.Attribute.Single(a => a.Name == "to").I);
+        foreach (var op in hybrid.Graph.Node.Where(n => n.Domain == HySparseOps.Domain))
+            Assert.AreEqual(cast.Output[0], op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
+        Assert.AreEqual(maskType, (TensorProto.Types.DataType)hybrid.Graph.Input.Single(i => i.Name == LlamaNames.AttentionMask).Type.TensorType.ElemType, "interface unchanged");
+        MultiHeadAttentionConversionTests.AssertConvertedEqualsSource(source, hybrid, Config);
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void KvSharingWithAWindowOverTheContextEqualsTheSourceAndKeepsCombinedWindowCaches()
     {
         var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 19, Mode = HybridMode.KvSharing };
@@ -172,7 +190,8 @@ public sealed class ContribAttentionConversionTests
         ["unidirectional=0", (Action<NodeProto>)(n => n.Attribute.Single(a => a.Name == "unidirectional").I = 0), "not causal"],
         ["attention_bias", (Action<NodeProto>)(n => n.Input.Add("model.embed_tokens.weight")), "'attention_bias'"],
         ["past_sequence_length", (Action<NodeProto>)(n => n.Input.AddRange(["", LlamaNames.AttentionMask])), "'past_sequence_length'"],
-        ["mask as key lengths", (Action<NodeProto>)(n => n.Input[3] = LlamaNames.InputIds), "mask_index"],
+        ["mask from an int64 input without a Cast", (Action<NodeProto>)(n => n.Input[3] = LlamaNames.InputIds), "mask_index"],
+        ["mask computed, not a graph input", (Action<NodeProto>)(n => n.Input[3] = n.Input[0]), "mask_index"],
         ["do_rotary", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Int("do_rotary", 1))), "rotary"],
         ["unequal qkv_hidden_sizes", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Ints("qkv_hidden_sizes", 32, 32, 16))), "qkv_hidden_sizes"],
         ["past_present_share_buffer", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Int("past_present_share_buffer", 1))), "past_present_share_buffer"],

@@ -1,5 +1,6 @@
 using HySparse.Models.Llama;
 using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace HySparse.Exporter.Tests;
 
@@ -68,7 +69,7 @@ public static class DecoderRunner
         var values = new List<OrtValue>
         {
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
-            OrtValue.CreateTensorValueFromMemory(inputs.Mask, [inputs.Batch, inputs.Total]),
+            MaskValue(session, inputs),
         };
         // An export without KV cache has neither past inputs nor present outputs; a GPT-2 style one
         // (com.microsoft.Attention) keeps keys and values of a layer in one [2,B,H,T,D] tensor.
@@ -113,6 +114,18 @@ public static class DecoderRunner
         {
             foreach (var value in values) value.Dispose();
         }
+    }
+
+    /// <summary>The 0/1 mask in the element type the model declares (int64, or int32 / float as GPT-2 tools write it).</summary>
+    private static OrtValue MaskValue(InferenceSession session, DecoderInputs inputs)
+    {
+        long[] shape = [inputs.Batch, inputs.Total];
+        return session.InputMetadata[LlamaNames.AttentionMask].ElementDataType switch
+        {
+            TensorElementType.Int32 => OrtValue.CreateTensorValueFromMemory(inputs.Mask.Select(m => (int)m).ToArray(), shape),
+            TensorElementType.Float => OrtValue.CreateTensorValueFromMemory(inputs.Mask.Select(m => (float)m).ToArray(), shape),
+            _ => OrtValue.CreateTensorValueFromMemory(inputs.Mask, shape),
+        };
     }
 
     /// <summary>

@@ -109,7 +109,11 @@ public sealed record AttentionLayer
     public bool HasKvCache => PastKey is not null || Combined is not null;
     /// <summary>Attention output tensor (kept as the op's output name), layout of <see cref="Query"/>.</summary>
     public required string Output { get; init; }
-    /// <summary>The int64 [B,P+S] padding mask graph input the layer's mask derives from, or null (causal only).</summary>
+    /// <summary>
+    /// The [B,P+S] padding mask graph input the layer's mask derives from, or null (causal only). int64
+    /// (what the ops take) except for fused operators' masks, which may be int32, float or float16 0/1
+    /// masks: the rewrite then feeds the ops one shared Cast of it to int64.
+    /// </summary>
     public string? AttentionMask { get; init; }
     /// <summary>Logit scale the layer applies to Q·Kᵀ (1 when it is folded into Q).</summary>
     public required float Scale { get; init; }

@@ -125,19 +125,26 @@ internal sealed class FusedOperator(GraphIndex graph, NodeProto node)
     }
 
     /// <summary>
-    /// The int64 <c>attention_mask</c> graph input behind <paramref name="mask"/> (the op's input
-    /// <paramref name="inputName"/>), which must be that input cast to int32: a [B, P+S] 0/1 mask, the
-    /// form the HySparse ops take (in int64).
+    /// The <c>attention_mask</c> graph input [B, P+S] behind <paramref name="mask"/> (the op's int32 input
+    /// <paramref name="inputName"/>): that input itself when it is int32, or its Cast to int32 from
+    /// int64, float or float16 (as ONNX Runtime's fusions and exporters write it); a 0/1 padding mask,
+    /// the form the HySparse ops take (in int64: the rewrite casts another type once, see
+    /// <see cref="AttentionLayer.AttentionMask"/>).
     /// </summary>
     public string PaddingMask(string mask, string inputName)
     {
-        if (graph.Producer(mask) is not { OpType: "Cast", Domain: "" } cast
-            || !graph.IsGraphInput(cast.Input[0])
-            || graph.GraphInput(cast.Input[0])!.Type?.TensorType is not { ElemType: (int)DataType.Int64, Shape.Dim.Count: 2 })
-            throw Refuse($"{inputName} '{mask}' is not an int64 [batch, total length] graph input cast to int32; " +
-                "other mask forms (key lengths, 3-D or 4-D masks) are not converted");
-        return cast.Input[0];
+        var source = graph.Producer(mask) is { OpType: "Cast", Domain: "" } cast ? cast.Input[0] : mask;
+        if (!graph.IsGraphInput(source)
+            || graph.GraphInput(source)!.Type?.TensorType is not { Shape.Dim.Count: 2 } type
+            || !MaskTypes.Contains((DataType)type.ElemType)
+            || (source == mask && (DataType)type.ElemType != DataType.Int32))
+            throw Refuse($"{inputName} '{mask}' is not a [batch, total length] graph input (int32, or int64/float/float16 cast to int32); " +
+                "other mask forms (key lengths, 3-D or 4-D masks, computed masks) are not converted");
+        return source;
     }
+
+    /// <summary>Element types of a 0/1 padding mask graph input that a cast carries over exactly.</summary>
+    private static readonly DataType[] MaskTypes = [DataType.Int64, DataType.Int32, DataType.Float, DataType.Float16];
 
     /// <summary>The attention output and the present caches must all be produced: the ops always write them.</summary>
     public (string Output, string PresentKey, string PresentValue) RequiredOutputs(int firstUnsupported, string unsupportedName)

@@ -43,6 +43,7 @@ internal static class HybridRewriter
         var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
         for (var i = 0; i < graph.Node.Count; i++) position[graph.Node[i]] = i;
         var fusedInputs = new FusedInputRewrite(stem => Unique(usedNames, stem), stem => Unique(usedNodeNames, stem), DefaultOpset(model));
+        var masks = MasksAsInt64(graph, layers, usedNames, usedNodeNames, out var maskCasts);
 
         for (var i = 0; i < layers.Count; i++)
         {
@@ -50,7 +51,10 @@ internal static class HybridRewriter
             var label = (layer.CacheIndex ?? i).ToString(CultureInfo.InvariantCulture);
             var scope = ScopeOf(layer.AnchorNode);
             var nodes = new List<NodeProto>();
-            wiring[i] = Wire(layer, fusedInputs, label, scope, nodes, usedNames, usedNodeNames);
+            wiring[i] = Wire(layer, fusedInputs, label, scope, nodes, usedNames, usedNodeNames) with
+            {
+                AttentionMask = layer.AttentionMask is { } mask ? masks[mask] : null,
+            };
             NodeProto op;
             if (layout.Kinds[i] == LayerKind.Full)
             {
@@ -77,6 +81,7 @@ internal static class HybridRewriter
             if (replacementAt.TryGetValue(node, out var replacement)) rebuilt.AddRange(replacement);
             else if (!removed.Contains(node)) rebuilt.Add(node);
         }
+        rebuilt.InsertRange(0, maskCasts);
         var dropped = DropOrphans(graph, rebuilt, removed);
         graph.Node.Clear();
         graph.Node.AddRange(TopologicalOrder(graph, rebuilt));
@@ -148,8 +153,39 @@ internal static class HybridRewriter
     private static long DefaultOpset(ModelProto model) =>
         model.OpsetImport.FirstOrDefault(o => o.Domain is "" or "ai.onnx")?.Version ?? 0;
 
-    /// <summary>The tensors an op node reads as its query, key, value and past caches and writes as its present caches.</summary>
-    private sealed record OpWiring(string Query, string Key, string Value, string? PastKey, string? PastValue, string PresentKey, string PresentValue);
+    /// <summary>The tensors an op node reads as its query, key, value, past caches and padding mask and writes as its present caches.</summary>
+    private sealed record OpWiring(string Query, string Key, string Value, string? PastKey, string? PastValue, string PresentKey, string PresentValue)
+    {
+        /// <summary>The int64 padding mask the op reads, or null.</summary>
+        public string? AttentionMask { get; init; }
+    }
+
+    /// <summary>
+    /// The int64 tensor each layer's padding mask graph input becomes for the ops: itself when it is
+    /// int64, else one <c>Cast</c> (in <paramref name="casts"/>, to go first in the graph) shared by every
+    /// layer that reads it.
+    /// </summary>
+    private static Dictionary<string, string> MasksAsInt64(GraphProto graph, IEnumerable<AttentionLayer> layers, HashSet<string> usedNames,
+        HashSet<string> usedNodeNames, out List<NodeProto> casts)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        casts = [];
+        foreach (var mask in layers.Select(l => l.AttentionMask).OfType<string>().Distinct(StringComparer.Ordinal))
+        {
+            var type = graph.Input.FirstOrDefault(i => i.Name == mask)?.Type?.TensorType?.ElemType;
+            if (type is null or (int)TensorProto.Types.DataType.Int64)
+            {
+                result[mask] = mask;
+                continue;
+            }
+            var cast = new NodeProto { OpType = "Cast", Name = Unique(usedNodeNames, "/hysparse/attention_mask/Cast") };
+            cast.Input.Add(mask);
+            cast.Output.Add(result[mask] = Unique(usedNames, $"hysparse.{mask}_int64"));
+            cast.Attribute.Add(Attr.Int("to", (long)TensorProto.Types.DataType.Int64));
+            casts.Add(cast);
+        }
+        return result;
+    }
 
     /// <summary>
     /// Names the op's inputs and present outputs, adding to <paramref name="nodes"/> (to go in before
@@ -182,7 +218,7 @@ internal static class HybridRewriter
     private static NodeProto FullNode(AttentionLayer layer, OpWiring wiring, string? selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.FullAttn, Domain = HySparseOps.Domain };
-        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, wiring.PastKey ?? "", wiring.PastValue ?? "", layer.AttentionMask ?? "",
+        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, wiring.PastKey ?? "", wiring.PastValue ?? "", wiring.AttentionMask ?? "",
             layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);
@@ -202,7 +238,7 @@ internal static class HybridRewriter
         // Shared-buffer layers (GroupQueryAttention) pass seqlens_k and total_sequence_length on as
         // inputs 13 and 14; the inputs between (gate, sinks, selected KV) stay omitted.
         node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, wiring.PastKey ?? "", wiring.PastValue ?? "",
-            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? "",
+            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, wiring.AttentionMask ?? "",
             "", "", "", "", layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);

@@ -7,7 +7,7 @@ namespace HySparse.Models.Llama;
 /// Attention as ONNX Runtime's transformer optimiser fuses GPT-2 (and onnxruntime-genai's <c>gpt2</c>
 /// type runs it): one <c>com.microsoft.Attention</c> per layer on the normalised input [B,S,hidden] with
 /// merged Q/K/V weights [hidden, 3·H·D] and optionally a bias, <c>unidirectional=1</c>,
-/// <c>mask_index = Cast(attention_mask, int32)</c>, and combined caches <c>past_N</c> [2,B,H,P,D] →
+/// <c>mask_index</c> = <c>attention_mask</c> as int32 (cast from int64 or float, or the input itself), and combined caches <c>past_N</c> [2,B,H,P,D] →
 /// <c>present_N</c> [2,B,H,P+S,D]. The op has no RoPE on the CPU, so positions enter as GPT-2 does it:
 /// learned position embeddings (seeded) gathered at positions taken from the mask as Hugging Face derives
 /// them and added to the token embeddings. The rest of the decoder (RMSNorm, SwiGLU) is the Llama one;
@@ -31,11 +31,16 @@ internal sealed class ContribAttentionLlamaEmitter : LlamaEmitter
 
     protected override IReadOnlyDictionary<string, long> Opsets { get; } = new Dictionary<string, long> { [""] = 17, ["com.microsoft"] = 1 };
 
+    protected override DataType AttentionMaskType => _options.AttentionMaskType is DataType.Int64 or DataType.Int32 or DataType.Float
+        ? _options.AttentionMaskType
+        : throw new ArgumentException($"attention_mask of type {_options.AttentionMaskType} is not one the GPT-2 tools write (int64, int32, float)");
+
     protected override void EmitAttentionPrelude()
     {
+        string As(DataType type) => AttentionMaskType == type ? LlamaNames.AttentionMask : G.Op("Cast", [LlamaNames.AttentionMask], Attr.Int("to", (long)type));
         using (G.Scope("position_ids"))
-            _positionIds = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
-        if (_options.PaddingMask) _maskIndex = G.Op("Cast", [LlamaNames.AttentionMask], Attr.Int("to", (long)DataType.Int32));
+            _positionIds = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)), As(DataType.Int64));
+        if (_options.PaddingMask) _maskIndex = As(DataType.Int32);
     }
 
     protected override string EmbedPositions(string embeddings)

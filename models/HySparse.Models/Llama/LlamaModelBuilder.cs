@@ -63,6 +63,12 @@ public sealed record ContribAttentionOptions
     /// (causal only: padding is not masked).
     /// </summary>
     public bool PaddingMask { get; init; } = true;
+    /// <summary>
+    /// Element type of the <c>attention_mask</c> graph input: int64 (cast to int32 for the op), int32
+    /// (the op's <c>mask_index</c> itself) or float (cast to int32), the forms ONNX Runtime's GPT-2
+    /// tools write.
+    /// </summary>
+    public DataType AttentionMaskType { get; init; } = DataType.Int64;
 }
 
 /// <summary>Variations among MultiHeadAttention exports.</summary>
@@ -239,6 +245,9 @@ internal abstract class LlamaEmitter
     /// <summary>Default-domain opset and any others the style needs.</summary>
     protected abstract IReadOnlyDictionary<string, long> Opsets { get; }
 
+    /// <summary>Element type of the <c>attention_mask</c> graph input (int64 unless the style says otherwise).</summary>
+    protected virtual DataType AttentionMaskType => DataType.Int64;
+
     /// <summary>False for an export without KV cache inputs and outputs.</summary>
     protected virtual bool HasKvCache => true;
 
@@ -308,7 +317,7 @@ internal abstract class LlamaEmitter
     {
         var c = Config;
         G.AddInput(LlamaNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
-        G.AddInput(LlamaNames.AttentionMask, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
+        G.AddInput(LlamaNames.AttentionMask, AttentionMaskType, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
         if (HasKvCache) AddCacheInputs();
 
         var embedding = G.AddInitializer("model.embed_tokens.weight", [c.Vocab, c.Hidden], Weights.Embedding);
@@ -364,13 +373,13 @@ internal abstract class LlamaEmitter
     /// <summary>
     /// Positions as Hugging Face derives them from the mask, int64 [B,S]: cumsum − 1 with padding slots
     /// set to 1, then the last S columns (the new tokens). <paramref name="newTokens"/> is S as a
-    /// one-element int64 vector.
+    /// one-element int64 vector; <paramref name="mask"/> the int64 mask (default: the graph input).
     /// </summary>
-    protected string EmitPositionIds(string newTokens)
+    protected string EmitPositionIds(string newTokens, string mask = LlamaNames.AttentionMask)
     {
-        var cumulative = G.Op("CumSum", LlamaNames.AttentionMask, G.ConstInt64(1));
+        var cumulative = G.Op("CumSum", mask, G.ConstInt64(1));
         var positionsAll = G.Op("Where",
-            G.Op("Equal", LlamaNames.AttentionMask, G.ConstInt64(0)), G.ConstInt64(1), G.Op("Sub", cumulative, G.ConstInt64(1)));
+            G.Op("Equal", mask, G.ConstInt64(0)), G.ConstInt64(1), G.Op("Sub", cumulative, G.ConstInt64(1)));
         return G.Op("Slice", positionsAll, G.Op("Neg", newTokens), G.ConstInt64s(long.MaxValue), G.ConstInt64s(1));
     }
 
