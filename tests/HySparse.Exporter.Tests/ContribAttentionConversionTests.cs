@@ -123,6 +123,48 @@ public sealed class ContribAttentionConversionTests
         MultiHeadAttentionConversionTests.AssertSmallTopKChangesTheResultAndMatchesTheKvAccounting(SourceModel(), Config, "contribattention");
 
     [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void KvCacheDecoderCarriesCombinedCachesAndTheSparseLayersKeepOnlyTheirWindow()
+    {
+        var parameters = new HybridParameters { TopK = 2, BlockSize = 4, Window = 6, Mode = HybridMode.KvSharing };
+        var (hybrid, report) = HybridConverter.Convert(SourceModel(), new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
+        using var session = TestSessions.Open(hybrid.ToByteArray());
+        using var decoder = new KvCacheDecoder(session, batchSize: 2);
+        Assert.AreEqual(Config.Layers, decoder.CacheTensorCount, "one combined cache per layer");
+
+        decoder.Step(Enumerable.Range(0, 24).Select(i => (long)(i % Config.Vocab)).ToArray());
+        for (var step = 0; step < 3; step++) decoder.Step([3, 5]);
+
+        // FSSF at T = 15: full layers keep every token, sparse layers the last w = 6.
+        CollectionAssert.AreEqual(new long[] { 15, 6, 6, 15 }, decoder.CacheLengths.ToArray());
+        Assert.AreEqual(2 * report.KvAt([15]).Single().KvSharingCache, decoder.KvCacheBytes);
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void CliConvertsAndVerifiesInRetrofitAndWithKvSharing()
+    {
+        using var dir = new ModelDirectory();
+        var model = dir.WriteModel("gpt2.onnx", SourceModel());
+        var exact = dir.File("exact.onnx");
+        var shared = dir.File("shared.onnx");
+        Assert.AreEqual(ExitCodes.Success, CliTests.Run("convert", model, "-o", exact, "--top-k", "7", "--block-size", "4", "--window", "4", "-q").Code);
+        // With KV sharing the union equals dense attention when the window covers the context (w ≥ T).
+        Assert.AreEqual(ExitCodes.Success, CliTests.Run("convert", model, "-o", shared, "--kv-sharing", "--window", "26", "-q").Code);
+
+        foreach (var converted in new[] { exact, shared })
+        {
+            // 24 + 2 tokens in blocks of 4: K = 7 selects every block (and w = 26 covers them all).
+            var verify = CliTests.Run("verify", model, converted, "--prompt", "24", "--steps", "2", "--batch", "2", "--json");
+            Assert.AreEqual(ExitCodes.Success, verify.Code, verify.Err);
+            using var json = System.Text.Json.JsonDocument.Parse(verify.Out);
+            var report = json.RootElement.GetProperty("report");
+            Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble(), converted);
+            Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble(), converted);
+        }
+    }
+
+    [TestMethod]
     public void ConversionRebuildsProjectionAndCombinedCachesAroundTheOpAndKeepsTheInterface()
     {
         var source = SourceModel();
