@@ -154,19 +154,28 @@ public sealed class MultiHeadAttentionConversionTests
     public void CliConvertsInspectsAndVerifiesInRetrofitAndWithKvSharing()
     {
         using var dir = new ModelDirectory();
-        var model = dir.WriteModel("mha.onnx", SourceModel());
-        var exact = dir.File("exact.onnx");
-        var shared = dir.File("shared.onnx");
-
-        var convert = CliTests.Run("convert", model, "-o", exact, "--top-k", "7", "--block-size", "4", "--window", "4", "--json");
-        Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
-        StringAssert.Contains(convert.Out, "multiheadattention");
-        // With KV sharing the union equals dense attention when the window covers the context (w ≥ T).
-        Assert.AreEqual(ExitCodes.Success, CliTests.Run("convert", model, "-o", shared, "--kv-sharing", "--window", "26", "-q").Code);
+        var (convertOutput, _, shared) = AssertCliConversionsVerify(dir, dir.WriteModel("mha.onnx", SourceModel()));
+        StringAssert.Contains(convertOutput, "multiheadattention");
 
         var inspect = CliTests.Run("inspect", shared);
         Assert.AreEqual(ExitCodes.Success, inspect.Code, inspect.Err);
         StringAssert.Contains(inspect.Out, "window caches");
+    }
+
+    /// <summary>
+    /// <c>hysparse convert</c>s <paramref name="model"/> with every block selected (K = 7, B = 4, w = 4)
+    /// and with KV sharing over a window that covers the context (w = 26), and checks with
+    /// <c>hysparse verify</c> that both give the source's logits on a batch of 2 × (24 + 2) tokens.
+    /// Returns the first conversion's JSON output and the two converted files.
+    /// </summary>
+    internal static (string ConvertOutput, string Exact, string Shared) AssertCliConversionsVerify(ModelDirectory dir, string model)
+    {
+        var exact = dir.File("exact.onnx");
+        var shared = dir.File("shared.onnx");
+        var convert = CliTests.Run("convert", model, "-o", exact, "--top-k", "7", "--block-size", "4", "--window", "4", "--json");
+        Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
+        // With KV sharing the union equals dense attention when the window covers the context (w ≥ T).
+        Assert.AreEqual(ExitCodes.Success, CliTests.Run("convert", model, "-o", shared, "--kv-sharing", "--window", "26", "-q").Code);
 
         foreach (var converted in new[] { exact, shared })
         {
@@ -178,6 +187,7 @@ public sealed class MultiHeadAttentionConversionTests
             Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble(), converted);
             Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble(), converted);
         }
+        return (convert.Out, exact, shared);
     }
 
     private static ModelProto SourceModel() => LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention);
