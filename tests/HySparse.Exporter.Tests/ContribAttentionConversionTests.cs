@@ -226,6 +226,9 @@ public sealed class ContribAttentionConversionTests
         ["unknown attribute", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Int("future_flag", 1))), "future_flag"],
         ["no past", (Action<NodeProto>)(n => n.Input.RemoveAt(4)), "'past'"],
         ["weights of another width", (Action<NodeProto>)(n => n.Input[1] = "model.layers.1.mlp.gate_proj.weight"), "expected [hidden, 96]"],
+        ["bias of another width", (Action<NodeProto>)(n => n.Input[2] = "model.layers.1.input_layernorm.weight"), "expected [96]"],
+        ["past not [2,B,H,P,D]", (Action<NodeProto>)(n => n.Input[4] = LlamaNames.AttentionMask), "5-D shape [2, B, H, length, D]"],
+        ["past not a graph input", (Action<NodeProto>)(n => n.Input[4] = n.Input[0]), "is not a graph input"],
     ];
 
     [TestMethod]
