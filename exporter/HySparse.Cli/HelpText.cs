@@ -58,8 +58,9 @@ internal static class HelpText
         Mode (default retrofit: every layer keeps its own full KV cache, interface unchanged):
           --kv-sharing      sparse layers read their selected blocks from the preceding full
                             layer's KV cache and keep only a window cache of their own: their
-                            past_key_values.N.* inputs and present.N.* outputs keep their names
-                            but hold at most W tokens (dim 2 'past_window_length' /
+                            past_key_values.N.* inputs and present.N.* outputs (combined
+                            past_N/present_N) keep their names but hold at most W tokens
+                            (dim 2, or 3 of past_N, 'past_window_length' /
                             'present_window_length'; start empty, feed each present back as the
                             next past). Exact only while W >= context; beyond, even with every
                             block selected, a key outside the window comes from the full
