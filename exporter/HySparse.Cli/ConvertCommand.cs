@@ -82,7 +82,7 @@ internal static class ConvertCommand
             if (report.BuffersConcatenated)
                 stdout.WriteLine("             model interface changed: the shared KV buffers become concatenated caches (past = the tokens so far, present = past ++ new; onnxruntime-genai: past_present_share_buffer = false)");
             stdout.WriteLine($"             model interface changed: {report.WindowCaches.Count} cache inputs/outputs keep their names but become window caches");
-            stdout.WriteLine($"             (past: last min({p.Window}, T-S) tokens, dim 2 '{HybridMetadata.PastWindowDim}'; present: last min({p.Window}, T), '{HybridMetadata.PresentWindowDim}'; start empty, feed present back as past):");
+            stdout.WriteLine($"             (past: last min({p.Window}, T-S) tokens, length dim '{HybridMetadata.PastWindowDim}' (dim 2; dim 3 of a combined past_N); present: last min({p.Window}, T), '{HybridMetadata.PresentWindowDim}'; start empty, feed present back as past):");
             foreach (var name in report.WindowCaches) stdout.WriteLine($"               {name}");
         }
         foreach (var figures in kv)

@@ -65,8 +65,9 @@ internal static class HelpText
         Mode (default retrofit: every layer keeps its own full KV cache, interface unchanged):
           --kv-sharing      sparse layers read their selected blocks from the preceding full
                             layer's KV cache and keep only a window cache of their own: their
-                            past_key_values.N.* inputs and present.N.* outputs keep their names
-                            but hold at most W tokens (dim 2 'past_window_length' /
+                            past_key_values.N.* inputs and present.N.* outputs (combined
+                            past_N/present_N) keep their names but hold at most W tokens
+                            (dim 2, or 3 of past_N, 'past_window_length' /
                             'present_window_length'; start empty, feed each present back as the
                             next past). Exact only while W >= context; beyond, even with every
                             block selected, a key outside the window comes from the full
@@ -83,8 +84,9 @@ internal static class HelpText
         scale, an Add or Where mask, Softmax, MatMul(V); keys transposed [0,1,3,2] or straight from
         the head split with [0,2,3,1]; Q/K/V from separate projections or a fused QKV split by Split
         or Slices; with a KV cache Concat(past, new) or without one); a fused
-        com.microsoft.GroupQueryAttention or MultiHeadAttention node; or an ONNX Attention node
-        (opset 23). Masks are checked to be causal + padding on a probe batch. Each layer is replaced
+        com.microsoft.GroupQueryAttention, MultiHeadAttention or Attention node (GPT-2 style: the
+        projection, bias and combined past_N/present_N caches are rebuilt around the HySparse op);
+        or an ONNX Attention node (opset 23). Masks are checked to be causal + padding on a probe batch. Each layer is replaced
         by a HySparse operator that takes the rotated Q/K/V, the past caches and attention_mask
         (GroupQueryAttention: its shared KV buffers, seqlens_k and total_sequence_length; --kv-sharing
         is refused there). In the

@@ -78,7 +78,7 @@ public static class HybridConverter
 {
     /// <summary>Every attention style the converter recognises.</summary>
     public static IReadOnlyList<IAttentionPattern> Patterns { get; } =
-        [new DecomposedAttentionPattern(), new GroupQueryAttentionPattern(), new MultiHeadAttentionPattern(), new OnnxAttentionPattern()];
+        [new DecomposedAttentionPattern(), new GroupQueryAttentionPattern(), new MultiHeadAttentionPattern(), new ContribAttentionPattern(), new OnnxAttentionPattern()];
 
     /// <summary>Finds the attention layers of <paramref name="model"/> (it is not modified).</summary>
     public static ModelAnalysis Analyse(ModelProto model)
@@ -195,7 +195,7 @@ public static class HybridConverter
                 $"{analysis.Failures.Count} attention layer(s) cannot be converted, first: {analysis.Failures[0]}", analysis.Failures);
         if (analysis.Layers.Count == 0)
             throw new ConversionException(ConversionError.NoAttention,
-                "no attention layer found: the model has no MatMul → Softmax → MatMul, GroupQueryAttention, MultiHeadAttention or ONNX Attention layer the converter recognises");
+                "no attention layer found: the model has no MatMul → Softmax → MatMul, GroupQueryAttention, MultiHeadAttention, com.microsoft.Attention or ONNX Attention layer the converter recognises");
         var layout = options.Layout.Plan(analysis.Layers.Count);
         SharedKvBuffer? kvBuffer = null;
         if (options.KvBuffer)
@@ -246,7 +246,7 @@ public static class HybridConverter
             [HybridMetadata.Combine] = HySparseOps.CombineModes.Union,
             [HybridMetadata.SourceStyle] = analysis.Style!.Value.ToString().ToLowerInvariant(),
             [HybridMetadata.Request] = options.Layout.Description + (options.Layout.SparseLast ? ", sparse last" : ""),
-            [HybridMetadata.InterfaceChanges] = windowCaches.Count > 0 ? (buffersConcatenated ? BuffersConcatenatedChange : "") + WindowCacheChange(p.Window, windowCaches.Count / 4)
+            [HybridMetadata.InterfaceChanges] = windowCaches.Count > 0 ? (buffersConcatenated ? BuffersConcatenatedChange : "") + WindowCacheChange(p.Window, WindowCacheLayers(analysis.Layers, layout))
                 : options.KvBuffer ? KvBufferChange : sharedBuffers ? SharedBufferChange : "none",
             [HybridMetadata.KvCache] = sharedBuffers ? HybridMetadata.SharedBufferCache : HybridMetadata.ConcatenatedCache,
             [HybridMetadata.Converter] = $"HySparse.Exporter {typeof(HybridConverter).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown"}",
@@ -297,10 +297,14 @@ public static class HybridConverter
         $"(dim 2 '{KvBufferRewrite.CapacityDim}', C >= the total length; caches holding just the tokens so far are refused), present.N.* has the same shape and may be bound to the same memory; " +
         "attention_mask keeps its [B, P + S] meaning but padding may only be on the right of the first prompt (left padding cannot be expressed: row b's tokens sit at [0, total_b) of its buffer)";
 
+    /// <summary>Sparse layers with a cache, whose caches KV sharing turns into window caches.</summary>
+    private static int WindowCacheLayers(IReadOnlyList<AttentionLayer> layers, LayerLayout layout) =>
+        Enumerable.Range(0, layers.Count).Count(i => layout.Kinds[i] == LayerKind.Sparse && layers[i].HasKvCache);
+
     /// <summary>What a KV-sharing conversion changes for whoever feeds the model, in one sentence.</summary>
     private static string WindowCacheChange(int window, int sparseLayers) =>
         $"the past/present caches of the {sparseLayers} sparse layer(s) (listed in {HybridMetadata.WindowCaches}) are window caches: " +
-        $"a past input holds the last min({window}, T - S) tokens (dim 2 '{HybridMetadata.PastWindowDim}', empty at the first call), " +
-        $"a present output the last min({window}, T) (dim 2 '{HybridMetadata.PresentWindowDim}'); feed each present back as the next past; " +
+        $"a past input holds the last min({window}, T - S) tokens (length dim '{HybridMetadata.PastWindowDim}': dim 2, or 3 of a combined [2, B, H, T, D] cache; empty at the first call), " +
+        $"a present output the last min({window}, T) (length dim '{HybridMetadata.PresentWindowDim}'); feed each present back as the next past; " +
         "full layers' caches keep the whole sequence";
 }

@@ -75,9 +75,9 @@ public static class ModelInspector
     {
         var analysis = HybridConverter.Analyse(model);
         if (analysis.Layers.Count == 0 && analysis.Failures.Count == 0)
-            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention, GroupQueryAttention or MultiHeadAttention node the converter recognises");
+            throw new ConversionException(ConversionError.NoAttention, "no attention layer found: the model has no MatMul → Softmax → MatMul attention, GroupQueryAttention, MultiHeadAttention, com.microsoft.Attention or ONNX Attention node the converter recognises");
         options.Parameters.Validate();
-        var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType, l.PastKey is not null)).ToList();
+        var layers = analysis.Layers.Select((l, i) => new InspectedLayer(i, l.CacheIndex, l.AnchorNode, "dense", l.NumHeads, l.KvNumHeads, l.HeadSize, l.ElementType, l.HasKvCache)).ToList();
         // A projection of a mode the conversion would refuse would mislead: report why instead.
         IReadOnlyList<UnconvertibleLayer> failures = options.Parameters.Mode == HybridMode.KvSharing
             ? [.. analysis.Failures, .. HybridConverter.KvSharingRefusals(model, analysis.Layers)]
@@ -113,8 +113,14 @@ public static class ModelInspector
         {
             var full = op.OpType == HySparseOps.FullAttn;
             var past = op.Input.Count > 3 ? op.Input[3] : "";
+            if (past.Length > 0 && !inputs.ContainsKey(past))
+            {
+                // A combined cache [2,B,H,P,D] (com.microsoft.Attention) reaches the op through the Gather of its half.
+                graph ??= new GraphIndex(model.Graph);
+                if (graph.Producer(past) is { OpType: "Gather" } gather && inputs.ContainsKey(gather.Input[0])) past = gather.Input[0];
+            }
             var dims = inputs.GetValueOrDefault(past)?.Type?.TensorType?.Shape?.Dim;
-            var headSize = dims is { Count: 4 } ? (int)dims[3].DimValue : 0;
+            var headSize = dims is { Count: 4 or 5 } ? (int)dims[^1].DimValue : 0;
             var type = inputs.GetValueOrDefault(past)?.Type?.TensorType is { } t ? (DataType)t.ElemType : DataType.Float;
             if (past.Length == 0)
             {

@@ -47,7 +47,7 @@ public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbs
 /// compares like with like. A conversion of a shared-buffer model (metadata <c>hysparse.kv_cache</c>)
 /// is run, like its source, on KV buffers with room for the whole run. Both models must have the
 /// exported-decoder interface (input_ids, attention_mask, past_key_values.N.key/value → logits,
-/// present.N.key/value); a model without KV cache (input_ids, attention_mask → logits) is compared on
+/// present.N.key/value, or GPT-2's combined past_N → present_N); a model without KV cache (input_ids, attention_mask → logits) is compared on
 /// the prefill only.
 /// </summary>
 public static class ModelVerifier
@@ -163,16 +163,20 @@ public static class ModelVerifier
             var inputs = model.Graph.Input.ToDictionary(i => i.Name);
             if (!inputs.ContainsKey(LlamaNames.InputIds) || !inputs.ContainsKey(LlamaNames.AttentionMask))
                 throw new ConversionException(ConversionError.InvalidModel, $"'{path}' lacks the {LlamaNames.InputIds} / {LlamaNames.AttentionMask} inputs verify feeds");
+            // GPT-2 style models (com.microsoft.Attention) cache keys and values together: past_N [2,B,H,P,D].
+            var combined = inputs.ContainsKey(LlamaNames.CombinedPast(0));
+            Func<int, string> pastName = combined ? LlamaNames.CombinedPast : LlamaNames.PastKey;
             var layers = 0;
-            while (inputs.ContainsKey(LlamaNames.PastKey(layers))) layers++;
-            var cache = layers > 0 ? inputs[LlamaNames.PastKey(0)].Type?.TensorType : null;
+            while (inputs.ContainsKey(pastName(layers))) layers++;
+            var cache = layers > 0 ? inputs[pastName(0)].Type?.TensorType : null;
+            var rank = combined ? 5 : 4;
             var logits = model.Graph.Output.FirstOrDefault(o => o.Name == LlamaNames.Logits)?.Type?.TensorType;
             // A model without KV cache (no past_key_values inputs) is fine: verify then runs the prefill only.
-            if (layers > 0 && (cache is not { ElemType: (int)TensorProto.Types.DataType.Float, Shape.Dim.Count: 4 } || cache.Shape.Dim[1].DimValue < 1 || cache.Shape.Dim[3].DimValue < 1)
+            if (layers > 0 && (cache is not { ElemType: (int)TensorProto.Types.DataType.Float } || cache.Shape?.Dim.Count != rank || cache.Shape.Dim[^3].DimValue < 1 || cache.Shape.Dim[^1].DimValue < 1)
                 || logits is not { Shape.Dim.Count: 3 } || logits.Shape.Dim[2].DimValue < 1)
                 throw new ConversionException(ConversionError.InvalidModel,
-                    $"'{path}' does not have the float32 decoder interface verify needs (past_key_values.N.key [B,H_kv,P,D] with fixed H_kv and D if it has a cache, logits [B,S,V] with fixed V)");
-            return new DecoderInterface(layers, (int)(cache?.Shape.Dim[1].DimValue ?? 0), (int)(cache?.Shape.Dim[3].DimValue ?? 0), (int)logits.Shape.Dim[2].DimValue);
+                    $"'{path}' does not have the float32 decoder interface verify needs (past_key_values.N.key [B,H_kv,P,D] or past_N [2,B,H,P,D] with fixed heads and head size if it has a cache, logits [B,S,V] with fixed V)");
+            return new DecoderInterface(layers, (int)(cache?.Shape.Dim[^3].DimValue ?? 0), (int)(cache?.Shape.Dim[^1].DimValue ?? 0), (int)logits.Shape.Dim[2].DimValue);
         }
     }
 }

@@ -10,7 +10,10 @@ namespace HySparse.Onnx;
 /// <para>Works with the input/output naming that torch/Optimum exports, the onnxruntime-genai model
 /// builder and HySparse's converter all use: inputs <c>input_ids</c> (int64 [B, S]), optional
 /// <c>attention_mask</c> (int64 [B, P+S]) and <c>position_ids</c> (int64 [B, S]), caches
-/// <c>past_key_values.N.key|value</c>; outputs <c>logits</c> and <c>present.N.key|value</c>.</para>
+/// <c>past_key_values.N.key|value</c>; outputs <c>logits</c> and <c>present.N.key|value</c>. GPT-2 style
+/// models (<c>com.microsoft.Attention</c>, onnxruntime-genai's <c>gpt2</c> type) cache keys and values
+/// together, <c>past_N</c> → <c>present_N</c> [2, B, H, T, D], and may take <c>attention_mask</c> as
+/// int32 or float: both run as well.</para>
 /// <para>Each <c>present</c> tensor is fed back as the matching <c>past</c> on the next step without a
 /// copy, whatever its length: so full-length caches, HySparse window caches (which stay at most
 /// <c>window</c> tokens long) and KV-sharing layouts all run through the same loop, and
@@ -29,11 +32,14 @@ public sealed class KvCacheDecoder : IDisposable
     private const string LogitsName = "logits";
     private const string PastPrefix = "past_key_values.";
     private const string PresentPrefix = "present.";
+    private const string CombinedPastPrefix = "past_";
+    private const string CombinedPresentPrefix = "present_";
 
     private readonly InferenceSession _session;
     private readonly List<(string Past, string Present)> _cachePairs = [];
     private readonly List<string> _extraOutputs = [];
     private readonly bool _hasMask;
+    private readonly TensorElementType _maskType;
     private readonly bool _hasPositions;
     private readonly RunOptions _runOptions = new();
     private readonly int? _bufferCapacity;
@@ -64,11 +70,14 @@ public sealed class KvCacheDecoder : IDisposable
         if (!session.OutputMetadata.ContainsKey(LogitsName))
             throw new ArgumentException($"The model has no '{LogitsName}' output; outputs: {string.Join(", ", session.OutputNames)}", nameof(session));
         _hasMask = session.InputMetadata.ContainsKey(AttentionMaskName);
+        _maskType = _hasMask ? session.InputMetadata[AttentionMaskName].ElementDataType : TensorElementType.Int64;
         _hasPositions = session.InputMetadata.ContainsKey(PositionIdsName);
 
-        foreach (var name in session.InputNames.Where(n => n.StartsWith(PastPrefix, StringComparison.Ordinal)))
+        foreach (var name in session.InputNames.Where(IsCachePast))
         {
-            var present = PresentPrefix + name[PastPrefix.Length..];
+            var present = name.StartsWith(PastPrefix, StringComparison.Ordinal)
+                ? PresentPrefix + name[PastPrefix.Length..]
+                : CombinedPresentPrefix + name[CombinedPastPrefix.Length..];
             if (!session.OutputMetadata.ContainsKey(present))
                 throw new ArgumentException($"Cache input '{name}' has no matching output '{present}'", nameof(session));
             _cachePairs.Add((name, present));
@@ -82,20 +91,26 @@ public sealed class KvCacheDecoder : IDisposable
         Reset();
     }
 
+    /// <summary>A cache input: <c>past_key_values.*</c>, or a combined <c>past_N</c>.</summary>
+    private static bool IsCachePast(string name) =>
+        name.StartsWith(PastPrefix, StringComparison.Ordinal)
+        || (name.StartsWith(CombinedPastPrefix, StringComparison.Ordinal) && name.Length > CombinedPastPrefix.Length
+            && name.AsSpan(CombinedPastPrefix.Length).IndexOfAnyExceptInRange('0', '9') < 0);
+
     /// <summary>Rows decoded together.</summary>
     public int BatchSize { get; }
 
     /// <summary>Tokens consumed so far (the absolute position of the next token).</summary>
     public long Position { get; private set; }
 
-    /// <summary>Number of cache tensors (two per attention layer).</summary>
+    /// <summary>Number of cache tensors (two per attention layer, or one for combined caches).</summary>
     public int CacheTensorCount => _cachePairs.Count;
 
     /// <summary>Bytes currently held by all KV-cache tensors (the last <c>present</c> outputs).</summary>
     public long KvCacheBytes => _caches.Sum(TensorBytes);
 
-    /// <summary>Lengths (third dimension) of each cache tensor, in model input order.</summary>
-    public IReadOnlyList<long> CacheLengths => _caches.Select(c => c.GetTensorTypeAndShape().Shape[2]).ToArray();
+    /// <summary>Lengths (dimension 2 of [B, H, T, D], 3 of a combined [2, B, H, T, D]) of each cache tensor, in model input order.</summary>
+    public IReadOnlyList<long> CacheLengths => _caches.Select(c => c.GetTensorTypeAndShape().Shape[^2]).ToArray();
 
     /// <summary>Forgets the cache and starts a new sequence.</summary>
     public void Reset()
@@ -106,14 +121,18 @@ public sealed class KvCacheDecoder : IDisposable
         for (var i = 0; i < _cachePairs.Count; i++)
         {
             var meta = _session.InputMetadata[_cachePairs[i].Past];
-            if (meta.Dimensions.Length != 4)
-                throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must be 4-D [B, H_kv, length, D], the model declares rank {meta.Dimensions.Length}");
-            var heads = meta.Dimensions[1];
-            var headDim = meta.Dimensions[3];
+            var combined = !_cachePairs[i].Past.StartsWith(PastPrefix, StringComparison.Ordinal);
+            var rank = combined ? 5 : 4;
+            if (meta.Dimensions.Length != rank)
+                throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must be {rank}-D {(combined ? "[2, B, H, length, D]" : "[B, H_kv, length, D]")}, the model declares rank {meta.Dimensions.Length}");
+            if (combined && _bufferCapacity is not null)
+                throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' combines keys and values; such caches grow every step and cannot be run as shared buffers");
+            var heads = meta.Dimensions[^3];
+            var headDim = meta.Dimensions[^1];
             if (heads <= 0 || headDim <= 0)
                 throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must declare its head count and head size, got {string.Join("x", meta.Dimensions)}");
-            _caches[i] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType,
-                [BatchSize, heads, _bufferCapacity ?? 0, headDim]);
+            long[] shape = [BatchSize, heads, _bufferCapacity ?? 0, headDim];
+            _caches[i] = OrtValue.CreateAllocatedTensorValue(OrtAllocator.DefaultInstance, meta.ElementDataType, combined ? [2, .. shape] : shape);
             // A buffer's unused positions are never read, but zeros keep runs reproducible.
             if (_bufferCapacity is not null) _caches[i].GetTensorMutableRawData().Clear();
         }
@@ -153,7 +172,7 @@ public sealed class KvCacheDecoder : IDisposable
         var names = new List<string> { InputIdsName };
         using var ids = OrtValue.CreateTensorValueFromMemory(tokens.ToArray(), [BatchSize, newLen]);
         var values = new List<OrtValue> { ids };
-        using var maskValue = OrtValue.CreateTensorValueFromMemory(mask, [BatchSize, total]);
+        using var maskValue = MaskValue(mask, [BatchSize, total]);
         if (_hasMask)
         {
             names.Add(AttentionMaskName);
@@ -272,6 +291,14 @@ public sealed class KvCacheDecoder : IDisposable
         _runOptions.Dispose();
         _disposed = true;
     }
+
+    /// <summary>The mask in the element type the model declares: int64, or int32 / float as GPT-2 tools write it.</summary>
+    private OrtValue MaskValue(long[] mask, long[] shape) => _maskType switch
+    {
+        TensorElementType.Int32 => OrtValue.CreateTensorValueFromMemory(mask.Select(m => (int)m).ToArray(), shape),
+        TensorElementType.Float => OrtValue.CreateTensorValueFromMemory(mask.Select(m => (float)m).ToArray(), shape),
+        _ => OrtValue.CreateTensorValueFromMemory(mask, shape),
+    };
 
     // Positions count only real tokens, so left-padded rows start at position 0 like unpadded ones.
     private static long[] PositionIds(long[] mask, long total, int newLen)

@@ -1,5 +1,6 @@
 using HySparse.Models.Llama;
 using Microsoft.ML.OnnxRuntime;
+using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace HySparse.Exporter.Tests;
 
@@ -68,22 +69,28 @@ public static class DecoderRunner
         var values = new List<OrtValue>
         {
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
-            OrtValue.CreateTensorValueFromMemory(inputs.Mask, [inputs.Batch, inputs.Total]),
+            MaskValue(session, inputs),
         };
-        // An export without KV cache has neither past inputs nor present outputs.
-        var cached = session.InputMetadata.ContainsKey(LlamaNames.PastKey(0));
+        // An export without KV cache has neither past inputs nor present outputs; a GPT-2 style one
+        // (com.microsoft.Attention) keeps keys and values of a layer in one [2,B,H,T,D] tensor.
+        var combined = session.InputMetadata.ContainsKey(LlamaNames.CombinedPast(0));
+        var cached = combined || session.InputMetadata.ContainsKey(LlamaNames.PastKey(0));
         if (!cached && inputs.Past > 0) throw new ArgumentException("a model without KV cache takes no past tokens");
         long[] cacheShape = [inputs.Batch, config.KvHeads, inputs.CacheLength, config.HeadDim];
+        var outputNames = new List<string> { LlamaNames.Logits };
         for (var l = 0; l < config.Layers && cached; l++)
         {
+            if (combined)
+            {
+                names.Add(LlamaNames.CombinedPast(l));
+                values.Add(OrtValue.CreateTensorValueFromMemory([.. inputs.PastKeys[l], .. inputs.PastValues[l]], [2, .. cacheShape]));
+                outputNames.Add(LlamaNames.CombinedPresent(l));
+                continue;
+            }
             names.Add(LlamaNames.PastKey(l));
             values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastKeys[l], cacheShape));
             names.Add(LlamaNames.PastValue(l));
             values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastValues[l], cacheShape));
-        }
-        var outputNames = new List<string> { LlamaNames.Logits };
-        for (var l = 0; l < config.Layers && cached; l++)
-        {
             outputNames.Add(LlamaNames.PresentKey(l));
             outputNames.Add(LlamaNames.PresentValue(l));
         }
@@ -93,6 +100,11 @@ public static class DecoderRunner
             using var results = session.Run(runOptions, names, values, outputNames);
             double[] Read(int i) => results[i].GetTensorDataAsSpan<float>().ToArray().Select(v => (double)v).ToArray();
             var layers = cached ? config.Layers : 0;
+            if (combined)
+            {
+                var presents = Enumerable.Range(0, layers).Select(l => Read(1 + l)).ToArray();
+                return new DecoderOutputs(Read(0), presents.Select(p => p[..(p.Length / 2)]).ToArray(), presents.Select(p => p[(p.Length / 2)..]).ToArray());
+            }
             return new DecoderOutputs(
                 Read(0),
                 Enumerable.Range(0, layers).Select(l => Read(1 + 2 * l)).ToArray(),
@@ -102,6 +114,18 @@ public static class DecoderRunner
         {
             foreach (var value in values) value.Dispose();
         }
+    }
+
+    /// <summary>The 0/1 mask in the element type the model declares (int64, or int32 / float as GPT-2 tools write it).</summary>
+    private static OrtValue MaskValue(InferenceSession session, DecoderInputs inputs)
+    {
+        long[] shape = [inputs.Batch, inputs.Total];
+        return session.InputMetadata[LlamaNames.AttentionMask].ElementDataType switch
+        {
+            TensorElementType.Int32 => OrtValue.CreateTensorValueFromMemory(inputs.Mask.Select(m => (int)m).ToArray(), shape),
+            TensorElementType.Float => OrtValue.CreateTensorValueFromMemory(inputs.Mask.Select(m => (float)m).ToArray(), shape),
+            _ => OrtValue.CreateTensorValueFromMemory(inputs.Mask, shape),
+        };
     }
 
     /// <summary>

@@ -51,33 +51,51 @@ public sealed class MultiHeadAttentionConversionTests
         var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention, multiHead: new MultiHeadAttentionOptions { ProjectionBias = bias });
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
         Assert.AreEqual(AttentionStyle.MultiHeadAttention, report.Style);
+        AssertConvertedEqualsSource(source, hybrid, Config);
+    }
 
-        // 16-token prefill with the second row left-padded by 5, then three decode steps.
-        var expected = DecoderRunner.PrefillThenDecode(source.ToByteArray(), Config, decodeSteps: 3);
-        var actual = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), Config, decodeSteps: 3, o => o.RegisterHySparseOps());
+    /// <summary>
+    /// A 16-token prefill with the second row left-padded by 5, then three decode steps, of
+    /// <paramref name="source"/> and <paramref name="hybrid"/>: real tokens' logits and caches agree.
+    /// </summary>
+    internal static void AssertConvertedEqualsSource(ModelProto source, ModelProto hybrid, LlamaConfig config)
+    {
+        var expected = DecoderRunner.PrefillThenDecode(source.ToByteArray(), config, decodeSteps: 3);
+        var actual = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), config, decodeSteps: 3, o => o.RegisterHySparseOps());
         for (var step = 0; step < expected.Count; step++)
-            Close.AssertRealTokens(expected[step].Inputs, Config, expected[step].Outputs, actual[step].Outputs, 1e-4, $"step {step}");
+            Close.AssertRealTokens(expected[step].Inputs, config, expected[step].Outputs, actual[step].Outputs, 1e-4, $"step {step}");
     }
 
     [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void SmallTopKRunsAndMatchesTheKvAccounting()
     {
+        var hybrid = AssertSmallTopKChangesTheResultAndMatchesTheKvAccounting(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention), Config, "multiheadattention");
+        Assert.AreEqual(HybridMetadata.ConcatenatedCache, hybrid.MetadataProps.Single(p => p.Key == HybridMetadata.KvCache).Value);
+    }
+
+    /// <summary>
+    /// Converts <paramref name="source"/> at K = 1, B = 4, w = 4 (1:2) and runs both as in
+    /// <see cref="AssertConvertedEqualsSource"/>: the sparse layers' 8 of 19 keys must change the last
+    /// logits, every cache keeps the whole sequence (retrofit), and the caches the model returned are
+    /// what the KV accounting and <c>inspect</c> say. Returns the converted model.
+    /// </summary>
+    internal static ModelProto AssertSmallTopKChangesTheResultAndMatchesTheKvAccounting(ModelProto source, LlamaConfig config, string sourceStyle)
+    {
         var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 4 };
-        var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention);
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
 
-        var dense = DecoderRunner.PrefillThenDecode(source.ToByteArray(), Config, decodeSteps: 3);
-        var runs = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), Config, decodeSteps: 3, o => o.RegisterHySparseOps());
+        var dense = DecoderRunner.PrefillThenDecode(source.ToByteArray(), config, decodeSteps: 3);
+        var runs = DecoderRunner.PrefillThenDecode(hybrid.ToByteArray(), config, decodeSteps: 3, o => o.RegisterHySparseOps());
 
         var (inputs, outputs) = runs[^1];
         Assert.IsTrue(outputs.Logits.All(double.IsFinite), "logits must be finite");
         var largestChange = outputs.Logits.Zip(dense[^1].Outputs.Logits, (h, d) => Math.Abs(h - d)).Max();
         Assert.IsGreaterThan(1e-3, largestChange, "4 + 4 of 19 keys per sparse layer must change the result");
-        var cacheElements = inputs.Batch * Config.KvHeads * inputs.Total * Config.HeadDim;
+        var cacheElements = inputs.Batch * config.KvHeads * inputs.Total * config.HeadDim;
         foreach (var cache in outputs.PresentKeys.Concat(outputs.PresentValues)) Assert.HasCount(cacheElements, cache);
-        GroupQueryAttentionConversionTests.AssertKvAccounting(hybrid, report, outputs, inputs.Batch, inputs.Total, "multiheadattention");
-        Assert.AreEqual(HybridMetadata.ConcatenatedCache, hybrid.MetadataProps.Single(p => p.Key == HybridMetadata.KvCache).Value);
+        GroupQueryAttentionConversionTests.AssertKvAccounting(hybrid, report, outputs, inputs.Batch, inputs.Total, sourceStyle);
+        return hybrid;
     }
 
     [TestMethod]
@@ -136,19 +154,28 @@ public sealed class MultiHeadAttentionConversionTests
     public void CliConvertsInspectsAndVerifiesInRetrofitAndWithKvSharing()
     {
         using var dir = new ModelDirectory();
-        var model = dir.WriteModel("mha.onnx", SourceModel());
-        var exact = dir.File("exact.onnx");
-        var shared = dir.File("shared.onnx");
-
-        var convert = CliTests.Run("convert", model, "-o", exact, "--top-k", "7", "--block-size", "4", "--window", "4", "--json");
-        Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
-        StringAssert.Contains(convert.Out, "multiheadattention");
-        // With KV sharing the union equals dense attention when the window covers the context (w ≥ T).
-        Assert.AreEqual(ExitCodes.Success, CliTests.Run("convert", model, "-o", shared, "--kv-sharing", "--window", "26", "-q").Code);
+        var (convertOutput, _, shared) = AssertCliConversionsVerify(dir, dir.WriteModel("mha.onnx", SourceModel()));
+        StringAssert.Contains(convertOutput, "multiheadattention");
 
         var inspect = CliTests.Run("inspect", shared);
         Assert.AreEqual(ExitCodes.Success, inspect.Code, inspect.Err);
         StringAssert.Contains(inspect.Out, "window caches");
+    }
+
+    /// <summary>
+    /// <c>hysparse convert</c>s <paramref name="model"/> with every block selected (K = 7, B = 4, w = 4)
+    /// and with KV sharing over a window that covers the context (w = 26), and checks with
+    /// <c>hysparse verify</c> that both give the source's logits on a batch of 2 × (24 + 2) tokens.
+    /// Returns the first conversion's JSON output and the two converted files.
+    /// </summary>
+    internal static (string ConvertOutput, string Exact, string Shared) AssertCliConversionsVerify(ModelDirectory dir, string model)
+    {
+        var exact = dir.File("exact.onnx");
+        var shared = dir.File("shared.onnx");
+        var convert = CliTests.Run("convert", model, "-o", exact, "--top-k", "7", "--block-size", "4", "--window", "4", "--json");
+        Assert.AreEqual(ExitCodes.Success, convert.Code, convert.Err);
+        // With KV sharing the union equals dense attention when the window covers the context (w ≥ T).
+        Assert.AreEqual(ExitCodes.Success, CliTests.Run("convert", model, "-o", shared, "--kv-sharing", "--window", "26", "-q").Code);
 
         foreach (var converted in new[] { exact, shared })
         {
@@ -160,6 +187,7 @@ public sealed class MultiHeadAttentionConversionTests
             Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble(), converted);
             Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble(), converted);
         }
+        return (convert.Out, exact, shared);
     }
 
     private static ModelProto SourceModel() => LlamaModelBuilder.Build(Config, LlamaAttentionStyle.MultiHeadAttention);

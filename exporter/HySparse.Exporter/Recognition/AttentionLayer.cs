@@ -14,7 +14,22 @@ public enum AttentionStyle
     GroupQueryAttention,
     /// <summary><c>com.microsoft.MultiHeadAttention</c> with concatenated BNSH caches.</summary>
     MultiHeadAttention,
+    /// <summary>
+    /// <c>com.microsoft.Attention</c> (ONNX Runtime's transformer optimiser for GPT-2, onnxruntime-genai's
+    /// <c>gpt2</c> type): QKV projection inside the op, one combined past/present cache per layer.
+    /// </summary>
+    ContribAttention,
 }
+
+/// <summary>
+/// Keys and values cached together in one tensor [2,B,H,T,D] (index 0 keys, 1 values), as
+/// <c>com.microsoft.Attention</c>'s <c>past</c> / <c>present</c>. The HySparse ops take separate caches:
+/// the rewrite takes the two halves of <see cref="Past"/> apart in front of the op and stacks the op's
+/// present key and value into <see cref="Present"/> after it, so the model's interface stays as it was.
+/// </summary>
+/// <param name="Past">The combined past cache graph input [2,B,H,P,D].</param>
+/// <param name="Present">The combined present cache [2,B,H,P+S,D] the layer produces.</param>
+public sealed record CombinedKvCache(string Past, string Present);
 
 /// <summary>
 /// GroupQueryAttention's shared KV buffer: the caches are buffers of fixed capacity whose valid length
@@ -43,7 +58,11 @@ public sealed record InternalRotary(string CosCache, string SinCache, int Rotary
 /// <param name="PackedQkv">The query input is [B,S,(H_q + 2·H_kv)·D]; key and value are absent.</param>
 /// <param name="Rotary">RoPE to apply to Q and K, or null.</param>
 /// <param name="QkvBias">A [(H_q + 2·H_kv)·D] bias the op added to Q, K and V (in that order) before attending, or null.</param>
-public sealed record FusedInputs(bool PackedQkv, InternalRotary? Rotary, string? QkvBias = null);
+/// <param name="QkvWeights">
+/// The op projected its input itself: packed QKV is <c>MatMul(query input, QkvWeights)</c> with weights
+/// [hidden, (H_q + 2·H_kv)·D] (requires <paramref name="PackedQkv"/>); null when Q/K/V come projected.
+/// </param>
+public sealed record FusedInputs(bool PackedQkv, InternalRotary? Rotary, string? QkvBias = null, string? QkvWeights = null);
 
 /// <summary>
 /// One recognised attention layer, reduced to what the HySparse operators need: the tensors that
@@ -73,7 +92,7 @@ public sealed record AttentionLayer
     /// transpose keys with perm [0,2,3,1] have it): the rewrite feeds the op its BNSH transpose.
     /// </summary>
     public bool KeyIsBsnh { get; init; }
-    /// <summary>Past key cache graph input [B,H_kv,P,D]; null when the export has no KV cache.</summary>
+    /// <summary>Past key cache graph input [B,H_kv,P,D]; null when the export has no KV cache or keeps it in <see cref="Combined"/>.</summary>
     public required string? PastKey { get; init; }
     /// <summary>Past value cache graph input; null when the export has no KV cache.</summary>
     public required string? PastValue { get; init; }
@@ -84,9 +103,20 @@ public sealed record AttentionLayer
     public required string? PresentKey { get; init; }
     /// <summary>Present value cache tensor; null when the source produces none.</summary>
     public required string? PresentValue { get; init; }
+    /// <summary>
+    /// Keys and values cached in one tensor each for past and present (then <see cref="PastKey"/>,
+    /// <see cref="PastValue"/>, <see cref="PresentKey"/> and <see cref="PresentValue"/> are null), or null.
+    /// </summary>
+    public CombinedKvCache? Combined { get; init; }
+    /// <summary>True when the layer reads and writes a KV cache, separate or combined.</summary>
+    public bool HasKvCache => PastKey is not null || Combined is not null;
     /// <summary>Attention output tensor (kept as the op's output name), layout of <see cref="Query"/>.</summary>
     public required string Output { get; init; }
-    /// <summary>The int64 [B,P+S] padding mask graph input the layer's mask derives from, or null (causal only).</summary>
+    /// <summary>
+    /// The [B,P+S] padding mask graph input the layer's mask derives from, or null (causal only). int64
+    /// (what the ops take) except for fused operators' masks, which may be int32, float or float16 0/1
+    /// masks: the rewrite then feeds the ops one shared Cast of it to int64.
+    /// </summary>
     public string? AttentionMask { get; init; }
     /// <summary>Logit scale the layer applies to Q·Kᵀ (1 when it is folded into Q).</summary>
     public required float Scale { get; init; }

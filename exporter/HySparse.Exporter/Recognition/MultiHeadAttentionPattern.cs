@@ -1,6 +1,5 @@
 using HySparse.Exporter.Graph;
 using Onnx;
-using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Exporter.Recognition;
 
@@ -21,9 +20,6 @@ public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
     /// <inheritdoc />
     protected override string OpType => "MultiHeadAttention";
 
-    /// <summary>A masked key's logit is offset by this or less so its weight vanishes in float32 next to a real key's.</summary>
-    private const float MostPermissiveMaskValue = -100f;
-
     /// <inheritdoc />
     public override AttentionStyle Style => AttentionStyle.MultiHeadAttention;
 
@@ -31,16 +27,14 @@ public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
     {
         ["num_heads"] = FusedOperator.Any,
         ["scale"] = FusedOperator.Any,
-        ["unidirectional"] = FusedOperator.IntIn("without unidirectional=1 the layer is not causal, and nothing else in it says which keys a token may see", 1),
-        ["mask_filter_value"] = a => a.F <= MostPermissiveMaskValue ? null
-            : $"attribute 'mask_filter_value' = {a.F}: masked keys would keep a weight the HySparse ops (which drop them exactly) do not reproduce",
+        ["unidirectional"] = FusedOperator.Unidirectional,
+        ["mask_filter_value"] = FusedOperator.MaskFilterValue,
     };
 
     private protected override AttentionLayer MatchLayer(GraphIndex graph, NodeProto node, FusedOperator op)
     {
         op.CheckAttributes(Attributes);
-        if (!node.Attribute.Any(a => a.Name == "unidirectional"))
-            throw op.Refuse("unidirectional is 0 (absent): the layer is not causal, and nothing else in it says which keys a token may see");
+        op.RequireUnidirectional();
         op.RequireAbsentInputs(
             (5, "attention_bias", "the HySparse ops take no additive bias"),
             (8, "past_sequence_length", "a shared past/present buffer is not converted for this operator"),
@@ -71,7 +65,7 @@ public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
             PresentKey = presentKey,
             PresentValue = presentValue,
             Output = output,
-            AttentionMask = op.Input(4) is { } keyPaddingMask ? PaddingMask(graph, op, keyPaddingMask) : null,
+            AttentionMask = op.Input(4) is { } keyPaddingMask ? op.PaddingMask(keyPaddingMask, "key_padding_mask") : null,
             Scale = op.Scale(headSize),
             NumHeads = numHeads,
             KvNumHeads = numHeads,
@@ -94,19 +88,5 @@ public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
             if (rank is { } r && r != 3)
                 throw op.Refuse($"'{tensor}' is declared with rank {r}; only 3-D [B, S, H·D] query, key and value are converted");
         }
-    }
-
-    /// <summary>
-    /// The int64 <c>attention_mask</c> graph input behind <paramref name="keyPaddingMask"/>, which must be
-    /// that input cast to int32 (a [B, P+S] 0/1 mask: the form the ops take, in int64).
-    /// </summary>
-    private static string PaddingMask(GraphIndex graph, FusedOperator op, string keyPaddingMask)
-    {
-        if (graph.Producer(keyPaddingMask) is not { OpType: "Cast", Domain: "" } cast
-            || !graph.IsGraphInput(cast.Input[0])
-            || graph.GraphInput(cast.Input[0])!.Type?.TensorType is not { ElemType: (int)DataType.Int64, Shape.Dim.Count: 2 })
-            throw op.Refuse($"key_padding_mask '{keyPaddingMask}' is not an int64 [batch, total length] graph input cast to int32; " +
-                "other mask forms (key lengths, 3-D masks) are not converted");
-        return cast.Input[0];
     }
 }

@@ -7,8 +7,11 @@ namespace HySparse.Exporter.Rewrite;
 
 /// <summary>
 /// Builds what a fused operator did to its inputs before attending, as separate nodes in front of the
-/// HySparse op: <c>Split</c> of packed QKV, <c>com.microsoft.RotaryEmbedding</c> on Q and K, and the
-/// projection bias (<c>Split</c> of the bias, one <c>Add</c> each on Q, K and V). The
+/// HySparse op: the QKV projection (<c>MatMul</c>), <c>Split</c> of packed QKV,
+/// <c>com.microsoft.RotaryEmbedding</c> on Q and K, and the projection bias (one <c>Add</c> on packed
+/// QKV, or a <c>Split</c> of the bias and one <c>Add</c> each on Q, K and V); and, for combined
+/// key/value caches, the halves of the past and the stacked present (<see cref="SplitCombinedPast"/>,
+/// <see cref="StackCombinedPresent"/>). The
 /// rotation's positions are derived from <c>seqlens_k</c> as GroupQueryAttention derives them
 /// (docs/ops.md, "Shared KV buffer"): row b's new token s sits at <c>p_b + s</c> with
 /// <c>p_b = max(0, seqlens_k[b] + 1 − S)</c>; they are built once per <c>seqlens_k</c> tensor and
@@ -30,8 +33,13 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
     {
         if (layer.Inputs is not { } inputs) return (layer.Query, layer.Key, layer.Value);
         var (query, key, value) = (layer.Query, layer.Key, layer.Value);
-        if (inputs.PackedQkv) (query, key, value) = Split(layer, scope, nodes);
-        if (inputs.QkvBias is { } bias)
+        if (inputs.QkvWeights is { } weights)
+            query = NewNode("MatMul", "", $"{scope}/hysparse_qkv_projection", [query, weights], 1, nodes).Output[0];
+        // Packed, the bias is one Add before the split; split, it is split to match.
+        if (inputs.PackedQkv && inputs.QkvBias is { } packedBias)
+            query = NewNode("Add", "", $"{scope}/hysparse_qkv_bias", [query, packedBias], 1, nodes).Output[0];
+        if (inputs.PackedQkv) (query, key, value) = SplitLastAxis(query, layer, $"{scope}/hysparse_split_qkv", nodes);
+        if (!inputs.PackedQkv && inputs.QkvBias is { } bias)
         {
             var (queryBias, keyBias, valueBias) = SplitLastAxis(bias, layer, $"{scope}/hysparse_split_bias", nodes);
             query = NewNode("Add", "", $"{scope}/hysparse_query_bias", [query, queryBias], 1, nodes).Output[0];
@@ -47,9 +55,6 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
         return (query, key, value);
     }
 
-    private (string, string, string) Split(AttentionLayer layer, string scope, List<NodeProto> nodes) =>
-        SplitLastAxis(layer.Query, layer, $"{scope}/hysparse_split_qkv", nodes);
-
     /// <summary>Splits <paramref name="tensor"/>'s last axis into the Q, K and V widths H_q·D, H_kv·D, H_kv·D.</summary>
     private (string, string, string) SplitLastAxis(string tensor, AttentionLayer layer, string name, List<NodeProto> nodes)
     {
@@ -61,6 +66,45 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
         split.Attribute.Add(Attr.Int("axis", -1));
         if (!sizesAsInput) split.Attribute.Add(Attr.Ints("split", queryWidth, kvWidth, kvWidth));
         return (split.Output[0], split.Output[1], split.Output[2]);
+    }
+
+    /// <summary>
+    /// The key and value halves [B,H,P,D] of the combined past [2,B,H,P,D] of <paramref name="cache"/>
+    /// (one <c>Gather</c> each on axis 0), added to <paramref name="nodes"/>.
+    /// </summary>
+    public (string Key, string Value) SplitCombinedPast(CombinedKvCache cache, string scope, List<NodeProto> nodes)
+    {
+        string Half(long index, string part)
+        {
+            var gather = NewNode("Gather", "", $"{scope}/hysparse_past_{part}",
+                [cache.Past, Constant(Tensors.Int64("index", [], [index]), $"{scope}/hysparse_past_{part}_index", nodes)], 1, nodes);
+            gather.Attribute.Add(Attr.Int("axis", 0));
+            return gather.Output[0];
+        }
+        return (Half(0, "key"), Half(1, "value"));
+    }
+
+    /// <summary>
+    /// <paramref name="cache"/>'s combined present [2,B,H,T,D] stacked from the op's present key and
+    /// value [B,H,T,D] (<c>Unsqueeze</c> on axis 0, then <c>Concat</c>), added to <paramref name="nodes"/>.
+    /// </summary>
+    public void StackCombinedPresent(CombinedKvCache cache, string presentKey, string presentValue, string scope, List<NodeProto> nodes)
+    {
+        // Unsqueeze takes its axes as an input from opset 13 on, as an attribute before.
+        var axesAsInput = defaultOpset >= 13;
+        string Lift(string tensor, string part)
+        {
+            var name = $"{scope}/hysparse_present_{part}";
+            string[] inputs = axesAsInput ? [tensor, Constant(Tensors.Int64("axes", [1], [0L]), $"{name}_axes", nodes)] : [tensor];
+            var unsqueeze = NewNode("Unsqueeze", "", name, inputs, 1, nodes);
+            if (!axesAsInput) unsqueeze.Attribute.Add(Attr.Ints("axes", 0));
+            return unsqueeze.Output[0];
+        }
+        var concat = new NodeProto { OpType = "Concat", Name = uniqueNode($"{scope}/hysparse_present") };
+        concat.Input.AddRange([Lift(presentKey, "key"), Lift(presentValue, "value")]);
+        concat.Output.Add(cache.Present);
+        concat.Attribute.Add(Attr.Int("axis", 0));
+        nodes.Add(concat);
     }
 
     /// <summary>int64 [B,S] positions of the new tokens from seqlens_k (int32 [B]) and S = query.shape[1].</summary>

@@ -12,8 +12,9 @@ namespace HySparse.Exporter.Rewrite;
 /// in place. Only graph structure changes: the op nodes take the place of each layer's matched
 /// nodes, producing the layer's attention output and present caches under their original names;
 /// nodes and initializers that only fed the replaced subgraphs (the additive mask, scale constants)
-/// are dropped; what a fused operator did to its inputs itself (splitting packed QKV, RoPE) is added
-/// in front of the op as separate nodes (<see cref="FusedInputRewrite"/>), as is the BNSH transpose
+/// are dropped; what a fused operator did to its inputs itself (projecting and splitting packed QKV,
+/// RoPE, taking a combined key/value cache apart and stacking it again) is added around the op as
+/// separate nodes (<see cref="FusedInputRewrite"/>), as is the BNSH transpose
 /// of a key the source transposed straight to Kᵀ (<see cref="AttentionLayer.KeyIsBsnh"/>); nothing else is touched,
 /// except the declared length of some caches: with KV sharing the sparse layers' cache inputs and
 /// outputs become window caches, and shared-buffer presents are declared as long as their buffer.
@@ -42,6 +43,7 @@ internal static class HybridRewriter
         var position = new Dictionary<NodeProto, int>(ReferenceEqualityComparer.Instance);
         for (var i = 0; i < graph.Node.Count; i++) position[graph.Node[i]] = i;
         var fusedInputs = new FusedInputRewrite(stem => Unique(usedNames, stem), stem => Unique(usedNodeNames, stem), DefaultOpset(model));
+        var masks = MasksAsInt64(graph, layers, usedNames, usedNodeNames, out var maskCasts);
 
         for (var i = 0; i < layers.Count; i++)
         {
@@ -49,7 +51,10 @@ internal static class HybridRewriter
             var label = (layer.CacheIndex ?? i).ToString(CultureInfo.InvariantCulture);
             var scope = ScopeOf(layer.AnchorNode);
             var nodes = new List<NodeProto>();
-            wiring[i] = Wire(layer, fusedInputs.Prepare(layer, scope, nodes), label, scope, nodes, usedNames, usedNodeNames);
+            wiring[i] = Wire(layer, fusedInputs, label, scope, nodes, usedNames, usedNodeNames) with
+            {
+                AttentionMask = layer.AttentionMask is { } mask ? masks[mask] : null,
+            };
             NodeProto op;
             if (layout.Kinds[i] == LayerKind.Full)
             {
@@ -64,6 +69,7 @@ internal static class HybridRewriter
             op.Name = Unique(usedNodeNames, $"{scope}/{op.OpType}");
             ops[i] = op;
             nodes.Add(op);
+            if (layer.Combined is { } combined) fusedInputs.StackCombinedPresent(combined, wiring[i].PresentKey, wiring[i].PresentValue, scope, nodes);
             removed.UnionWith(layer.ReplacedNodes);
             // The op goes where the last replaced node was: every input of the layer exists by then.
             replacementAt[layer.ReplacedNodes.MaxBy(n => position[n])!] = nodes;
@@ -75,6 +81,7 @@ internal static class HybridRewriter
             if (replacementAt.TryGetValue(node, out var replacement)) rebuilt.AddRange(replacement);
             else if (!removed.Contains(node)) rebuilt.Add(node);
         }
+        rebuilt.InsertRange(0, maskCasts);
         var dropped = DropOrphans(graph, rebuilt, removed);
         graph.Node.Clear();
         graph.Node.AddRange(TopologicalOrder(graph, rebuilt));
@@ -84,10 +91,10 @@ internal static class HybridRewriter
         if (parameters.Mode == HybridMode.KvSharing)
         {
             // A layer without cache inputs and outputs (an export without KV cache) changes no interface.
-            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse && layers[i].PastKey is not null)
+            var sparse = Enumerable.Range(0, layers.Count).Where(i => layout.Kinds[i] == LayerKind.Sparse && layers[i].HasKvCache)
                 .Select(i => layers[i]).ToList();
-            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey!, l.PastValue! }));
-            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue }).OfType<string>());
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PastKey, l.PastValue, l.Combined?.Past }).OfType<string>());
+            windowCaches.AddRange(sparse.SelectMany(l => new[] { l.PresentKey, l.PresentValue, l.Combined?.Present }).OfType<string>());
             DeclareWindowCaches(graph, sparse);
         }
 
@@ -99,24 +106,23 @@ internal static class HybridRewriter
     }
 
     /// <summary>
-    /// Gives the sparse layers' cache inputs and outputs their window length along dimension 2 in
-    /// every declaration (graph inputs, outputs, value infos): they no longer share the full layers'
-    /// past/total length, and a declared length that disagrees with the real one would make ONNX
-    /// Runtime reject the feeds or warn on every output.
+    /// Gives the sparse layers' cache inputs and outputs their window length along the length axis
+    /// (2 of [B,H,T,D], 3 of a combined [2,B,H,T,D]) in every declaration (graph inputs, outputs, value
+    /// infos): they no longer share the full layers' past/total length, and a declared length that
+    /// disagrees with the real one would make ONNX Runtime reject the feeds or warn on every output.
     /// </summary>
     private static void DeclareWindowCaches(GraphProto graph, IEnumerable<AttentionLayer> sparseLayers)
     {
         var dims = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var layer in sparseLayers)
         {
-            dims[layer.PastKey!] = dims[layer.PastValue!] = HybridMetadata.PastWindowDim;
-            if (layer.PresentKey is { } presentKey) dims[presentKey] = HybridMetadata.PresentWindowDim;
-            if (layer.PresentValue is { } presentValue) dims[presentValue] = HybridMetadata.PresentWindowDim;
+            foreach (var past in new[] { layer.PastKey, layer.PastValue, layer.Combined?.Past }.OfType<string>()) dims[past] = HybridMetadata.PastWindowDim;
+            foreach (var present in new[] { layer.PresentKey, layer.PresentValue, layer.Combined?.Present }.OfType<string>()) dims[present] = HybridMetadata.PresentWindowDim;
         }
         foreach (var info in graph.Input.Concat(graph.Output).Concat(graph.ValueInfo))
         {
             if (!dims.TryGetValue(info.Name, out var symbol)) continue;
-            if (info.Type?.TensorType?.Shape?.Dim is { Count: 4 } shape) shape[2] = new TensorShapeProto.Types.Dimension { DimParam = symbol };
+            if (info.Type?.TensorType?.Shape?.Dim is { Count: 4 or 5 } shape) shape[^2] = new TensorShapeProto.Types.Dimension { DimParam = symbol };
         }
     }
 
@@ -147,19 +153,53 @@ internal static class HybridRewriter
     private static long DefaultOpset(ModelProto model) =>
         model.OpsetImport.FirstOrDefault(o => o.Domain is "" or "ai.onnx")?.Version ?? 0;
 
-    /// <summary>The tensors an op node reads as its query, key and value and writes as its present caches.</summary>
-    private sealed record OpWiring(string Query, string Key, string Value, string PresentKey, string PresentValue);
+    /// <summary>The tensors an op node reads as its query, key, value, past caches and padding mask and writes as its present caches.</summary>
+    private sealed record OpWiring(string Query, string Key, string Value, string? PastKey, string? PastValue, string PresentKey, string PresentValue)
+    {
+        /// <summary>The int64 padding mask the op reads, or null.</summary>
+        public string? AttentionMask { get; init; }
+    }
 
     /// <summary>
-    /// Names the op's inputs and present outputs from the query, key and value <paramref name="qkv"/>
-    /// (as <see cref="FusedInputRewrite"/> prepared them): a [B,S,H,D] key gets a Transpose to BNSH
-    /// (added to <paramref name="nodes"/>, to go in before the op), and a layer without present caches
-    /// gets fresh names for the op's required present outputs, which nothing reads (a sparse layer with
-    /// KV sharing reads its full layer's).
+    /// The int64 tensor each layer's padding mask graph input becomes for the ops: itself when it is
+    /// int64, else one <c>Cast</c> (in <paramref name="casts"/>, to go first in the graph) shared by every
+    /// layer that reads it.
     /// </summary>
-    private static OpWiring Wire(AttentionLayer layer, (string Query, string Key, string Value) qkv, string label, string scope,
+    private static Dictionary<string, string> MasksAsInt64(GraphProto graph, IEnumerable<AttentionLayer> layers, HashSet<string> usedNames,
+        HashSet<string> usedNodeNames, out List<NodeProto> casts)
+    {
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        casts = [];
+        foreach (var mask in layers.Select(l => l.AttentionMask).OfType<string>().Distinct(StringComparer.Ordinal))
+        {
+            var type = graph.Input.FirstOrDefault(i => i.Name == mask)?.Type?.TensorType?.ElemType;
+            if (type is null or (int)TensorProto.Types.DataType.Int64)
+            {
+                result[mask] = mask;
+                continue;
+            }
+            var cast = new NodeProto { OpType = "Cast", Name = Unique(usedNodeNames, "/hysparse/attention_mask/Cast") };
+            cast.Input.Add(mask);
+            cast.Output.Add(result[mask] = Unique(usedNames, $"hysparse.{mask}_int64"));
+            cast.Attribute.Add(Attr.Int("to", (long)TensorProto.Types.DataType.Int64));
+            casts.Add(cast);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Names the op's inputs and present outputs, adding to <paramref name="nodes"/> (to go in before
+    /// the op) what computes them: the query, key and value as <paramref name="fusedInputs"/> prepares
+    /// them, a Transpose to BNSH of a [B,S,H,D] key, and the halves of a combined past. A layer without
+    /// separate present caches gets fresh names for the op's required present outputs: nothing reads
+    /// them (a sparse layer with KV sharing reads its full layer's), or they are stacked into the
+    /// combined present after the op.
+    /// </summary>
+    private static OpWiring Wire(AttentionLayer layer, FusedInputRewrite fusedInputs, string label, string scope,
         List<NodeProto> nodes, HashSet<string> usedNames, HashSet<string> usedNodeNames)
     {
+        var qkv = fusedInputs.Prepare(layer, scope, nodes);
+        var (pastKey, pastValue) = layer.Combined is { } combined ? fusedInputs.SplitCombinedPast(combined, scope, nodes) : (layer.PastKey, layer.PastValue);
         var key = qkv.Key;
         if (layer.KeyIsBsnh)
         {
@@ -170,7 +210,7 @@ internal static class HybridRewriter
             transpose.Attribute.Add(Attr.Ints("perm", 0, 2, 1, 3));
             nodes.Add(transpose);
         }
-        return new OpWiring(qkv.Query, key, qkv.Value,
+        return new OpWiring(qkv.Query, key, qkv.Value, pastKey, pastValue,
             layer.PresentKey ?? Unique(usedNames, $"hysparse.layers.{label}.present_key"),
             layer.PresentValue ?? Unique(usedNames, $"hysparse.layers.{label}.present_value"));
     }
@@ -178,7 +218,7 @@ internal static class HybridRewriter
     private static NodeProto FullNode(AttentionLayer layer, OpWiring wiring, string? selection, HybridParameters parameters)
     {
         var node = new NodeProto { OpType = HySparseOps.FullAttn, Domain = HySparseOps.Domain };
-        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, layer.PastKey ?? "", layer.PastValue ?? "", layer.AttentionMask ?? "",
+        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, wiring.PastKey ?? "", wiring.PastValue ?? "", wiring.AttentionMask ?? "",
             layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);
@@ -197,8 +237,8 @@ internal static class HybridRewriter
         var sharing = parameters.Mode == HybridMode.KvSharing;
         // Shared-buffer layers (GroupQueryAttention) pass seqlens_k and total_sequence_length on as
         // inputs 13 and 14; the inputs between (gate, sinks, selected KV) stay omitted.
-        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, layer.PastKey ?? "", layer.PastValue ?? "",
-            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, layer.AttentionMask ?? "",
+        node.Input.AddRange([wiring.Query, wiring.Key, wiring.Value, wiring.PastKey ?? "", wiring.PastValue ?? "",
+            sharing ? oracle.PresentKey : "", sharing ? oracle.PresentValue : "", selection, wiring.AttentionMask ?? "",
             "", "", "", "", layer.Buffer?.SeqlensK ?? "", layer.Buffer?.TotalSequenceLength ?? ""]);
         TrimOptionalInputs(node);
         node.Output.AddRange([layer.Output, wiring.PresentKey, wiring.PresentValue]);

@@ -34,6 +34,13 @@ internal static class KvBufferRewrite
                 layers.Select(l => new UnconvertibleLayer(l.AnchorNode,
                     "--kv-buffer with --kv-sharing: the HySparse ops have no window cache in shared-buffer mode, so a sparse layer would keep its whole buffer and save nothing; " +
                     "drop --kv-sharing (retrofit) or --kv-buffer")).ToList());
+        var combined = layers.Where(l => l.Combined is not null).ToList();
+        if (combined.Count > 0)
+            throw new ConversionException(ConversionError.UnconvertibleLayers,
+                $"--kv-buffer: {combined.Count} layer(s) keep keys and values in one combined cache, first: {combined[0].AnchorNode}",
+                combined.Select(l => new UnconvertibleLayer(l.AnchorNode,
+                    $"--kv-buffer: the layer's combined past/present cache '{l.Combined!.Past}' [2, B, H, T, D] is rebuilt from the op's key and value caches by a Concat every call, " +
+                    "so it cannot be a buffer the ops update in place; convert without --kv-buffer")).ToList());
         var uncached = layers.Where(l => l.PastKey is null || l.PastValue is null || l.PresentKey is null || l.PresentValue is null).ToList();
         if (uncached.Count > 0)
             throw new ConversionException(ConversionError.UnconvertibleLayers,

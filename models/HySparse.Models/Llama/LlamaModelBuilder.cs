@@ -36,6 +36,39 @@ public enum LlamaAttentionStyle
     /// outputs; variations in <see cref="OnnxAttentionOptions"/>.
     /// </summary>
     OnnxAttention,
+
+    /// <summary>
+    /// <c>com.microsoft.Attention</c> as ONNX Runtime's transformer optimiser fuses GPT-2 and
+    /// onnxruntime-genai's <c>gpt2</c> type runs it: the op projects the normalised input with merged
+    /// Q/K/V weights and a bias, attends with <c>unidirectional=1</c> and a raw 2-D <c>mask_index</c>,
+    /// and caches keys and values together (<c>past_N</c> [2,B,H,P,D] → <c>present_N</c>). There is no
+    /// RoPE (the op cannot rotate on the CPU): positions enter as GPT-2's learned position embeddings
+    /// added to the token embeddings. Needs <see cref="LlamaConfig.Heads"/> = <see cref="LlamaConfig.KvHeads"/>;
+    /// variations in <see cref="ContribAttentionOptions"/>.
+    /// </summary>
+    ContribAttention,
+}
+
+/// <summary>Variations of the <c>com.microsoft.Attention</c> style.</summary>
+public sealed record ContribAttentionOptions
+{
+    /// <summary>
+    /// A seeded Q/K/V projection bias [3·H·D] as the op's input 2 (GPT-2 has one); false leaves the input
+    /// out, which the schema allows but ONNX Runtime 1.31's CPU kernel does not survive (the process
+    /// crashes, checked here): such a model only runs converted.
+    /// </summary>
+    public bool ProjectionBias { get; init; } = true;
+    /// <summary>
+    /// <c>mask_index</c> = <c>Cast(attention_mask, int32)</c>, the raw [B, P+S] mask; false leaves it out
+    /// (causal only: padding is not masked).
+    /// </summary>
+    public bool PaddingMask { get; init; } = true;
+    /// <summary>
+    /// Element type of the <c>attention_mask</c> graph input: int64 (cast to int32 for the op), int32
+    /// (the op's <c>mask_index</c> itself) or float (cast to int32), the forms ONNX Runtime's GPT-2
+    /// tools write.
+    /// </summary>
+    public DataType AttentionMaskType { get; init; } = DataType.Int64;
 }
 
 /// <summary>Variations among MultiHeadAttention exports.</summary>
@@ -169,21 +202,25 @@ public static class LlamaModelBuilder
     /// <param name="groupQuery">Variations of the GroupQueryAttention style (default: separate Q/K/V, RoPE inside the op).</param>
     /// <param name="multiHead">Variations of the MultiHeadAttention style (default: no bias inside the op).</param>
     /// <param name="onnxAttention">Variations of the ONNX Attention style.</param>
+    /// <param name="contribAttention">Variations of the com.microsoft.Attention style (default: bias and padding mask).</param>
     public static ModelProto Build(LlamaWeights weights, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null,
-        GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) => style switch
+        GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null,
+        ContribAttentionOptions? contribAttention = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
         LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, (groupQuery ?? new GroupQueryAttentionOptions()).RotaryPositions,
             CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
         LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
         LlamaAttentionStyle.OnnxAttention => new OnnxAttentionLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions(), onnxAttention ?? new OnnxAttentionOptions()).Emit(),
+        LlamaAttentionStyle.ContribAttention => new ContribAttentionLlamaEmitter(weights, RotaryCacheLength, contribAttention ?? new ContribAttentionOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
     };
 
     /// <summary>Generates weights from <paramref name="config"/> and builds the decoder.</summary>
     public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null,
-        GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) =>
-        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead, onnxAttention);
+        GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null,
+        ContribAttentionOptions? contribAttention = null) =>
+        Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead, onnxAttention, contribAttention);
 
     private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
         options.PackedQkv && !options.DoRotary
@@ -211,6 +248,9 @@ internal abstract class LlamaEmitter
     /// <summary>Default-domain opset and any others the style needs.</summary>
     protected abstract IReadOnlyDictionary<string, long> Opsets { get; }
 
+    /// <summary>Element type of the <c>attention_mask</c> graph input (int64 unless the style says otherwise).</summary>
+    protected virtual DataType AttentionMaskType => DataType.Int64;
+
     /// <summary>False for an export without KV cache inputs and outputs.</summary>
     protected virtual bool HasKvCache => true;
 
@@ -234,21 +274,63 @@ internal abstract class LlamaEmitter
     {
     }
 
-    public ModelProto Emit()
+    /// <summary>Declares the KV cache graph inputs: <c>past_key_values.N.key|value</c> [B,H_kv,P,D] by default.</summary>
+    protected virtual void AddCacheInputs()
     {
         var c = Config;
-        G.AddInput(LlamaNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
-        G.AddInput(LlamaNames.AttentionMask, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
-        for (var l = 0; l < c.Layers && HasKvCache; l++)
+        for (var l = 0; l < c.Layers; l++)
         {
             G.AddInput(LlamaNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
             G.AddInput(LlamaNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
         }
+    }
+
+    /// <summary>Declares the KV cache graph outputs: <c>present.N.key|value</c> [B,H_kv,P+S,D] by default.</summary>
+    protected virtual void AddCacheOutputs()
+    {
+        var c = Config;
+        for (var l = 0; l < c.Layers; l++)
+        {
+            G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
+            G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
+        }
+    }
+
+    /// <summary>What the style adds to the token embeddings [B,S,hidden] before the first layer (nothing by default: RoPE acts inside attention).</summary>
+    protected virtual string EmbedPositions(string embeddings) => embeddings;
+
+    /// <summary>Refuses a config with grouped KV heads for <paramref name="op"/>, which has one head count for queries and keys.</summary>
+    protected void RequireOneHeadCount(string op)
+    {
+        if (Config.Heads != Config.KvHeads)
+            throw new ArgumentException($"{op} has one head count for queries and keys; the config has {Config.Heads} query and {Config.KvHeads} KV heads");
+    }
+
+    /// <summary>
+    /// <paramref name="size"/> values in [-<paramref name="range"/>, <paramref name="range"/>) drawn from
+    /// the config's seed and <paramref name="stream"/>, so a seed names one model.
+    /// </summary>
+    protected float[] SeededValues(ulong stream, int size, float range)
+    {
+        var rng = new SplitMix64(Config.Seed * 1_000_003UL + stream);
+        return Enumerable.Range(0, size).Select(_ => rng.NextSymmetric(range)).ToArray();
+    }
+
+    public ModelProto Emit()
+    {
+        var c = Config;
+        G.AddInput(LlamaNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
+        G.AddInput(LlamaNames.AttentionMask, AttentionMaskType, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
+        if (HasKvCache) AddCacheInputs();
 
         var embedding = G.AddInitializer("model.embed_tokens.weight", [c.Vocab, c.Hidden], Weights.Embedding);
         string x;
         using (G.Scope("model/embed_tokens")) x = G.Op("Gather", [embedding, LlamaNames.InputIds], Attr.Int("axis", 0));
-        using (G.Scope("model")) EmitAttentionPrelude();
+        using (G.Scope("model"))
+        {
+            EmitAttentionPrelude();
+            x = EmbedPositions(x);
+        }
 
         for (var l = 0; l < c.Layers; l++)
         {
@@ -286,11 +368,7 @@ internal abstract class LlamaEmitter
         }
 
         G.AddOutput(LlamaNames.Logits, DataType.Float, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim, c.Vocab);
-        for (var l = 0; l < c.Layers && HasKvCache; l++)
-        {
-            G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
-            G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
-        }
+        if (HasKvCache) AddCacheOutputs();
         AddExtraOutputs();
         return G.BuildModel(Opsets, irVersion: 8, producer: "HySparse.Models");
     }
@@ -298,13 +376,13 @@ internal abstract class LlamaEmitter
     /// <summary>
     /// Positions as Hugging Face derives them from the mask, int64 [B,S]: cumsum − 1 with padding slots
     /// set to 1, then the last S columns (the new tokens). <paramref name="newTokens"/> is S as a
-    /// one-element int64 vector.
+    /// one-element int64 vector; <paramref name="mask"/> the int64 mask (default: the graph input).
     /// </summary>
-    protected string EmitPositionIds(string newTokens)
+    protected string EmitPositionIds(string newTokens, string mask = LlamaNames.AttentionMask)
     {
-        var cumulative = G.Op("CumSum", LlamaNames.AttentionMask, G.ConstInt64(1));
+        var cumulative = G.Op("CumSum", mask, G.ConstInt64(1));
         var positionsAll = G.Op("Where",
-            G.Op("Equal", LlamaNames.AttentionMask, G.ConstInt64(0)), G.ConstInt64(1), G.Op("Sub", cumulative, G.ConstInt64(1)));
+            G.Op("Equal", mask, G.ConstInt64(0)), G.ConstInt64(1), G.Op("Sub", cumulative, G.ConstInt64(1)));
         return G.Op("Slice", positionsAll, G.Op("Neg", newTokens), G.ConstInt64s(long.MaxValue), G.ConstInt64s(1));
     }
 

@@ -21,4 +21,11 @@ public static class LlamaNames
     public static string PresentKey(int layer) => $"present.{layer}.key";
     /// <summary>Present value cache output of a layer.</summary>
     public static string PresentValue(int layer) => $"present.{layer}.value";
+    /// <summary>
+    /// Combined past key/value cache input of a layer, [2, batch, heads, past, head size] (keys at index 0),
+    /// as ONNX Runtime's GPT-2 tools and onnxruntime-genai's <c>gpt2</c> type name it.
+    /// </summary>
+    public static string CombinedPast(int layer) => $"past_{layer}";
+    /// <summary>Combined present key/value cache output of a layer, [2, batch, heads, past + sequence, head size].</summary>
+    public static string CombinedPresent(int layer) => $"present_{layer}";
 }

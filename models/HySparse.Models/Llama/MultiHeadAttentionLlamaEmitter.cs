@@ -19,8 +19,7 @@ internal sealed class MultiHeadAttentionLlamaEmitter : LlamaEmitter
 
     public MultiHeadAttentionLlamaEmitter(LlamaWeights weights, int rotaryPositions, MultiHeadAttentionOptions options) : base(weights)
     {
-        if (Config.Heads != Config.KvHeads)
-            throw new ArgumentException($"MultiHeadAttention has one head count for queries and keys; the config has {Config.Heads} query and {Config.KvHeads} KV heads");
+        RequireOneHeadCount("MultiHeadAttention");
         _rotaryPositions = rotaryPositions;
         _options = options;
     }
@@ -45,18 +44,11 @@ internal sealed class MultiHeadAttentionLlamaEmitter : LlamaEmitter
         var query = Rotate(G.Op("MatMul", normed, G.AddInitializer($"{prefix}.q_proj.weight", [c.Hidden, width], w.Query)));
         var key = Rotate(G.Op("MatMul", normed, G.AddInitializer($"{prefix}.k_proj.weight", [c.Hidden, width], w.Key)));
         var value = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.v_proj.weight", [c.Hidden, width], w.Value));
-        var bias = _options.ProjectionBias ? G.AddInitializer($"{prefix}.qkv_bias", [3 * width], ProjectionBias(layer, 3 * width)) : "";
+        var bias = _options.ProjectionBias ? G.AddInitializer($"{prefix}.qkv_bias", [3 * width], SeededValues((ulong)layer, 3 * width, 0.5f)) : "";
         var outputs = G.Node("MultiHeadAttention",
             [query, key, value, bias, _keyPaddingMask, "", LlamaNames.PastKey(layer), LlamaNames.PastValue(layer)],
             [null, LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer)], "com.microsoft",
             Attr.Int("num_heads", c.Heads), Attr.Int("unidirectional", 1));
         return outputs[0];
-    }
-
-    /// <summary>Bias values in [-0.5, 0.5) drawn from the config's seed and the layer, so a seed names one model.</summary>
-    private float[] ProjectionBias(int layer, int size)
-    {
-        var rng = new SplitMix64(Config.Seed * 1_000_003UL + (ulong)layer);
-        return Enumerable.Range(0, size).Select(_ => rng.NextSymmetric(0.5f)).ToArray();
     }
 }
