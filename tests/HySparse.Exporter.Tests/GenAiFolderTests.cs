@@ -122,6 +122,28 @@ public sealed class GenAiFolderTests
     }
 
     [TestMethod]
+    public void Gpt2StyleFolder_ContribAttention_CoveringLayoutDecodesTheOriginalTokens_SparseLayoutTheKvCacheDecoderTokens()
+    {
+        using var dir = new ModelDirectory();
+        var config = Config with { KvHeads = Config.Heads };   // com.microsoft.Attention has no GQA
+        var dense = Path.Combine(dir.Path, "dense");
+        GenAiFolderWriter.Write(dense, LlamaModelBuilder.Build(config, LlamaAttentionStyle.ContribAttention), config, type: "gpt2", shareBuffer: false);
+        var covering = Path.Combine(dir.Path, "covering");
+        ModelFolderConverter.Convert(dense, covering, Covering());
+        var sparse = Path.Combine(dir.Path, "sparse");
+        ModelFolderConverter.Convert(dense, sparse, Sparse());
+        var expectedDense = KvCacheDecoderTokens(dense, sharedBuffers: false);
+        var expectedSparse = KvCacheDecoderTokens(sparse, sharedBuffers: false);
+        GenAiFolders.SetEosOutside([dense, covering, sparse], expectedDense, expectedSparse);
+
+        var original = Generate(dense);
+        AssertSameTokens(expectedDense, original.Sequences, "the gpt2 folder under genai vs KvCacheDecoder");
+        AssertSameTokens(original.Sequences, Generate(covering).Sequences, "covering conversion of the gpt2 folder under genai");
+        AssertSameTokens(expectedSparse, Generate(sparse).Sequences, "sparse conversion of the gpt2 folder under genai vs KvCacheDecoder");
+        Assert.AreEqual("gpt2", new Microsoft.ML.OnnxRuntimeGenAI.Model(sparse).GetModelType());
+    }
+
+    [TestMethod]
     public void ConcatenatingFolder_RetrofitAndKvSharing_RunUnderGenAi_KvSharingHoldsWindowCaches()
     {
         using var dir = new ModelDirectory();

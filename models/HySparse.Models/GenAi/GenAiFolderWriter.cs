@@ -15,7 +15,7 @@ public static class GenAiFolderWriter
     /// <param name="folder">Created if missing.</param>
     /// <param name="model">The decoder, written as model.onnx.</param>
     /// <param name="config">Its shape (heads, head size, layers, vocabulary).</param>
-    /// <param name="type">genai's model.type.</param>
+    /// <param name="type">genai's model.type; <c>gpt2</c> names the combined past_N / present_N caches.</param>
     /// <param name="shareBuffer">search.past_present_share_buffer: true for GroupQueryAttention's shared buffers.</param>
     /// <param name="contextLength">model.context_length and search.max_length.</param>
     /// <param name="positionIds">Declare a position_ids input in the config.</param>
@@ -24,13 +24,17 @@ public static class GenAiFolderWriter
     {
         Directory.CreateDirectory(folder);
         File.WriteAllBytes(Path.Combine(folder, "model.onnx"), Google.Protobuf.MessageExtensions.ToByteArray(model));
-        var inputs = new JsonObject
-        {
-            ["input_ids"] = "input_ids",
-            ["attention_mask"] = "attention_mask",
-            ["past_key_names"] = "past_key_values.%d.key",
-            ["past_value_names"] = "past_key_values.%d.value",
-        };
+        // genai's gpt2 type reads one combined cache per layer (past_N / present_N, [2, B, H, T, D]).
+        var combined = type == "gpt2";
+        var inputs = combined
+            ? new JsonObject { ["input_ids"] = "input_ids", ["attention_mask"] = "attention_mask", ["past_names"] = "past_%d" }
+            : new JsonObject
+            {
+                ["input_ids"] = "input_ids",
+                ["attention_mask"] = "attention_mask",
+                ["past_key_names"] = "past_key_values.%d.key",
+                ["past_value_names"] = "past_key_values.%d.value",
+            };
         if (positionIds) inputs["position_ids"] = "position_ids";
         var genai = new JsonObject
         {
@@ -45,12 +49,14 @@ public static class GenAiFolderWriter
                     ["head_size"] = config.HeadDim,
                     ["hidden_size"] = config.Hidden,
                     ["inputs"] = inputs,
-                    ["outputs"] = new JsonObject
-                    {
-                        ["logits"] = "logits",
-                        ["present_key_names"] = "present.%d.key",
-                        ["present_value_names"] = "present.%d.value",
-                    },
+                    ["outputs"] = combined
+                        ? new JsonObject { ["logits"] = "logits", ["present_names"] = "present_%d" }
+                        : new JsonObject
+                        {
+                            ["logits"] = "logits",
+                            ["present_key_names"] = "present.%d.key",
+                            ["present_value_names"] = "present.%d.value",
+                        },
                     ["num_attention_heads"] = config.Heads,
                     ["num_hidden_layers"] = config.Layers,
                     ["num_key_value_heads"] = config.KvHeads,
