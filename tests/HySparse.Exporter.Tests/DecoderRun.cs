@@ -70,6 +70,12 @@ public static class DecoderRunner
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
             OrtValue.CreateTensorValueFromMemory(inputs.Mask, [inputs.Batch, inputs.Total]),
         };
+        // Positions as the float64 reference takes them, so padded rows match it too.
+        if (session.InputMetadata.ContainsKey(LlamaNames.PositionIds))
+        {
+            names.Add(LlamaNames.PositionIds);
+            values.Add(OrtValue.CreateTensorValueFromMemory(ReferenceLlama.Positions(inputs.Mask, inputs.Batch, inputs.NewTokens), [inputs.Batch, inputs.NewTokens]));
+        }
         // An export without KV cache has neither past inputs nor present outputs.
         var cached = session.InputMetadata.ContainsKey(LlamaNames.PastKey(0));
         if (!cached && inputs.Past > 0) throw new ArgumentException("a model without KV cache takes no past tokens");

@@ -64,6 +64,13 @@ public sealed record GroupQueryAttentionOptions
     /// Requires <see cref="DoRotary"/> (the rotation has to happen inside the op).
     /// </summary>
     public bool PackedQkv { get; init; }
+    /// <summary>
+    /// <c>position_ids</c> (int64 [B,S]) as a graph input feeding the <c>RotaryEmbedding</c> nodes, which
+    /// genai's model builder emits for some models and genai then fills from the attention mask; without
+    /// it the positions are computed from <c>attention_mask</c> in the graph. Requires
+    /// <see cref="DoRotary"/> off: the op's own <c>position_ids</c> input (#9) is a different thing.
+    /// </summary>
+    public bool PositionIdsInput { get; init; }
 }
 
 /// <summary>How the masked positions are removed before the Softmax in a decomposed export.</summary>
@@ -185,6 +192,8 @@ public static class LlamaModelBuilder
     private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
         options.PackedQkv && !options.DoRotary
             ? throw new ArgumentException("a packed QKV GroupQueryAttention export rotates inside the op: PackedQkv needs DoRotary")
+            : options.PositionIdsInput && options.DoRotary
+            ? throw new ArgumentException("position_ids feed RotaryEmbedding nodes before the op: PositionIdsInput needs DoRotary off")
             : options;
 }
 
