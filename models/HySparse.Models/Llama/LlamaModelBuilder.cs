@@ -71,6 +71,12 @@ public sealed record GroupQueryAttentionOptions
     /// <see cref="DoRotary"/> off: the op's own <c>position_ids</c> input (#9) is a different thing.
     /// </summary>
     public bool PositionIdsInput { get; init; }
+    /// <summary>
+    /// A float16 model as genai's builder writes one for CPU: weights, KV caches and logits in float16,
+    /// GroupQueryAttention and RotaryEmbedding computing in float16 on float16 Q/K/V; norms, MLP and
+    /// projections compute in float32 behind Casts (<see cref="Float16Conversion"/>).
+    /// </summary>
+    public bool Float16 { get; init; }
 }
 
 /// <summary>How the masked positions are removed before the Softmax in a decomposed export.</summary>
@@ -178,7 +184,7 @@ public static class LlamaModelBuilder
         GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
-        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
+        LlamaAttentionStyle.GroupQueryAttention => GroupQuery(weights, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())),
         LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
         LlamaAttentionStyle.OnnxAttention => new OnnxAttentionLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions(), onnxAttention ?? new OnnxAttentionOptions()).Emit(),
         _ => throw new ArgumentOutOfRangeException(nameof(style), style, "unknown attention style"),
@@ -188,6 +194,12 @@ public static class LlamaModelBuilder
     public static ModelProto Build(LlamaConfig config, LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed, DecomposedExportOptions? decomposed = null,
         GroupQueryAttentionOptions? groupQuery = null, MultiHeadAttentionOptions? multiHead = null, OnnxAttentionOptions? onnxAttention = null) =>
         Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead, onnxAttention);
+
+    private static ModelProto GroupQuery(LlamaWeights weights, GroupQueryAttentionOptions options)
+    {
+        var model = new GroupQueryAttentionLlamaEmitter(weights, RotaryCacheLength, options).Emit();
+        return options.Float16 ? Float16Conversion.Convert(model) : model;
+    }
 
     private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
         options.PackedQkv && !options.DoRotary
