@@ -4,12 +4,12 @@ using DataType = Onnx.TensorProto.Types.DataType;
 namespace HySparse.Models.Graph;
 
 /// <summary>
-/// Turns a float32 model into the float16 model genai's builder writes for a CPU fp16 target: float
-/// initializers stored as float16, float graph inputs and outputs (embeddings' consumers, KV caches,
-/// logits) declared float16, and the operators in <see cref="DefaultFloat16Ops"/> computing in
-/// float16. Every other float computation stays float32 behind <c>Cast</c> nodes at the boundaries,
-/// as genai's builder keeps RMSNorm and friends in float32: ONNX Runtime's CPU provider has no float16
-/// kernel for most of them, and float32 there keeps the model close to its float32 original.
+/// Turns a float32 model into a float16 model with the interface of genai's CPU fp16 models: float
+/// initializers stored as float16, float graph inputs and outputs (KV caches, logits) declared
+/// float16, and the operators in <see cref="DefaultFloat16Ops"/> computing in float16, so attention
+/// reads and writes float16 Q/K/V and caches. Every other float computation (norms, projections,
+/// MLP) stays float32 behind <c>Cast</c> nodes at the boundaries, which keeps it close to the float32
+/// original; genai's builder writes those in float16 too, which this does not reproduce.
 /// </summary>
 /// <remarks>
 /// Element types are followed through the graph from the inputs, initializers and <c>Constant</c>s by

@@ -72,9 +72,9 @@ public sealed record GroupQueryAttentionOptions
     /// </summary>
     public bool PositionIdsInput { get; init; }
     /// <summary>
-    /// A float16 model as genai's builder writes one for CPU: weights, KV caches and logits in float16,
-    /// GroupQueryAttention and RotaryEmbedding computing in float16 on float16 Q/K/V; norms, MLP and
-    /// projections compute in float32 behind Casts (<see cref="Float16Conversion"/>).
+    /// A float16 model with the interface of genai's CPU fp16 models: weights, KV caches and logits in
+    /// float16, GroupQueryAttention and RotaryEmbedding computing in float16 on float16 Q/K/V; norms,
+    /// MLP and projections compute in float32 behind Casts (<see cref="Float16Conversion"/>).
     /// </summary>
     public bool Float16 { get; init; }
 }
