@@ -71,6 +71,12 @@ public static class DecoderRunner
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
             MaskValue(session, inputs),
         };
+        // Positions as the float64 reference takes them, so padded rows match it too.
+        if (session.InputMetadata.ContainsKey(LlamaNames.PositionIds))
+        {
+            names.Add(LlamaNames.PositionIds);
+            values.Add(OrtValue.CreateTensorValueFromMemory(ReferenceLlama.Positions(inputs.Mask, inputs.Batch, inputs.NewTokens), [inputs.Batch, inputs.NewTokens]));
+        }
         // An export without KV cache has neither past inputs nor present outputs; a GPT-2 style one
         // (com.microsoft.Attention) keeps keys and values of a layer in one [2,B,H,T,D] tensor.
         var combined = session.InputMetadata.ContainsKey(LlamaNames.CombinedPast(0));

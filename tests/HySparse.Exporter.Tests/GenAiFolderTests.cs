@@ -49,7 +49,7 @@ public sealed class GenAiFolderTests
     {
         var folder = Path.Combine(dir.Path, "dense");
         var model = LlamaModelBuilder.Build(Config, style, groupQuery: gqa);
-        GenAiFolderWriter.Write(folder, model, Config, shareBuffer: style == LlamaAttentionStyle.GroupQueryAttention);
+        GenAiFolderWriter.Write(folder, model, Config, shareBuffer: style == LlamaAttentionStyle.GroupQueryAttention, positionIds: gqa?.PositionIdsInput ?? false);
         return folder;
     }
 
@@ -73,30 +73,76 @@ public sealed class GenAiFolderTests
         }
     }
 
+    /// <summary>The genai builder's GroupQueryAttention layouts the folder tests run.</summary>
+    public enum GroupQueryVariant
+    {
+        SeparateQkv,
+        PackedQkv,
+        /// <summary>RotaryEmbedding nodes on a position_ids graph input that genai fills, do_rotary=0.</summary>
+        PositionIds,
+        /// <summary>Weights, caches and logits in float16, GroupQueryAttention computing in float16.</summary>
+        Float16,
+        /// <summary>Float16 with RotaryEmbedding on position_ids.</summary>
+        Float16PositionIds,
+    }
+
+    private static GroupQueryAttentionOptions Options(GroupQueryVariant variant) => variant switch
+    {
+        GroupQueryVariant.SeparateQkv => new(),
+        GroupQueryVariant.PackedQkv => new() { PackedQkv = true },
+        GroupQueryVariant.PositionIds => new() { DoRotary = false, PositionIdsInput = true },
+        GroupQueryVariant.Float16 => new() { Float16 = true },
+        GroupQueryVariant.Float16PositionIds => new() { Float16 = true, DoRotary = false, PositionIdsInput = true },
+        _ => throw new ArgumentOutOfRangeException(nameof(variant)),
+    };
+
     [TestMethod]
-    [DataRow(false, DisplayName = "GroupQueryAttention, separate Q/K/V")]
-    [DataRow(true, DisplayName = "GroupQueryAttention, packed QKV")]
-    public void GroupQueryAttentionFolder_CoveringLayout_DecodesTheOriginalTokens_SparseLayout_TheKvCacheDecoderTokens(bool packed)
+    [DataRow(GroupQueryVariant.SeparateQkv, DisplayName = "GroupQueryAttention, separate Q/K/V")]
+    [DataRow(GroupQueryVariant.PackedQkv, DisplayName = "GroupQueryAttention, packed QKV")]
+    [DataRow(GroupQueryVariant.PositionIds, DisplayName = "GroupQueryAttention, RotaryEmbedding on a position_ids input")]
+    [DataRow(GroupQueryVariant.Float16, DisplayName = "GroupQueryAttention, float16")]
+    [DataRow(GroupQueryVariant.Float16PositionIds, DisplayName = "GroupQueryAttention, float16, RotaryEmbedding on a position_ids input")]
+    public void GroupQueryAttentionFolder_CoveringLayout_DecodesTheOriginalTokens_SparseLayout_TheKvCacheDecoderTokens(GroupQueryVariant variant)
     {
         using var dir = new ModelDirectory();
-        var dense = DenseFolder(dir, LlamaAttentionStyle.GroupQueryAttention, new GroupQueryAttentionOptions { PackedQkv = packed });
+        var dense = DenseFolder(dir, LlamaAttentionStyle.GroupQueryAttention, Options(variant));
         var covering = Path.Combine(dir.Path, "covering");
         var report = ModelFolderConverter.Convert(dense, covering, Covering());
         Assert.AreEqual(HybridMetadata.SharedBufferCache, report.Decoder.Metadata[HybridMetadata.KvCache]);
         var sparse = Path.Combine(dir.Path, "sparse");
         ModelFolderConverter.Convert(dense, sparse, Sparse());
+        if (Options(variant).PositionIdsInput)
+        {
+            // The RotaryEmbedding nodes before the op are not the op's: they stay as they were, on position_ids.
+            foreach (var folder in new[] { covering, sparse })
+                CollectionAssert.AreEquivalent(RotaryNodesOnPositionIds(dense), RotaryNodesOnPositionIds(folder), folder);
+            Assert.HasCount(2 * Config.Layers, RotaryNodesOnPositionIds(dense));
+        }
+        // KvCacheDecoder feeds position_ids as genai does for rows without padding: 0..S−1 for the
+        // prompt, then one more per step (genai numbers left-padded rows by column instead).
         var expectedDense = KvCacheDecoderTokens(dense, sharedBuffers: true);
         var expectedSparse = KvCacheDecoderTokens(sparse, sharedBuffers: true);
         GenAiFolders.SetEosOutside([dense, covering, sparse], expectedDense, expectedSparse);
 
+        // Float16 too is asserted token for token over all 48: GroupQueryAttention's float16 kernel and
+        // the HySparse ops' read the same float16 Q/K/V and caches and differ by rounding only, which
+        // flips no greedy choice of this model. Should a kernel change make the paths part, compare
+        // the first steps' logits with a tolerance and tokens only up to the first disagreement.
         var original = Generate(dense);
         AssertSameTokens(expectedDense, original.Sequences, "the original folder under genai vs KvCacheDecoder");
         AssertSameTokens(original.Sequences, Generate(covering).Sequences, "covering conversion under genai");
         var hybrid = Generate(sparse);
         AssertSameTokens(expectedSparse, hybrid.Sequences, "sparse conversion under genai vs KvCacheDecoder");
-        // Shared buffers: genai holds every layer's buffer at max_length, as for the original.
+        // Shared buffers: genai holds every layer's buffer at max_length, as for the original, in the
+        // model's element type.
         Assert.AreEqual(original.KvBytes, hybrid.KvBytes);
+        var elementBytes = Options(variant).Float16 ? 2 : sizeof(float);
+        Assert.AreEqual(2L * Config.Layers * Prompts.Length * Config.KvHeads * (Prompts[0].Length + NewTokens) * Config.HeadDim * elementBytes, original.KvBytes);
     }
+
+    private static string[] RotaryNodesOnPositionIds(string folder) =>
+        ModelFile.Load(GenAiModelFolder.Open(folder).DecoderPath).Graph.Node
+            .Where(n => n.OpType == "RotaryEmbedding" && n.Input[1] == LlamaNames.PositionIds).Select(n => n.ToString()).ToArray();
 
     [TestMethod]
     public void GroupQueryAttentionFolder_KvSharing_RunsUnderGenAiWithWindowCaches_AndHoldsLessKv()

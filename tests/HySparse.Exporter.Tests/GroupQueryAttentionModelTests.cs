@@ -8,16 +8,17 @@ namespace HySparse.Exporter.Tests;
 public sealed class GroupQueryAttentionModelTests
 {
     [TestMethod]
-    [DataRow(4, 2, true, false)]
-    [DataRow(3, 3, true, false)]
-    [DataRow(4, 2, false, false, DisplayName = "RoPE in RotaryEmbedding nodes before the op")]
-    [DataRow(4, 1, true, true, DisplayName = "packed QKV")]
-    public void GroupQueryAttentionModelMatchesFloat64Reference(int heads, int kvHeads, bool doRotary, bool packed)
+    [DataRow(4, 2, true, false, false)]
+    [DataRow(3, 3, true, false, false)]
+    [DataRow(4, 2, false, false, false, DisplayName = "RoPE in RotaryEmbedding nodes before the op")]
+    [DataRow(4, 2, false, false, true, DisplayName = "RoPE in RotaryEmbedding nodes on a position_ids input")]
+    [DataRow(4, 1, true, true, false, DisplayName = "packed QKV")]
+    public void GroupQueryAttentionModelMatchesFloat64Reference(int heads, int kvHeads, bool doRotary, bool packed, bool positionIds)
     {
         var config = new LlamaConfig { Layers = 2, Hidden = 32, Heads = heads, KvHeads = kvHeads, HeadDim = 16, Ffn = 40, Vocab = 37, Seed = 17 };
         var weights = LlamaWeights.Generate(config);
         var model = LlamaModelBuilder.Build(weights, LlamaAttentionStyle.GroupQueryAttention,
-            groupQuery: new GroupQueryAttentionOptions { DoRotary = doRotary, PackedQkv = packed }).ToByteArray();
+            groupQuery: new GroupQueryAttentionOptions { DoRotary = doRotary, PackedQkv = packed, PositionIdsInput = positionIds }).ToByteArray();
 
         // Prompt, decode, and a chunk after a past: no left padding, which GroupQueryAttention does not model.
         // (Its CPU kernel also wants the head size to be a multiple of 16, and batch 1 for a chunk after a past.)
@@ -29,11 +30,14 @@ public sealed class GroupQueryAttentionModelTests
     }
 
     [TestMethod]
-    public void PackedQkvWithoutInternalRotaryIsRefusedByTheBuilder()
+    public void PackedQkvWithoutInternalRotary_AndPositionIdsWithIt_AreRefusedByTheBuilder()
     {
         var config = new LlamaConfig { Layers = 1, Hidden = 16, Heads = 2, KvHeads = 1, HeadDim = 8, Ffn = 16, Vocab = 11 };
         var error = Assert.ThrowsExactly<ArgumentException>(() =>
             LlamaModelBuilder.Build(config, LlamaAttentionStyle.GroupQueryAttention, groupQuery: new GroupQueryAttentionOptions { PackedQkv = true, DoRotary = false }));
         StringAssert.Contains(error.Message, "DoRotary");
+        error = Assert.ThrowsExactly<ArgumentException>(() =>
+            LlamaModelBuilder.Build(config, LlamaAttentionStyle.GroupQueryAttention, groupQuery: new GroupQueryAttentionOptions { PositionIdsInput = true }));
+        StringAssert.Contains(error.Message, "DoRotary off");
     }
 }

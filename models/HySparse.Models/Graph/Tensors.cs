@@ -21,6 +21,10 @@ public static class Tensors
     public static TensorProto Float(string name, ReadOnlySpan<long> dims, ReadOnlySpan<float> data) =>
         Create(name, DataType.Float, dims, MemoryMarshal.AsBytes(data), data.Length);
 
+    /// <summary>A float16 tensor with the given dimensions and data.</summary>
+    public static TensorProto Float16(string name, ReadOnlySpan<long> dims, ReadOnlySpan<Half> data) =>
+        Create(name, DataType.Float16, dims, MemoryMarshal.AsBytes(data), data.Length);
+
     /// <summary>An int64 tensor with the given dimensions and data.</summary>
     public static TensorProto Int64(string name, ReadOnlySpan<long> dims, ReadOnlySpan<long> data) =>
         Create(name, DataType.Int64, dims, MemoryMarshal.AsBytes(data), data.Length);

@@ -9,7 +9,8 @@ namespace HySparse.Models.Llama;
 /// tensor), with <c>seqlens_k = ReduceSum(attention_mask) − 1</c> and <c>total_sequence_length</c>
 /// computed once from the mask. RoPE runs inside the op (<c>do_rotary=1</c>, cos/sin caches as
 /// initializers) or, with <see cref="GroupQueryAttentionOptions.DoRotary"/> off, in
-/// <c>com.microsoft.RotaryEmbedding</c> nodes before it on positions taken from the mask.
+/// <c>com.microsoft.RotaryEmbedding</c> nodes before it on positions taken from the mask or, with
+/// <see cref="GroupQueryAttentionOptions.PositionIdsInput"/>, from a <c>position_ids</c> graph input.
 /// GroupQueryAttention assumes right padding and takes positions from <c>seqlens_k</c>, so this model
 /// matches the decomposed one on batches without left padding.
 /// </summary>
@@ -29,7 +30,9 @@ internal sealed class GroupQueryAttentionLlamaEmitter(LlamaWeights weights, int 
             _totalLength = G.Op("Cast", [total], Attr.Int("to", (long)DataType.Int32));
         }
         (_cos, _sin) = AddRotaryCaches(rotaryPositions);
-        if (!options.DoRotary)
+        if (options.PositionIdsInput)
+            _positions = G.AddInput(LlamaNames.PositionIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
+        else if (!options.DoRotary)
             using (G.Scope("rotary_emb"))
                 _positions = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
     }

@@ -99,6 +99,19 @@ public sealed record GroupQueryAttentionOptions
     public bool PackedQkv { get; init; }
     /// <summary>Rows of the cos/sin caches: the longest sequence the model can run (genai's context_length).</summary>
     public int RotaryPositions { get; init; } = LlamaModelBuilder.RotaryCacheLength;
+    /// <summary>
+    /// <c>position_ids</c> (int64 [B,S]) as a graph input feeding the <c>RotaryEmbedding</c> nodes, which
+    /// genai's model builder emits for some models and genai then fills from the attention mask; without
+    /// it the positions are computed from <c>attention_mask</c> in the graph. Requires
+    /// <see cref="DoRotary"/> off: the op's own <c>position_ids</c> input (#9) is a different thing.
+    /// </summary>
+    public bool PositionIdsInput { get; init; }
+    /// <summary>
+    /// A float16 model with the interface of genai's CPU fp16 models: weights, KV caches and logits in
+    /// float16, GroupQueryAttention and RotaryEmbedding computing in float16 on float16 Q/K/V; norms,
+    /// MLP and projections compute in float32 behind Casts (<see cref="Float16Conversion"/>).
+    /// </summary>
+    public bool Float16 { get; init; }
 }
 
 /// <summary>How the masked positions are removed before the Softmax in a decomposed export.</summary>
@@ -208,8 +221,7 @@ public static class LlamaModelBuilder
         ContribAttentionOptions? contribAttention = null) => style switch
     {
         LlamaAttentionStyle.Decomposed => new DecomposedLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions()).Emit(),
-        LlamaAttentionStyle.GroupQueryAttention => new GroupQueryAttentionLlamaEmitter(weights, (groupQuery ?? new GroupQueryAttentionOptions()).RotaryPositions,
-            CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())).Emit(),
+        LlamaAttentionStyle.GroupQueryAttention => GroupQuery(weights, CheckedGroupQuery(groupQuery ?? new GroupQueryAttentionOptions())),
         LlamaAttentionStyle.MultiHeadAttention => new MultiHeadAttentionLlamaEmitter(weights, RotaryCacheLength, multiHead ?? new MultiHeadAttentionOptions()).Emit(),
         LlamaAttentionStyle.OnnxAttention => new OnnxAttentionLlamaEmitter(weights, decomposed ?? new DecomposedExportOptions(), onnxAttention ?? new OnnxAttentionOptions()).Emit(),
         LlamaAttentionStyle.ContribAttention => new ContribAttentionLlamaEmitter(weights, RotaryCacheLength, contribAttention ?? new ContribAttentionOptions()).Emit(),
@@ -222,9 +234,17 @@ public static class LlamaModelBuilder
         ContribAttentionOptions? contribAttention = null) =>
         Build(LlamaWeights.Generate(config), style, decomposed, groupQuery, multiHead, onnxAttention, contribAttention);
 
+    private static ModelProto GroupQuery(LlamaWeights weights, GroupQueryAttentionOptions options)
+    {
+        var model = new GroupQueryAttentionLlamaEmitter(weights, options.RotaryPositions, options).Emit();
+        return options.Float16 ? Float16Conversion.Convert(model) : model;
+    }
+
     private static GroupQueryAttentionOptions CheckedGroupQuery(GroupQueryAttentionOptions options) =>
         options.PackedQkv && !options.DoRotary
             ? throw new ArgumentException("a packed QKV GroupQueryAttention export rotates inside the op: PackedQkv needs DoRotary")
+            : options.PositionIdsInput && options.DoRotary
+            ? throw new ArgumentException("position_ids feed RotaryEmbedding nodes before the op: PositionIdsInput needs DoRotary off")
             : options;
 }
 

@@ -10,6 +10,8 @@ public static class LlamaNames
     public const string InputIds = "input_ids";
     /// <summary>1 for a real token, 0 for padding, int64 [batch, past + sequence].</summary>
     public const string AttentionMask = "attention_mask";
+    /// <summary>Positions of the new tokens, int64 [batch, sequence], where a model takes them as an input.</summary>
+    public const string PositionIds = "position_ids";
     /// <summary>Next-token logits, [batch, sequence, vocab].</summary>
     public const string Logits = "logits";
 
