@@ -14,9 +14,10 @@ new_tokens=${NEW_TOKENS:-16}
 runs=${RUNS:-2}
 model=${MODEL:-default}
 work=${WORK:-$(mktemp -d /tmp/hysparse-genai-kv.XXXXXX)}
+mkdir -p "$work"
 
-dotnet build -c Release exporter/HySparse.Cli -v q >/dev/null
-dotnet build -c Release bench/HySparse.Bench -v q >/dev/null
+dotnet build -c Release exporter/HySparse.Cli -v q >"$work/build.log" 2>&1 || { tail -20 "$work/build.log"; exit 1; }
+dotnet build -c Release bench/HySparse.Bench -v q >>"$work/build.log" 2>&1 || { tail -20 "$work/build.log"; exit 1; }
 hysparse() { dotnet exec exporter/HySparse.Cli/bin/Release/net10.0/hysparse.dll "$@"; }
 
 rm -rf "$work/dense" "$work/retrofit" "$work/kv-sharing"
