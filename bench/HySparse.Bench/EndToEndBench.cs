@@ -1,3 +1,4 @@
+using HySparse.Graph;
 using Google.Protobuf;
 using HySparse.Exporter;
 using HySparse.Models.Llama;
@@ -252,12 +253,12 @@ internal sealed class SyntheticCache
         var cache = new SyntheticCache(ids, c.HeadDim, seed);
         var mask = new long[prefix];
         Array.Fill(mask, 1L);
-        var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
+        var names = new List<string> { DecoderNames.InputIds, DecoderNames.AttentionMask };
         var values = new List<OrtValue> { OrtValue.CreateTensorValueFromMemory(ids, [1, prefix]), OrtValue.CreateTensorValueFromMemory(mask, [1, prefix]) };
         var outputs = new List<string>();
         for (int l = 0; l < c.Layers; l++)
         {
-            foreach (var (past, present) in new[] { (LlamaNames.PastKey(l), LlamaNames.PresentKey(l)), (LlamaNames.PastValue(l), LlamaNames.PresentValue(l)) })
+            foreach (var (past, present) in new[] { (DecoderNames.PastKey(l), DecoderNames.PresentKey(l)), (DecoderNames.PastValue(l), DecoderNames.PresentValue(l)) })
             {
                 names.Add(past);
                 values.Add(OrtValue.CreateTensorValueFromMemory(Array.Empty<float>(), [1, c.KvHeads, 0, c.HeadDim]));

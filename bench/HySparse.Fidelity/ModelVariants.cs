@@ -1,3 +1,4 @@
+using HySparse.Onnx;
 using Google.Protobuf;
 using HySparse.Exporter;
 using HySparse.Exporter.Layout;

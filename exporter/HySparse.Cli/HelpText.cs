@@ -255,7 +255,6 @@ internal static class HelpText
 
         """;
 
-    /// <summary>The help page of <paramref name="verb"/>, or null for an unknown verb.</summary>
     private const string NativeLibrary = """
         hysparse native-library - print the path of the HySparse custom-op library
 
@@ -270,6 +269,7 @@ internal static class HelpText
 
         """;
 
+    /// <summary>The help page of <paramref name="verb"/>, or null for an unknown verb.</summary>
     public static string? For(string verb) => verb switch
     {
         "convert" => Convert,

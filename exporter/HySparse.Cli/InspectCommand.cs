@@ -1,3 +1,4 @@
+using HySparse.Onnx;
 using HySparse.Exporter;
 using HySparse.Models.Native;
 
@@ -96,10 +97,10 @@ internal static class InspectCommand
     private static string NativeDescription(IReadOnlyDictionary<string, string> metadata)
     {
         if (IsSlidingWindow(metadata))
-            return $"sliding-window hybrid (window {metadata.GetValueOrDefault(HybridMetadata.Window, "?")}{(metadata.GetValueOrDefault(HySparseModelBuilder.MetadataKeys.Sinks) == "1" ? ", sinks" : "")}; no dense original)";
+            return $"sliding-window hybrid (window {metadata.GetValueOrDefault(HybridMetadata.Window, "?")}{(metadata.GetValueOrDefault(HybridMetadata.Sinks) == "1" ? ", sinks" : "")}; no dense original)";
         var details = new List<string> { $"combine {metadata.GetValueOrDefault(HybridMetadata.Combine, "gate")}" };
-        if (metadata.TryGetValue(HySparseModelBuilder.MetadataKeys.Gate, out var gate)) details.Add($"gates {gate.Replace('_', ' ')}");
-        if (metadata.TryGetValue(HySparseModelBuilder.MetadataKeys.Sinks, out var sinks)) details.Add(sinks == "1" ? "sinks" : "no sinks");
+        if (metadata.TryGetValue(HybridMetadata.Gate, out var gate)) details.Add($"gates {gate.Replace('_', ' ')}");
+        if (metadata.TryGetValue(HybridMetadata.Sinks, out var sinks)) details.Add(sinks == "1" ? "sinks" : "no sinks");
         return $"HySparse-native ({string.Join(", ", details)}; no dense original)";
     }
 }

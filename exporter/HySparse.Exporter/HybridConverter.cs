@@ -1,10 +1,9 @@
 using System.Globalization;
 using System.Reflection;
-using HySparse.Exporter.Graph;
+using HySparse.Graph;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
 using HySparse.Exporter.Rewrite;
-using HySparse.Models.Graph;
 using HySparse.Onnx;
 using Onnx;
 

@@ -1,8 +1,7 @@
 using System.Globalization;
-using HySparse.Exporter.Graph;
+using HySparse.Graph;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
-using HySparse.Models.Graph;
 using HySparse.Onnx;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;

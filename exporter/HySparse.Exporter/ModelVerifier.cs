@@ -1,6 +1,6 @@
+using HySparse.Graph;
 using System.Diagnostics;
 using HySparse.Exporter.Recognition;
-using HySparse.Models.Llama;
 using HySparse.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
@@ -161,16 +161,16 @@ public static class ModelVerifier
         public static DecoderInterface Read(ModelProto model, string path)
         {
             var inputs = model.Graph.Input.ToDictionary(i => i.Name);
-            if (!inputs.ContainsKey(LlamaNames.InputIds) || !inputs.ContainsKey(LlamaNames.AttentionMask))
-                throw new ConversionException(ConversionError.InvalidModel, $"'{path}' lacks the {LlamaNames.InputIds} / {LlamaNames.AttentionMask} inputs verify feeds");
+            if (!inputs.ContainsKey(DecoderNames.InputIds) || !inputs.ContainsKey(DecoderNames.AttentionMask))
+                throw new ConversionException(ConversionError.InvalidModel, $"'{path}' lacks the {DecoderNames.InputIds} / {DecoderNames.AttentionMask} inputs verify feeds");
             // GPT-2 style models (com.microsoft.Attention) cache keys and values together: past_N [2,B,H,P,D].
-            var combined = inputs.ContainsKey(LlamaNames.CombinedPast(0));
-            Func<int, string> pastName = combined ? LlamaNames.CombinedPast : LlamaNames.PastKey;
+            var combined = inputs.ContainsKey(DecoderNames.CombinedPast(0));
+            Func<int, string> pastName = combined ? DecoderNames.CombinedPast : DecoderNames.PastKey;
             var layers = 0;
             while (inputs.ContainsKey(pastName(layers))) layers++;
             var cache = layers > 0 ? inputs[pastName(0)].Type?.TensorType : null;
             var rank = combined ? 5 : 4;
-            var logits = model.Graph.Output.FirstOrDefault(o => o.Name == LlamaNames.Logits)?.Type?.TensorType;
+            var logits = model.Graph.Output.FirstOrDefault(o => o.Name == DecoderNames.Logits)?.Type?.TensorType;
             // A model without KV cache (no past_key_values inputs) is fine: verify then runs the prefill only.
             if (layers > 0 && (cache is not { ElemType: (int)TensorProto.Types.DataType.Float } || cache.Shape?.Dim.Count != rank || cache.Shape.Dim[^3].DimValue < 1 || cache.Shape.Dim[^1].DimValue < 1)
                 || logits is not { Shape.Dim.Count: 3 } || logits.Shape.Dim[2].DimValue < 1)

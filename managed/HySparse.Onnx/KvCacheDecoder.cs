@@ -26,14 +26,14 @@ namespace HySparse.Onnx;
 /// </remarks>
 public sealed class KvCacheDecoder : IDisposable
 {
-    private const string InputIdsName = "input_ids";
-    private const string AttentionMaskName = "attention_mask";
-    private const string PositionIdsName = "position_ids";
-    private const string LogitsName = "logits";
-    private const string PastPrefix = "past_key_values.";
-    private const string PresentPrefix = "present.";
-    private const string CombinedPastPrefix = "past_";
-    private const string CombinedPresentPrefix = "present_";
+    private const string InputIdsName = DecoderNames.InputIds;
+    private const string AttentionMaskName = DecoderNames.AttentionMask;
+    private const string PositionIdsName = DecoderNames.PositionIds;
+    private const string LogitsName = DecoderNames.Logits;
+    private const string PastPrefix = DecoderNames.PastPrefix;
+    private const string PresentPrefix = DecoderNames.PresentPrefix;
+    private const string CombinedPastPrefix = DecoderNames.CombinedPastPrefix;
+    private const string CombinedPresentPrefix = DecoderNames.CombinedPresentPrefix;
 
     private readonly InferenceSession _session;
     private readonly List<(string Past, string Present)> _cachePairs = [];

@@ -2,6 +2,7 @@ using Google.Protobuf;
 using HySparse.Cli;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
@@ -84,11 +85,11 @@ public sealed class ContribAttentionConversionTests
         var (hybrid, _) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = new HybridParameters { TopK = 5, BlockSize = 4, Window = 3 } });
 
         var cast = hybrid.Graph.Node.Single(n => n.OpType == "Cast" && n.Output[0].StartsWith("hysparse.", StringComparison.Ordinal));
-        Assert.AreEqual(LlamaNames.AttentionMask, cast.Input[0]);
+        Assert.AreEqual(DecoderNames.AttentionMask, cast.Input[0]);
         Assert.AreEqual((long)TensorProto.Types.DataType.Int64, cast.Attribute.Single(a => a.Name == "to").I);
         foreach (var op in hybrid.Graph.Node.Where(n => n.Domain == HySparseOps.Domain))
             Assert.AreEqual(cast.Output[0], op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
-        Assert.AreEqual(maskType, (TensorProto.Types.DataType)hybrid.Graph.Input.Single(i => i.Name == LlamaNames.AttentionMask).Type.TensorType.ElemType, "interface unchanged");
+        Assert.AreEqual(maskType, (TensorProto.Types.DataType)hybrid.Graph.Input.Single(i => i.Name == DecoderNames.AttentionMask).Type.TensorType.ElemType, "interface unchanged");
         MultiHeadAttentionConversionTests.AssertConvertedEqualsSource(source, hybrid, Config);
     }
 
@@ -156,10 +157,10 @@ public sealed class ContribAttentionConversionTests
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions());
         var nodes = hybrid.Graph.Node;
         NodeProto ProducerOf(string tensor) => nodes.Single(n => n.Output.Contains(tensor));
-        var graph = new HySparse.Exporter.Graph.GraphIndex(hybrid.Graph);
+        var graph = new HySparse.Graph.GraphIndex(hybrid.Graph);
 
         Assert.IsFalse(nodes.Any(n => n.OpType == "Attention"));
-        Assert.IsFalse(nodes.Any(n => n.OpType == "Cast" && n.Input[0] == LlamaNames.AttentionMask), "the int32 mask_index is no longer needed");
+        Assert.IsFalse(nodes.Any(n => n.OpType == "Cast" && n.Input[0] == DecoderNames.AttentionMask), "the int32 mask_index is no longer needed");
         CollectionAssert.AreEqual(source.Graph.Input.Select(i => i.ToString()).ToArray(), hybrid.Graph.Input.Select(i => i.ToString()).ToArray(), "inputs unchanged");
         CollectionAssert.AreEqual(source.Graph.Output.Select(o => o.ToString()).ToArray(), hybrid.Graph.Output.Select(o => o.ToString()).ToArray(), "outputs unchanged");
         CollectionAssert.AreEqual(new int?[] { 0, 1, 2, 3 }, report.Layers.Select(l => l.CacheIndex).ToArray());
@@ -185,13 +186,13 @@ public sealed class ContribAttentionConversionTests
             {
                 var gather = ProducerOf(op.Input[input]);
                 Assert.AreEqual("Gather", gather.OpType);
-                Assert.AreEqual(LlamaNames.CombinedPast(layer), gather.Input[0]);
+                Assert.AreEqual(DecoderNames.CombinedPast(layer), gather.Input[0]);
                 CollectionAssert.AreEqual(new[] { index }, graph.IntConstant(gather.Input[1]));
             }
-            Assert.AreEqual(LlamaNames.AttentionMask, op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
+            Assert.AreEqual(DecoderNames.AttentionMask, op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
 
             // present_N = Concat(Unsqueeze(present key), Unsqueeze(present value)) on axis 0.
-            var concat = ProducerOf(LlamaNames.CombinedPresent(layer));
+            var concat = ProducerOf(DecoderNames.CombinedPresent(layer));
             Assert.AreEqual("Concat", concat.OpType);
             Assert.AreEqual(0, concat.Attribute.Single(a => a.Name == "axis").I);
             CollectionAssert.AreEqual(new[] { op.Output[1], op.Output[2] }, concat.Input.Select(i => ProducerOf(i)).Select(u => u.Input[0]).ToArray());
@@ -216,8 +217,8 @@ public sealed class ContribAttentionConversionTests
         ["not causal", (Action<NodeProto>)(n => n.Attribute.Remove(n.Attribute.Single(a => a.Name == "unidirectional"))), "not causal"],
         ["unidirectional=0", (Action<NodeProto>)(n => n.Attribute.Single(a => a.Name == "unidirectional").I = 0), "not causal"],
         ["attention_bias", (Action<NodeProto>)(n => n.Input.Add("model.embed_tokens.weight")), "'attention_bias'"],
-        ["past_sequence_length", (Action<NodeProto>)(n => n.Input.AddRange(["", LlamaNames.AttentionMask])), "'past_sequence_length'"],
-        ["mask from an int64 input without a Cast", (Action<NodeProto>)(n => n.Input[3] = LlamaNames.InputIds), "mask_index"],
+        ["past_sequence_length", (Action<NodeProto>)(n => n.Input.AddRange(["", DecoderNames.AttentionMask])), "'past_sequence_length'"],
+        ["mask from an int64 input without a Cast", (Action<NodeProto>)(n => n.Input[3] = DecoderNames.InputIds), "mask_index"],
         ["mask computed, not a graph input", (Action<NodeProto>)(n => n.Input[3] = n.Input[0]), "mask_index"],
         ["do_rotary", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Int("do_rotary", 1))), "rotary"],
         ["unequal qkv_hidden_sizes", (Action<NodeProto>)(n => n.Attribute.Add(Attr.Ints("qkv_hidden_sizes", 32, 32, 16))), "qkv_hidden_sizes"],
@@ -227,7 +228,7 @@ public sealed class ContribAttentionConversionTests
         ["no past", (Action<NodeProto>)(n => n.Input.RemoveAt(4)), "'past'"],
         ["weights of another width", (Action<NodeProto>)(n => n.Input[1] = "model.layers.1.mlp.gate_proj.weight"), "expected [hidden, 96]"],
         ["bias of another width", (Action<NodeProto>)(n => n.Input[2] = "model.layers.1.input_layernorm.weight"), "expected [96]"],
-        ["past not [2,B,H,P,D]", (Action<NodeProto>)(n => n.Input[4] = LlamaNames.AttentionMask), "5-D shape [2, B, H, length, D]"],
+        ["past not [2,B,H,P,D]", (Action<NodeProto>)(n => n.Input[4] = DecoderNames.AttentionMask), "5-D shape [2, B, H, length, D]"],
         ["past not a graph input", (Action<NodeProto>)(n => n.Input[4] = n.Input[0]), "is not a graph input"],
     ];
 

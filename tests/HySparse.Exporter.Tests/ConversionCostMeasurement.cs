@@ -1,7 +1,9 @@
+using HySparse.Onnx;
 using System.Diagnostics;
 using System.Globalization;
 using Google.Protobuf;
 using HySparse.Cli;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using Onnx;
@@ -81,7 +83,7 @@ public sealed class ConversionCostMeasurement
             ExternalData.PointTo(tensor, dataName, offset, length);
             offset += length;
         }
-        foreach (var dim in model.Graph.Output.Single(o => o.Name == LlamaNames.Logits).Type.TensorType.Shape.Dim.Where(d => d.DimValue == 13))
+        foreach (var dim in model.Graph.Output.Single(o => o.Name == DecoderNames.Logits).Type.TensorType.Shape.Dim.Where(d => d.DimValue == 13))
             dim.DimValue = Shape.Vocab;
         using (var data = new FileStream(Path.Combine(Path.GetDirectoryName(path)!, dataName), FileMode.Create, FileAccess.Write))
             data.SetLength(offset);

@@ -1,6 +1,7 @@
 using Google.Protobuf;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
@@ -34,9 +35,9 @@ public sealed class ConversionStructureTests
             Assert.AreEqual(kvHeads, layer.KvNumHeads);
             Assert.AreEqual(config.HeadDim, layer.HeadSize);
             Assert.AreEqual(1f / MathF.Sqrt(config.HeadDim), layer.Scale, 1e-7f);
-            Assert.AreEqual(LlamaNames.PastKey(l), layer.PastKey);
-            Assert.AreEqual(LlamaNames.PresentValue(l), layer.PresentValue);
-            Assert.AreEqual(LlamaNames.AttentionMask, layer.AttentionMask);
+            Assert.AreEqual(DecoderNames.PastKey(l), layer.PastKey);
+            Assert.AreEqual(DecoderNames.PresentValue(l), layer.PresentValue);
+            Assert.AreEqual(DecoderNames.AttentionMask, layer.AttentionMask);
             Assert.AreEqual($"/model/layers.{l}/self_attn/Softmax", layer.AnchorNode);
             // Expansion adds Unsqueeze/Expand/Reshape per K and V when heads are shared.
             Assert.HasCount(heads == kvHeads ? 8 : 14, layer.ReplacedNodes);
@@ -106,10 +107,10 @@ public sealed class ConversionStructureTests
             Assert.AreEqual($"{scope}/Add", producers[op.Input[0]].Name);
             Assert.AreEqual($"{scope}/Add_1", producers[op.Input[1]].Name);
             Assert.AreEqual($"{scope}/Transpose_2", producers[op.Input[2]].Name);
-            Assert.AreEqual(LlamaNames.PastKey(l), op.Input[3]);
-            Assert.AreEqual(LlamaNames.PastValue(l), op.Input[4]);
-            Assert.AreEqual(LlamaNames.PresentKey(l), op.Output[1]);
-            Assert.AreEqual(LlamaNames.PresentValue(l), op.Output[2]);
+            Assert.AreEqual(DecoderNames.PastKey(l), op.Input[3]);
+            Assert.AreEqual(DecoderNames.PastValue(l), op.Input[4]);
+            Assert.AreEqual(DecoderNames.PresentKey(l), op.Output[1]);
+            Assert.AreEqual(DecoderNames.PresentValue(l), op.Output[2]);
             var reader = graph.Node.Single(n => n.Input.Contains(op.Output[0]));
             Assert.AreEqual($"{scope}/Transpose_4", reader.Name, "the head-merge Transpose must read the op's output");
 
@@ -120,7 +121,7 @@ public sealed class ConversionStructureTests
             if (op.OpType == HySparseOps.FullAttn)
             {
                 Assert.HasCount(6, op.Input);
-                Assert.AreEqual(LlamaNames.AttentionMask, op.Input[5]);
+                Assert.AreEqual(DecoderNames.AttentionMask, op.Input[5]);
                 Assert.AreEqual(3L, Attr.GetInt(op, "top_k", -1));
                 Assert.HasCount(l == 5 ? 3 : 4, op.Output, "only a full layer followed by sparse layers selects blocks");
                 Assert.HasCount(5, op.Attribute);
@@ -131,7 +132,7 @@ public sealed class ConversionStructureTests
                 Assert.AreEqual("", op.Input[5]);
                 Assert.AreEqual("", op.Input[6]);
                 Assert.AreEqual(ops[l < 3 ? 0 : 3].Output[3], op.Input[7], "a sparse layer reads the preceding full layer's block_indices");
-                Assert.AreEqual(LlamaNames.AttentionMask, op.Input[8]);
+                Assert.AreEqual(DecoderNames.AttentionMask, op.Input[8]);
                 Assert.AreEqual(5L, Attr.GetInt(op, "window", -1));
                 Assert.AreEqual("union", Attr.GetString(op, "combine"));
                 Assert.AreEqual(0L, Attr.GetInt(op, "window_cache", -1));

@@ -1,3 +1,5 @@
+using HySparse.Graph;
+using HySparse.Onnx;
 using HySparse.Models.Llama;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
@@ -65,40 +67,40 @@ public static class DecoderRunner
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         configure?.Invoke(options);
         using var session = open(options);
-        var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
+        var names = new List<string> { DecoderNames.InputIds, DecoderNames.AttentionMask };
         var values = new List<OrtValue>
         {
             OrtValue.CreateTensorValueFromMemory(inputs.InputIds, [inputs.Batch, inputs.NewTokens]),
             MaskValue(session, inputs),
         };
         // Positions as the float64 reference takes them, so padded rows match it too.
-        if (session.InputMetadata.ContainsKey(LlamaNames.PositionIds))
+        if (session.InputMetadata.ContainsKey(DecoderNames.PositionIds))
         {
-            names.Add(LlamaNames.PositionIds);
+            names.Add(DecoderNames.PositionIds);
             values.Add(OrtValue.CreateTensorValueFromMemory(ReferenceLlama.Positions(inputs.Mask, inputs.Batch, inputs.NewTokens), [inputs.Batch, inputs.NewTokens]));
         }
         // An export without KV cache has neither past inputs nor present outputs; a GPT-2 style one
         // (com.microsoft.Attention) keeps keys and values of a layer in one [2,B,H,T,D] tensor.
-        var combined = session.InputMetadata.ContainsKey(LlamaNames.CombinedPast(0));
-        var cached = combined || session.InputMetadata.ContainsKey(LlamaNames.PastKey(0));
+        var combined = session.InputMetadata.ContainsKey(DecoderNames.CombinedPast(0));
+        var cached = combined || session.InputMetadata.ContainsKey(DecoderNames.PastKey(0));
         if (!cached && inputs.Past > 0) throw new ArgumentException("a model without KV cache takes no past tokens");
         long[] cacheShape = [inputs.Batch, config.KvHeads, inputs.CacheLength, config.HeadDim];
-        var outputNames = new List<string> { LlamaNames.Logits };
+        var outputNames = new List<string> { DecoderNames.Logits };
         for (var l = 0; l < config.Layers && cached; l++)
         {
             if (combined)
             {
-                names.Add(LlamaNames.CombinedPast(l));
+                names.Add(DecoderNames.CombinedPast(l));
                 values.Add(OrtValue.CreateTensorValueFromMemory([.. inputs.PastKeys[l], .. inputs.PastValues[l]], [2, .. cacheShape]));
-                outputNames.Add(LlamaNames.CombinedPresent(l));
+                outputNames.Add(DecoderNames.CombinedPresent(l));
                 continue;
             }
-            names.Add(LlamaNames.PastKey(l));
+            names.Add(DecoderNames.PastKey(l));
             values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastKeys[l], cacheShape));
-            names.Add(LlamaNames.PastValue(l));
+            names.Add(DecoderNames.PastValue(l));
             values.Add(OrtValue.CreateTensorValueFromMemory(inputs.PastValues[l], cacheShape));
-            outputNames.Add(LlamaNames.PresentKey(l));
-            outputNames.Add(LlamaNames.PresentValue(l));
+            outputNames.Add(DecoderNames.PresentKey(l));
+            outputNames.Add(DecoderNames.PresentValue(l));
         }
         try
         {
@@ -126,7 +128,7 @@ public static class DecoderRunner
     private static OrtValue MaskValue(InferenceSession session, DecoderInputs inputs)
     {
         long[] shape = [inputs.Batch, inputs.Total];
-        return session.InputMetadata[LlamaNames.AttentionMask].ElementDataType switch
+        return session.InputMetadata[DecoderNames.AttentionMask].ElementDataType switch
         {
             TensorElementType.Int32 => OrtValue.CreateTensorValueFromMemory(inputs.Mask.Select(m => (int)m).ToArray(), shape),
             TensorElementType.Float => OrtValue.CreateTensorValueFromMemory(inputs.Mask.Select(m => (float)m).ToArray(), shape),

@@ -1,3 +1,5 @@
+using HySparse.Graph;
+using HySparse.Models.Graph;
 using Google.Protobuf;
 using HySparse.Models.Llama;
 using HySparse.Exporter.Layout;
@@ -352,7 +354,7 @@ public sealed class ExportVariantStructureTests
         switch (mutation)
         {
             case "softcap":
-                node.Attribute.Add(HySparse.Models.Graph.Attr.Float("softcap", 50f));
+                node.Attribute.Add(HySparse.Graph.Attr.Float("softcap", 50f));
                 break;
             case "past-not-an-input":
                 // Reading another layer's present as its past: not a cache the op can be fed.

@@ -1,5 +1,5 @@
 using Google.Protobuf;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using HySparse.Models.Llama;
 
 namespace HySparse.Exporter.Tests;

@@ -1,4 +1,5 @@
 using Google.Protobuf;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using HySparse.Onnx;

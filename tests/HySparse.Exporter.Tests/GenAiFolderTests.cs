@@ -142,7 +142,7 @@ public sealed class GenAiFolderTests
 
     private static string[] RotaryNodesOnPositionIds(string folder) =>
         ModelFile.Load(GenAiModelFolder.Open(folder).DecoderPath).Graph.Node
-            .Where(n => n.OpType == "RotaryEmbedding" && n.Input[1] == LlamaNames.PositionIds).Select(n => n.ToString()).ToArray();
+            .Where(n => n.OpType == "RotaryEmbedding" && n.Input[1] == DecoderNames.PositionIds).Select(n => n.ToString()).ToArray();
 
     [TestMethod]
     public void GroupQueryAttentionFolder_KvSharing_RunsUnderGenAiWithWindowCaches_AndHoldsLessKv()

@@ -1,3 +1,4 @@
+using HySparse.Graph;
 using System.Text.Json;
 using Google.Protobuf;
 using HySparse.Cli;

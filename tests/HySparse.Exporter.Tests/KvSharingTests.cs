@@ -1,5 +1,6 @@
 using Google.Protobuf;
 using HySparse.Exporter.Layout;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
@@ -53,11 +54,11 @@ public sealed class KvSharingTests
                 var oracle = ops[SharedFrom[l]];
                 CollectionAssert.AreEqual(new[]
                 {
-                    LlamaNames.PastKey(l), LlamaNames.PastValue(l),
-                    LlamaNames.PresentKey(SharedFrom[l]), LlamaNames.PresentValue(SharedFrom[l]),
-                    oracle.Output[3], LlamaNames.AttentionMask,
+                    DecoderNames.PastKey(l), DecoderNames.PastValue(l),
+                    DecoderNames.PresentKey(SharedFrom[l]), DecoderNames.PresentValue(SharedFrom[l]),
+                    oracle.Output[3], DecoderNames.AttentionMask,
                 }, op.Input.Skip(3).ToArray(), $"layer {l} inputs 3..8");
-                CollectionAssert.AreEqual(new[] { LlamaNames.PresentKey(l), LlamaNames.PresentValue(l) }, op.Output.Skip(1).ToArray());
+                CollectionAssert.AreEqual(new[] { DecoderNames.PresentKey(l), DecoderNames.PresentValue(l) }, op.Output.Skip(1).ToArray());
                 Assert.AreEqual(1, Attr.GetInt(op, HySparseOps.Attributes.WindowCache, -1), $"layer {l} window_cache");
                 Assert.AreEqual(5, Attr.GetInt(op, HySparseOps.Attributes.Window, -1));
                 Assert.AreEqual(HySparseOps.CombineModes.Union, op.Attribute.Single(a => a.Name == HySparseOps.Attributes.Combine).S.ToStringUtf8());
@@ -68,8 +69,8 @@ public sealed class KvSharingTests
                 : (LlamaModelBuilder.PastDim, LlamaModelBuilder.TotalDim);
             foreach (var (info, symbol) in new[]
             {
-                (inputs[LlamaNames.PastKey(l)], pastDim), (inputs[LlamaNames.PastValue(l)], pastDim),
-                (outputs[LlamaNames.PresentKey(l)], presentDim), (outputs[LlamaNames.PresentValue(l)], presentDim),
+                (inputs[DecoderNames.PastKey(l)], pastDim), (inputs[DecoderNames.PastValue(l)], pastDim),
+                (outputs[DecoderNames.PresentKey(l)], presentDim), (outputs[DecoderNames.PresentValue(l)], presentDim),
             })
             {
                 var dims = info.Type.TensorType.Shape.Dim;
@@ -82,8 +83,8 @@ public sealed class KvSharingTests
 
         string[] windowCaches =
         [
-            .. SparseLayers.SelectMany(l => new[] { LlamaNames.PastKey(l), LlamaNames.PastValue(l) }),
-            .. SparseLayers.SelectMany(l => new[] { LlamaNames.PresentKey(l), LlamaNames.PresentValue(l) }),
+            .. SparseLayers.SelectMany(l => new[] { DecoderNames.PastKey(l), DecoderNames.PastValue(l) }),
+            .. SparseLayers.SelectMany(l => new[] { DecoderNames.PresentKey(l), DecoderNames.PresentValue(l) }),
         ];
         CollectionAssert.AreEqual(windowCaches, report.WindowCaches.ToArray());
         var metadata = model.MetadataProps.ToDictionary(p => p.Key, p => p.Value);
@@ -99,7 +100,7 @@ public sealed class KvSharingTests
     {
         // Layer 1 declares a float16 cache while layer 0, whose cache it would read, is float32.
         var model = LlamaModelBuilder.Build(Config);
-        foreach (var input in model.Graph.Input.Where(i => i.Name == LlamaNames.PastKey(1) || i.Name == LlamaNames.PastValue(1)))
+        foreach (var input in model.Graph.Input.Where(i => i.Name == DecoderNames.PastKey(1) || i.Name == DecoderNames.PastValue(1)))
             input.Type.TensorType.ElemType = (int)TensorProto.Types.DataType.Float16;
         var before = model.ToByteArray();
         var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = new HybridParameters { Mode = HybridMode.KvSharing } };

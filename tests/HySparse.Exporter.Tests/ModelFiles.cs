@@ -1,5 +1,6 @@
 using System.Security.Cryptography;
 using Google.Protobuf;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using Onnx;

@@ -3,7 +3,7 @@ using Google.Protobuf;
 using HySparse.Cli;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
 using Onnx;
@@ -105,10 +105,10 @@ public sealed class MultiHeadAttentionConversionTests
         var nodes = hybrid.Graph.Node;
 
         Assert.IsFalse(nodes.Any(n => n.OpType == "MultiHeadAttention"));
-        Assert.IsFalse(nodes.Any(n => n.OpType == "Cast" && n.Input[0] == LlamaNames.AttentionMask), "the int32 cast of the mask is no longer needed");
+        Assert.IsFalse(nodes.Any(n => n.OpType == "Cast" && n.Input[0] == DecoderNames.AttentionMask), "the int32 cast of the mask is no longer needed");
         Assert.AreEqual(8, nodes.Count(n => n.OpType == "RotaryEmbedding"), "the source's own RoPE nodes stay");
         foreach (var op in nodes.Where(n => n.Domain == HySparseOps.Domain))
-            Assert.AreEqual(LlamaNames.AttentionMask, op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
+            Assert.AreEqual(DecoderNames.AttentionMask, op.Input[op.OpType == HySparseOps.FullAttn ? 5 : 8], op.Name);
     }
 
     [TestMethod]

@@ -1,4 +1,5 @@
 using Google.Protobuf;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using HySparse.Models.Native;
@@ -162,18 +163,18 @@ public sealed class NativeModelTests
         Assert.AreEqual("6", meta[HybridMetadata.Window]);
         Assert.AreEqual(HySparseOps.CombineModes.Gate, meta[HybridMetadata.Combine]);
         Assert.AreEqual(HybridMetadata.ConcatenatedCache, meta[HybridMetadata.KvCache]);
-        Assert.AreEqual("per_channel", meta[HySparseModelBuilder.MetadataKeys.Gate]);
-        Assert.AreEqual("0", meta[HySparseModelBuilder.MetadataKeys.Sinks]);
-        string[] windowCaches = [.. new[] { 1, 2, 4 }.SelectMany(l => new[] { LlamaNames.PastKey(l), LlamaNames.PastValue(l) }),
-                                 .. new[] { 1, 2, 4 }.SelectMany(l => new[] { LlamaNames.PresentKey(l), LlamaNames.PresentValue(l) })];
+        Assert.AreEqual("per_channel", meta[HybridMetadata.Gate]);
+        Assert.AreEqual("0", meta[HybridMetadata.Sinks]);
+        string[] windowCaches = [.. new[] { 1, 2, 4 }.SelectMany(l => new[] { DecoderNames.PastKey(l), DecoderNames.PastValue(l) }),
+                                 .. new[] { 1, 2, 4 }.SelectMany(l => new[] { DecoderNames.PresentKey(l), DecoderNames.PresentValue(l) })];
         CollectionAssert.AreEqual(windowCaches, meta[HybridMetadata.WindowCaches].Split(','));
 
         // The window caches carry the converter's symbolic lengths.
         string LengthOf(IEnumerable<global::Onnx.ValueInfoProto> values, string name) => values.Single(v => v.Name == name).Type.TensorType.Shape.Dim[2].DimParam;
-        Assert.AreEqual(LlamaModelBuilder.PastDim, LengthOf(model.Graph.Input, LlamaNames.PastKey(3)));
-        Assert.AreEqual(HybridMetadata.PastWindowDim, LengthOf(model.Graph.Input, LlamaNames.PastKey(4)));
-        Assert.AreEqual(LlamaModelBuilder.TotalDim, LengthOf(model.Graph.Output, LlamaNames.PresentValue(5)));
-        Assert.AreEqual(HybridMetadata.PresentWindowDim, LengthOf(model.Graph.Output, LlamaNames.PresentValue(2)));
+        Assert.AreEqual(LlamaModelBuilder.PastDim, LengthOf(model.Graph.Input, DecoderNames.PastKey(3)));
+        Assert.AreEqual(HybridMetadata.PastWindowDim, LengthOf(model.Graph.Input, DecoderNames.PastKey(4)));
+        Assert.AreEqual(LlamaModelBuilder.TotalDim, LengthOf(model.Graph.Output, DecoderNames.PresentValue(5)));
+        Assert.AreEqual(HybridMetadata.PresentWindowDim, LengthOf(model.Graph.Output, DecoderNames.PresentValue(2)));
 
         var full = model.Graph.Node.Where(n => n.OpType == HySparseOps.FullAttn).ToList();
         var sparse = model.Graph.Node.Where(n => n.OpType == HySparseOps.SparseAttn).ToList();
@@ -188,7 +189,7 @@ public sealed class NativeModelTests
             Assert.HasCount(10, node.Input, "no sinks input without sinks");
         }
         // Layer 4's SA branch reads layer 3's cache and selection.
-        CollectionAssert.AreEqual(new[] { LlamaNames.PresentKey(3), LlamaNames.PresentValue(3), full[1].Output[3] }, sparse[2].Input.Skip(5).Take(3).ToArray());
+        CollectionAssert.AreEqual(new[] { DecoderNames.PresentKey(3), DecoderNames.PresentValue(3), full[1].Output[3] }, sparse[2].Input.Skip(5).Take(3).ToArray());
         ModelFile.Validate(model, "native");
     }
 
@@ -278,7 +279,7 @@ public sealed class NativeModelTests
             Array.Copy(ids, b * total + offset, chunkIds, b * chunk, chunk);
             Array.Copy(mask, b * total, prefixMask, b * end, end);
         }
-        var names = new List<string> { LlamaNames.InputIds, LlamaNames.AttentionMask };
+        var names = new List<string> { DecoderNames.InputIds, DecoderNames.AttentionMask };
         var values = new List<OrtValue>
         {
             OrtValue.CreateTensorValueFromMemory(chunkIds, [Batch, chunk]),
@@ -286,7 +287,7 @@ public sealed class NativeModelTests
         };
         for (var i = 0; i < 2 * c.Layers; i++)
         {
-            names.Add(i % 2 == 0 ? LlamaNames.PastKey(i / 2) : LlamaNames.PastValue(i / 2));
+            names.Add(i % 2 == 0 ? DecoderNames.PastKey(i / 2) : DecoderNames.PastValue(i / 2));
             long[] shape = [Batch, c.KvHeads, pasts[i].Length, c.HeadDim];
             // An empty cache has no memory to pin: let ONNX Runtime allocate the zero-length tensor.
             values.Add(pasts[i].Length == 0
@@ -294,7 +295,7 @@ public sealed class NativeModelTests
                 : OrtValue.CreateTensorValueFromMemory(pasts[i].Data, shape));
         }
         var selecting = Enumerable.Range(0, c.Layers).Where(config.FeedsSparseLayer).ToList();
-        var outputNames = Enumerable.Range(0, c.Layers).SelectMany(l => new[] { LlamaNames.PresentKey(l), LlamaNames.PresentValue(l) })
+        var outputNames = Enumerable.Range(0, c.Layers).SelectMany(l => new[] { DecoderNames.PresentKey(l), DecoderNames.PresentValue(l) })
             .Concat(selecting.Select(HySparseModelBuilder.BlockIndicesOutput)).ToList();
         try
         {

@@ -1,4 +1,5 @@
 using HySparse.Exporter.Layout;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using Onnx;

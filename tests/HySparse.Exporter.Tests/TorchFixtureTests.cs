@@ -29,11 +29,11 @@ public sealed class TorchFixtureTests
         };
         var inputs = root.GetProperty("inputs");
         var outputs = root.GetProperty("outputs");
-        var ids = JsonArrays.Flatten(inputs.GetProperty(LlamaNames.InputIds));
-        var batch = inputs.GetProperty(LlamaNames.InputIds).GetArrayLength();
+        var ids = JsonArrays.Flatten(inputs.GetProperty(DecoderNames.InputIds));
+        var batch = inputs.GetProperty(DecoderNames.InputIds).GetArrayLength();
         float[] Floats(JsonElement e) => JsonArrays.Flatten(e).Select(v => (float)v).ToArray();
         // An export without KV cache has no past inputs and no present outputs.
-        var layers = inputs.TryGetProperty(LlamaNames.PastKey(0), out _) ? config.Layers : 0;
+        var layers = inputs.TryGetProperty(DecoderNames.PastKey(0), out _) ? config.Layers : 0;
         return new Fixture(
             System.IO.Path.Combine(directory, $"{name}.onnx"),
             config,
@@ -41,14 +41,14 @@ public sealed class TorchFixtureTests
             {
                 Batch = batch,
                 InputIds = ids.Select(v => (long)v).ToArray(),
-                Mask = JsonArrays.Flatten(inputs.GetProperty(LlamaNames.AttentionMask)).Select(v => (long)v).ToArray(),
-                PastKeys = Enumerable.Range(0, layers).Select(l => Floats(inputs.GetProperty(LlamaNames.PastKey(l)))).ToArray(),
-                PastValues = Enumerable.Range(0, layers).Select(l => Floats(inputs.GetProperty(LlamaNames.PastValue(l)))).ToArray(),
+                Mask = JsonArrays.Flatten(inputs.GetProperty(DecoderNames.AttentionMask)).Select(v => (long)v).ToArray(),
+                PastKeys = Enumerable.Range(0, layers).Select(l => Floats(inputs.GetProperty(DecoderNames.PastKey(l)))).ToArray(),
+                PastValues = Enumerable.Range(0, layers).Select(l => Floats(inputs.GetProperty(DecoderNames.PastValue(l)))).ToArray(),
             },
             new DecoderOutputs(
-                JsonArrays.Flatten(outputs.GetProperty(LlamaNames.Logits)),
-                Enumerable.Range(0, layers).Select(l => JsonArrays.Flatten(outputs.GetProperty(LlamaNames.PresentKey(l)))).ToArray(),
-                Enumerable.Range(0, layers).Select(l => JsonArrays.Flatten(outputs.GetProperty(LlamaNames.PresentValue(l)))).ToArray()));
+                JsonArrays.Flatten(outputs.GetProperty(DecoderNames.Logits)),
+                Enumerable.Range(0, layers).Select(l => JsonArrays.Flatten(outputs.GetProperty(DecoderNames.PresentKey(l)))).ToArray(),
+                Enumerable.Range(0, layers).Select(l => JsonArrays.Flatten(outputs.GetProperty(DecoderNames.PresentValue(l)))).ToArray()));
     }
 
     [TestMethod]
@@ -136,8 +136,8 @@ public sealed class TorchFixtureTests
         };
         var (converted, report) = HybridConverter.Convert(ModelFile.Load(fixture.Path), options);
         Assert.AreEqual("FSSF", report.Layout.Pattern);
-        CollectionAssert.AreEqual(new[] { LlamaNames.PastKey(1), LlamaNames.PastValue(1), LlamaNames.PastKey(2), LlamaNames.PastValue(2),
-            LlamaNames.PresentKey(1), LlamaNames.PresentValue(1), LlamaNames.PresentKey(2), LlamaNames.PresentValue(2) }, report.WindowCaches.ToArray());
+        CollectionAssert.AreEqual(new[] { DecoderNames.PastKey(1), DecoderNames.PastValue(1), DecoderNames.PastKey(2), DecoderNames.PastValue(2),
+            DecoderNames.PresentKey(1), DecoderNames.PresentValue(1), DecoderNames.PresentKey(2), DecoderNames.PresentValue(2) }, report.WindowCaches.ToArray());
 
         var actual = DecoderRunner.Run(converted.ToByteArray(), fixture.Config, fixture.Inputs, o => o.RegisterHySparseOps());
 

@@ -1,5 +1,4 @@
-using HySparse.Exporter.Graph;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 
@@ -23,7 +22,7 @@ namespace HySparse.Exporter.Recognition;
 public sealed class DecomposedAttentionPattern : IAttentionPattern
 {
     /// <summary>Name of the padding-mask graph input the op is fed.</summary>
-    public const string AttentionMaskInput = "attention_mask";
+    public const string AttentionMaskInput = HySparse.Onnx.DecoderNames.AttentionMask;
 
     /// <inheritdoc />
     public AttentionStyle Style => AttentionStyle.Decomposed;

@@ -1,5 +1,5 @@
 using System.Globalization;
-using HySparse.Exporter.Graph;
+using HySparse.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 

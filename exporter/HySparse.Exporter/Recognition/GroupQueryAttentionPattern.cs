@@ -1,4 +1,4 @@
-using HySparse.Exporter.Graph;
+using HySparse.Graph;
 using Onnx;
 
 namespace HySparse.Exporter.Recognition;
@@ -112,7 +112,7 @@ public sealed class GroupQueryAttentionPattern : FusedOperatorPattern
         };
     }
 
-    private static long IntAttribute(NodeProto node, string name) => HySparse.Models.Graph.Attr.GetInt(node, name, 0);
+    private static long IntAttribute(NodeProto node, string name) => HySparse.Graph.Attr.GetInt(node, name, 0);
 
     /// <summary>R/2 from a cos cache's shape [positions, R/2]: a constant's dims or a graph input's fixed declaration.</summary>
     private static int? HalfRotaryWidth(GraphIndex graph, string cache)

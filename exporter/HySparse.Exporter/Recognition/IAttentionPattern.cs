@@ -1,4 +1,4 @@
-using HySparse.Exporter.Graph;
+using HySparse.Graph;
 using Onnx;
 
 namespace HySparse.Exporter.Recognition;

@@ -1,7 +1,6 @@
 using System.Runtime.CompilerServices;
 using Google.Protobuf;
-using HySparse.Exporter.Graph;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 using Onnx;

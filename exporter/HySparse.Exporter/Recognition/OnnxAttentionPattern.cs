@@ -1,5 +1,4 @@
-using HySparse.Exporter.Graph;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 

@@ -1,7 +1,6 @@
 using System.Globalization;
 using System.Text.RegularExpressions;
-using HySparse.Exporter.Graph;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 

@@ -1,4 +1,4 @@
-using HySparse.Exporter.Graph;
+using HySparse.Graph;
 using HySparse.Exporter.Recognition;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;

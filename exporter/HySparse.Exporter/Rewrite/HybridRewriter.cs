@@ -1,7 +1,7 @@
 using System.Globalization;
 using HySparse.Exporter.Layout;
 using HySparse.Exporter.Recognition;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using HySparse.Onnx;
 using Onnx;
 

@@ -1,5 +1,5 @@
 using HySparse.Exporter.Recognition;
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 

@@ -1,3 +1,4 @@
+using HySparse.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 

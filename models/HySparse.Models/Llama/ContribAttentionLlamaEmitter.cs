@@ -1,4 +1,5 @@
-using HySparse.Models.Graph;
+using HySparse.Onnx;
+using HySparse.Graph;
 using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Models.Llama;
@@ -37,9 +38,9 @@ internal sealed class ContribAttentionLlamaEmitter : LlamaEmitter
 
     protected override void EmitAttentionPrelude()
     {
-        string As(DataType type) => AttentionMaskType == type ? LlamaNames.AttentionMask : G.Op("Cast", [LlamaNames.AttentionMask], Attr.Int("to", (long)type));
+        string As(DataType type) => AttentionMaskType == type ? DecoderNames.AttentionMask : G.Op("Cast", [DecoderNames.AttentionMask], Attr.Int("to", (long)type));
         using (G.Scope("position_ids"))
-            _positionIds = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)), As(DataType.Int64));
+            _positionIds = EmitPositionIds(G.Op("Shape", [DecoderNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)), As(DataType.Int64));
         if (_options.PaddingMask) _maskIndex = As(DataType.Int32);
     }
 
@@ -56,20 +57,20 @@ internal sealed class ContribAttentionLlamaEmitter : LlamaEmitter
         var width = 3 * c.Heads * c.HeadDim;
         var weights = G.AddInitializer($"{prefix}.c_attn.weight", [c.Hidden, width], Weights.Layers[layer].ConcatenatedQkv(c));
         var bias = _options.ProjectionBias ? G.AddInitializer($"{prefix}.c_attn.bias", [width], SeededValues((ulong)layer, width, 0.5f)) : "";
-        var outputs = G.Node("Attention", [normed, weights, bias, _maskIndex, LlamaNames.CombinedPast(layer)],
-            [null, LlamaNames.CombinedPresent(layer)], "com.microsoft", Attr.Int("num_heads", c.Heads), Attr.Int("unidirectional", 1));
+        var outputs = G.Node("Attention", [normed, weights, bias, _maskIndex, DecoderNames.CombinedPast(layer)],
+            [null, DecoderNames.CombinedPresent(layer)], "com.microsoft", Attr.Int("num_heads", c.Heads), Attr.Int("unidirectional", 1));
         return outputs[0];
     }
 
     protected override void AddCacheInputs()
     {
         for (var l = 0; l < Config.Layers; l++)
-            G.AddInput(LlamaNames.CombinedPast(l), DataType.Float, 2, LlamaModelBuilder.BatchDim, Config.Heads, LlamaModelBuilder.PastDim, Config.HeadDim);
+            G.AddInput(DecoderNames.CombinedPast(l), DataType.Float, 2, LlamaModelBuilder.BatchDim, Config.Heads, LlamaModelBuilder.PastDim, Config.HeadDim);
     }
 
     protected override void AddCacheOutputs()
     {
         for (var l = 0; l < Config.Layers; l++)
-            G.AddOutput(LlamaNames.CombinedPresent(l), DataType.Float, 2, LlamaModelBuilder.BatchDim, Config.Heads, LlamaModelBuilder.TotalDim, Config.HeadDim);
+            G.AddOutput(DecoderNames.CombinedPresent(l), DataType.Float, 2, LlamaModelBuilder.BatchDim, Config.Heads, LlamaModelBuilder.TotalDim, Config.HeadDim);
     }
 }

@@ -1,4 +1,5 @@
-using HySparse.Models.Graph;
+using HySparse.Onnx;
+using HySparse.Graph;
 using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Models.Llama;
@@ -37,8 +38,8 @@ internal class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExportOpti
     protected override void EmitAttentionPrelude()
     {
         var c = Config;
-        var newTokens = G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2));
-        var total = G.Op("Shape", [LlamaNames.AttentionMask], Attr.Int("start", 1), Attr.Int("end", 2));
+        var newTokens = G.Op("Shape", [DecoderNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2));
+        var total = G.Op("Shape", [DecoderNames.AttentionMask], Attr.Int("start", 1), Attr.Int("end", 2));
         var past = G.Op("Sub", total, newTokens);
 
         var positions = EmitPositionIds(newTokens);
@@ -49,7 +50,7 @@ internal class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExportOpti
         var queryPositions = G.Op("Range", G.Op("Squeeze", past, G.ConstInt64s(0)), G.Op("Squeeze", total, G.ConstInt64s(0)), G.ConstInt64(1));
         var keyPositions = G.Op("Range", G.ConstInt64(0), G.Op("Squeeze", total, G.ConstInt64s(0)), G.ConstInt64(1));
         var causal = G.Op("LessOrEqual", keyPositions, G.Op("Unsqueeze", queryPositions, G.ConstInt64s(1)));
-        var real = G.Op("Cast", [G.Op("Unsqueeze", LlamaNames.AttentionMask, G.ConstInt64s(1, 2))], Attr.Int("to", (long)DataType.Bool));
+        var real = G.Op("Cast", [G.Op("Unsqueeze", DecoderNames.AttentionMask, G.ConstInt64s(1, 2))], Attr.Int("to", (long)DataType.Bool));
         Keep = G.Op("And", causal, real);
         if (NeedsAdditiveMask) _mask = G.Op("Where", Keep, G.ConstFloat(0f), G.ConstFloat(float.MinValue));
     }
@@ -136,8 +137,8 @@ internal class DecomposedLlamaEmitter(LlamaWeights weights, DecomposedExportOpti
     /// outputs, or this call's own with no KV cache.
     /// </summary>
     private (string Keys, string Values) Cached(int layer, string key, string value) => Options.KvCache
-        ? (G.OpNamed(LlamaNames.PresentKey(layer), "Concat", [LlamaNames.PastKey(layer), key], Attr.Int("axis", 2)),
-           G.OpNamed(LlamaNames.PresentValue(layer), "Concat", [LlamaNames.PastValue(layer), value], Attr.Int("axis", 2)))
+        ? (G.OpNamed(DecoderNames.PresentKey(layer), "Concat", [DecoderNames.PastKey(layer), key], Attr.Int("axis", 2)),
+           G.OpNamed(DecoderNames.PresentValue(layer), "Concat", [DecoderNames.PastValue(layer), value], Attr.Int("axis", 2)))
         : (key, value);
 
     /// <summary>RoPE on [B,H,S,D].</summary>

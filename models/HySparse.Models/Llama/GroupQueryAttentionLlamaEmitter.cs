@@ -1,4 +1,5 @@
-using HySparse.Models.Graph;
+using HySparse.Onnx;
+using HySparse.Graph;
 using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Models.Llama;
@@ -24,17 +25,17 @@ internal sealed class GroupQueryAttentionLlamaEmitter(LlamaWeights weights, int 
     {
         using (G.Scope("attn_mask_reformat/attn_mask_subgraph"))
         {
-            var lengths = G.Op("ReduceSum", [LlamaNames.AttentionMask, G.ConstInt64s(1)], Attr.Int("keepdims", 0));
+            var lengths = G.Op("ReduceSum", [DecoderNames.AttentionMask, G.ConstInt64s(1)], Attr.Int("keepdims", 0));
             _seqlensK = G.Op("Cast", [G.Op("Sub", lengths, G.ConstInt64(1))], Attr.Int("to", (long)DataType.Int32));
-            var total = G.Op("Gather", [G.Op("Shape", LlamaNames.AttentionMask), G.ConstInt64(1)], Attr.Int("axis", 0));
+            var total = G.Op("Gather", [G.Op("Shape", DecoderNames.AttentionMask), G.ConstInt64(1)], Attr.Int("axis", 0));
             _totalLength = G.Op("Cast", [total], Attr.Int("to", (long)DataType.Int32));
         }
         (_cos, _sin) = AddRotaryCaches(rotaryPositions);
         if (options.PositionIdsInput)
-            _positions = G.AddInput(LlamaNames.PositionIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
+            _positions = G.AddInput(DecoderNames.PositionIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
         else if (!options.DoRotary)
             using (G.Scope("rotary_emb"))
-                _positions = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
+                _positions = EmitPositionIds(G.Op("Shape", [DecoderNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
     }
 
     protected override string EmitAttention(int layer, string normed)
@@ -61,8 +62,8 @@ internal sealed class GroupQueryAttentionLlamaEmitter(LlamaWeights weights, int 
         }
         var rotary = options.DoRotary ? new[] { _cos, _sin } : [];
         var outputs = G.Node("GroupQueryAttention",
-            [query, key, value, LlamaNames.PastKey(layer), LlamaNames.PastValue(layer), _seqlensK, _totalLength, .. rotary],
-            [null, LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer)], "com.microsoft",
+            [query, key, value, DecoderNames.PastKey(layer), DecoderNames.PastValue(layer), _seqlensK, _totalLength, .. rotary],
+            [null, DecoderNames.PresentKey(layer), DecoderNames.PresentValue(layer)], "com.microsoft",
             Attr.Int("num_heads", c.Heads), Attr.Int("kv_num_heads", c.KvHeads), Attr.Int("do_rotary", options.DoRotary ? 1 : 0),
             Attr.Int("rotary_interleaved", options.RotaryInterleaved ? 1 : 0), Attr.Int("local_window_size", -1));
         return outputs[0];

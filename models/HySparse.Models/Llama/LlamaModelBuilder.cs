@@ -1,3 +1,5 @@
+using HySparse.Onnx;
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
@@ -300,8 +302,8 @@ internal abstract class LlamaEmitter
         var c = Config;
         for (var l = 0; l < c.Layers; l++)
         {
-            G.AddInput(LlamaNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
-            G.AddInput(LlamaNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
+            G.AddInput(DecoderNames.PastKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
+            G.AddInput(DecoderNames.PastValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PastCacheLength(l), c.HeadDim);
         }
     }
 
@@ -311,8 +313,8 @@ internal abstract class LlamaEmitter
         var c = Config;
         for (var l = 0; l < c.Layers; l++)
         {
-            G.AddOutput(LlamaNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
-            G.AddOutput(LlamaNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
+            G.AddOutput(DecoderNames.PresentKey(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
+            G.AddOutput(DecoderNames.PresentValue(l), DataType.Float, LlamaModelBuilder.BatchDim, c.KvHeads, PresentCacheLength(l), c.HeadDim);
         }
     }
 
@@ -339,13 +341,13 @@ internal abstract class LlamaEmitter
     public ModelProto Emit()
     {
         var c = Config;
-        G.AddInput(LlamaNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
-        G.AddInput(LlamaNames.AttentionMask, AttentionMaskType, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
+        G.AddInput(DecoderNames.InputIds, DataType.Int64, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim);
+        G.AddInput(DecoderNames.AttentionMask, AttentionMaskType, LlamaModelBuilder.BatchDim, LlamaModelBuilder.TotalDim);
         if (HasKvCache) AddCacheInputs();
 
         var embedding = G.AddInitializer("model.embed_tokens.weight", [c.Vocab, c.Hidden], Weights.Embedding);
         string x;
-        using (G.Scope("model/embed_tokens")) x = G.Op("Gather", [embedding, LlamaNames.InputIds], Attr.Int("axis", 0));
+        using (G.Scope("model/embed_tokens")) x = G.Op("Gather", [embedding, DecoderNames.InputIds], Attr.Int("axis", 0));
         using (G.Scope("model"))
         {
             EmitAttentionPrelude();
@@ -384,10 +386,10 @@ internal abstract class LlamaEmitter
             var head = Weights.LmHead is { } lmHead
                 ? G.AddInitializer("lm_head.weight", [c.Hidden, c.Vocab], lmHead)
                 : G.Op("Transpose", [embedding], Attr.Ints("perm", 1, 0));
-            G.OpNamed(LlamaNames.Logits, "MatMul", [final, head]);
+            G.OpNamed(DecoderNames.Logits, "MatMul", [final, head]);
         }
 
-        G.AddOutput(LlamaNames.Logits, DataType.Float, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim, c.Vocab);
+        G.AddOutput(DecoderNames.Logits, DataType.Float, LlamaModelBuilder.BatchDim, LlamaModelBuilder.SequenceDim, c.Vocab);
         if (HasKvCache) AddCacheOutputs();
         AddExtraOutputs();
         return G.BuildModel(Opsets, irVersion: 8, producer: "HySparse.Models");
@@ -398,7 +400,7 @@ internal abstract class LlamaEmitter
     /// set to 1, then the last S columns (the new tokens). <paramref name="newTokens"/> is S as a
     /// one-element int64 vector; <paramref name="mask"/> the int64 mask (default: the graph input).
     /// </summary>
-    protected string EmitPositionIds(string newTokens, string mask = LlamaNames.AttentionMask)
+    protected string EmitPositionIds(string newTokens, string mask = DecoderNames.AttentionMask)
     {
         var cumulative = G.Op("CumSum", mask, G.ConstInt64(1));
         var positionsAll = G.Op("Where",

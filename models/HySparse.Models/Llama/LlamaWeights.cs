@@ -1,3 +1,4 @@
+using HySparse.Graph;
 namespace HySparse.Models.Llama;
 
 /// <summary>

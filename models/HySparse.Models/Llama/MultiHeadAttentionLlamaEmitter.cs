@@ -1,4 +1,5 @@
-using HySparse.Models.Graph;
+using HySparse.Onnx;
+using HySparse.Graph;
 using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Models.Llama;
@@ -30,8 +31,8 @@ internal sealed class MultiHeadAttentionLlamaEmitter : LlamaEmitter
     {
         (_cos, _sin) = AddRotaryCaches(_rotaryPositions);
         using (G.Scope("rotary_emb"))
-            _positions = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
-        _keyPaddingMask = G.Op("Cast", [LlamaNames.AttentionMask], Attr.Int("to", (long)DataType.Int32));
+            _positions = EmitPositionIds(G.Op("Shape", [DecoderNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
+        _keyPaddingMask = G.Op("Cast", [DecoderNames.AttentionMask], Attr.Int("to", (long)DataType.Int32));
     }
 
     protected override string EmitAttention(int layer, string normed)
@@ -46,8 +47,8 @@ internal sealed class MultiHeadAttentionLlamaEmitter : LlamaEmitter
         var value = G.Op("MatMul", normed, G.AddInitializer($"{prefix}.v_proj.weight", [c.Hidden, width], w.Value));
         var bias = _options.ProjectionBias ? G.AddInitializer($"{prefix}.qkv_bias", [3 * width], SeededValues((ulong)layer, 3 * width, 0.5f)) : "";
         var outputs = G.Node("MultiHeadAttention",
-            [query, key, value, bias, _keyPaddingMask, "", LlamaNames.PastKey(layer), LlamaNames.PastValue(layer)],
-            [null, LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer)], "com.microsoft",
+            [query, key, value, bias, _keyPaddingMask, "", DecoderNames.PastKey(layer), DecoderNames.PastValue(layer)],
+            [null, DecoderNames.PresentKey(layer), DecoderNames.PresentValue(layer)], "com.microsoft",
             Attr.Int("num_heads", c.Heads), Attr.Int("unidirectional", 1));
         return outputs[0];
     }

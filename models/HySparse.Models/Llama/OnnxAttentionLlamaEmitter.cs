@@ -1,4 +1,5 @@
-using HySparse.Models.Graph;
+using HySparse.Onnx;
+using HySparse.Graph;
 
 namespace HySparse.Models.Llama;
 
@@ -42,8 +43,8 @@ internal sealed class OnnxAttentionLlamaEmitter(LlamaWeights weights, Decomposed
         var outputs = new List<string?> { null };
         if (Options.KvCache)
         {
-            inputs.AddRange([LlamaNames.PastKey(layer), LlamaNames.PastValue(layer)]);
-            outputs.AddRange([LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer)]);
+            inputs.AddRange([DecoderNames.PastKey(layer), DecoderNames.PastValue(layer)]);
+            outputs.AddRange([DecoderNames.PresentKey(layer), DecoderNames.PresentValue(layer)]);
         }
         while (inputs[^1].Length == 0) inputs.RemoveAt(inputs.Count - 1);
         var attributes = new List<global::Onnx.AttributeProto> { Attr.Int("is_causal", options.Mask == OnnxAttentionMask.IsCausal ? 1 : 0) };

@@ -1,3 +1,4 @@
+using HySparse.Graph;
 using HySparse.Models.Graph;
 using HySparse.Models.Llama;
 using HySparse.Onnx;
@@ -27,47 +28,6 @@ namespace HySparse.Models.Native;
 /// </remarks>
 public static class HySparseModelBuilder
 {
-    /// <summary>Value of the <c>hysparse.mode</c> metadata entry of a native model.</summary>
-    public const string NativeMode = "native";
-
-    /// <summary>Symbolic length of a window cache input: min(w, T − S).</summary>
-    public const string PastWindowDim = "past_window_length";
-
-    /// <summary>Symbolic length of a window cache output: min(w, T).</summary>
-    public const string PresentWindowDim = "present_window_length";
-
-    /// <summary>
-    /// The metadata keys a native model carries; the same keys the converter writes
-    /// (HySparse.Exporter's <c>HybridMetadata</c>), so tools read both alike.
-    /// </summary>
-    public static class MetadataKeys
-    {
-        /// <summary>"1".</summary>
-        public const string FormatVersion = "hysparse.format_version";
-        /// <summary><see cref="NativeMode"/>.</summary>
-        public const string Mode = "hysparse.mode";
-        /// <summary>One letter per layer.</summary>
-        public const string Layout = "hysparse.layout";
-        /// <summary>Comma-separated full layers.</summary>
-        public const string FullLayers = "hysparse.full_layers";
-        /// <summary>K.</summary>
-        public const string TopK = "hysparse.top_k";
-        /// <summary>Block size.</summary>
-        public const string BlockSize = "hysparse.block_size";
-        /// <summary>w.</summary>
-        public const string Window = "hysparse.window";
-        /// <summary>"gate".</summary>
-        public const string Combine = "hysparse.combine";
-        /// <summary>Comma-separated cache inputs, then outputs, that are window caches.</summary>
-        public const string WindowCaches = "hysparse.window_caches";
-        /// <summary>"concatenated": each past holds the tokens so far (or the window of them).</summary>
-        public const string KvCache = "hysparse.kv_cache";
-        /// <summary>"per_head" or "per_channel".</summary>
-        public const string Gate = "hysparse.gate";
-        /// <summary>"1" when the sparse layers have sinks, else "0".</summary>
-        public const string Sinks = "hysparse.sinks";
-    }
-
     /// <summary>Name of the graph output that exposes full layer <paramref name="layer"/>'s block indices (see <see cref="Build(HySparseNativeWeights, bool)"/>).</summary>
     public static string BlockIndicesOutput(int layer) => $"block_indices.{layer}";
 
@@ -86,8 +46,8 @@ public static class HySparseModelBuilder
     public static IReadOnlyList<string> WindowCaches(HySparseNativeConfig config)
     {
         var sparse = Enumerable.Range(0, config.Model.Layers).Where(l => !config.IsFull(l)).ToList();
-        return [.. sparse.SelectMany(l => new[] { LlamaNames.PastKey(l), LlamaNames.PastValue(l) }),
-                .. sparse.SelectMany(l => new[] { LlamaNames.PresentKey(l), LlamaNames.PresentValue(l) })];
+        return [.. sparse.SelectMany(l => new[] { DecoderNames.PastKey(l), DecoderNames.PastValue(l) }),
+                .. sparse.SelectMany(l => new[] { DecoderNames.PresentKey(l), DecoderNames.PresentValue(l) })];
     }
 }
 
@@ -108,30 +68,30 @@ internal sealed class HySparseNativeEmitter(HySparseNativeWeights weights, bool 
         model.ProducerName = "HySparse.Models (HySparse-native builder)";
         var c = _native;
         void Meta(string key, string value) => model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
-        Meta(HySparseModelBuilder.MetadataKeys.FormatVersion, "1");
-        Meta(HySparseModelBuilder.MetadataKeys.Mode, HySparseModelBuilder.NativeMode);
-        Meta(HySparseModelBuilder.MetadataKeys.Layout, c.Layout);
-        Meta(HySparseModelBuilder.MetadataKeys.FullLayers, string.Join(",", c.FullLayers));
-        Meta(HySparseModelBuilder.MetadataKeys.TopK, c.TopK.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        Meta(HySparseModelBuilder.MetadataKeys.BlockSize, c.BlockSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        Meta(HySparseModelBuilder.MetadataKeys.Window, c.Window.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        Meta(HySparseModelBuilder.MetadataKeys.Combine, HySparseOps.CombineModes.Gate);
-        Meta(HySparseModelBuilder.MetadataKeys.WindowCaches, string.Join(",", HySparseModelBuilder.WindowCaches(c)));
-        Meta(HySparseModelBuilder.MetadataKeys.KvCache, "concatenated");
-        Meta(HySparseModelBuilder.MetadataKeys.Gate, c.Gate == SparseGateKind.PerHead ? "per_head" : "per_channel");
-        Meta(HySparseModelBuilder.MetadataKeys.Sinks, c.Sinks ? "1" : "0");
+        Meta(HybridMetadata.FormatVersion, "1");
+        Meta(HybridMetadata.Mode, HybridMetadata.NativeMode);
+        Meta(HybridMetadata.Layout, c.Layout);
+        Meta(HybridMetadata.FullLayers, string.Join(",", c.FullLayers));
+        Meta(HybridMetadata.TopK, c.TopK.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Meta(HybridMetadata.BlockSize, c.BlockSize.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Meta(HybridMetadata.Window, c.Window.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Meta(HybridMetadata.Combine, HySparseOps.CombineModes.Gate);
+        Meta(HybridMetadata.WindowCaches, string.Join(",", HySparseModelBuilder.WindowCaches(c)));
+        Meta(HybridMetadata.KvCache, HybridMetadata.ConcatenatedCache);
+        Meta(HybridMetadata.Gate, c.Gate == SparseGateKind.PerHead ? HybridMetadata.PerHeadGate : HybridMetadata.PerChannelGate);
+        Meta(HybridMetadata.Sinks, c.Sinks ? "1" : "0");
         return model;
     }
 
     protected override Dim PastCacheLength(int layer) =>
-        _native.IsFull(layer) ? LlamaModelBuilder.PastDim : HySparseModelBuilder.PastWindowDim;
+        _native.IsFull(layer) ? LlamaModelBuilder.PastDim : HybridMetadata.PastWindowDim;
 
     protected override Dim PresentCacheLength(int layer) =>
-        _native.IsFull(layer) ? LlamaModelBuilder.TotalDim : HySparseModelBuilder.PresentWindowDim;
+        _native.IsFull(layer) ? LlamaModelBuilder.TotalDim : HybridMetadata.PresentWindowDim;
 
     protected override void EmitAttentionPrelude()
     {
-        var positions = EmitPositionIds(G.Op("Shape", [LlamaNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
+        var positions = EmitPositionIds(G.Op("Shape", [DecoderNames.InputIds], Attr.Int("start", 1), Attr.Int("end", 2)));
         // [B,S,1,D]: broadcast over the heads of a [B,S,H,D] view of the 3-D projections.
         (_cos, _sin) = EmitRotaryTables(positions, headAxis: 2);
     }
@@ -155,10 +115,10 @@ internal sealed class HySparseNativeEmitter(HySparseNativeWeights weights, bool 
         {
             var selects = _native.FeedsSparseLayer(layer);
             string?[] outputs = selects
-                ? [null, LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer), exposeBlockIndices ? HySparseModelBuilder.BlockIndicesOutput(layer) : null]
-                : [null, LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer)];
+                ? [null, DecoderNames.PresentKey(layer), DecoderNames.PresentValue(layer), exposeBlockIndices ? HySparseModelBuilder.BlockIndicesOutput(layer) : null]
+                : [null, DecoderNames.PresentKey(layer), DecoderNames.PresentValue(layer)];
             var results = G.Node(HySparseOps.FullAttn,
-                [query, key, value, LlamaNames.PastKey(layer), LlamaNames.PastValue(layer), LlamaNames.AttentionMask],
+                [query, key, value, DecoderNames.PastKey(layer), DecoderNames.PastValue(layer), DecoderNames.AttentionMask],
                 outputs, HySparseOps.Domain, [.. common, Attr.Int(HySparseOps.Attributes.TopK, _native.TopK)]);
             (_sharedKey, _sharedValue, _blockIndices) = (results[1], results[2], selects ? results[3] : "");
             return results[0];
@@ -168,11 +128,11 @@ internal sealed class HySparseNativeEmitter(HySparseNativeWeights weights, bool 
         var gate = G.Op("Add",
             G.Op("MatMul", normed, G.AddInitializer($"{prefix}.gate_proj.weight", [c.Hidden, _native.GateWidth], sparse.Gate)),
             G.AddInitializer($"{prefix}.gate_proj.bias", [_native.GateWidth], sparse.GateBias));
-        List<string> inputs = [query, key, value, LlamaNames.PastKey(layer), LlamaNames.PastValue(layer), _sharedKey, _sharedValue, _blockIndices,
-            LlamaNames.AttentionMask, gate];
+        List<string> inputs = [query, key, value, DecoderNames.PastKey(layer), DecoderNames.PastValue(layer), _sharedKey, _sharedValue, _blockIndices,
+            DecoderNames.AttentionMask, gate];
         if (sparse.Sinks is { } sinks) inputs.Add(G.AddInitializer($"{prefix}.sinks", [2, c.Heads], sinks));
         return G.Node(HySparseOps.SparseAttn, inputs,
-            [null, LlamaNames.PresentKey(layer), LlamaNames.PresentValue(layer)], HySparseOps.Domain,
+            [null, DecoderNames.PresentKey(layer), DecoderNames.PresentValue(layer)], HySparseOps.Domain,
             [.. common, Attr.Int(HySparseOps.Attributes.Window, _native.Window),
              Attr.String(HySparseOps.Attributes.Combine, HySparseOps.CombineModes.Gate), Attr.Int(HySparseOps.Attributes.WindowCache, 1)])[0];
     }

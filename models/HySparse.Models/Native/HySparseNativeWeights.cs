@@ -1,3 +1,4 @@
+using HySparse.Graph;
 using HySparse.Models.Llama;
 
 namespace HySparse.Models.Native;

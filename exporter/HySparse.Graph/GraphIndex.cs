@@ -1,7 +1,7 @@
-using HySparse.Models.Graph;
+using HySparse.Graph;
 using Onnx;
 
-namespace HySparse.Exporter.Graph;
+namespace HySparse.Graph;
 
 /// <summary>
 /// Read-only lookups over a graph: which node produces a tensor, which nodes consume it, which

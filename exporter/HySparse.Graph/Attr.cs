@@ -1,7 +1,7 @@
 using Google.Protobuf;
 using Onnx;
 
-namespace HySparse.Models.Graph;
+namespace HySparse.Graph;
 
 /// <summary>Creates and reads ONNX node attributes.</summary>
 public static class Attr

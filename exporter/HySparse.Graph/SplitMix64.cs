@@ -1,4 +1,5 @@
-namespace HySparse.Models.Llama;
+using HySparse.Graph;
+namespace HySparse.Graph;
 
 /// <summary>
 /// SplitMix64 generator: a fixed, documented algorithm, so a seed names the same weights on every

@@ -3,7 +3,7 @@ using Google.Protobuf;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 
-namespace HySparse.Models.Graph;
+namespace HySparse.Graph;
 
 /// <summary>
 /// Creates ONNX tensors from arrays and reads small ones back. Data is stored as little-endian

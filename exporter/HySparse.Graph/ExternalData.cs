@@ -1,7 +1,8 @@
+using HySparse.Graph;
 using Google.Protobuf;
 using Onnx;
 
-namespace HySparse.Models.Graph;
+namespace HySparse.Graph;
 
 /// <summary>
 /// Moves initializer bytes out of the model protobuf into a side file, as exporters do for models
