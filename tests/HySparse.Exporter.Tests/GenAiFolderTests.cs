@@ -302,6 +302,48 @@ public sealed class GenAiFolderTests
         Assert.AreEqual(3, code, stderr);
     }
 
+    /// <summary>
+    /// The trained byte-level dense model as a genai folder with its tokenizer: a text prompt goes in
+    /// through genai's tokenizer, the converted folders answer it, and the text comes back out.
+    /// </summary>
+    [TestMethod]
+    public void TrainedModelFolder_TextPromptThroughTheTokenizer_ConvertedFoldersAnswerIt()
+    {
+        using var dir = new ModelDirectory();
+        var trained = Path.Combine(AppContext.BaseDirectory, "fixtures", "trained");
+        var dense = Directory.CreateDirectory(Path.Combine(dir.Path, "dense")).FullName;
+        foreach (var file in Directory.GetFiles(Path.Combine(trained, "genai"))) File.Copy(file, Path.Combine(dense, Path.GetFileName(file)));
+        File.Copy(Path.Combine(trained, "dense.onnx"), Path.Combine(dense, "model.onnx"));
+        var prompt = "import os\nimport sys\n\n\ndef main(argv):\n    \"\"\"Parse the command line.\"\"\"\n    for arg in argv:\n        ";
+
+        // Token id = byte value, through genai's own tokenizer both ways.
+        var ids = GenAiRunner.Encode(dense, prompt);
+        CollectionAssert.AreEqual(System.Text.Encoding.UTF8.GetBytes(prompt).Select(b => (int)b).ToArray(), ids);
+        Assert.AreEqual(prompt, GenAiRunner.Decode(dense, ids));
+
+        // Blocks of 16 over 98 + 48 tokens: K = 16 covers every block, so the retrofit is exact.
+        var covering = Path.Combine(dir.Path, "covering");
+        ModelFolderConverter.Convert(dense, covering, new ConversionOptions { Parameters = new HybridParameters { TopK = 16, BlockSize = 16, Window = 16 } });
+        var shared = Path.Combine(dir.Path, "kv-sharing");
+        ModelFolderConverter.Convert(dense, shared, new ConversionOptions { Parameters = new HybridParameters { TopK = 2, BlockSize = 16, Window = 16, Mode = HybridMode.KvSharing } });
+        var settings = new GenerationSettings { NewTokens = NewTokens };
+        var original = GenAiRunner.Generate(dense, [ids], settings);
+        Assert.AreEqual(ids.Length + NewTokens, original.Sequences[0].Length, "the model ended its file (eos = NUL) early");
+        CollectionAssert.AreEqual(original.Sequences[0], GenAiRunner.Generate(covering, [ids], settings).Sequences[0]);
+
+        using var session = TestSessions.Open(File.ReadAllBytes(Path.Combine(shared, "model.onnx")));
+        using var decoder = new KvCacheDecoder(session);
+        var expected = decoder.GenerateGreedy(ids.Select(t => (long)t).ToArray(), NewTokens).Select(t => (int)t).ToArray();
+        var hybrid = GenAiRunner.Generate(shared, [ids], settings);
+        CollectionAssert.AreEqual(expected, hybrid.Sequences[0].Skip(ids.Length).ToArray());
+        Assert.IsTrue(hybrid.KvBytes < original.KvBytes, $"{hybrid.KvBytes} vs {original.KvBytes}");
+
+        // The CLI prints the prompt and the completion as text.
+        var (code, stdout, stderr) = CliTests.Run("generate", covering, "--prompt", prompt, "-n", "8");
+        Assert.AreEqual(0, code, stderr);
+        StringAssert.Contains(stdout, "def main(argv):");
+    }
+
     private static Dictionary<string, string> Hashes(string folder) =>
         Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
             .ToDictionary(f => Path.GetRelativePath(folder, f), f => Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(f))));
