@@ -1,42 +1,43 @@
 using System.Globalization;
-using System.Security;
 using System.Text;
 using HySparse.Onnx;
 
 namespace HySparse.Bench;
 
 /// <summary>
-/// Draws decode time per token against context length, one panel per (shape, type), as a plain SVG
-/// (log–log axes, polylines, a shared legend): dense GroupQueryAttention in both cache conventions,
+/// Draws decode time per token against context length, one ScottPlot panel per (shape, type), stacked
+/// in one SVG (log–log axes, a legend per panel): dense GroupQueryAttention in both cache conventions,
 /// the HySparse ops, and the mean attention time per layer of a 1:3 hybrid (1 full + 3 sparse); and,
 /// when the end-to-end benchmark ran, a panel of whole-model time per token: the dense decoder against
 /// its retrofit and kv-sharing conversions.
 /// </summary>
 public static class SvgPlot
 {
-    private const int PanelWidth = 520, PanelHeight = 340, Columns = 2, LegendColumnWidth = 320;
-    private const int Left = 64, Right = 16, Top = 34, Bottom = 46;
+    private const int PanelWidth = 900, PanelHeight = 380;
 
-    private sealed record Series(string Label, string Color, string Dash, Func<IReadOnlyList<Measurement>, double?> Value);
+    private sealed record Series(string Label, string Color, ScottPlot.LinePattern Dash, Func<IReadOnlyList<Measurement>, double?> Value);
+
+    private static readonly ScottPlot.LinePattern Solid = ScottPlot.LinePattern.Solid, Dashed = ScottPlot.LinePattern.Dashed,
+        Dotted = ScottPlot.LinePattern.Dotted, DenselyDashed = ScottPlot.LinePattern.DenselyDashed;
 
     private static readonly Series[] AllSeries =
     [
-        new("GQA, separate past/present (dense)", "#1f4e99", "", m => Pick(m, Labels.Gqa, Labels.Separate)),
-        new("GQA, shared buffer (dense)", "#5b9bd5", "6 4", m => Pick(m, Labels.Gqa, Labels.SharedBuffer)),
-        new("HySparseFullAttn (+ top-K indices)", "#c00000", "", m => Pick(m, HySparseOps.FullAttn, Labels.Concat)),
-        new("HySparseFullAttn, shared buffer", "#c00000", "6 4", m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer)),
-        new("HySparseSparseAttn retrofit (own full cache)", "#ed7d31", "", m => Pick(m, HySparseOps.SparseAttn, Labels.Retrofit)),
-        new("HySparseSparseAttn retrofit, shared buffer", "#ed7d31", "6 4", m => Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace)),
-        new("HySparseSparseAttn shared-KV (window cache)", "#2e8b57", "", m => Pick(m, HySparseOps.SparseAttn, Labels.SharedKv)),
-        new("hybrid 1:3 shared-KV, mean per layer", "#7030a0", "3 3",
+        new("GQA, separate past/present (dense)", "#1f4e99", Solid, m => Pick(m, Labels.Gqa, Labels.Separate)),
+        new("GQA, shared buffer (dense)", "#5b9bd5", Dashed, m => Pick(m, Labels.Gqa, Labels.SharedBuffer)),
+        new("HySparseFullAttn (+ top-K indices)", "#c00000", Solid, m => Pick(m, HySparseOps.FullAttn, Labels.Concat)),
+        new("HySparseFullAttn, shared buffer", "#c00000", Dashed, m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer)),
+        new("HySparseSparseAttn retrofit (own full cache)", "#ed7d31", Solid, m => Pick(m, HySparseOps.SparseAttn, Labels.Retrofit)),
+        new("HySparseSparseAttn retrofit, shared buffer", "#ed7d31", Dashed, m => Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace)),
+        new("HySparseSparseAttn shared-KV (window cache)", "#2e8b57", Solid, m => Pick(m, HySparseOps.SparseAttn, Labels.SharedKv)),
+        new("hybrid 1:3 shared-KV, mean per layer", "#7030a0", DenselyDashed,
             m => Pick(m, HySparseOps.FullAttn, Labels.Concat) is double f && Pick(m, HySparseOps.SparseAttn, Labels.SharedKv) is double s
                  ? (f + 3 * s) / 4 : null),
-        new("hybrid 1:3 retrofit in place, mean per layer", "#7030a0", "1 3",
+        new("hybrid 1:3 retrofit in place, mean per layer", "#7030a0", Dotted,
             m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer) is double f && Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace) is double s
                  ? (f + 3 * s) / 4 : null),
-        new("whole model: dense decoder", "#000000", "", m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
-        new("whole model: hybrid 1:3 retrofit", "#b8860b", "", m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
-        new("whole model: hybrid 1:3 kv-sharing", "#008b8b", "", m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
+        new("whole model: dense decoder", "#000000", Solid, m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
+        new("whole model: hybrid 1:3 retrofit", "#b8860b", Solid, m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
+        new("whole model: hybrid 1:3 kv-sharing", "#008b8b", Solid, m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
     ];
 
     private const string EndToEndPhase = "e2e", EndToEndVariant = "whole model";
@@ -53,71 +54,57 @@ public static class SvgPlot
         var panels = results.Where(r => r.Phase == "decode").Concat(wholeModel).Where(r => !double.IsNaN(r.MedianMs))
                             .GroupBy(r => (r.Shape, r.Type)).ToList();
         if (panels.Count == 0) return null;
-        var used = AllSeries.Where(s => panels.Any(p => Points(p.ToList(), s).Count > 0)).ToArray();
-        int rows = (panels.Count + Columns - 1) / Columns;
-        int width = PanelWidth * Math.Min(Columns, panels.Count);
-        // Legend entries in as many columns of LegendColumnWidth as fit the width.
-        int legendColumns = Math.Max(1, (width - 40) / LegendColumnWidth);
-        int legendHeight = 42 + (used.Length + legendColumns - 1) / legendColumns * 22;
-        int height = legendHeight + rows * PanelHeight;
 
+        // One ScottPlot plot per panel, stacked in one document as nested SVGs.
         var svg = new StringBuilder();
-        svg.AppendLine($"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">");
-        svg.AppendLine($"<rect width=\"{width}\" height=\"{height}\" fill=\"white\"/>");
-        svg.AppendLine($"<text x=\"{width / 2}\" y=\"20\" text-anchor=\"middle\" font-size=\"15\">Decode time per token vs context (log–log)</text>");
-        for (int i = 0; i < used.Length; i++)
-        {
-            int x = 20 + (i % legendColumns) * (width - 40) / legendColumns, y = 42 + (i / legendColumns) * 22;
-            svg.AppendLine($"<line x1=\"{x}\" y1=\"{y}\" x2=\"{x + 28}\" y2=\"{y}\" stroke=\"{used[i].Color}\" stroke-width=\"2.5\" stroke-dasharray=\"{used[i].Dash}\"/>");
-            svg.AppendLine($"<text x=\"{x + 34}\" y=\"{y + 4}\">{Escape(used[i].Label)}</text>");
-        }
+        svg.AppendLine(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{PanelWidth}\" height=\"{panels.Count * PanelHeight}\">");
         for (int p = 0; p < panels.Count; p++)
         {
-            int ox = (p % Columns) * PanelWidth, oy = legendHeight + (p / Columns) * PanelHeight;
-            var rowsOfPanel = panels[p].ToList();
-            string scope = rowsOfPanel[0].Phase == EndToEndPhase ? "all layers" : "one attention layer";
-            DrawPanel(svg, ox, oy, $"{panels[p].Key.Shape} {panels[p].Key.Type}: {scope}", rowsOfPanel, used);
+            var rows = panels[p].ToList();
+            string scope = rows[0].Phase == EndToEndPhase ? "all layers" : "one attention layer";
+            var panel = Panel($"{panels[p].Key.Shape} {panels[p].Key.Type}: {scope} — decode time per token (log–log)", rows);
+            svg.AppendLine(CultureInfo.InvariantCulture, $"<g transform=\"translate(0,{p * PanelHeight})\">");
+            svg.AppendLine(WithoutProlog(panel.GetSvgXml(PanelWidth, PanelHeight)));
+            svg.AppendLine("</g>");
         }
         svg.AppendLine("</svg>");
         return svg.ToString();
     }
 
-    private static void DrawPanel(StringBuilder svg, int ox, int oy, string title, List<Measurement> rows, Series[] series)
+    private static ScottPlot.Plot Panel(string title, List<Measurement> rows)
     {
-        var lines = series.Select(s => (s, pts: Points(rows, s))).Where(l => l.pts.Count > 0).ToList();
-        var all = lines.SelectMany(l => l.pts).ToList();
-        double xMin = Math.Log2(all.Min(p => p.T)), xMax = Math.Log2(all.Max(p => p.T));
-        if (xMax - xMin < 1e-9) { xMin -= 0.5; xMax += 0.5; }
-        double yMin = Math.Floor(Math.Log10(all.Min(p => p.Ms))), yMax = Math.Ceiling(Math.Log10(all.Max(p => p.Ms)));
-        if (yMax <= yMin) yMax = yMin + 1;
-        int plotW = PanelWidth - Left - Right, plotH = PanelHeight - Top - Bottom;
-        double X(double t) => ox + Left + (Math.Log2(t) - xMin) / (xMax - xMin) * plotW;
-        double Y(double ms) => oy + Top + (yMax - Math.Log10(ms)) / (yMax - yMin) * plotH;
-
-        svg.AppendLine($"<text x=\"{ox + Left + plotW / 2}\" y=\"{oy + 18}\" text-anchor=\"middle\" font-weight=\"bold\">{Escape(title)}</text>");
-        svg.AppendLine($"<rect x=\"{ox + Left}\" y=\"{oy + Top}\" width=\"{plotW}\" height=\"{plotH}\" fill=\"none\" stroke=\"#444\"/>");
-        foreach (long t in all.Select(p => p.T).Distinct().Order())
+        var plot = new ScottPlot.Plot();
+        plot.Title(title, size: 14);
+        plot.XLabel("context T (tokens)", size: 12);
+        plot.YLabel("ms per decoded token", size: 12);
+        plot.ShowLegend(ScottPlot.Edge.Right);
+        // Log–log: the data are plotted as log₂ T and log₁₀ ms, and the ticks say T and ms.
+        foreach (var series in AllSeries)
         {
-            string x = F(X(t));
-            svg.AppendLine($"<line x1=\"{x}\" y1=\"{oy + Top}\" x2=\"{x}\" y2=\"{oy + Top + plotH}\" stroke=\"#ddd\"/>");
-            svg.AppendLine($"<text x=\"{x}\" y=\"{oy + Top + plotH + 16}\" text-anchor=\"middle\">{(t >= 1024 && t % 1024 == 0 ? $"{t / 1024}k" : t.ToString(CultureInfo.InvariantCulture))}</text>");
+            var points = Points(rows, series);
+            if (points.Count == 0) continue;
+            var line = plot.Add.Scatter(points.Select(q => Math.Log2(q.T)).ToArray(), points.Select(q => Math.Log10(q.Ms)).ToArray(),
+                ScottPlot.Color.FromHex(series.Color));
+            line.LinePattern = series.Dash;
+            line.LineWidth = 2;
+            line.MarkerSize = 5;
+            line.LegendText = series.Label;
         }
-        for (double e = yMin; e <= yMax + 1e-9; e++)
+        var contexts = new ScottPlot.TickGenerators.NumericManual();
+        foreach (long t in rows.Select(r => r.Length).Distinct().Order())
+            contexts.AddMajor(Math.Log2(t), t >= 1024 && t % 1024 == 0 ? $"{t / 1024}k" : t.ToString(CultureInfo.InvariantCulture));
+        plot.Axes.Bottom.TickGenerator = contexts;
+        plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic
         {
-            double ms = Math.Pow(10, e);
-            string y = F(Y(ms));
-            svg.AppendLine($"<line x1=\"{ox + Left}\" y1=\"{y}\" x2=\"{ox + Left + plotW}\" y2=\"{y}\" stroke=\"#ddd\"/>");
-            svg.AppendLine($"<text x=\"{ox + Left - 6}\" y=\"{y}\" text-anchor=\"end\" dominant-baseline=\"middle\">{ms.ToString("G4", CultureInfo.InvariantCulture)}</text>");
-        }
-        svg.AppendLine($"<text x=\"{ox + Left + plotW / 2}\" y=\"{oy + PanelHeight - 10}\" text-anchor=\"middle\">context T (tokens)</text>");
-        svg.AppendLine($"<text transform=\"translate({ox + 16},{oy + Top + plotH / 2}) rotate(-90)\" text-anchor=\"middle\">ms per decoded token</text>");
-        foreach (var (s, pts) in lines)
-        {
-            string coords = string.Join(" ", pts.Select(p => $"{F(X(p.T))},{F(Y(p.Ms))}"));
-            svg.AppendLine($"<polyline points=\"{coords}\" fill=\"none\" stroke=\"{s.Color}\" stroke-width=\"2\" stroke-dasharray=\"{s.Dash}\"/>");
-            foreach (var p in pts) svg.AppendLine($"<circle cx=\"{F(X(p.T))}\" cy=\"{F(Y(p.Ms))}\" r=\"2.5\" fill=\"{s.Color}\"/>");
-        }
+            LabelFormatter = y => Math.Pow(10, y).ToString("G3", CultureInfo.InvariantCulture),
+            MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
+            IntegerTicksOnly = true,
+        };
+        return plot;
     }
+
+    private static string WithoutProlog(string svg) =>
+        svg.StartsWith("<?xml", StringComparison.Ordinal) ? svg[(svg.IndexOf("?>", StringComparison.Ordinal) + 2)..] : svg;
 
     private static List<(long T, double Ms)> Points(List<Measurement> rows, Series s) =>
         rows.GroupBy(r => r.Length).OrderBy(g => g.Key)
@@ -128,7 +115,4 @@ public static class SvgPlot
     private static double? Pick(IReadOnlyList<Measurement> rows, string op, string variant) =>
         rows.FirstOrDefault(r => r.Op == op && r.Variant == variant && !double.IsNaN(r.MedianMs))?.MedianMs;
 
-    private static string F(double v) => v.ToString("F1", CultureInfo.InvariantCulture);
-
-    private static string Escape(string s) => SecurityElement.Escape(s);
 }

@@ -55,51 +55,22 @@ public static class Report
         }, new JsonSerializerOptions { WriteIndented = true });
 
     /// <summary>Scatter of bits per byte at the longest context against KV bytes per token, one labelled point per variant.</summary>
+    /// <summary>Quality against KV bytes per token at <paramref name="context"/>, one marker per variant, as SVG.</summary>
     public static string Svg(IReadOnlyList<VariantResult> results, int context)
     {
-        const double width = 760, height = 440, left = 70, right = 250, top = 30, bottom = 50;
-        var points = results.Select(r => (r.Variant, Score: r.Scores.Single(s => s.Context == context))).ToList();
-        var xs = points.Select(p => p.Score.KvBytesPerToken).ToList();
-        var ys = points.Select(p => p.Score.BitsPerByte).ToList();
-        double xMin = 0, xMax = xs.Max() * 1.1;
-        double yMin = ys.Min() - 0.05 * (ys.Max() - ys.Min() + 0.1), yMax = ys.Max() + 0.05 * (ys.Max() - ys.Min() + 0.1);
-        double X(double v) => left + (v - xMin) / (xMax - xMin) * (width - left - right);
-        double Y(double v) => height - bottom - (v - yMin) / (yMax - yMin) * (height - top - bottom);
-        var sb = new StringBuilder();
-        Report.Frame(sb, width, height, left, right, top, bottom);
-        for (var i = 0; i <= 4; i++)
+        var plot = Plots.New($"bits per byte against KV bytes per token at {Label(context)}",
+            $"KV-cache KiB per token at {Label(context)} (measured)", $"bits per byte at {Label(context)} (lower is better)");
+        var colours = new Dictionary<string, string> { ["dense"] = "#000000", ["retrofit"] = "#1f77b4", ["kv_sharing"] = "#9467bd", ["native"] = "#d62728", ["swa"] = "#2ca02c" };
+        foreach (var r in results)
         {
-            var xv = xMin + (xMax - xMin) * i / 4;
-            var yv = yMin + (yMax - yMin) * i / 4;
-            sb.AppendLine(Inv, $"<text x=\"{X(xv):F1}\" y=\"{height - bottom + 16}\" text-anchor=\"middle\">{xv / 1024:F1} KiB</text>");
-            sb.AppendLine(Inv, $"<text x=\"{left - 6}\" y=\"{Y(yv) + 4:F1}\" text-anchor=\"end\">{yv:F2}</text>");
+            var score = r.Scores.Single(s => s.Context == context);
+            var marker = plot.Add.Marker(score.KvBytesPerToken / 1024.0, score.BitsPerByte, ScottPlot.MarkerShape.FilledCircle, 9,
+                ScottPlot.Color.FromHex(colours.GetValueOrDefault(r.Variant.Kind, "#808080")));
+            marker.LegendText = $"{r.Variant.Name} ({score.BitsPerByte:F3})";
         }
-        sb.AppendLine(Inv, $"<text x=\"{(left + width - right) / 2}\" y=\"{height - 12}\" text-anchor=\"middle\">KV-cache bytes per token at {Label(context)} (measured)</text>");
-        sb.AppendLine(Inv, $"<text x=\"16\" y=\"{(top + height - bottom) / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {(top + height - bottom) / 2})\">bits per byte at {Label(context)} (lower is better)</text>");
-        var colours = new Dictionary<string, string> { ["dense"] = "black", ["retrofit"] = "#1f77b4", ["kv_sharing"] = "#9467bd", ["native"] = "#d62728", ["swa"] = "#2ca02c" };
-        var legendY = top;
-        foreach (var (variant, score) in points)
-        {
-            var colour = colours.GetValueOrDefault(variant.Kind, "gray");
-            sb.AppendLine(Inv, $"<circle cx=\"{X(score.KvBytesPerToken):F1}\" cy=\"{Y(score.BitsPerByte):F1}\" r=\"5\" fill=\"{colour}\"><title>{variant.Name}: {score.BitsPerByte:F3}</title></circle>");
-            sb.AppendLine(Inv, $"<circle cx=\"{width - right + 20}\" cy=\"{legendY}\" r=\"5\" fill=\"{colour}\"/>");
-            sb.AppendLine(Inv, $"<text x=\"{width - right + 30}\" y=\"{legendY + 4}\">{Escape(variant.Name)} ({score.BitsPerByte:F3})</text>");
-            legendY += 18;
-        }
-        sb.AppendLine("</svg>");
-        return sb.ToString();
+        plot.Axes.SetLimitsX(0, results.Max(r => r.Scores.Single(s => s.Context == context).KvBytesPerToken) / 1024.0 * 1.1);
+        return Plots.Svg(plot, 760, 440);
     }
-
-    /// <summary>Opens an SVG of the given size on a white background and draws the two axes of the plot area.</summary>
-    internal static void Frame(StringBuilder sb, double width, double height, double left, double right, double top, double bottom)
-    {
-        sb.AppendLine(Inv, $"<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">");
-        sb.AppendLine("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{height - bottom}\" x2=\"{width - right}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
-        sb.AppendLine(Inv, $"<line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{height - bottom}\" stroke=\"black\"/>");
-    }
-
-    private static string Escape(string s) => s.Replace("&", "&amp;").Replace("<", "&lt;");
 
     public static string Label(int context) => context % 1024 == 0 ? $"{context / 1024}k" : context.ToString(Inv);
 
@@ -149,36 +120,36 @@ public static class TrainingReport
         return sb.ToString();
     }
 
+    /// <summary>Training bits per byte by step, one line per model, as SVG.</summary>
     public static string Svg(IReadOnlyList<TrainingCurve> curves)
     {
-        const double width = 640, height = 360, left = 60, right = 120, top = 20, bottom = 45;
-        var maxStep = curves.Max(c => c.Points[^1].Step);
-        var yMax = Math.Ceiling(curves.Max(c => c.Points.Max(p => p.TrainBpb)));
-        var yMin = Math.Floor(curves.Min(c => c.Points.Min(p => p.TrainBpb)));
-        double X(double v) => left + v / maxStep * (width - left - right);
-        double Y(double v) => height - bottom - (v - yMin) / (yMax - yMin) * (height - top - bottom);
-        var colours = new Dictionary<string, string> { ["dense"] = "black", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c" };
-        var sb = new StringBuilder();
-        Report.Frame(sb, width, height, left, right, top, bottom);
-        for (var i = 0; i <= 4; i++)
-        {
-            sb.AppendLine(Inv, $"<text x=\"{X(maxStep * i / 4.0):F1}\" y=\"{height - bottom + 16}\" text-anchor=\"middle\">{maxStep * i / 4}</text>");
-            var yv = yMin + (yMax - yMin) * i / 4;
-            sb.AppendLine(Inv, $"<text x=\"{left - 6}\" y=\"{Y(yv) + 4:F1}\" text-anchor=\"end\">{yv:F1}</text>");
-        }
-        sb.AppendLine(Inv, $"<text x=\"{(left + width - right) / 2}\" y=\"{height - 10}\" text-anchor=\"middle\">training step</text>");
-        sb.AppendLine(Inv, $"<text x=\"14\" y=\"{(top + height - bottom) / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 14 {(top + height - bottom) / 2})\">training bits per byte</text>");
-        var legendY = top + 10;
+        var plot = Plots.New("training loss", "training step", "training bits per byte");
+        var colours = new Dictionary<string, string> { ["dense"] = "#000000", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c" };
         foreach (var c in curves)
         {
-            var colour = colours.GetValueOrDefault(c.Kind, "gray");
-            var path = string.Join(" ", c.Points.Select((p, i) => string.Create(Inv, $"{(i == 0 ? 'M' : 'L')}{X(p.Step):F1},{Y(p.TrainBpb):F1}")));
-            sb.AppendLine(Inv, $"<path d=\"{path}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\"/>");
-            sb.AppendLine(Inv, $"<line x1=\"{width - right + 10}\" y1=\"{legendY}\" x2=\"{width - right + 30}\" y2=\"{legendY}\" stroke=\"{colour}\" stroke-width=\"2\"/>");
-            sb.AppendLine(Inv, $"<text x=\"{width - right + 35}\" y=\"{legendY + 4}\">{c.Kind}</text>");
-            legendY += 18;
+            var line = plot.Add.ScatterLine(c.Points.Select(p => (double)p.Step).ToArray(), c.Points.Select(p => p.TrainBpb).ToArray(),
+                ScottPlot.Color.FromHex(colours.GetValueOrDefault(c.Kind, "#808080")));
+            line.LineWidth = 1.5f;
+            line.LegendText = c.Kind;
         }
-        sb.AppendLine("</svg>");
-        return sb.ToString();
+        return Plots.Svg(plot, 640, 360);
     }
+}
+
+/// <summary>The reports' plots, drawn with ScottPlot and written as SVG.</summary>
+internal static class Plots
+{
+    /// <summary>A plot with a title, axis labels and the legend to the right of the data.</summary>
+    public static ScottPlot.Plot New(string title, string xLabel, string yLabel)
+    {
+        var plot = new ScottPlot.Plot();
+        plot.Title(title, size: 15);
+        plot.XLabel(xLabel, size: 13);
+        plot.YLabel(yLabel, size: 13);
+        plot.ShowLegend(ScottPlot.Edge.Right);
+        return plot;
+    }
+
+    /// <summary>Renders <paramref name="plot"/> as an SVG document of the given size in pixels.</summary>
+    public static string Svg(ScottPlot.Plot plot, int width, int height) => plot.GetSvgXml(width, height);
 }

@@ -127,6 +127,9 @@ internal static class KvBufferRewrite
     /// nodes some graph output or some layer input still depends on count; the mask construction the
     /// ops replace does not.
     /// </summary>
+    /// <param name="graph">The graph before the rewrite.</param>
+    /// <param name="layers">Every recognised layer (their replaced nodes do not count).</param>
+    /// <param name="converted">The layers whose caches change convention.</param>
     /// <param name="why">What the conversion does to the cache and what the node would then see.</param>
     internal static List<UnconvertibleLayer> PastReadersLeft(GraphProto graph, IReadOnlyList<AttentionLayer> layers, IReadOnlyList<AttentionLayer> converted, string why)
     {
