@@ -141,7 +141,7 @@ public static class HybridConverter
     {
         var input = Path.GetFullPath(inputPath);
         var output = Path.GetFullPath(outputPath);
-        if (string.Equals(input, output, StringComparison.Ordinal))
+        if (string.Equals(input, output, StringComparison.Ordinal) || FileIdentity.Same(input, output))
             throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' is the input file; the converter never modifies its input, choose another path");
         if (!Directory.Exists(Path.GetDirectoryName(output)))
             throw new ConversionException(ConversionError.InvalidOutput, $"output directory '{Path.GetDirectoryName(output)}' does not exist");
