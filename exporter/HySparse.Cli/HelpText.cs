@@ -51,8 +51,8 @@ internal static class HelpText
           Layer 0 must be full: a sparse layer needs a preceding full layer to select for it.
 
         Parameters (defaults from the paper):
-          --top-k K         blocks each token selects (16)
-          --block-size B    tokens per key block (64)
+          --top-k K         blocks each token selects (16; at most 65536)
+          --block-size B    tokens per key block (64; at most 4096)
           --window W        sliding-window tokens of each sparse layer (128)
 
         Mode (default retrofit: every layer keeps its own full KV cache, interface unchanged):

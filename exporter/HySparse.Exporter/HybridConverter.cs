@@ -150,6 +150,8 @@ public static class HybridConverter
         if (File.Exists(output) && !overwrite)
             throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' exists; pass --overwrite to replace it");
 
+        if (!File.Exists(input))
+            throw new ConversionException(ConversionError.InvalidModel, Directory.Exists(input) ? $"'{inputPath}' is a directory, not a model file" : $"cannot read '{inputPath}': no such file");
         progress?.Invoke($"reading {inputPath} ({new FileInfo(input).Length:N0} bytes)");
         var model = ModelFile.Load(input);
         if (model.Graph.Initializer.Any(Tensors.IsExternal)

@@ -1,5 +1,6 @@
 using Google.Protobuf;
 using HySparse.Models.Graph;
+using HySparse.Onnx;
 using Onnx;
 
 namespace HySparse.Exporter;
@@ -41,6 +42,9 @@ public static class ModelFile
         // and a file cut at a field boundary parses cleanly: the checks below catch both.
         if (model.IrVersion <= 0 || model.Graph is null || model.OpsetImport.Count == 0)
             throw new ConversionException(ConversionError.InvalidModel, $"'{source}' is not an ONNX model (no IR version, graph or opset import)");
+        CheckUnique(model.Graph.Input.Select(i => i.Name), "graph input", source);
+        CheckUnique(model.Graph.Initializer.Select(i => i.Name), "initializer", source);
+        CheckUnique(model.MetadataProps.Select(p => p.Key), "metadata key", source);
         var defined = new HashSet<string>(model.Graph.Input.Select(i => i.Name).Concat(model.Graph.Initializer.Select(i => i.Name)), StringComparer.Ordinal);
         foreach (var node in model.Graph.Node)
         {
@@ -54,12 +58,86 @@ public static class ModelFile
         }
         foreach (var output in model.Graph.Output.Where(o => !defined.Contains(o.Name)))
             throw new ConversionException(ConversionError.InvalidModel, $"'{source}' is incomplete: graph output '{output.Name}' is never produced");
+        foreach (var node in model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain)) CheckHySparseNode(node, source);
+        foreach (var initializer in model.Graph.Initializer.Where(Tensors.IsExternal))
+        {
+            var location = initializer.ExternalData.FirstOrDefault(e => e.Key == "location")?.Value ?? "";
+            if (EscapesModelFolder(location))
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{source}': initializer '{initializer.Name}' keeps its data at '{location}', which is not a file inside the model's folder; ONNX Runtime refuses such paths, and so does this tool: move the data file beside the model and give its bare name");
+        }
         foreach (var initializer in model.Graph.Initializer.Where(i => !Tensors.IsExternal(i)))
         {
             var size = Tensors.ElementSize((TensorProto.Types.DataType)initializer.DataType);
             if (size > 0 && initializer.RawData.Length > 0 && initializer.RawData.Length != Tensors.ElementCount(initializer) * size)
                 throw new ConversionException(ConversionError.InvalidModel,
                     $"'{source}' is corrupt: initializer '{initializer.Name}' holds {initializer.RawData.Length} bytes for {Tensors.ElementCount(initializer)} elements");
+        }
+    }
+
+    private static void CheckUnique(IEnumerable<string> names, string what, string source)
+    {
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var name in names)
+            if (!seen.Add(name))
+                throw new ConversionException(ConversionError.InvalidModel, $"'{source}' is not a valid ONNX model: {what} '{name}' is declared twice");
+    }
+
+    /// <summary>True when an external-data location is absolute, empty or leads out of the model's folder ("../x").</summary>
+    internal static bool EscapesModelFolder(string location)
+    {
+        if (location.Length == 0 || Path.IsPathRooted(location) || location.Contains('\0')) return true;
+        var depth = 0;
+        foreach (var part in location.Split('/'))
+        {
+            if (part is "" or ".") continue;
+            depth += part == ".." ? -1 : 1;
+            if (depth < 0) return true;
+        }
+        return depth == 0;
+    }
+
+    /// <summary>The attributes of each HySparse operator and their types (docs/ops.md).</summary>
+    private static readonly Dictionary<string, Dictionary<string, AttributeProto.Types.AttributeType>> HySparseAttributes = new(StringComparer.Ordinal)
+    {
+        [HySparseOps.FullAttn] = OpAttributes((HySparseOps.Attributes.TopK, AttributeProto.Types.AttributeType.Int)),
+        [HySparseOps.SparseAttn] = OpAttributes(
+            (HySparseOps.Attributes.Window, AttributeProto.Types.AttributeType.Int),
+            (HySparseOps.Attributes.Combine, AttributeProto.Types.AttributeType.String),
+            (HySparseOps.Attributes.WindowCache, AttributeProto.Types.AttributeType.Int)),
+    };
+
+    /// <summary>The attributes both operators take, and <paramref name="own"/>.</summary>
+    private static Dictionary<string, AttributeProto.Types.AttributeType> OpAttributes(params (string Name, AttributeProto.Types.AttributeType Type)[] own)
+    {
+        (string Name, AttributeProto.Types.AttributeType Type)[] common =
+        [
+            (HySparseOps.Attributes.NumHeads, AttributeProto.Types.AttributeType.Int),
+            (HySparseOps.Attributes.KvNumHeads, AttributeProto.Types.AttributeType.Int),
+            (HySparseOps.Attributes.Scale, AttributeProto.Types.AttributeType.Float),
+            (HySparseOps.Attributes.BlockSize, AttributeProto.Types.AttributeType.Int),
+        ];
+        return common.Concat(own).ToDictionary(a => a.Name, a => a.Type, StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// A node of the com.hysparse domain must be one of its two operators with known attributes of the
+    /// right types. The operators check types themselves, but ONNX Runtime gives them no way to list a
+    /// node's attributes, so a misspelt one (<c>topk</c>) is caught here, when the model is read.
+    /// </summary>
+    private static void CheckHySparseNode(NodeProto node, string source)
+    {
+        if (!HySparseAttributes.TryGetValue(node.OpType, out var known))
+            throw new ConversionException(ConversionError.InvalidModel,
+                $"'{source}': node '{node.Name}' has operator type '{node.OpType}' in domain {HySparseOps.Domain}, which has only {HySparseOps.FullAttn} and {HySparseOps.SparseAttn}");
+        foreach (var attribute in node.Attribute)
+        {
+            if (!known.TryGetValue(attribute.Name, out var type))
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{source}': {node.OpType} node '{node.Name}' has an unknown attribute '{attribute.Name}' (known: {string.Join(", ", known.Keys)})");
+            if (attribute.Type != type)
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{source}': {node.OpType} node '{node.Name}': attribute '{attribute.Name}' must be {type.ToString().ToLowerInvariant()}, got {attribute.Type.ToString().ToLowerInvariant()}");
         }
     }
 

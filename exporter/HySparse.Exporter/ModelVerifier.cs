@@ -68,6 +68,8 @@ public static class ModelVerifier
         if (HybridConverter.IsConverted(dense))
             throw new ConversionException(ConversionError.AlreadyConverted,
                 $"'{densePath}' is already a HySparse model; verify takes the dense original first and its conversion second");
+        // Both files are checked the same way: a truncated converted model is an invalid input, not a crash.
+        ModelFile.Load(hybridPath);
         var layers = DecoderInterface.Read(dense, densePath);
         using var denseSession = Open(densePath, registerOps: false);
         using var hybridSession = Open(hybridPath, registerOps: true);
@@ -125,7 +127,16 @@ public static class ModelVerifier
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         if (registerOps) options.RegisterHySparseOps();
-        return new InferenceSession(path, options);
+        try
+        {
+            return new InferenceSession(path, options);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            // ONNX Runtime's own refusals (an external-data path it will not follow, a node no kernel
+            // matches, an attribute an operator refuses) concern the model, not this tool.
+            throw new ConversionException(ConversionError.InvalidModel, $"ONNX Runtime cannot load '{path}': {e.Message}", inner: e);
+        }
     }
 
     private static VerifyStep Compare(int step, int tokens, float[] dense, float[] hybrid, int vocab, double denseMs, double hybridMs)
