@@ -66,6 +66,11 @@ public static class CliApp
             foreach (var layer in e.Layers) stderr.WriteLine($"  {layer.Node}: {layer.Reason}");
             return code;
         }
+        catch (OperationCanceledException e)
+        {
+            // A signal interrupted a write: its temporary file is gone and the output untouched.
+            return Fail(stdout, stderr, json, ExitCodes.Interrupted, "interrupted", e.Message, null);
+        }
         catch (Exception e)
         {
             return Fail(stdout, stderr, json, ExitCodes.InternalError, "internal", $"{e.GetType().Name}: {e.Message}", "this is a bug; please report it with the command line");

@@ -33,7 +33,7 @@ internal static class HelpText
         Exit codes:
           0 success   2 bad command line or layout   3 input is not a readable ONNX model
           4 model refused (no attention, unconvertible layers, already converted)
-          5 output path unusable   1 internal error
+          5 output path unusable or not writable   130 interrupted   1 internal error
 
         Converted models run in ONNX Runtime with the HySparse custom-op library registered
         (C#: sessionOptions.RegisterHySparseOps()).

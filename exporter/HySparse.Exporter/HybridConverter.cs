@@ -161,7 +161,7 @@ public static class HybridConverter
         progress?.Invoke($"rewriting {model.Graph.Node.Count:N0} nodes");
         var report = ConvertInPlace(model, options);
         progress?.Invoke($"writing {outputPath}");
-        ModelFile.WriteAtomically(model, output, overwrite);
+        ModelFile.WriteAtomically(model, output, overwrite, progress);
         return report;
     }
 

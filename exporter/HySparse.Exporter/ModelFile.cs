@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using System.Text.RegularExpressions;
 using Google.Protobuf;
 using HySparse.Models.Graph;
 using HySparse.Onnx;
@@ -144,25 +146,164 @@ public static class ModelFile
     /// <summary>
     /// Writes <paramref name="model"/> to <paramref name="path"/> through a temporary file in the same
     /// directory, flushed to disk and renamed over the target, so the target is either absent/old or
-    /// complete — never half written.
+    /// complete — never half written. SIGINT, SIGTERM or SIGHUP during the write remove the temporary
+    /// file (the process then ends as the signal asks); temporary files left next to the target by an
+    /// earlier process that was killed outright are removed first, each named to <paramref name="report"/>.
     /// </summary>
-    public static void WriteAtomically(ModelProto model, string path, bool overwrite)
+    /// <exception cref="ConversionException"><see cref="ConversionError.InvalidOutput"/> when the file cannot be
+    /// written (permission denied, read-only file system, disk full) or, without <paramref name="overwrite"/>,
+    /// another writer created the target meanwhile.</exception>
+    public static void WriteAtomically(ModelProto model, string path, bool overwrite, Action<string>? report = null)
     {
         var full = Path.GetFullPath(path);
         var directory = Path.GetDirectoryName(full)!;
-        var temporary = Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.tmp");
+        RemoveStaleTemporaries(directory, Path.GetFileName(full), report);
+        using var temporary = new TemporaryFile(Path.Combine(directory, $".{Path.GetFileName(full)}.{Guid.NewGuid():N}.{Environment.ProcessId}.tmp"));
         try
         {
-            using (var stream = new FileStream(temporary, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var stream = new FileStream(temporary.Path, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
             {
                 model.WriteTo(stream);
                 stream.Flush(flushToDisk: true);
             }
-            File.Move(temporary, full, overwrite);
+            BeforeRename?.Invoke(temporary.Path);
+            temporary.MoveTo(full, overwrite);
         }
-        finally
+        catch (IOException) when (!overwrite && File.Exists(full) && !temporary.Interrupted)
         {
-            if (File.Exists(temporary)) File.Delete(temporary);
+            throw new ConversionException(ConversionError.InvalidOutput,
+                $"output '{path}' was created by another process while this conversion ran (two conversions to one path?); pass --overwrite to replace it");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException && !temporary.Interrupted)
+        {
+            throw new ConversionException(ConversionError.InvalidOutput, $"cannot write '{path}': {e.Message}", inner: e);
+        }
+    }
+
+    /// <summary>Tests only: called with the temporary file's path once it is complete, before the rename.</summary>
+    internal static Action<string>? BeforeRename { get; set; }
+
+    /// <summary>What the signal handlers do: removes the temporary file of every write in flight in this
+    /// process; those writes then end with <see cref="OperationCanceledException"/> instead of renaming.</summary>
+    internal static void InterruptWrites()
+    {
+        lock (InFlight)
+            foreach (var write in InFlight) write.Interrupt();
+    }
+
+    private static readonly HashSet<TemporaryFile> InFlight = [];
+
+    /// <summary>A temporary file that disappears on dispose or when the process is interrupted.</summary>
+    private sealed class TemporaryFile : IDisposable
+    {
+        private readonly List<PosixSignalRegistration> signals = [];
+
+        public TemporaryFile(string path)
+        {
+            Path = path;
+            lock (InFlight) InFlight.Add(this);
+            foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM, PosixSignal.SIGHUP })
+            {
+                try
+                {
+                    signals.Add(PosixSignalRegistration.Create(signal, _ => Interrupt()));
+                }
+                catch (PlatformNotSupportedException)
+                {
+                }
+            }
+        }
+
+        public string Path { get; }
+        public bool Interrupted { get; private set; }
+
+        /// <summary>Removes the file; a later <see cref="MoveTo"/> throws instead of publishing it.</summary>
+        public void Interrupt()
+        {
+            lock (this)
+            {
+                Interrupted = true;
+                TryDelete(Path);
+            }
+        }
+
+        public void MoveTo(string target, bool overwrite)
+        {
+            // Under the lock a signal either removed the file first (and nothing is published) or waits
+            // until the rename is done (and there is no temporary left to remove).
+            lock (this)
+            {
+                if (Interrupted) throw new OperationCanceledException($"interrupted while writing '{target}'; the temporary file was removed");
+                File.Move(Path, target, overwrite);
+            }
+        }
+
+        public void Dispose()
+        {
+            foreach (var registration in signals) registration.Dispose();
+            lock (InFlight) InFlight.Remove(this);
+            TryDelete(Path);
+        }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    /// <summary>
+    /// Removes the temporary files (<c>.NAME.GUID.PID.tmp</c>) of earlier writes of <paramref name="name"/>
+    /// whose process no longer runs, and those of the older format <c>.NAME.GUID.tmp</c> untouched for
+    /// ten minutes; each one removed, or left because it may still be written, is told to <paramref name="report"/>.
+    /// </summary>
+    internal static void RemoveStaleTemporaries(string directory, string name, Action<string>? report)
+    {
+        var pattern = new Regex($"^\\.{Regex.Escape(name)}\\.[0-9a-f]{{32}}(?:\\.(?<pid>[0-9]{{1,10}}))?\\.tmp$", RegexOptions.CultureInvariant);
+        string[] candidates;
+        try
+        {
+            candidates = Directory.GetFiles(directory, $".{name}.*.tmp");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return;
+        }
+        foreach (var file in candidates)
+        {
+            var match = pattern.Match(System.IO.Path.GetFileName(file));
+            if (!match.Success) continue;
+            var stale = match.Groups["pid"].Success
+                ? int.TryParse(match.Groups["pid"].Value, out var pid) && !ProcessRuns(pid)
+                : DateTime.UtcNow - File.GetLastWriteTimeUtc(file) > TimeSpan.FromMinutes(10);
+            if (!stale)
+            {
+                report?.Invoke($"left {file}: a temporary file that another conversion may still be writing");
+                continue;
+            }
+            TryDelete(file);
+            report?.Invoke(File.Exists(file) ? $"could not remove {file}, a temporary file left by an interrupted conversion"
+                                             : $"removed {file}, a temporary file left by an interrupted conversion");
+        }
+    }
+
+    private static bool ProcessRuns(int pid)
+    {
+        if (pid == Environment.ProcessId) return true;
+        if (OperatingSystem.IsLinux()) return Directory.Exists($"/proc/{pid}");
+        try
+        {
+            using var process = System.Diagnostics.Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
         }
     }
 }

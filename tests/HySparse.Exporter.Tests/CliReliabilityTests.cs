@@ -26,6 +26,20 @@ public sealed class CliReliabilityTests
         Assert.DoesNotContain("this is a bug", result.Err);
     }
 
+    /// <summary>Runs the command with <paramref name="hook"/> called between the write of a temporary file in <paramref name="dir"/> and its rename.</summary>
+    private static (int Code, string Out, string Err) RunWithHook(ModelDirectory dir, Action<string> hook, params string[] args)
+    {
+        ModelFile.BeforeRename = temporary => { if (temporary.StartsWith(dir.Path, StringComparison.Ordinal)) hook(temporary); };
+        try
+        {
+            return Run(args);
+        }
+        finally
+        {
+            ModelFile.BeforeRename = null;
+        }
+    }
+
     /// <summary>Writes llama.onnx and its conversion h.onnx; returns the dense model's path.</summary>
     private static string WriteConverted(ModelDirectory dir)
     {
@@ -78,6 +92,55 @@ public sealed class CliReliabilityTests
     // ---- 4. Ordinary failures get their documented exit code ---------------------------------------
 
     [TestMethod]
+    public void AnOutputFolderThatRefusesFilesExitsWithTheOutputCode()
+    {
+        // /sys refuses new files even to root: permission denied when the temporary file is created.
+        if (!OperatingSystem.IsLinux() || !Directory.Exists("/sys/kernel")) Assert.Inconclusive("needs Linux sysfs");
+        using var dir = new ModelDirectory();
+        var result = Run("convert", dir.WriteLlama(), "-o", "/sys/kernel/hybrid.onnx", "-q");
+        AssertRefused(ExitCodes.InvalidOutput, result, "cannot write '/sys/kernel/hybrid.onnx'");
+    }
+
+    [TestMethod]
+    [DoNotParallelize]
+    public void AFullOrReadOnlyFileSystemExitsWithTheOutputCode()
+    {
+        using var dir = new ModelDirectory();
+        var input = dir.WriteLlama();
+        foreach (var (options, expect) in new[] { ("size=16k", "No space left"), ("ro,size=1m", "Read-only") })
+        {
+            var mount = dir.File("mnt-" + options.Replace(',', '-').Replace('=', '-'));
+            Directory.CreateDirectory(mount);
+            if (!Mount(mount, options)) Assert.Inconclusive("mounting a tmpfs needs root (CAP_SYS_ADMIN)");
+            try
+            {
+                var result = Run("convert", input, "-o", Path.Combine(mount, "h.onnx"), "-q");
+                AssertRefused(ExitCodes.InvalidOutput, result, expect);
+                Assert.IsEmpty(Directory.GetFiles(mount), "no temporary file is left on the full file system");
+            }
+            finally
+            {
+                using var umount = Process.Start("umount", [mount]);
+                umount.WaitForExit();
+            }
+        }
+    }
+
+    private static bool Mount(string path, string options)
+    {
+        try
+        {
+            using var mount = Process.Start(new ProcessStartInfo("mount", ["-t", "tmpfs", "-o", options, "tmpfs", path]) { RedirectStandardError = true });
+            mount!.WaitForExit();
+            return mount.ExitCode == 0;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return false;
+        }
+    }
+
+    [TestMethod]
     public void AMissingOrFolderInputIsAnInvalidModelNotACrash()
     {
         using var dir = new ModelDirectory();
@@ -85,6 +148,36 @@ public sealed class CliReliabilityTests
         AssertRefused(ExitCodes.InvalidModel, Run("convert", dir.File("missing.onnx"), "-o", dir.File("h.onnx")), "no such file");
         AssertRefused(ExitCodes.InvalidModel, Run("inspect", dir.File("missing.onnx")), "missing.onnx");
         Assert.IsEmpty(dir.FilesExcept());
+    }
+
+    [TestMethod]
+    public void ConcurrentConversionsToOnePathHaveOneWinnerAndNoCrash()
+    {
+        using var dir = new ModelDirectory();
+        var input = dir.WriteLlama();
+        var output = dir.File("h.onnx");
+
+        var results = Enumerable.Range(0, 4).AsParallel().WithDegreeOfParallelism(4).Select(_ => Run("convert", input, "-o", output, "-q")).ToList();
+
+        foreach (var result in results)
+            Assert.IsTrue(result.Code is ExitCodes.Success or ExitCodes.InvalidOutput, $"exit {result.Code}: {result.Err}");
+        Assert.IsTrue(results.Any(r => r.Code == ExitCodes.Success));
+        ModelFile.Load(output);
+        Assert.IsEmpty(dir.FilesExcept("llama.onnx", "h.onnx"));
+    }
+
+    [TestMethod]
+    [DoNotParallelize]
+    public void AConversionThatLosesTheRaceForItsOutputExitsWithTheOutputCode()
+    {
+        using var dir = new ModelDirectory();
+        var input = dir.WriteLlama();
+        var output = dir.File("h.onnx");
+        // Another writer creates the output after this conversion checked for it, before its rename.
+        var result = RunWithHook(dir, _ => File.WriteAllText(output, "the winner"), "convert", input, "-o", output, "-q");
+        AssertRefused(ExitCodes.InvalidOutput, result, "created by another process");
+        Assert.AreEqual("the winner", File.ReadAllText(output));
+        Assert.IsEmpty(dir.FilesExcept("llama.onnx", "h.onnx"));
     }
 
     [TestMethod]
@@ -173,4 +266,87 @@ public sealed class CliReliabilityTests
         Assert.IsEmpty(dir.FilesExcept("llama.onnx"));
     }
 
+    // ---- 5. Temporary files -------------------------------------------------------------------------
+
+    [TestMethod]
+    [DoNotParallelize]
+    public void ASignalDuringTheWriteRemovesTheTemporaryFile()
+    {
+        using var dir = new ModelDirectory();
+        var input = dir.WriteLlama();
+        string? seen = null;
+        // What the SIGINT/SIGTERM handlers do, at the moment the temporary file is complete.
+        var result = RunWithHook(dir, temporary =>
+        {
+            seen = temporary;
+            Assert.IsTrue(File.Exists(temporary));
+            ModelFile.InterruptWrites();
+        }, "convert", input, "-o", dir.File("h.onnx"), "-q");
+        AssertRefused(ExitCodes.Interrupted, result, "interrupted");
+        Assert.IsNotNull(seen);
+        StringAssert.EndsWith(seen, $".{Environment.ProcessId}.tmp", "the temporary file names its process, so a later run can tell it is stale");
+        Assert.IsEmpty(dir.FilesExcept("llama.onnx"), "neither the temporary file nor an output is left");
+    }
+
+    [TestMethod]
+    public void ASigtermedConversionLeavesNoTemporaryFile()
+    {
+        // A real process and a real signal: the model is made large enough (~100 MB) that the write lasts.
+        using var dir = new ModelDirectory();
+        var model = ModelFile.Load(dir.WriteLlama());
+        model.Graph.Initializer.Add(new TensorProto { Name = "ballast", DataType = (int)TensorProto.Types.DataType.Float, Dims = { 25_000_000 }, RawData = ByteString.CopyFrom(new byte[100_000_000]) });
+        var input = dir.WriteModel("big.onnx", model);
+        var cli = typeof(CliApp).Assembly.Location;
+        if (!File.Exists(cli)) Assert.Inconclusive($"{cli} is not beside the tests");
+
+        for (var attempt = 0; attempt < 3; attempt++)
+        {
+            using var process = Process.Start(new ProcessStartInfo("dotnet", [cli, "convert", input, "-o", dir.File("h.onnx"), "--overwrite", "-q"]) { RedirectStandardError = true, RedirectStandardOutput = true })!;
+            var clock = Stopwatch.StartNew();
+            string? temporary = null;
+            while (temporary is null && !process.HasExited && clock.Elapsed < TimeSpan.FromSeconds(60))
+            {
+                temporary = Directory.GetFiles(dir.Path, ".h.onnx.*.tmp").FirstOrDefault();
+                if (temporary is null) Thread.Sleep(1);
+            }
+            if (temporary is null)
+            {
+                process.WaitForExit();
+                continue;  // the write was over before it could be seen: try again
+            }
+            using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) kill.WaitForExit();
+            Assert.IsTrue(process.WaitForExit(60_000));
+            Assert.IsFalse(File.Exists(temporary), $"{temporary} is left after SIGTERM (exit {process.ExitCode})");
+            Assert.IsEmpty(dir.FilesExcept("llama.onnx", "big.onnx", "h.onnx"));
+            return;
+        }
+        Assert.Inconclusive("the conversion always finished before its temporary file was seen");
+    }
+
+    [TestMethod]
+    public void TemporaryFilesOfAKilledConversionAreRemovedByTheNextOne()
+    {
+        using var dir = new ModelDirectory();
+        var input = dir.WriteLlama();
+        // A process id above Linux's pid_max: certainly not running.
+        var stale = dir.Write($".h.onnx.{Guid.NewGuid():N}.2147483647.tmp", new byte[100]);
+        // The format of earlier versions (no process id): removed once untouched for ten minutes...
+        var old = dir.Write($".h.onnx.{Guid.NewGuid():N}.tmp", new byte[100]);
+        File.SetLastWriteTimeUtc(old, DateTime.UtcNow.AddHours(-1));
+        // ...and left, but reported, while it may still be written.
+        var recent = dir.Write($".h.onnx.{Guid.NewGuid():N}.tmp", new byte[100]);
+        // Someone else's file that merely looks alike stays.
+        var unrelated = dir.Write(".h.onnx.notes.tmp", new byte[1]);
+
+        var result = Run("convert", input, "-o", dir.File("h.onnx"));
+
+        Assert.AreEqual(ExitCodes.Success, result.Code, result.Err);
+        Assert.IsFalse(File.Exists(stale));
+        Assert.IsFalse(File.Exists(old));
+        Assert.IsTrue(File.Exists(recent));
+        Assert.IsTrue(File.Exists(unrelated));
+        StringAssert.Contains(result.Err, $"removed {stale}");
+        StringAssert.Contains(result.Err, $"removed {old}");
+        StringAssert.Contains(result.Err, $"left {recent}");
+    }
 }
