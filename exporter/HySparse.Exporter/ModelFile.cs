@@ -47,6 +47,10 @@ public static class ModelFile
         CheckUnique(model.Graph.Input.Select(i => i.Name), "graph input", source);
         CheckUnique(model.Graph.Initializer.Select(i => i.Name), "initializer", source);
         CheckUnique(model.MetadataProps.Select(p => p.Key), "metadata key", source);
+        foreach (var value in model.Graph.Input.Concat(model.Graph.Output).Concat(model.Graph.ValueInfo))
+            if (value.Type?.TensorType?.Shape?.Dim.FirstOrDefault(d => d.HasDimValue && d.DimValue is < 0 or > int.MaxValue) is { } dim)
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{source}' is not a valid ONNX model: '{value.Name}' declares a dimension of {dim.DimValue} (negative, or beyond what a tensor axis can hold)");
         var defined = new HashSet<string>(model.Graph.Input.Select(i => i.Name).Concat(model.Graph.Initializer.Select(i => i.Name)), StringComparer.Ordinal);
         foreach (var node in model.Graph.Node)
         {
@@ -70,11 +74,31 @@ public static class ModelFile
         }
         foreach (var initializer in model.Graph.Initializer.Where(i => !Tensors.IsExternal(i)))
         {
-            var size = Tensors.ElementSize((TensorProto.Types.DataType)initializer.DataType);
-            if (size > 0 && initializer.RawData.Length > 0 && initializer.RawData.Length != Tensors.ElementCount(initializer) * size)
+            if (ElementCountOrNull(initializer) is not { } count)
                 throw new ConversionException(ConversionError.InvalidModel,
-                    $"'{source}' is corrupt: initializer '{initializer.Name}' holds {initializer.RawData.Length} bytes for {Tensors.ElementCount(initializer)} elements");
+                    $"'{source}' is corrupt: initializer '{initializer.Name}' has dimensions [{string.Join(", ", initializer.Dims)}] (negative, or more elements than a tensor can hold)");
+            var size = Tensors.ElementSize((TensorProto.Types.DataType)initializer.DataType);
+            if (size > 0 && initializer.RawData.Length > 0 && initializer.RawData.Length != count * size)
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{source}' is corrupt: initializer '{initializer.Name}' holds {initializer.RawData.Length} bytes for {count} elements");
+            // Values in the typed fields (float_data, int64_data, ...): one entry per element for the types the tools read.
+            var typed = initializer.FloatData.Count + initializer.Int32Data.Count + initializer.Int64Data.Count + initializer.DoubleData.Count + initializer.Uint64Data.Count;
+            if (size > 0 && initializer.RawData.Length == 0 && typed != count)
+                throw new ConversionException(ConversionError.InvalidModel,
+                    $"'{source}' is corrupt: initializer '{initializer.Name}' holds {typed} values for {count} elements");
         }
+    }
+
+    /// <summary>The element count of <paramref name="tensor"/>, or null when a dimension is negative or the product overflows.</summary>
+    private static long? ElementCountOrNull(TensorProto tensor)
+    {
+        long count = 1;
+        foreach (var d in tensor.Dims)
+        {
+            if (d < 0 || (d > 0 && count > int.MaxValue / d)) return null;
+            count *= d;
+        }
+        return count;
     }
 
     private static void CheckUnique(IEnumerable<string> names, string what, string source)

@@ -88,11 +88,11 @@ public static class ModelVerifier
         // A --kv-buffer conversion keeps a concatenating source: that one is fed growing caches.
         var denseBuffered = sharedBuffers && hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.SourceStyle, out var style)
             && style == AttentionStyle.GroupQueryAttention.ToString().ToLowerInvariant();
-        using var denseState = new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: denseBuffered ? capacity : null);
-        using var hybridState = new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity);
+        using var denseState = Run(densePath, () => new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: denseBuffered ? capacity : null));
+        using var hybridState = Run(hybridPath, () => new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity));
         // One untimed prefill per session first: ONNX Runtime finishes initialising on its first run.
-        denseState.Step(ids);
-        hybridState.Step(ids);
+        Run(densePath, () => denseState.Step(ids));
+        Run(hybridPath, () => hybridState.Step(ids));
         denseState.Reset();
         hybridState.Reset();
         var steps = new List<VerifyStep>();
@@ -103,8 +103,8 @@ public static class ModelVerifier
         for (var step = 0; step <= decodeSteps; step++)
         {
             progress?.Invoke(step == 0 ? $"prefill of {options.PromptLength} tokens" : $"decode step {step} of {decodeSteps}");
-            var (denseLogits, denseMs) = Timed(denseState, ids);
-            var (hybridLogits, hybridMs) = Timed(hybridState, ids);
+            var (denseLogits, denseMs) = Run(densePath, () => Timed(denseState, ids));
+            var (hybridLogits, hybridMs) = Run(hybridPath, () => Timed(hybridState, ids));
             var tokens = ids.Length / options.Batch;
             steps.Add(Compare(step, tokens, denseLogits, hybridLogits, layers.Vocab, denseMs, hybridMs));
             ids = LastArgMax(denseLogits, options.Batch, tokens, layers.Vocab);
@@ -114,6 +114,27 @@ public static class ModelVerifier
         return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
             decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0,
             denseState.KvCacheBytes, hybridState.KvCacheBytes);
+    }
+
+    /// <summary>
+    /// Prepares or runs one call of the model at <paramref name="path"/>. ONNX Runtime's refusals at run
+    /// time (inputs that contradict the model's declared shapes, an operator refusing its inputs) and the
+    /// decoder's (a cache input without fixed head count and size) concern the model.
+    /// </summary>
+    private static T Run<T>(string path, Func<T> call)
+    {
+        try
+        {
+            return call();
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new ConversionException(ConversionError.InvalidModel, $"ONNX Runtime failed to run '{path}' on verify's inputs: {e.Message}", inner: e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new ConversionException(ConversionError.InvalidModel, $"'{path}' does not have the decoder interface verify feeds: {e.Message}", inner: e);
+        }
     }
 
     private static (float[] Logits, double Milliseconds) Timed(KvCacheDecoder decoder, long[] ids)
