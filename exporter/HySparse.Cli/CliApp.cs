@@ -73,6 +73,11 @@ public static class CliApp
             // genai refuses folders it cannot run (config errors, missing files, shapes): the input's fault.
             return Fail(stdout, stderr, json, ExitCodes.InvalidModel, "genai", $"onnxruntime-genai: {e.Message}", null);
         }
+        catch (OperationCanceledException e)
+        {
+            // A signal interrupted a write: its temporary file is gone and the output untouched.
+            return Fail(stdout, stderr, json, ExitCodes.Interrupted, "interrupted", e.Message, null);
+        }
         catch (Exception e)
         {
             return Fail(stdout, stderr, json, ExitCodes.InternalError, "internal", $"{e.GetType().Name}: {e.Message}", "this is a bug; please report it with the command line");

@@ -15,8 +15,11 @@ public static class ExitCodes
     public const int InvalidModel = 3;
     /// <summary>The model cannot be converted: no attention, unconvertible layers, already converted, external data.</summary>
     public const int Refused = 4;
-    /// <summary>The output path cannot be used (exists, is the input, directory missing).</summary>
+    /// <summary>The output path cannot be used (exists, is the input, directory missing) or cannot be written
+    /// (permission denied, read-only file system, disk full, another conversion created it meanwhile).</summary>
     public const int InvalidOutput = 5;
+    /// <summary>A signal (SIGINT, SIGTERM, SIGHUP) interrupted the write; the temporary file was removed and the output left as it was.</summary>
+    public const int Interrupted = 130;
 
     /// <summary>The exit code for a refused conversion.</summary>
     public static int For(ConversionError error) => error switch

@@ -40,7 +40,7 @@ internal static class HelpText
         Exit codes:
           0 success   2 bad command line or layout   3 input is not a readable ONNX model
           4 model refused (no attention, unconvertible layers, already converted)
-          5 output path unusable   1 internal error
+          5 output path unusable or not writable   130 interrupted   1 internal error
 
         Converted models run in ONNX Runtime with the HySparse custom-op library registered
         (C#: sessionOptions.RegisterHySparseOps()).
@@ -58,8 +58,8 @@ internal static class HelpText
           Layer 0 must be full: a sparse layer needs a preceding full layer to select for it.
 
         Parameters (defaults from the paper):
-          --top-k K         blocks each token selects (16)
-          --block-size B    tokens per key block (64)
+          --top-k K         blocks each token selects (16; at most 65536)
+          --block-size B    tokens per key block (64; at most 4096)
           --window W        sliding-window tokens of each sparse layer (128)
 
         Mode (default retrofit: every layer keeps its own full KV cache, interface unchanged):

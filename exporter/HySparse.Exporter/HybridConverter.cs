@@ -142,7 +142,7 @@ public static class HybridConverter
     {
         var input = Path.GetFullPath(inputPath);
         var output = Path.GetFullPath(outputPath);
-        if (string.Equals(input, output, StringComparison.Ordinal))
+        if (string.Equals(input, output, StringComparison.Ordinal) || FileIdentity.Same(input, output))
             throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' is the input file; the converter never modifies its input, choose another path");
         if (!Directory.Exists(Path.GetDirectoryName(output)))
             throw new ConversionException(ConversionError.InvalidOutput, $"output directory '{Path.GetDirectoryName(output)}' does not exist");
@@ -151,6 +151,8 @@ public static class HybridConverter
         if (File.Exists(output) && !overwrite)
             throw new ConversionException(ConversionError.InvalidOutput, $"output '{outputPath}' exists; pass --overwrite to replace it");
 
+        if (!File.Exists(input))
+            throw new ConversionException(ConversionError.InvalidModel, Directory.Exists(input) ? $"'{inputPath}' is a directory, not a model file" : $"cannot read '{inputPath}': no such file");
         progress?.Invoke($"reading {inputPath} ({new FileInfo(input).Length:N0} bytes)");
         var model = ModelFile.Load(input);
         if (!string.Equals(Path.GetDirectoryName(input), Path.GetDirectoryName(output), StringComparison.Ordinal))
@@ -166,7 +168,7 @@ public static class HybridConverter
         progress?.Invoke($"rewriting {model.Graph.Node.Count:N0} nodes");
         var report = ConvertInPlace(model, options);
         progress?.Invoke($"writing {outputPath}");
-        ModelFile.WriteAtomically(model, output, overwrite);
+        ModelFile.WriteAtomically(model, output, overwrite, progress);
         return report;
     }
 

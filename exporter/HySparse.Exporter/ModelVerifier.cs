@@ -68,6 +68,8 @@ public static class ModelVerifier
         if (HybridConverter.IsConverted(dense))
             throw new ConversionException(ConversionError.AlreadyConverted,
                 $"'{densePath}' is already a HySparse model; verify takes the dense original first and its conversion second");
+        // Both files are checked the same way: a truncated converted model is an invalid input, not a crash.
+        ModelFile.Load(hybridPath);
         var layers = DecoderInterface.Read(dense, densePath);
         using var denseSession = Open(densePath, registerOps: false);
         using var hybridSession = Open(hybridPath, registerOps: true);
@@ -86,11 +88,11 @@ public static class ModelVerifier
         // A --kv-buffer conversion keeps a concatenating source: that one is fed growing caches.
         var denseBuffered = sharedBuffers && hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.SourceStyle, out var style)
             && style == AttentionStyle.GroupQueryAttention.ToString().ToLowerInvariant();
-        using var denseState = new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: denseBuffered ? capacity : null);
-        using var hybridState = new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity);
+        using var denseState = Run(densePath, () => new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: denseBuffered ? capacity : null));
+        using var hybridState = Run(hybridPath, () => new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity));
         // One untimed prefill per session first: ONNX Runtime finishes initialising on its first run.
-        denseState.Step(ids);
-        hybridState.Step(ids);
+        Run(densePath, () => denseState.Step(ids));
+        Run(hybridPath, () => hybridState.Step(ids));
         denseState.Reset();
         hybridState.Reset();
         var steps = new List<VerifyStep>();
@@ -101,8 +103,8 @@ public static class ModelVerifier
         for (var step = 0; step <= decodeSteps; step++)
         {
             progress?.Invoke(step == 0 ? $"prefill of {options.PromptLength} tokens" : $"decode step {step} of {decodeSteps}");
-            var (denseLogits, denseMs) = Timed(denseState, ids);
-            var (hybridLogits, hybridMs) = Timed(hybridState, ids);
+            var (denseLogits, denseMs) = Run(densePath, () => Timed(denseState, ids));
+            var (hybridLogits, hybridMs) = Run(hybridPath, () => Timed(hybridState, ids));
             var tokens = ids.Length / options.Batch;
             steps.Add(Compare(step, tokens, denseLogits, hybridLogits, layers.Vocab, denseMs, hybridMs));
             ids = LastArgMax(denseLogits, options.Batch, tokens, layers.Vocab);
@@ -112,6 +114,27 @@ public static class ModelVerifier
         return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
             decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0,
             denseState.KvCacheBytes, hybridState.KvCacheBytes);
+    }
+
+    /// <summary>
+    /// Prepares or runs one call of the model at <paramref name="path"/>. ONNX Runtime's refusals at run
+    /// time (inputs that contradict the model's declared shapes, an operator refusing its inputs) and the
+    /// decoder's (a cache input without fixed head count and size) concern the model.
+    /// </summary>
+    private static T Run<T>(string path, Func<T> call)
+    {
+        try
+        {
+            return call();
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new ConversionException(ConversionError.InvalidModel, $"ONNX Runtime failed to run '{path}' on verify's inputs: {e.Message}", inner: e);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new ConversionException(ConversionError.InvalidModel, $"'{path}' does not have the decoder interface verify feeds: {e.Message}", inner: e);
+        }
     }
 
     private static (float[] Logits, double Milliseconds) Timed(KvCacheDecoder decoder, long[] ids)
@@ -125,7 +148,16 @@ public static class ModelVerifier
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         if (registerOps) options.RegisterHySparseOps();
-        return new InferenceSession(path, options);
+        try
+        {
+            return new InferenceSession(path, options);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            // ONNX Runtime's own refusals (an external-data path it will not follow, a node no kernel
+            // matches, an attribute an operator refuses) concern the model, not this tool.
+            throw new ConversionException(ConversionError.InvalidModel, $"ONNX Runtime cannot load '{path}': {e.Message}", inner: e);
+        }
     }
 
     private static VerifyStep Compare(int step, int tokens, float[] dense, float[] hybrid, int vocab, double denseMs, double hybridMs)

@@ -44,12 +44,60 @@ TensorInput ReadInput(const Ort::KernelContext& ctx, size_t index, const char* n
   return in;
 }
 
+namespace {
+
+// The type an attribute of the node has. The custom-op API has no "type of attribute" query, so the
+// typed getters are tried in turn: each fails both for a missing attribute and for one of another type.
+enum class AttributeKind { kMissing, kInt, kFloat, kString, kOther };
+
+bool Succeeded(OrtStatus* status) {
+  if (status == nullptr) return true;
+  Ort::GetApi().ReleaseStatus(status);
+  return false;
+}
+
+AttributeKind ProbeAttribute(const Ort::ConstKernelInfo& info, const char* name) {
+  const OrtApi& api = Ort::GetApi();
+  const OrtKernelInfo* raw = info;
+  int64_t i = 0;
+  if (Succeeded(api.KernelInfoGetAttribute_int64(raw, name, &i))) return AttributeKind::kInt;
+  float f = 0.f;
+  if (Succeeded(api.KernelInfoGetAttribute_float(raw, name, &f))) return AttributeKind::kFloat;
+  size_t size = 0;
+  if (Succeeded(api.KernelInfoGetAttribute_string(raw, name, nullptr, &size))) return AttributeKind::kString;
+  size = 0;
+  if (Succeeded(api.KernelInfoGetAttributeArray_int64(raw, name, nullptr, &size))) return AttributeKind::kOther;
+  size = 0;
+  if (Succeeded(api.KernelInfoGetAttributeArray_float(raw, name, nullptr, &size))) return AttributeKind::kOther;
+  return AttributeKind::kMissing;
+}
+
+const char* KindName(AttributeKind kind) {
+  switch (kind) {
+    case AttributeKind::kInt: return "an int";
+    case AttributeKind::kFloat: return "a float";
+    case AttributeKind::kString: return "a string";
+    default: return "a list or tensor";
+  }
+}
+
+// Called when the getter of `want` failed: a missing attribute returns (the caller takes the default
+// or reports it required); one of another type is an error.
+void CheckNotOtherType(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name, AttributeKind want) {
+  const AttributeKind got = ProbeAttribute(info, name);
+  if (got == AttributeKind::kMissing) return;
+  op.Fail("attribute " + Quote(name) + " must be " + KindName(want) + ", got " + KindName(got));
+}
+
+}  // namespace
+
 int64_t ReadIntAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name,
-                         const int64_t* default_value, int64_t min_value) {
+                         const int64_t* default_value, int64_t min_value, int64_t max_value) {
   int64_t value;
   try {
     value = info.GetAttribute<int64_t>(name);
   } catch (const Ort::Exception&) {
+    CheckNotOtherType(info, op, name, AttributeKind::kInt);
     if (!default_value) op.Fail("required attribute " + Quote(name) + " (int) is missing");
     value = *default_value;
   }
@@ -57,22 +105,27 @@ int64_t ReadIntAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, 
     op.Fail("attribute " + Quote(name) + " must be >= " + std::to_string(min_value) + ", got " +
             std::to_string(value));
   }
-  if (value > INT32_MAX) op.Fail("attribute " + Quote(name) + " is too large: " + std::to_string(value));
+  if (value > max_value) {
+    op.Fail("attribute " + Quote(name) + " must be <= " + std::to_string(max_value) + ", got " + std::to_string(value));
+  }
   return value;
 }
 
-float ReadFloatAttribute(const Ort::ConstKernelInfo& info, const char* name, float default_value) {
+float ReadFloatAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name, float default_value) {
   try {
     return info.GetAttribute<float>(name);
   } catch (const Ort::Exception&) {
+    CheckNotOtherType(info, op, name, AttributeKind::kFloat);
     return default_value;
   }
 }
 
-std::string ReadStringAttribute(const Ort::ConstKernelInfo& info, const char* name, const std::string& default_value) {
+std::string ReadStringAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name,
+                                const std::string& default_value) {
   try {
     return info.GetAttribute<std::string>(name);
   } catch (const Ort::Exception&) {
+    CheckNotOtherType(info, op, name, AttributeKind::kString);
     return default_value;
   }
 }
@@ -85,12 +138,12 @@ HeadAttributes ReadHeadAttributes(const Ort::ConstKernelInfo& info, const OpCont
     op.Fail("attribute 'kv_num_heads' (" + std::to_string(a.kv_num_heads) + ") must divide 'num_heads' (" +
             std::to_string(a.num_heads) + ")");
   }
-  a.scale = ReadFloatAttribute(info, "scale", 0.f);
+  a.scale = ReadFloatAttribute(info, op, "scale", 0.f);
   if (!std::isfinite(a.scale) || a.scale < 0.f) {
     op.Fail("attribute 'scale' must be a finite value >= 0 (0 = 1/sqrt(head size)), got " + std::to_string(a.scale));
   }
   const int64_t default_block = 64;
-  a.block_size = static_cast<int>(ReadIntAttribute(info, op, "block_size", &default_block, 1));
+  a.block_size = static_cast<int>(ReadIntAttribute(info, op, "block_size", &default_block, 1, kMaxBlockSize));
   return a;
 }
 

@@ -32,12 +32,19 @@ struct TensorInput {
 // Reads input `index` (absent when the node lists fewer inputs or an empty name there).
 TensorInput ReadInput(const Ort::KernelContext& ctx, size_t index, const char* name);
 
+// Limits of the attributes that size outputs (docs/ops.md "Errors"): block_size and top_k are read at
+// session creation and refused outside [1, max].
+constexpr int64_t kMaxBlockSize = 4096;
+constexpr int64_t kMaxTopK = 65536;
+
 // Integer/float/string attributes with defaults. A missing attribute takes the default; a required
-// one (no default) is an error.
+// one (no default) is an error; an attribute given with another type (top_k as a float, scale as a
+// string, ...) is an error naming it and both types, never silently its default.
 int64_t ReadIntAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name,
-                         const int64_t* default_value, int64_t min_value);
-float ReadFloatAttribute(const Ort::ConstKernelInfo& info, const char* name, float default_value);
-std::string ReadStringAttribute(const Ort::ConstKernelInfo& info, const char* name, const std::string& default_value);
+                         const int64_t* default_value, int64_t min_value, int64_t max_value = INT32_MAX);
+float ReadFloatAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name, float default_value);
+std::string ReadStringAttribute(const Ort::ConstKernelInfo& info, const OpContext& op, const char* name,
+                                const std::string& default_value);
 
 // Attributes both ops take.
 struct HeadAttributes {

@@ -142,6 +142,7 @@ template <typename T>
 void CudaFullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const FullAttnInputs in(ctx);
   const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
+  CheckTopKOutputSizes(op_, heads_, top_k_, shape, ctx.GetOutputCount());
   RefuseSharedBuffer(op_, shape.shared_buffer);
   std::string why;
   if (!cuda::SupportsShape(shape.qkv.head_dim, heads_.num_heads, heads_.kv_num_heads, &why)) op_.Fail(why);

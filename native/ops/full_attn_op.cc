@@ -4,7 +4,9 @@
 #include "ops/shared_buffer.h"
 
 #include <algorithm>
+#include <iomanip>
 #include <memory>
+#include <sstream>
 #include <type_traits>
 #include <vector>
 
@@ -50,7 +52,33 @@ FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& hea
 
 int ReadTopKAttribute(const Ort::ConstKernelInfo& info, const OpContext& op) {
   const int64_t default_top_k = 16;
-  return static_cast<int>(ReadIntAttribute(info, op, "top_k", &default_top_k, 1));
+  return static_cast<int>(ReadIntAttribute(info, op, "top_k", &default_top_k, 1, kMaxTopK));
+}
+
+void CheckTopKOutputSizes(const OpContext& op, const HeadAttributes& heads, int top_k, const FullAttnShape& shape,
+                          size_t output_count) {
+  const QkvShape& qkv = shape.qkv;
+  const int64_t B = qkv.batch, Hkv = heads.kv_num_heads, S = qkv.new_len, K = top_k, bs = heads.block_size,
+                D = qkv.head_dim;
+  struct Sized {
+    size_t index;
+    const char* name;
+    std::vector<int64_t> dims;
+  };
+  for (const Sized& out : {Sized{kFullIndices, "block_indices", {B, Hkv, S, K}},
+                           Sized{kFullSelectedKey, "selected_key", {B, Hkv, S, K * bs, D}},
+                           Sized{kFullSelectedValue, "selected_value", {B, Hkv, S, K * bs, D}}}) {
+    if (out.index >= output_count) continue;
+    double elements = 1;  // in floating point: the product of the dims may overflow int64
+    for (int64_t d : out.dims) elements *= static_cast<double>(d);
+    if (elements > static_cast<double>(kMaxOutputElements)) {
+      std::ostringstream count;
+      count << std::fixed << std::setprecision(0) << elements;
+      op.Fail(std::string("output '") + out.name + "' " + ShapeString(out.dims) + " would hold " + count.str() + " elements, more than the limit of " +
+              std::to_string(kMaxOutputElements) + " (top_k " + std::to_string(K) + ", block_size " +
+              std::to_string(bs) + "): lower top_k, or do not request it");
+    }
+  }
 }
 
 template <typename T>
@@ -123,6 +151,7 @@ template <typename T>
 void FullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const FullAttnInputs in(ctx);
   const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
+  CheckTopKOutputSizes(op_, heads_, top_k_, shape, ctx.GetOutputCount());
   if (shape.shared_buffer) {
     ComputeSharedBuffer(ctx, in, shape);
     return;

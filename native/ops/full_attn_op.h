@@ -45,8 +45,15 @@ struct FullAttnShape {
 FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
                                   ONNXTensorElementDataType type);
 
-// The `top_k` attribute (default 16, at least 1); shared by the CPU and CUDA kernels.
+// The `top_k` attribute (default 16, in [1, kMaxTopK]); shared by the CPU and CUDA kernels.
 int ReadTopKAttribute(const Ort::ConstKernelInfo& info, const OpContext& op);
+
+// Refuses, naming the output and its shape, an output sized by top_k (block_indices, selected_key,
+// selected_value) that would hold more than kMaxOutputElements elements. Called before any output is
+// allocated; an output counts when the node lists it (output_count = the node's output count).
+constexpr int64_t kMaxOutputElements = INT32_MAX;
+void CheckTopKOutputSizes(const OpContext& op, const HeadAttributes& heads, int top_k, const FullAttnShape& shape,
+                          size_t output_count);
 
 // The kernel arguments with every output allocated (host or device pointers alike, whatever memory
 // ORT hands out). present_key/value are allocated but not yet filled with past ++ new: the backend

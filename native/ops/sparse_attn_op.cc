@@ -76,7 +76,7 @@ SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, 
   const int64_t window_cache = ReadIntAttribute(info, op, "window_cache", &default_window_cache, 0);
   if (window_cache > 1) op.Fail("attribute 'window_cache' must be 0 or 1, got " + std::to_string(window_cache));
   a.window_cache = window_cache == 1;
-  const std::string combine = ReadStringAttribute(info, "combine", "union");
+  const std::string combine = ReadStringAttribute(info, op, "combine", "union");
   if (combine == "union") {
     a.combine = Combine::kUnion;
   } else if (combine == "gate") {

@@ -316,6 +316,83 @@ public sealed class MalformedInputTests
         ExpectError(call, SparseAttn, "block_indices");
     }
 
+    // ---- Attribute types and limits: refused when the session is created --------------------------
+
+    private static void ExpectSessionError(OpInvocation call, string opName, params string[] named)
+    {
+        using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        options.RegisterHySparseOps();
+        var model = call.BuildModel();
+        var exception = Assert.ThrowsExactly<OnnxRuntimeException>(() => new InferenceSession(model, options).Dispose(),
+                                                                 $"expected {opName} to refuse the node when the session is created");
+        foreach (var text in named.Prepend(opName).Append($"'{call.NodeName}'"))
+            StringAssert.Contains(exception.Message, text, "the message must name the op, the node and the attribute");
+    }
+
+    [TestMethod]
+    public void Full_TopKOfTypeFloat() =>
+        // Issue 14: a float top_k used to become the default 16 silently.
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.TopK] = 2.5f), FullAttn, Attributes.TopK, "must be an int, got a float");
+
+    [TestMethod]
+    public void Full_BlockSizeOfTypeString() =>
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.BlockSize] = "4"), FullAttn, Attributes.BlockSize, "got a string");
+
+    [TestMethod]
+    public void Full_ScaleOfTypeString() =>
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.Scale] = "0.125"), FullAttn, Attributes.Scale, "must be a float, got a string");
+
+    [TestMethod]
+    public void Full_NumHeadsAsAList() =>
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.NumHeads] = new long[] { 4 }), FullAttn, Attributes.NumHeads, "must be an int");
+
+    [TestMethod]
+    public void Sparse_CombineOfTypeFloat() =>
+        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.Combine] = 1f), SparseAttn, Attributes.Combine, "must be a string, got a float");
+
+    [TestMethod]
+    public void Sparse_WindowOfTypeString() =>
+        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.Window] = "6"), SparseAttn, Attributes.Window, "must be an int");
+
+    [TestMethod]
+    public void Sparse_WindowCacheOfTypeFloat() =>
+        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.WindowCache] = 1f), SparseAttn, Attributes.WindowCache, "must be an int");
+
+    [TestMethod]
+    public void Full_TopKAboveTheLimit()
+    {
+        // Issue 14: top_k = 2^31 - 1 on a 5-token call asked ONNX Runtime for hundreds of GB.
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.TopK] = int.MaxValue), FullAttn, Attributes.TopK, "<= 65536");
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.TopK] = 65537), FullAttn, Attributes.TopK, "<= 65536");
+    }
+
+    [TestMethod]
+    public void BlockSizeAboveTheLimit()
+    {
+        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.BlockSize] = 4097), FullAttn, Attributes.BlockSize, "<= 4096");
+        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.BlockSize] = 1 << 20), SparseAttn, Attributes.BlockSize, "<= 4096");
+    }
+
+    [TestMethod]
+    public void Full_LargestTopKRunsWhenOnlyIndicesAreAsked()
+    {
+        // K = 65536 slots of which 4 hold blocks: block_indices [1, 2, 5, 65536] is fine.
+        var call = FullAttnCall.Build(Data(), new FullAttnOptions { BlockSize = 4, TopK = 65536, WantScores = false, WantSelected = false });
+        var indices = call.Run()["block_indices"];
+        CollectionAssert.AreEqual(new long[] { 1, 2, 5, 65536 }, indices.Shape);
+        Assert.AreEqual(-1, indices.Data[65535]);
+    }
+
+    [TestMethod]
+    public void Full_SelectedOutputsBeyondTheElementLimitAreRefusedByName()
+    {
+        // selected_key would be [1, 2, 5, 65536*4096, 64]: refused at run time, before anything is allocated.
+        var call = With(ValidFull(), c => { c.Attributes[Attributes.TopK] = 65536; c.Attributes[Attributes.BlockSize] = 4096; });
+        var exception = Assert.ThrowsExactly<OnnxRuntimeException>(() => call.Run());
+        foreach (var text in new[] { FullAttn, "'full_layer'", "selected_key", "[1, 2, 5, 268435456, 64]", "top_k 65536" })
+            StringAssert.Contains(exception.Message, text);
+    }
+
     [TestMethod]
     public void ProcessSurvivesManyRejectedCalls()
     {

@@ -107,8 +107,7 @@ internal static class KvBufferRewrite
             sum.Attribute.Add(Attr.Ints("axes", 1));
             sum.Attribute.Add(Attr.Int("keepdims", 0));
         }
-        var one = Unique(used, "hysparse.kv_buffer.one");
-        graph.Initializer.Add(Tensors.Int32(one, [], [1]));
+        var one = CheckedOne(graph, used, Node);
         Node("Sub", buffer.SeqlensK, totals, one);
         // No axes: the largest row total, as a scalar.
         Node("ReduceMax", buffer.TotalSequenceLength, totals).Attribute.Add(Attr.Int("keepdims", 0));
@@ -118,6 +117,51 @@ internal static class KvBufferRewrite
         var pasts = layers.Where(l => ReferenceEquals(l.Buffer, buffer)).SelectMany(l => new[] { l.PastKey!, l.PastValue! }).ToHashSet(StringComparer.Ordinal);
         foreach (var input in graph.Input.Where(i => pasts.Contains(i.Name)))
             if (input.Type?.TensorType?.Shape?.Dim is { Count: 4 } shape) shape[2] = new TensorShapeProto.Types.Dimension { DimParam = CapacityDim };
+    }
+
+    /// <summary>Name of the node that refuses, at run time, a mask the buffers cannot honour; ONNX Runtime's error names it.</summary>
+    public const string MaskCheckNode = "hysparse.kv_buffer: attention_mask must hold only 0 and 1 and start with 1 in every row (--kv-buffer models take right padding only)";
+
+    /// <summary>
+    /// The constant 1 that turns row totals into <c>seqlens_k</c>, read through a check of
+    /// <c>attention_mask</c>: <c>Gather([1], bad)</c>, where <c>bad</c> counts the failed rules (a value
+    /// other than 0/1; a row starting with 0, i.e. left padding). Totals taken from such a mask would
+    /// put tokens at the wrong buffer positions and give wrong logits silently; instead the Gather's
+    /// index leaves its one-element data and ONNX Runtime fails the run with an error naming the node,
+    /// whose name (<see cref="MaskCheckNode"/>) states the rule. The ops take no mask in shared-buffer
+    /// mode (docs/ops.md), so the check lives in the graph.
+    /// </summary>
+    private static string CheckedOne(GraphProto graph, HashSet<string> used, Func<string, string, string[], NodeProto> node)
+    {
+        string Constant(string name, Func<string, TensorProto> make)
+        {
+            var unique = Unique(used, name);
+            graph.Initializer.Add(make(unique));
+            return unique;
+        }
+        string Op(string opType, string name, params string[] inputs) => node(opType, Unique(used, name), inputs).Output[0];
+        var mask = DecomposedAttentionPattern.AttentionMaskInput;
+        var zero64 = Constant("hysparse.kv_buffer.zero_int64", n => Tensors.Int64(n, [], [0L]));
+        var one64 = Constant("hysparse.kv_buffer.one_int64", n => Tensors.Int64(n, [], [1L]));
+        var oneData = Constant("hysparse.kv_buffer.one", n => Tensors.Int32(n, [1], [1]));
+
+        var isBinary = Op("Or", "hysparse.kv_buffer.mask_is_binary", Op("Equal", "hysparse.kv_buffer.mask_is_zero", mask, zero64), Op("Equal", "hysparse.kv_buffer.mask_is_one", mask, one64));
+        var notBinary = Op("Not", "hysparse.kv_buffer.mask_not_binary", isBinary);
+        var first = node("Gather", Unique(used, "hysparse.kv_buffer.mask_first_column"), [mask, zero64]);
+        first.Attribute.Add(Attr.Int("axis", 1));
+        var leftPadded = Op("Equal", "hysparse.kv_buffer.mask_left_padded", first.Output[0], zero64);
+        string Any(string flags, string name)
+        {
+            var asInt = node("Cast", Unique(used, name + "_int32"), [flags]);
+            asInt.Attribute.Add(Attr.Int("to", (long)DataType.Int32));
+            var any = node("ReduceMax", Unique(used, name), [asInt.Output[0]]);
+            any.Attribute.Add(Attr.Int("keepdims", 0));
+            return any.Output[0];
+        }
+        var bad = Op("Add", "hysparse.kv_buffer.mask_rules_broken", Any(notBinary, "hysparse.kv_buffer.mask_any_not_binary"), Any(leftPadded, "hysparse.kv_buffer.mask_any_left_padded"));
+        var check = node("Gather", Unique(used, "hysparse.kv_buffer.one_checked"), [oneData, bad]);
+        check.Name = MaskCheckNode;
+        return check.Output[0];
     }
 
     /// <summary>

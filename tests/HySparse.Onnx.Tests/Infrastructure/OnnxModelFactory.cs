@@ -71,6 +71,7 @@ public static class OnnxModelFactory
         long l => new AttributeProto { Name = name, Type = AttributeProto.Types.AttributeType.Int, I = l },
         float f => new AttributeProto { Name = name, Type = AttributeProto.Types.AttributeType.Float, F = f },
         string s => new AttributeProto { Name = name, Type = AttributeProto.Types.AttributeType.String, S = ByteString.CopyFromUtf8(s) },
+        long[] list => new AttributeProto { Name = name, Type = AttributeProto.Types.AttributeType.Ints, Ints = { list } },
         _ => throw new ArgumentException($"attribute '{name}': unsupported value type {value.GetType()}"),
     };
 }

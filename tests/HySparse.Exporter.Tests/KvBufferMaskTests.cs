@@ -1,0 +1,48 @@
+using Google.Protobuf;
+using HySparse.Exporter.Layout;
+using HySparse.Exporter.Rewrite;
+using HySparse.Models.Llama;
+using HySparse.Onnx;
+using Microsoft.ML.OnnxRuntime;
+
+namespace HySparse.Exporter.Tests;
+
+/// <summary>
+/// Issue 14, defect 2: a <c>--kv-buffer</c> model derives each row's length from <c>attention_mask</c>;
+/// a mask it cannot honour (values other than 0/1, left padding) used to run and give wrong logits.
+/// Now the run fails with an error that states the rule.
+/// </summary>
+[TestClass]
+public sealed class KvBufferMaskTests
+{
+    private static readonly LlamaConfig Config = new() { Layers = 2, Hidden = 32, Heads = 4, KvHeads = 2, HeadDim = 8, Ffn = 40, Vocab = 43, Seed = 23 };
+    private const int Prompt = 6;
+
+    private static long[] Run(long[] mask)
+    {
+        var hybrid = HybridConverter.Convert(LlamaModelBuilder.Build(Config),
+            new ConversionOptions { Layout = LayoutSpec.Ratio("1:1"), Parameters = new HybridParameters { TopK = 2, BlockSize = 4, Window = 3 }, KvBuffer = true }).Model;
+        using var session = TestSessions.Open(hybrid.ToByteArray(), registerOps: true);
+        using var decoder = new KvCacheDecoder(session, batchSize: 2, bufferCapacity: 16);
+        var ids = Enumerable.Range(0, 2 * Prompt).Select(i => (long)(i % Config.Vocab)).ToArray();
+        decoder.Step(ids, mask);
+        return mask;
+    }
+
+    private static long[] Mask(params long[] second) => [.. Enumerable.Repeat(1L, Prompt), .. second];
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void RightPaddingRuns() => Run(Mask(1, 1, 1, 1, 0, 0));
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    [DataRow(new long[] { 1, 1, 2, 1, 1, 1 }, DisplayName = "a 2")]
+    [DataRow(new long[] { 1, 1, 1, -1, 1, 1 }, DisplayName = "a -1")]
+    [DataRow(new long[] { 0, 0, 1, 1, 1, 1 }, DisplayName = "left padding")]
+    public void AMaskTheBuffersCannotHonourIsRefusedAtRunTime(long[] second)
+    {
+        var error = Assert.ThrowsExactly<OnnxRuntimeException>(() => Run(Mask(second)));
+        StringAssert.Contains(error.Message, KvBufferRewrite.MaskCheckNode);
+    }
+}
