@@ -2,6 +2,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "ops/shared_buffer.h"
+
 #include <string>
 #include <vector>
 
@@ -54,11 +56,6 @@ bool CheckValuesEnabled(const OrtKernelInfo* info) {
   }
 }
 
-// GroupQueryAttention's shared-buffer convention runs on CPU only so far (docs/ops.md "Shared KV buffer").
-void RefuseSharedBuffer(const OpContext& op, bool shared_buffer) {
-  if (shared_buffer) op.Fail("shared-buffer mode (seqlens_k) is not implemented on CUDA yet");
-}
-
 cudaStream_t ComputeStream(const Ort::KernelContext& ctx, const OpContext& op) {
   auto* stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
   if (stream == nullptr) {
@@ -68,30 +65,90 @@ cudaStream_t ComputeStream(const Ort::KernelContext& ctx, const OpContext& op) {
   return stream;
 }
 
+// Runs one device-side value check (`launch` enqueues it, writing into device memory) and copies its
+// verdict back: the one host synchronisation of a checked call.
+template <typename Launch>
+cuda::ValueProblem RunValueCheck(const OpContext& op, OrtAllocator* allocator, PinnedProblem& problem,
+                                 cudaStream_t stream, Launch&& launch) {
+  OrtScratch scratch(allocator);
+  auto* device_problem = static_cast<cuda::ValueProblem*>(scratch.Allocate(sizeof(cuda::ValueProblem)));
+  if (device_problem == nullptr) op.Fail("out of device memory for the value check");
+  ThrowIfFailed(op, launch(device_problem));
+  ThrowIfFailed(op, cudaMemcpyAsync(problem.get(), device_problem, sizeof(cuda::ValueProblem), cudaMemcpyDeviceToHost,
+                                    stream), "copy of the value check");
+  ThrowIfFailed(op, cudaStreamSynchronize(stream), "synchronise for the value check");
+  return *problem.get();
+}
+
+// Raises the CPU glue's error for a block_indices problem (kinds 2-5) found on the device.
+[[noreturn]] void FailIndexProblem(const OpContext& op, const cuda::ValueProblem& p, const IndexLayout& layout) {
+  switch (p.kind) {
+    case 2: FailBlockIndexRow(op, p.where, BlockIndexProblem::kBelowMinusOne, p.value, p.previous, layout);
+    case 3: FailBlockIndexRow(op, p.where, BlockIndexProblem::kOutOfRange, p.value, p.previous, layout);
+    case 4: FailBlockIndexRow(op, p.where, BlockIndexProblem::kAfterPadding, p.value, p.previous, layout);
+    default: FailBlockIndexRow(op, p.where, BlockIndexProblem::kNotAscending, p.value, p.previous, layout);
+  }
+}
+
 // Runs the device-side value checks and, when they find something, raises the CPU glue's error.
 void CheckValuesOnDevice(const OpContext& op, OrtAllocator* allocator, PinnedProblem& problem, cudaStream_t stream,
                          const TensorInput& mask, const int32_t* indices, const IndexLayout* layout) {
   if (!mask.present && indices == nullptr) return;
-  OrtScratch scratch(allocator);
-  auto* device_problem = static_cast<cuda::ValueProblem*>(scratch.Allocate(sizeof(cuda::ValueProblem)));
-  if (device_problem == nullptr) op.Fail("out of device memory for the value check");
   const int64_t rows = layout ? layout->batch * layout->kv_heads * layout->new_len : 0;
-  ThrowIfFailed(op, cuda::LaunchCheckSparseValues(indices, rows, layout ? static_cast<int>(layout->top_k) : 1,
-                                                  layout ? layout->num_blocks : 0,
-                                                  mask.present ? mask.Data<int64_t>() : nullptr,
-                                                  mask.present ? mask.Elements() : 0, device_problem, stream));
-  ThrowIfFailed(op, cudaMemcpyAsync(problem.get(), device_problem, sizeof(cuda::ValueProblem), cudaMemcpyDeviceToHost,
-                                    stream), "copy of the value check");
-  ThrowIfFailed(op, cudaStreamSynchronize(stream), "synchronise for the value check");
-  const cuda::ValueProblem p = *problem.get();
+  const cuda::ValueProblem p = RunValueCheck(op, allocator, problem, stream, [&](cuda::ValueProblem* device_problem) {
+    return cuda::LaunchCheckSparseValues(indices, rows, layout ? static_cast<int>(layout->top_k) : 1,
+                                         layout ? layout->num_blocks : 0, mask.present ? mask.Data<int64_t>() : nullptr,
+                                         mask.present ? mask.Elements() : 0, device_problem, stream);
+  });
+  if (p.kind == 0) return;
+  if (p.kind == 1) FailMaskValue(op, p.where, p.value, mask.Dim(1));
+  FailIndexProblem(op, p, *layout);
+}
+
+// Shared-buffer mode: seqlens_k (device) against the buffer's capacity and total_sequence_length (host),
+// then, for the sparse op, every block_indices row against its batch row's block count. The same errors,
+// in the same order, as the CPU glue (ReadSharedBufferRows, CheckBlockIndices).
+void CheckSharedBufferOnDevice(const OpContext& op, OrtAllocator* allocator, PinnedProblem& problem,
+                               cudaStream_t stream, const TensorInput& seqlens_k,
+                               const TensorInput& total_sequence_length, const TensorInput& buffer,
+                               const int32_t* indices, const IndexLayout* layout) {
+  const int batch = static_cast<int>(seqlens_k.Dim(0));
+  const int64_t declared = total_sequence_length.Data<int32_t>()[0];  // CPU-resident input
+  const cuda::ValueProblem p = RunValueCheck(op, allocator, problem, stream, [&](cuda::ValueProblem* device_problem) {
+    return cuda::LaunchCheckSharedBufferValues(
+        seqlens_k.Data<int32_t>(), batch, buffer.Dim(2), declared, indices,
+        layout ? layout->kv_heads * layout->new_len : 0, layout ? static_cast<int>(layout->top_k) : 1,
+        layout ? layout->block_size : 1, device_problem, stream);
+  });
   switch (p.kind) {
     case 0: return;
-    case 1: FailMaskValue(op, p.where, p.value, mask.Dim(1));
-    case 2: FailBlockIndexRow(op, p.where, BlockIndexProblem::kBelowMinusOne, p.value, p.previous, *layout);
-    case 3: FailBlockIndexRow(op, p.where, BlockIndexProblem::kOutOfRange, p.value, p.previous, *layout);
-    case 4: FailBlockIndexRow(op, p.where, BlockIndexProblem::kAfterPadding, p.value, p.previous, *layout);
-    default: FailBlockIndexRow(op, p.where, BlockIndexProblem::kNotAscending, p.value, p.previous, *layout);
+    case 6:
+    case 7: FailSeqlensRow(op, p.where, p.value, buffer);
+    case 8: FailTotalSequenceLength(op, p.value, p.previous);
+    default: break;
   }
+  if (layout == nullptr) op.Fail("the device value check reported a block index problem without block_indices");
+  // The message names the row's own length (IndexLayout::row_total_len): only row where/(H_kv*S) is read.
+  std::vector<int64_t> totals(static_cast<size_t>(batch), 0);
+  totals[static_cast<size_t>(p.where / (layout->kv_heads * layout->new_len))] = p.row_total;
+  IndexLayout with_rows = *layout;
+  with_rows.row_total_len = totals.data();
+  FailIndexProblem(op, p, with_rows);
+}
+
+// Shared-buffer mode: makes `present` hold `past` (nothing to do when they are one buffer: ORT reused
+// past for present, or the caller bound one buffer to both), then writes each row's real new tokens at
+// [p_b, total_b). Both steps have sizes fixed by the shapes; the rows' lengths are read on the device.
+template <typename T>
+void UpdateSharedBufferOnDevice(const OpContext& op, const T* past, T* present, const T* fresh,
+                                const HeadView& new_view, int batch, int heads, int64_t new_len, int head_dim,
+                                int64_t capacity, const int32_t* seqlens_k, cudaStream_t stream) {
+  if (present != past) {
+    const size_t bytes = sizeof(T) * static_cast<size_t>(batch) * heads * capacity * head_dim;
+    ThrowIfFailed(op, cudaMemcpyAsync(present, past, bytes, cudaMemcpyDeviceToDevice, stream), "copy of past into present");
+  }
+  ThrowIfFailed(op, cuda::LaunchWriteNewTokens(fresh, new_view, batch, heads, new_len, head_dim, present, capacity,
+                                               seqlens_k, stream));
 }
 
 // past ++ new into a present cache, on the stream. `past` is BNSH [B, H, past_len, D].
@@ -143,14 +200,30 @@ void CudaFullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const FullAttnInputs in(ctx);
   const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
   CheckTopKOutputSizes(op_, heads_, top_k_, shape, ctx.GetOutputCount());
-  RefuseSharedBuffer(op_, shape.shared_buffer);
   std::string why;
   if (!cuda::SupportsShape(shape.qkv.head_dim, heads_.num_heads, heads_.kv_num_heads, &why)) op_.Fail(why);
   const cudaStream_t stream = ComputeStream(ctx, op_);
+  const QkvShape& qkv = shape.qkv;
+  if (shape.shared_buffer) {
+    // past_len = total_len = the capacity C: outputs and scratch are sized by C, whatever the step.
+    const int32_t* seqlens_k = in.seqlens_k.Data<int32_t>();
+    if (check_values_) {
+      CheckSharedBufferOnDevice(op_, allocator_, *problem_, stream, in.seqlens_k, in.total_sequence_length,
+                                in.past_key, nullptr, nullptr);
+    }
+    const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
+    UpdateSharedBufferOnDevice(op_, in.past_key.Data<T>(), bound.present_key, in.key.Data<T>(), qkv.kv_view, qkv.batch,
+                               heads_.kv_num_heads, qkv.new_len, qkv.head_dim, shape.total_len, seqlens_k, stream);
+    UpdateSharedBufferOnDevice(op_, in.past_value.Data<T>(), bound.present_value, in.value.Data<T>(), qkv.kv_view,
+                               qkv.batch, heads_.kv_num_heads, qkv.new_len, qkv.head_dim, shape.total_len, seqlens_k,
+                               stream);
+    OrtScratch scratch(allocator_);
+    ThrowIfFailed(op_, cuda::LaunchFullAttn(bound.args, stream, scratch, seqlens_k));
+    return;
+  }
   if (check_values_) CheckValuesOnDevice(op_, allocator_, *problem_, stream, in.mask, nullptr, nullptr);
 
   const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
-  const QkvShape& qkv = shape.qkv;
   BuildCache(op_, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.past_len, in.key.Data<T>(), qkv.kv_view,
              qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_key, shape.total_len, stream);
   BuildCache(op_, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.past_len, in.value.Data<T>(),
@@ -158,6 +231,12 @@ void CudaFullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
              shape.total_len, stream);
   OrtScratch scratch(allocator_);
   ThrowIfFailed(op_, cuda::LaunchFullAttn(bound.args, stream, scratch));
+}
+
+template <typename T>
+CudaFullAttnOp<T>::CudaFullAttnOp() {
+  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
+  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
 }
 
 template <typename T>
@@ -188,13 +267,34 @@ template <typename T>
 void CudaSparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
   const SparseAttnInputs in(ctx);
   const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
-  RefuseSharedBuffer(op_, shape.shared_buffer);
   const QkvShape& qkv = shape.qkv;
   const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
   std::string why;
   if (!cuda::SupportsShape(D, attrs_.heads.num_heads, Hkv, &why)) op_.Fail(why);
   const cudaStream_t stream = ComputeStream(ctx, op_);
   const IndexLayout layout = shape.Indices(Hkv, attrs_.heads.block_size);
+  if (shape.shared_buffer) {
+    // The own cache is the layer's buffer (capacity C = total_len = own_len, window_cache 0); the SA
+    // source is that buffer, the full layer's (shared_*), or the gathered rows, as given.
+    const int32_t* seqlens_k = in.seqlens_k.Data<int32_t>();
+    if (check_values_) {
+      CheckSharedBufferOnDevice(op_, allocator_, *problem_, stream, in.seqlens_k, in.total_sequence_length,
+                                in.past_key, in.block_indices.Data<int32_t>(), &layout);
+    }
+    const std::vector<int64_t> buffer_shape{B, Hkv, shape.own_len, D};
+    T* present_key = ctx.GetOutput(kSparsePresentKey, buffer_shape).GetTensorMutableData<T>();
+    T* present_value = ctx.GetOutput(kSparsePresentValue, buffer_shape).GetTensorMutableData<T>();
+    UpdateSharedBufferOnDevice(op_, in.past_key.Data<T>(), present_key, in.key.Data<T>(), qkv.kv_view, B, Hkv,
+                               qkv.new_len, D, shape.own_len, seqlens_k, stream);
+    UpdateSharedBufferOnDevice(op_, in.past_value.Data<T>(), present_value, in.value.Data<T>(), qkv.kv_view, B, Hkv,
+                               qkv.new_len, D, shape.own_len, seqlens_k, stream);
+    T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
+    OrtScratch scratch(allocator_);
+    ThrowIfFailed(op_, cuda::LaunchSparseAttn(MakeSparseAttnArgs<T>(attrs_, in, shape, present_key, present_value,
+                                                                    output),
+                                              stream, scratch, seqlens_k));
+    return;
+  }
   if (check_values_) {
     CheckValuesOnDevice(op_, allocator_, *problem_, stream, in.mask, in.block_indices.Data<int32_t>(), &layout);
   }
@@ -229,6 +329,12 @@ void CudaSparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
     ThrowIfFailed(op_, cuda::LaunchCopyToCache(own_v + skip * D, tail, B, Hkv, shape.present_len, D, present_value,
                                                shape.present_len, 0, stream));
   }
+}
+
+template <typename T>
+CudaSparseAttnOp<T>::CudaSparseAttnOp() {
+  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
+  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
 }
 
 template <typename T>

@@ -74,12 +74,17 @@ class CudaSparseAttnKernel {
 
 template <typename T>
 struct CudaFullAttnOp : Ort::CustomOpBase<CudaFullAttnOp<T>, CudaFullAttnKernel<T>, /*WithStatus=*/true> {
+  CudaFullAttnOp();  // declares past -> present may-inplace, as the CPU op does
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kFullAttnName; }
   const char* GetExecutionProviderType() const { return kCudaExecutionProvider; }
   size_t GetInputTypeCount() const { return kFullInputCount; }
   ONNXTensorElementDataType GetInputType(size_t i) const { return FullAttnInputType(i, ElementType<T>::kOnnx); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return FullAttnInputCharacteristic(i); }
+  // total_sequence_length stays in host memory, as GroupQueryAttention declares it; seqlens_k is on the device.
+  OrtMemType GetInputMemoryType(size_t i) const {
+    return i == kFullTotalSequenceLength ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+  }
   size_t GetOutputTypeCount() const { return 7; }
   ONNXTensorElementDataType GetOutputType(size_t i) const { return FullAttnOutputType(i, ElementType<T>::kOnnx); }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return FullAttnOutputCharacteristic(i); }
@@ -87,12 +92,16 @@ struct CudaFullAttnOp : Ort::CustomOpBase<CudaFullAttnOp<T>, CudaFullAttnKernel<
 
 template <typename T>
 struct CudaSparseAttnOp : Ort::CustomOpBase<CudaSparseAttnOp<T>, CudaSparseAttnKernel<T>, /*WithStatus=*/true> {
+  CudaSparseAttnOp();  // declares past -> present may-inplace, as the CPU op does
   OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
   const char* GetName() const { return kSparseAttnName; }
   const char* GetExecutionProviderType() const { return kCudaExecutionProvider; }
   size_t GetInputTypeCount() const { return kSparseInputCount; }
   ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
+  OrtMemType GetInputMemoryType(size_t i) const {
+    return i == kSparseTotalSequenceLength ? OrtMemTypeCPUInput : OrtMemTypeDefault;
+  }
   size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t) const { return ElementType<T>::kOnnx; }
 };

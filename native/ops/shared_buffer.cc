@@ -33,24 +33,28 @@ SharedBufferRows ReadSharedBufferRows(const OpContext& op, const TensorInput& se
   int64_t max_total = 0;
   for (int64_t b = 0; b < seqlens_k.Dim(0); ++b) {
     const int64_t total = static_cast<int64_t>(lengths[b]) + 1;
-    if (lengths[b] < 0) {
-      op.Fail("input 'seqlens_k' row " + std::to_string(b) + " holds " + std::to_string(lengths[b]) +
-              ": it must be the row's valid total length - 1, so >= 0");
-    }
-    if (total > rows.capacity) {
-      op.Fail("input 'seqlens_k' row " + std::to_string(b) + " holds " + std::to_string(lengths[b]) +
-              ": total length " + std::to_string(total) + " exceeds the capacity " + std::to_string(rows.capacity) +
-              " of '" + buffer.name + "' " + ShapeString(buffer.shape));
-    }
+    if (lengths[b] < 0 || total > rows.capacity) FailSeqlensRow(op, b, lengths[b], buffer);
     rows.total.push_back(total);
     max_total = std::max(max_total, total);
   }
   const int64_t declared = total_sequence_length.Data<int32_t>()[0];
-  if (declared != max_total) {
-    op.Fail("input 'total_sequence_length' is " + std::to_string(declared) + ", but max(seqlens_k) + 1 = " +
-            std::to_string(max_total));
-  }
+  if (declared != max_total) FailTotalSequenceLength(op, declared, max_total);
   return rows;
+}
+
+void FailSeqlensRow(const OpContext& op, int64_t b, int64_t value, const TensorInput& buffer) {
+  if (value < 0) {
+    op.Fail("input 'seqlens_k' row " + std::to_string(b) + " holds " + std::to_string(value) +
+            ": it must be the row's valid total length - 1, so >= 0");
+  }
+  op.Fail("input 'seqlens_k' row " + std::to_string(b) + " holds " + std::to_string(value) + ": total length " +
+          std::to_string(value + 1) + " exceeds the capacity " + std::to_string(buffer.Dim(2)) + " of '" +
+          buffer.name + "' " + ShapeString(buffer.shape));
+}
+
+void FailTotalSequenceLength(const OpContext& op, int64_t declared, int64_t max_total) {
+  op.Fail("input 'total_sequence_length' is " + std::to_string(declared) + ", but max(seqlens_k) + 1 = " +
+          std::to_string(max_total));
 }
 
 template <typename T>

@@ -37,6 +37,12 @@ SharedBufferRows ReadSharedBufferRows(const OpContext& op, const TensorInput& se
                                       const TensorInput& total_sequence_length, const TensorInput& buffer,
                                       int64_t new_len);
 
+// The errors of ReadSharedBufferRows, for the CUDA glue, which finds the bad value on the device: row b
+// of seqlens_k holds `value` < 0 or beyond the capacity of `buffer`; total_sequence_length differs from
+// max(seqlens_k) + 1.
+[[noreturn]] void FailSeqlensRow(const OpContext& op, int64_t b, int64_t value, const TensorInput& buffer);
+[[noreturn]] void FailTotalSequenceLength(const OpContext& op, int64_t declared, int64_t max_total);
+
 // Makes `present` hold `past` — nothing to do when ORT or the caller aliased them — then writes the real
 // new tokens of every row b (read through `new_view`) at buffer positions [p_b, total_b). Padding tokens
 // are not written.

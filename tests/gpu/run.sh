@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one script for a lent GPU machine (CUDA 13, cmake, no network, no dotnet): builds the native
 # library and the CUDA tests, runs the tests (a short compute-sanitizer memcheck pass over the small
-# cases first), then times every kernel at the 7B layer shape and prints a markdown table.
+# cases first), then times every kernel at the 7B layer shape and prints a markdown table (with
+# shared-buffer decode at 16k/64k against the concatenating full op and the bandwidth floor).
 # Finishes in under 5 minutes on an H200. Logs go to $OUT (the device tool's output folder) when set,
 # else build/gpu-out.
 #
@@ -73,6 +74,8 @@ bench=build/gpu/native/tests/cuda/hysparse_cuda_bench
 if [ "${HYSPARSE_GPU_SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   step "compute-sanitizer memcheck, small cases"
   small='*tiny*:*d36*:*chunk3*:*block1*:*prefill_leftpad_bf16*:*union_retrofit_prefill*:*gate_selected_prefill*:CopyToCache*'
+  small+=':*decode_padded_batch_retrofit_bf16:*decode_kv_sharing_gate_copy_f16:*prefill_right_padded_kv_sharing_bf16'
+  small+=':*chunked_prefill_bnsh_gate_f32:CheckSharedBuffer*'
   timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 "$tests" --gtest_filter="$small" \
     >"$out/memcheck.log" 2>&1 || fail "memcheck (see memcheck.log)"
   grep -E "ERROR SUMMARY|PASSED|FAILED" "$out/memcheck.log" | tail -5

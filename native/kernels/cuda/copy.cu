@@ -17,13 +17,14 @@ __global__ void __launch_bounds__(kThreads) GatherKernel(const GatherParams<T> p
   const int64_t slot = blockIdx.x;  // ((b*H_kv + g)*S + s)*K + k
   const int64_t token_row = slot / p.top_k;
   const int64_t plane = token_row / p.new_len;
+  const int64_t row_total = RowOf(p.seqlens, plane / p.kv_num_heads, p.total_len, p.new_len).total;
   const int32_t block = p.block_indices[slot];
   const int64_t D = p.head_dim;
   const int64_t block_elems = static_cast<int64_t>(p.block_size) * D;
   // Rows [0, valid_rows) of the block exist in the cache.
   int64_t valid_rows = 0;
   if (block >= 0) {
-    valid_rows = p.total_len - static_cast<int64_t>(block) * p.block_size;
+    valid_rows = row_total - static_cast<int64_t>(block) * p.block_size;
     valid_rows = valid_rows < 0 ? 0 : (valid_rows > p.block_size ? p.block_size : valid_rows);
   }
   const int64_t valid_elems = valid_rows * D;
@@ -48,10 +49,13 @@ __global__ void __launch_bounds__(kThreads) GatherKernel(const GatherParams<T> p
   }
 }
 
+// Token s of (b, h) goes to cache row start + s; with seqlens (shared-buffer mode) to row p_b + s, and
+// only for the row's real tokens.
 template <typename T>
 __global__ void __launch_bounds__(kThreads) CopyToCacheKernel(const T* src, HeadView view, int heads, int64_t len,
                                                               int head_dim, T* dst, int64_t capacity, int64_t start,
-                                                              int64_t total_chunks, bool vector_ok) {
+                                                              int64_t total_chunks, bool vector_ok,
+                                                              const int32_t* seqlens) {
   const int chunks_per_row = (head_dim + 7) / 8;
   for (int64_t c = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; c < total_chunks;
        c += static_cast<int64_t>(gridDim.x) * kThreads) {
@@ -61,7 +65,13 @@ __global__ void __launch_bounds__(kThreads) CopyToCacheKernel(const T* src, Head
     rest /= len;
     const int64_t h = rest % heads;
     const int64_t b = rest / heads;
-    Copy8(src + ViewOffset(view, b, h, s) + d, dst + ((b * heads + h) * capacity + start + s) * head_dim + d,
+    int64_t row = start + s;
+    if (seqlens) {
+      const RowSpan span = RowOf(seqlens, b, capacity, len);
+      if (s >= span.real) continue;
+      row = span.past + s;
+    }
+    Copy8(src + ViewOffset(view, b, h, s) + d, dst + ((b * heads + h) * capacity + row) * head_dim + d,
           head_dim - d, vector_ok);
   }
 }
@@ -82,9 +92,11 @@ template Status LaunchGather<BFloat16>(const GatherParams<BFloat16>&, cudaStream
 
 }  // namespace detail
 
+namespace {
+
 template <typename T>
-Status LaunchCopyToCache(const T* src, HeadView src_view, int batch, int heads, int64_t len, int head_dim, T* dst,
-                         int64_t dst_capacity, int64_t dst_start, cudaStream_t stream) {
+Status LaunchCopy(const T* src, HeadView src_view, int batch, int heads, int64_t len, int head_dim, T* dst,
+                  int64_t dst_capacity, int64_t dst_start, const int32_t* seqlens, cudaStream_t stream) {
   using namespace detail;
   if (stream == nullptr) return Error(cudaErrorInvalidValue, "LaunchCopyToCache: refusing the legacy default stream");
   if (len <= 0 || batch <= 0 || heads <= 0) return Status::Ok();
@@ -94,9 +106,26 @@ Status LaunchCopyToCache(const T* src, HeadView src_view, int batch, int heads, 
   const int64_t chunks = static_cast<int64_t>(batch) * heads * len * ((head_dim + 7) / 8);
   const int64_t blocks = std::min<int64_t>(CeilDiv(chunks, kThreads), 65536);
   CopyToCacheKernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      src, src_view, heads, len, head_dim, dst, dst_capacity, dst_start, chunks, vector_ok);
+      src, src_view, heads, len, head_dim, dst, dst_capacity, dst_start, chunks, vector_ok, seqlens);
   HYSPARSE_CUDA_CHECK_LAUNCH("HySparse cache copy kernel");
   return Status::Ok();
+}
+
+}  // namespace
+
+template <typename T>
+Status LaunchCopyToCache(const T* src, HeadView src_view, int batch, int heads, int64_t len, int head_dim, T* dst,
+                         int64_t dst_capacity, int64_t dst_start, cudaStream_t stream) {
+  return LaunchCopy(src, src_view, batch, heads, len, head_dim, dst, dst_capacity, dst_start, nullptr, stream);
+}
+
+template <typename T>
+Status LaunchWriteNewTokens(const T* src, HeadView src_view, int batch, int heads, int64_t new_len, int head_dim,
+                            T* buffer, int64_t capacity, const int32_t* seqlens_k, cudaStream_t stream) {
+  if (seqlens_k == nullptr) {
+    return detail::Error(cudaErrorInvalidValue, "LaunchWriteNewTokens: seqlens_k is required");
+  }
+  return LaunchCopy(src, src_view, batch, heads, new_len, head_dim, buffer, capacity, 0, seqlens_k, stream);
 }
 
 template Status LaunchCopyToCache<float>(const float*, HeadView, int, int, int64_t, int, float*, int64_t, int64_t,
@@ -105,6 +134,13 @@ template Status LaunchCopyToCache<Half>(const Half*, HeadView, int, int, int64_t
                                         cudaStream_t);
 template Status LaunchCopyToCache<BFloat16>(const BFloat16*, HeadView, int, int, int64_t, int, BFloat16*, int64_t,
                                             int64_t, cudaStream_t);
+
+template Status LaunchWriteNewTokens<float>(const float*, HeadView, int, int, int64_t, int, float*, int64_t,
+                                            const int32_t*, cudaStream_t);
+template Status LaunchWriteNewTokens<Half>(const Half*, HeadView, int, int, int64_t, int, Half*, int64_t, const int32_t*,
+                                           cudaStream_t);
+template Status LaunchWriteNewTokens<BFloat16>(const BFloat16*, HeadView, int, int, int64_t, int, BFloat16*, int64_t,
+                                               const int32_t*, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace hysparse

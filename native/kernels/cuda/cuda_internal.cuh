@@ -10,14 +10,32 @@ namespace detail {
 
 // Rows of the per-head statistics are (b, h, s) flattened as (b*H_q + h)*S + s.
 
+// Where batch row b's new tokens sit. Concatenating convention (no seqlens): at T - S + s, all real.
+// Shared-buffer mode (docs/ops.md "Shared KV buffer"; `seqlens` is seqlens_k in device memory, T the
+// buffer capacity): total_b = seqlens[b] + 1 clamped to [1, T] (the clamp keeps unchecked values in
+// bounds), p_b = max(0, total_b - S), and tokens s >= total_b - p_b are right padding.
+struct RowSpan {
+  int64_t past;   // position of new token 0
+  int64_t real;   // new tokens that are not padding
+  int64_t total;  // valid positions of the row after this call
+};
+__device__ __forceinline__ RowSpan RowOf(const int32_t* seqlens, int64_t b, int64_t total_len, int64_t new_len) {
+  if (seqlens == nullptr) return RowSpan{total_len - new_len, new_len, total_len};
+  int64_t total = static_cast<int64_t>(seqlens[b]) + 1;
+  total = total < 1 ? 1 : (total > total_len ? total_len : total);
+  const int64_t past = total > new_len ? total - new_len : 0;
+  return RowSpan{past, total - past, total};
+}
+
 // Tiled (prefill) HySparseFullAttn. With stats, writes each row's per-block maximum logit and its LSE.
 struct TiledStats {
   float* block_max = nullptr;  // [B*H_q*S, nb], log2 units; entries for blocks past the row's position unspecified
   float* lse = nullptr;        // [B*H_q*S], log2 units; -inf for a row without valid keys
 };
+// `seqlens`: shared-buffer mode (RowOf), or null.
 template <typename T>
-Status LaunchFullAttnTiled(const FullAttnArgs<T>& args, const TiledStats& stats, bool vector_ok,
-                           cudaStream_t stream);
+Status LaunchFullAttnTiled(const FullAttnArgs<T>& args, const int32_t* seqlens, const TiledStats& stats,
+                           bool vector_ok, cudaStream_t stream);
 
 // Which key sets the split-K group kernel walks.
 enum class GroupMode { kFull, kUnion, kGate };
@@ -35,6 +53,7 @@ struct GroupAttnParams {
   const T* query = nullptr;
   HeadView query_view;
   const int64_t* mask = nullptr;
+  const int32_t* seqlens = nullptr;  // shared-buffer mode (RowOf), or null
 
   // kFull: the present cache (start 0). Sparse modes: the layer's own cache, slot k = position start + k.
   const T* key = nullptr;
@@ -89,6 +108,7 @@ struct SelectParams {
   int64_t num_blocks = 0;
   int top_k = 0;
   const int64_t* mask = nullptr;
+  const int32_t* seqlens = nullptr;  // shared-buffer mode (RowOf), or null
   const float* block_max = nullptr;  // [B*H_q*S, nb], log2 units, read for blocks up to the token's own
   const float* lse = nullptr;
   float* block_scores = nullptr;    // [B, H_kv, S, nb] or null
@@ -97,8 +117,10 @@ struct SelectParams {
 };
 // Split-path statistics: block_max[row, i] = max of key_logits[row, j] over block i up to the row's
 // token position (rows as above, key_logits [rows, T]).
+// With seqlens (shared-buffer mode) t is the row's own position and padding rows get -inf.
 Status LaunchBlockMax(const float* key_logits, float* block_max, int64_t head_rows, int64_t new_len,
-                      int64_t total_len, int block_size, int64_t num_blocks, cudaStream_t stream);
+                      int64_t total_len, int block_size, int64_t num_blocks, const int32_t* seqlens,
+                      int num_heads, cudaStream_t stream);
 // Blocks whose scores fit in the selection kernel's shared memory; beyond it `work` is needed.
 int64_t SelectSharedCapacity();
 Status LaunchSelect(const SelectParams& params, cudaStream_t stream);
@@ -109,6 +131,7 @@ struct GatherParams {
   int batch = 0, kv_num_heads = 0, head_dim = 0;
   int64_t new_len = 0, total_len = 0, capacity = 0;
   int block_size = 1, top_k = 0;
+  const int32_t* seqlens = nullptr;  // shared-buffer mode: rows past the row's total_b are zero
   const int32_t* block_indices = nullptr;
   const T* key_cache = nullptr;
   const T* value_cache = nullptr;

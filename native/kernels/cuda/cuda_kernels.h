@@ -55,12 +55,24 @@ bool SupportsShape(int head_dim, int num_heads, int kv_num_heads, std::string* w
 // HySparseFullAttn: causal GQA attention over key_cache/value_cache positions [0, total_len), plus the
 // block statistics, top-K selection and gather that the optional outputs ask for. The caches must
 // already hold past ++ new (LaunchCopyToCache builds them). T is float, Half or BFloat16.
+//
+// Shared-buffer mode (docs/ops.md "Shared KV buffer") when `seqlens_k` (int32 [B], device memory) is
+// given: total_len and cache_capacity are the buffer capacity C, attention_mask is null, and the
+// caches are the buffers after LaunchWriteNewTokens. Each row b is computed as a batch of one with
+// total_b = seqlens_k[b] + 1 (clamped to [1, C]) and its real new tokens at [max(0, total_b - S), total_b);
+// padding tokens get zero output, -1 indices, 0 scores and zero selected rows; blocks at or after
+// ceil(total_b / block_size) score 0. The lengths are read on the device only: grids, scratch sizes and
+// kernel arguments depend on the shapes alone, so the same launches serve every decode step.
 template <typename T>
-Status LaunchFullAttn(const FullAttnArgs<T>& args, cudaStream_t stream, ScratchAllocator& scratch);
+Status LaunchFullAttn(const FullAttnArgs<T>& args, cudaStream_t stream, ScratchAllocator& scratch,
+                      const int32_t* seqlens_k = nullptr);
 
 // HySparseSparseAttn: the SA (selected blocks) and SWA (window) branches, combined by union or gate.
+// Shared-buffer mode as above when `seqlens_k` is given: total_len = own_capacity = own_len = C,
+// own_start 0, the own cache (and sa_key/value, sa_capacity C, when KV is shared) the buffers.
 template <typename T>
-Status LaunchSparseAttn(const SparseAttnArgs<T>& args, cudaStream_t stream, ScratchAllocator& scratch);
+Status LaunchSparseAttn(const SparseAttnArgs<T>& args, cudaStream_t stream, ScratchAllocator& scratch,
+                        const int32_t* seqlens_k = nullptr);
 
 // Copies tokens [0, len) of a [B, H, len, D] tensor seen through `src_view` (BSNH or BNSH, as the op
 // inputs) into cache rows [dst_start, dst_start + len) of a [B, H, dst_capacity, D] cache. The glue
@@ -70,6 +82,13 @@ template <typename T>
 Status LaunchCopyToCache(const T* src, HeadView src_view, int batch, int heads, int64_t len, int head_dim,
                          T* dst, int64_t dst_capacity, int64_t dst_start, cudaStream_t stream);
 
+// Shared-buffer mode: writes the real new tokens of every row b of a [B, H, new_len, D] tensor seen
+// through `src_view` into rows [p_b, total_b) of the [B, H, capacity, D] `buffer` (total_b and p_b from
+// the device-resident `seqlens_k` as for LaunchFullAttn); padding tokens are not written. The grid
+// depends on the shapes only. Source and buffer must not overlap.
+template <typename T>
+Status LaunchWriteNewTokens(const T* src, HeadView src_view, int batch, int heads, int64_t new_len, int head_dim,
+                            T* buffer, int64_t capacity, const int32_t* seqlens_k, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace hysparse
@@ -85,8 +104,12 @@ struct ValueProblem {
   int64_t where = 0;  // mask element, or block_indices row
   int64_t slot = 0;   // position in the row (indices)
   int64_t value = 0;  // the offending value
-  int64_t previous = 0;  // the entry before it (kind 5)
+  int64_t previous = 0;  // the entry before it (kind 5); max(seqlens_k) + 1 (kind 8)
+  int64_t row_total = 0;  // shared-buffer mode, kind 3: the batch row's total length
 };
+// Shared-buffer kinds (LaunchCheckSharedBufferValues), reported before any block index problem:
+// 6 seqlens_k[where] < 0, 7 seqlens_k[where] + 1 > capacity, 8 total_sequence_length (value) differs
+// from max(seqlens_k) + 1 (previous).
 
 // Scans the attention mask (may be null) and every block_indices row on the device and writes the
 // first problem (lowest row/element) into *problem (device memory, reset by the launcher). Lets the
@@ -94,6 +117,15 @@ struct ValueProblem {
 Status LaunchCheckSparseValues(const int32_t* block_indices, int64_t rows, int top_k, int64_t num_blocks,
                                const int64_t* mask, int64_t mask_elements, ValueProblem* problem,
                                cudaStream_t stream);
+
+// Shared-buffer mode: checks seqlens_k (device, int32 [batch]: every row 0 <= seqlens_k[b] < capacity,
+// and total_sequence_length, a host value, equal to max(seqlens_k) + 1), then, when block_indices is
+// given ([batch, rows_per_batch, top_k] on the device), every row against its own block count
+// ceil(total_b / block_size). Writes the first problem as LaunchCheckSparseValues does.
+Status LaunchCheckSharedBufferValues(const int32_t* seqlens_k, int batch, int64_t capacity,
+                                     int64_t total_sequence_length, const int32_t* block_indices,
+                                     int64_t rows_per_batch, int top_k, int block_size, ValueProblem* problem,
+                                     cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace hysparse

@@ -29,6 +29,7 @@ struct TiledParams {
   const T* key_cache;
   const T* value_cache;
   const int64_t* mask;
+  const int32_t* seqlens;  // shared-buffer mode (RowOf), or null
   T* output;
   HeadView output_view;
   float* block_max;
@@ -69,12 +70,16 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
   const int64_t tile = static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x;
   const int g = blockIdx.y % p.kv_num_heads;
   const int b = blockIdx.y / p.kv_num_heads;
-  const int64_t seq = p.new_len, total = p.total_len, past = total - seq;
+  const int64_t seq = p.new_len, total = p.total_len;
+  // The row's new tokens sit at past + s; tokens s >= real are padding (shared-buffer mode) and, like
+  // masked positions, get no keys (output 0, LSE -inf).
+  const RowSpan span = RowOf(p.seqlens, b, total, seq);
+  const int64_t past = span.past, real = span.real;
   const int G = p.group;
   const int rows = p.tile_tokens * G;
   const int64_t s0 = tile * p.tile_tokens;
-  const int64_t s_last = min(s0 + p.tile_tokens, seq) - 1;
-  const int64_t key_end = past + s_last + 1;  // keys past the tile's last token are never valid
+  const int64_t s_last = min(s0 + p.tile_tokens, real) - 1;
+  const int64_t key_end = s_last >= s0 ? past + s_last + 1 : 0;  // keys past the tile's last token are never valid
   const int64_t* mask = p.mask ? p.mask + static_cast<int64_t>(b) * total : nullptr;
   const T* kbase = p.key_cache + (static_cast<int64_t>(b) * p.kv_num_heads + g) * p.cache_capacity * p.head_dim;
   const T* vbase = p.value_cache + (static_cast<int64_t>(b) * p.kv_num_heads + g) * p.cache_capacity * p.head_dim;
@@ -83,7 +88,7 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
   for (int r = tid; r < kRows; r += kThreads) {
     const int64_t s = s0 + r / G;
     int pos = -1;
-    if (r < rows && s < seq) {
+    if (r < rows && s < real) {
       const int64_t t = past + s;
       if (!mask || mask[t] != 0) pos = static_cast<int>(t);
     }
@@ -279,7 +284,8 @@ Status Launch(const TiledParams<T>& p, cudaStream_t stream) {
 }  // namespace
 
 template <typename T>
-Status LaunchFullAttnTiled(const FullAttnArgs<T>& a, const TiledStats& stats, bool vector_ok, cudaStream_t stream) {
+Status LaunchFullAttnTiled(const FullAttnArgs<T>& a, const int32_t* seqlens, const TiledStats& stats, bool vector_ok,
+                           cudaStream_t stream) {
   TiledParams<T> p;
   p.batch = a.batch;
   p.num_heads = a.num_heads;
@@ -298,6 +304,7 @@ Status LaunchFullAttnTiled(const FullAttnArgs<T>& a, const TiledStats& stats, bo
   p.key_cache = a.key_cache;
   p.value_cache = a.value_cache;
   p.mask = a.attention_mask;
+  p.seqlens = seqlens;
   p.output = a.output;
   p.output_view = a.output_view;
   p.block_max = stats.block_max;
@@ -308,9 +315,12 @@ Status LaunchFullAttnTiled(const FullAttnArgs<T>& a, const TiledStats& stats, bo
   return Launch<T, 256, 32>(p, stream);
 }
 
-template Status LaunchFullAttnTiled<float>(const FullAttnArgs<float>&, const TiledStats&, bool, cudaStream_t);
-template Status LaunchFullAttnTiled<Half>(const FullAttnArgs<Half>&, const TiledStats&, bool, cudaStream_t);
-template Status LaunchFullAttnTiled<BFloat16>(const FullAttnArgs<BFloat16>&, const TiledStats&, bool, cudaStream_t);
+template Status LaunchFullAttnTiled<float>(const FullAttnArgs<float>&, const int32_t*, const TiledStats&, bool,
+                                                 cudaStream_t);
+template Status LaunchFullAttnTiled<Half>(const FullAttnArgs<Half>&, const int32_t*, const TiledStats&, bool,
+                                                 cudaStream_t);
+template Status LaunchFullAttnTiled<BFloat16>(const FullAttnArgs<BFloat16>&, const int32_t*, const TiledStats&, bool,
+                                                 cudaStream_t);
 
 }  // namespace detail
 }  // namespace cuda

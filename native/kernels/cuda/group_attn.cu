@@ -9,7 +9,7 @@
 // and the loads of a warp cover four whole rows. The 16 lane-group states are merged in shared
 // memory into one partial per (head, split); LaunchCombine merges the splits.
 //
-// Key slots of a token (t = T - S + s its position):
+// Key slots of a token (t = T - S + s its position; in shared-buffer mode t = p_b + s, RowOf):
 //   kFull:            slot j = position j, j in [0, t].
 //   kUnion:           slots [0, K*bs) = selected positions outside the window (SA source), then
 //                     [K*bs, K*bs + w) = window positions t, t-1, ... (own cache).
@@ -156,7 +156,8 @@ __global__ void __launch_bounds__(kThreads) GroupAttnKernel(const GroupAttnParam
   x /= p.new_len;
   row.g = static_cast<int>(x % p.kv_num_heads);
   row.b = static_cast<int>(x / p.kv_num_heads);
-  row.t = p.total_len - p.new_len + row.s;
+  const RowSpan span = RowOf(p.seqlens, row.b, p.total_len, p.new_len);
+  row.t = span.past + row.s;
   row.mask = p.mask ? p.mask + static_cast<int64_t>(row.b) * p.total_len : nullptr;
   const int64_t plane = static_cast<int64_t>(row.b) * p.kv_num_heads + row.g;
   row.key = p.key + plane * p.capacity * p.head_dim;
@@ -171,7 +172,8 @@ __global__ void __launch_bounds__(kThreads) GroupAttnKernel(const GroupAttnParam
 
   const int h0 = row.g * p.group + chunk * kHeads;
   const int heads = min(kHeads, p.group - chunk * kHeads);
-  const bool row_valid = !row.mask || row.mask[row.t] != 0;
+  // A masked query position or a padding token (shared-buffer mode) has no keys: output 0.
+  const bool row_valid = row.s < span.real && (!row.mask || row.mask[row.t] != 0);
 
   int64_t slots = 0;
   if (row_valid) {

@@ -125,7 +125,8 @@ bool SupportsShape(int head_dim, int num_heads, int kv_num_heads, std::string* w
 }
 
 template <typename T>
-Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch) {
+Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
+                      const int32_t* seqlens_k) {
   using namespace detail;
   if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseFullAttn: refusing the legacy default stream");
   std::string why;
@@ -175,6 +176,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
     p.capacity = a.cache_capacity;
     p.vector_ok = vector_ok;
     p.key_logits = want_stats ? reinterpret_cast<float*>(base + off_logits) : nullptr;
+    p.seqlens = seqlens_k;
     HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
 
     CombineParams<T> c = CommonCombineParams(a, p, 1);
@@ -186,13 +188,13 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
       stats.block_max = reinterpret_cast<float*>(base + off_block_max);
       stats.lse = lse;
     }
-    HYSPARSE_CUDA_RETURN_IF(LaunchFullAttnTiled(a, stats, vector_ok, stream));
+    HYSPARSE_CUDA_RETURN_IF(LaunchFullAttnTiled(a, seqlens_k, stats, vector_ok, stream));
   }
   if (!want_stats) return Status::Ok();
   if (split_path) {
     HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(reinterpret_cast<float*>(base + off_logits),
                                            reinterpret_cast<float*>(base + off_block_max), head_rows, a.new_len,
-                                           a.total_len, a.block_size, nb, stream));
+                                           a.total_len, a.block_size, nb, seqlens_k, a.num_heads, stream));
   }
 
   int32_t* indices = a.block_indices ? a.block_indices
@@ -207,6 +209,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
   s.num_blocks = nb;
   s.top_k = a.top_k;
   s.mask = a.attention_mask;
+  s.seqlens = seqlens_k;
   s.block_max = reinterpret_cast<float*>(base + off_block_max);
   s.lse = lse;
   s.block_scores = a.block_scores;
@@ -224,6 +227,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
     g.capacity = a.cache_capacity;
     g.block_size = a.block_size;
     g.top_k = a.top_k;
+    g.seqlens = seqlens_k;
     g.block_indices = indices;
     g.key_cache = a.key_cache;
     g.value_cache = a.value_cache;
@@ -238,7 +242,8 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
 }
 
 template <typename T>
-Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch) {
+Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
+                        const int32_t* seqlens_k) {
   using namespace detail;
   if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseSparseAttn: refusing the legacy default stream");
   std::string why;
@@ -283,6 +288,7 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
     p.sa_capacity = a.sa_capacity;
   }
   p.block_indices = a.block_indices;
+  p.seqlens = seqlens_k;
   p.vector_ok = a.head_dim % 8 == 0 && ViewAligned(a.query, a.query_view) && RowsAligned(a.own_key, a.head_dim) &&
                 RowsAligned(a.own_value, a.head_dim) && RowsAligned(p.sa_key, a.head_dim) &&
                 RowsAligned(p.sa_value, a.head_dim) && RowsAligned(p.selected_key, a.head_dim) &&
@@ -296,12 +302,18 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
   return LaunchCombine(c, stream);
 }
 
-template Status LaunchFullAttn<float>(const FullAttnArgs<float>&, cudaStream_t, ScratchAllocator&);
-template Status LaunchFullAttn<Half>(const FullAttnArgs<Half>&, cudaStream_t, ScratchAllocator&);
-template Status LaunchFullAttn<BFloat16>(const FullAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&);
-template Status LaunchSparseAttn<float>(const SparseAttnArgs<float>&, cudaStream_t, ScratchAllocator&);
-template Status LaunchSparseAttn<Half>(const SparseAttnArgs<Half>&, cudaStream_t, ScratchAllocator&);
-template Status LaunchSparseAttn<BFloat16>(const SparseAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&);
+template Status LaunchFullAttn<float>(const FullAttnArgs<float>&, cudaStream_t, ScratchAllocator&,
+                                         const int32_t*);
+template Status LaunchFullAttn<Half>(const FullAttnArgs<Half>&, cudaStream_t, ScratchAllocator&,
+                                         const int32_t*);
+template Status LaunchFullAttn<BFloat16>(const FullAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&,
+                                         const int32_t*);
+template Status LaunchSparseAttn<float>(const SparseAttnArgs<float>&, cudaStream_t, ScratchAllocator&,
+                                         const int32_t*);
+template Status LaunchSparseAttn<Half>(const SparseAttnArgs<Half>&, cudaStream_t, ScratchAllocator&,
+                                         const int32_t*);
+template Status LaunchSparseAttn<BFloat16>(const SparseAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&,
+                                         const int32_t*);
 
 }  // namespace cuda
 }  // namespace hysparse

@@ -52,8 +52,9 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const SelectParams p) {
   const int g = static_cast<int>((row / S) % p.kv_num_heads);
   const int64_t b = row / S / p.kv_num_heads;
   const int group = p.num_heads / p.kv_num_heads;
-  const int64_t t = p.total_len - S + s;
-  const bool row_valid = !p.mask || p.mask[b * p.total_len + t] != 0;
+  const RowSpan span = RowOf(p.seqlens, b, p.total_len, S);
+  const int64_t t = span.past + s;
+  const bool row_valid = s < span.real && (!p.mask || p.mask[b * p.total_len + t] != 0);
   const int64_t last_block = t / p.block_size;
   // Eligible blocks hold their score (>= 0), the others -1.
   float* work = p.work ? p.work + row * nb : shared_scores;
@@ -171,13 +172,17 @@ __global__ void __launch_bounds__(kThreads) SelectKernel(const SelectParams p) {
 // One warp per (head row, key block): the largest key logit of the block up to the token's position.
 __global__ void __launch_bounds__(kThreads) BlockMaxKernel(const float* __restrict__ logits, float* __restrict__ block_max,
                                                            int64_t items, int64_t new_len, int64_t total_len,
-                                                           int block_size, int64_t num_blocks) {
+                                                           int block_size, int64_t num_blocks,
+                                                           const int32_t* __restrict__ seqlens, int num_heads) {
   const int lane = threadIdx.x & 31;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);  // head_row*nb + block
   if (item >= items) return;  // whole warps leave together
   const int64_t head_row = item / num_blocks, block = item % num_blocks;
-  const int64_t t = total_len - new_len + head_row % new_len;
-  const int64_t end = min((block + 1) * block_size, t + 1);
+  const int64_t s = head_row % new_len;
+  const RowSpan span = RowOf(seqlens, head_row / new_len / num_heads, total_len, new_len);
+  const int64_t t = span.past + s;
+  // A padding token's logits were never written: its blocks hold no key.
+  const int64_t end = s < span.real ? min((block + 1) * block_size, t + 1) : 0;
   const float* row = logits + head_row * total_len;
   float mx = NegInf();
   for (int64_t j = block * block_size + lane; j < end; j += 32) mx = fmaxf(mx, row[j]);
@@ -189,10 +194,11 @@ __global__ void __launch_bounds__(kThreads) BlockMaxKernel(const float* __restri
 }  // namespace
 
 Status LaunchBlockMax(const float* key_logits, float* block_max, int64_t head_rows, int64_t new_len,
-                      int64_t total_len, int block_size, int64_t num_blocks, cudaStream_t stream) {
+                      int64_t total_len, int block_size, int64_t num_blocks, const int32_t* seqlens,
+                      int num_heads, cudaStream_t stream) {
   const int64_t items = head_rows * num_blocks;
   BlockMaxKernel<<<static_cast<unsigned>(CeilDiv(items, kWarps)), kThreads, 0, stream>>>(
-      key_logits, block_max, items, new_len, total_len, block_size, num_blocks);
+      key_logits, block_max, items, new_len, total_len, block_size, num_blocks, seqlens, num_heads);
   HYSPARSE_CUDA_CHECK_LAUNCH("HySparseFullAttn block maximum kernel");
   return Status::Ok();
 }

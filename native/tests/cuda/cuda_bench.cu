@@ -340,6 +340,90 @@ int Main(bool quick) {
     PrintRow({"sparse decode (gate, sinks)", size, ms, -1, sparse_bytes / (ms * 1e-3) / 1e9,
               Percent(sparse_bytes / (ms * 1e-3) / 1e9, ceil.copy_gbs, "copy BW") + note});
   }
+  // Shared-buffer decode (GroupQueryAttention's convention, as genai runs it): one buffer of capacity C
+  // per layer, bound as past and present; a step writes the new token in place and attends over the
+  // row's seqlens_k + 1 positions. Lengths live on the device, so every step has the same launches.
+  const int64_t capacity = quick ? 16384 : 65536;
+  const std::vector<int64_t> shared_decode = quick ? std::vector<int64_t>{16384} : std::vector<int64_t>{16384, 65536};
+  {
+    const size_t plane = size_t(capacity) * kKvHeads * kDim;
+    DeviceArray<BFloat16> q(size_t(kHeads) * kDim), out(q.size()), k_new(size_t(kKvHeads) * kDim), v_new(k_new.size());
+    DeviceArray<BFloat16> full_k(plane), full_v(plane), own_k(plane), own_v(plane), gate(2 * kHeads), sinks(2 * kHeads);
+    DeviceArray<int32_t> idx(size_t(kKvHeads) * kTopK), seqlens(1);
+    Fill(q, 31, 2.f, stream);
+    Fill(k_new, 32, 1.f, stream);
+    Fill(v_new, 33, 1.f, stream);
+    Fill(full_k, 34, 1.f, stream);
+    Fill(full_v, 35, 1.f, stream);
+    Fill(own_k, 36, 1.f, stream);
+    Fill(own_v, 37, 1.f, stream);
+    Fill(gate, 38, 2.f, stream);
+    Fill(sinks, 39, 1.f, stream);
+    const HeadView new_view = HeadView::Bsnh(1, kKvHeads, kDim);
+    for (int64_t T : shared_decode) {
+      const int32_t length = static_cast<int32_t>(T - 1);
+      Check(cudaMemcpy(seqlens.get(), &length, sizeof length, cudaMemcpyHostToDevice), "seqlens");
+      char size[48];
+      std::snprintf(size, sizeof size, "T = %lldk, C = %lldk", static_cast<long long>(T / 1024),
+                    static_cast<long long>(capacity / 1024));
+      const double full_bytes = 2.0 * kKvHeads * T * kDim * elem;
+      // The bandwidth floor: the K/V bytes attention must read, at the measured copy rate (as "% of copy BW").
+      const double floor_ms = full_bytes / (ceil.copy_gbs * 1e9) * 1e3;
+      auto vs_floor = [](double ms, double lowest) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%.2fx the bandwidth floor (%.4f ms)", ms / lowest, lowest);
+        return std::string(buf);
+      };
+
+      // The concatenating op at the same length, for comparison: present = past ++ new (a cache copy), then attention.
+      DeviceArray<BFloat16> cat_k(size_t(T) * kKvHeads * kDim), cat_v(cat_k.size());
+      FullAttnArgs<BFloat16> cat = FullArgs(1, T, q, cat_k, cat_v, out);
+      cat.block_indices = idx.get();
+      const double cat_ms = TimeMs(stream, 20, [&] {
+        Require(LaunchCopyToCache(full_k.get(), HeadView::Bnsh(capacity, kKvHeads, kDim), 1, kKvHeads, T - 1, kDim,
+                                  cat_k.get(), T, 0, stream));
+        Require(LaunchCopyToCache(full_v.get(), HeadView::Bnsh(capacity, kKvHeads, kDim), 1, kKvHeads, T - 1, kDim,
+                                  cat_v.get(), T, 0, stream));
+        Require(LaunchCopyToCache(k_new.get(), new_view, 1, kKvHeads, 1, kDim, cat_k.get(), T, T - 1, stream));
+        Require(LaunchCopyToCache(v_new.get(), new_view, 1, kKvHeads, 1, kDim, cat_v.get(), T, T - 1, stream));
+        Require(LaunchFullAttn(cat, stream, scratch));
+      });
+      PrintRow({"full decode + top-K, concatenating (cache copy + attention)", size, cat_ms, -1,
+                full_bytes / (cat_ms * 1e-3) / 1e9, vs_floor(cat_ms, floor_ms)});
+
+      FullAttnArgs<BFloat16> fa = FullArgs(1, capacity, q, full_k, full_v, out);
+      fa.block_indices = idx.get();
+      const double shared_ms = TimeMs(stream, 20, [&] {
+        Require(LaunchWriteNewTokens(k_new.get(), new_view, 1, kKvHeads, 1, kDim, full_k.get(), capacity, seqlens.get(),
+                                     stream));
+        Require(LaunchWriteNewTokens(v_new.get(), new_view, 1, kKvHeads, 1, kDim, full_v.get(), capacity, seqlens.get(),
+                                     stream));
+        Require(LaunchFullAttn(fa, stream, scratch, seqlens.get()));
+      });
+      char note[128];
+      std::snprintf(note, sizeof note, "; %.2fx faster than the concatenating step", cat_ms / shared_ms);
+      PrintRow({"full decode + top-K, shared buffer (in place)", size, shared_ms, -1,
+                full_bytes / (shared_ms * 1e-3) / 1e9, vs_floor(shared_ms, floor_ms) + note});
+
+      // The sparse layer: own buffer, SA from the full layer's buffer (KV sharing), gate + sinks.
+      SparseAttnArgs<BFloat16> sa = GateArgs(1, capacity, q, own_k, own_v, capacity, full_k, full_v, idx, gate, sinks, out);
+      const double sparse_bytes = 2.0 * kKvHeads * (kTopK * kBlock + kWindow) * kDim * elem;
+      const double sparse_floor_ms = sparse_bytes / (ceil.copy_gbs * 1e9) * 1e3;
+      const double sparse_ms = TimeMs(stream, 50, [&] {
+        Require(LaunchWriteNewTokens(k_new.get(), new_view, 1, kKvHeads, 1, kDim, own_k.get(), capacity, seqlens.get(),
+                                     stream));
+        Require(LaunchWriteNewTokens(v_new.get(), new_view, 1, kKvHeads, 1, kDim, own_v.get(), capacity, seqlens.get(),
+                                     stream));
+        Require(LaunchSparseAttn(sa, stream, scratch, seqlens.get()));
+      });
+      std::snprintf(note, sizeof note, "; %.1fx faster than the shared-buffer full step", shared_ms / sparse_ms);
+      PrintRow({"sparse decode, shared buffer, KV sharing (gate, sinks)", size, sparse_ms, -1,
+                sparse_bytes / (sparse_ms * 1e-3) / 1e9, vs_floor(sparse_ms, sparse_floor_ms) + note});
+    }
+  }
+  std::printf("\nShared-buffer rows: B 1, one buffer of capacity C bound as past and present, seqlens_k = T - 1 "
+              "in device memory; the grid and scratch follow C, not T. Bandwidth floor: the K and V bytes attention "
+              "must read (GB/s column) at the measured copy rate; the concatenating step also copies the cache.\n");
   std::printf("\nTFLOP/s count 4*D multiply-adds... per (query head, attended key): 2 for QK, 2 for PV. GB/s "
               "count the K and V bytes the kernel must read. Means over repeated launches after a warm-up, "
               "CUDA events on one non-default stream.\n");

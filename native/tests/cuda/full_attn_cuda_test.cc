@@ -35,43 +35,6 @@ struct FullParam {
   DType dtype;
 };
 
-// Checks one block_indices row: ascending valid blocks then -1, as many as the CPU chose, and where
-// the chosen set differs, only between blocks whose CPU scores tie with the K-th score up to float
-// rounding of two different summation orders.
-void CheckIndexRow(const int32_t* gpu, const int32_t* cpu, const float* cpu_scores, int top_k, int64_t num_blocks,
-                   const std::string& where) {
-  int gpu_count = 0, cpu_count = 0;
-  for (int k = 0; k < top_k; ++k) {
-    if (gpu[k] >= 0) {
-      ASSERT_EQ(gpu_count, k) << where << ": a block after -1";
-      ASSERT_LT(gpu[k], num_blocks) << where;
-      if (k > 0) {
-        ASSERT_GT(gpu[k], gpu[k - 1]) << where << ": not ascending";
-      }
-      ++gpu_count;
-    } else {
-      ASSERT_EQ(gpu[k], -1) << where << ": padding must be -1";
-    }
-    if (cpu[k] >= 0) ++cpu_count;
-  }
-  ASSERT_EQ(gpu_count, cpu_count) << where;
-  const std::set<int32_t> g(gpu, gpu + gpu_count), c(cpu, cpu + cpu_count);
-  if (g == c) return;
-  float kth = 1e30f;
-  for (int32_t i : c) kth = std::min(kth, cpu_scores[i]);
-  const float slack = 1e-5f + 1e-4f * kth;
-  for (int32_t i : g) {
-    if (!c.count(i)) {
-      EXPECT_GE(cpu_scores[i], kth - slack) << where << ": GPU chose block " << i << " below the K-th score";
-    }
-  }
-  for (int32_t i : c) {
-    if (!g.count(i)) {
-      EXPECT_LE(cpu_scores[i], kth + slack) << where << ": GPU dropped block " << i << " above the K-th score";
-    }
-  }
-}
-
 template <typename T>
 void RunFullCase(const FullCase& c) {
   std::mt19937 rng(static_cast<uint32_t>(std::hash<std::string>()(c.name)));
