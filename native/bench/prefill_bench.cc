@@ -6,11 +6,13 @@
 // The sparse op runs twice per round: on its token tiles (the path decode and small S take, and
 // every prefill took before the prefill tiles) and on its prefill tiles. The runs are interleaved
 // (full, token tiles, prefill tiles, full, ...) so that a loaded machine slows all alike, and every
-// sample is printed with the median: the ratios to the full op are the numbers to read.
+// sample is printed with the median: the ratios to the full op are the numbers to read. On a loaded
+// machine wall times scatter; --clock cpu (one thread, serial) times each call in the calling
+// thread's CPU time instead, which the load barely changes.
 //
 //   hysparse_prefill_bench [--shape small|7b] [--s 4096,16384] [--iters 5] [--threads 2]
 //                          [--type f32|f16] [--queries iid|correlated] [--only full|token|tiled]
-//                          [--past P] [--kv-parts N]
+//                          [--past P] [--kv-parts N] [--clock wall|cpu]
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -19,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -111,6 +114,7 @@ struct Options {
   std::string only;  // "full", "token" or "tiled": time one of them (for profiles)
   int64_t past = 0;  // tokens already cached (chunked prefill: S new tokens after them)
   int kv_parts = 0;  // SparseAttnCpuOptions::kv_parts
+  bool cpu_clock = false;  // thread CPU time of serial runs instead of wall time
 };
 
 template <typename E>
@@ -157,7 +161,14 @@ void RunLength(const Options& o, int64_t S, const Executor& exec) {
   token_options.prefill_tiles = -1;
   tiled_options.prefill_tiles = 1;
   token_options.kv_parts = tiled_options.kv_parts = o.kv_parts;
-  const auto time = [](const std::function<void()>& fn) {
+  const auto time = [&](const std::function<void()>& fn) {
+    if (o.cpu_clock) {
+      timespec t0{}, t1{};
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+      fn();
+      clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+      return (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) * 1e-6;
+    }
     const auto t0 = std::chrono::steady_clock::now();
     fn();
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -215,9 +226,11 @@ void RunLength(const Options& o, int64_t S, const Executor& exec) {
   };
   const auto min = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
   const auto max = [](const std::vector<double>& v) { return *std::max_element(v.begin(), v.end()); };
-  std::printf("%s %s S=%lld past=%lld queries=%s keys/token=%.0f (full: %.0f), blocks per 32-token tile %.1f\n",
+  std::printf("%s %s S=%lld past=%lld queries=%s threads=%d clock=%s keys/token=%.0f (full: %.0f), "
+              "blocks per 32-token tile %.1f\n",
               o.shape.c_str(), o.type.c_str(), static_cast<long long>(S), static_cast<long long>(o.past),
-              o.correlated ? "correlated" : "iid", keys, o.past + (S + 1) / 2.0, union_blocks);
+              o.correlated ? "correlated" : "iid", o.threads, o.cpu_clock ? "thread-cpu" : "wall", keys,
+              o.past + (S + 1) / 2.0, union_blocks);
   const std::pair<const char*, const std::vector<double>*> rows[] = {
       {"full", &tf}, {"sparse, token tiles", &tt}, {"sparse, prefill tiles", &tp}};
   for (const auto& [name, v] : rows)
@@ -240,13 +253,20 @@ int main(int argc, char** argv) {
     else if (key == "--only") o.only = value;
     else if (key == "--past") o.past = std::stoll(value);
     else if (key == "--kv-parts") o.kv_parts = std::stoi(value);
+    else if (key == "--clock") o.cpu_clock = value == "cpu";
     else if (key == "--queries") o.correlated = value != "iid";
     else {
       std::fprintf(stderr, "unknown option %s\n", key.c_str());
       return 2;
     }
   }
-  PoolExecutor exec(o.threads);
+  if (o.cpu_clock && o.threads != 1) {
+    std::fprintf(stderr, "--clock cpu times the calling thread: use --threads 1\n");
+    return 2;
+  }
+  PoolExecutor pool(o.threads);
+  SerialExecutor serial;
+  const Executor& exec = o.threads == 1 ? static_cast<const Executor&>(serial) : pool;
   for (int64_t S : o.lengths) {
     if (o.type == "f16")
       RunLength<Half>(o, S, exec);
