@@ -49,8 +49,9 @@ constexpr int64_t kTokenTile = 16;
 // go through scores -> softmax -> P·V kRowBlock at a time, each block of rows over just the keys its
 // tokens take (a band row scores its own window, not the tile's span), as the full kernel's tiles
 // do. 32 tokens measured faster than 16 and as fast as 64. They measured faster than the token tiles
-// from S = 4 up, on both layer shapes (docs/performance.md "Sparse prefill"); decode keeps the token
-// tiles, whose tuning the decode tables rest on.
+// at every S from 1 to 128, both layer shapes, f32 and f16 (docs/performance.md "Sparse prefill"), so
+// every call with S >= 2 takes them; decode keeps the token tiles, on which the decode tables and the
+// key-range split were measured, until those are measured again.
 constexpr int64_t kPrefillTokenTile = 32;
 constexpr int kPrefillChunk = cpu::kMaxTileKeys;
 constexpr int kRowBlock = 4;
