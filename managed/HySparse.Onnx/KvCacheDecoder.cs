@@ -248,21 +248,65 @@ public sealed class KvCacheDecoder : IDisposable
         return _lastOutputs[1 + _cachePairs.Count + index];
     }
 
+    /// <summary>
+    /// Chunked prefill: feeds <paramref name="prompt"/> ([B, S] row-major) through the cache
+    /// <paramref name="chunkSize"/> tokens at a time and returns the logits of each row's last prompt
+    /// token, float32 [B, vocab]. The result equals one <see cref="Step"/> over the whole prompt (to
+    /// float rounding: the attention sums run in another order), while what a call holds besides the
+    /// caches — logits, attention scratch, a full layer's block scores — stays that of a chunk, so a
+    /// prompt of any length fits. Shared-buffer decoders need a <c>bufferCapacity</c> of at least S.
+    /// </summary>
+    /// <param name="prompt">Token ids, <see cref="BatchSize"/> rows of S tokens.</param>
+    /// <param name="chunkSize">Most tokens per call (the last chunk of a row may be shorter).</param>
+    /// <param name="promptMask">Optional 0/1 per prompt token ([B, S]), as for <see cref="Step"/>.</param>
+    public float[] Prefill(ReadOnlySpan<long> prompt, int chunkSize, ReadOnlySpan<long> promptMask = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfLessThan(chunkSize, 1);
+        if (prompt.Length == 0 || prompt.Length % BatchSize != 0)
+            throw new ArgumentException($"prompt must hold {BatchSize} rows of equal length, got {prompt.Length} ids", nameof(prompt));
+        if (!promptMask.IsEmpty && promptMask.Length != prompt.Length)
+            throw new ArgumentException($"promptMask must have one entry per token ({prompt.Length}), got {promptMask.Length}", nameof(promptMask));
+        var promptLen = prompt.Length / BatchSize;
+        float[] last = [];
+        for (var start = 0; start < promptLen; start += chunkSize)
+        {
+            var len = Math.Min(chunkSize, promptLen - start);
+            var ids = new long[BatchSize * len];
+            var mask = promptMask.IsEmpty ? [] : new long[BatchSize * len];
+            for (var b = 0; b < BatchSize; b++)
+            {
+                prompt.Slice(b * promptLen + start, len).CopyTo(ids.AsSpan(b * len, len));
+                if (!promptMask.IsEmpty) promptMask.Slice(b * promptLen + start, len).CopyTo(mask.AsSpan(b * len, len));
+            }
+            var logits = Step(ids, mask);
+            if (start + len < promptLen) continue;
+            var vocab = logits.Length / (BatchSize * len);
+            last = new float[BatchSize * vocab];
+            for (var b = 0; b < BatchSize; b++)
+                logits.AsSpan((b * len + len - 1) * vocab, vocab).CopyTo(last.AsSpan(b * vocab, vocab));
+        }
+        return last;
+    }
+
     /// <summary>Greedy decoding: feeds the prompt, then appends the arg-max token <paramref name="newTokens"/> times.</summary>
     /// <returns>The generated tokens, [B, newTokens] row-major.</returns>
-    public long[] GenerateGreedy(ReadOnlySpan<long> prompt, int newTokens)
+    public long[] GenerateGreedy(ReadOnlySpan<long> prompt, int newTokens) => GenerateGreedy(prompt, newTokens, int.MaxValue);
+
+    /// <summary>Greedy decoding with the prompt fed by <see cref="Prefill"/> in chunks of at most
+    /// <paramref name="prefillChunk"/> tokens.</summary>
+    /// <returns>The generated tokens, [B, newTokens] row-major.</returns>
+    public long[] GenerateGreedy(ReadOnlySpan<long> prompt, int newTokens, int prefillChunk)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(newTokens, 0);
         var generated = new long[BatchSize * newTokens];
         if (newTokens == 0) return generated;
-        var logits = Step(prompt);
-        var promptLen = prompt.Length / BatchSize;
-        var next = ArgMaxLast(logits, promptLen);
+        var next = ArgMaxLast(Prefill(prompt, prefillChunk), 1);
         for (var step = 0; step < newTokens; step++)
         {
             for (var b = 0; b < BatchSize; b++) generated[b * newTokens + step] = next[b];
             if (step + 1 == newTokens) break;
-            logits = Step(next);
+            var logits = Step(next);
             next = ArgMaxLast(logits, 1);
         }
         return generated;

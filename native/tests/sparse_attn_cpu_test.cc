@@ -502,13 +502,18 @@ void CheckCase(const Case& c, bool also_dense) {
   const double tol = std::is_same<T, float>::value ? kFloatTolerance : kHalfTolerance;
   const auto want = SparseReference(p);
   const auto dense = also_dense ? DenseReference(p) : std::vector<double>();
+  // Both prefill paths, whatever S: the token tiles (decode, small S) and the prefill tiles.
   for (const cpu::TileKernels* kernels : cpu::AvailableTileKernels()) {
-    cpu::SparseAttnCpuOptions options;
-    options.kernels = kernels;
-    p.PoisonOutput();
-    cpu::RunSparseAttnCpu(p.Args(), SerialExecutor(), options);
-    ExpectOutput(p, want, tol, kernels->name);
-    if (also_dense) ExpectOutput(p, dense, tol, std::string(kernels->name) + " vs dense");
+    for (const int prefill_tiles : {-1, 1}) {
+      cpu::SparseAttnCpuOptions options;
+      options.kernels = kernels;
+      options.prefill_tiles = prefill_tiles;
+      const std::string what = std::string(kernels->name) + (prefill_tiles > 0 ? " prefill tiles" : " token tiles");
+      p.PoisonOutput();
+      cpu::RunSparseAttnCpu(p.Args(), SerialExecutor(), options);
+      ExpectOutput(p, want, tol, what);
+      if (also_dense) ExpectOutput(p, dense, tol, what + " vs dense");
+    }
   }
   p.PoisonOutput();
   RunSparseAttnCpu(p.Args(), SerialExecutor());
@@ -522,7 +527,9 @@ void CheckCase(const Case& c, bool also_dense) {
   for (const int parts : {2, 5}) {
     cpu::SparseAttnCpuOptions split;
     split.kv_parts = parts;
-    const std::string what = "kv_parts=" + std::to_string(parts);
+    // The split with the prefill tiles too (the kernel itself splits only calls with few tasks).
+    split.prefill_tiles = parts == 5 ? 1 : 0;
+    const std::string what = "kv_parts=" + std::to_string(parts) + (parts == 5 ? " prefill tiles" : "");
     p.PoisonOutput();
     cpu::RunSparseAttnCpu(p.Args(), SerialExecutor(), split);
     ExpectOutput(p, want, tol, what);
@@ -664,6 +671,79 @@ std::vector<Case> DenseCases() {
   return cases;
 }
 
+// Prefill shapes: S >= 64 new tokens, so that the prefill tiles (32 tokens) have several tiles, a
+// partial last tile, tiles that start after a past, and (G < kRowBlock) row blocks that span tokens
+// with different selections. CheckCase runs each on both tile shapes, split and threaded.
+std::vector<Case> PrefillCases() {
+  std::vector<Case> cases;
+  auto add = [&](Case c) {
+    c.seed = 3000 + static_cast<uint32_t>(cases.size());
+    cases.push_back(c);
+  };
+  Case c;
+  c.name = "PrefillUnionNoPast";  // tiles 0-31, 32-63, 64-95, 96-99
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 100, c.total_len = 100, c.block_size = 16;
+  c.window = 24, c.top_k = 4;
+  add(c);
+  c.name = "PrefillUnionAfterPastSinks";
+  c.new_len = 70, c.total_len = 333, c.window = 40, c.top_k = 5, c.sinks = true;
+  add(c);
+  c = {};
+  c.name = "PrefillGatePerChannelSinks";
+  c.num_heads = 4, c.kv_heads = 2, c.dim = 64, c.new_len = 65, c.total_len = 200, c.block_size = 16;
+  c.window = 30, c.top_k = 3, c.combine = Combine::kGate, c.gate = GateKind::kPerChannel, c.sinks = true;
+  add(c);
+  c.name = "PrefillGatePerHeadNoGateSinks";
+  c.gate = GateKind::kPerHead, c.sinks = false, c.new_len = 96, c.total_len = 96;
+  add(c);
+  c = {};
+  c.name = "PrefillPaddedBatch3D";  // left and right padding, poisoned gaps after every row
+  c.batch = 3, c.num_heads = 6, c.kv_heads = 2, c.dim = 37, c.new_len = 96, c.total_len = 160, c.block_size = 8;
+  c.window = 17, c.top_k = 6, c.padding = Padding::kLeftRight, c.bsnh = true, c.row_padding = 2;
+  add(c);
+  c.name = "PrefillPaddedBatchGate", c.combine = Combine::kGate, c.gate = GateKind::kPerHead;
+  add(c);
+  c = {};
+  c.name = "PrefillHolesMha";  // G = 1: every row block spans four tokens
+  c.batch = 2, c.num_heads = 3, c.kv_heads = 3, c.dim = 32, c.new_len = 80, c.total_len = 80, c.block_size = 8;
+  c.window = 12, c.top_k = 5, c.padding = Padding::kHoles;
+  add(c);
+  c = {};
+  c.name = "PrefillKvSharingWindowCache";  // SA from the shared cache, window from the own window cache
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 64, c.total_len = 400, c.block_size = 32;
+  c.window = 48, c.top_k = 4, c.source = SaSource::kSharedCache, c.window_cache = true;
+  add(c);
+  c.name = "PrefillKvSharingFullOwnCacheGate";
+  c.window_cache = false, c.combine = Combine::kGate, c.gate = GateKind::kPerChannel, c.sinks = true;
+  add(c);
+  c = {};
+  c.name = "PrefillGatheredWindowCache";
+  c.num_heads = 4, c.kv_heads = 2, c.dim = 64, c.new_len = 64, c.total_len = 150, c.block_size = 16;
+  c.window = 20, c.top_k = 3, c.source = SaSource::kGathered, c.window_cache = true, c.padding = Padding::kLeftRight;
+  c.batch = 2;
+  add(c);
+  c = {};
+  c.name = "PrefillLayerShape";  // the benchmark's block and window: K 16 x 64 + w 128
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 129, c.total_len = 1500, c.block_size = 64;
+  c.window = 128, c.top_k = 16;
+  add(c);
+  return cases;
+}
+
+// Union over the own cache with every block outside the window selected, at prefill lengths.
+std::vector<Case> DensePrefillCases() {
+  std::vector<Case> cases;
+  Case c;
+  c.name = "DensePrefillTiles";
+  c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 96, c.total_len = 200, c.block_size = 16;
+  c.window = 40, c.top_k = 13, c.rows = Rows::kCoverOutsideWindow, c.seed = 3100;
+  cases.push_back(c);
+  c.name = "DensePrefillTilesPaddedMha", c.num_heads = 2, c.kv_heads = 2, c.batch = 2, c.padding = Padding::kLeftRight;
+  c.seed = 3101;
+  cases.push_back(c);
+  return cases;
+}
+
 // Random shapes from a fixed seed, covering combinations the named cases do not.
 std::vector<Case> RandomCases() {
   std::vector<Case> cases;
@@ -710,6 +790,16 @@ TEST_P(SparseAttnCpuDense, Float16UnionEqualsDenseAttention) { CheckCase<Half>(G
 INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuDense, testing::ValuesIn(DenseCases()), CaseName);
 
 class SparseAttnCpuRandom : public testing::TestWithParam<Case> {};
+class SparseAttnCpuPrefill : public testing::TestWithParam<Case> {};
+TEST_P(SparseAttnCpuPrefill, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
+TEST_P(SparseAttnCpuPrefill, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
+INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuPrefill, testing::ValuesIn(PrefillCases()), CaseName);
+
+class SparseAttnCpuDensePrefill : public testing::TestWithParam<Case> {};
+TEST_P(SparseAttnCpuDensePrefill, Float32UnionEqualsDenseAttention) { CheckCase<float>(GetParam(), true); }
+TEST_P(SparseAttnCpuDensePrefill, Float16UnionEqualsDenseAttention) { CheckCase<Half>(GetParam(), true); }
+INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuDensePrefill, testing::ValuesIn(DensePrefillCases()), CaseName);
+
 TEST_P(SparseAttnCpuRandom, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
 TEST_P(SparseAttnCpuRandom, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
 INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuRandom, testing::ValuesIn(RandomCases()), CaseName);

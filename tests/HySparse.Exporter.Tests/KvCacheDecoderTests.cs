@@ -42,6 +42,69 @@ public sealed class KvCacheDecoderTests
     }
 
     [TestMethod]
+    public void ChunkedPrefillEqualsOneCall()
+    {
+        // Dense; retrofit FSSF; kv-sharing (window caches, chunks longer than the window); the GQA
+        // source and its shared-buffer conversion; the dense model converted with --kv-buffer. K
+        // covers every block, so each hybrid is exact.
+        using var dir = new ModelDirectory();
+        File.WriteAllBytes(dir.File("dense.onnx"), LlamaModelBuilder.Build(Config).ToByteArray());
+        File.WriteAllBytes(dir.File("genai.onnx"), LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray());
+        var parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 };
+        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("retrofit.onnx"),
+                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters }, overwrite: false);
+        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("sharing.onnx"),
+                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters with { Mode = HybridMode.KvSharing } },
+                                    overwrite: false);
+        HybridConverter.ConvertFile(dir.File("genai.onnx"), dir.File("buffers.onnx"),
+                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters }, overwrite: false);
+        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("kvbuffer.onnx"),
+                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters, KvBuffer = true },
+                                    overwrite: false);
+        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("dense.onnx")), registerOps: false);
+        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("retrofit.onnx")), registerOps: true);
+        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("sharing.onnx")), registerOps: true);
+        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("genai.onnx")), registerOps: false, bufferCapacity: 40);
+        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("buffers.onnx")), registerOps: true, bufferCapacity: 40);
+        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("kvbuffer.onnx")), registerOps: true, bufferCapacity: 40);
+    }
+
+    [TestMethod]
+    public void ChunkedPrefillOfPaddedRowsEqualsOneCallAndGreedyDecodingAgrees()
+    {
+        using var dir = new ModelDirectory();
+        File.WriteAllBytes(dir.File("dense.onnx"), LlamaModelBuilder.Build(Config).ToByteArray());
+        var options = new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 } };
+        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("hybrid.onnx"), options, overwrite: false);
+        using var session = TestSessions.Open(File.ReadAllBytes(dir.File("hybrid.onnx")), registerOps: true);
+        var rng = new Random(5);
+        const int promptLen = 21;
+        var prompt = Enumerable.Range(0, 2 * promptLen).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
+        // Row 1 is left-padded by 6 tokens.
+        var mask = Enumerable.Range(0, 2 * promptLen).Select(i => i >= promptLen && i < promptLen + 6 ? 0L : 1L).ToArray();
+
+        using var whole = new KvCacheDecoder(session, batchSize: 2);
+        var reference = whole.Step(prompt, mask);
+        using var chunked = new KvCacheDecoder(session, batchSize: 2);
+        var last = chunked.Prefill(prompt, chunkSize: 4, mask);
+        Assert.AreEqual(2 * Config.Vocab, last.Length);
+        for (var b = 0; b < 2; b++)
+            for (var v = 0; v < Config.Vocab; v++)
+            {
+                var want = reference[(b * promptLen + promptLen - 1) * Config.Vocab + v];
+                Assert.AreEqual(want, last[b * Config.Vocab + v], 2e-4 + 2e-4 * Math.Abs(want), $"row {b}, logit {v}");
+            }
+        Assert.AreEqual(promptLen, (int)chunked.Position);
+
+        using var oneCall = new KvCacheDecoder(session, batchSize: 1);
+        using var inChunks = new KvCacheDecoder(session, batchSize: 1);
+        var first = prompt[..promptLen];
+        CollectionAssert.AreEqual(oneCall.GenerateGreedy(first, 6), inChunks.GenerateGreedy(first, 6, prefillChunk: 5));
+        Assert.ThrowsExactly<ArgumentOutOfRangeException>(() => inChunks.Prefill(first, 0));
+        Assert.ThrowsExactly<ArgumentException>(() => inChunks.Prefill(first, 4, [1, 1]));
+    }
+
+    [TestMethod]
     public void SharedBuffersHoldTheirCapacityFromTheFirstStep()
     {
         using var session = TestSessions.Open(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray(), registerOps: false);
@@ -75,6 +138,25 @@ public sealed class KvCacheDecoderTests
         Assert.AreEqual(0, decoder.Position);
         Assert.ThrowsExactly<ArgumentException>(() => decoder.Step([1, 2, 3], [1, 1]));
         Assert.ThrowsExactly<ArgumentException>(() => new KvCacheDecoder(session, 1, ["no_such_output"]));
+    }
+
+    // Prefill in chunks of 1, 4, 7 (the last one shorter) and 16 (longer than the window) tokens against
+    // the last token's logits of one Step over the 30-token prompt.
+    private static void ChunkedPrefillEqualsOneCall(byte[] model, bool registerOps, int? bufferCapacity = null)
+    {
+        using var session = TestSessions.Open(model, registerOps);
+        var rng = new Random(4);
+        var tokens = Enumerable.Range(0, 30).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
+        using var whole = new KvCacheDecoder(session, bufferCapacity: bufferCapacity);
+        var reference = whole.Step(tokens).AsSpan((tokens.Length - 1) * Config.Vocab, Config.Vocab).ToArray();
+        foreach (var chunk in new[] { 1, 4, 7, 16 })
+        {
+            using var chunked = new KvCacheDecoder(session, bufferCapacity: bufferCapacity);
+            var last = chunked.Prefill(tokens, chunk);
+            Assert.AreEqual(tokens.Length, (int)chunked.Position);
+            for (var v = 0; v < Config.Vocab; v++)
+                Assert.AreEqual(reference[v], last[v], 2e-4 + 2e-4 * Math.Abs(reference[v]), $"chunk {chunk}, logit {v}");
+        }
     }
 
     private static void StepwiseEqualsOneCall(byte[] model, bool registerOps, int? bufferCapacity = null)

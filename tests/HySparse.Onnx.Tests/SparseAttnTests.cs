@@ -18,6 +18,8 @@ public sealed class SparseAttnTests
     [DataRow(2, 1, 77, 8, 1, 64, 16, 2, 20, SaSourceKind.Shared, 1, false, 5, DisplayName = "shared KV, window cache, decode MQA")]
     [DataRow(1, 11, 35, 4, 2, 64, 4, 4, 7, SaSourceKind.Selected, 1, true, 6, DisplayName = "selected KV source, window cache")]
     [DataRow(1, 30, 30, 1, 1, 128, 8, 2, 40, SaSourceKind.Shared, 1, true, 7, DisplayName = "window longer than context")]
+    [DataRow(1, 100, 100, 8, 2, 64, 16, 4, 24, SaSourceKind.OwnCache, 0, true, 8, DisplayName = "retrofit prefill S=100 (prefill tiles)")]
+    [DataRow(2, 70, 230, 4, 2, 64, 16, 5, 40, SaSourceKind.Shared, 1, false, 9, DisplayName = "shared KV, window cache, 70 after a past")]
     public void Union_MatchesReference(int batch, int newLen, int total, int hq, int hkv, int dim, int blockSize, int topK, int window,
                                        SaSourceKind source, int windowCache, bool threeD, int seed)
     {
@@ -37,6 +39,7 @@ public sealed class SparseAttnTests
     [DataRow(1, 9, 44, 4, 1, 64, 8, 2, 6, SaSourceKind.Selected, 1, true, 24, DisplayName = "gate per channel, selected KV")]
     [DataRow(1, 12, 31, 2, 1, 64, 4, 3, 8, SaSourceKind.OwnCache, 0, false, 25, DisplayName = "gate, retrofit source")]
     [DataRow(2, 4, 23, 4, 2, 64, 8, 2, 7, SaSourceKind.Shared, 0, true, 26, DisplayName = "gate, shared, full own cache")]
+    [DataRow(1, 96, 160, 6, 2, 64, 8, 6, 17, SaSourceKind.Shared, 0, true, 27, DisplayName = "gate per channel, shared, S=96 (prefill tiles)")]
     public void Gate_MatchesReference(int batch, int newLen, int total, int hq, int hkv, int dim, int blockSize, int topK, int window,
                                       SaSourceKind source, int windowCache, bool perChannel, int seed)
     {

@@ -10,6 +10,12 @@
 // prefill neighbouring tokens share most blocks and their windows, so the tile multiplies the reuse.
 // The float32 inner loops are the TileKernels of tile_kernels.h, shared with the full kernel.
 //
+// Two tile shapes: decode's token tiles (16 tokens, 32-key chunks, each run of consecutive taking
+// tokens scored against the whole chunk) and, from S = 2 on, prefill tiles (32 tokens, 64-key
+// chunks, rows taken kRowBlock at a time through scores -> softmax -> P·V over just the columns
+// they take, like the full kernel's AttendKeyRange). Both give the reference's result to rounding;
+// the prefill tiles do less masked work per key and feed each key load to more rows.
+//
 // Decode has one task per (batch row, KV head): fewer than a large machine has threads. Then each
 // task's key chunks are split into parts, each part a task with its own partial softmax state; the
 // part that finishes last merges them (in part order, so the bits do not depend on which thread
@@ -37,6 +43,19 @@ static_assert(kChunk <= cpu::kMaxTileKeys, "a chunk is one TileKernels key tile"
 // New tokens per task. Bounds the tile's query rows (16*G) so its scores and accumulators stay in
 // L2, and the window run (w + 15 positions) wastes at most 15 positions per token.
 constexpr int64_t kTokenTile = 16;
+
+// Prefill tiles (RowBlockVisit below): more tokens per task and a whole TileKernels key tile (one
+// 64-key block) per step, so that each key tile's load and transpose feed twice the rows, and rows
+// go through scores -> softmax -> P·V kRowBlock at a time, each block of rows over just the keys its
+// tokens take (a band row scores its own window, not the tile's span), as the full kernel's tiles
+// do. 32 tokens measured faster than 16 and as fast as 64. They measured faster than the token tiles
+// at every S from 1 to 128, both layer shapes, f32 and f16 (docs/performance.md "Sparse prefill"), so
+// every call with S >= 2 takes them; decode keeps the token tiles, on which the decode tables and the
+// key-range split were measured, until those are measured again.
+constexpr int64_t kPrefillTokenTile = 32;
+constexpr int kPrefillChunk = cpu::kMaxTileKeys;
+constexpr int kRowBlock = 4;
+constexpr int64_t kMinPrefillTokens = 2;
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -85,9 +104,9 @@ class TileTask {
  public:
   // Part `part` of task `task` when `split` is given (its chunks only; the last part to finish
   // writes the outputs), else the whole task.
-  TileTask(const SparseAttnArgs<T>& args, const cpu::TileKernels& kernels, int batch, int kv_head,
-           int64_t s_begin, int64_t s_end, const SplitShare* split = nullptr, int64_t task = 0,
-           int part = 0)
+  TileTask(const SparseAttnArgs<T>& args, const cpu::TileKernels& kernels, bool row_blocks, int batch,
+           int kv_head, int64_t s_begin, int64_t s_end, const SplitShare* split = nullptr,
+           int64_t task = 0, int part = 0)
       : a_(args),
         kernels_(kernels),
         b_(batch),
@@ -103,14 +122,16 @@ class TileTask {
         scratch_(ThreadScratch()),
         split_(split),
         task_(task),
-        part_(part) {
+        part_(part),
+        row_blocks_(row_blocks),
+        chunk_(row_blocks ? kPrefillChunk : kChunk) {
     const size_t rd = static_cast<size_t>(rows_) * dim_;
     const size_t r = static_cast<size_t>(rows_);
-    const size_t chunk_rows = static_cast<size_t>(kChunk) * dim_;
+    const size_t chunk_rows = static_cast<size_t>(chunk_) * dim_;
     std::vector<float>& f = scratch_.floats;
     const size_t layout = static_cast<size_t>(cpu::kMaxTileKeys) * dim_;
     constexpr size_t kAlignFloats = 64 / sizeof(float);
-    const size_t need = layout + kAlignFloats + 3 * rd + r * kChunk + 5 * r + 2 * chunk_rows +
+    const size_t need = layout + kAlignFloats + 3 * rd + r * chunk_ + 5 * r + 2 * chunk_rows +
                         3 * static_cast<size_t>(dim_);
     if (f.size() < need) f.resize(need);
     // prepare_keys wants its scratch on a 64-byte boundary; the other pieces follow it.
@@ -118,7 +139,7 @@ class TileTask {
     float* p = f.data() + (kAlignFloats - misaligned) % kAlignFloats;
     key_layout_ = p, p += layout;
     query_ = p, p += rd;
-    scores_ = p, p += r * kChunk;
+    scores_ = p, p += r * chunk_;
     rescale_ = p, p += r;
     state_[0] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
     state_[1] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
@@ -138,15 +159,15 @@ class TileTask {
     // Chunks are numbered over all runs in order; a part visits its contiguous share of them.
     const int parts = split_ ? split_->parts : 1;
     int64_t chunks = 0;
-    for (const KeyRun& run : scratch_.runs) chunks += (run.count + kChunk - 1) / kChunk;
+    for (const KeyRun& run : scratch_.runs) chunks += (run.count + chunk_ - 1) / chunk_;
     const int64_t first = part_ * chunks / parts, end = (part_ + 1) * chunks / parts;
     int64_t index = 0;
     for (size_t r = 0; r < scratch_.runs.size() && index < end; ++r) {
       const KeyRun& run = scratch_.runs[r];
-      for (int64_t c0 = 0; c0 < run.count && index < end; c0 += kChunk, ++index) {
+      for (int64_t c0 = 0; c0 < run.count && index < end; c0 += chunk_, ++index) {
         if (index < first) continue;
-        PrefetchNextChunk(r, c0 + kChunk);
-        VisitChunk(run, c0, static_cast<int>(std::min<int64_t>(kChunk, run.count - c0)));
+        PrefetchNextChunk(r, c0 + chunk_);
+        VisitChunk(run, c0, static_cast<int>(std::min<int64_t>(chunk_, run.count - c0)));
       }
     }
     if (split_ && !MergeIfLast()) return;
@@ -379,7 +400,7 @@ class TileTask {
       c0 = 0;
     }
     const KeyRun& r = scratch_.runs[run];
-    const int64_t bytes = std::min<int64_t>(kChunk, r.count - c0) * dim_ * static_cast<int64_t>(sizeof(T));
+    const int64_t bytes = std::min<int64_t>(chunk_, r.count - c0) * dim_ * static_cast<int64_t>(sizeof(T));
     PrefetchRows<2>(r.keys + c0 * dim_, bytes);
     PrefetchRows<2>(r.values + c0 * dim_, bytes);
   }
@@ -406,6 +427,10 @@ class TileTask {
       for (int j = 0; j < n; ++j) masked += mask_[p0 + j] != 1;
       if (masked == n) return;  // no valid key in this chunk: skip its loads entirely
     }
+    if (row_blocks_) {
+      RowBlockVisit(run, c0, n, takers, masked != 0);
+      return;
+    }
 
     const size_t elems = static_cast<size_t>(n) * dim_;
     const size_t head_rows = static_cast<size_t>(group_size_);
@@ -430,7 +455,7 @@ class TileTask {
     for_each_group([&](int first, int end) {
       const int rows = static_cast<int>((end - first) * head_rows);
       kernels_.dot_rows(query_ + first * head_rows * dim_, dim_, rows, keys, n, dim_,
-                        scores_ + first * head_rows * kChunk, kChunk);
+                        scores_ + first * head_rows * chunk_, chunk_);
     });
 
     SoftmaxState& st = state_[run.branch];
@@ -439,35 +464,83 @@ class TileTask {
       if (lo >= hi) continue;
       for (int i = 0; i < group_size_; ++i) {
         const size_t r = tok * head_rows + i;
-        float* p = scores_ + r * kChunk;
-        std::fill(p, p + lo, kNegInf);
-        std::fill(p + hi, p + n, kNegInf);
-        if (masked) {
-          for (int j = lo; j < hi; ++j)
-            if (mask_[p0 + j] != 1) p[j] = kNegInf;
-        }
-        const float new_max = std::max(st.max[r], kernels_.max(p + lo, hi - lo));
-        rescale_[r] = 1.f;  // accumulate_pv scales acc by it; exactly 1 leaves acc as it is
-        if (new_max == kNegInf) {  // nothing valid here (or -inf logits): nothing to add
-          std::fill(p, p + n, 0.f);
-          continue;
-        }
-        const float sum = kernels_.exp_shift_sum(p, n, new_max);
-        if (new_max != st.max[r]) {
-          // exp(-inf) = 0 for the first keys, and acc/sum are still 0 then.
-          rescale_[r] = std::exp(st.max[r] - new_max);
-          st.sum[r] *= rescale_[r];
-          st.max[r] = new_max;
-        }
-        st.sum[r] += sum;
+        rescale_[r] = SoftmaxStep(st, r, scores_ + r * chunk_, n, lo, hi, masked ? mask_ + p0 : nullptr);
       }
     }
     const float* v = cpu::AsFloats(run.values + c0 * dim_, elems, value_rows_, kernels_);
     for_each_group([&](int first, int end) {
       const int rows = static_cast<int>((end - first) * head_rows);
-      kernels_.accumulate_pv(scores_ + first * head_rows * kChunk, kChunk, rows, rescale_ + first * head_rows, v,
+      kernels_.accumulate_pv(scores_ + first * head_rows * chunk_, chunk_, rows, rescale_ + first * head_rows, v,
                              dim_, n, dim_, st.acc + first * head_rows * dim_, dim_);
     });
+  }
+
+  // Online-softmax step of row r over the scores p[0, n) of keys it was scored against, of which it
+  // takes [lo, hi) (and of those only the ones mask[j] == 1 allows, when mask is given): the rest
+  // become -inf, p becomes the weights exp(logit - new max), and the returned factor is what
+  // accumulate_pv must scale the row's acc by (exactly 1 leaves it as it is).
+  float SoftmaxStep(SoftmaxState& st, size_t r, float* p, int n, int lo, int hi, const int64_t* mask) {
+    std::fill(p, p + lo, kNegInf);
+    std::fill(p + hi, p + n, kNegInf);
+    if (mask) {
+      for (int j = lo; j < hi; ++j)
+        if (mask[j] != 1) p[j] = kNegInf;
+    }
+    const float new_max = std::max(st.max[r], kernels_.max(p + lo, hi - lo));
+    if (new_max == kNegInf) {  // nothing valid here (or -inf logits): nothing to add
+      std::fill(p, p + n, 0.f);
+      return 1.f;
+    }
+    const float sum = kernels_.exp_shift_sum(p, n, new_max);
+    float rescale = 1.f;
+    if (new_max != st.max[r]) {
+      // exp(-inf) = 0 for the first keys, and acc/sum are still 0 then.
+      rescale = std::exp(st.max[r] - new_max);
+      st.sum[r] *= rescale;
+      st.max[r] = new_max;
+    }
+    st.sum[r] += sum;
+    return rescale;
+  }
+
+  // VisitChunk of the prefill tiles: the chunk's keys are laid out once for all takers, then every
+  // block of kRowBlock rows is scored against the columns [lo, hi) its tokens take (one token's
+  // when G is a multiple of kRowBlock: a band row skips the rest of the band), its softmax state
+  // updated, and its P·V accumulated while the scores are still in L1. take_lo/take_hi are set.
+  void RowBlockVisit(const KeyRun& run, int64_t c0, int n, int takers, bool masked) {
+    const int64_t p0 = run.first + c0;
+    const int* take_lo = scratch_.take.data();
+    const int* take_hi = take_lo + num_tokens_;
+    const size_t elems = static_cast<size_t>(n) * dim_;
+    const float* k = cpu::AsFloats(run.keys + c0 * dim_, elems, key_rows_, kernels_);
+    const cpu::PreparedKeys keys =
+        kernels_.prepare_keys(k, dim_, n, dim_, int64_t{takers} * group_size_, key_layout_);
+    const float* v = cpu::AsFloats(run.values + c0 * dim_, elems, value_rows_, kernels_);
+    SoftmaxState& st = state_[run.branch];
+    float* scores = scores_;  // [kRowBlock][chunk_]
+    for (int r0 = 0; r0 < rows_; r0 += kRowBlock) {
+      const int block_rows = std::min(kRowBlock, rows_ - r0);
+      int lo = n, hi = 0;
+      for (int tok = r0 / group_size_; tok <= (r0 + block_rows - 1) / group_size_; ++tok) {
+        if (take_lo[tok] >= take_hi[tok]) continue;
+        lo = std::min(lo, take_lo[tok]);
+        hi = std::max(hi, take_hi[tok]);
+      }
+      if (lo >= hi) continue;
+      const int cols = hi - lo;
+      kernels_.dot_rows(query_ + static_cast<size_t>(r0) * dim_, dim_, block_rows, cpu::KeysFrom(keys, lo), cols,
+                        dim_, scores, chunk_);
+      for (int i = 0; i < block_rows; ++i) {
+        const int r = r0 + i, tok = r / group_size_;
+        // A row of another token of the block (G < kRowBlock) may take nothing here: all -inf.
+        const int row_lo = std::clamp(take_lo[tok], lo, hi) - lo;
+        const int row_hi = std::max(std::clamp(take_hi[tok], lo, hi) - lo, row_lo);
+        rescale_[i] = SoftmaxStep(st, r, scores + static_cast<size_t>(i) * chunk_, cols, row_lo, row_hi,
+                                  masked ? mask_ + p0 + lo : nullptr);
+      }
+      kernels_.accumulate_pv(scores, chunk_, block_rows, rescale_, v + static_cast<size_t>(lo) * dim_, dim_, cols,
+                             dim_, st.acc + static_cast<size_t>(r0) * dim_, dim_);
+    }
   }
 
   void LoadGateWeights(int64_t s, int head) {
@@ -537,9 +610,11 @@ class TileTask {
   const SplitShare* const split_;  // null when the task is not split
   const int64_t task_;             // index of the (batch, KV head, token tile) task
   const int part_;
+  const bool row_blocks_;  // prefill tiles: VisitChunk goes through RowBlockVisit
+  const int chunk_;        // keys per online-softmax step
 
   float* query_;       // [rows_][D], scaled
-  float* scores_;      // [rows_][kChunk]
+  float* scores_;      // [rows_][chunk_]
   float* rescale_;     // [rows_]: exp(old max - new max) of the chunk being visited
   float* key_layout_;  // the chunk's keys as dot_rows reads them (TileKernels::prepare_keys)
   SoftmaxState state_[2];
@@ -587,14 +662,16 @@ void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec,
                       const SparseAttnCpuOptions& options) {
   if (args.batch <= 0 || args.new_len <= 0) return;
   const TileKernels& kernels = options.kernels ? *options.kernels : BestTileKernels();
-  const int64_t tiles = (args.new_len + kTokenTile - 1) / kTokenTile;
+  const bool row_blocks = options.prefill_tiles > 0 || (options.prefill_tiles == 0 && args.new_len >= kMinPrefillTokens);
+  const int64_t token_tile = row_blocks ? kPrefillTokenTile : kTokenTile;
+  const int64_t tiles = (args.new_len + token_tile - 1) / token_tile;
   const int64_t tasks = int64_t{args.batch} * args.kv_num_heads * tiles;
   const auto run_task = [&](int64_t task, const SplitShare* split, int part) {
     const int64_t tile = task % tiles;
     const int64_t bg = task / tiles;
-    TileTask<T>(args, kernels, static_cast<int>(bg / args.kv_num_heads),
-                static_cast<int>(bg % args.kv_num_heads), tile * kTokenTile,
-                std::min(args.new_len, (tile + 1) * kTokenTile), split, task, part)
+    TileTask<T>(args, kernels, row_blocks, static_cast<int>(bg / args.kv_num_heads),
+                static_cast<int>(bg % args.kv_num_heads), tile * token_tile,
+                std::min(args.new_len, (tile + 1) * token_tile), split, task, part)
         .Run();
   };
   const int parts = ChooseKvParts(args, tasks, options);
@@ -609,7 +686,7 @@ void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec,
   share.parts = parts;
   share.branches = args.combine == Combine::kGate ? 2 : 1;
   const int64_t max_rows =
-      std::min<int64_t>(kTokenTile, args.new_len) * (args.num_heads / args.kv_num_heads);
+      std::min<int64_t>(token_tile, args.new_len) * (args.num_heads / args.kv_num_heads);
   share.stride = max_rows * (args.head_dim + 2);
   const size_t floats = static_cast<size_t>(tasks * parts * share.branches * share.stride);
   if (storage.partials.size() < floats) storage.partials.resize(floats);

@@ -18,6 +18,9 @@ struct SparseAttnCpuOptions {
   // 0 chooses from the shapes alone (split only when batch x KV heads x token tiles gives too few
   // tasks to keep many threads busy, as in decode); 1 never splits; n > 1 forces n parts.
   int kv_parts = 0;
+  // Tile shape (sparse_attn_cpu.cc): 0 takes the prefill tiles for S > 1 and the token tiles for
+  // decode; 1 forces the prefill tiles, -1 the token tiles (tests and benchmarks run both).
+  int prefill_tiles = 0;
 };
 
 template <typename T>

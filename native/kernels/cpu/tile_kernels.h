@@ -29,6 +29,12 @@ struct PreparedKeys {
   bool transposed;  // data[d * ld + j] holds key j's element d
 };
 
+// The prepared tile from its key `first` on: dot_rows over it scores keys first, first + 1, ...
+// with the same bits as over the whole tile (a dot product does not depend on where its key sits).
+inline PreparedKeys KeysFrom(const PreparedKeys& keys, int first) {
+  return {keys.data + (keys.transposed ? first : first * keys.ld), keys.ld, keys.transposed};
+}
+
 // One implementation of the tile loops. Every pointer is non-null. Row-major matrices are given by
 // their first element and their leading dimension (elements between consecutive rows).
 struct TileKernels {
