@@ -1,3 +1,4 @@
+using System.CommandLine;
 using System.Globalization;
 
 namespace HySparse.Bench;
@@ -116,99 +117,108 @@ public sealed class BenchOptions
     /// <summary>context_length of the folder <see cref="GenAiFolder"/> writes.</summary>
     public int GenAiContext { get; private set; } = 8192 + 64;
 
-    /// <summary>Usage text.</summary>
-    public const string Usage = """
-        HySparse.Bench: HySparse ops vs ONNX Runtime GroupQueryAttention (CPU), with machine floors.
-
-          --quick                 small preset (~1 minute): 7b shape, S 512,1024, T 2048,8192, 1 warm-up, 3 runs;
-                                  end-to-end on a tiny model at T 512,2048 (seconds)
-          --e2e                   only the end-to-end model benchmark: dense decoder vs its 1:3 retrofit,
-                                  kv-sharing and in-place (--kv-buffer) conversions, decode tokens/s at
-                                  T 2048,8192,16384
-          --no-e2e                skip the end-to-end benchmark
-          --e2e-contexts 2048,... end-to-end context lengths T (default 2048,8192,16384)
-          --e2e-model default|tiny  end-to-end model size (default: 8 layers, d 1024, H_q 16, H_kv 4, D 64)
-          --prefill 512,1024,...  prefill lengths S            (default 512,1024,2048,4096)
-          --decode 2048,...       decode context lengths T     (default 2048,4096,8192,16384,32768)
-          --types f32,f16         element types                (default f32,f16)
-          --shapes 7b,small       layer shapes                 (default 7b,small)
-          --threads N             intra-op threads             (default: all cores)
-          --warmup N --iters N    untimed / timed runs         (default 2 / 5; the median is reported)
-          --ort-only              skip the HySparse ops
-          --only KEY,...          run only these measurements (for profiling): gqa, gqa-shared, full,
-                                  full-shared, sparse-retrofit, sparse-retrofit-shared, sparse-shared
-          --library PATH          native HySparse library      (default: located next to the app)
-          --json PATH --svg PATH --markdown PATH   extra outputs (markdown is always printed)
-          --seed N                seed of the random inputs
-          --write-genai-folder DIR  only write the end-to-end model (--e2e-model) as an onnxruntime-genai
-                                  model folder (GroupQueryAttention, shared buffers) for
-                                  scripts/genai-kv-memory.sh; --genai-context N sets its context
-                                  length (default 8256)
-        Options after --quick override the preset.
-        """;
-
-    /// <summary>Parses <paramref name="args"/>; throws <see cref="ArgumentException"/> with a message on error.</summary>
-    public static BenchOptions Parse(IReadOnlyList<string> args)
+    /// <summary>
+    /// The command line, for <c>--help</c> and parsing. The <c>--quick</c> preset is applied first, so an
+    /// option given explicitly overrides it wherever it stands.
+    /// </summary>
+    private sealed class CommandLine
     {
-        var o = new BenchOptions();
-        for (int i = 0; i < args.Count; i++)
+        public readonly Option<bool> Quick = new("--quick") { Description = "small preset (~1 minute): 7b shape, S 512,1024, T 2048,8192, 1 warm-up, 3 runs; end-to-end on a tiny model at T 512,2048 (seconds)" };
+        public readonly Option<bool> EndToEndOnly = new("--e2e") { Description = "only the end-to-end model benchmark: dense decoder vs its 1:3 retrofit, kv-sharing and in-place (--kv-buffer) conversions, decode tokens/s at T 2048,8192,16384" };
+        public readonly Option<bool> NoEndToEnd = new("--no-e2e") { Description = "skip the end-to-end benchmark" };
+        public readonly Option<string> EndToEndContexts = new("--e2e-contexts") { Description = "end-to-end context lengths T, comma-separated (default 2048,8192,16384)" };
+        public readonly Option<string> EndToEndModel = new("--e2e-model") { Description = "end-to-end model size: default (8 layers, d 1024, H_q 16, H_kv 4, D 64) or tiny" };
+        public readonly Option<string> Prefill = new("--prefill") { Description = "prefill lengths S, comma-separated, may be empty (default 512,1024,2048,4096)" };
+        public readonly Option<string> Decode = new("--decode") { Description = "decode context lengths T, comma-separated, may be empty (default 2048,4096,8192,16384,32768)" };
+        public readonly Option<string> Types = new("--types") { Description = "element types: f32,f16 (default both)" };
+        public readonly Option<string> Shapes = new("--shapes") { Description = "layer shapes: 7b,small (default both)" };
+        public readonly Option<string> Threads = new("--threads") { Description = "intra-op threads (default: all cores)" };
+        public readonly Option<string> Warmup = new("--warmup") { Description = "untimed runs (default 2)" };
+        public readonly Option<string> Iterations = new("--iters") { Description = "timed runs; the median is reported (default 5)" };
+        public readonly Option<bool> OrtOnly = new("--ort-only") { Description = "skip the HySparse ops" };
+        public readonly Option<string> Only = new("--only") { Description = $"run only these measurements (for profiling): {string.Join(", ", Labels.Keys)}" };
+        public readonly Option<string> Library = new("--library") { Description = "native HySparse library (default: located next to the app)" };
+        public readonly Option<string> Json = new("--json") { Description = "also write the results as JSON here" };
+        public readonly Option<string> Svg = new("--svg") { Description = "also write the decode plot as SVG here" };
+        public readonly Option<string> Markdown = new("--markdown") { Description = "also write the markdown report here (it is always printed)" };
+        public readonly Option<string> Seed = new("--seed") { Description = "seed of the random inputs" };
+        public readonly Option<string> GenAiFolder = new("--write-genai-folder") { Description = "only write the end-to-end model (--e2e-model) as an onnxruntime-genai model folder (GroupQueryAttention, shared buffers) for scripts/genai-kv-memory.sh" };
+        public readonly Option<string> GenAiContext = new("--genai-context") { Description = "context length of the folder --write-genai-folder writes (default 8256)" };
+
+        public RootCommand Root()
         {
-            string arg = args[i];
-            string Value() => i + 1 < args.Count ? args[++i] : throw new ArgumentException($"{arg} needs a value");
-            switch (arg)
-            {
-                case "--quick":
-                    o.Quick = true;
-                    o.Shapes = [AttentionShape.Paper7B];
-                    o.PrefillLengths = [512, 1024];
-                    o.DecodeLengths = [2048, 8192];
-                    o.Warmup = 1;
-                    o.Iterations = 3;
-                    o.EndToEndModel = EndToEndConfig.Tiny;
-                    break;
-                case "--e2e":
-                    o.EndToEnd = true;
-                    o.OperatorCases = false;
-                    break;
-                case "--no-e2e": o.EndToEnd = false; break;
-                case "--e2e-contexts":
-                    o.EndToEndModel = o.EndToEndModel with { Contexts = ParseInts(arg, Value(), allowEmpty: false) };
-                    break;
-                case "--e2e-model":
-                    var contexts = o.EndToEndModel.Contexts;
-                    var model = Value().ToLowerInvariant() switch
-                    {
-                        "default" => EndToEndConfig.Default,
-                        "tiny" => EndToEndConfig.Tiny,
-                        var other => throw new ArgumentException($"--e2e-model: unknown size '{other}' (expected default or tiny)"),
-                    };
-                    // Contexts given before keep their value; otherwise the size's own defaults apply.
-                    o.EndToEndModel = ReferenceEquals(contexts, EndToEndConfig.Default.Contexts) || ReferenceEquals(contexts, EndToEndConfig.Tiny.Contexts)
-                        ? model : model with { Contexts = contexts };
-                    break;
-                case "--prefill": o.PrefillLengths = ParseInts(arg, Value(), allowEmpty: true); break;
-                case "--decode": o.DecodeLengths = ParseInts(arg, Value(), allowEmpty: true); break;
-                case "--types": o.Types = SplitList(Value()).Select(ParseType).ToArray(); break;
-                case "--shapes": o.Shapes = SplitList(Value()).Select(AttentionShape.Parse).ToArray(); break;
-                case "--threads": o.Threads = ParsePositive(arg, Value()); break;
-                case "--warmup": o.Warmup = ParseInt(arg, Value(), min: 0); break;
-                case "--iters": o.Iterations = ParsePositive(arg, Value()); break;
-                case "--ort-only": o.OrtOnly = true; break;
-                case "--only":
-                    o.OnlyKeys = SplitList(Value()).ToHashSet();
-                    if (o.OnlyKeys.FirstOrDefault(k => !Labels.Keys.Contains(k)) is string bad)
-                        throw new ArgumentException($"--only: unknown key '{bad}' (expected {string.Join(", ", Labels.Keys)})");
-                    break;
-                case "--library": o.LibraryPath = Value(); break;
-                case "--json": o.JsonPath = Value(); break;
-                case "--svg": o.SvgPath = Value(); break;
-                case "--markdown": o.MarkdownPath = Value(); break;
-                case "--seed": o.Seed = ParseInt(arg, Value(), min: int.MinValue); break;
-                case "--write-genai-folder": o.GenAiFolder = Value(); break;
-                case "--genai-context": o.GenAiContext = ParsePositive(arg, Value()); break;
-                default: throw new ArgumentException($"unknown option '{arg}'");
-            }
+            var root = new RootCommand("HySparse.Bench: HySparse ops vs ONNX Runtime GroupQueryAttention (CPU), with machine floors. Explicit options override the --quick preset.");
+            foreach (var option in new Option[] { Quick, EndToEndOnly, NoEndToEnd, EndToEndContexts, EndToEndModel, Prefill, Decode, Types, Shapes, Threads, Warmup, Iterations, OrtOnly, Only, Library, Json, Svg, Markdown, Seed, GenAiFolder, GenAiContext })
+                root.Options.Add(option);
+            return root;
         }
+    }
+
+    /// <summary>
+    /// Parses <paramref name="args"/>; null when they asked for help (printed already). Throws
+    /// <see cref="ArgumentException"/> with a message on error.
+    /// </summary>
+    public static BenchOptions? Parse(IReadOnlyList<string> args)
+    {
+        var line = new CommandLine();
+        var root = line.Root();
+        var parsed = root.Parse(args.ToArray());
+        if (parsed.Errors.Count > 0) throw new ArgumentException(string.Join(Environment.NewLine, parsed.Errors.Select(e => e.Message)));
+        if (args.Any(a => a is "--help" or "-h" or "-?"))
+        {
+            parsed.Invoke();
+            return null;
+        }
+
+        var o = new BenchOptions();
+        if (parsed.GetValue(line.Quick))
+        {
+            o.Quick = true;
+            o.Shapes = [AttentionShape.Paper7B];
+            o.PrefillLengths = [512, 1024];
+            o.DecodeLengths = [2048, 8192];
+            o.Warmup = 1;
+            o.Iterations = 3;
+            o.EndToEndModel = EndToEndConfig.Tiny;
+        }
+        string? Value(Option<string> option) => parsed.GetValue(option);
+        if (parsed.GetValue(line.EndToEndOnly))
+        {
+            o.EndToEnd = true;
+            o.OperatorCases = false;
+        }
+        if (parsed.GetValue(line.NoEndToEnd)) o.EndToEnd = false;
+        if (Value(line.EndToEndModel) is { } size)
+        {
+            o.EndToEndModel = size.ToLowerInvariant() switch
+            {
+                "default" => EndToEndConfig.Default,
+                "tiny" => EndToEndConfig.Tiny,
+                var other => throw new ArgumentException($"--e2e-model: unknown size '{other}' (expected default or tiny)"),
+            };
+        }
+        if (Value(line.EndToEndContexts) is { } e2eContexts) o.EndToEndModel = o.EndToEndModel with { Contexts = ParseInts("--e2e-contexts", e2eContexts, allowEmpty: false) };
+        if (Value(line.Prefill) is { } prefill) o.PrefillLengths = ParseInts("--prefill", prefill, allowEmpty: true);
+        if (Value(line.Decode) is { } decode) o.DecodeLengths = ParseInts("--decode", decode, allowEmpty: true);
+        if (Value(line.Types) is { } types) o.Types = SplitList(types).Select(ParseType).ToArray();
+        if (Value(line.Shapes) is { } shapes) o.Shapes = SplitList(shapes).Select(AttentionShape.Parse).ToArray();
+        if (Value(line.Threads) is { } threads) o.Threads = ParsePositive("--threads", threads);
+        if (Value(line.Warmup) is { } warmup) o.Warmup = ParseInt("--warmup", warmup, min: 0);
+        if (Value(line.Iterations) is { } iterations) o.Iterations = ParsePositive("--iters", iterations);
+        if (parsed.GetValue(line.OrtOnly)) o.OrtOnly = true;
+        if (Value(line.Only) is { } only)
+        {
+            o.OnlyKeys = SplitList(only).ToHashSet();
+            if (o.OnlyKeys.FirstOrDefault(k => !Labels.Keys.Contains(k)) is string bad)
+                throw new ArgumentException($"--only: unknown key '{bad}' (expected {string.Join(", ", Labels.Keys)})");
+        }
+        o.LibraryPath = Value(line.Library);
+        o.JsonPath = Value(line.Json);
+        o.SvgPath = Value(line.Svg);
+        o.MarkdownPath = Value(line.Markdown);
+        if (Value(line.Seed) is { } seed) o.Seed = ParseInt("--seed", seed, min: int.MinValue);
+        o.GenAiFolder = Value(line.GenAiFolder);
+        if (Value(line.GenAiContext) is { } genaiContext) o.GenAiContext = ParsePositive("--genai-context", genaiContext);
         if (o.Types.Count == 0 || o.Shapes.Count == 0) throw new ArgumentException("--types and --shapes need at least one entry");
         if (o.DecodeLengths.Any(t => t < 2)) throw new ArgumentException("--decode lengths must be at least 2 (one cached token)");
         if (o.EndToEndModel.Contexts.Any(t => t < 2)) throw new ArgumentException("--e2e-contexts must be at least 2 (one cached token)");

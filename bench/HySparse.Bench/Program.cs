@@ -5,20 +5,16 @@ using HySparse.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
 
-if (args.Contains("--help") || args.Contains("-h"))
-{
-    Console.WriteLine(BenchOptions.Usage);
-    return 0;
-}
 BenchOptions options;
 try
 {
-    options = BenchOptions.Parse(args);
+    if (BenchOptions.Parse(args) is not { } parsed) return 0;   // --help
+    options = parsed;
 }
 catch (ArgumentException ex)
 {
     Console.Error.WriteLine(ex.Message);
-    Console.Error.WriteLine(BenchOptions.Usage);
+    Console.Error.WriteLine("see --help");
     return 2;
 }
 if (options.GenAiFolder is { } genaiFolder)
