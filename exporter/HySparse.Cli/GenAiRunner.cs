@@ -58,21 +58,24 @@ internal static class GenAiRunner
     /// <summary>True when the folder carries tokenizer files genai can read.</summary>
     public static bool HasTokenizer(string folder) => File.Exists(Path.Combine(folder, "tokenizer_config.json")) || File.Exists(Path.Combine(folder, "tokenizer.json"));
 
+    // The tokenizer is made from the folder's config, not from a Model: loading the model would build
+    // its ONNX Runtime session (seconds and gigabytes for a real LLM) just to split text.
+
     /// <summary>Encodes <paramref name="text"/> with the folder's tokenizer.</summary>
     public static int[] Encode(string folder, string text)
     {
-        using var model = new Model(folder);
-        using var tokenizer = new Tokenizer(model);
+        using var config = new Config(folder);
+        using var tokenizer = new Tokenizer(config);
         using var sequences = tokenizer.Encode(text);
         return sequences[0].ToArray();
     }
 
-    /// <summary>Decodes <paramref name="tokens"/> with the folder's tokenizer.</summary>
-    public static string Decode(string folder, ReadOnlySpan<int> tokens)
+    /// <summary>Decodes each of <paramref name="rows"/> with the folder's tokenizer.</summary>
+    public static string[] Decode(string folder, IEnumerable<int[]> rows)
     {
-        using var model = new Model(folder);
-        using var tokenizer = new Tokenizer(model);
-        return tokenizer.Decode(tokens);
+        using var config = new Config(folder);
+        using var tokenizer = new Tokenizer(config);
+        return rows.Select(r => tokenizer.Decode(r)).ToArray();
     }
 
     /// <summary>Generates from <paramref name="prompts"/> (rows of equal length) in <paramref name="folder"/>.</summary>

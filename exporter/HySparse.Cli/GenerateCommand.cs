@@ -58,7 +58,7 @@ internal static class GenerateCommand
         var result = GenAiRunner.Generate(folder, prompts, settings);
         var converted = genai.DecoderSessionOptions()["custom_ops_library"] is not null;
         var completions = GenAiRunner.HasTokenizer(folder)
-            ? result.Sequences.Select(s => GenAiRunner.Decode(folder, s.AsSpan(result.PromptLength))).ToArray()
+            ? GenAiRunner.Decode(folder, result.Sequences.Select(s => s[result.PromptLength..]))
             : null;
 
         if (json)

@@ -319,7 +319,7 @@ public sealed class GenAiFolderTests
         // Token id = byte value, through genai's own tokenizer both ways.
         var ids = GenAiRunner.Encode(dense, prompt);
         CollectionAssert.AreEqual(System.Text.Encoding.UTF8.GetBytes(prompt).Select(b => (int)b).ToArray(), ids);
-        Assert.AreEqual(prompt, GenAiRunner.Decode(dense, ids));
+        Assert.AreEqual(prompt, GenAiRunner.Decode(dense, [ids]).Single());
 
         // Blocks of 16 over 98 + 48 tokens: K = 16 covers every block, so the retrofit is exact.
         var covering = Path.Combine(dir.Path, "covering");
