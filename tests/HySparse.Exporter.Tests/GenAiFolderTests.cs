@@ -56,8 +56,11 @@ public sealed class GenAiFolderTests
     /// <summary>The converted decoder run by <see cref="KvCacheDecoder"/> in ONNX Runtime, greedy, batch 2.</summary>
     private static int[][] KvCacheDecoderTokens(string folder, bool sharedBuffers)
     {
+        // By path, so that a decoder with external data finds its weights beside it.
         var decoderFile = GenAiModelFolder.Open(folder).DecoderPath;
-        using var session = TestSessions.Open(File.ReadAllBytes(decoderFile), registerOps: HybridConverter.IsConverted(ModelFile.Load(decoderFile)));
+        using var options = new Microsoft.ML.OnnxRuntime.SessionOptions { LogSeverityLevel = Microsoft.ML.OnnxRuntime.OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
+        if (HybridConverter.IsConverted(ModelFile.Load(decoderFile))) options.RegisterHySparseOps();
+        using var session = new Microsoft.ML.OnnxRuntime.InferenceSession(decoderFile, options);
         using var decoder = new KvCacheDecoder(session, batchSize: Prompts.Length, bufferCapacity: sharedBuffers ? Prompts[0].Length + NewTokens : null);
         var generated = decoder.GenerateGreedy(Prompts.SelectMany(p => p.Select(t => (long)t)).ToArray(), NewTokens);
         return Prompts.Select((p, b) => p.Concat(generated.Skip(b * NewTokens).Take(NewTokens).Select(t => (int)t)).ToArray()).ToArray();
@@ -258,6 +261,27 @@ public sealed class GenAiFolderTests
         // --overwrite replaces the output whole.
         ModelFolderConverter.Convert(dense, output, Sparse(), overwrite: true);
         Assert.AreEqual("2", ModelFile.Load(GenAiModelFolder.Open(output).DecoderPath).MetadataProps.First(p => p.Key == HybridMetadata.TopK).Value);
+    }
+
+    [TestMethod]
+    public void FolderWithExternalData_CopiesTheDataBesideTheConvertedDecoder_AndRunsUnderGenAi()
+    {
+        using var dir = new ModelDirectory();
+        var dense = Path.Combine(dir.Path, "dense");
+        var model = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention);
+        Directory.CreateDirectory(dense);
+        var moved = HySparse.Graph.ExternalData.MoveToFile(model, dense, "model.onnx.data");
+        Assert.IsTrue(moved > 0);
+        GenAiFolderWriter.Write(dense, model, Config);
+        Assert.IsTrue(new FileInfo(Path.Combine(dense, "model.onnx")).Length < new FileInfo(Path.Combine(dense, "model.onnx.data")).Length);
+
+        var covering = Path.Combine(dir.Path, "covering");
+        var report = ModelFolderConverter.Convert(dense, covering, Covering());
+        CollectionAssert.Contains(report.CopiedFiles.ToArray(), "model.onnx.data");
+        Assert.IsTrue(ModelFile.Load(Path.Combine(covering, "model.onnx")).Graph.Initializer.Any(HySparse.Graph.Tensors.IsExternal), "weights stay external");
+        var expected = KvCacheDecoderTokens(dense, sharedBuffers: true);
+        GenAiFolders.SetEosOutside([dense, covering], expected);
+        AssertSameTokens(expected, Generate(covering).Sequences, "covering conversion of an external-data folder under genai");
     }
 
     [TestMethod]
