@@ -32,7 +32,9 @@ public sealed class ModelMutationTests
     private static List<(string Name, ModelProto Model)> Fixtures()
     {
         var fixtures = Enum.GetValues<LlamaAttentionStyle>()
-            .Select(style => (style.ToString(), LlamaModelBuilder.Build(style == LlamaAttentionStyle.MultiHeadAttention ? Config with { KvHeads = Config.Heads } : Config, style)))
+            // MultiHeadAttention and com.microsoft.Attention have one head count for queries and keys.
+            .Select(style => (style.ToString(), LlamaModelBuilder.Build(
+                style is LlamaAttentionStyle.MultiHeadAttention or LlamaAttentionStyle.ContribAttention ? Config with { KvHeads = Config.Heads } : Config, style)))
             .ToList();
         var converted = HybridConverter.Convert(fixtures[0].Item2, new ConversionOptions { Layout = LayoutSpec.Ratio("1:1"), Parameters = new HybridParameters { TopK = 2, BlockSize = 4, Window = 4 } }).Model;
         fixtures.Add(("Converted", converted));
