@@ -11,6 +11,7 @@ says how much else ran.
     /usr/bin/python3 models/train/bench_train.py ... --code /tmp/old-train --untuned
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -36,6 +37,11 @@ def measure(args):
     fields["kind"] = args.kinds[0]
     torch.manual_seed(0)
     model = ByteLM(ModelConfig(**fields))
+    if args.chunk is not None or args.gather_from is not None:  # forward_train's knobs, for choosing their defaults
+        options = {"chunk": args.chunk or None} if args.chunk is not None else {}
+        if args.gather_from is not None:
+            options["gather_from"] = args.gather_from
+        model.forward_train = functools.partial(model.forward_train, **options)
     optimizer = make_optimizer(model, 1e-3)
     with open(os.path.join(args.corpus, "train.bin"), "rb") as f:
         data = f.read()
@@ -53,6 +59,7 @@ def measure(args):
     cpu_rates.sort()
     print(json.dumps({"kind": args.kinds[0], "threads": args.threads[0], "seq": args.seq, "batch": args.batch,
                       "code": "given" if args.code else "current", "tuned": not args.untuned,
+                      "chunk": args.chunk, "gather_from": args.gather_from,
                       "bytes_per_s_median": round(rates[len(rates) // 2]),
                       "bytes_per_s_range": [round(rates[0]), round(rates[-1])],
                       "bytes_per_cpu_s_median": round(cpu_rates[len(cpu_rates) // 2]),
@@ -71,6 +78,8 @@ def main():
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--retrieval-share", type=float, default=0.15)
     parser.add_argument("--code", help="directory holding the hysparse_lm.py to measure (default: this one)")
+    parser.add_argument("--chunk", type=int, help="forward_train's causal query chunk (0: none)")
+    parser.add_argument("--gather-from", type=int, help="forward_train's SA gather threshold")
     parser.add_argument("--untuned", action="store_true", help="skip train.tune_cpu (how train.py ran before it)")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a child: one configuration
     args = parser.parse_args()
