@@ -24,6 +24,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def measure(args):
     """One configuration, in this process."""
     sys.path.insert(0, args.code or HERE)
+    if not args.untuned:
+        import train  # noqa: F401  before torch: it sets the thread pools' wait policy, read when torch loads
     import torch
     from hysparse_lm import ByteLM, ModelConfig
     sys.path.insert(0, HERE)

@@ -30,8 +30,14 @@ import random
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+if "torch" not in sys.modules:
+    # Read once, when torch loads libgomp and OpenBLAS: pool threads that wait for work sleep instead
+    # of spinning. On the shared 2-core VMs a spinning pool waiting at each barrier for a descheduled
+    # partner made 2-thread steps 8x slower than with sleeping waiters (README, "Throughput").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import retrieval  # noqa: E402
