@@ -24,7 +24,8 @@ fi
 for kind in $KINDS; do
   run="$STATE/$kind-seed$SEED"
   mkdir -p "$run"
-  if [ -f "$run/pid" ] && kill -0 "$(cat "$run/pid")" 2>/dev/null; then
+  # alive and still this run's train.py (a pid can be reused after a reboot)
+  if [ -f "$run/pid" ] && tr '\0' ' ' < "/proc/$(cat "$run/pid")/cmdline" 2>/dev/null | grep -q -- "--out $run "; then
     echo "$kind-seed$SEED: already running (pid $(cat "$run/pid"))"
     continue
   fi
