@@ -18,8 +18,10 @@ Everything is a pure function of a ``random.Random``, so a training step's batch
 
     from retrieval import evaluation_formats, make_example
     rng = random.Random(7)
-    example = make_example(rng, text_window, 2048, evaluation_formats, position=0.1)
+    example = make_example(rng, text_window, 2048, evaluation_formats, position=0.1, distance=2048)
     example.data[example.value_start:example.value_end]   # the value bytes the model must predict
+
+(position=0.1: the needle at 10 % of the window; distance=length: the query at the window's end.)
 """
 import random
 import string
