@@ -123,9 +123,11 @@ class Attention(nn.Module):
     def project(self, x, cos, sin):
         c = self.c
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, c.heads, c.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, c.kv_heads, c.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, c.kv_heads, c.head_dim).transpose(1, 2)
+        # contiguous [B, H, S, D]: the attention GEMMs then read K and V in place (a strided batch
+        # makes torch.matmul copy K into a [D, S] layout that OpenBLAS multiplies 5x slower)
+        q = self.q_proj(x).view(b, s, c.heads, c.head_dim).transpose(1, 2).contiguous()
+        k = self.k_proj(x).view(b, s, c.kv_heads, c.head_dim).transpose(1, 2).contiguous()
+        v = self.v_proj(x).view(b, s, c.kv_heads, c.head_dim).transpose(1, 2).contiguous()
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
@@ -135,14 +137,100 @@ def grouped(q, c):
     return q.view(b, c.kv_heads, c.group, s, d)
 
 
-def full_attention_train(q, k, v, c):
-    """Causal attention; also returns the probabilities [B, Hkv, G, T, T] for the oracle."""
-    t = q.shape[2]
-    scores = torch.matmul(grouped(q, c), k[:, :, None].transpose(-1, -2)) / math.sqrt(c.head_dim)
-    causal = torch.ones(t, t, dtype=torch.bool, device=q.device).tril()
-    probs = torch.softmax(scores.masked_fill(~causal, NEG_INF), dim=-1)
-    out = torch.matmul(probs, v[:, :, None])
-    return out.reshape(q.shape), probs
+class _SinkSoftmax(torch.autograd.Function):
+    """Softmax with a sink over masked scores, factored for speed: returns p = softmax(scores + bias)
+    and the per-row weight w = Σexp(s) / (Σexp(s) + exp(sink)) = sigmoid(L - sink) (L the row's
+    logsumexp), so that attention with a sink is w · (p @ v). Unlike
+    softmax(cat([scores, sink]))[..., :-1] it makes no copy of the [.., S, N] scores (the
+    concatenation, the slice and their backward each cost a full pass on CPU), and the mask is added
+    inside, in the one buffer that becomes p. Every row must hold a finite score (true of every
+    training row: the window holds the token itself, and each query has at least one selected block
+    at or before it). sink is broadcast to [..., S] by the caller; bias gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, scores, bias, sink):
+        probs = scores + bias
+        top = probs.amax(-1, keepdim=True)
+        probs.sub_(top).exp_()
+        total = probs.sum(-1, keepdim=True)
+        probs.div_(total)
+        weight = torch.sigmoid((top + total.log()).squeeze(-1) - sink)
+        ctx.save_for_backward(probs, weight)
+        return probs, weight
+
+    @staticmethod
+    def backward(ctx, grad_probs, grad_weight):
+        probs, weight = ctx.saved_tensors
+        # d w / d s_j = w (1 - w) p_j (because dL/ds_j = p_j); d w / d sink = -w (1 - w)
+        through_weight = grad_weight * weight * (1 - weight)
+        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+        grad_scores.addcmul_(probs, through_weight[..., None])
+        return grad_scores, None, -through_weight
+
+
+_bias_cache = {}
+
+
+def cached_bias(key, build):
+    """Additive masks (0 visible, -inf hidden) depend only on shapes: build each once per process
+    instead of once per layer and step (a fresh [T, T] allocation costs page faults on these VMs)."""
+    if key not in _bias_cache:
+        visible = build()
+        _bias_cache[key] = torch.zeros(visible.shape, device=visible.device).masked_fill_(~visible, NEG_INF)
+    return _bias_cache[key]
+
+
+def causal_bias(start, end, groups, device):
+    """[G·(end − start), end]: query rows start..end-1 against keys 0..end-1, causal, repeated for
+    the G query heads folded into the rows (fold_groups)."""
+    def visible():
+        rows = torch.arange(start, end, device=device)[:, None]
+        return (torch.arange(end, device=device)[None, :] <= rows).repeat(groups, 1)
+    return cached_bias(("causal", start, end, groups, str(device)), visible)
+
+
+def query_chunks(t, chunk):
+    """Causal attention in query chunks: rows [start, end) need only keys [0, end), which skips the
+    masked upper triangle (at 2k context with chunks of 256, 44 % of the QKᵀ and PV work)."""
+    chunk = chunk or t
+    return [(start, min(t, start + chunk)) for start in range(0, t, chunk)]
+
+
+def fold_groups(q, c):
+    """[B, Hq, S, D] -> [B, Hkv, G·S, D] with q scaled by 1/√D: the query heads of one KV head become
+    rows of one matrix, so QKᵀ and PV are plain batched GEMMs over B·Hkv (a broadcast K over G makes
+    torch.matmul copy and fall back to a slow batched kernel)."""
+    b, _, s, d = q.shape
+    return (q * (1.0 / math.sqrt(d))).reshape(b, c.kv_heads, c.group * s, d)
+
+
+def full_attention_train(q, k, v, c, chunk=None):
+    """Causal attention in query chunks (query_chunks); also returns, per chunk, (start, probabilities
+    [B, Hkv, G, rows, end]) for the oracle."""
+    b, hq, t, d = q.shape
+    qg = fold_groups(q, c).view(b, c.kv_heads, c.group, t, d)
+    outs, probs = [], []
+    for start, end in query_chunks(t, chunk):
+        rows = end - start
+        scores = torch.matmul(qg[:, :, :, start:end].reshape(b, c.kv_heads, c.group * rows, d),
+                              k[:, :, :end].transpose(-1, -2))
+        # in place on the matmul's own output (its backward does not read it); on a view of it
+        # autograd would copy the whole tensor back in the backward pass
+        p = torch.softmax(scores.add_(causal_bias(start, end, c.group, q.device)), dim=-1)
+        outs.append(torch.matmul(p, v[:, :, :end]).view(b, c.kv_heads, c.group, rows, d))
+        probs.append((start, p.view(b, c.kv_heads, c.group, rows, end)))
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)
+    return out.view(q.shape), probs
+
+
+def sink_attention(scores, bias, sinks, values, c):
+    """Attention with a sink: scores [B, Hkv, ..., G, S, N] (q already scaled) plus the additive
+    `bias` (broadcast), sinks [Hq], values [B, Hkv, ..., N, D]. Returns [B, Hkv, ..., G·S, D]."""
+    shape = scores.shape
+    sink = sinks.view(1, c.kv_heads, *([1] * (len(shape) - 5)), c.group, 1).expand(shape[:-1])
+    probs, weight = _SinkSoftmax.apply(scores, bias, sink)
+    flat = probs.reshape(*shape[:-3], shape[-3] * shape[-2], shape[-1])
+    return torch.matmul(flat, values) * weight.reshape(*shape[:-3], -1, 1)
 
 
 def window_attention_train(q, k, v, sinks, window, c):
@@ -153,22 +241,26 @@ def window_attention_train(q, k, v, sinks, window, c):
     n_chunks = (t + chunk - 1) // chunk
     padded = n_chunks * chunk
     pad_q = padded - t
-    qg = F.pad(grouped(q, c), (0, 0, 0, pad_q)).view(b, c.kv_heads, c.group, n_chunks, chunk, d)
+    # [B, Hkv, n, G, chunk, D]: the group's heads of one chunk are rows of one GEMM
+    qg = F.pad(q * (1.0 / math.sqrt(d)), (0, 0, 0, pad_q)).view(b, c.kv_heads, c.group, n_chunks, chunk, d)
+    qg = qg.transpose(2, 3).reshape(b, c.kv_heads, n_chunks, c.group * chunk, d)
     # Keys for chunk n are positions [n·chunk − w, n·chunk + chunk): pad w in front, then unfold.
     kp = F.pad(k, (0, 0, window, pad_q))
     vp = F.pad(v, (0, 0, window, pad_q))
     span = chunk + window
-    kc = kp.unfold(2, span, chunk).transpose(-1, -2)  # [B, Hkv, n, span, D]
-    vc = vp.unfold(2, span, chunk).transpose(-1, -2)
-    scores = torch.matmul(qg, kc[:, :, None].transpose(-1, -2)) / math.sqrt(d)  # [B,Hkv,G,n,chunk,span]
-    qpos = torch.arange(padded, device=q.device).view(n_chunks, chunk, 1)
-    kpos = (torch.arange(n_chunks, device=q.device).view(n_chunks, 1, 1) * chunk - window
-            + torch.arange(span, device=q.device).view(1, 1, span))
-    visible = (kpos <= qpos) & (kpos > qpos - window) & (kpos >= 0)
-    scores = scores.masked_fill(~visible, NEG_INF)
-    sink = sinks.view(c.kv_heads, c.group)[None, :, :, None, None, None].expand(b, -1, -1, n_chunks, chunk, 1)
-    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-    out = torch.matmul(probs, vc[:, :, None])  # [B,Hkv,G,n,chunk,D]
+    kc = kp.unfold(2, span, chunk)  # [B, Hkv, n, D, span]
+    vc = vp.unfold(2, span, chunk).transpose(-1, -2)  # [B, Hkv, n, span, D]
+    scores = torch.matmul(qg, kc).view(b, c.kv_heads, n_chunks, c.group, chunk, span)
+
+    def visible():
+        qpos = torch.arange(padded, device=q.device).view(n_chunks, 1, chunk, 1)
+        kpos = (torch.arange(n_chunks, device=q.device).view(n_chunks, 1, 1, 1) * chunk - window
+                + torch.arange(span, device=q.device).view(1, 1, 1, span))
+        return (kpos <= qpos) & (kpos > qpos - window) & (kpos >= 0)  # [n, 1, chunk, span]
+
+    bias = cached_bias(("window", padded, window, str(q.device)), visible)
+    out = sink_attention(scores, bias, sinks, vc, c)  # [B, Hkv, n, G·chunk, D]
+    out = out.view(b, c.kv_heads, n_chunks, c.group, chunk, d).transpose(2, 3)
     return out.reshape(b, hq, padded, d)[:, :, :t]
 
 
@@ -246,26 +338,31 @@ class SparseAttention(nn.Module):
         return g_sa * o_sa + g_swa * o_swa
 
 
-def sa_visible(indices, t, c):
-    """Keys the SA branch may read in training: in a selected block and not in the future."""
-    causal = torch.ones(t, t, dtype=torch.bool, device=indices.device).tril()
-    return selected_mask(indices, t, c) & causal
+def sa_bias(indices, t, c):
+    """Additive mask [B, Hkv, 1, T, T] of the keys the SA branch may read in training: in a selected
+    block and not in the future. Built once per full layer and read by the sparse layers after it."""
+    visible = selected_mask(indices, t, c) & torch.ones(t, t, dtype=torch.bool, device=indices.device).tril()
+    return torch.zeros(visible.shape, device=indices.device).masked_fill_(~visible, NEG_INF)[:, :, None]
 
 
-def sa_attention_train(q, shared_k, shared_v, indices, sinks, c, gather_from=1024, visible=None):
+def sa_attention_train(q, shared_k, shared_v, indices, sinks, c, gather_from=1024, bias=None, chunk=None):
     """Attention over the selected blocks. From `gather_from` tokens on it gathers the K·bs selected
-    keys per (row, KV head, token), O(T·K·bs); below that a masked dense product is faster on CPU
-    (index_select's backward is a scatter). `visible` (from sa_visible) may be passed in so the
-    sparse layers that share one full layer's selection build the mask once."""
+    keys per (row, KV head, token), O(T·K·bs); below that a masked dense product in causal query
+    chunks is faster on CPU (index_select's backward is a scatter). `bias` (from sa_bias) may be
+    passed in so the sparse layers that share one full layer's selection build the mask once."""
     b, hq, t, d = q.shape
     if t < gather_from:
-        if visible is None:
-            visible = sa_visible(indices, t, c)
-        scores = torch.matmul(grouped(q, c), shared_k[:, :, None].transpose(-1, -2)) / math.sqrt(d)
-        scores = scores.masked_fill(~visible[:, :, None], NEG_INF)
-        sink = sinks.view(c.kv_heads, c.group)[None, :, :, None, None].expand(b, -1, -1, t, 1)
-        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-        return torch.matmul(probs, shared_v[:, :, None]).reshape(q.shape)
+        if bias is None:
+            bias = sa_bias(indices, t, c)
+        qg = fold_groups(q, c).view(b, c.kv_heads, c.group, t, d)
+        outs = []
+        for start, end in query_chunks(t, chunk):
+            rows = end - start
+            scores = torch.matmul(qg[:, :, :, start:end].reshape(b, c.kv_heads, c.group * rows, d),
+                                  shared_k[:, :, :end].transpose(-1, -2)).view(b, c.kv_heads, c.group, rows, end)
+            out = sink_attention(scores, bias[..., start:end, :end], sinks, shared_v[:, :, :end], c)
+            outs.append(out.view(b, c.kv_heads, c.group, rows, d))
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=3)).view(q.shape)
     positions, used = selected_positions(indices, c)  # [B, Hkv, T, M]
     m = positions.shape[-1]
     query_pos = torch.arange(t, device=q.device).view(1, 1, t, 1)
@@ -273,13 +370,12 @@ def sa_attention_train(q, shared_k, shared_v, indices, sinks, c, gather_from=102
     flat = positions.clamp(0, t - 1) + (torch.arange(b * c.kv_heads, device=q.device) * t).view(b, c.kv_heads, 1, 1)
     ks = shared_k.reshape(b * c.kv_heads * t, d).index_select(0, flat.reshape(-1)).view(b, c.kv_heads, t, m, d)
     vs = shared_v.reshape(b * c.kv_heads * t, d).index_select(0, flat.reshape(-1)).view(b, c.kv_heads, t, m, d)
-    qg = grouped(q, c)  # [B, Hkv, G, T, D]
-    scores = torch.einsum("bhgtd,bhtmd->bhgtm", qg, ks) / math.sqrt(d)
-    scores = scores.masked_fill(~valid[:, :, None], NEG_INF)
-    sink = sinks.view(c.kv_heads, c.group)[None, :, :, None, None].expand(b, -1, -1, t, 1)
-    probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-    out = torch.einsum("bhgtm,bhtmd->bhgtd", probs, vs)
-    return out.reshape(b, hq, t, d)
+    # Per (row, KV head, token): the G query heads against that token's M gathered keys.
+    qg = fold_groups(q, c).view(b, c.kv_heads, c.group, t, d).transpose(2, 3)  # [B, Hkv, T, G, D]
+    scores = torch.matmul(qg, ks.transpose(-1, -2)).view(b, c.kv_heads, t, c.group, 1, m)
+    bias = torch.zeros(valid.shape, device=q.device).masked_fill_(~valid, NEG_INF).view(b, c.kv_heads, t, 1, 1, m)
+    out = sink_attention(scores, bias, sinks, vs, c)  # [B, Hkv, T, G, D]
+    return out.transpose(2, 3).reshape(b, hq, t, d)
 
 
 class Layer(nn.Module):
@@ -323,7 +419,10 @@ class ByteLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ---- training forward: whole sequences, no cache, no padding ----
-    def forward_train(self, ids):
+    def forward_train(self, ids, chunk=256, gather_from=1024):
+        """Logits [B, T, V] for whole sequences. `chunk`: query rows per causal chunk of the full and
+        SA attention (None: one chunk); `gather_from`: the length from which the SA branch gathers
+        the selected keys instead of masking (measured on the build machines, README "Throughput")."""
         c = self.c
         b, t = ids.shape
         positions = torch.arange(t, device=ids.device)[None].expand(b, t)
@@ -335,14 +434,17 @@ class ByteLM(nn.Module):
             attn = layer.self_attn
             q, k, v = attn.project(h, cos, sin)
             if layer.full:
-                out, probs = full_attention_train(q, k, v, c)
+                out, probs = full_attention_train(q, k, v, c, chunk)
                 if c.kind == "hysparse":
                     with torch.no_grad():
-                        indices = select_blocks(probs, c, torch.arange(t, device=ids.device))
-                        visible = sa_visible(indices, t, c) if t < 1024 else None
-                    shared = (k, v, indices, visible)
+                        indices = torch.cat([select_blocks(p, c, torch.arange(start, start + p.shape[3], device=ids.device))
+                                             for start, p in probs], dim=2)
+                        bias = sa_bias(indices, t, c) if t < gather_from else None
+                    shared = (k, v, indices, bias)
+                del probs  # the chunks stay alive only through autograd
             elif c.kind == "hysparse":
-                o_sa = sa_attention_train(q, shared[0], shared[1], shared[2], attn.sinks[0], c, visible=shared[3])
+                o_sa = sa_attention_train(q, shared[0], shared[1], shared[2], attn.sinks[0], c,
+                                          gather_from=gather_from, bias=shared[3], chunk=chunk)
                 o_swa = window_attention_train(q, k, v, attn.sinks[1], c.window, c)
                 out = attn.combine(h, o_sa, o_swa)
             else:
@@ -430,6 +532,9 @@ class ByteLM(nn.Module):
         return [(torch.zeros(shape, device=device), torch.zeros(shape, device=device)) for _ in range(c.layers)]
 
 
+TRAIN_VARIANTS = [{"chunk": 16}, {"chunk": 12, "gather_from": 0}]
+
+
 def selftest(kind, seed=0):
     """The training forward and the reference forward agree (no cache, no padding), and a prefill
     followed by decode steps with caches reproduces the one-shot logits."""
@@ -445,15 +550,24 @@ def selftest(kind, seed=0):
         mask = torch.ones(2, 40, dtype=torch.int64)
         ref_logits, _, _ = model.forward(ids, mask, model.empty_past(2))
         assert torch.allclose(train_logits, ref_logits, atol=1e-4), (kind, (train_logits - ref_logits).abs().max())
+        for variant in TRAIN_VARIANTS:  # causal query chunks (uneven last chunk), gathered SA keys
+            other = model.forward_train(ids, **variant)
+            assert torch.allclose(other, ref_logits, atol=1e-4), (kind, variant, (other - ref_logits).abs().max())
         if kind == "hysparse":  # the gathering SA path computes the same as the masked one
             q = torch.randn(2, 4, 40, 16); k = torch.randn(2, 2, 40, 16); v = torch.randn(2, 2, 40, 16)
             probs = torch.softmax(torch.randn(2, 2, 2, 40, 40).masked_fill(
                 ~torch.ones(40, 40, dtype=torch.bool).tril(), NEG_INF), -1)
             idx = select_blocks(probs, c, torch.arange(40))
             sinks = torch.randn(4)
-            masked = sa_attention_train(q, k, v, idx, sinks, c, gather_from=1 << 30)
-            gathered = sa_attention_train(q, k, v, idx, sinks, c, gather_from=0)
+            with torch.enable_grad():
+                inputs = [x.requires_grad_() for x in (q, k, v, sinks)]
+                masked = sa_attention_train(q, k, v, idx, sinks, c, gather_from=1 << 30)
+                masked_grads = torch.autograd.grad(masked.square().sum(), inputs)
+                gathered = sa_attention_train(q, k, v, idx, sinks, c, gather_from=0)
+                gathered_grads = torch.autograd.grad(gathered.square().sum(), inputs)
             assert torch.allclose(masked, gathered, atol=1e-5), (masked - gathered).abs().max()
+            for a, g in zip(masked_grads, gathered_grads):
+                assert torch.allclose(a, g, atol=1e-4), (a - g).abs().max()
         logits, past, _ = model.forward(ids[:, :30], mask[:, :30], model.empty_past(2))
         steps = [logits]
         for i in range(30, 40):
@@ -461,6 +575,23 @@ def selftest(kind, seed=0):
             steps.append(step)
         incremental = torch.cat(steps, dim=1)
         assert torch.allclose(incremental, ref_logits, atol=1e-4), (kind, (incremental - ref_logits).abs().max())
+    # The training forward's backward (the sink softmax has a hand-written one) gives the reference's
+    # gradients for every parameter.
+    def gradients(forward):
+        model.zero_grad()
+        F.cross_entropy(forward().reshape(-1, c.vocab), ids.roll(-1, 1).reshape(-1)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference = gradients(lambda: model.forward(ids, mask, model.empty_past(2))[0])
+    for variant in [{}] + TRAIN_VARIANTS:
+        fast = gradients(lambda: model.forward_train(ids, **variant))
+        assert fast.keys() == reference.keys(), (kind, fast.keys() ^ reference.keys())
+        for n in fast:
+            assert torch.allclose(fast[n], reference[n], atol=1e-5, rtol=1e-3), \
+                (kind, variant, n, (fast[n] - reference[n]).abs().max())
+    scores = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    sink = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s, k: _SinkSoftmax.apply(s, torch.zeros(5, dtype=s.dtype), k), (scores, sink))
     return (train_logits - ref_logits).abs().max().item()
 
 

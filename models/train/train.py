@@ -6,38 +6,117 @@
 
 Training runs in phases of sequence length x batch : steps (short sequences first, where attention is
 cheap; then the full context so every RoPE position and the long-range selection are trained).
-Same data order for every kind (batches come from a generator seeded by --seed), AdamW with linear
-warm-up and cosine decay to 10 %, gradient clipping at 1. Every --log-every steps it appends the
-training loss to <out>/loss.jsonl; every --eval-every steps it also measures validation bits per byte
-on fixed windows. The checkpoint (<out>/model.pt: config, weights, steps done) is rewritten at each
-evaluation, so a run stopped early still leaves a usable model. Runs on CUDA when available
-(--device auto), else on the CPU with --threads threads.
+Same data order for every kind: the batch of step i is a function of (--seed, i) alone, and
+--retrieval-share of its rows are long-range retrieval examples (retrieval.py, training formats).
+AdamW with linear warm-up and cosine decay to 10 %, gradient clipping at 1. Every --log-every steps
+it appends the training loss to <out>/loss.jsonl; every --eval-every steps it also measures
+validation bits per byte on fixed windows and retrieval accuracy on the *evaluation* formats.
+
+Checkpoints: <out>/model.pt holds the weights, the optimizer state, the steps done and the arguments;
+it is rewritten every --save-minutes and at each evaluation. Started again with the same --out, a
+run resumes where the checkpoint left it (same schedule, same data from the next step on; the
+arguments that shape the run must match). --init-from PATH starts a new run from the weights of
+another checkpoint only (e.g. when the optimizer state is lost), with its own warm-up.
+
+Runs on CUDA when available (--device auto), else on the CPU with --threads threads (see tune_cpu:
+the CPU settings are worth 10x on the build machines).
 """
 import argparse
+import ctypes
 import json
 import math
 import os
+import random
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+if "torch" not in sys.modules:
+    # Read once, when torch loads libgomp and OpenBLAS: pool threads that wait for work sleep instead
+    # of spinning. On the shared 2-core VMs a spinning pool waiting at each barrier for a descheduled
+    # partner made 2-thread steps 8x slower than with sleeping waiters (README, "Throughput").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import retrieval  # noqa: E402
 from hysparse_lm import ByteLM, ModelConfig  # noqa: E402
+
+# Arguments that define a run: resuming with any of them changed would not continue the same run.
+RUN_DEFINING = ("kind", "config", "phases", "lr", "warmup", "seed", "retrieval_share", "init_from")
+
+
+def tune_cpu(threads):
+    """CPU settings measured on the 2-core build VMs (models/train/README.md, "Throughput"):
+    - glibc returns freed blocks above 32 MB to the kernel (mmap/munmap, then trims the heap), and
+      every [B, H, T, T] attention tensor is that large, so each step page-faulted its whole working
+      set again; first touches of fresh pages are slow on these VMs (30 M floats/s for a copy,
+      against 2.7 G in a reused buffer). Keeping freed memory in the heap removes that.
+    - Debian's PyTorch 1.13 sends some float32 batched GEMMs to oneDNN, which is 5x slower here than
+      the OpenBLAS loop it otherwise uses (Q·Kᵀ with a head size of 32).
+    - OpenBLAS has its own thread pool, sized to every core regardless of torch.set_num_threads; two
+      "1-thread" trainings would then run four threads on two cores."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-4, 0)   # M_MMAP_MAX: no mmap'd blocks, large tensors come from the heap too
+        libc.mallopt(-1, -1)  # M_TRIM_THRESHOLD: (size_t)-1, never give the heap's top back
+    except OSError:
+        pass  # not glibc: nothing to tune
+    try:
+        ctypes.CDLL("libopenblas.so.0").openblas_set_num_threads(threads)
+    except (OSError, AttributeError):
+        pass  # another BLAS: torch.set_num_threads is all there is
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = False
 
 
 def load_bytes(path):
     with open(path, "rb") as f:
-        return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        return f.read()
 
 
-def batches(data, batch, seq, seed):
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        starts = torch.randint(0, len(data) - seq - 1, (batch,), generator=generator)
-        window = torch.stack([data[s:s + seq + 1] for s in starts.tolist()]).long()
-        yield window[:, :-1], window[:, 1:]
+def parse_phases(text):
+    phases = []
+    for part in text.split(","):
+        shape, steps = part.split(":")
+        seq, batch = shape.split("x")
+        phases.append((int(seq), int(batch), int(steps)))
+    return phases
+
+
+def batch_at(data, step, seq, batch, seed, retrieval_share):
+    """The batch of training step `step`: `batch` random windows of seq + 1 bytes, a share of them
+    turned into retrieval examples. A pure function of its arguments, so a resumed run reads the
+    same data as an uninterrupted one and every kind sees the same data order."""
+    rng = random.Random(seed * 1_000_003 + step)
+    rows = []
+    for _ in range(batch):
+        start = rng.randrange(0, len(data) - seq - 1)
+        rows.append(data[start:start + seq + 1])
+    rows, planted = retrieval.mix_rows(rows, rng.getrandbits(63), retrieval_share)
+    window = torch.frombuffer(bytearray(b"".join(rows)), dtype=torch.uint8).view(batch, seq + 1).long()
+    return window[:, :-1], window[:, 1:], planted
+
+
+def make_optimizer(model, lr):
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def train_step(model, optimizer, inputs, targets, lr):
+    """One optimizer step at learning rate `lr`; returns the loss (nats per byte)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    logits = model.forward_train(inputs)
+    loss = F.cross_entropy(logits.reshape(-1, model.c.vocab).float(), targets.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    return loss.item()
 
 
 @torch.no_grad()
@@ -47,7 +126,7 @@ def validation_bpb(model, val, seq, windows, device):
     stride = (len(val) - seq - 1) // windows
     total, count = 0.0, 0
     for i in range(windows):
-        chunk = val[i * stride: i * stride + seq + 1].long().to(device)
+        chunk = torch.tensor(list(val[i * stride: i * stride + seq + 1]), device=device)
         logits = model.forward_train(chunk[None, :-1])
         total += F.cross_entropy(logits[0].float(), chunk[1:], reduction="sum").item()
         count += seq
@@ -55,33 +134,54 @@ def validation_bpb(model, val, seq, windows, device):
     return total / count / math.log(2)
 
 
+@torch.no_grad()
+def retrieval_accuracy(model, val, seq, probes, device, seed=11):
+    """Fraction of planted value bytes predicted right (arg-max, teacher-forced) on `probes` windows of
+    the validation text in the *evaluation* formats, which training never shows: a running check
+    that long-range reading is being learned, not a report number (the evaluator makes those)."""
+    model.eval()
+    rng = random.Random(seed)
+    right = total = 0
+    for i in range(probes):
+        start = (len(val) - seq - 1) * i // max(1, probes - 1)
+        example = retrieval.make_example(rng, val[start:start + seq], seq, retrieval.evaluation_formats)
+        ids = torch.tensor(list(example.data), device=device)
+        predicted = model.forward_train(ids[None])[0].argmax(-1)
+        # logits at position j predict byte j + 1
+        got = predicted[example.value_start - 1:example.value_end - 1]
+        right += (got == ids[example.value_start:example.value_end]).sum().item()
+        total += example.value_end - example.value_start
+    model.train()
+    return right / total
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["dense", "hysparse", "swa"], required=True)
     parser.add_argument("--corpus", required=True, help="directory with train.bin and val.bin")
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="run directory: model.pt, loss.jsonl (resumed if present)")
     parser.add_argument("--config", help="JSON file of ModelConfig fields (kind is taken from --kind)")
     parser.add_argument("--phases", required=True, help="comma-separated SEQxBATCH:STEPS, e.g. 512x8:250,2048x2:40")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--retrieval-share", type=float, default=0.0,
+                        help="fraction of training rows that are retrieval examples (e.g. 0.15)")
+    parser.add_argument("--init-from", help="start from this checkpoint's weights only (new optimizer, own warm-up)")
     parser.add_argument("--log-every", type=int, default=5)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--eval-windows", type=int, default=8)
+    parser.add_argument("--retrieval-probes", type=int, default=8, help="evaluation-format probes per evaluation")
+    parser.add_argument("--save-minutes", type=float, default=5.0, help="checkpoint at least this often")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    phases = []
-    for part in args.phases.split(","):
-        shape, steps = part.split(":")
-        seq, batch = shape.split("x")
-        phases.append((int(seq), int(batch), int(steps)))
+    phases = parse_phases(args.phases)
     args.steps = sum(p[2] for p in phases)
-    args.seq = phases[-1][0]
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
-    torch.set_num_threads(args.threads)
+    tune_cpu(args.threads)
     torch.manual_seed(args.seed)
     fields = {}
     if args.config:
@@ -90,13 +190,29 @@ def main():
     fields["kind"] = args.kind
     config = ModelConfig(**fields)
     model = ByteLM(config).to(device)
+    optimizer = make_optimizer(model, args.lr)
     os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "model.pt")
+    done, tokens, seconds_before, planted_rows, total_rows = 0, 0, 0.0, 0, 0
+    if os.path.exists(path):
+        checkpoint = torch.load(path, map_location=device)
+        if "optimizer" not in checkpoint:
+            sys.exit(f"{path} holds weights only (no optimizer state): start a new run with --init-from {path}")
+        changed = {k: (checkpoint["args"].get(k), getattr(args, k)) for k in RUN_DEFINING
+                   if checkpoint["args"].get(k) != getattr(args, k)}
+        if changed:
+            sys.exit(f"{path} is a different run (checkpoint vs now: {changed}); use another --out, or "
+                     f"--init-from {path} to start a new run from its weights")
+        model.load_state_dict(checkpoint["state"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        done, tokens, seconds_before = checkpoint["steps"], checkpoint["tokens"], checkpoint["seconds"]
+        planted_rows, total_rows = checkpoint["planted_rows"]
+        print(f"resuming {path} after step {done} ({tokens:,} bytes)", flush=True)
+    elif args.init_from:
+        model.load_state_dict(torch.load(args.init_from, map_location=device)["state"])
+        print(f"weights from {args.init_from}; new optimizer, warm-up {args.warmup} steps", flush=True)
     train = load_bytes(os.path.join(args.corpus, "train.bin"))
     val = load_bytes(os.path.join(args.corpus, "val.bin"))
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.95))
 
     def lr_at(step):
         if step < args.warmup:
@@ -104,46 +220,47 @@ def main():
         progress = (step - args.warmup) / max(1, args.steps - args.warmup)
         return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
-    log = open(os.path.join(args.out, "loss.jsonl"), "w")
-    print(f"{args.kind}: {model.parameter_count():,} parameters, phases {args.phases} on {device}", flush=True)
+    # A resumed run appends; a fresh one starts the curve again.
+    log = open(os.path.join(args.out, "loss.jsonl"), "a" if done else "w")
+    print(f"{args.kind}: {model.parameter_count():,} parameters, phases {args.phases}, retrieval share "
+          f"{args.retrieval_share} on {device}", flush=True)
     schedule = [(seq, batch) for seq, batch, steps in phases for _ in range(steps)]
-    streams = {}
-    tokens = 0
     started = time.time()
+    last_save = started
     model.train()
 
+    def seconds():
+        return seconds_before + time.time() - started
+
     def save(step, bpb):
-        path = os.path.join(args.out, "model.pt")
-        torch.save({"config": config.to_dict(), "state": model.state_dict(), "steps": step,
-                    "tokens": tokens, "validation_bpb": bpb,
-                    "args": vars(args), "seconds": time.time() - started}, path + ".tmp")
+        torch.save({"config": config.to_dict(), "state": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "steps": step, "tokens": tokens, "validation_bpb": bpb, "planted_rows": (planted_rows, total_rows),
+                    "args": vars(args), "seconds": seconds()}, path + ".tmp")
         os.replace(path + ".tmp", path)
 
-    for step in range(args.steps):
+    for step in range(done, args.steps):
         seq, batch = schedule[step]
-        if (seq, batch) not in streams:
-            streams[(seq, batch)] = batches(train, batch, seq, args.seed + seq)
-        inputs, targets = next(streams[(seq, batch)])
+        inputs, targets, planted = batch_at(train, step, seq, batch, args.seed, args.retrieval_share)
+        planted_rows, total_rows = planted_rows + planted, total_rows + batch
         tokens += seq * batch
-        inputs, targets = inputs.to(device), targets.to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        logits = model.forward_train(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, config.vocab).float(), targets.reshape(-1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss = train_step(model, optimizer, inputs.to(device), targets.to(device), lr_at(step))
         done = step + 1
         record = None
         if done % args.log_every == 0 or done == args.steps:
-            record = {"step": done, "seq": seq, "tokens": tokens, "seconds": round(time.time() - started, 1),
-                      "train_bpb": loss.item() / math.log(2), "lr": lr_at(step)}
+            record = {"step": done, "seq": seq, "tokens": tokens, "seconds": round(seconds(), 1),
+                      "train_bpb": loss / math.log(2), "lr": lr_at(step)}
         if done % args.eval_every == 0 or done == args.steps:
             record = record or {"step": done, "seq": seq, "tokens": tokens,
-                                "seconds": round(time.time() - started, 1), "train_bpb": loss.item() / math.log(2)}
+                                "seconds": round(seconds(), 1), "train_bpb": loss / math.log(2)}
             record["validation_bpb"] = validation_bpb(model, val, seq, args.eval_windows, device)
+            if args.retrieval_probes:
+                record["retrieval_acc"] = retrieval_accuracy(model, val, seq, args.retrieval_probes, device)
+            record["planted_rows"] = f"{planted_rows}/{total_rows}"
             save(done, record["validation_bpb"])
+            last_save = time.time()
+        elif time.time() - last_save > args.save_minutes * 60:
+            save(done, None)
+            last_save = time.time()
         if record:
             log.write(json.dumps(record) + "\n")
             log.flush()

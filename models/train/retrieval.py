@@ -1,0 +1,215 @@
+"""Long-range retrieval examples for the training stream and for evaluation (issue 11, item 2).
+
+A retrieval example is a window of real Python source with two inserted lines: a *plant* that states
+a value (a random identifier, number or string) early in the window, and a *query* late in the window
+whose continuation is that value. The value cannot be guessed from nearby text, so predicting it
+trains (or measures) reading back over the distance between the two.
+
+The formats come in two disjoint sets so that retrieval measured on evaluation formats is not
+recall of a memorised template:
+
+- ``training_formats`` use single-quoted strings, bare numbers and comments;
+- ``evaluation_formats`` use double-quoted strings only, and plant/query shapes the training set
+  does not have (a class attribute, a ``dict(...)`` call, and the re-assignment probe that
+  bench/HySparse.Fidelity has used: ``KEY_n = "xxxxxxxx"`` ... ``KEY_n = "``).
+
+Everything is a pure function of a ``random.Random``, so a training step's batch is reproducible from
+(seed, step) and the evaluator can regenerate its probes from a seed:
+
+    from retrieval import evaluation_formats, make_example
+    rng = random.Random(7)
+    example = make_example(rng, text_window, 2048, evaluation_formats, position=0.1, distance=2048)
+    example.data[example.value_start:example.value_end]   # the value bytes the model must predict
+
+(position=0.1: the needle at 10 % of the window; distance=length: the query at the window's end.)
+"""
+import random
+import string
+from dataclasses import dataclass
+
+LOWER_DIGITS = string.ascii_lowercase + string.digits
+HEX = "0123456789abcdef"
+WORDS = ("cache", "token", "secret", "buffer", "limit", "route", "label", "session", "prefix", "marker",
+         "handle", "origin", "target", "vendor", "region", "channel", "digest", "anchor", "cursor", "ticket")
+
+
+def _name(rng, upper):
+    """A Python-looking name of one or two words, e.g. ``CACHE_ROUTE`` or ``session_tag7``."""
+    parts = [rng.choice(WORDS)]
+    if rng.random() < 0.6:
+        parts.append(rng.choice(WORDS))
+    if rng.random() < 0.3:
+        parts[-1] += str(rng.randrange(10))
+    name = "_".join(parts)
+    return name.upper() if upper else name
+
+
+def _string_value(rng):
+    """4-12 characters: lower-case letters and digits, hex, or a word with a number."""
+    length = rng.randint(4, 12)
+    kind = rng.random()
+    if kind < 0.5:
+        return "".join(rng.choice(LOWER_DIGITS) for _ in range(length))
+    if kind < 0.8:
+        return "".join(rng.choice(HEX) for _ in range(length))
+    return f"{rng.choice(WORDS)}-{rng.randrange(10, 10000)}"
+
+
+def _number_value(rng):
+    return str(rng.randrange(10, 10 ** rng.randint(3, 7)))
+
+
+# A format returns (plant line, query text before the value, value, text after the value). The query
+# and the plant are whole lines; the value is what the model has to retrieve.
+
+def _assert_constant(rng):
+    name = _name(rng, upper=True)
+    if rng.random() < 0.4:
+        value = _number_value(rng)
+        return f"{name} = {value}", f"assert {name} == ", value, ""
+    value = _string_value(rng)
+    return f"{name} = '{value}'", f"assert {name} == '", value, "'"
+
+
+def _dict_lookup(rng):
+    name, key = _name(rng, upper=rng.random() < 0.5), rng.choice(WORDS)
+    other = rng.choice([w for w in WORDS if w != key])
+    value = _string_value(rng)
+    entries = [f"'{key}': '{value}'", f"'{other}': '{_string_value(rng)}'"]
+    rng.shuffle(entries)
+    return f"{name} = {{{', '.join(entries)}}}", f"if {name}['{key}'] != '", value, "':"
+
+
+def _comment_reuse(rng):
+    name = _name(rng, upper=False)
+    value = _string_value(rng) if rng.random() < 0.7 else _number_value(rng)
+    return f"# {name}: {value}", f"{name} = '", value, "'"
+
+
+def _default_call(rng):
+    function, argument = _name(rng, upper=False), rng.choice(WORDS)
+    value = _string_value(rng)
+    return f"def get_{function}({argument}='{value}'):", f"result = get_{function}({argument}='", value, "')"
+
+
+def _reassign_double_quoted(rng):
+    """bench/HySparse.Fidelity's probe: KEY_n = "8 chars of a-z0-9", asked by repeating the assignment."""
+    name = f"KEY_{rng.randrange(100, 1000)}"
+    value = "".join(rng.choice(LOWER_DIGITS) for _ in range(8))
+    return f'{name} = "{value}"', f'{name} = "', value, '"'
+
+
+def _class_attribute(rng):
+    cls, attribute = "".join(w.capitalize() for w in (rng.choice(WORDS), rng.choice(WORDS))), rng.choice(WORDS)
+    value = _string_value(rng)
+    return f'class {cls}: {attribute} = "{value}"', f'    return {cls}.{attribute} or "', value, '"'
+
+
+def _dict_call(rng):
+    name, key = _name(rng, upper=False), rng.choice(WORDS)
+    value = _string_value(rng)
+    return f'{name} = dict({key}="{value}")', f'{name}.setdefault("{key}", "', value, '")'
+
+
+training_formats = {"assert_constant": _assert_constant, "dict_lookup": _dict_lookup,
+                    "comment_reuse": _comment_reuse, "default_call": _default_call}
+evaluation_formats = {"reassign_double_quoted": _reassign_double_quoted, "class_attribute": _class_attribute,
+                      "dict_call": _dict_call}
+
+
+@dataclass
+class Example:
+    data: bytes          # exactly `length` bytes
+    value_start: int     # data[value_start:value_end] is the value in the query
+    value_end: int
+    plant_start: int     # where the plant line starts
+    value: bytes         # the planted value (data[value_start:value_end])
+    format: str
+
+    @property
+    def distance(self):
+        """Bytes from the plant line to the value: how far back the model has to read."""
+        return self.value_start - self.plant_start
+
+
+def _line_start(text, offset):
+    """The start of the first line at or after `offset` (or `offset` if there is no newline)."""
+    newline = text.find(b"\n", offset)
+    return offset if newline < 0 or newline + 1 >= len(text) else newline + 1
+
+
+def _indent(text, offset, most=8):
+    """The line's leading spaces (at most `most`, so the inserted lines fit the slack make_example keeps)."""
+    end = offset
+    while end < len(text) and end - offset < most and text[end:end + 1] == b" ":
+        end += 1
+    return text[offset:end]
+
+
+def make_example(rng, text, length, formats, position=None, distance=None):
+    """One example of `length` bytes built from `text` (real source, at least `length` bytes): the
+    plant is inserted at a line start at relative `position` (0-1; random when None) and the query so
+    that the value begins about `distance` bytes after the plant (random between the shortest
+    possible and the end of the window when None). Inserted lines take the indentation of the line
+    they are inserted before, so they read like the surrounding code."""
+    name = rng.choice(sorted(formats))
+    plant, ask, value, tail = formats[name](rng)
+    plant_bytes_len = len(plant) + 1
+    query_len = len(ask) + len(value) + len(tail) + 1
+    room = length - plant_bytes_len - query_len - 16  # indentation of both lines fits in the slack
+    if room < 8:
+        raise ValueError(f"a window of {length} bytes is too short for a retrieval example")
+    at = int((rng.random() * 0.5 if position is None else position) * room)
+    at = min(_line_start(text, at), room)
+    plant_line = _indent(text, at) + plant.encode() + b"\n"
+    earliest = at + len(plant_line)
+    if distance is None:
+        gap = rng.randint(0, room - at)
+    else:
+        gap = max(0, min(room - at, distance - len(plant_line)))
+    query_at = min(_line_start(text, at + gap), room)
+    indent = _indent(text, query_at)
+    query = indent + (ask + value + tail).encode() + b"\n"
+    data = text[:at] + plant_line + text[at:query_at] + query + text[query_at:]
+    value_start = earliest + (query_at - at) + len(indent) + len(ask)
+    return Example(data[:length], value_start, value_start + len(value), at, value.encode(), name)
+
+
+def mix_rows(rows, seed, share, formats=None):
+    """Replaces a `share` of the byte rows (each a window of real text) by retrieval examples of the
+    same length, chosen and built from `seed` alone. Returns the new rows and how many were planted."""
+    rng = random.Random(seed)
+    formats = training_formats if formats is None else formats
+    out, planted = [], 0
+    for row in rows:
+        if rng.random() < share:
+            out.append(make_example(rng, row, len(row), formats).data)
+            planted += 1
+        else:
+            out.append(row)
+    return out, planted
+
+
+def selfcheck(trials=2000):
+    """Every example has the requested length and holds its value, whole, where it says."""
+    filler = b"".join(b"    " * (i % 4) + b"x = compute(%d)\n" % i for i in range(400))
+    rng = random.Random(0)
+    for i in range(trials):
+        length = rng.choice([256, 512, 2048])
+        formats = training_formats if i % 2 else evaluation_formats
+        start = rng.randrange(0, len(filler) - length)
+        example = make_example(rng, filler[start:start + length], length, formats)
+        assert len(example.data) == length, (example.format, len(example.data))
+        assert example.data[example.value_start:example.value_end] == example.value, example
+        assert 0 <= example.plant_start < example.value_start < example.value_end <= length, example
+
+
+if __name__ == "__main__":
+    selfcheck()
+    # Show one example of each format (what the stream and the evaluator produce).
+    filler = b"".join(b"    x = compute(%d)\n" % i for i in range(40))
+    for formats in (training_formats, evaluation_formats):
+        for name in sorted(formats):
+            example = make_example(random.Random(name), filler, 400, {name: formats[name]})
+            print(f"--- {name}: value {example.value!r}, distance {example.distance}")
+            print(example.data.decode())
