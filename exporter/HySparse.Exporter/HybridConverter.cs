@@ -159,7 +159,7 @@ public static class HybridConverter
         {
             // External data is found relative to the model file: written elsewhere, the output is valid
             // only where the same files stand beside it (a model folder conversion copies them first).
-            var missing = ExternalDataFiles(model).Where(f => !File.Exists(Path.Combine(Path.GetDirectoryName(output)!, f))).ToList();
+            var missing = ExternalData.Files(model).Where(f => !File.Exists(Path.Combine(Path.GetDirectoryName(output)!, f))).ToList();
             if (missing.Count > 0)
                 throw new ConversionException(ConversionError.UnsupportedExternalData,
                     $"the model keeps weights in external data files found relative to its directory ({string.Join(", ", missing)}); " +
@@ -171,12 +171,6 @@ public static class HybridConverter
         ModelFile.WriteAtomically(model, output, overwrite, progress);
         return report;
     }
-
-    /// <summary>The external data files the model's initializers name (locations relative to the model's folder).</summary>
-    public static IReadOnlyList<string> ExternalDataFiles(ModelProto model) =>
-        model.Graph.Initializer.Where(Tensors.IsExternal)
-            .SelectMany(t => t.ExternalData.Where(e => e.Key == "location").Select(e => e.Value))
-            .Distinct(StringComparer.Ordinal).ToList();
 
     /// <summary>Converts <paramref name="model"/> itself; on refusal it is left unchanged.</summary>
     public static ConversionReport ConvertInPlace(ModelProto model, ConversionOptions options)

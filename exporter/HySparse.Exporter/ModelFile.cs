@@ -67,7 +67,7 @@ public static class ModelFile
         foreach (var node in model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain)) CheckHySparseNode(node, source);
         foreach (var initializer in model.Graph.Initializer.Where(Tensors.IsExternal))
         {
-            var location = initializer.ExternalData.FirstOrDefault(e => e.Key == "location")?.Value ?? "";
+            var location = ExternalData.Location(initializer);
             if (EscapesModelFolder(location))
                 throw new ConversionException(ConversionError.InvalidModel,
                     $"'{source}': initializer '{initializer.Name}' keeps its data at '{location}', which is not a file inside the model's folder; ONNX Runtime refuses such paths, and so does this tool: move the data file beside the model and give its bare name");

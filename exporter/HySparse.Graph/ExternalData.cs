@@ -46,10 +46,21 @@ public static class ExternalData
     /// </summary>
     public static void PointTo(TensorProto tensor, string fileName, long offset, long length)
     {
-        tensor.ExternalData.Add(new StringStringEntryProto { Key = "location", Value = fileName });
+        tensor.ExternalData.Add(new StringStringEntryProto { Key = LocationKey, Value = fileName });
         tensor.ExternalData.Add(new StringStringEntryProto { Key = "offset", Value = offset.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         tensor.ExternalData.Add(new StringStringEntryProto { Key = "length", Value = length.ToString(System.Globalization.CultureInfo.InvariantCulture) });
         tensor.DataLocation = TensorProto.Types.DataLocation.External;
         tensor.RawData = ByteString.Empty;
     }
+
+    /// <summary>The <c>external_data</c> entry naming the file, relative to the model's folder.</summary>
+    public const string LocationKey = "location";
+
+    /// <summary>The file <paramref name="tensor"/>'s external data is in ("" when the entry is missing).</summary>
+    public static string Location(TensorProto tensor) =>
+        tensor.ExternalData.FirstOrDefault(e => e.Key == LocationKey)?.Value ?? "";
+
+    /// <summary>The distinct files the initializers of <paramref name="model"/> keep their data in.</summary>
+    public static IReadOnlyList<string> Files(ModelProto model) =>
+        model.Graph.Initializer.Where(Tensors.IsExternal).Select(Location).Distinct(StringComparer.Ordinal).ToList();
 }
