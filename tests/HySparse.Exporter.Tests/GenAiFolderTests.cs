@@ -251,6 +251,12 @@ public sealed class GenAiFolderTests
         Assert.AreEqual(ConversionError.InvalidOutput, exists.Error);
         var inside = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, Path.Combine(dense, "sub"), Covering()));
         StringAssert.Contains(inside.Message, "input folder");
+        // The same through a symlink to the input folder.
+        var alias = Path.Combine(dir.Path, "alias");
+        Directory.CreateSymbolicLink(alias, dense);
+        var throughLink = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(dense, Path.Combine(alias, "sub"), Covering()));
+        StringAssert.Contains(throughLink.Message, "input folder");
+        Directory.Delete(alias);
         var refused = Path.Combine(dir.Path, "refused");
         var again = Assert.ThrowsExactly<ConversionException>(() => ModelFolderConverter.Convert(output, refused, Covering()));
         Assert.AreEqual(ConversionError.AlreadyConverted, again.Error);

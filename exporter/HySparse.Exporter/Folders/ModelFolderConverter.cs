@@ -147,7 +147,8 @@ public static class ModelFolderConverter
 
     private static bool IsSameOrInside(string path, string folder)
     {
-        var relative = Path.GetRelativePath(folder, path);
+        // With links resolved, so that a symlink to (or into) the input folder is seen for what it is.
+        var relative = Path.GetRelativePath(FileIdentity.Resolve(folder), FileIdentity.Resolve(path));
         return relative == "." || (!relative.StartsWith("..", StringComparison.Ordinal) && !Path.IsPathRooted(relative));
     }
 
