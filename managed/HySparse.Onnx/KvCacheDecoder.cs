@@ -26,14 +26,6 @@ namespace HySparse.Onnx;
 /// </remarks>
 public sealed class KvCacheDecoder : IDisposable
 {
-    private const string InputIdsName = DecoderNames.InputIds;
-    private const string AttentionMaskName = DecoderNames.AttentionMask;
-    private const string PositionIdsName = DecoderNames.PositionIds;
-    private const string LogitsName = DecoderNames.Logits;
-    private const string PastPrefix = DecoderNames.PastPrefix;
-    private const string PresentPrefix = DecoderNames.PresentPrefix;
-    private const string CombinedPastPrefix = DecoderNames.CombinedPastPrefix;
-    private const string CombinedPresentPrefix = DecoderNames.CombinedPresentPrefix;
 
     private readonly InferenceSession _session;
     private readonly List<(string Past, string Present)> _cachePairs = [];
@@ -65,19 +57,19 @@ public sealed class KvCacheDecoder : IDisposable
         _bufferCapacity = bufferCapacity;
         _session = session;
         BatchSize = batchSize;
-        if (!session.InputMetadata.ContainsKey(InputIdsName))
-            throw new ArgumentException($"The model has no '{InputIdsName}' input; inputs: {string.Join(", ", session.InputNames)}", nameof(session));
-        if (!session.OutputMetadata.ContainsKey(LogitsName))
-            throw new ArgumentException($"The model has no '{LogitsName}' output; outputs: {string.Join(", ", session.OutputNames)}", nameof(session));
-        _hasMask = session.InputMetadata.ContainsKey(AttentionMaskName);
-        _maskType = _hasMask ? session.InputMetadata[AttentionMaskName].ElementDataType : TensorElementType.Int64;
-        _hasPositions = session.InputMetadata.ContainsKey(PositionIdsName);
+        if (!session.InputMetadata.ContainsKey(DecoderNames.InputIds))
+            throw new ArgumentException($"The model has no '{DecoderNames.InputIds}' input; inputs: {string.Join(", ", session.InputNames)}", nameof(session));
+        if (!session.OutputMetadata.ContainsKey(DecoderNames.Logits))
+            throw new ArgumentException($"The model has no '{DecoderNames.Logits}' output; outputs: {string.Join(", ", session.OutputNames)}", nameof(session));
+        _hasMask = session.InputMetadata.ContainsKey(DecoderNames.AttentionMask);
+        _maskType = _hasMask ? session.InputMetadata[DecoderNames.AttentionMask].ElementDataType : TensorElementType.Int64;
+        _hasPositions = session.InputMetadata.ContainsKey(DecoderNames.PositionIds);
 
         foreach (var name in session.InputNames.Where(IsCachePast))
         {
-            var present = name.StartsWith(PastPrefix, StringComparison.Ordinal)
-                ? PresentPrefix + name[PastPrefix.Length..]
-                : CombinedPresentPrefix + name[CombinedPastPrefix.Length..];
+            var present = name.StartsWith(DecoderNames.PastPrefix, StringComparison.Ordinal)
+                ? DecoderNames.PresentPrefix + name[DecoderNames.PastPrefix.Length..]
+                : DecoderNames.CombinedPresentPrefix + name[DecoderNames.CombinedPastPrefix.Length..];
             if (!session.OutputMetadata.ContainsKey(present))
                 throw new ArgumentException($"Cache input '{name}' has no matching output '{present}'", nameof(session));
             _cachePairs.Add((name, present));
@@ -93,9 +85,9 @@ public sealed class KvCacheDecoder : IDisposable
 
     /// <summary>A cache input: <c>past_key_values.*</c>, or a combined <c>past_N</c>.</summary>
     private static bool IsCachePast(string name) =>
-        name.StartsWith(PastPrefix, StringComparison.Ordinal)
-        || (name.StartsWith(CombinedPastPrefix, StringComparison.Ordinal) && name.Length > CombinedPastPrefix.Length
-            && name.AsSpan(CombinedPastPrefix.Length).IndexOfAnyExceptInRange('0', '9') < 0);
+        name.StartsWith(DecoderNames.PastPrefix, StringComparison.Ordinal)
+        || (name.StartsWith(DecoderNames.CombinedPastPrefix, StringComparison.Ordinal) && name.Length > DecoderNames.CombinedPastPrefix.Length
+            && name.AsSpan(DecoderNames.CombinedPastPrefix.Length).IndexOfAnyExceptInRange('0', '9') < 0);
 
     /// <summary>Rows decoded together.</summary>
     public int BatchSize { get; }
@@ -121,7 +113,7 @@ public sealed class KvCacheDecoder : IDisposable
         for (var i = 0; i < _cachePairs.Count; i++)
         {
             var meta = _session.InputMetadata[_cachePairs[i].Past];
-            var combined = !_cachePairs[i].Past.StartsWith(PastPrefix, StringComparison.Ordinal);
+            var combined = !_cachePairs[i].Past.StartsWith(DecoderNames.PastPrefix, StringComparison.Ordinal);
             var rank = combined ? 5 : 4;
             if (meta.Dimensions.Length != rank)
                 throw new InvalidOperationException($"Cache input '{_cachePairs[i].Past}' must be {rank}-D {(combined ? "[2, B, H, length, D]" : "[B, H_kv, length, D]")}, the model declares rank {meta.Dimensions.Length}");
@@ -169,19 +161,19 @@ public sealed class KvCacheDecoder : IDisposable
             }
         }
 
-        var names = new List<string> { InputIdsName };
+        var names = new List<string> { DecoderNames.InputIds };
         using var ids = OrtValue.CreateTensorValueFromMemory(tokens.ToArray(), [BatchSize, newLen]);
         var values = new List<OrtValue> { ids };
         using var maskValue = MaskValue(mask, [BatchSize, total]);
         if (_hasMask)
         {
-            names.Add(AttentionMaskName);
+            names.Add(DecoderNames.AttentionMask);
             values.Add(maskValue);
         }
         using var positions = OrtValue.CreateTensorValueFromMemory(PositionIds(mask, total, newLen), [BatchSize, newLen]);
         if (_hasPositions)
         {
-            names.Add(PositionIdsName);
+            names.Add(DecoderNames.PositionIds);
             values.Add(positions);
         }
         for (var i = 0; i < _cachePairs.Count; i++)
@@ -193,7 +185,7 @@ public sealed class KvCacheDecoder : IDisposable
         float[] logits;
         if (_bufferCapacity is null)
         {
-            var outputNames = new List<string> { LogitsName };
+            var outputNames = new List<string> { DecoderNames.Logits };
             outputNames.AddRange(_cachePairs.Select(p => p.Present));
             outputNames.AddRange(_extraOutputs);
             var outputs = _session.Run(_runOptions, names, values, outputNames);
@@ -222,7 +214,7 @@ public sealed class KvCacheDecoder : IDisposable
     {
         using var binding = _session.CreateIoBinding();
         for (var i = 0; i < names.Count; i++) binding.BindInput(names[i], values[i]);
-        binding.BindOutputToDevice(LogitsName, OrtMemoryInfo.DefaultInstance);
+        binding.BindOutputToDevice(DecoderNames.Logits, OrtMemoryInfo.DefaultInstance);
         for (var i = 0; i < _cachePairs.Count; i++) binding.BindOutput(_cachePairs[i].Present, _caches[i]);
         foreach (var name in _extraOutputs) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
         _session.RunWithBinding(_runOptions, binding);

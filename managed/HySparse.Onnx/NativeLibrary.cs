@@ -61,16 +61,10 @@ public static class HySparseNativeLibrary
     /// process's runtime identifier when the package has no library for it).</exception>
     public static string Locate(string? explicitPath = null)
     {
-        if (explicitPath is not null)
-        {
-            return File.Exists(explicitPath) ? Path.GetFullPath(explicitPath) : throw new HySparseLibraryNotFoundException([explicitPath]);
-        }
-        var env = Environment.GetEnvironmentVariable(PathEnvironmentVariable);
-        if (!string.IsNullOrEmpty(env))
-        {
-            // An explicit setting that is wrong must not be silently replaced by another copy.
-            return File.Exists(env) ? Path.GetFullPath(env) : throw new HySparseLibraryNotFoundException([env]);
-        }
+        // An explicit path, or the environment's: when it is wrong it must not be silently replaced by another copy.
+        var given = explicitPath ?? (Environment.GetEnvironmentVariable(PathEnvironmentVariable) is { Length: > 0 } env ? env : null);
+        if (given is not null)
+            return File.Exists(given) ? Path.GetFullPath(given) : throw new HySparseLibraryNotFoundException([given]);
         if (ResolvedByRuntime() is { } resolved) return resolved;
         var candidates = SearchPaths();
         foreach (var candidate in candidates)
