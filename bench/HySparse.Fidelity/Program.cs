@@ -34,8 +34,7 @@ if (parsed.Errors.Count > 0)
     Console.Error.WriteLine("fidelity: see --help");
     return 2;
 }
-if (parsed.Action is not null && parsed.CommandResult.Command == root && args.Any(a => a is "--help" or "-h" or "-?" or "--version"))
-    return parsed.Invoke();
+if (args.Any(a => a is "--help" or "-h" or "-?" or "--version")) return parsed.Invoke();
 
 string modelsDir = parsed.GetValue(modelsOption)!, textPath = parsed.GetValue(textOption) ?? "", outPath = parsed.GetValue(outOption) ?? "";
 var contexts = parsed.GetValue(contextsOption)!;

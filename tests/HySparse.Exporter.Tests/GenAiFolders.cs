@@ -1,4 +1,4 @@
-using System.Text.Json.Nodes;
+using HySparse.Exporter.Folders;
 
 namespace HySparse.Exporter.Tests;
 
@@ -15,12 +15,10 @@ internal static class GenAiFolders
         var used = sequences.SelectMany(s => s).SelectMany(r => r).ToHashSet();
         foreach (var folder in folders)
         {
-            var path = Path.Combine(folder, "genai_config.json");
-            var config = JsonNode.Parse(File.ReadAllText(path))!.AsObject();
-            var vocab = config["model"]!["vocab_size"]!.GetValue<int>();
-            var eos = Enumerable.Range(1, vocab - 1).Reverse().First(t => !used.Contains(t));
-            config["model"]!["eos_token_id"] = eos;
-            File.WriteAllText(path, config.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            var genai = GenAiModelFolder.Open(folder);
+            var vocab = genai.Config["model"]!["vocab_size"]!.GetValue<int>();
+            genai.Config["model"]!["eos_token_id"] = Enumerable.Range(1, vocab - 1).Reverse().First(t => !used.Contains(t));
+            genai.WriteConfig(folder);
         }
     }
 }
