@@ -39,9 +39,21 @@ OPSET = 17
 HYSPARSE_DOMAIN = "com.hysparse"
 
 
+def load_checkpoint(path):
+    """train.py's model.pt, or train_gpu.py's .npz (weights + a JSON record under "meta"), as one dict
+    with config, state, steps and tokens."""
+    if not path.endswith(".npz"):
+        return torch.load(path, map_location="cpu")
+    with np.load(path) as arrays:
+        checkpoint = json.loads(arrays["meta"].tobytes().decode())
+        checkpoint["state"] = {k[len("state/"):]: torch.from_numpy(arrays[k].copy())
+                               for k in arrays.files if k.startswith("state/")}
+    return checkpoint
+
+
 def rounded_model(checkpoint_path):
     """The checkpoint's model with every weight rounded to float16 (what the ONNX files store)."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu")
+    checkpoint = load_checkpoint(checkpoint_path)
     model = ByteLM(ModelConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["state"])
     with torch.no_grad():

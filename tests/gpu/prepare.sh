@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run on the development machine before sending the tree to a GPU machine: copies what that machine
-# lacks and cannot download (ONNX Runtime's C/C++ headers, GoogleTest's sources) into build/gpu-carry,
-# about 5 MiB. Pass that folder in the device call's `carry` list; tests/gpu/run.sh reads it.
+# lacks and cannot download (ONNX Runtime's C/C++ headers, GoogleTest's sources, the training corpus)
+# into build/gpu-carry, about 17 MiB. Pass that folder in the device call's `carry` list; tests/gpu/run.sh reads it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 carry=build/gpu-carry
@@ -29,4 +29,9 @@ if [ -z "$gtest_src" ]; then
   exit 1
 fi
 cp -r "$gtest_src" "$carry/googletest"
+
+# The training corpus for models/train/gpu_recipe.sh (11 MiB; the GPU image has no Python 3.11
+# standard library to build it from). corpus.py --check refuses anything but the committed corpus.
+/usr/bin/python3 models/train/corpus.py --out "$carry/corpus" --check models/train/corpus-manifest.json
+rm -f "$carry/corpus/manifest.json"
 du -sh "$carry"

@@ -11,7 +11,8 @@
 #
 # Environment: HYSPARSE_GPU_CARRY (default build/gpu-carry), HYSPARSE_CUDA_ARCHITECTURES (default
 # the CMake default: 80-real;90-real;90-virtual), HYSPARSE_GPU_SANITIZE=0 to skip the memcheck pass,
-# HYSPARSE_GPU_TEST_FILTER (a gtest filter for the test run).
+# HYSPARSE_GPU_TEST_FILTER (a gtest filter for the test run), HYSPARSE_GPU_TIMING_WAIT (a file to wait
+# for before timing, so the GPU is idle).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -86,6 +87,13 @@ timeout 240 "$tests" --gtest_filter="${HYSPARSE_GPU_TEST_FILTER:-*}" --gtest_out
   >"$out/cuda_tests.log" 2>&1 || fail "CUDA kernel tests"
 grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[==========\]|Failure|error" "$out/cuda_tests.log" | head -60
 
+# Timings need the GPU to themselves: when something else runs on it (tests/gpu/all.sh trains beside
+# the tests), wait for the file it touches when it is done.
+if [ -n "${HYSPARSE_GPU_TIMING_WAIT:-}" ]; then
+  step "waiting for $HYSPARSE_GPU_TIMING_WAIT before timing"
+  for _ in $(seq 1 "${HYSPARSE_GPU_TIMING_WAIT_SECONDS:-420}"); do [ -e "$HYSPARSE_GPU_TIMING_WAIT" ] && break; sleep 1; done
+  [ -e "$HYSPARSE_GPU_TIMING_WAIT" ] || echo "still not there: timing anyway (numbers may be disturbed)"
+fi
 step "timing"
 timeout 150 "$bench" 2>&1 | tee "$out/bench.md" || fail "timing program"
 

@@ -1,0 +1,228 @@
+#!/usr/bin/python3
+"""Trains several runs (kind:seed) in lock-step on one GPU within a fixed wall-clock budget: the GPU
+recipe of issue 11 (models/train/README.md, "GPU recipe").
+
+    python3 models/train/train_gpu.py --corpus build/corpus --out build/train-gpu --seconds 330 \
+        --runs dense:1,dense:2,hysparse:1,hysparse:2,swa:1
+
+Why lock-step: a lent GPU is held for minutes, not hours, so the schedule is set by time, not by a
+step count nobody can predict for an unseen machine. Training every run inside one loop keeps the
+comparison fair anyway: at step i every run gets the same sequence length, batch shape and learning
+rate, and runs of one seed read the same batch (train.batch_at(seed, i), as train.py does), so the
+kinds differ only in their architecture. Phases and the cosine schedule advance with the fraction of
+the budget spent; the warm-up counts steps.
+
+Each run ends as <out>/<kind>-seed<N>.npz (float32 weights, the config and the training record under
+the key "meta") and <out>/<kind>-seed<N>.loss.jsonl. export_onnx.py --checkpoint takes the .npz.
+Weights are also written at every evaluation, so a run stopped early still leaves its last state.
+"""
+import argparse
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train  # noqa: E402  (batch_at, make_optimizer, validation_bpb, retrieval_accuracy, tune_cpu)
+from hysparse_lm import ByteLM, ModelConfig  # noqa: E402
+
+
+def parse_runs(text):
+    runs = []
+    for part in text.split(","):
+        kind, _, seed = part.partition(":")
+        if kind not in ("dense", "hysparse", "swa") or not seed.isdigit():
+            sys.exit(f"--runs: '{part}' is not KIND:SEED with KIND dense, hysparse or swa")
+        runs.append((kind, int(seed)))
+    return runs
+
+
+def parse_time_phases(text):
+    """'512x128:0.35,2048x32:0.65' -> [(seq, batch, end_fraction)], fractions summing to 1."""
+    phases, end = [], 0.0
+    for part in text.split(","):
+        shape, share = part.split(":")
+        seq, batch = shape.split("x")
+        end += float(share)
+        phases.append((int(seq), int(batch), end))
+    if abs(end - 1.0) > 1e-6:
+        sys.exit(f"--phases: the shares sum to {end}, not 1")
+    return phases
+
+
+def save_npz(path, model, meta):
+    """Weights as float32 arrays plus a JSON record, written atomically. npz rather than torch.save so
+    the file does not depend on the PyTorch version that wrote it (GPU image 2.x, Debian 1.13 here)."""
+    arrays = {f"state/{k}": v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    with open(path + ".tmp", "wb") as f:
+        f.write(buffer.getvalue())
+    os.replace(path + ".tmp", path)
+
+
+def make_optimizer(model, lr, device):
+    """train.py's AdamW (same groups and betas), fused into one kernel per step on CUDA."""
+    if device.type != "cuda":
+        return train.make_optimizer(model, lr)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    except (TypeError, RuntimeError):  # a PyTorch without the fused AdamW
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default="dense:1,dense:2,hysparse:1,hysparse:2,swa:1",
+                        help="comma-separated KIND:SEED (seed: initialisation and data order)")
+    parser.add_argument("--corpus", required=True, help="directory with train.bin and val.bin")
+    parser.add_argument("--out", required=True, help="loss curves (<run>.loss.jsonl)")
+    parser.add_argument("--weights-out", help="where the .npz files go (default: --out)")
+    parser.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json"))
+    parser.add_argument("--seconds", type=float, required=True, help="training budget (wall clock, all runs)")
+    parser.add_argument("--phases", default="512x128:0.35,2048x32:0.65",
+                        help="SEQxBATCH:SHARE of the budget, in order")
+    parser.add_argument("--lr", type=float, default=2.5e-3)
+    parser.add_argument("--warmup", type=int, default=60, help="warm-up steps")
+    parser.add_argument("--retrieval-share", type=float, default=0.2)
+    parser.add_argument("--chunk", type=int, default=512, help="query chunk of the training forward")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--eval-seconds", type=float, default=75.0)
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--retrieval-probes", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs only)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--done-file", help="touched when training is over (the GPU script times kernels after it)")
+    args = parser.parse_args()
+    runs, phases = parse_runs(args.runs), parse_time_phases(args.phases)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    if device.type == "cuda":
+        # TF32 matrix products: float32 storage and semantics, tensor-core speed.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        train.tune_cpu(args.threads)
+    with open(args.config) as f:
+        fields = json.load(f)
+    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(args.weights_out or args.out, exist_ok=True)
+    data = train.load_bytes(os.path.join(args.corpus, "train.bin"))
+    val = train.load_bytes(os.path.join(args.corpus, "val.bin"))
+
+    models, optimizers, logs, names = [], [], [], []
+    for kind, seed in runs:
+        torch.manual_seed(seed)
+        model = ByteLM(ModelConfig(**dict(fields, kind=kind))).to(device)
+        models.append(model.train())
+        optimizers.append(make_optimizer(model, args.lr, device))
+        names.append(f"{kind}-seed{seed}")
+        logs.append(open(os.path.join(args.out, f"{names[-1]}.loss.jsonl"), "w"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{len(runs)} runs on {name} (torch {torch.__version__}): "
+          + ", ".join(f"{n} {m.parameter_count():,} parameters" for n, m in zip(names, models)), flush=True)
+
+    def phase_at(fraction):
+        for seq, batch, end in phases:
+            if fraction < end:
+                return seq, batch
+        return phases[-1][0], phases[-1][1]
+
+    def lr_at(step, fraction):
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, fraction))))
+
+    def evaluate(step, seq, tokens, seconds, final=False):
+        records = []
+        for i, model in enumerate(models):
+            model.eval()
+            record = {"step": step, "seq": seq, "tokens": tokens, "seconds": round(seconds, 1)}
+            eval_seq = phases[-1][0] if final else seq
+            record["eval_seq"] = eval_seq
+            record["validation_bpb"] = train.validation_bpb(model, val, eval_seq, args.eval_windows * (2 if final else 1), device)
+            record["retrieval_acc"] = train.retrieval_accuracy(model, val, eval_seq, args.retrieval_probes * (2 if final else 1), device)
+            model.train()
+            kind, seed = runs[i]
+            meta = {"config": models[i].c.to_dict(), "kind": kind, "seed": seed, "steps": step, "tokens": tokens,
+                    "seconds": round(seconds, 1), "validation_bpb": record["validation_bpb"],
+                    "retrieval_acc": record["retrieval_acc"], "device": name, "torch": torch.__version__,
+                    "recipe": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "weights_out", "done_file")},
+                    "final": final}
+            save_npz(os.path.join(args.weights_out or args.out, f"{names[i]}.npz"), models[i], meta)
+            records.append(record)
+        return records
+
+    started = time.time()
+    last_eval = started
+    step, tokens = 0, 0
+    pending = [[] for _ in models]   # loss tensors not yet read (reading one waits for the GPU)
+    while True:
+        elapsed = time.time() - started
+        fraction = elapsed / args.seconds
+        if fraction >= 1.0:
+            break
+        seq, batch = phase_at(fraction)
+        lr = lr_at(step, fraction)
+        batches = {}
+        for i, (kind, seed) in enumerate(runs):
+            if seed not in batches:
+                inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share)
+                batches[seed] = (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
+            inputs, targets = batches[seed]
+            model, optimizer = models[i], optimizers[i]
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            logits = model.forward_train(inputs, chunk=args.chunk)
+            loss = F.cross_entropy(logits.reshape(-1, model.c.vocab).float(), targets.reshape(-1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            pending[i].append(loss.detach())
+        step += 1
+        tokens += seq * batch
+        if step % args.log_every == 0:
+            seconds = time.time() - started
+            bpbs = []
+            for i in range(len(models)):
+                values = torch.stack(pending[i]).float().cpu().tolist()
+                pending[i] = []
+                bpbs.append(sum(values) / len(values) / math.log(2))
+                record = {"step": step, "seq": seq, "tokens": tokens, "seconds": round(seconds, 1),
+                          "train_bpb": bpbs[-1], "lr": lr}
+                logs[i].write(json.dumps(record) + "\n")
+            print(f"step {step} seq {seq} {tokens:,} bytes/run {seconds:.0f} s, "
+                  f"{tokens * len(models) / seconds:,.0f} bytes/s over all runs; train bpb "
+                  + " ".join(f"{n} {b:.3f}" for n, b in zip(names, bpbs)), flush=True)
+        if time.time() - last_eval > args.eval_seconds:
+            for i, record in enumerate(evaluate(step, seq, tokens, time.time() - started)):
+                logs[i].write(json.dumps(record) + "\n")
+                logs[i].flush()
+                print(f"  {names[i]}: {json.dumps(record)}", flush=True)
+            last_eval = time.time()
+
+    seconds = time.time() - started
+    for i, record in enumerate(evaluate(step, phases[-1][0], tokens, seconds, final=True)):
+        logs[i].write(json.dumps(record) + "\n")
+        logs[i].close()
+        print(f"final {names[i]}: {json.dumps(record)}", flush=True)
+    print(f"done: {step} steps, {tokens:,} bytes per run in {seconds:.0f} s "
+          f"({tokens * len(models) / seconds:,.0f} bytes/s over {len(models)} runs)", flush=True)
+    if args.done_file:
+        open(args.done_file, "w").close()
+
+
+if __name__ == "__main__":
+    main()
