@@ -101,6 +101,12 @@ public sealed class BenchOptions
     /// <summary>Model and contexts of the end-to-end benchmark.</summary>
     public EndToEndConfig EndToEndModel { get; private set; } = EndToEndConfig.Default;
 
+    /// <summary>Run only the end-to-end prefill benchmark (<see cref="PrefillBench"/>).</summary>
+    public bool PrefillEndToEnd { get; private set; }
+    /// <summary>Also profile one call per conversion in the end-to-end prefill benchmark.</summary>
+    public bool PrefillProfile { get; private set; }
+    /// <summary>Model and prompt lengths of the end-to-end prefill benchmark.</summary>
+    public PrefillBenchConfig PrefillModel { get; private set; } = PrefillBenchConfig.Default;
     /// <summary>Sparse-layer parameters.</summary>
     public SparseParams Sparse { get; } = SparseParams.Paper;
 
@@ -125,6 +131,9 @@ public sealed class BenchOptions
     {
         public readonly Option<bool> Quick = new("--quick") { Description = "small preset (~1 minute): 7b shape, S 512,1024, T 2048,8192, 1 warm-up, 3 runs; end-to-end on a tiny model at T 512,2048 (seconds)" };
         public readonly Option<bool> EndToEndOnly = new("--e2e") { Description = "only the end-to-end model benchmark: dense decoder vs its 1:3 retrofit, kv-sharing and in-place (--kv-buffer) conversions, decode tokens/s at T 2048,8192,16384" };
+        public readonly Option<bool> PrefillOnly = new("--e2e-prefill") { Description = "only the end-to-end prefill benchmark: time to first token and peak memory of the original export, its all-full conversion and its 1:3 conversions with the last layer sparse, at S 4096,16384,32768 (--iters rounds)" };
+        public readonly Option<bool> PrefillProfile = new("--e2e-prefill-profile") { Description = "with --e2e-prefill: also profile one call per conversion (kernel time by op type, ONNX Runtime's profiler)" };
+        public readonly Option<string> PrefillContexts = new("--e2e-prefill-contexts") { Description = "prompt lengths of --e2e-prefill, comma-separated (default 4096,16384,32768)" };
         public readonly Option<bool> NoEndToEnd = new("--no-e2e") { Description = "skip the end-to-end benchmark" };
         public readonly Option<string> EndToEndContexts = new("--e2e-contexts") { Description = "end-to-end context lengths T, comma-separated (default 2048,8192,16384)" };
         public readonly Option<string> EndToEndModel = new("--e2e-model") { Description = "end-to-end model size: default (8 layers, d 1024, H_q 16, H_kv 4, D 64) or tiny" };
@@ -148,7 +157,7 @@ public sealed class BenchOptions
         public RootCommand Root()
         {
             var root = new RootCommand("HySparse.Bench: HySparse ops vs ONNX Runtime GroupQueryAttention (CPU), with machine floors. Explicit options override the --quick preset.");
-            foreach (var option in new Option[] { Quick, EndToEndOnly, NoEndToEnd, EndToEndContexts, EndToEndModel, Prefill, Decode, Types, Shapes, Threads, Warmup, Iterations, OrtOnly, Only, Library, Json, Svg, Markdown, Seed, GenAiFolder, GenAiContext })
+            foreach (var option in new Option[] { Quick, EndToEndOnly, PrefillOnly, PrefillContexts, PrefillProfile, NoEndToEnd, EndToEndContexts, EndToEndModel, Prefill, Decode, Types, Shapes, Threads, Warmup, Iterations, OrtOnly, Only, Library, Json, Svg, Markdown, Seed, GenAiFolder, GenAiContext })
                 root.Options.Add(option);
             return root;
         }
@@ -180,6 +189,7 @@ public sealed class BenchOptions
             o.Warmup = 1;
             o.Iterations = 3;
             o.EndToEndModel = EndToEndConfig.Tiny;
+            o.PrefillModel = PrefillBenchConfig.Tiny;
         }
         string? Value(Option<string> option) => parsed.GetValue(option);
         if (parsed.GetValue(line.EndToEndOnly))
@@ -196,8 +206,12 @@ public sealed class BenchOptions
                 "tiny" => EndToEndConfig.Tiny,
                 var other => throw new ArgumentException($"--e2e-model: unknown size '{other}' (expected default or tiny)"),
             };
+            o.PrefillModel = o.EndToEndModel == EndToEndConfig.Tiny ? PrefillBenchConfig.Tiny : PrefillBenchConfig.Default;
         }
         if (Value(line.EndToEndContexts) is { } e2eContexts) o.EndToEndModel = o.EndToEndModel with { Contexts = ParseInts("--e2e-contexts", e2eContexts, allowEmpty: false) };
+        o.PrefillEndToEnd = parsed.GetValue(line.PrefillOnly);
+        o.PrefillProfile = parsed.GetValue(line.PrefillProfile);
+        if (Value(line.PrefillContexts) is { } prefillContexts) o.PrefillModel = o.PrefillModel with { Contexts = ParseInts("--e2e-prefill-contexts", prefillContexts, allowEmpty: false) };
         if (Value(line.Prefill) is { } prefill) o.PrefillLengths = ParseInts("--prefill", prefill, allowEmpty: true);
         if (Value(line.Decode) is { } decode) o.DecodeLengths = ParseInts("--decode", decode, allowEmpty: true);
         if (Value(line.Types) is { } types) o.Types = SplitList(types).Select(ParseType).ToArray();

@@ -33,7 +33,10 @@ public sealed class SessionFactory(int threads, string? hySparseLibrary)
     public int Threads { get; } = threads;
 
     /// <summary>A session over <paramref name="model"/>; <paramref name="withHySparse"/> registers the custom ops.</summary>
-    public InferenceSession Create(byte[] model, bool withHySparse)
+    public InferenceSession Create(byte[] model, bool withHySparse) => Create(model, withHySparse, profilePrefix: null);
+
+    /// <summary>As <see cref="Create(byte[], bool)"/>, with ONNX Runtime's profiler writing to <paramref name="profilePrefix"/> when set.</summary>
+    public InferenceSession Create(byte[] model, bool withHySparse, string? profilePrefix)
     {
         using var options = new SessionOptions
         {
@@ -47,6 +50,11 @@ public sealed class SessionFactory(int threads, string? hySparseLibrary)
             // GQA's shape inference guesses present = past length; the lenient merge it warns about is harmless here.
             LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR,
         };
+        if (profilePrefix is not null)
+        {
+            options.EnableProfiling = true;
+            options.ProfileOutputPathPrefix = profilePrefix;
+        }
         if (withHySparse) options.RegisterHySparseOps(hySparseLibrary);
         return new InferenceSession(model, options);
     }

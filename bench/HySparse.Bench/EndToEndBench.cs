@@ -61,7 +61,8 @@ public sealed record EndToEndReport(string Model, LlamaConfig Config, string Lay
 
 /// <summary>
 /// Whole-model decode speed: a dense Llama-style decoder (HySparse.Models, decomposed attention as torch
-/// exports it) against the same model converted by <see cref="HybridConverter"/> into a 1:3 retrofit
+/// exports it) against the same model converted by <see cref="HybridConverter"/> with every layer full
+/// (the fused kernel without sparsity, a baseline that separates the two gains), into a 1:3 retrofit
 /// hybrid, into a KV-sharing hybrid and into a retrofit hybrid converted with <c>--kv-buffer</c> (caches
 /// updated in place in shared buffers), all in one process with the same intra-op threads.
 /// </summary>
@@ -73,14 +74,14 @@ public sealed record EndToEndReport(string Model, LlamaConfig Config, string Lay
 /// model would take minutes per context; the decode cost of every mode depends on the cache's size and
 /// not on its values (the sparse layers always attend K blocks and the window), so synthetic rows of
 /// the right scale measure the same work.</para>
-/// <para>Timing: per context, the three modes are loaded with the same cache and stepped round-robin
+/// <para>Timing: per context, every mode is loaded with the same cache and stepped round-robin
 /// (step i of every mode before step i + 1 of any), one new token per step, so load changes hit them
 /// alike; the context grows by one token per step.</para>
 /// </remarks>
 public sealed class EndToEndBench(SessionFactory sessions, int seed)
 {
     /// <summary>Mode labels, in table order.</summary>
-    public const string Dense = "dense", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing", InPlace = "hybrid 1:3 in-place";
+    public const string Dense = "dense", AllFull = "all-full (--pattern F)", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing", InPlace = "hybrid 1:3 in-place";
 
     /// <summary>Decode steps of the binding check.</summary>
     private const int CheckSteps = 3;
@@ -130,25 +131,30 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
         Console.Error.WriteLine($"  built in {clock.Elapsed.TotalSeconds:F0} s; converting and opening sessions ...");
         // One serialized model and one converted copy at a time: the float32 weights are large.
         var denseSession = sessions.Create(dense.ToByteArray(), withHySparse: false);
-        var hybrids = new List<(string Mode, InferenceSession Session, IReadOnlySet<string> Windows, KvCacheMode Kv, bool Buffered)>();
+        var hybrids = new List<(string Mode, InferenceSession Session, IReadOnlySet<string> Windows, KvCacheCalculator Kv, bool Buffered)>();
         try
         {
+            // The all-full conversion (every layer the fused HySparseFullAttn, no sparse layer) separates what
+            // the fused kernel gives from what sparsity gives (issue 15).
             LayerLayout? layout = null;
-            KvCacheCalculator Calculator(KvCacheMode mode) => new(layout!.Kinds, c.KvHeads, c.HeadDim, sizeof(float), mode, parameters.Window);
-            foreach (var (mode, hybridMode, kvMode, buffered) in new[]
+            foreach (var (mode, spec, hybridMode, kvMode, buffered) in new[]
                      {
-                         (Retrofit, HybridMode.Retrofit, KvCacheMode.Retrofit, false), (KvSharing, HybridMode.KvSharing, KvCacheMode.KvSharing, false),
-                         (InPlace, HybridMode.Retrofit, KvCacheMode.Retrofit, true),
+                         (AllFull, LayoutSpec.FromPattern("F"), HybridMode.Retrofit, KvCacheMode.Retrofit, false),
+                         (Retrofit, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, false),
+                         (KvSharing, LayoutSpec.Default, HybridMode.KvSharing, KvCacheMode.KvSharing, false),
+                         (InPlace, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, true),
                      })
             {
-                var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Parameters = parameters with { Mode = hybridMode }, KvBuffer = buffered });
-                layout ??= report.Layout;
+                var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = spec, Parameters = parameters with { Mode = hybridMode }, KvBuffer = buffered });
+                if (mode != AllFull) layout ??= report.Layout;
                 var windows = report.WindowCaches.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal)).ToHashSet();
-                hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), windows, kvMode, buffered));
+                var kv = new KvCacheCalculator(report.Layout.Kinds, c.KvHeads, c.HeadDim, sizeof(float), kvMode, parameters.Window);
+                hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), windows, kv, buffered));
             }
             dense = null!;
-            var modes = new List<ModeModel> { new(Dense, denseSession, new HashSet<string>(), Calculator(KvCacheMode.Dense)) };
-            modes.AddRange(hybrids.Select(h => new ModeModel(h.Mode, h.Session, h.Windows, Calculator(h.Kv), h.Buffered)));
+            var denseKv = new KvCacheCalculator(layout!.Kinds, c.KvHeads, c.HeadDim, sizeof(float), KvCacheMode.Dense, parameters.Window);
+            var modes = new List<ModeModel> { new(Dense, denseSession, new HashSet<string>(), denseKv) };
+            modes.AddRange(hybrids.Select(h => new ModeModel(h.Mode, h.Session, h.Windows, h.Kv, h.Buffered)));
             Console.Error.WriteLine($"  ready after {clock.Elapsed.TotalSeconds:F0} s");
             return Measure(config, parameters, layout!, modes, warmup, steps);
         }

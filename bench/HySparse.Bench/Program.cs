@@ -5,6 +5,9 @@ using HySparse.Onnx;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
 
+// A prefill measurement in a process of its own (PrefillBench starts this program again for each).
+if (args.Length > 0 && args[0] == PrefillBench.ChildVerb) return PrefillBench.ChildMain(args);
+
 BenchOptions options;
 try
 {
@@ -24,6 +27,19 @@ if (options.GenAiFolder is { } genaiFolder)
         groupQuery: new HySparse.Models.Llama.GroupQueryAttentionOptions { RotaryPositions = options.GenAiContext });
     HySparse.Models.GenAi.GenAiFolderWriter.Write(genaiFolder, model, config, contextLength: options.GenAiContext);
     Console.WriteLine($"wrote {options.EndToEndModel.Name} as an onnxruntime-genai folder (GroupQueryAttention, shared buffers, context {options.GenAiContext}) to {genaiFolder}");
+    return 0;
+}
+if (options.PrefillEndToEnd)
+{
+    var prefillStarted = DateTime.UtcNow;
+    var prefill = new PrefillBench(options.Threads, options.LibraryPath, options.Seed).Run(options.PrefillModel, options.Iterations, options.PrefillProfile);
+    string prefillMarkdown = $"Run {prefillStarted:yyyy-MM-dd HH:mm} UTC on {CpuModel()} ({Environment.ProcessorCount} cores), ONNX Runtime {OrtEnv.Instance().GetVersionString()}: " +
+                             $"`dotnet run -c Release --project bench/HySparse.Bench -- {string.Join(' ', args)}`\n\n" + PrefillBench.Markdown(prefill);
+    Console.WriteLine(prefillMarkdown);
+    if (options.MarkdownPath is not null) File.WriteAllText(options.MarkdownPath, prefillMarkdown);
+    if (options.JsonPath is not null)
+        File.WriteAllText(options.JsonPath, System.Text.Json.JsonSerializer.Serialize(prefill, new System.Text.Json.JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
+    Console.Error.WriteLine($"done in {(DateTime.UtcNow - prefillStarted).TotalSeconds:F0} s");
     return 0;
 }
 #if DEBUG

@@ -36,6 +36,7 @@ public static class SvgPlot
             m => Pick(m, HySparseOps.FullAttn, Labels.SharedBuffer) is double f && Pick(m, HySparseOps.SparseAttn, Labels.RetrofitInPlace) is double s
                  ? (f + 3 * s) / 4 : null),
         new("whole model: dense decoder", "#000000", Solid, m => Pick(m, EndToEndBench.Dense, EndToEndVariant)),
+        new("whole model: all-full conversion", "#7f7f7f", Solid, m => Pick(m, EndToEndBench.AllFull, EndToEndVariant)),
         new("whole model: hybrid 1:3 retrofit", "#b8860b", Solid, m => Pick(m, EndToEndBench.Retrofit, EndToEndVariant)),
         new("whole model: hybrid 1:3 kv-sharing", "#008b8b", Solid, m => Pick(m, EndToEndBench.KvSharing, EndToEndVariant)),
     ];
