@@ -10,9 +10,10 @@ namespace HySparse.Onnx.Tests;
 /// broken in up to three random ways (a dimension, a rank, an element type, a missing or extra input, an
 /// attribute's value or type, mask values, block indices, shared-buffer lengths, NaN/Inf data, the
 /// outputs asked for). Every case must either run or fail with an <see cref="OnnxRuntimeException"/>;
-/// anything else — another exception, a crash, a hang — is a defect. The case about to run is written to
-/// <c>$TMPDIR/hysparse-op-fuzz.case</c> first, so a crash (which ends the test process) names its seed;
-/// a case running over 60 s ends the process with its seed. <c>HYSPARSE_FUZZ_OP_CASES</c> sets the
+/// anything else — another exception, a crash, a hang — is a defect. The cases run in child processes
+/// (<see cref="OpFuzzChild"/>, batches of 2,500): each writes the case about to run to a file first, so a
+/// crash, or a case running over 60 s (which ends its child), is counted with its seed and the
+/// campaign goes on. <c>HYSPARSE_FUZZ_OP_CASES</c> sets the
 /// number of cases (default 10,000, the CI smoke), <c>HYSPARSE_FUZZ_SEED</c> the first seed. Run with
 /// the ASan+UBSan build of the library (docs/reliability.md) to also catch memory errors.
 /// </summary>
@@ -22,27 +23,70 @@ public sealed class OpFuzzTests
     private static int Setting(string name, int fallback) =>
         int.TryParse(Environment.GetEnvironmentVariable(name), NumberStyles.None, CultureInfo.InvariantCulture, out var value) ? value : fallback;
 
+    /// <summary>Cases per child process: large enough that the runtime's start-up (about a second) is noise.</summary>
+    private const int CasesPerChild = 2_500;
+
     [TestMethod]
     [TestCategory("Fuzz")]
     public void RandomCallsRunOrFailWithAnOrtErrorNeverCrash()
     {
         var cases = Setting("HYSPARSE_FUZZ_OP_CASES", 10_000);
         var firstSeed = Setting("HYSPARSE_FUZZ_SEED", 1);
-        var caseFile = Path.Combine(Path.GetTempPath(), "hysparse-op-fuzz.case");
+        var (outcomes, failures, children) = OpFuzzChild.Campaign(firstSeed, cases, CasesPerChild);
+        Console.WriteLine($"{cases} op cases (seeds {firstSeed}..{(long)firstSeed + cases - 1}) in {children} child processes: " +
+                          string.Join(", ", outcomes.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => $"{o.Key}: {o.Value}")));
+        Assert.IsEmpty(failures, string.Join("\n", failures.Take(20)));
+    }
+
+    [TestMethod]
+    [TestCategory("Fuzz")]
+    public void ACrashOrAHangEndsOnlyItsChildIsCountedWithItsSeedAndTheCampaignGoesOn()
+    {
+        // Simulated faults (OpFuzzChild.SimulateVariable): a crash at seed 120, a hang at seed 260 (the
+        // watchdog cut to 2 s), in batches of 100 cases from seed 101.
+        var environment = new Dictionary<string, string>
+        {
+            [OpFuzzChild.SimulateVariable] = "crash:120,hang:260",
+            [OpFuzzChild.CaseSecondsVariable] = "2",
+        };
+        var (outcomes, failures, children) = OpFuzzChild.Campaign(101, 300, casesPerChild: 100, environment);
+        Assert.AreEqual(1, outcomes.GetValueOrDefault("crash"), string.Join("\n", failures));
+        Assert.AreEqual(1, outcomes.GetValueOrDefault("hang"), string.Join("\n", failures));
+        Assert.AreEqual(2, failures.Count);
+        StringAssert.Contains(failures[0], "seed 120:");
+        StringAssert.Contains(failures[1], "seed 260:");
+        // Every other case ran to an outcome: 300 seeds, two of them lost to the faults.
+        Assert.AreEqual(298, outcomes.Where(o => o.Key is not ("crash" or "hang")).Sum(o => o.Value),
+            string.Join(", ", outcomes.Select(o => $"{o.Key}: {o.Value}")) + $"; {children} children");
+        // Batches: 101-200 (crash at 120), 121-220, 221-320 (hang at 260), 261-360 ... up to 400.
+        Assert.AreEqual(5, children);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="count"/> cases from <paramref name="firstSeed"/> in this process (the child's
+    /// side): each case is written to <paramref name="caseFile"/> before it runs; a case running over 60 s
+    /// ends the process (<see cref="Environment.FailFast(string)"/>) so its parent counts a hang.
+    /// </summary>
+    internal static (Dictionary<string, int> Outcomes, List<string> Failures) RunCases(int firstSeed, int count, string caseFile,
+                                                                                    Action<string, string?>? onCase = null)
+    {
         var outcomes = new Dictionary<string, int>();
         var failures = new List<string>();
         var current = "";
+        var caseSeconds = Setting(OpFuzzChild.CaseSecondsVariable, 60);
         using var watchdog = new Timer(_ => Environment.FailFast($"op fuzz case hangs: {current}"), null, Timeout.Infinite, Timeout.Infinite);
         using var options = new SessionOptions { IntraOpNumThreads = 1, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_FATAL };
         options.RegisterHySparseOps();
-        for (var i = 0; i < cases; i++)
+        for (var i = 0; i < count; i++)
         {
             var seed = firstSeed + i;
             var (call, mutations) = Case(new Random(seed));
             current = $"seed {seed}: {call.OpType} {string.Join("; ", mutations)}";
             File.WriteAllText(caseFile, current);
-            watchdog.Change(60_000, Timeout.Infinite);
+            watchdog.Change(caseSeconds * 1000, Timeout.Infinite);
+            OpFuzzChild.SimulateFault(seed);
             string outcome;
+            string? failure = null;
             try
             {
                 using var session = new InferenceSession(call.BuildModel(), options);
@@ -56,15 +100,14 @@ public sealed class OpFuzzTests
             catch (Exception e)
             {
                 outcome = e.GetType().Name;
-                failures.Add($"{current}: {e.GetType().Name}: {e.Message}");
+                failure = $"{current}: {e.GetType().Name}: {e.Message}";
+                failures.Add(failure);
             }
             watchdog.Change(Timeout.Infinite, Timeout.Infinite);
             outcomes[outcome] = outcomes.GetValueOrDefault(outcome) + 1;
+            onCase?.Invoke(outcome, failure);
         }
-        File.Delete(caseFile);
-        Console.WriteLine($"{cases} op cases (seeds {firstSeed}..{firstSeed + cases - 1}): " +
-                          string.Join(", ", outcomes.OrderBy(o => o.Key, StringComparer.Ordinal).Select(o => $"{o.Key}: {o.Value}")));
-        Assert.IsEmpty(failures, string.Join("\n", failures.Take(20)));
+        return (outcomes, failures);
     }
 
     /// <summary>A plausible call of one of the ops, then up to three random breakages (listed).</summary>
