@@ -18,15 +18,29 @@ public sealed class KvBufferMaskTests
     private static readonly LlamaConfig Config = new() { Layers = 2, Hidden = 32, Heads = 4, KvHeads = 2, HeadDim = 8, Ffn = 40, Vocab = 43, Seed = 23 };
     private const int Prompt = 6;
 
-    private static long[] Run(long[] mask)
+    private static InferenceSession Open()
     {
         var hybrid = HybridConverter.Convert(LlamaModelBuilder.Build(Config),
             new ConversionOptions { Layout = LayoutSpec.Ratio("1:1"), Parameters = new HybridParameters { TopK = 2, BlockSize = 4, Window = 3 }, KvBuffer = true }).Model;
-        using var session = TestSessions.Open(hybrid.ToByteArray(), registerOps: true);
+        return TestSessions.Open(hybrid.ToByteArray(), registerOps: true);
+    }
+
+    private static long[] Run(long[] mask)
+    {
+        using var session = Open();
         using var decoder = new KvCacheDecoder(session, batchSize: 2, bufferCapacity: 16);
         var ids = Enumerable.Range(0, 2 * Prompt).Select(i => (long)(i % Config.Vocab)).ToArray();
         decoder.Step(ids, mask);
         return mask;
+    }
+
+    // A prompt of all real tokens, then one decode step whose new tokens carry this mask.
+    private static void Decode(long[] newTokenMask)
+    {
+        using var session = Open();
+        using var decoder = new KvCacheDecoder(session, batchSize: 2, bufferCapacity: 16);
+        decoder.Step(Enumerable.Range(0, 2 * Prompt).Select(i => (long)(i % Config.Vocab)).ToArray());
+        decoder.Step([7, 9], newTokenMask);
     }
 
     private static long[] Mask(params long[] second) => [.. Enumerable.Repeat(1L, Prompt), .. second];
@@ -40,9 +54,36 @@ public sealed class KvBufferMaskTests
     [DataRow(new long[] { 1, 1, 2, 1, 1, 1 }, DisplayName = "a 2")]
     [DataRow(new long[] { 1, 1, 1, -1, 1, 1 }, DisplayName = "a -1")]
     [DataRow(new long[] { 0, 0, 1, 1, 1, 1 }, DisplayName = "left padding")]
+    [DataRow(new long[] { 1, 1, 0, 1, 1, 1 }, DisplayName = "a hole")]
     public void AMaskTheBuffersCannotHonourIsRefusedAtRunTime(long[] second)
     {
         var error = Assert.ThrowsExactly<OnnxRuntimeException>(() => Run(Mask(second)));
         StringAssert.Contains(error.Message, KvBufferRewrite.MaskCheckNode);
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void DecodeStepsOfRealTokensRun() => Decode([1, 1]);
+
+    /// <summary>
+    /// A decode token marked 0 after a past: the buffers would put the row's next token over its last
+    /// real one (the row's length is the mask's sum, and new tokens are written at its end), so the
+    /// run is refused.
+    /// </summary>
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void ADecodeTokenMarkedPaddingIsRefused()
+    {
+        var error = Assert.ThrowsExactly<OnnxRuntimeException>(() => Decode([1, 0]));
+        StringAssert.Contains(error.Message, KvBufferRewrite.MaskCheckNode);
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void AOneTokenPromptRuns()
+    {
+        using var session = Open();
+        using var decoder = new KvCacheDecoder(session, batchSize: 2, bufferCapacity: 16);
+        decoder.Step([3, 4], [1, 1]);
     }
 }

@@ -1,5 +1,6 @@
 using HySparse.Exporter.Recognition;
 using HySparse.Graph;
+using HySparse.Onnx;
 using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 
@@ -120,12 +121,15 @@ internal static class KvBufferRewrite
     }
 
     /// <summary>Name of the node that refuses, at run time, a mask the buffers cannot honour; ONNX Runtime's error names it.</summary>
-    public const string MaskCheckNode = "hysparse.kv_buffer: attention_mask must hold only 0 and 1 and start with 1 in every row (--kv-buffer models take right padding only)";
+    public const string MaskCheckNode = "hysparse.kv_buffer: attention_mask must hold only 0 and 1 and start with 1 in every row, mark new tokens 1s then 0s, and after a past every new token 1 (--kv-buffer models take right-padded prompts only)";
 
     /// <summary>
     /// The constant 1 that turns row totals into <c>seqlens_k</c>, read through a check of
     /// <c>attention_mask</c>: <c>Gather([1], bad)</c>, where <c>bad</c> counts the failed rules (a value
-    /// other than 0/1; a row starting with 0, i.e. left padding). Totals taken from such a mask would
+    /// other than 0/1; a row starting with 0, i.e. left padding; among the new tokens a 0 followed by a
+    /// 1, a hole; with a past, i.e. more mask columns than <c>input_ids</c> has tokens, a new token marked 0 — its
+    /// row's length, the mask's sum, would not grow, and the token would be written over the row's last
+    /// real one). Totals taken from such a mask would
     /// put tokens at the wrong buffer positions and give wrong logits silently; instead the Gather's
     /// index leaves its one-element data and ONNX Runtime fails the run with an error naming the node,
     /// whose name (<see cref="MaskCheckNode"/>) states the rule. The ops take no mask in shared-buffer
@@ -158,7 +162,46 @@ internal static class KvBufferRewrite
             any.Attribute.Add(Attr.Int("keepdims", 0));
             return any.Output[0];
         }
+        // Counts (sums, so an empty slice counts 0): holes, and new tokens marked 0 after a past.
+        string Count(string flags, string name)
+        {
+            var asInt = node("Cast", Unique(used, name + "_int32"), [flags]);
+            asInt.Attribute.Add(Attr.Int("to", (long)DataType.Int32));
+            var sum = node("ReduceSum", Unique(used, name), [asInt.Output[0]]);
+            sum.Attribute.Add(Attr.Int("keepdims", 0));
+            return sum.Output[0];
+        }
+        var index0 = Constant("hysparse.kv_buffer.index_0", n => Tensors.Int64(n, [1], [0L]));
+        var index1 = Constant("hysparse.kv_buffer.index_1", n => Tensors.Int64(n, [1], [1L]));
+        var indexMinus1 = Constant("hysparse.kv_buffer.index_minus_1", n => Tensors.Int64(n, [1], [-1L]));
+        var indexMax = Constant("hysparse.kv_buffer.index_max", n => Tensors.Int64(n, [1], [long.MaxValue]));
         var bad = Op("Add", "hysparse.kv_buffer.mask_rules_broken", Any(notBinary, "hysparse.kv_buffer.mask_any_not_binary"), Any(leftPadded, "hysparse.kv_buffer.mask_any_left_padded"));
+        // The rules on the new tokens need their count, input_ids' width. (Zeros in the past columns are
+        // fine: a right-padded prompt followed by decode steps leaves them, and the buffers hold them.)
+        if (graph.Input.Any(i => i.Name == DecoderNames.InputIds))
+        {
+            // S new tokens (input_ids' width) and T mask columns: with T > S there is a past.
+            string Width(string tensor, string name)
+            {
+                var gather = node("Gather", Unique(used, name), [Op("Shape", name + "_shape", tensor), index1]);
+                gather.Attribute.Add(Attr.Int("axis", 0));
+                return gather.Output[0];
+            }
+            var newTokens = Width(DecoderNames.InputIds, "hysparse.kv_buffer.new_tokens");
+            var columns = Width(mask, "hysparse.kv_buffer.mask_columns");
+            var newColumns = Op("Slice", "hysparse.kv_buffer.mask_new_tokens", mask, Op("Neg", "hysparse.kv_buffer.minus_new_tokens", newTokens), indexMax, index1);
+            var later = Op("Slice", "hysparse.kv_buffer.mask_new_from_second", newColumns, index1, indexMax, index1);
+            var earlier = Op("Slice", "hysparse.kv_buffer.mask_new_to_last_but_one", newColumns, index0, indexMinus1, index1);
+            var holes = Count(Op("Less", "hysparse.kv_buffer.mask_new_zero_then_one", earlier, later), "hysparse.kv_buffer.mask_new_holes");
+            bad = Op("Add", "hysparse.kv_buffer.mask_rules_broken_or_holes", bad, holes);
+            var newPadding = Count(Op("Equal", "hysparse.kv_buffer.mask_new_token_is_zero", newColumns, zero64), "hysparse.kv_buffer.mask_new_padding");
+            var hasPast = node("Cast", Unique(used, "hysparse.kv_buffer.has_past_int32"), [Op("Greater", "hysparse.kv_buffer.has_past", columns, newTokens)]);
+            hasPast.Attribute.Add(Attr.Int("to", (long)DataType.Int32));
+            var paddingAfterPast = node("ReduceSum", Unique(used, "hysparse.kv_buffer.mask_padding_after_past"),
+                [Op("Mul", "hysparse.kv_buffer.mask_padding_after_past_per_row", newPadding, hasPast.Output[0])]);
+            paddingAfterPast.Attribute.Add(Attr.Int("keepdims", 0));
+            bad = Op("Add", "hysparse.kv_buffer.mask_all_rules_broken", bad, paddingAfterPast.Output[0]);
+        }
         var check = node("Gather", Unique(used, "hysparse.kv_buffer.one_checked"), [oneData, bad]);
         check.Name = MaskCheckNode;
         return check.Output[0];
