@@ -1,0 +1,48 @@
+using HySparse.Cli;
+using HySparse.Exporter;
+using HySparse.Exporter.Layout;
+
+namespace HySparse.Exporter.Tests;
+
+/// <summary>
+/// <c>hysparse demo</c> on the built-in trained model (issue 11, item 6): the embedded byte-level Python
+/// LM is converted and both models continue the same held-out Python prompt.
+/// </summary>
+[TestClass]
+public sealed class TrainedDemoTests
+{
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void TheTrainedModelAndItsConversionContinueTheSamePrompt()
+    {
+        var conversion = new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = new HybridParameters { TopK = 8, BlockSize = 16, Window = 64 } };
+        var result = TrainedDemo.Run(new TrainedDemo.Options(conversion, PromptBytes: 600, NewBytes: 24, Native: true, Directory: null), progress: null);
+
+        Assert.HasCount(3, result.Generations);
+        var (dense, hybrid, native) = (result.Generations[0], result.Generations[1], result.Generations[2]);
+        Assert.AreEqual("FFFFFFFF", dense.Layout);
+        Assert.AreEqual("FSSSFSSF", hybrid.Layout);
+        Assert.AreEqual(1.0, dense.AgreementWithDense);
+        // At 600 + 24 bytes a 1:3 retrofit of K 8 x 16 + w 64 reads 192 keys per sparse layer: it changes the
+        // model, but a working conversion still predicts most of dense's next bytes (a broken one, e.g. wrong
+        // positions or caches, falls towards chance, 1/256).
+        Assert.IsGreaterThan(0.5, hybrid.AgreementWithDense, $"hybrid agreement {hybrid.AgreementWithDense:P1}");
+        Assert.IsGreaterThan(0.0, native.AgreementWithDense);
+        foreach (var g in result.Generations)
+        {
+            Assert.IsGreaterThan(0, g.Text.Length);
+            Assert.IsGreaterThan(0.0, g.DecodeMilliseconds);
+        }
+        // Retrofit keeps every layer's full cache, as dense does; the native model keeps full caches in its
+        // 2 full layers and 64-token window caches in the other 6.
+        Assert.AreEqual(dense.KvBytes, hybrid.KvBytes);
+        Assert.IsLessThan(dense.KvBytes / 2, native.KvBytes);
+        Assert.IsGreaterThan(500, result.Prompt.Length);
+
+        var text = new StringWriter();
+        TrainedDemo.Write(text, result);
+        Console.WriteLine(text);
+        StringAssert.Contains(text.ToString(), "same next byte as dense");
+        StringAssert.Contains(text.ToString(), result.Prompt[^40..]);
+    }
+}
