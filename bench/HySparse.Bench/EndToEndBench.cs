@@ -96,14 +96,13 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
         var tokens = cache.PrefixTokens.AsSpan(0, cached + CheckSteps);
         using var reference = new KvCacheDecoder(mode.Session, bufferCapacity: mode.SharedBuffers ? cached + CheckSteps : null);
         reference.Step(tokens[..cached]);
-        using var bound = new BoundDecoder(mode.Session, mode.WindowCaches, parameters.Window, cached + CheckSteps, c.Vocab, mode.SharedBuffers);
-        bound.Load(cached, cache.Fill);
+        using var bound = Bound(mode, cached + CheckSteps);
+        bound.LoadCache(cached, Fill(cache));
         double worst = 0, scale = 0;
         for (int i = 0; i < CheckSteps; ++i)
         {
             var want = reference.Step(tokens.Slice(cached + i, 1));
-            bound.Step(tokens[cached + i]);
-            var got = bound.LastLogits;
+            var got = bound.Step(tokens.Slice(cached + i, 1));
             for (int v = 0; v < want.Length; v++)
             {
                 worst = Math.Max(worst, Math.Abs(got[v] - want[v]));
@@ -118,7 +117,17 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
 
     // One model under test: its session lives for the whole benchmark; the serialized model does not.
     // SharedBuffers: converted with --kv-buffer, decoded on buffers updated in place.
-    private sealed record ModeModel(string Mode, InferenceSession Session, IReadOnlySet<string> WindowCaches, KvCacheCalculator Kv, bool SharedBuffers = false);
+    private sealed record ModeModel(string Mode, InferenceSession Session, KvCacheCalculator Kv, bool SharedBuffers = false);
+
+    // The decode loop every mode is timed with: KvCacheDecoder's bound mode (caches preallocated and bound,
+    // present → past by swapping buffers; window caches from the model's metadata), or, for a shared-buffer
+    // model, its buffers bound as both past and present.
+    private static KvCacheDecoder Bound(ModeModel mode, long capacity) => mode.SharedBuffers
+        ? new KvCacheDecoder(mode.Session, bufferCapacity: checked((int)capacity))
+        : new KvCacheDecoder(mode.Session, boundCapacity: checked((int)capacity));
+
+    private static Action<string, int, int, long, Span<float>> Fill(SyntheticCache cache) =>
+        (past, _, head, first, rows) => cache.Fill(past, head, first, rows);
 
     /// <summary>Builds the models, decodes at every context and returns the report.</summary>
     public EndToEndReport Run(EndToEndConfig config, int warmup, int steps)
@@ -131,7 +140,7 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
         Console.Error.WriteLine($"  built in {clock.Elapsed.TotalSeconds:F0} s; converting and opening sessions ...");
         // One serialized model and one converted copy at a time: the float32 weights are large.
         var denseSession = sessions.Create(dense.ToByteArray(), withHySparse: false);
-        var hybrids = new List<(string Mode, InferenceSession Session, IReadOnlySet<string> Windows, KvCacheCalculator Kv, bool Buffered)>();
+        var hybrids = new List<(string Mode, InferenceSession Session, KvCacheCalculator Kv, bool Buffered)>();
         try
         {
             // The all-full conversion (every layer the fused HySparseFullAttn, no sparse layer) separates what
@@ -147,14 +156,13 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
             {
                 var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = spec, Parameters = parameters with { Mode = hybridMode }, KvBuffer = buffered });
                 if (mode != AllFull) layout ??= report.Layout;
-                var windows = report.WindowCaches.Where(n => n.StartsWith("past_key_values.", StringComparison.Ordinal)).ToHashSet();
                 var kv = new KvCacheCalculator(report.Layout.Kinds, c.KvHeads, c.HeadDim, sizeof(float), kvMode, parameters.Window);
-                hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), windows, kv, buffered));
+                hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), kv, buffered));
             }
             dense = null!;
             var denseKv = new KvCacheCalculator(layout!.Kinds, c.KvHeads, c.HeadDim, sizeof(float), KvCacheMode.Dense, parameters.Window);
-            var modes = new List<ModeModel> { new(Dense, denseSession, new HashSet<string>(), denseKv) };
-            modes.AddRange(hybrids.Select(h => new ModeModel(h.Mode, h.Session, h.Windows, h.Kv, h.Buffered)));
+            var modes = new List<ModeModel> { new(Dense, denseSession, denseKv) };
+            modes.AddRange(hybrids.Select(h => new ModeModel(h.Mode, h.Session, h.Kv, h.Buffered)));
             Console.Error.WriteLine($"  ready after {clock.Elapsed.TotalSeconds:F0} s");
             return Measure(config, parameters, layout!, modes, warmup, steps);
         }
@@ -175,14 +183,14 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
         foreach (int t in config.Contexts)
         {
             long capacity = t + warmup + steps;
-            var decoders = new List<(ModeModel Mode, BoundDecoder Decoder)>();
+            var decoders = new List<(ModeModel Mode, KvCacheDecoder Decoder)>();
             try
             {
                 foreach (var m in modes)
                 {
-                    var decoder = new BoundDecoder(m.Session, m.WindowCaches, parameters.Window, capacity, c.Vocab, m.SharedBuffers);
+                    var decoder = Bound(m, capacity);
                     decoders.Add((m, decoder));
-                    decoder.Load(t - 1, cache.Fill);
+                    decoder.LoadCache(t - 1, Fill(cache));
                 }
                 var samples = decoders.Select(_ => new List<double>()).ToArray();
                 var held = new long[decoders.Count];
@@ -191,13 +199,15 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
                     long token = random.NextInt(c.Vocab);
                     for (int d = 0; d < decoders.Count; d++)
                     {
-                        double ms = decoders[d].Decoder.Step(token);
+                        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                        float[] logits = decoders[d].Decoder.Step([token]);
+                        double ms = System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds;
                         if (i >= warmup) samples[d].Add(ms);
                         if (i == warmup)
                         {
                             held[d] = decoders[d].Decoder.KvCacheBytes;
                             // A model that decodes garbage fast is no result: its logits must at least be finite.
-                            foreach (float x in decoders[d].Decoder.LastLogits)
+                            foreach (float x in logits)
                                 if (!float.IsFinite(x)) throw new InvalidOperationException($"{decoders[d].Mode.Mode} at T {t}: non-finite logits");
                         }
                     }

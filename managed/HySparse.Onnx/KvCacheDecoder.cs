@@ -23,6 +23,12 @@ namespace HySparse.Onnx;
 /// <c>bufferCapacity</c>: every past is then a buffer of that many positions from the first step on,
 /// bound as the matching present output too, so the model writes the new tokens into it in place;
 /// the model learns the valid lengths from <c>attention_mask</c>.</para>
+/// <para>Bound mode (<c>boundCapacity</c>): for serving loops and benchmarks. Every cache lives in native
+/// memory allocated once for contexts up to that many tokens, bound through IOBinding: a step writes its
+/// present into the buffer the next step reads as its past (two buffers per cache, swapped), so no step
+/// allocates or copies a cache on the managed side; token ids, the mask and float32 logits use buffers
+/// allocated once too. <see cref="LoadCache"/> fills the caches directly (restoring a saved prompt,
+/// benchmarks with synthetic contexts).</para>
 /// </remarks>
 public sealed class KvCacheDecoder : IDisposable
 {
@@ -39,6 +45,15 @@ public sealed class KvCacheDecoder : IDisposable
     private OrtValue[] _caches = [];
     private long[] _mask = [];
     private bool _disposed;
+    // Bound mode (null otherwise): the caches, the binding, and buffers reused by every step.
+    private readonly BoundCaches? _bound;
+    private readonly OrtIoBinding? _binding;
+    private long[] _boundIds = [];
+    private long[] _boundMaskRows = [];   // [B, capacity]: each row's mask so far
+    private long[] _boundMask = [];       // [B, total] packed for the step
+    private long[] _boundPositions = [];
+    private readonly Dictionary<int, float[]> _boundLogits = [];
+    private readonly List<OrtValue> _boundViews = [];
 
     /// <summary>Wraps <paramref name="session"/> (not owned: dispose it yourself, after this object).</summary>
     /// <param name="session">A session over a decoder model with the naming described above.</param>
@@ -47,9 +62,15 @@ public sealed class KvCacheDecoder : IDisposable
     /// layer's <c>block_indices</c> exposed as a graph output), read with <see cref="ExtraOutput"/>.</param>
     /// <param name="bufferCapacity">For shared-buffer models: the positions each cache buffer holds
     /// (the longest sequence the decoder will run); null for caches that grow with every step.</param>
+    /// <param name="boundCapacity">Bound mode (see remarks): preallocate every cache, the ids, the mask and
+    /// the logits for contexts up to this many tokens and bind them through IOBinding. For models whose
+    /// caches grow (concatenating caches, HySparse window caches); not with <paramref name="bufferCapacity"/>.
+    /// In bound mode the array <see cref="Step"/> returns is the decoder's own, reused by later steps of the
+    /// same length: read it (or copy it) before the next step.</param>
     /// <exception cref="ArgumentException">The model lacks <c>input_ids</c> or <c>logits</c>, a cache
     /// input has no matching output, or an extra output does not exist.</exception>
-    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null, int? bufferCapacity = null)
+    public KvCacheDecoder(InferenceSession session, int batchSize = 1, IEnumerable<string>? extraOutputs = null, int? bufferCapacity = null,
+                          int? boundCapacity = null)
     {
         ArgumentNullException.ThrowIfNull(session);
         ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
@@ -80,7 +101,27 @@ public sealed class KvCacheDecoder : IDisposable
                 throw new ArgumentException($"The model has no output '{name}'; outputs: {string.Join(", ", session.OutputNames)}", nameof(extraOutputs));
             _extraOutputs.Add(name);
         }
+        if (boundCapacity is { } bound)
+        {
+            ArgumentOutOfRangeException.ThrowIfLessThan(bound, 1, nameof(boundCapacity));
+            if (bufferCapacity is not null)
+                throw new ArgumentException("bufferCapacity (shared-buffer models) and boundCapacity (growing caches) are two modes; give one", nameof(boundCapacity));
+            if (_cachePairs.FirstOrDefault(p => !p.Past.StartsWith(DecoderNames.PastPrefix, StringComparison.Ordinal)) is { Past: { } combinedPast })
+                throw new InvalidOperationException($"Cache input '{combinedPast}' combines keys and values; bound mode supports [B, H_kv, length, D] caches");
+            foreach (var (past, _) in _cachePairs) CheckCacheShape(past);
+            _bound = new BoundCaches(session, _cachePairs, batchSize, bound, ElementSize);
+            _binding = session.CreateIoBinding();
+            _boundMaskRows = new long[(long)batchSize * bound];
+            _boundMask = new long[(long)batchSize * bound];
+        }
         Reset();
+    }
+
+    private void CheckCacheShape(string past)
+    {
+        var dims = _session.InputMetadata[past].Dimensions;
+        if (dims.Length != 4 || dims[1] <= 0 || dims[3] <= 0)
+            throw new InvalidOperationException($"Cache input '{past}' must be [B, H_kv, length, D] with H_kv and D declared, got {string.Join("x", dims)}");
     }
 
     /// <summary>A cache input: <c>past_key_values.*</c>, or a combined <c>past_N</c>.</summary>
@@ -99,16 +140,23 @@ public sealed class KvCacheDecoder : IDisposable
     public int CacheTensorCount => _cachePairs.Count;
 
     /// <summary>Bytes currently held by all KV-cache tensors (the last <c>present</c> outputs).</summary>
-    public long KvCacheBytes => _caches.Sum(TensorBytes);
+    public long KvCacheBytes => _bound?.Bytes ?? _caches.Sum(TensorBytes);
 
     /// <summary>Lengths (dimension 2 of [B, H, T, D], 3 of a combined [2, B, H, T, D]) of each cache tensor, in model input order.</summary>
-    public IReadOnlyList<long> CacheLengths => _caches.Select(c => c.GetTensorTypeAndShape().Shape[^2]).ToArray();
+    public IReadOnlyList<long> CacheLengths => _bound?.Lengths ?? _caches.Select(c => c.GetTensorTypeAndShape().Shape[^2]).ToArray();
 
     /// <summary>Forgets the cache and starts a new sequence.</summary>
     public void Reset()
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         DisposeCaches();
+        if (_bound is not null)
+        {
+            _bound.Reset();
+            _mask = [];
+            Position = 0;
+            return;
+        }
         _caches = new OrtValue[_cachePairs.Count];
         for (var i = 0; i < _cachePairs.Count; i++)
         {
@@ -148,6 +196,7 @@ public sealed class KvCacheDecoder : IDisposable
         if (!newTokenMask.IsEmpty && newTokenMask.Length != tokens.Length)
             throw new ArgumentException($"newTokenMask must have one entry per token ({tokens.Length}), got {newTokenMask.Length}", nameof(newTokenMask));
 
+        if (_bound is not null) return BoundStep(tokens, newTokenMask, newLen);
         var total = Position + newLen;
         if (total > _bufferCapacity)
             throw new InvalidOperationException($"{total} tokens do not fit the KV buffers of {_bufferCapacity} positions");
@@ -222,6 +271,121 @@ public sealed class KvCacheDecoder : IDisposable
         _lastOutputs?.Dispose();
         _lastOutputs = outputs;
         return ToFloat(outputs[0]);
+    }
+
+    // Bound mode's step: the same inputs as Step builds, in buffers allocated once.
+    private float[] BoundStep(ReadOnlySpan<long> tokens, ReadOnlySpan<long> newTokenMask, int newLen)
+    {
+        var bound = _bound!;
+        var binding = _binding!;
+        var total = Position + newLen;
+        if (total > bound.Capacity)
+            throw new InvalidOperationException($"{total} tokens do not fit the bound caches of {bound.Capacity} positions");
+        var capacity = bound.Capacity;
+        for (var b = 0; b < BatchSize; b++)
+        {
+            for (var s = 0; s < newLen; s++)
+                _boundMaskRows[b * capacity + Position + s] = newTokenMask.IsEmpty ? 1 : newTokenMask[b * newLen + s];
+            _boundMaskRows.AsSpan((int)(b * capacity), (int)total).CopyTo(_boundMask.AsSpan((int)(b * total), (int)total));
+        }
+        if (_boundIds.Length < tokens.Length) _boundIds = new long[tokens.Length];
+        tokens.CopyTo(_boundIds);
+
+        foreach (var v in _boundViews) v.Dispose();
+        _boundViews.Clear();
+        binding.ClearBoundInputs();
+        binding.ClearBoundOutputs();
+        binding.BindInput(DecoderNames.InputIds, Track(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, _boundIds.AsMemory(0, tokens.Length), [BatchSize, newLen])));
+        var packedMask = _boundMask.AsMemory(0, (int)(BatchSize * total));
+        if (_hasMask)
+        {
+            binding.BindInput(DecoderNames.AttentionMask, Track(_maskType == TensorElementType.Int64
+                ? OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, packedMask, [BatchSize, total])
+                : MaskValue(packedMask.ToArray(), [BatchSize, total])));
+        }
+        if (_hasPositions)
+        {
+            if (_boundPositions.Length < tokens.Length) _boundPositions = new long[tokens.Length];
+            PositionIds(packedMask.Span, total, newLen, _boundPositions);
+            binding.BindInput(DecoderNames.PositionIds, Track(OrtValue.CreateTensorValueFromMemory(OrtMemoryInfo.DefaultInstance, _boundPositions.AsMemory(0, tokens.Length), [BatchSize, newLen])));
+        }
+        var logitsMeta = _session.OutputMetadata[DecoderNames.Logits];
+        var vocab = logitsMeta.Dimensions[^1];
+        float[]? logits = null;
+        if (logitsMeta.ElementDataType == TensorElementType.Float && vocab > 0)
+        {
+            if (!_boundLogits.TryGetValue(newLen, out logits)) _boundLogits[newLen] = logits = new float[BatchSize * newLen * vocab];
+            binding.BindOutput(DecoderNames.Logits, Track(OrtValue.CreateTensorValueFromMemory(logits, [BatchSize, newLen, vocab])));
+        }
+        else
+        {
+            binding.BindOutputToDevice(DecoderNames.Logits, OrtMemoryInfo.DefaultInstance);
+        }
+        bound.Bind(binding, newLen, _boundViews);
+        foreach (var name in _extraOutputs) binding.BindOutputToDevice(name, OrtMemoryInfo.DefaultInstance);
+
+        _session.RunWithBinding(_runOptions, binding);
+
+        if (logits is null || _extraOutputs.Count > 0)
+        {
+            // Outputs ORT allocated (non-float32 logits, extra outputs) live until the next step.
+            var outputs = binding.GetOutputValues();
+            _lastOutputs?.Dispose();
+            _lastOutputs = outputs;
+            logits ??= ToFloat(outputs[0]);
+        }
+        bound.Advance(newLen);
+        _mask = [];   // bound mode keeps the mask in its rows buffer
+        Position = total;
+        return logits;
+    }
+
+    private OrtValue Track(OrtValue value)
+    {
+        _boundViews.Add(value);
+        return value;
+    }
+
+    /// <summary>
+    /// Bound or shared-buffer mode: sets the cache to <paramref name="tokens"/> positions, as if a prompt
+    /// of that length had been run with every token real (restoring a saved prompt; benchmarks with
+    /// synthetic contexts). <paramref name="fill"/> writes, for a cache input, a batch row, a KV head and
+    /// the first absolute position, that head's rows (length × D floats) into the span. A window cache
+    /// receives only its last min(w, tokens) positions. For float32 caches.
+    /// </summary>
+    /// <exception cref="InvalidOperationException">The decoder was constructed with neither
+    /// <c>boundCapacity</c> nor <c>bufferCapacity</c> (its caches are ONNX Runtime's outputs).</exception>
+    public void LoadCache(long tokens, Action<string, int, int, long, Span<float>> fill)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(fill);
+        if (_bound is not null)
+        {
+            _bound.Load(tokens, fill);
+            Array.Clear(_boundMaskRows);
+            for (var b = 0; b < BatchSize; b++) _boundMaskRows.AsSpan((int)(b * _bound.Capacity), (int)tokens).Fill(1);
+        }
+        else if (_bufferCapacity is { } capacity)
+        {
+            if (tokens < 0 || tokens > capacity) throw new ArgumentOutOfRangeException(nameof(tokens), $"{tokens} cached tokens do not fit the KV buffers of {capacity} positions");
+            for (var i = 0; i < _caches.Length; i++)
+            {
+                var info = _caches[i].GetTensorTypeAndShape();
+                if (info.ElementDataType != TensorElementType.Float)
+                    throw new NotSupportedException($"Loading caches is implemented for float32 caches; '{_cachePairs[i].Past}' is {info.ElementDataType}");
+                var shape = info.Shape;   // [B, H, C, D]: each head's rows at the capacity's stride
+                var data = _caches[i].GetTensorMutableDataAsSpan<float>();
+                for (var bh = 0; bh < shape[0] * shape[1]; bh++)
+                    fill(_cachePairs[i].Past, (int)(bh / shape[1]), (int)(bh % shape[1]), 0, data.Slice((int)(bh * capacity * shape[3]), (int)(tokens * shape[3])));
+            }
+            _mask = new long[BatchSize * tokens];
+            Array.Fill(_mask, 1L);
+        }
+        else
+        {
+            throw new InvalidOperationException("LoadCache needs caches the decoder owns: construct it with boundCapacity (or bufferCapacity for a shared-buffer model)");
+        }
+        Position = tokens;
     }
 
     /// <summary>
@@ -324,6 +488,9 @@ public sealed class KvCacheDecoder : IDisposable
     {
         if (_disposed) return;
         DisposeCaches();
+        foreach (var v in _boundViews) v.Dispose();
+        _binding?.Dispose();
+        _bound?.Dispose();
         _runOptions.Dispose();
         _disposed = true;
     }
@@ -339,20 +506,25 @@ public sealed class KvCacheDecoder : IDisposable
     // Positions count only real tokens, so left-padded rows start at position 0 like unpadded ones.
     private static long[] PositionIds(long[] mask, long total, int newLen)
     {
+        var positions = new long[mask.Length / (int)total * newLen];
+        PositionIds(mask, total, newLen, positions);
+        return positions;
+    }
+
+    private static void PositionIds(ReadOnlySpan<long> mask, long total, int newLen, Span<long> positions)
+    {
         var batch = mask.Length / (int)total;
-        var positions = new long[batch * newLen];
         for (var b = 0; b < batch; b++)
         {
             long seen = 0;
             for (long j = 0; j < total; j++)
             {
-                var real = mask[b * total + j] != 0;
+                var real = mask[(int)(b * total + j)] != 0;
                 var s = j - (total - newLen);
-                if (s >= 0) positions[b * newLen + s] = real ? seen : 0;
+                if (s >= 0) positions[(int)(b * newLen + s)] = real ? seen : 0;
                 if (real) seen++;
             }
         }
-        return positions;
     }
 
     private void DisposeCaches()
