@@ -154,23 +154,17 @@ internal static class KvBufferRewrite
         var first = node("Gather", Unique(used, "hysparse.kv_buffer.mask_first_column"), [mask, zero64]);
         first.Attribute.Add(Attr.Int("axis", 1));
         var leftPadded = Op("Equal", "hysparse.kv_buffer.mask_left_padded", first.Output[0], zero64);
-        string Any(string flags, string name)
+        // Reduces a boolean tensor to an int32 scalar: ReduceMax (any) or ReduceSum (count; 0 for an empty slice).
+        string Reduce(string reduceOp, string flags, string name)
         {
             var asInt = node("Cast", Unique(used, name + "_int32"), [flags]);
             asInt.Attribute.Add(Attr.Int("to", (long)DataType.Int32));
-            var any = node("ReduceMax", Unique(used, name), [asInt.Output[0]]);
-            any.Attribute.Add(Attr.Int("keepdims", 0));
-            return any.Output[0];
+            var reduced = node(reduceOp, Unique(used, name), [asInt.Output[0]]);
+            reduced.Attribute.Add(Attr.Int("keepdims", 0));
+            return reduced.Output[0];
         }
-        // Counts (sums, so an empty slice counts 0): holes, and new tokens marked 0 after a past.
-        string Count(string flags, string name)
-        {
-            var asInt = node("Cast", Unique(used, name + "_int32"), [flags]);
-            asInt.Attribute.Add(Attr.Int("to", (long)DataType.Int32));
-            var sum = node("ReduceSum", Unique(used, name), [asInt.Output[0]]);
-            sum.Attribute.Add(Attr.Int("keepdims", 0));
-            return sum.Output[0];
-        }
+        string Any(string flags, string name) => Reduce("ReduceMax", flags, name);
+        string Count(string flags, string name) => Reduce("ReduceSum", flags, name);
         var index0 = Constant("hysparse.kv_buffer.index_0", n => Tensors.Int64(n, [1], [0L]));
         var index1 = Constant("hysparse.kv_buffer.index_1", n => Tensors.Int64(n, [1], [1L]));
         var indexMinus1 = Constant("hysparse.kv_buffer.index_minus_1", n => Tensors.Int64(n, [1], [-1L]));
