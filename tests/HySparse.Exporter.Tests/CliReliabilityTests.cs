@@ -1,10 +1,4 @@
-using HySparse.Graph;
 using System.Diagnostics;
-using Google.Protobuf;
-using HySparse.Cli;
-using HySparse.Models.Graph;
-using HySparse.Onnx;
-using Onnx;
 
 namespace HySparse.Exporter.Tests;
 

@@ -1,6 +1,3 @@
-using System.Text.Json;
-using HySparse.Cli;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>The hysparse command line end to end (in process).</summary>

@@ -1,12 +1,5 @@
-using HySparse.Onnx;
 using System.Diagnostics;
 using System.Globalization;
-using Google.Protobuf;
-using HySparse.Cli;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using Onnx;
 
 namespace HySparse.Exporter.Tests;
 

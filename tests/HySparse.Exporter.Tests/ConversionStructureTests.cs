@@ -1,12 +1,3 @@
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
-using HySparse.Exporter.Recognition;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>What the converter finds in, and makes of, builder models.</summary>

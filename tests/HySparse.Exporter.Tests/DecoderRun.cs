@@ -1,7 +1,3 @@
-using HySparse.Graph;
-using HySparse.Onnx;
-using HySparse.Models.Llama;
-using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
 
 namespace HySparse.Exporter.Tests;

@@ -1,6 +1,3 @@
-using Google.Protobuf;
-using HySparse.Models.Llama;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>The builder's decomposed decoder computes what a float64 loop implementation computes.</summary>

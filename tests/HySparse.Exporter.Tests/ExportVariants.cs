@@ -1,12 +1,3 @@
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using Google.Protobuf;
-using HySparse.Models.Llama;
-using HySparse.Exporter.Layout;
-using HySparse.Exporter.Recognition;
-using HySparse.Onnx;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>

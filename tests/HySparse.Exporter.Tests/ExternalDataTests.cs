@@ -1,7 +1,3 @@
-using Google.Protobuf;
-using HySparse.Graph;
-using HySparse.Models.Llama;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>Models whose weights live in an external data file beside them.</summary>

@@ -1,9 +1,3 @@
-using Google.Protobuf;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Exporter.Tests;

@@ -1,11 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
-using HySparse.Cli;
 using HySparse.Exporter.Folders;
-using HySparse.Exporter.Layout;
 using HySparse.Models.GenAi;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
 
 namespace HySparse.Exporter.Tests;
 

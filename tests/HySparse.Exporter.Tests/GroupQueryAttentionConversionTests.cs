@@ -1,14 +1,3 @@
-using System.Text.Json;
-using Google.Protobuf;
-using HySparse.Cli;
-using HySparse.Exporter.Layout;
-using HySparse.Exporter.Recognition;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>

@@ -1,6 +1,3 @@
-using Google.Protobuf;
-using HySparse.Models.Llama;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>The onnxruntime-genai style decoder (com.microsoft.GroupQueryAttention) and its variants.</summary>

@@ -1,8 +1,3 @@
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>Converted models run in ONNX Runtime with the HySparse CPU operators.</summary>

@@ -1,5 +1,3 @@
-using System.Text.Json;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>Reads the nested number arrays PyTorch fixture scripts write (tensor.tolist()).</summary>

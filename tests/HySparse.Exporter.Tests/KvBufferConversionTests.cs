@@ -1,13 +1,3 @@
-using HySparse.Graph;
-using System.Text.Json;
-using Google.Protobuf;
-using HySparse.Cli;
-using HySparse.Exporter.Layout;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>

@@ -1,9 +1,4 @@
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
 using HySparse.Exporter.Rewrite;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
 
 namespace HySparse.Exporter.Tests;
 

@@ -1,9 +1,3 @@
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>

@@ -1,12 +1,3 @@
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>

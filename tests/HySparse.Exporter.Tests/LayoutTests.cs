@@ -1,5 +1,3 @@
-using HySparse.Exporter.Layout;
-
 namespace HySparse.Exporter.Tests;
 
 [TestClass]

@@ -1,9 +1,4 @@
 using System.Security.Cryptography;
-using Google.Protobuf;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using Onnx;
 using DataType = Onnx.TensorProto.Types.DataType;
 
 namespace HySparse.Exporter.Tests;

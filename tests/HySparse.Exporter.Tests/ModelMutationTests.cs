@@ -1,11 +1,4 @@
-using HySparse.Graph;
 using System.Globalization;
-using Google.Protobuf;
-using HySparse.Cli;
-using HySparse.Exporter.Layout;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using Onnx;
 
 namespace HySparse.Exporter.Tests;
 

@@ -1,6 +1,3 @@
-using System.Text.Json;
-using HySparse.Cli;
-using HySparse.Models.Llama;
 using HySparse.Models.Native;
 
 namespace HySparse.Exporter.Tests;

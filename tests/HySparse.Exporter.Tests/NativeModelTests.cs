@@ -1,10 +1,4 @@
-using Google.Protobuf;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
 using HySparse.Models.Native;
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
 
 namespace HySparse.Exporter.Tests;
 

@@ -1,7 +1,3 @@
-using Google.Protobuf;
-using HySparse.Models.Llama;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>What the converter does not own passes through it byte for byte.</summary>

@@ -1,5 +1,3 @@
-using HySparse.Models.Llama;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>One decoder step's tensors, row-major, in the graph's layouts.</summary>

@@ -1,9 +1,3 @@
-using HySparse.Exporter.Layout;
-using HySparse.Graph;
-using HySparse.Models.Graph;
-using HySparse.Models.Llama;
-using Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>Refused conversions write nothing and leave the input as it was.</summary>

@@ -1,6 +1,3 @@
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>ONNX Runtime sessions over in-memory models, quiet below errors, with or without the HySparse ops.</summary>

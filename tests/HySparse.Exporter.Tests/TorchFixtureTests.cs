@@ -1,9 +1,3 @@
-using System.Text.Json;
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
-using HySparse.Models.Llama;
-using HySparse.Onnx;
-
 namespace HySparse.Exporter.Tests;
 
 /// <summary>

@@ -1,6 +1,4 @@
-using HySparse.Cli;
 using HySparse.Exporter;
-using HySparse.Exporter.Layout;
 
 namespace HySparse.Exporter.Tests;
 

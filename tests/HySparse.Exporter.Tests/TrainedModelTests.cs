@@ -1,10 +1,4 @@
-using System.Text.Json;
-using Google.Protobuf;
-using HySparse.Exporter.Layout;
-using HySparse.Onnx;
-using Microsoft.ML.OnnxRuntime;
 using Microsoft.ML.OnnxRuntime.Tensors;
-using Onnx;
 
 namespace HySparse.Exporter.Tests;
 

@@ -1,5 +1,3 @@
-using HySparse.Onnx.Tests.Infrastructure;
-
 namespace HySparse.Onnx.Tests;
 
 /// <summary>HySparseFullAttn through ONNX Runtime against the float64 reference of docs/ops.md.</summary>

@@ -1,5 +1,3 @@
-using HySparse.Onnx.Tests.Infrastructure;
-
 namespace HySparse.Onnx.Tests;
 
 /// <summary>

@@ -1,5 +1,3 @@
-using HySparse.Onnx.Tests.Infrastructure;
-using Microsoft.ML.OnnxRuntime;
 using static HySparse.Onnx.HySparseOps;
 
 namespace HySparse.Onnx.Tests;

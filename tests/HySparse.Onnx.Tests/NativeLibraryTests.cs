@@ -1,6 +1,3 @@
-using HySparse.Onnx.Tests.Infrastructure;
-using Microsoft.ML.OnnxRuntime;
-
 namespace HySparse.Onnx.Tests;
 
 [TestClass]

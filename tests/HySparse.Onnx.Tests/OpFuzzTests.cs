@@ -1,6 +1,3 @@
-using System.Globalization;
-using HySparse.Onnx.Tests.Infrastructure;
-using Microsoft.ML.OnnxRuntime;
 using static HySparse.Onnx.HySparseOps;
 
 namespace HySparse.Onnx.Tests;

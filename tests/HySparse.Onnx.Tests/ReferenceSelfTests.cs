@@ -1,4 +1,3 @@
-using HySparse.Onnx.Tests.Infrastructure;
 using static HySparse.Onnx.HySparseOps;
 
 namespace HySparse.Onnx.Tests;

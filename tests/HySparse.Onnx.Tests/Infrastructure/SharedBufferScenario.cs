@@ -1,5 +1,3 @@
-using Microsoft.ML.OnnxRuntime;
-
 namespace HySparse.Onnx.Tests.Infrastructure;
 
 /// <summary>
