@@ -16,16 +16,8 @@ namespace HySparse.Exporter.Recognition;
 /// (<c>past_sequence_length</c>, <c>past_present_share_buffer</c>), rotary embedding inside the op,
 /// unequal Q/K/V widths, and a layer without a cache.
 /// </summary>
-public sealed class ContribAttentionPattern : FusedOperatorPattern
+public sealed class ContribAttentionPattern() : FusedOperatorPattern(MicrosoftDomain, "Attention", AttentionStyle.ContribAttention)
 {
-    /// <inheritdoc />
-    protected override string Domain => "com.microsoft";
-    /// <inheritdoc />
-    protected override string OpType => "Attention";
-
-    /// <inheritdoc />
-    public override AttentionStyle Style => AttentionStyle.ContribAttention;
-
     private static readonly Dictionary<string, Func<AttributeProto, string?>> Attributes = new()
     {
         ["num_heads"] = FusedOperator.Any,

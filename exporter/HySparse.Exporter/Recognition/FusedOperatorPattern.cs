@@ -7,15 +7,21 @@ namespace HySparse.Exporter.Recognition;
 /// A pattern anchored at one fused attention operator (<c>Domain.OpType</c>): every such node is an
 /// anchor, and matching is the operator's checks, which abandon the match with a reason.
 /// </summary>
-public abstract class FusedOperatorPattern : IAttentionPattern
+/// <param name="domain">The operator's domain.</param>
+/// <param name="opType">The operator's type.</param>
+/// <param name="style">The style the recognised layers are reported as.</param>
+public abstract class FusedOperatorPattern(string domain, string opType, AttentionStyle style) : IAttentionPattern
 {
+    /// <summary>The domain of the fused operators of onnxruntime's transformer tools.</summary>
+    protected const string MicrosoftDomain = "com.microsoft";
+
     /// <summary>The operator's domain.</summary>
-    protected abstract string Domain { get; }
+    protected string Domain { get; } = domain;
     /// <summary>The operator's type.</summary>
-    protected abstract string OpType { get; }
+    protected string OpType { get; } = opType;
 
     /// <inheritdoc />
-    public abstract AttentionStyle Style { get; }
+    public AttentionStyle Style { get; } = style;
 
     /// <inheritdoc />
     public IEnumerable<NodeProto> Anchors(GraphIndex graph) => graph.Graph.Node.Where(n => n.Domain == Domain && n.OpType == OpType);

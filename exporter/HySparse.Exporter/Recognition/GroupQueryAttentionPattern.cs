@@ -13,16 +13,8 @@ namespace HySparse.Exporter.Recognition;
 /// <see cref="FusedInputs"/>). What the ops cannot compute exactly is refused: local windows, soft-capping,
 /// smooth softmax and head sinks, attention bias, quantized caches, explicit position ids.
 /// </summary>
-public sealed class GroupQueryAttentionPattern : FusedOperatorPattern
+public sealed class GroupQueryAttentionPattern() : FusedOperatorPattern(MicrosoftDomain, "GroupQueryAttention", AttentionStyle.GroupQueryAttention)
 {
-    /// <inheritdoc />
-    protected override string Domain => "com.microsoft";
-    /// <inheritdoc />
-    protected override string OpType => "GroupQueryAttention";
-
-    /// <inheritdoc />
-    public override AttentionStyle Style => AttentionStyle.GroupQueryAttention;
-
     private static readonly Dictionary<string, Func<AttributeProto, string?>> Attributes = new()
     {
         ["num_heads"] = FusedOperator.Any,

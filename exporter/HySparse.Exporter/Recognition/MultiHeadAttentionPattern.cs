@@ -13,16 +13,8 @@ namespace HySparse.Exporter.Recognition;
 /// causal, a mask in another form, an additive attention bias, packed QKV, and the shared-buffer /
 /// beam-search inputs.
 /// </summary>
-public sealed class MultiHeadAttentionPattern : FusedOperatorPattern
+public sealed class MultiHeadAttentionPattern() : FusedOperatorPattern(MicrosoftDomain, "MultiHeadAttention", AttentionStyle.MultiHeadAttention)
 {
-    /// <inheritdoc />
-    protected override string Domain => "com.microsoft";
-    /// <inheritdoc />
-    protected override string OpType => "MultiHeadAttention";
-
-    /// <inheritdoc />
-    public override AttentionStyle Style => AttentionStyle.MultiHeadAttention;
-
     private static readonly Dictionary<string, Func<AttributeProto, string?>> Attributes = new()
     {
         ["num_heads"] = FusedOperator.Any,
