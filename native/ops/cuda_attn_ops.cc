@@ -80,13 +80,15 @@ cuda::ValueProblem RunValueCheck(const OpContext& op, OrtAllocator* allocator, P
   return *problem.get();
 }
 
-// Raises the CPU glue's error for a block_indices problem (kinds 2-5) found on the device.
+// Raises the CPU glue's error for a block_indices problem found on the device.
 [[noreturn]] void FailIndexProblem(const OpContext& op, const cuda::ValueProblem& p, const IndexLayout& layout) {
+  using Kind = cuda::ValueProblemKind;
   switch (p.kind) {
-    case 2: FailBlockIndexRow(op, p.where, BlockIndexProblem::kBelowMinusOne, p.value, p.previous, layout);
-    case 3: FailBlockIndexRow(op, p.where, BlockIndexProblem::kOutOfRange, p.value, p.previous, layout);
-    case 4: FailBlockIndexRow(op, p.where, BlockIndexProblem::kAfterPadding, p.value, p.previous, layout);
-    default: FailBlockIndexRow(op, p.where, BlockIndexProblem::kNotAscending, p.value, p.previous, layout);
+    case Kind::kIndexBelowMinusOne: FailBlockIndexRow(op, p.where, BlockIndexProblem::kBelowMinusOne, p.value, p.previous, layout);
+    case Kind::kIndexPastLastBlock: FailBlockIndexRow(op, p.where, BlockIndexProblem::kOutOfRange, p.value, p.previous, layout);
+    case Kind::kIndexAfterPadding: FailBlockIndexRow(op, p.where, BlockIndexProblem::kAfterPadding, p.value, p.previous, layout);
+    case Kind::kIndexNotAscending: FailBlockIndexRow(op, p.where, BlockIndexProblem::kNotAscending, p.value, p.previous, layout);
+    default: op.Fail("the device value check reported a problem that is not a block index problem");
   }
 }
 
@@ -100,8 +102,8 @@ void CheckValuesOnDevice(const OpContext& op, OrtAllocator* allocator, PinnedPro
                                          layout ? layout->num_blocks : 0, mask.present ? mask.Data<int64_t>() : nullptr,
                                          mask.present ? mask.Elements() : 0, device_problem, stream);
   });
-  if (p.kind == 0) return;
-  if (p.kind == 1) FailMaskValue(op, p.where, p.value, mask.Dim(1));
+  if (p.kind == cuda::ValueProblemKind::kNone) return;
+  if (p.kind == cuda::ValueProblemKind::kMaskValue) FailMaskValue(op, p.where, p.value, mask.Dim(1));
   FailIndexProblem(op, p, *layout);
 }
 
@@ -121,10 +123,10 @@ void CheckSharedBufferOnDevice(const OpContext& op, OrtAllocator* allocator, Pin
         layout ? layout->block_size : 1, device_problem, stream);
   });
   switch (p.kind) {
-    case 0: return;
-    case 6:
-    case 7: FailSeqlensRow(op, p.where, p.value, buffer);
-    case 8: FailTotalSequenceLength(op, p.value, p.previous);
+    case cuda::ValueProblemKind::kNone: return;
+    case cuda::ValueProblemKind::kSeqlensNegative:
+    case cuda::ValueProblemKind::kSeqlensPastCapacity: FailSeqlensRow(op, p.where, p.value, buffer);
+    case cuda::ValueProblemKind::kTotalLengthMismatch: FailTotalSequenceLength(op, p.value, p.previous);
     default: break;
   }
   if (layout == nullptr) op.Fail("the device value check reported a block index problem without block_indices");

@@ -70,28 +70,28 @@ __global__ void DescribeProblemKernel(const int32_t* indices, int top_k, int64_t
   if (sr.seqlens) {
     // The rows' lengths first, in the CPU glue's order: each row, then total_sequence_length.
     int64_t max_total = 0;
-    for (int64_t b = 0; b < sr.batch && p.kind == 0; ++b) {
+    for (int64_t b = 0; b < sr.batch && p.kind == ValueProblemKind::kNone; ++b) {
       const int64_t value = sr.seqlens[b];
       if (value < 0 || value + 1 > sr.capacity) {
-        p.kind = value < 0 ? 6 : 7;
+        p.kind = value < 0 ? ValueProblemKind::kSeqlensNegative : ValueProblemKind::kSeqlensPastCapacity;
         p.where = b;
         p.value = value;
       }
       max_total = max(max_total, value + 1);
     }
-    if (p.kind == 0 && sr.declared_total != max_total) {
-      p.kind = 8;
+    if (p.kind == ValueProblemKind::kNone && sr.declared_total != max_total) {
+      p.kind = ValueProblemKind::kTotalLengthMismatch;
       p.value = sr.declared_total;
       p.previous = max_total;
     }
-    if (p.kind != 0) {
+    if (p.kind != ValueProblemKind::kNone) {
       *problem = p;
       return;
     }
   }
   if (key != ~0ULL) {
     if (key < static_cast<unsigned long long>(mask_elements)) {
-      p.kind = 1;
+      p.kind = ValueProblemKind::kMaskValue;
       p.where = static_cast<int64_t>(key);
       p.value = mask[key];
     } else {
@@ -107,7 +107,10 @@ __global__ void DescribeProblemKernel(const int32_t* indices, int top_k, int64_t
       }
       p.previous = previous;
       const int64_t row_blocks = RowBlocks(sr, p.where, num_blocks);
-      p.kind = p.value < -1 ? 2 : p.value >= row_blocks ? 3 : padding ? 4 : 5;
+      p.kind = p.value < -1                ? ValueProblemKind::kIndexBelowMinusOne
+               : p.value >= row_blocks      ? ValueProblemKind::kIndexPastLastBlock
+               : padding                    ? ValueProblemKind::kIndexAfterPadding
+                                            : ValueProblemKind::kIndexNotAscending;
       if (sr.seqlens) p.row_total = RowTotal(sr, p.where / sr.rows_per_batch);
     }
   }

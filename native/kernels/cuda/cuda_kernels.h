@@ -96,20 +96,30 @@ Status LaunchWriteNewTokens(const T* src, HeadView src_view, int batch, int head
 namespace hysparse {
 namespace cuda {
 
-// What LaunchCheckSparseValues found: kind 0 = nothing wrong. The ORT glue copies this struct to the
-// host and turns it into the same error the CPU glue raises (docs/ops.md "Block indices").
+// What the device-side value checks found. One enum for the kernels that write it and the ORT glue
+// that turns it into the CPU op's error (docs/ops.md "Block indices", "Shared KV buffer"); int64_t
+// underneath so the struct's layout is the same on device and host.
+enum class ValueProblemKind : int64_t {
+  kNone = 0,
+  kMaskValue = 1,            // attention_mask element not 0/1 (where: element, value)
+  kIndexBelowMinusOne = 2,   // block_indices entry < -1 (where: row, slot, value, previous)
+  kIndexPastLastBlock = 3,   // entry >= the row's block count (row_total in shared-buffer mode)
+  kIndexAfterPadding = 4,    // a block after a -1
+  kIndexNotAscending = 5,    // not strictly ascending (previous: the entry before)
+  kSeqlensNegative = 6,      // shared-buffer mode: seqlens_k[where] < 0
+  kSeqlensPastCapacity = 7,  // seqlens_k[where] + 1 > the buffer's capacity
+  kTotalLengthMismatch = 8,  // total_sequence_length (value) != max(seqlens_k) + 1 (previous)
+};
+
 struct ValueProblem {
-  int64_t kind = 0;   // 0 none, 1 mask value not 0/1, 2 index < -1, 3 index >= num_blocks,
-                      // 4 block after a -1, 5 not strictly ascending
-  int64_t where = 0;  // mask element, or block_indices row
+  ValueProblemKind kind = ValueProblemKind::kNone;
+  int64_t where = 0;  // mask element, block_indices row or batch row
   int64_t slot = 0;   // position in the row (indices)
   int64_t value = 0;  // the offending value
-  int64_t previous = 0;  // the entry before it (kind 5); max(seqlens_k) + 1 (kind 8)
-  int64_t row_total = 0;  // shared-buffer mode, kind 3: the batch row's total length
+  int64_t previous = 0;  // the entry before it (kIndexNotAscending); max(seqlens_k) + 1 (kTotalLengthMismatch)
+  int64_t row_total = 0;  // shared-buffer mode, kIndexPastLastBlock: the batch row's total length
 };
-// Shared-buffer kinds (LaunchCheckSharedBufferValues), reported before any block index problem:
-// 6 seqlens_k[where] < 0, 7 seqlens_k[where] + 1 > capacity, 8 total_sequence_length (value) differs
-// from max(seqlens_k) + 1 (previous).
+// Shared-buffer problems (LaunchCheckSharedBufferValues) are reported before any block index problem.
 
 // Scans the attention mask (may be null) and every block_indices row on the device and writes the
 // first problem (lowest row/element) into *problem (device memory, reset by the launcher). Lets the

@@ -450,28 +450,28 @@ TEST_F(CheckSharedBufferCudaTest, ReportsLengthsThenRowsAgainstTheirOwnBlockCoun
   // 20 positions (3 blocks), row 1 holds 64 (8 blocks).
   const std::vector<int32_t> good = {0, 2, -1, 1, -1, -1, 7, -1, -1, 0, 3, 5};
   ValueProblem p = Run({19, 63}, 64, 64, good, 2, 3, 8);
-  EXPECT_EQ(p.kind, 0);
+  EXPECT_EQ(p.kind, ValueProblemKind::kNone);
   p = Run({19, 63}, 64, 64, {}, 2, 3, 8);  // the full op: lengths only
-  EXPECT_EQ(p.kind, 0);
+  EXPECT_EQ(p.kind, ValueProblemKind::kNone);
 
   std::vector<int32_t> bad = good;
   bad[1] = 3;  // block 3 of batch row 0: past its 3 blocks, although the buffer has 8
   p = Run({19, 63}, 64, 64, bad, 2, 3, 8);
-  EXPECT_EQ(p.kind, 3);
+  EXPECT_EQ(p.kind, ValueProblemKind::kIndexPastLastBlock);
   EXPECT_EQ(p.where, 0);
   EXPECT_EQ(p.value, 3);
   EXPECT_EQ(p.row_total, 20);
 
   p = Run({19, -1}, 64, 20, good, 2, 3, 8);
-  EXPECT_EQ(p.kind, 6);
+  EXPECT_EQ(p.kind, ValueProblemKind::kSeqlensNegative);
   EXPECT_EQ(p.where, 1);
   EXPECT_EQ(p.value, -1);
   p = Run({64, 63}, 64, 65, bad, 2, 3, 8);  // total 65 > capacity: reported before the bad index
-  EXPECT_EQ(p.kind, 7);
+  EXPECT_EQ(p.kind, ValueProblemKind::kSeqlensPastCapacity);
   EXPECT_EQ(p.where, 0);
   EXPECT_EQ(p.value, 64);
   p = Run({19, 40}, 64, 64, good, 2, 3, 8);
-  EXPECT_EQ(p.kind, 8);
+  EXPECT_EQ(p.kind, ValueProblemKind::kTotalLengthMismatch);
   EXPECT_EQ(p.value, 64);
   EXPECT_EQ(p.previous, 41);
 }

@@ -68,7 +68,7 @@ TEST_F(CopyToCacheCudaTest, BsnhAndBnshAllTypes) {
   }
 }
 
-// What the device-side check reports for these rows and this mask (kind 0: nothing wrong).
+// What the device-side check reports for these rows and this mask (kNone: nothing wrong).
 ValueProblem CheckValues(const std::vector<int32_t>& rows, int top_k, int64_t num_blocks,
                          const std::vector<int64_t>& mask = {}) {
   DeviceArray<int32_t> d_rows(rows);
@@ -85,7 +85,7 @@ ValueProblem CheckValues(const std::vector<int32_t>& rows, int top_k, int64_t nu
 
 int64_t FirstBadRow(const std::vector<int32_t>& rows, int top_k, int64_t num_blocks) {
   const ValueProblem p = CheckValues(rows, top_k, num_blocks);
-  return p.kind == 0 ? std::numeric_limits<int64_t>::max() : p.where;
+  return p.kind == ValueProblemKind::kNone ? std::numeric_limits<int64_t>::max() : p.where;
 }
 
 class CheckBlockIndicesCudaTest : public ::testing::Test {
@@ -116,11 +116,11 @@ TEST_F(CheckBlockIndicesCudaTest, FindsTheFirstRowBreakingTheForm) {
 }
 
 TEST_F(CheckBlockIndicesCudaTest, DescribesTheProblemAndChecksTheMask) {
-  // kind: 2 below -1, 3 past the last block, 4 a block after -1, 5 not ascending (slot, value, previous).
-  struct Case { std::vector<int32_t> row; int64_t kind, slot, value, previous; };
+  using Kind = ValueProblemKind;
+  struct Case { std::vector<int32_t> row; Kind kind; int64_t slot, value, previous; };
   const std::vector<Case> cases = {
-      {{0, -3, -1, -1}, 2, 1, -3, 0}, {{0, 3, 10, -1}, 3, 2, 10, 3}, {{0, -1, 4, -1}, 4, 2, 4, 0},
-      {{2, 7, 7, -1}, 5, 2, 7, 7}};
+      {{0, -3, -1, -1}, Kind::kIndexBelowMinusOne, 1, -3, 0}, {{0, 3, 10, -1}, Kind::kIndexPastLastBlock, 2, 10, 3},
+      {{0, -1, 4, -1}, Kind::kIndexAfterPadding, 2, 4, 0}, {{2, 7, 7, -1}, Kind::kIndexNotAscending, 2, 7, 7}};
   for (const Case& c : cases) {
     const ValueProblem p = CheckValues(c.row, 4, 10);
     EXPECT_EQ(p.kind, c.kind);
@@ -132,10 +132,10 @@ TEST_F(CheckBlockIndicesCudaTest, DescribesTheProblemAndChecksTheMask) {
   // Mask problems rank before index problems; the first bad element wins.
   const std::vector<int32_t> bad_row = {0, 3, 10, -1};
   const ValueProblem m = CheckValues(bad_row, 4, 10, {1, 1, 0, 2, 1, 5});
-  EXPECT_EQ(m.kind, 1);
+  EXPECT_EQ(m.kind, Kind::kMaskValue);
   EXPECT_EQ(m.where, 3);
   EXPECT_EQ(m.value, 2);
-  EXPECT_EQ(CheckValues({0, 1, -1, -1}, 4, 10, {0, 1, 1, 0}).kind, 0);
+  EXPECT_EQ(CheckValues({0, 1, -1, -1}, 4, 10, {0, 1, 1, 0}).kind, Kind::kNone);
 }
 
 }  // namespace
