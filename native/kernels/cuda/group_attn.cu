@@ -389,19 +389,35 @@ Status LaunchGroup(const GroupAttnParams<T>& p, cudaStream_t stream) {
 
 }  // namespace
 
-// q and the output slices take 2*kE*kHeads registers, the K/V slices of two slots 4*kE*sizeof(T)/4:
-// kept under the 255-register limit without spills.
+// The split-K kernel's tile for a head size, chosen in one place for the launcher and for the split
+// planning (GroupHeadsPerCta): kE elements of D per lane (8 lanes cover D <= 8*kE) and kHeads query
+// heads per CTA. q and the output slices take 2*kE*kHeads registers, the K/V slices of two slots
+// 4*kE*sizeof(T)/4: kept under the 255-register limit without spills.
+template <int kElementsPerLane, int kHeadsPerCta>
+struct GroupTile {
+  static constexpr int kE = kElementsPerLane;
+  static constexpr int kHeads = kHeadsPerCta;
+};
+
+// Calls f with the GroupTile for head_dim (at most 256) and storage type T; returns what f returns.
+template <typename T, typename F>
+auto WithGroupTile(int head_dim, F&& f) {
+  if (head_dim <= 64) return f(GroupTile<8, 8>{});
+  if (head_dim <= 128) return f(GroupTile<16, 4>{});
+  return f(GroupTile<32, sizeof(T) == 4 ? 1 : 2>{});
+}
+
 int GroupHeadsPerCta(int head_dim, int element_bytes) {
-  if (head_dim <= 64) return 8;
-  if (head_dim <= 128) return 4;
-  return element_bytes == 4 ? 1 : 2;
+  const auto heads = [](auto tile) { return decltype(tile)::kHeads; };
+  return element_bytes == 4 ? WithGroupTile<float>(head_dim, heads) : WithGroupTile<Half>(head_dim, heads);
 }
 
 template <typename T>
 Status LaunchGroupAttn(const GroupAttnParams<T>& p, cudaStream_t stream) {
-  if (p.head_dim <= 64) return LaunchGroup<T, 8, 8>(p, stream);
-  if (p.head_dim <= 128) return LaunchGroup<T, 16, 4>(p, stream);
-  return LaunchGroup<T, 32, sizeof(T) == 4 ? 1 : 2>(p, stream);
+  return WithGroupTile<T>(p.head_dim, [&](auto tile) {
+    using Tile = decltype(tile);
+    return LaunchGroup<T, Tile::kE, Tile::kHeads>(p, stream);
+  });
 }
 
 template <typename T>
