@@ -71,6 +71,8 @@ dense=$work/tiny_llama_gqa.onnx
 cp models/fixtures/torch/tiny_llama_gqa.onnx "$dense"
 # Top-k 16 blocks of 16 cover every key of the smoke app's 36 tokens: the hybrid must decode exactly as dense.
 check "hysparse convert (installed tool)" "$hysparse" convert "$dense" -o "$work/converted.onnx" --ratio 1:1 --top-k 16 --block-size 16 --window 16
+# The demo's built-in trained model travels inside the tool.
+check "hysparse demo (installed tool, built-in trained model)" bash -c "'$hysparse' demo --prompt 200 --steps 4 -q | grep -q 'same next byte as dense'"
 
 mkdir -p "$work/app"
 cp tests/PackageSmoke/PackageSmoke.csproj tests/PackageSmoke/Program.cs "$work/app/"

@@ -10,13 +10,15 @@ using Onnx;
 namespace HySparse.Cli;
 
 /// <summary>
-/// <c>hysparse demo</c>: builds a small Llama-style decoder with random weights, converts it, and
-/// runs both side by side — the whole pipeline in one command, nothing to download.
+/// <c>hysparse demo</c>: the built-in trained model converted and run beside the original
+/// (<see cref="TrainedDemo"/>), or with <c>--synthetic</c> a small Llama-style decoder with random
+/// weights built, converted and run side by side — the whole pipeline in one command, nothing to download.
 /// </summary>
 internal static class DemoCommand
 {
     public static int Run(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
     {
+        if (!reader.Flag("--synthetic")) return RunTrained(reader, stdout, stderr);
         var json = reader.Flag("--json");
         var quiet = reader.Flag("--quiet", "-q");
         var directory = reader.Option("--dir");
@@ -98,6 +100,29 @@ internal static class DemoCommand
             if (!keep) Directory.Delete(directory, recursive: true);
         }
     
+    }
+
+    // The default demo: the built-in trained model (TrainedDemo).
+    private static int RunTrained(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
+    {
+        var json = reader.Flag("--json");
+        var quiet = reader.Flag("--quiet", "-q");
+        var directory = reader.Option("--dir");
+        var prompt = reader.PositiveInt("--prompt") ?? 1024;
+        var steps = reader.PositiveInt("--steps") ?? 120;
+        var native = reader.Flag("--native");
+        if (reader.PositiveInt("--layers") is not null) throw new UsageException("--layers sizes the random-weight decoder: add --synthetic");
+        var conversion = SharedOptions.ReadConversion(reader, new HybridParameters { TopK = 8, BlockSize = 16, Window = 64 });
+        if (reader.Positionals().Count > 0) throw new UsageException("demo takes no file arguments; use --dir to keep the models");
+        Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[demo] {step}");
+        var result = TrainedDemo.Run(new TrainedDemo.Options(conversion, prompt, steps, native, directory), progress);
+        if (json)
+        {
+            CliApp.WriteJson(stdout, new { ok = true, model = "trained", directory = result.Directory, promptBytes = result.Prompt.Length, parameters = result.Parameters, generations = result.Generations });
+            return ExitCodes.Success;
+        }
+        TrainedDemo.Write(stdout, result);
+        return ExitCodes.Success;
     }
 
     /// <summary>A HySparse-native model's run: where it was written, its timings and the KV bytes it returned at the last call.</summary>

@@ -27,7 +27,7 @@ internal static class HelpText
           convert   rewrite the attention layers into HySparseFullAttn / HySparseSparseAttn nodes
           inspect   list attention layers, heads and KV bytes, dense against a hybrid layout
           verify    run original and converted side by side in ONNX Runtime and compare
-          demo      build a small decoder, convert it, run both and print a comparison table
+          demo      convert the built-in trained model and run dense and hybrid side by side
           generate  run an onnxruntime-genai model folder (converted or not) on a prompt
           native-library
                     print the path of the HySparse custom-op library this tool carries (for
@@ -233,23 +233,28 @@ internal static class HelpText
         hysparse demo - the whole pipeline on a built-in model
 
         Usage:
-          hysparse demo [--dir DIR] [--layers N] [--prompt N] [--steps N] [--native] [layout] [parameters] [--json]
+          hysparse demo [--dir DIR] [--prompt N] [--steps N] [--native] [layout] [parameters] [--json]
+          hysparse demo --synthetic [--layers N] [--prompt N] [--steps N] [--native] [layout] [parameters] [--json]
 
-        Builds a Llama-style decoder with random weights (hidden 256, 8 query / 2 KV heads, head
-        size 32), converts it, then runs dense and hybrid side by side on a random prompt and greedy
-        decode steps (as verify does) and prints time, KV bytes and agreement. The demo's defaults
-        (top-k 4, block size 16, window 32) are small so that the sparse layers really skip keys
-        within its context; with the paper's defaults the hybrid would be exact here. Add
-        --kv-sharing to convert in that mode and see its smaller KV cache. Add --native to also
-        build a HySparse-native model of the same sizes and layout (q', own k'/v' window caches,
-        gates, sinks; random weights) and run it: its time and the KV bytes it really keeps.
+        Converts the built-in trained model - a byte-level language model of Python source (8 layers,
+        1.6 M parameters, models/fixtures/trained) - and lets dense and hybrid continue the same
+        held-out Python prompt: it prints both continuations, how often the hybrid predicts the byte
+        dense wrote, KV bytes and speed. Defaults: ratio 1:3, top-k 8, block size 16, window 64 (what
+        the model's HySparse twin was trained with); add --kv-sharing for that mode's smaller cache,
+        --native to also run the model trained as HySparse.
+
+        --synthetic runs the earlier demo instead: a Llama-style decoder with random weights (hidden
+        256, 8 query / 2 KV heads, head size 32) on a random prompt and greedy decode steps (as verify
+        does), with defaults top-k 4, block size 16, window 32 so that the sparse layers skip keys
+        within its context; --native there builds a HySparse-native model of the same sizes.
 
         Options:
           --dir DIR     keep the models in DIR (default: a temporary directory, deleted)
-          --native      also build and run a HySparse-native model
-          --layers N    decoder layers (8)
-          --prompt N    prompt tokens (256)
-          --steps N     decode steps (16)
+          --native      also run the HySparse-native model
+          --prompt N    prompt bytes (1024; --synthetic: tokens, 256)
+          --steps N     bytes to generate (120; --synthetic: decode steps, 16)
+          --synthetic   random-weight decoder instead of the trained model
+          --layers N    --synthetic: decoder layers (8)
 
         {Layout}
 

@@ -197,11 +197,34 @@ public sealed class CliTests
 
     [TestMethod]
     [TestCategory(HySparseEquivalenceTests.NeedsOps)]
+    public void DemoRunsTheBuiltInTrainedModelAndItsConversion()
+    {
+        var (code, output, err) = Run("demo", "--prompt", "300", "--steps", "8", "--json");
+
+        Assert.AreEqual(ExitCodes.Success, code, err);
+        using var json = JsonDocument.Parse(output);
+        var root = json.RootElement;
+        Assert.AreEqual("trained", root.GetProperty("model").GetString());
+        var generations = root.GetProperty("generations").EnumerateArray().ToList();
+        Assert.HasCount(2, generations);
+        Assert.AreEqual("FSSSFSSF", generations[1].GetProperty("layout").GetString());
+        Assert.AreEqual(8, root.GetProperty("parameters").GetProperty("topK").GetInt32());
+
+        var text = Run("demo", "--prompt", "200", "--steps", "4", "-q");
+        Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
+        StringAssert.Contains(text.Out, "same next byte as dense");
+        var layers = Run("demo", "--layers", "2");
+        Assert.AreEqual(ExitCodes.Usage, layers.Code);
+        StringAssert.Contains(layers.Err, "--synthetic");
+    }
+
+    [TestMethod]
+    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void DemoBuildsConvertsAndComparesInOneCommand()
     {
         using var dir = new ModelDirectory();
 
-        var (code, output, err) = Run("demo", "--dir", dir.Path, "--layers", "4", "--prompt", "120", "--steps", "2", "--json");
+        var (code, output, err) = Run("demo", "--synthetic", "--dir", dir.Path, "--layers", "4", "--prompt", "120", "--steps", "2", "--json");
 
         Assert.AreEqual(ExitCodes.Success, code, err);
         using var json = JsonDocument.Parse(output);
@@ -227,7 +250,7 @@ public sealed class CliTests
             Assert.IsTrue(blocks.All(b => b is >= 0 and < 8), string.Join(",", blocks));
         }
 
-        var text = Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "-q");
+        var text = Run("demo", "--synthetic", "--layers", "2", "--prompt", "8", "--steps", "1", "-q");
         Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
         StringAssert.Contains(text.Out, "top-1 agreement");
         StringAssert.Contains(text.Out, "no sparse layers");
@@ -317,7 +340,7 @@ public sealed class CliTests
         }
         StringAssert.Contains(Run("verify", model, shared, "--prompt", "20", "--steps", "1", "-q").Out, "KV cache after the last call");
 
-        var demo = Run("demo", "--layers", "2", "--pattern", "FS", "--sparse-last", "--prompt", "40", "--steps", "1", "--kv-sharing", "-q");
+        var demo = Run("demo", "--synthetic", "--layers", "2", "--pattern", "FS", "--sparse-last", "--prompt", "40", "--steps", "1", "--kv-sharing", "-q");
         Assert.AreEqual(ExitCodes.Success, demo.Code, demo.Err);
         StringAssert.Contains(demo.Out, "kv-sharing");
     }

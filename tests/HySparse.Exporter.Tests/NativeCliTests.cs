@@ -109,7 +109,7 @@ public sealed class NativeCliTests
     {
         using var dir = new ModelDirectory();
 
-        var (code, output, err) = Run("demo", "--dir", dir.Path, "--layers", "4", "--prompt", "40", "--steps", "2", "--native", "--json");
+        var (code, output, err) = Run("demo", "--synthetic", "--dir", dir.Path, "--layers", "4", "--prompt", "40", "--steps", "2", "--native", "--json");
 
         Assert.AreEqual(ExitCodes.Success, code, err);
         using var json = JsonDocument.Parse(output);
@@ -120,10 +120,10 @@ public sealed class NativeCliTests
         Assert.IsGreaterThan(0.0, native.GetProperty("decodeMilliseconds").GetDouble());
         Assert.IsTrue(File.Exists(dir.File("demo_llama.native.onnx")));
 
-        var text = Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "--native", "-q");
+        var text = Run("demo", "--synthetic", "--layers", "2", "--prompt", "8", "--steps", "1", "--native", "-q");
         Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
         StringAssert.Contains(text.Out, "HySparse-native model (demo_llama.native.onnx");
-        Assert.IsFalse(Run("demo", "--layers", "2", "--prompt", "8", "--steps", "1", "-q").Out.Contains("HySparse-native", StringComparison.Ordinal));
+        Assert.IsFalse(Run("demo", "--synthetic", "--layers", "2", "--prompt", "8", "--steps", "1", "-q").Out.Contains("HySparse-native", StringComparison.Ordinal));
     }
 
     [TestMethod]
