@@ -13,19 +13,33 @@ namespace HySparse.Fidelity;
 /// choice of text moves it; differences between variants on the same windows vary much less).</param>
 public sealed record ContextScore(int Context, double BitsPerByte, double LateBitsPerByte, double Top1Agreement, double KvBytesPerToken, double StandardError);
 
-/// <summary>The long-range retrieval probe: a random value planted early must be reproduced at the end.</summary>
+/// <summary>Long-range retrieval at one context and needle position: a value planted in the window must be reproduced at its end.</summary>
 /// <param name="Context">Length of each probe text.</param>
+/// <param name="Position">Where the value was planted, as a fraction of the window (0.1: early, far from the question).</param>
 /// <param name="Probes">Probe texts.</param>
 /// <param name="ValueAccuracy">Fraction of value bytes whose arg-max prediction (teacher-forced) is right.</param>
-/// <param name="ValueBitsPerByte">Mean cross-entropy of the value bytes, in bits (log2 36 ≈ 5.2 is chance).</param>
-public sealed record ProbeScore(int Context, int Probes, double ValueAccuracy, double ValueBitsPerByte);
+/// <param name="ValueBitsPerByte">Mean cross-entropy of the value bytes, in bits.</param>
+/// <param name="MeanDistance">Mean bytes from the planted line to the value asked for.</param>
+public sealed record ProbeScore(int Context, double Position, int Probes, double ValueAccuracy, double ValueBitsPerByte, double MeanDistance);
+
+/// <summary>One retrieval probe of models/fixtures/trained/probes.json (written by models/train/make_probes.py).</summary>
+public sealed record RetrievalProbe(int Context, double Position, string Format, byte[] Data, int ValueStart, int ValueEnd, int PlantStart)
+{
+    /// <summary>Reads the probes file.</summary>
+    public static IReadOnlyList<RetrievalProbe> Load(string path)
+    {
+        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(path));
+        return json.RootElement.GetProperty("probes").EnumerateArray().Select(p => new RetrievalProbe(
+            p.GetProperty("context").GetInt32(), p.GetProperty("position").GetDouble(), p.GetProperty("format").GetString()!,
+            Convert.FromBase64String(p.GetProperty("data").GetString()!), p.GetProperty("value_start").GetInt32(),
+            p.GetProperty("value_end").GetInt32(), p.GetProperty("plant_start").GetInt32())).ToList();
+    }
+}
 
 /// <summary>Runs variants over held-out text in ONNX Runtime (CPU) through <see cref="KvCacheDecoder"/>.</summary>
 public sealed class Evaluator(byte[] text, int windows)
 {
     private const int Vocab = 256;
-    private const string ValueAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
-    private const int ValueLength = 8;
     private readonly Dictionary<int, int[]> _denseArgMax = [];
 
     /// <summary>Evaluates one variant at each context. The dense variant must come first (its
@@ -37,9 +51,8 @@ public sealed class Evaluator(byte[] text, int windows)
         foreach (var context in contexts)
         {
             var (tokens, targets) = Windows(context);
-            using var decoder = new KvCacheDecoder(session, windows);
-            var logits = decoder.Step(tokens);
-            var kvPerToken = (double)decoder.KvCacheBytes / ((long)windows * context);
+            var (logits, kvBytes) = RunBatched(session, tokens, windows, context);
+            var kvPerToken = (double)kvBytes / ((long)windows * context);
             double bits = 0, lateBits = 0;
             var perWindow = new double[windows];
             var argMax = new int[windows * context];
@@ -63,46 +76,55 @@ public sealed class Evaluator(byte[] text, int windows)
     }
 
     /// <summary>
-    /// Plants <c>KEY_n = "xxxxxxxx"</c> (8 random characters) near the start of a window of real text
-    /// and repeats <c>KEY_n = "</c> at its end: the value bytes can only be predicted by reading
-    /// back across the whole context.
+    /// Retrieval at one context: for each needle position, the value bytes of the probes predicted right
+    /// (teacher-forced arg-max) and their cross-entropy. The probes come from retrieval.py's evaluation
+    /// formats, which training never shows.
     /// </summary>
-    public ProbeScore Probe(ModelVariant variant, int context, int probes, int seed = 7)
+    public IReadOnlyList<ProbeScore> Probe(ModelVariant variant, int context, IReadOnlyList<RetrievalProbe> probes)
     {
         using var session = Open(variant.Model);
-        var random = new Random(seed);
-        var tokens = new long[probes * context];
-        var valueStarts = new int[probes];
-        var values = new byte[probes][];
-        for (var p = 0; p < probes; p++)
+        var scores = new List<ProbeScore>();
+        foreach (var group in probes.Where(p => p.Context == context).GroupBy(p => p.Position).OrderBy(g => g.Key))
         {
-            var value = Enumerable.Range(0, ValueLength).Select(_ => (byte)ValueAlphabet[random.Next(ValueAlphabet.Length)]).ToArray();
-            var name = $"KEY_{random.Next(100, 1000)}";
-            var plant = System.Text.Encoding.ASCII.GetBytes($"\n{name} = \"{System.Text.Encoding.ASCII.GetString(value)}\"\n");
-            var ask = System.Text.Encoding.ASCII.GetBytes($"\n{name} = \"");
-            var query = ask.Concat(value).Append((byte)'"').ToArray();
-            var fillerStart = (int)((long)(text.Length - context) * (p + 1) / (probes + 1));
-            var probe = new byte[context];
-            Array.Copy(text, fillerStart, probe, 0, context);
-            Array.Copy(plant, 0, probe, 32, plant.Length);
-            Array.Copy(query, 0, probe, context - query.Length, query.Length);
-            for (var i = 0; i < context; i++) tokens[p * context + i] = probe[i];
-            valueStarts[p] = context - query.Length + ask.Length;
-            values[p] = value;
+            var list = group.ToList();
+            var tokens = list.SelectMany(p => p.Data.Select(b => (long)b)).ToArray();
+            var (logits, _) = RunBatched(session, tokens, list.Count, context);
+            double bits = 0;
+            int right = 0, total = 0;
+            for (var p = 0; p < list.Count; p++)
+                for (var j = list[p].ValueStart; j < list[p].ValueEnd; j++)
+                {
+                    // The logits at position i predict byte i + 1.
+                    var position = (long)p * context + j - 1;
+                    bits += CrossEntropyBits(logits.AsSpan((int)(position * Vocab), Vocab), list[p].Data[j], out var best);
+                    if (best == list[p].Data[j]) right++;
+                    total++;
+                }
+            scores.Add(new ProbeScore(context, group.Key, list.Count, (double)right / total, bits / total,
+                                      list.Average(p => p.ValueStart - p.PlantStart)));
         }
-        using var decoder = new KvCacheDecoder(session, probes);
-        var logits = decoder.Step(tokens);
-        double bits = 0;
-        var right = 0;
-        for (var p = 0; p < probes; p++)
-            for (var j = 0; j < ValueLength; j++)
-            {
-                // The logits at position i predict byte i + 1.
-                var position = p * context + valueStarts[p] + j - 1;
-                bits += CrossEntropyBits(logits.AsSpan(position * Vocab, Vocab), values[p][j], out var best);
-                if (best == values[p][j]) right++;
-            }
-        return new ProbeScore(context, probes, (double)right / (probes * ValueLength), bits / (probes * ValueLength));
+        return scores;
+    }
+
+    /// <summary>
+    /// Rows of <paramref name="context"/> tokens through one prefill each, in batches small enough that the
+    /// decomposed dense model's [B, H, T, T] scores stay near 256 MiB; returns all logits and the KV bytes
+    /// summed over the batches.
+    /// </summary>
+    internal static (float[] Logits, long KvBytes) RunBatched(InferenceSession session, long[] tokens, int rows, int context)
+    {
+        var batch = (int)Math.Clamp((256L << 20) / (4L * 4 * context * context), 1, rows);
+        var logits = new float[(long)rows * context * Vocab];
+        long kvBytes = 0;
+        for (var first = 0; first < rows; first += batch)
+        {
+            var count = Math.Min(batch, rows - first);
+            using var decoder = new KvCacheDecoder(session, count);
+            var part = decoder.Step(tokens.AsSpan(first * context, count * context));
+            part.CopyTo(logits, (long)first * context * Vocab);
+            kvBytes += decoder.KvCacheBytes;
+        }
+        return (logits, kvBytes);
     }
 
     /// <summary>Evenly spaced windows of <paramref name="context"/> bytes and the byte after each position.</summary>
@@ -122,7 +144,7 @@ public sealed class Evaluator(byte[] text, int windows)
         return (tokens, targets);
     }
 
-    private static double CrossEntropyBits(ReadOnlySpan<float> logits, int target, out int argMax)
+    internal static double CrossEntropyBits(ReadOnlySpan<float> logits, int target, out int argMax)
     {
         argMax = 0;
         double max = double.NegativeInfinity;
@@ -137,7 +159,7 @@ public sealed class Evaluator(byte[] text, int windows)
         return (max + Math.Log(sum) - logits[target]) / Math.Log(2);
     }
 
-    private static InferenceSession Open(byte[] model)
+    internal static InferenceSession Open(byte[] model)
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         options.RegisterHySparseOps();

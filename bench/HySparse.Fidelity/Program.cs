@@ -16,16 +16,17 @@ var textOption = new Option<string>("--text") { Description = "validation text (
 var contextsOption = new Option<int[]>("--contexts")
 {
     Description = "context lengths to score at, comma-separated",
-    DefaultValueFactory = _ => [512, 1024, 2048],
+    DefaultValueFactory = _ => [1024, 2048, 4096],
     CustomParser = r => ParsePositiveList(r, r.Tokens.Count == 1 ? r.Tokens[0].Value : ""),
 };
 var windowsOption = new Option<int>("--windows") { Description = "windows of validation text per context", DefaultValueFactory = _ => 32 };
-var probesOption = new Option<int>("--probes") { Description = "retrieval probes", DefaultValueFactory = _ => 16 };
+var probesOption = new Option<int>("--probes") { Description = "retrieval probes per context and needle position (at most what probes.json holds)", DefaultValueFactory = _ => 16 };
+var recallWindowsOption = new Option<int>("--recall-windows") { Description = "windows of validation text for the attention recall (at 2k)", DefaultValueFactory = _ => 4 };
 var outOption = new Option<string>("--out") { Description = "write the generated section of this markdown file (between its markers), plus .json and .svg beside it" };
-var quickOption = new Option<bool>("--quick") { Description = "smoke run: contexts 128,256, 2 windows, 2 probes" };
+var quickOption = new Option<bool>("--quick") { Description = "smoke run: contexts 128,256, 2 windows, 2 probes per cell at 1k, recall at 256 on 1 window" };
 var root = new RootCommand("The fidelity report (docs/fidelity.md): the trained byte-level models and the dense model's conversions, evaluated in ONNX Runtime.")
 {
-    modelsOption, textOption, contextsOption, windowsOption, probesOption, outOption, quickOption,
+    modelsOption, textOption, contextsOption, windowsOption, probesOption, recallWindowsOption, outOption, quickOption,
 };
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
@@ -38,13 +39,14 @@ if (args.Any(a => a is "--help" or "-h" or "-?" or "--version")) return parsed.I
 
 string modelsDir = parsed.GetValue(modelsOption)!, textPath = parsed.GetValue(textOption) ?? "", outPath = parsed.GetValue(outOption) ?? "";
 var contexts = parsed.GetValue(contextsOption)!;
-int windows = parsed.GetValue(windowsOption), probes = parsed.GetValue(probesOption);
+int windows = parsed.GetValue(windowsOption), probes = parsed.GetValue(probesOption), recallWindows = parsed.GetValue(recallWindowsOption);
 var quick = parsed.GetValue(quickOption);
 if (quick)
 {
     contexts = [128, 256];
     windows = 2;
     probes = 2;
+    recallWindows = 1;
 }
 if (textPath.Length == 0) textPath = Path.Combine(modelsDir, "validation.bin");
 if (!File.Exists(textPath))
@@ -54,6 +56,17 @@ if (!File.Exists(textPath))
 }
 
 var text = File.ReadAllBytes(textPath);
+var probesPath = Path.Combine(modelsDir, "probes.json");
+if (!File.Exists(probesPath))
+{
+    Console.Error.WriteLine($"fidelity: no retrieval probes at '{probesPath}' (models/train/make_probes.py writes them)");
+    return 1;
+}
+// The first `probes` of each (context, needle position) cell; --quick keeps the 1k cells only.
+var retrievalProbes = RetrievalProbe.Load(probesPath).Where(p => !quick || p.Context == 1024)
+    .GroupBy(p => (p.Context, p.Position)).SelectMany(g => g.Take(probes)).ToList();
+var probeContexts = retrievalProbes.Select(p => p.Context).Distinct().Order().ToList();
+var recallContext = quick ? 256 : contexts.Where(c => c <= 2048).DefaultIfEmpty(contexts.Min()).Max();
 var variants = ModelVariants.Build(modelsDir, quick);
 var evaluator = new Evaluator(text, windows);
 var results = new List<VariantResult>();
@@ -62,9 +75,12 @@ foreach (var variant in variants)
 {
     var started = clock.Elapsed;
     var scores = evaluator.Score(variant, contexts);
-    var probe = evaluator.Probe(variant, contexts.Max(), probes);
-    results.Add(new VariantResult(variant, scores, probe));
-    Console.Error.WriteLine($"{variant.Name,-28} {string.Join("  ", scores.Select(s => $"{s.Context}: {s.BitsPerByte:F3}"))}  probe {probe.ValueAccuracy:P0}  ({(clock.Elapsed - started).TotalSeconds:F0} s)");
+    var probeScores = probeContexts.SelectMany(c => evaluator.Probe(variant, c, retrievalProbes)).ToList();
+    var recall = AttentionRecall.Measure(variant.Model, text, recallContext, recallWindows);
+    results.Add(new VariantResult(variant, scores, probeScores, recall));
+    Console.Error.WriteLine($"{variant.Name,-28} {string.Join("  ", scores.Select(s => $"{s.Context}: {s.BitsPerByte:F3}"))}  retrieval "
+                            + string.Join(" ", probeContexts.Select(c => $"{c}: {results[^1].RetrievalAt(c):P0}"))
+                            + (recall is null ? "" : $"  recall {recall.Mean:P1}") + $"  ({(clock.Elapsed - started).TotalSeconds:F0} s)");
 }
 
 var svgName = outPath.Length > 0 ? Path.GetFileNameWithoutExtension(outPath) + ".svg" : "fidelity.svg";
@@ -74,7 +90,7 @@ var run = new
     date = DateTime.UtcNow.ToString("yyyy-MM-dd HH:mm 'UTC'", CultureInfo.InvariantCulture),
     machine = $"{Environment.ProcessorCount} logical cores, {System.Runtime.InteropServices.RuntimeInformation.OSDescription}",
     command = "dotnet run -c Release --project bench/HySparse.Fidelity -- " + string.Join(' ', args),
-    textBytes = text.Length, windows, probes, contexts,
+    textBytes = text.Length, windows, probes, contexts, recallContext, recallWindows,
 };
 if (outPath.Length == 0)
 {

@@ -50,4 +50,40 @@ public sealed class FidelityReportTests
         var error = Assert.ThrowsExactly<InvalidOperationException>(() => evaluator.Score(variants.Single(v => v.Kind == "native"), [64]));
         StringAssert.Contains(error.Message, "dense");
     }
+
+    /// <summary>The recall arithmetic against a hand-computed softmax.</summary>
+    [TestMethod]
+    public void RecallIsTheAttentionMassInsideTheSelectedBlocksAndTheWindow()
+    {
+        // D 1, keys 0..5 with logits (scale 1) 0, 1, 2, 3, 4, 5 for q = 1; blocks of 2: {0,1} {2,3} {4,5}.
+        float[] query = [1f];
+        float[] keys = [0f, 1f, 2f, 3f, 4f, 5f];
+        double Mass(params int[] j) => j.Sum(x => Math.Exp(x)) / Enumerable.Range(0, 6).Sum(x => Math.Exp(x));
+
+        // At position 5 with window 1 (key 5 only) and block 1 selected (keys 2, 3).
+        Assert.AreEqual(Mass(2, 3, 5), AttentionRecall.Recall(query, keys, 1, 5, 1.0, [1, -1], 2, 1), 1e-12);
+        // Block 2 holds the window's key too: counted once.
+        Assert.AreEqual(Mass(4, 5), AttentionRecall.Recall(query, keys, 1, 5, 1.0, [2], 2, 1), 1e-12);
+        // Causal: at position 3 only keys 0..3 exist; block 0 (keys 0, 1), no window.
+        Assert.AreEqual((Math.Exp(0) + Math.Exp(1)) / Enumerable.Range(0, 4).Sum(x => Math.Exp(x)),
+                        AttentionRecall.Recall(query, keys, 1, 3, 1.0, [0], 2, 0), 1e-12);
+        // A window covering every key: recall 1 whatever is selected.
+        Assert.AreEqual(1.0, AttentionRecall.Recall(query, keys, 1, 5, 1.0, [-1], 2, 6), 1e-12);
+    }
+
+    /// <summary>On a converted trained model: recall in (0, 1], and exactly 1 when K·B + w covers the context.</summary>
+    [TestMethod]
+    public void RecallOfConvertedModelsIsAFractionAndOneWhenEverythingIsSelected()
+    {
+        var variants = ModelVariants.Build(Directory, quick: true);
+        var text = File.ReadAllBytes(Path.Combine(Directory, "validation.bin"));
+        var retrofit = variants.First(v => v.Kind == "retrofit");
+        var partial = AttentionRecall.Measure(retrofit.Model, text, 512, 1)!;
+        Assert.HasCount(5, partial.Layers);   // FSSSFSSF
+        foreach (var layer in partial.Layers) Assert.IsTrue(layer.Recall is > 0.3 and < 1.0, $"{layer.Node}: {layer.Recall}");
+        // K 8 blocks of 16 + w 64 = 192 >= 128 tokens: every key is attended.
+        var full = AttentionRecall.Measure(retrofit.Model, text, 128, 1)!;
+        foreach (var layer in full.Layers) Assert.AreEqual(1.0, layer.Recall, 1e-9, layer.Node);
+        Assert.IsNull(AttentionRecall.Measure(variants.First(v => v.Kind == "dense").Model, text, 128, 1));
+    }
 }
