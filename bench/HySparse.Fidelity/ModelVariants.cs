@@ -44,6 +44,13 @@ public static class ModelVariants
         variants.Add(new("HySparse native", "native", Metadata(native, HybridMetadata.Layout),
             $"K {trainedK} × {blockSize} + w {window}, gate, sinks, KV sharing", native.ToByteArray()));
         variants.Add(new("sliding-window baseline", "swa", Metadata(swa, HybridMetadata.Layout), $"w {window}, sinks", swa.ToByteArray()));
+        // Second seeds, when the folder has them (the GPU recipe trains them): the seed spread.
+        if (File.Exists(Path.Combine(directory, "dense-seed2.onnx")))
+            variants.Add(new("dense, seed 2", "dense_seed2", new string('F', CountLayers(dense)), "full attention",
+                             File.ReadAllBytes(Path.Combine(directory, "dense-seed2.onnx"))));
+        if (File.Exists(Path.Combine(directory, "hysparse-seed2.onnx")))
+            variants.Add(new("HySparse native, seed 2", "native_seed2", Metadata(native, HybridMetadata.Layout),
+                             $"K {trainedK} × {blockSize} + w {window}, gate, sinks, KV sharing", File.ReadAllBytes(Path.Combine(directory, "hysparse-seed2.onnx"))));
         return variants;
     }
 
