@@ -100,7 +100,7 @@ public static class Report
         {
             rows.Add(($"HySparse native within 0.05 bits/byte of dense (or better) at {Label(at)}", $"{F(Bpb(native) - Bpb(dense), 3):+0.000;-0.000} ({F(Bpb(native), 3)})", Bpb(native) - Bpb(dense) <= 0.05));
             var gap = 100 * (dense.RetrievalAt(at) - native.RetrievalAt(at));
-            rows.Add(($"HySparse native within 10 points of dense on retrieval at {Label(at)}", $"{Pct(native.RetrievalAt(at))} ({F(-gap, 1)} points)", gap <= 10));
+            rows.Add(($"HySparse native within 10 points of dense on retrieval at {Label(at)}", $"{Pct(native.RetrievalAt(at))} ({(-gap).ToString("+0.0;-0.0", Inv)} points)", gap <= 10));
         }
         if (swa is not null) rows.Add(($"sliding-window baseline: retrieval beyond its window at {Label(at)} (reported)", Pct(swa.RetrievalAt(at)), null));
         if (retrofit is not null)
