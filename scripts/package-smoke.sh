@@ -32,10 +32,13 @@ check "pack HySparse.Onnx" dotnet pack managed/HySparse.Onnx -c Release -o "$fee
 check "pack HySparse.Cli" dotnet pack exporter/HySparse.Cli -c Release -o "$feed"
 
 package_contents() {  # the HySparse.Onnx package: native library, license, readme, one dependency
-  local nupkg="$feed/HySparse.Onnx.$version.nupkg"
-  unzip -l "$nupkg" | grep -q "runtimes/linux-x64/native/libhysparse_onnx.so" || { echo "no native library in $nupkg"; return 1; }
-  unzip -l "$nupkg" | grep -qE " LICENSE$" || { echo "no LICENSE"; return 1; }
-  unzip -l "$nupkg" | grep -qE " README.md$" || { echo "no README.md"; return 1; }
+  local nupkg="$feed/HySparse.Onnx.$version.nupkg" listing
+  # The listing is read whole first: `unzip -l | grep -q` fails under pipefail when grep exits at its
+  # first match and unzip dies of SIGPIPE (it did, once, in CI).
+  listing=$(unzip -l "$nupkg") || { echo "cannot list $nupkg"; return 1; }
+  grep -q "runtimes/linux-x64/native/libhysparse_onnx.so" <<<"$listing" || { echo "no native library in $nupkg"; return 1; }
+  grep -qE " LICENSE$" <<<"$listing" || { echo "no LICENSE"; return 1; }
+  grep -qE " README.md$" <<<"$listing" || { echo "no README.md"; return 1; }
   local nuspec; nuspec=$(unzip -p "$nupkg" HySparse.Onnx.nuspec)
   grep -q '<description>Package Description</description>' <<<"$nuspec" && { echo "placeholder description"; return 1; }
   local deps; deps=$(grep -o 'dependency id="[^"]*"' <<<"$nuspec" | sort -u)
