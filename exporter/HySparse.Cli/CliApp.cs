@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Invocation;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using HySparse.Exporter;
@@ -22,40 +24,32 @@ public static class CliApp
     public static int Run(string[] args, TextWriter stdout, TextWriter stderr)
     {
         var json = args.Contains("--json");
+        var root = CommandLineSyntax.Root();
         var verb = args.FirstOrDefault();
         try
         {
-            if (verb is null || verb is "--help" or "-h" or "help")
+            // `hysparse` alone prints the overview as a usage error; `hysparse help` as the answer.
+            var parse = root.Parse(verb is null or "help" ? ["--help"] : args, CommandLineSyntax.Parser);
+            // Help, --version and directives are System.CommandLine's; a verb's own action runs only
+            // on a command line without usage errors.
+            if (parse.Action is null or ParseErrorAction || parse.Action == parse.CommandResult.Command.Action)
             {
-                stdout.Write(HelpText.Overview);
-                return verb is null ? ExitCodes.Usage : ExitCodes.Success;
+                if (CommandLineSyntax.UsageError(parse) is { } message) throw new UsageException(message);
             }
-            if (verb is "--version")
+            var code = parse.Invoke(new InvocationConfiguration
             {
-                stdout.WriteLine(Version);
-                return ExitCodes.Success;
-            }
-            var rest = args.Skip(1).ToArray();
-            if (rest.Contains("--help") || rest.Contains("-h"))
-            {
-                stdout.Write(HelpText.For(verb) ?? throw new UsageException($"unknown command '{verb}'"));
-                return ExitCodes.Success;
-            }
-            return verb switch
-            {
-                "convert" => ConvertCommand.Run(new ArgumentReader(rest), stdout, stderr),
-                "inspect" => InspectCommand.Run(new ArgumentReader(rest), stdout),
-                "verify" => VerifyCommand.Run(new ArgumentReader(rest), stdout, stderr),
-                "demo" => DemoCommand.Run(new ArgumentReader(rest), stdout, stderr),
-                "native-library" => NativeLibraryCommand.Run(new ArgumentReader(rest), stdout),
-                "generate" => GenerateCommand.Run(new ArgumentReader(rest), stdout, stderr),
-                _ => throw new UsageException($"unknown command '{verb}'"),
-            };
+                Output = stdout,
+                Error = stderr,
+                // Errors are reported below; signals are the converter's to handle (ExitCodes.Interrupted).
+                EnableDefaultExceptionHandler = false,
+                ProcessTerminationTimeout = null,
+            });
+            return verb is null ? ExitCodes.Usage : code;
         }
         catch (UsageException e)
         {
             return Fail(stdout, stderr, json, ExitCodes.Usage, "usage", e.Message,
-                $"run 'hysparse {(HelpText.For(verb ?? "") is null ? "" : verb + " ")}--help' for usage");
+                $"run 'hysparse {(root.Subcommands.Any(c => c.Name == verb) ? verb + " " : "")}--help' for usage");
         }
         catch (LayoutException e)
         {

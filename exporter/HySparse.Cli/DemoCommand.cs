@@ -1,3 +1,4 @@
+using System.CommandLine;
 using Google.Protobuf;
 using HySparse.Exporter;
 using HySparse.Exporter.Layout;
@@ -14,26 +15,84 @@ namespace HySparse.Cli;
 /// (<see cref="TrainedDemo"/>), or with <c>--synthetic</c> a small Llama-style decoder with random
 /// weights built, converted and run side by side — the whole pipeline in one command, nothing to download.
 /// </summary>
-internal static class DemoCommand
+internal sealed class DemoCommand : Verb
 {
-    public static int Run(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
-    {
-        if (!reader.Flag("--synthetic")) return RunTrained(reader, stdout, stderr);
-        var json = reader.Flag("--json");
-        var quiet = reader.Flag("--quiet", "-q");
-        var directory = reader.Option("--dir");
-        var layers = reader.PositiveInt("--layers") ?? 8;
-        var prompt = reader.PositiveInt("--prompt") ?? 256;
-        var steps = reader.PositiveInt("--steps") ?? 16;
-        var withNative = reader.Flag("--native");
-        // Defaults small enough that sparsity acts within the demo's context.
-        var conversion = SharedOptions.ReadConversion(reader, new HybridParameters { TopK = 4, BlockSize = 16, Window = 32 });
-        if (reader.Positionals().Count > 0) throw new UsageException("demo takes no file arguments; use --dir to keep the models");
+    // What the trained model's HySparse twin was trained with.
+    private static readonly HybridParameters TrainedDefaults = new() { TopK = 8, BlockSize = 16, Window = 64 };
+    // Small enough that sparsity acts within the synthetic demo's context.
+    private static readonly HybridParameters SyntheticDefaults = new() { TopK = 4, BlockSize = 16, Window = 32 };
 
+    private readonly Option<string> _directory = new("--dir") { HelpName = "DIR", Description = "keep the models in DIR (default: a temporary directory, deleted)" };
+    private readonly Option<bool> _native = new("--native") { Description = "also run the HySparse-native model" };
+    private readonly Option<int?> _prompt = SharedOptions.OptionalPositiveInt("--prompt", "N", "prompt bytes (default 1024; --synthetic: tokens, 256)");
+    private readonly Option<int?> _steps = SharedOptions.OptionalPositiveInt("--steps", "N", "bytes to generate (default 120; --synthetic: decode steps, 16)");
+    private readonly Option<bool> _synthetic = new("--synthetic") { Description = "random-weight decoder instead of the trained model" };
+    private readonly Option<int?> _layers = SharedOptions.OptionalPositiveInt("--layers", "N", "--synthetic: decoder layers (default 8)");
+    private readonly Option<bool> _quiet = SharedOptions.Quiet();
+    private readonly Option<bool> _json = SharedOptions.Json("print the generations (--synthetic: the comparison, the oracle's choices and the native run) as JSON on stdout");
+    private readonly LayoutOptions _layout = new(defaults: null);
+
+    public DemoCommand() : base("demo", "convert the built-in trained model and run dense and hybrid side by side")
+    {
+        foreach (var option in new Option[] { _directory, _native, _prompt, _steps, _synthetic, _layers, _quiet, _json }) Options.Add(option);
+        _layout.AddTo(this);
+        Details = $"""
+            Details:
+              The whole pipeline on a built-in model. Converts the built-in trained model - a byte-level
+              language model of Python source (8 layers, 1.6 M parameters, models/fixtures/trained) - and
+              lets dense and hybrid continue the same held-out Python prompt: it prints both continuations,
+              how often the hybrid predicts the byte dense wrote, KV bytes and speed. Defaults: ratio 1:3,
+              top-k 8, block size 16, window 64 (what the model's HySparse twin was trained with); add
+              --kv-sharing for that mode's smaller cache, --native to also run the model trained as
+              HySparse.
+
+              --synthetic runs the earlier demo instead: a Llama-style decoder with random weights (hidden
+              256, 8 query / 2 KV heads, head size 32) on a random prompt and greedy decode steps (as verify
+              does), with defaults top-k 4, block size 16, window 32 so that the sparse layers skip keys
+              within its context; --native there builds a HySparse-native model of the same sizes.
+
+            {LayoutOptions.Notes}
+
+            """;
+    }
+
+    public override string PositionalError(IReadOnlyList<string> given) => "demo takes no file arguments; use --dir to keep the models";
+
+    protected override int Run(ParseResult parse, TextWriter stdout, TextWriter stderr)
+    {
+        var json = parse.GetValue(_json);
+        Action<string>? progress = json || parse.GetValue(_quiet) ? null : step => stderr.WriteLine($"[demo] {step}");
+        return parse.GetValue(_synthetic) ? RunSynthetic(parse, json, progress, stdout) : RunTrained(parse, json, progress, stdout);
+    }
+
+    // The default demo: the built-in trained model (TrainedDemo).
+    private int RunTrained(ParseResult parse, bool json, Action<string>? progress, TextWriter stdout)
+    {
+        if (parse.GetValue(_layers) is not null) throw new UsageException("--layers sizes the random-weight decoder: add --synthetic");
+        var options = new TrainedDemo.Options(_layout.Read(parse, TrainedDefaults), parse.GetValue(_prompt) ?? 1024, parse.GetValue(_steps) ?? 120,
+            parse.GetValue(_native), parse.GetValue(_directory));
+        var result = TrainedDemo.Run(options, progress);
+        if (json)
+        {
+            CliApp.WriteJson(stdout, new { ok = true, model = "trained", directory = result.Directory, promptBytes = result.Prompt.Length, parameters = result.Parameters, generations = result.Generations });
+            return ExitCodes.Success;
+        }
+        TrainedDemo.Write(stdout, result);
+        return ExitCodes.Success;
+    }
+
+    // --synthetic: a random-weight Llama-style decoder built, converted and run beside its conversion.
+    private int RunSynthetic(ParseResult parse, bool json, Action<string>? progress, TextWriter stdout)
+    {
+        var directory = parse.GetValue(_directory);
         var keep = directory is not null;
+        var layers = parse.GetValue(_layers) ?? 8;
+        var prompt = parse.GetValue(_prompt) ?? 256;
+        var steps = parse.GetValue(_steps) ?? 16;
+        var conversion = _layout.Read(parse, SyntheticDefaults);
+
         directory ??= Path.Combine(Path.GetTempPath(), $"hysparse-demo-{Guid.NewGuid():N}");
         Directory.CreateDirectory(directory);
-        Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[demo] {step}");
         try
         {
             var config = new LlamaConfig { Layers = layers, Hidden = 256, Heads = 8, KvHeads = 2, HeadDim = 32, Ffn = 512, Vocab = 512, Seed = 1 };
@@ -48,7 +107,7 @@ internal static class DemoCommand
             var oracle = OracleChoices(hybrid, directory, config, prompt);
             var context = (long)prompt + steps;
             NativeRun? native = null;
-            if (withNative)
+            if (parse.GetValue(_native))
             {
                 progress?.Invoke($"building and running a HySparse-native model of the same sizes and layout {report.Layout.Pattern}");
                 native = RunNative(config, report.Layout.Pattern, conversion.Parameters, directory, prompt, steps);
@@ -100,29 +159,6 @@ internal static class DemoCommand
             if (!keep) Directory.Delete(directory, recursive: true);
         }
     
-    }
-
-    // The default demo: the built-in trained model (TrainedDemo).
-    private static int RunTrained(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
-    {
-        var json = reader.Flag("--json");
-        var quiet = reader.Flag("--quiet", "-q");
-        var directory = reader.Option("--dir");
-        var prompt = reader.PositiveInt("--prompt") ?? 1024;
-        var steps = reader.PositiveInt("--steps") ?? 120;
-        var native = reader.Flag("--native");
-        if (reader.PositiveInt("--layers") is not null) throw new UsageException("--layers sizes the random-weight decoder: add --synthetic");
-        var conversion = SharedOptions.ReadConversion(reader, new HybridParameters { TopK = 8, BlockSize = 16, Window = 64 });
-        if (reader.Positionals().Count > 0) throw new UsageException("demo takes no file arguments; use --dir to keep the models");
-        Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[demo] {step}");
-        var result = TrainedDemo.Run(new TrainedDemo.Options(conversion, prompt, steps, native, directory), progress);
-        if (json)
-        {
-            CliApp.WriteJson(stdout, new { ok = true, model = "trained", directory = result.Directory, promptBytes = result.Prompt.Length, parameters = result.Parameters, generations = result.Generations });
-            return ExitCodes.Success;
-        }
-        TrainedDemo.Write(stdout, result);
-        return ExitCodes.Success;
     }
 
     /// <summary>A HySparse-native model's run: where it was written, its timings and the KV bytes it returned at the last call.</summary>

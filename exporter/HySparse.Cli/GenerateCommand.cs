@@ -1,3 +1,5 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using HySparse.Exporter;
@@ -9,25 +11,71 @@ namespace HySparse.Cli;
 /// <c>hysparse generate</c>: run an onnxruntime-genai model folder (converted or not) on a prompt
 /// through Microsoft.ML.OnnxRuntimeGenAI, and print the text or tokens with speed and KV bytes.
 /// </summary>
-internal static class GenerateCommand
+internal sealed class GenerateCommand : Verb
 {
-    public static int Run(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
+    private readonly Argument<string> _folder = SharedOptions.Model("folder", "an onnxruntime-genai model folder (converted or not)");
+    private readonly Option<string> _text = new("--prompt", "-p") { HelpName = "TEXT", Description = "prompt text (needs tokenizer.json / tokenizer_config.json)" };
+    private readonly Option<int[]> _ids = new("--ids")
     {
-        var json = reader.Flag("--json");
-        var text = reader.Option("--prompt", "-p");
-        var ids = reader.Option("--ids");
-        var randomPrompt = reader.PositiveIntList("--random-prompt");
-        var batch = reader.PositiveInt("--batch") ?? 1;
+        HelpName = "LIST",
+        Description = "prompt token ids, comma-separated",
+        Arity = ArgumentArity.ExactlyOne,
+        CustomParser = ParseIds,
+    };
+    private readonly Option<long[]> _randomPrompt = new("--random-prompt")
+    {
+        HelpName = "N",
+        Description = "N random token ids (seeded by --seed), for measurements",
+        Arity = ArgumentArity.ExactlyOne,
+        CustomParser = OptionValues.PositiveIntList,
+    };
+    private readonly Option<int> _newTokens = SharedOptions.PositiveInt("--new-tokens", "N", "tokens to generate", 64, "-n");
+    private readonly Option<int> _batch = SharedOptions.PositiveInt("--batch", "N", "decode N copies of the prompt together", 1);
+    private readonly Option<bool> _sample = new("--sample") { Description = "sample instead of greedy search, with --temperature, --top-k, --top-p and --seed" };
+    private readonly Option<double> _temperature = PositiveNumber("--temperature", "T", "sampling temperature");
+    private readonly Option<int?> _topK = SharedOptions.OptionalPositiveInt("--top-k", "K", "sample among the K most likely tokens (default: all)");
+    private readonly Option<double> _topP = PositiveNumber("--top-p", "P", "sample among the most likely tokens of total probability P");
+    private readonly Option<int> _seed = SharedOptions.PositiveInt("--seed", "S", "seed of the sampling and of --random-prompt", 1);
+    private readonly Option<bool> _json = SharedOptions.Json("sequences, timings, KV tensors and memory as JSON");
+
+    public GenerateCommand() : base("generate", "run an onnxruntime-genai model folder (converted or not) on a prompt")
+    {
+        Arguments.Add(_folder);
+        foreach (var option in new Option[] { _text, _ids, _randomPrompt, _newTokens, _batch, _sample, _temperature, _topK, _topP, _seed, _json }) Options.Add(option);
+        Details = """
+            Details:
+              Runs the folder through onnxruntime-genai (CPU), as a serving app would: genai keeps the KV
+              cache and runs the search; a converted folder loads libhysparse_onnx.so itself. Prints the
+              completion (through the folder's tokenizer) or the token ids, time to first token, decode
+              tokens/s, the KV-cache bytes genai held at the end and the peak resident memory. Give the
+              prompt as exactly one of --prompt TEXT, --ids 1,2,3 and --random-prompt N.
+
+            Examples:
+              hysparse generate ./phi3-hysparse --prompt "def fibonacci(n):" -n 48
+              hysparse generate ./model-hysparse --random-prompt 8192 -n 16 --json
+
+            """;
+    }
+
+    public override string PositionalError(IReadOnlyList<string> given) => SharedOptions.OneModelError(Name, given);
+
+    protected override int Run(ParseResult parse, TextWriter stdout, TextWriter stderr)
+    {
+        var json = parse.GetValue(_json);
+        var text = parse.GetValue(_text);
+        var ids = parse.GivenValue(_ids);
+        var randomPrompt = parse.GivenValue(_randomPrompt);
+        var batch = parse.GetValue(_batch);
         var settings = new GenerationSettings
         {
-            NewTokens = reader.PositiveInt("--new-tokens", "-n") ?? 64,
-            Sample = reader.Flag("--sample"),
-            Temperature = Number(reader, "--temperature") ?? 1.0,
-            TopK = reader.PositiveInt("--top-k") ?? 0,
-            TopP = Number(reader, "--top-p") ?? 1.0,
-            Seed = reader.PositiveInt("--seed") ?? 1,
+            NewTokens = parse.GetValue(_newTokens),
+            Sample = parse.GetValue(_sample),
+            Temperature = parse.GetValue(_temperature),
+            TopK = parse.GetValue(_topK) ?? 0,
+            TopP = parse.GetValue(_topP),
+            Seed = parse.GetValue(_seed),
         };
-        var folder = SharedOptions.ModelPath(reader, "generate");
+        var folder = parse.GetRequiredValue(_folder);
         if (new[] { text is not null, ids is not null, randomPrompt is not null }.Count(x => x) != 1)
             throw new UsageException("give exactly one of --prompt TEXT, --ids 1,2,3 and --random-prompt LENGTH");
         if (!GenAiModelFolder.IsModelFolder(folder))
@@ -43,7 +91,7 @@ internal static class GenerateCommand
         }
         else if (ids is not null)
         {
-            prompt = ParseIds(ids);
+            prompt = ids;
         }
         else
         {
@@ -94,21 +142,25 @@ internal static class GenerateCommand
         return ExitCodes.Success;
     }
 
-    private static double? Number(ArgumentReader reader, string name)
+    private static Option<double> PositiveNumber(string name, string helpName, string description) => new(name)
     {
-        if (reader.Option(name) is not { } text) return null;
-        if (!double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) || !(value > 0))
-            throw new UsageException($"option {name} needs a positive number, not '{text}'");
-        return value;
-    }
+        HelpName = helpName,
+        Description = description,
+        CustomParser = OptionValues.PositiveNumber,
+        DefaultValueFactory = _ => 1.0,
+    };
 
-    private static int[] ParseIds(string text)
+    private static int[] ParseIds(ArgumentResult result)
     {
+        var text = OptionValues.Text(result);
         var ids = new List<int>();
         foreach (var item in text.Split(','))
         {
             if (!int.TryParse(item.Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out var id))
-                throw new UsageException($"option --ids needs token ids separated by commas, not '{text}'");
+            {
+                result.AddError($"option --ids needs token ids separated by commas, not '{text}'");
+                return [];
+            }
             ids.Add(id);
         }
         return ids.ToArray();

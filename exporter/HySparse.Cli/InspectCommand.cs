@@ -1,3 +1,4 @@
+using System.CommandLine;
 using HySparse.Onnx;
 using HySparse.Exporter;
 using HySparse.Models.Native;
@@ -5,17 +6,53 @@ using HySparse.Models.Native;
 namespace HySparse.Cli;
 
 /// <summary><c>hysparse inspect</c>: attention layers found and KV figures dense vs hybrid.</summary>
-internal static class InspectCommand
+internal sealed class InspectCommand : Verb
 {
     /// <summary>Contexts the KV figures of inspect and convert are shown at unless --context says otherwise.</summary>
     public static readonly long[] DefaultContexts = [4096, 32768];
 
-    public static int Run(ArgumentReader reader, TextWriter stdout)
+    private readonly Argument<string> _model = SharedOptions.Model("model", "the ONNX model file, or an onnxruntime-genai model folder (its decoder is inspected)");
+    private readonly Option<long[]> _contexts = SharedOptions.Contexts("context lengths");
+    private readonly Option<bool> _json = SharedOptions.Json("print the report as JSON on stdout");
+    private readonly LayoutOptions _layout = new(new HybridParameters());
+
+    public InspectCommand() : base("inspect", "attention layers, heads and KV bytes, dense against a hybrid layout")
     {
-        var json = reader.Flag("--json");
-        var contexts = reader.PositiveIntList("--context", "--contexts") ?? DefaultContexts;
-        var options = SharedOptions.ReadConversion(reader);
-        var path = SharedOptions.ModelFile(SharedOptions.ModelPath(reader, "inspect"));
+        Arguments.Add(_model);
+        Options.Add(_contexts);
+        Options.Add(_json);
+        _layout.AddTo(this);
+        Details = $"""
+            Details:
+              What the converter sees in a model. Lists the attention layers found (style, heads, head size,
+              cache type) and any that cannot be converted with the reason. For a dense model it shows what
+              the layout given (default 1:3) would do; for a converted model, the layout and mode it has and
+              which caches are window caches (kv-sharing); for a HySparse-native model (hysparse.mode =
+              native, trained with its sparse layers), its layout, K, B, w and window caches from its
+              metadata. KV figures at each context T (* marks the model's or requested mode):
+                KV cache           bytes the caches hold: dense and retrofit keep T tokens in every layer;
+                                   kv-sharing keeps T in full layers and only the window in sparse layers
+                KV read per token  bytes one decode step reads: T per full layer, at most
+                                   min(T, K*B + w) per sparse layer
+              A layer's cache costs 2 * kv_heads * head_size * element_bytes per token.
+
+            {LayoutOptions.Notes}
+
+            Examples:
+              hysparse inspect llama.onnx
+              hysparse inspect llama.onnx --ratio 1:7 --context 8k,32k,128k --json
+
+            """;
+    }
+
+    public override string PositionalError(IReadOnlyList<string> given) => SharedOptions.OneModelError(Name, given);
+
+    protected override int Run(ParseResult parse, TextWriter stdout, TextWriter stderr)
+    {
+        var json = parse.GetValue(_json);
+        var contexts = parse.GetValue(_contexts)!;
+        var options = _layout.Read(parse);
+        var path = SharedOptions.ModelFile(parse.GetRequiredValue(_model));
         var report = ModelInspector.Inspect(ModelFile.Load(path), options, contexts);
 
         if (json)

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using HySparse.Onnx;
 
 namespace HySparse.Cli;
@@ -8,12 +9,29 @@ namespace HySparse.Cli;
 /// <c>Ort::SessionOptions::RegisterCustomOpsLibrary</c>) and for onnxruntime-genai's
 /// <c>custom_ops_library</c>.
 /// </summary>
-internal static class NativeLibraryCommand
+internal sealed class NativeLibraryCommand : Verb
 {
-    public static int Run(ArgumentReader reader, TextWriter stdout)
+    private readonly Option<bool> _json = SharedOptions.Json("path, tool version, runtime identifier and ONNX Runtime version");
+
+    public NativeLibraryCommand() : base("native-library", "print the path of the HySparse custom-op library this tool carries")
     {
-        var json = reader.Flag("--json");
-        if (reader.Positionals().Count > 0) throw new UsageException("native-library takes no arguments");
+        Options.Add(_json);
+        Details = """
+            Details:
+              Converted models need the com.hysparse operators registered in ONNX Runtime. From C#, the
+              HySparse.Onnx package does it (sessionOptions.RegisterHySparseOps()); from Python or C++,
+              register this file (onnxruntime-genai: custom_ops_library):
+                python:  so.register_custom_ops_library(path)
+                C++:     session_options.RegisterCustomOpsLibrary(path)
+
+            """;
+    }
+
+    public override string PositionalError(IReadOnlyList<string> given) => "native-library takes no arguments";
+
+    protected override int Run(ParseResult parse, TextWriter stdout, TextWriter stderr)
+    {
+        var json = parse.GetValue(_json);
         var path = HySparseNativeLibrary.Locate();
         if (json)
         {

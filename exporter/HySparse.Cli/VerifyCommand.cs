@@ -1,25 +1,66 @@
+using System.CommandLine;
 using HySparse.Exporter;
 
 namespace HySparse.Cli;
 
 /// <summary><c>hysparse verify</c>: run a dense model and its conversion side by side.</summary>
-internal static class VerifyCommand
+internal sealed class VerifyCommand : Verb
 {
-    public static int Run(ArgumentReader reader, TextWriter stdout, TextWriter stderr)
+    private static readonly VerifyOptions Defaults = new();
+    private readonly Argument<string> _dense = SharedOptions.Model("dense", "the dense model file or genai model folder");
+    private readonly Argument<string> _converted = SharedOptions.Model("converted", "its conversion (file or genai model folder)");
+    private readonly Option<int> _prompt = SharedOptions.PositiveInt("--prompt", "N", "prompt tokens per sequence", Defaults.PromptLength);
+    private readonly Option<int> _steps = SharedOptions.PositiveInt("--steps", "N", "decode steps after the prompt", Defaults.DecodeSteps);
+    private readonly Option<int> _batch = SharedOptions.PositiveInt("--batch", "N", "sequences per call", Defaults.Batch);
+    private readonly Option<int> _seed = SharedOptions.PositiveInt("--seed", "N", "seed of the random prompt", (int)Defaults.Seed);
+    private readonly Option<bool> _quiet = SharedOptions.Quiet();
+    private readonly Option<bool> _json = SharedOptions.Json("print the options and the report as JSON on stdout");
+
+    public VerifyCommand() : base("verify", "run original and converted side by side in ONNX Runtime and compare")
     {
-        var json = reader.Flag("--json");
-        var quiet = reader.Flag("--quiet", "-q");
-        var defaults = new VerifyOptions();
+        Arguments.Add(_dense);
+        Arguments.Add(_converted);
+        foreach (var option in new Option[] { _prompt, _steps, _batch, _seed, _quiet, _json }) Options.Add(option);
+        Details = """
+            Details:
+              Feeds both models the same random prompt (prefill), then decodes greedily: the dense model's
+              next token goes to both, and each model gets back its own caches. For every call it reports
+              the largest absolute and relative logit difference, how often the arg-max token agrees, and
+              the wall time of each model (ONNX Runtime, CPU). The converted model runs with the HySparse
+              operator library registered. Both models need the exported-decoder interface: input_ids,
+              attention_mask, past_key_values.N.key/value in; logits, present.N.key/value out (float32).
+
+              A retrofit conversion is exact (errors at float rounding level) while the selected blocks
+              and the window cover the context, i.e. K*B >= context or w >= context; past that it
+              approximates, which the top-1 agreement measures. A kv-sharing conversion is exact only
+              while w >= context; its window caches are fed back at whatever length they come out, and
+              the KV bytes both models returned at the last call are printed.
+
+              A HySparse-native model (hysparse.mode = native) has no dense original, so verify refuses it
+              on either side; inspect it instead.
+
+            Example:
+              hysparse convert llama.onnx -o hybrid.onnx --top-k 2 --block-size 16 --window 32
+              hysparse verify llama.onnx hybrid.onnx --prompt 256 --steps 16
+
+            """;
+    }
+
+    public override string PositionalError(IReadOnlyList<string> given) =>
+        "verify takes two model files or genai model folders: hysparse verify <dense.onnx> <converted.onnx>";
+
+    protected override int Run(ParseResult parse, TextWriter stdout, TextWriter stderr)
+    {
+        var json = parse.GetValue(_json);
+        var quiet = parse.GetValue(_quiet);
         var options = new VerifyOptions
         {
-            PromptLength = reader.PositiveInt("--prompt") ?? defaults.PromptLength,
-            DecodeSteps = reader.PositiveInt("--steps") ?? defaults.DecodeSteps,
-            Batch = reader.PositiveInt("--batch") ?? defaults.Batch,
-            Seed = (ulong)(reader.PositiveInt("--seed") ?? (int)defaults.Seed),
+            PromptLength = parse.GetValue(_prompt),
+            DecodeSteps = parse.GetValue(_steps),
+            Batch = parse.GetValue(_batch),
+            Seed = (ulong)parse.GetValue(_seed),
         };
-        var given = reader.Positionals();
-        if (given.Count != 2) throw new UsageException("verify takes two model files or genai model folders: hysparse verify <dense.onnx> <converted.onnx>");
-        var paths = given.Select(SharedOptions.ModelFile).ToList();
+        var paths = new[] { parse.GetRequiredValue(_dense), parse.GetRequiredValue(_converted) }.Select(SharedOptions.ModelFile).ToList();
 
         Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[verify] {step}");
         var report = ModelVerifier.Verify(paths[0], paths[1], options, progress);
