@@ -1,176 +1,180 @@
 using Google.Protobuf;
-using HySparse.Graph;
 using HySparse.Onnx;
+using Microsoft.ML.OnnxRuntime;
 using Onnx;
 
 namespace HySparse.Fidelity;
 
 /// <summary>The oracle's attention recall of one sparse layer.</summary>
-/// <param name="Node">The <c>HySparseSparseAttn</c> node.</param>
-/// <param name="Recall">Mean, over query heads and the second half of each window's positions, of the
-/// share of the layer's own dense attention probability inside the selected blocks ∪ the window.</param>
-public sealed record LayerRecall(string Node, double Recall);
+/// <param name="Layer">Layer number (0-based, as in <c>present.N.key</c>).</param>
+/// <param name="Context">Tokens per window.</param>
+/// <param name="Windows">Windows of validation text it was measured on.</param>
+/// <param name="Recall">Mean over windows, heads and query positions of the layer's dense attention
+/// probability that falls inside the selected blocks ∪ the window.</param>
+/// <param name="Coverage">Mean share of the causal keys inside the selected blocks ∪ the window: the
+/// recall a layer whose attention is uniform would have (recall well above it means the oracle finds
+/// where the layer looks).</param>
+public sealed record LayerRecall(int Layer, int Context, int Windows, double Recall, double Coverage);
 
-/// <summary>Attention recall of every sparse layer of a model at one context.</summary>
-/// <param name="Context">Window length.</param>
-/// <param name="Windows">Windows of validation text averaged over.</param>
-/// <param name="Layers">Per sparse layer, in graph order.</param>
-public sealed record RecallScore(int Context, int Windows, IReadOnlyList<LayerRecall> Layers)
+/// <summary>Recall and key coverage of one layer on one batch (see <see cref="LayerRecall"/>).</summary>
+public readonly record struct RecallStats(double Recall, double Coverage);
+
+/// <summary>The attributes of a <c>HySparseSparseAttn</c> node that decide which keys it reads.</summary>
+/// <param name="NumHeads">Query heads H_q.</param>
+/// <param name="KvHeads">Key/value heads H_kv (query head h reads KV head h / (H_q / H_kv)).</param>
+/// <param name="Scale">Logit scale; 0 means 1/√D.</param>
+/// <param name="BlockSize">Tokens per key block.</param>
+/// <param name="Window">Sliding-window tokens (positions t − w &lt; j ≤ t).</param>
+public sealed record SparseLayerSpec(int NumHeads, int KvHeads, double Scale, int BlockSize, int Window);
+
+/// <summary>A sparse layer of an instrumented model: the graph outputs that expose what it reads.</summary>
+/// <param name="Layer">Layer number.</param>
+/// <param name="Query">The node's query input (post-RoPE).</param>
+/// <param name="Key">The keys the layer's dense attention would read: its own new keys (retrofit), or the
+/// shared full layer's new keys (KV sharing, native) — both the whole cache after a prefill from empty.</param>
+/// <param name="BlockIndices">The oracle's selection the node consumes.</param>
+/// <param name="Spec">The node's attributes.</param>
+public sealed record RecallLayer(int Layer, string Query, string Key, string BlockIndices, SparseLayerSpec Spec)
 {
-    /// <summary>Mean over the sparse layers.</summary>
-    public double Mean => Layers.Average(l => l.Recall);
+    /// <summary>The layer's mean recall over the batch in these outputs of one prefill.</summary>
+    public RecallStats Measure(OrtValue query, OrtValue key, OrtValue blockIndices) =>
+        AttentionRecall.Mean(Spec, query.GetTensorDataAsSpan<float>(), query.GetTensorTypeAndShape().Shape,
+            key.GetTensorDataAsSpan<float>(), key.GetTensorTypeAndShape().Shape,
+            blockIndices.GetTensorDataAsSpan<int>(), blockIndices.GetTensorTypeAndShape().Shape);
 }
 
 /// <summary>
-/// What the oracle keeps of each sparse layer's attention: for a query at position s of a layer, its
-/// dense attention p_j = softmax_j(scale · q_s · k_j) over every causal key j of the keys the layer's SA
-/// branch reads (its own cache for a retrofit; the full layer's cache with KV sharing and in the native
-/// model), and the probability mass at keys inside the blocks the oracle selected for s (block_indices)
-/// or inside the window (the last w positions). A recall of 1 means the sparse layer sees everything its
-/// own attention would have looked at; what it misses explains a conversion's loss.
+/// Attention recall: for a sparse layer, the fraction of its own dense attention probability (softmax
+/// over every causal key, in float64, with the op's scale) that falls inside the blocks the oracle
+/// selected for it ∪ its sliding window, averaged over heads and query positions. The part it misses is
+/// what the layer's sparse attention cannot see.
 /// </summary>
-/// <remarks>
-/// The tensors are the model's own: the query, key and block_indices tensors the sparse node reads are
-/// exposed as extra graph outputs and fetched after one prefill per window; the softmax is computed in
-/// float64. Positions in the first half of a window are left out of the mean: with s below K·B + w every
-/// key is inside the selection and the recall is 1 by construction.
-/// </remarks>
 public static class AttentionRecall
 {
-    private sealed record SparseLayer(string Node, string Query, string Keys, string Indices, int Heads, int KvHeads, int BlockSize, int Window, float Scale);
-
-    /// <summary>Null when the model has no sparse layer.</summary>
-    public static RecallScore? Measure(byte[] modelBytes, byte[] text, int context, int windows)
+    /// <summary>
+    /// Adds graph outputs for every selecting sparse layer's query, keys and block indices (see
+    /// <see cref="RecallLayer"/>). Sparse layers whose block indices no <c>HySparseFullAttn</c> computes
+    /// (the sliding-window baseline's empty selection) are left out.
+    /// </summary>
+    public static (byte[] Model, IReadOnlyList<RecallLayer> Layers) Instrument(byte[] serialized)
     {
-        var model = ModelProto.Parser.ParseFrom(modelBytes);
-        var layers = SparseLayers(model);
-        if (layers.Count == 0) return null;
-        var outputs = model.Graph.Output.Select(o => o.Name).ToHashSet();
-        foreach (var name in layers.SelectMany(l => new[] { l.Query, l.Keys, l.Indices }).Distinct().Where(n => !outputs.Contains(n)))
+        var model = ModelProto.Parser.ParseFrom(serialized);
+        var fullByIndices = new Dictionary<string, NodeProto>();
+        var fullByPresentKey = new Dictionary<string, NodeProto>();
+        foreach (var node in model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain && n.OpType == HySparseOps.FullAttn))
         {
-            var type = layers.Any(l => l.Indices == name) ? TensorProto.Types.DataType.Int32 : TensorProto.Types.DataType.Float;
-            model.Graph.Output.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)type } } });
+            if (node.Output.Count > 3 && node.Output[3].Length > 0) fullByIndices[node.Output[3]] = node;
+            fullByPresentKey[node.Output[1]] = node;
         }
-        using var session = Evaluator.Open(model.ToByteArray());
-        var extra = layers.SelectMany(l => new[] { l.Query, l.Keys, l.Indices }).Distinct().ToList();
-        var sums = new double[layers.Count];
-        var counts = new long[layers.Count];
-        var stride = (text.Length - context - 1) / Math.Max(1, windows - 1);
-        for (var w = 0; w < windows; w++)
+        var layers = new List<RecallLayer>();
+        var attention = model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain && n.OpType is HySparseOps.FullAttn or HySparseOps.SparseAttn).ToList();
+        foreach (var node in attention.Where(n => n.OpType == HySparseOps.SparseAttn))
         {
-            using var decoder = new KvCacheDecoder(session, 1, extra);
-            decoder.Step(text.AsSpan(w * stride, context).ToArray().Select(b => (long)b).ToArray());
-            for (var i = 0; i < layers.Count; i++)
-            {
-                var (sum, count) = Layer(layers[i], decoder, context);
-                sums[i] += sum;
-                counts[i] += count;
-            }
+            if (!fullByIndices.ContainsKey(node.Input[7])) continue;
+            var shared = node.Input.Count > 5 && node.Input[5].Length > 0;
+            // With a prefill from empty caches, a present cache is exactly the new keys of that call.
+            var key = shared
+                ? (fullByPresentKey.TryGetValue(node.Input[5], out var full) ? full.Input[1]
+                    : throw new InvalidDataException($"node '{node.Name}' shares keys '{node.Input[5]}' that no HySparseFullAttn produces"))
+                : node.Input[1];
+            var spec = new SparseLayerSpec((int)Int(node, HySparseOps.Attributes.NumHeads, 0), (int)Int(node, HySparseOps.Attributes.KvNumHeads, 0),
+                node.Attribute.FirstOrDefault(a => a.Name == HySparseOps.Attributes.Scale)?.F ?? 0,
+                (int)Int(node, HySparseOps.Attributes.BlockSize, 64), (int)Int(node, HySparseOps.Attributes.Window, 128));
+            layers.Add(new RecallLayer(LayerNumber(node, attention.IndexOf(node)), node.Input[0], key, node.Input[7], spec));
         }
-        return new RecallScore(context, windows, layers.Select((l, i) => new LayerRecall(l.Node, sums[i] / counts[i])).ToList());
+        var declared = model.Graph.Output.Select(o => o.Name).ToHashSet();
+        foreach (var l in layers)
+        {
+            foreach (var (name, type) in new[] { (l.Query, TensorProto.Types.DataType.Float), (l.Key, TensorProto.Types.DataType.Float), (l.BlockIndices, TensorProto.Types.DataType.Int32) })
+                if (declared.Add(name))
+                    model.Graph.Output.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)type } } });
+        }
+        return (model.ToByteArray(), layers);
     }
 
     /// <summary>
-    /// Recall of one query row against its keys: the share of softmax(scale · q · kᵀ) over keys
-    /// [0, position] that falls in <paramref name="selected"/> blocks or the last <paramref name="window"/> positions.
+    /// Mean recall over batch rows, query heads and query positions. <paramref name="query"/> is
+    /// [B, S, H_q·D] or [B, H_q, S, D]; <paramref name="key"/> of the same rank, [B, T, H_kv·D] or
+    /// [B, H_kv, T, D] with T ≥ S (the new tokens are the last S positions); <paramref name="blockIndices"/>
+    /// int32 [B, H_kv, S, K] as docs/ops.md defines it (−1 = empty slot). Every key is valid (no padding).
+    /// Also returns the mean share of the causal keys inside selected ∪ window.
     /// </summary>
-    public static double Recall(ReadOnlySpan<float> query, ReadOnlySpan<float> keys, int headDim, int position, double scale,
-                                ReadOnlySpan<int> selected, int blockSize, int window)
+    public static RecallStats Mean(SparseLayerSpec spec, ReadOnlySpan<float> query, ReadOnlySpan<long> queryShape,
+        ReadOnlySpan<float> key, ReadOnlySpan<long> keyShape, ReadOnlySpan<int> blockIndices, ReadOnlySpan<long> indexShape)
     {
-        var logits = new double[position + 1];
-        var max = double.NegativeInfinity;
-        for (var j = 0; j <= position; j++)
-        {
-            double dot = 0;
-            var key = keys.Slice(j * headDim, headDim);
-            for (var d = 0; d < headDim; d++) dot += (double)query[d] * key[d];
-            logits[j] = scale * dot;
-            max = Math.Max(max, logits[j]);
-        }
-        double total = 0, kept = 0;
-        for (var j = 0; j <= position; j++)
-        {
-            var p = Math.Exp(logits[j] - max);
-            total += p;
-            var inWindow = j > position - window;
-            var block = j / blockSize;
-            var inSelected = false;
-            foreach (var b in selected) inSelected |= b == block;
-            if (inWindow || inSelected) kept += p;
-        }
-        return kept / total;
-    }
-
-    // Sums the recall over query heads and the positions of the window's second half.
-    private static (double Sum, long Count) Layer(SparseLayer layer, KvCacheDecoder decoder, int context)
-    {
-        var q = decoder.ExtraOutput(layer.Query);
-        var k = decoder.ExtraOutput(layer.Keys);
-        var idx = decoder.ExtraOutput(layer.Indices);
-        var qShape = q.GetTensorTypeAndShape().Shape;
-        var kShape = k.GetTensorTypeAndShape().Shape;   // [1, H_kv, T, D]
-        var iShape = idx.GetTensorTypeAndShape().Shape; // [1, H_kv, S, K]
-        var headDim = (int)kShape[3];
-        var scale = EffectiveScale(layer.Scale, headDim);
-        var queries = q.GetTensorDataAsSpan<float>().ToArray();
-        var keys = k.GetTensorDataAsSpan<float>().ToArray();
-        var indices = idx.GetTensorDataAsSpan<int>().ToArray();
-        var topK = (int)iShape[3];
-        var group = layer.Heads / layer.KvHeads;
-        var bnsh = qShape.Length == 4;  // [1, H_q, S, D]; else [1, S, H_q·D]
-        var sum = 0.0;
-        long count = 0;
-        var gate = new object();
-        Parallel.For(0, layer.Heads, h =>
-        {
-            var g = h / group;
-            var headKeys = keys.AsSpan(g * (int)kShape[2] * headDim, (int)kShape[2] * headDim).ToArray();
-            double local = 0;
-            long n = 0;
-            var query = new float[headDim];
-            for (var s = context / 2; s < context; s++)
+        var bnsh = queryShape.Length == 4;
+        if (!bnsh && queryShape.Length != 3 || keyShape.Length != queryShape.Length || indexShape.Length != 4)
+            throw new ArgumentException($"expected query/key of rank 3 or 4 and block indices of rank 4, got [{string.Join(",", queryShape.ToArray())}], [{string.Join(",", keyShape.ToArray())}], [{string.Join(",", indexShape.ToArray())}]");
+        int batch = (int)queryShape[0], hq = spec.NumHeads, hkv = spec.KvHeads;
+        var s = (int)(bnsh ? queryShape[2] : queryShape[1]);
+        var t = (int)(bnsh ? keyShape[2] : keyShape[1]);
+        var d = (int)(bnsh ? queryShape[3] : queryShape[2] / hq);
+        var k = (int)indexShape[3];
+        if ((bnsh ? queryShape[1] : queryShape[2] / d) != hq || (bnsh ? keyShape[1] * keyShape[3] : keyShape[2]) != hkv * d
+            || indexShape[0] != batch || indexShape[1] != hkv || indexShape[2] != s || t < s)
+            throw new ArgumentException("query, key and block indices do not fit the layer's heads and lengths");
+        var scale = spec.Scale > 0 ? spec.Scale : 1 / Math.Sqrt(d);
+        var group = hq / hkv;
+        var past = t - s;
+        var keys = new double[t * d];
+        var q = new double[d];
+        var logits = new double[t];
+        var selected = new bool[(t + spec.BlockSize - 1) / spec.BlockSize];
+        double total = 0, covered = 0;
+        for (var b = 0; b < batch; b++)
+            for (var g = 0; g < hkv; g++)
             {
-                for (var d = 0; d < headDim; d++)
-                    query[d] = bnsh ? queries[(h * context + s) * headDim + d] : queries[s * layer.Heads * headDim + h * headDim + d];
-                var selected = indices.AsSpan((g * context + s) * topK, topK);
-                local += Recall(query, headKeys, headDim, s, scale, selected, layer.BlockSize, layer.Window);
-                n++;
+                for (var j = 0; j < t; j++)
+                    for (var c = 0; c < d; c++)
+                        keys[j * d + c] = key[bnsh ? ((b * hkv + g) * t + j) * d + c : (b * t + j) * hkv * d + g * d + c];
+                for (var i = 0; i < s; i++)
+                {
+                    var position = past + i;
+                    Array.Clear(selected);
+                    for (var slot = 0; slot < k; slot++)
+                    {
+                        var block = blockIndices[((b * hkv + g) * s + i) * k + slot];
+                        if (block >= 0) selected[block] = true;
+                    }
+                    for (var h = g * group; h < (g + 1) * group; h++)
+                    {
+                        for (var c = 0; c < d; c++)
+                            q[c] = scale * query[bnsh ? ((b * hq + h) * s + i) * d + c : (b * s + i) * hq * d + h * d + c];
+                        var max = double.NegativeInfinity;
+                        for (var j = 0; j <= position; j++)
+                        {
+                            double dot = 0;
+                            for (var c = 0; c < d; c++) dot += q[c] * keys[j * d + c];
+                            logits[j] = dot;
+                            if (dot > max) max = dot;
+                        }
+                        double all = 0, inside = 0;
+                        var inKeys = 0;
+                        for (var j = 0; j <= position; j++)
+                        {
+                            var p = Math.Exp(logits[j] - max);
+                            all += p;
+                            if (j > position - spec.Window || selected[j / spec.BlockSize])
+                            {
+                                inside += p;
+                                inKeys++;
+                            }
+                        }
+                        total += inside / all;
+                        covered += (double)inKeys / (position + 1);
+                    }
+                }
             }
-            lock (gate)
-            {
-                sum += local;
-                count += n;
-            }
-        });
-        return (sum, count);
+        var count = (double)batch * hq * s;
+        return new RecallStats(total / count, covered / count);
     }
 
-    private static List<SparseLayer> SparseLayers(ModelProto model)
+    /// <summary>N of the node's <c>present.N.key</c> output; its index among the attention nodes otherwise.</summary>
+    private static int LayerNumber(NodeProto node, int ordinal)
     {
-        var producers = new Dictionary<string, NodeProto>();
-        foreach (var node in model.Graph.Node)
-            foreach (var output in node.Output)
-                producers[output] = node;
-        var layers = new List<SparseLayer>();
-        foreach (var node in model.Graph.Node.Where(n => n.OpType == HySparseOps.SparseAttn))
-        {
-            string Input(int i) => node.Input.Count > i ? node.Input[i] : "";
-            var indices = Input(7);
-            // The keys the SA branch reads: shared_key (KV sharing), else the full layer's present_key
-            // when it hands over gathered rows (selected_key), else this layer's own present_key.
-            var keys = Input(5).Length > 0 ? Input(5)
-                : Input(11).Length > 0 ? producers[indices].Output[1]
-                : node.Output[1];
-            long Int(string name, long fallback) => node.Attribute.FirstOrDefault(a => a.Name == name)?.I ?? fallback;
-            var heads = (int)Int(HySparseOps.Attributes.NumHeads, 0);
-            var kvHeads = (int)Int(HySparseOps.Attributes.KvNumHeads, 0);
-            var scale = node.Attribute.FirstOrDefault(a => a.Name == HySparseOps.Attributes.Scale)?.F ?? 0f;
-            layers.Add(new SparseLayer(node.Name, Input(0), keys, indices, heads, kvHeads, (int)Int(HySparseOps.Attributes.BlockSize, 64),
-                                       (int)Int(HySparseOps.Attributes.Window, 128), scale));
-        }
-        return layers;
+        var present = node.Output.Count > 1 ? node.Output[1].Split('.') : [];
+        return present.Length == 3 && present[0] == "present" && int.TryParse(present[1], out var n) ? n : ordinal;
     }
 
-    /// <summary>The scale a node uses: its attribute, or 1/√D when it is 0 or absent (docs/ops.md).</summary>
-    internal static double EffectiveScale(float attribute, int headDim) => attribute != 0 ? attribute : 1 / Math.Sqrt(headDim);
+    private static long Int(NodeProto node, string name, long fallback) => node.Attribute.FirstOrDefault(a => a.Name == name)?.I ?? fallback;
 }

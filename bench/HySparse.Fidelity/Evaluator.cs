@@ -13,26 +13,35 @@ namespace HySparse.Fidelity;
 /// choice of text moves it; differences between variants on the same windows vary much less).</param>
 public sealed record ContextScore(int Context, double BitsPerByte, double LateBitsPerByte, double Top1Agreement, double KvBytesPerToken, double StandardError);
 
-/// <summary>Long-range retrieval at one context and needle position: a value planted in the window must be reproduced at its end.</summary>
-/// <param name="Context">Length of each probe text.</param>
-/// <param name="Position">Where the value was planted, as a fraction of the window (0.1: early, far from the question).</param>
-/// <param name="Probes">Probe texts.</param>
+/// <summary>What one model did on one retrieval probe.</summary>
+/// <param name="Context">Bytes in the probe.</param>
+/// <param name="Position">Requested needle position (fraction of the window).</param>
+/// <param name="Distance">Bytes between the planted line and the value.</param>
+/// <param name="ValueBytes">Bytes in the value.</param>
+/// <param name="Right">Value bytes whose arg-max prediction (teacher-forced) is right.</param>
+/// <param name="Bits">Summed cross-entropy of the value bytes, in bits.</param>
+public sealed record ProbeOutcome(int Context, double Position, int Distance, int ValueBytes, int Right, double Bits);
+
+/// <summary>Retrieval at one (context, needle position) cell.</summary>
+/// <param name="Context">Bytes in each probe.</param>
+/// <param name="Position">Requested needle position (fraction of the window).</param>
+/// <param name="Probes">Probes in the cell.</param>
+/// <param name="MeanDistance">Mean bytes between the planted line and the value.</param>
 /// <param name="ValueAccuracy">Fraction of value bytes whose arg-max prediction (teacher-forced) is right.</param>
 /// <param name="ValueBitsPerByte">Mean cross-entropy of the value bytes, in bits.</param>
-/// <param name="MeanDistance">Mean bytes from the planted line to the value asked for.</param>
-public sealed record ProbeScore(int Context, double Position, int Probes, double ValueAccuracy, double ValueBitsPerByte, double MeanDistance);
-
-/// <summary>One retrieval probe of models/fixtures/trained/probes.json (written by models/train/make_probes.py).</summary>
-public sealed record RetrievalProbe(int Context, double Position, string Format, byte[] Data, int ValueStart, int ValueEnd, int PlantStart)
+public sealed record ProbeScore(int Context, double Position, int Probes, double MeanDistance, double ValueAccuracy, double ValueBitsPerByte)
 {
-    /// <summary>Reads the probes file.</summary>
-    public static IReadOnlyList<RetrievalProbe> Load(string path)
+    /// <summary>One score per (context, position) of <paramref name="outcomes"/>, in context then position order.</summary>
+    public static IReadOnlyList<ProbeScore> Cells(IEnumerable<ProbeOutcome> outcomes) =>
+        outcomes.GroupBy(o => (o.Context, o.Position)).OrderBy(g => g.Key)
+            .Select(g => Pool(g.Key.Context, g.Key.Position, g.ToList())).ToList();
+
+    /// <summary>The outcomes pooled byte by byte (NaN scores when there are none).</summary>
+    public static ProbeScore Pool(int context, double position, IReadOnlyCollection<ProbeOutcome> outcomes)
     {
-        using var json = System.Text.Json.JsonDocument.Parse(File.ReadAllText(path));
-        return json.RootElement.GetProperty("probes").EnumerateArray().Select(p => new RetrievalProbe(
-            p.GetProperty("context").GetInt32(), p.GetProperty("position").GetDouble(), p.GetProperty("format").GetString()!,
-            Convert.FromBase64String(p.GetProperty("data").GetString()!), p.GetProperty("value_start").GetInt32(),
-            p.GetProperty("value_end").GetInt32(), p.GetProperty("plant_start").GetInt32())).ToList();
+        var bytes = outcomes.Sum(o => o.ValueBytes);
+        return new ProbeScore(context, position, outcomes.Count, outcomes.Count > 0 ? outcomes.Average(o => o.Distance) : double.NaN,
+            bytes > 0 ? (double)outcomes.Sum(o => o.Right) / bytes : double.NaN, bytes > 0 ? outcomes.Sum(o => o.Bits) / bytes : double.NaN);
     }
 }
 
@@ -42,7 +51,7 @@ public sealed class Evaluator(byte[] text, int windows)
     private const int Vocab = 256;
     private readonly Dictionary<int, int[]> _denseArgMax = [];
 
-    /// <summary>Evaluates one variant at each context. The dense variant must come first (its
+    /// <summary>Evaluates one variant at each context. The dense variant (seed 1) must come first (its
     /// arg-max predictions are the reference for agreement).</summary>
     public IReadOnlyList<ContextScore> Score(ModelVariant variant, IEnumerable<int> contexts)
     {
@@ -51,91 +60,118 @@ public sealed class Evaluator(byte[] text, int windows)
         foreach (var context in contexts)
         {
             var (tokens, targets) = Windows(context);
-            var (logits, kvBytes) = RunBatched(session, tokens, windows, context);
-            var kvPerToken = (double)kvBytes / ((long)windows * context);
-            double bits = 0, lateBits = 0;
+            var reference = variant.IsReference ? null : _denseArgMax.GetValueOrDefault(context)
+                ?? throw new InvalidOperationException("evaluate the dense variant first: agreement is measured against it");
+            double bits = 0, lateBits = 0, kvBytes = 0;
             var perWindow = new double[windows];
             var argMax = new int[windows * context];
-            for (var i = 0; i < argMax.Length; i++)
+            Prefill(session, tokens, windows, context, (first, rows, logits, decoder) =>
             {
-                var row = logits.AsSpan(i * Vocab, Vocab);
-                var loss = CrossEntropyBits(row, targets[i], out argMax[i]);
-                bits += loss;
-                perWindow[i / context] += loss / context;
-                if (i % context >= context / 2) lateBits += loss;
-            }
+                kvBytes += decoder.KvCacheBytes;
+                for (var k = 0; k < rows * context; k++)
+                {
+                    var i = first * context + k;
+                    var loss = CrossEntropyBits(logits.AsSpan(k * Vocab, Vocab), targets[i], out argMax[i]);
+                    bits += loss;
+                    perWindow[i / context] += loss / context;
+                    if (i % context >= context / 2) lateBits += loss;
+                }
+            });
             var mean = perWindow.Average();
             var standardError = windows > 1 ? Math.Sqrt(perWindow.Sum(b => (b - mean) * (b - mean)) / (windows - 1) / windows) : double.NaN;
-            if (variant.Kind == "dense") _denseArgMax[context] = argMax;
-            var reference = _denseArgMax.GetValueOrDefault(context)
-                ?? throw new InvalidOperationException("evaluate the dense variant first: agreement is measured against it");
-            var agree = argMax.Where((a, i) => a == reference[i]).Count();
-            scores.Add(new ContextScore(context, bits / argMax.Length, lateBits / (windows * (context - context / 2)), (double)agree / argMax.Length, kvPerToken, standardError));
+            if (variant.IsReference) _denseArgMax[context] = argMax;
+            var agree = reference is null ? argMax.Length : argMax.Where((a, i) => a == reference[i]).Count();
+            scores.Add(new ContextScore(context, bits / argMax.Length, lateBits / (windows * (context - context / 2)), (double)agree / argMax.Length,
+                kvBytes / ((long)windows * context), standardError));
         }
         return scores;
     }
 
     /// <summary>
-    /// Retrieval at one context: for each needle position, the value bytes of the probes predicted right
-    /// (teacher-forced arg-max) and their cross-entropy. The probes come from retrieval.py's evaluation
-    /// formats, which training never shows.
+    /// Runs the retrieval probes (see <see cref="RetrievalProbe"/>): each probe is one prefill, and the
+    /// value bytes are scored teacher-forced (the logits at position i predict byte i + 1).
     /// </summary>
-    public IReadOnlyList<ProbeScore> Probe(ModelVariant variant, int context, IReadOnlyList<RetrievalProbe> probes)
+    public static IReadOnlyList<ProbeOutcome> Probe(ModelVariant variant, IReadOnlyList<RetrievalProbe> probes)
     {
         using var session = Open(variant.Model);
-        var scores = new List<ProbeScore>();
-        foreach (var group in probes.Where(p => p.Context == context).GroupBy(p => p.Position).OrderBy(g => g.Key))
+        var outcomes = new List<ProbeOutcome>();
+        foreach (var group in probes.GroupBy(p => p.Context))
         {
-            var list = group.ToList();
-            var tokens = list.SelectMany(p => p.Data.Select(b => (long)b)).ToArray();
-            var (logits, _) = RunBatched(session, tokens, list.Count, context);
-            double bits = 0;
-            int right = 0, total = 0;
-            for (var p = 0; p < list.Count; p++)
-                for (var j = list[p].ValueStart; j < list[p].ValueEnd; j++)
+            var context = group.Key;
+            var batch = group.ToList();
+            var tokens = batch.SelectMany(p => p.Data.Select(b => (long)b)).ToArray();
+            Prefill(session, tokens, batch.Count, context, (first, rows, logits, _) =>
+            {
+                for (var r = 0; r < rows; r++)
                 {
-                    // The logits at position i predict byte i + 1.
-                    var position = (long)p * context + j - 1;
-                    bits += CrossEntropyBits(logits.AsSpan((int)(position * Vocab), Vocab), list[p].Data[j], out var best);
-                    if (best == list[p].Data[j]) right++;
-                    total++;
+                    var probe = batch[first + r];
+                    double bits = 0;
+                    var right = 0;
+                    for (var i = probe.ValueStart; i < probe.ValueEnd; i++)
+                    {
+                        bits += CrossEntropyBits(logits.AsSpan((r * context + i - 1) * Vocab, Vocab), probe.Data[i], out var best);
+                        if (best == probe.Data[i]) right++;
+                    }
+                    outcomes.Add(new ProbeOutcome(context, probe.Position, probe.Distance, probe.ValueEnd - probe.ValueStart, right, bits));
                 }
-            scores.Add(new ProbeScore(context, group.Key, list.Count, (double)right / total, bits / total,
-                                      list.Average(p => p.ValueStart - p.PlantStart)));
+            });
         }
-        return scores;
+        return outcomes;
     }
 
     /// <summary>
-    /// Rows of <paramref name="context"/> tokens through one prefill each, in batches small enough that the
-    /// decomposed dense model's [B, H, T, T] scores stay near 256 MiB; returns all logits and the KV bytes
-    /// summed over the batches.
+    /// The oracle's attention recall of each sparse layer of <paramref name="variant"/> at
+    /// <paramref name="context"/> over <paramref name="rows"/> windows of the validation text (see
+    /// <see cref="AttentionRecall"/>); empty for a model without selecting sparse layers.
     /// </summary>
-    internal static (float[] Logits, long KvBytes) RunBatched(InferenceSession session, long[] tokens, int rows, int context)
+    public IReadOnlyList<LayerRecall> Recall(ModelVariant variant, int context, int rows)
     {
-        var batch = (int)Math.Clamp((256L << 20) / (4L * 4 * context * context), 1, rows);
-        var logits = new float[(long)rows * context * Vocab];
-        long kvBytes = 0;
-        for (var first = 0; first < rows; first += batch)
+        var (model, layers) = AttentionRecall.Instrument(variant.Model);
+        if (layers.Count == 0) return [];
+        using var session = Open(model);
+        var (tokens, _) = Windows(context, rows);
+        var recall = new double[layers.Count];
+        var coverage = new double[layers.Count];
+        var names = layers.SelectMany(l => new[] { l.Query, l.Key, l.BlockIndices }).Distinct().ToList();
+        Prefill(session, tokens, rows, context, (_, _, _, decoder) =>
         {
-            var count = Math.Min(batch, rows - first);
-            using var decoder = new KvCacheDecoder(session, count);
-            var part = decoder.Step(tokens.AsSpan(first * context, count * context));
-            part.CopyTo(logits, (long)first * context * Vocab);
-            kvBytes += decoder.KvCacheBytes;
+            for (var i = 0; i < layers.Count; i++)
+            {
+                var stats = layers[i].Measure(decoder.ExtraOutput(layers[i].Query), decoder.ExtraOutput(layers[i].Key), decoder.ExtraOutput(layers[i].BlockIndices));
+                recall[i] += stats.Recall * decoder.BatchSize;
+                coverage[i] += stats.Coverage * decoder.BatchSize;
+            }
+        }, names);
+        return layers.Select((l, i) => new LayerRecall(l.Layer, context, rows, recall[i] / rows, coverage[i] / rows)).ToList();
+    }
+
+    /// <summary>
+    /// Prefills <paramref name="rows"/> sequences of <paramref name="context"/> tokens a batch at a time
+    /// (as many rows as keep the dense model's [B, H, T, T] attention scores near 256 MiB) and hands each
+    /// batch's logits [rows, context, vocab] and decoder to <paramref name="consume"/> with the index of its first row.
+    /// </summary>
+    private static void Prefill(InferenceSession session, long[] tokens, int rows, int context, Action<int, int, float[], KvCacheDecoder> consume, IEnumerable<string>? extraOutputs = null)
+    {
+        var perBatch = (int)Math.Clamp((1L << 28) / (4L * 4 * context * context), 1, rows);
+        for (var first = 0; first < rows; first += perBatch)
+        {
+            var n = Math.Min(perBatch, rows - first);
+            using var decoder = new KvCacheDecoder(session, n, extraOutputs);
+            var logits = decoder.Step(tokens.AsSpan(first * context, n * context));
+            consume(first, n, logits, decoder);
         }
-        return (logits, kvBytes);
     }
 
     /// <summary>Evenly spaced windows of <paramref name="context"/> bytes and the byte after each position.</summary>
-    private (long[] Tokens, int[] Targets) Windows(int context)
+    private (long[] Tokens, int[] Targets) Windows(int context, int? count = null)
     {
+        var n = count ?? windows;
         if (text.Length < context + 1)
             throw new InvalidDataException($"the validation text has {text.Length} bytes, fewer than one window of {context + 1}");
-        var stride = (text.Length - context - 1) / Math.Max(1, windows - 1);
-        var tokens = new long[windows * context];
-        var targets = new int[windows * context];
-        for (var w = 0; w < windows; w++)
+        var stride = (text.Length - context - 1) / Math.Max(1, n - 1);
+        var tokens = new long[n * context];
+        var targets = new int[n * context];
+        for (var w = 0; w < n; w++)
             for (var i = 0; i < context; i++)
             {
                 tokens[w * context + i] = text[w * stride + i];
@@ -144,7 +180,7 @@ public sealed class Evaluator(byte[] text, int windows)
         return (tokens, targets);
     }
 
-    internal static double CrossEntropyBits(ReadOnlySpan<float> logits, int target, out int argMax)
+    private static double CrossEntropyBits(ReadOnlySpan<float> logits, int target, out int argMax)
     {
         argMax = 0;
         double max = double.NegativeInfinity;
@@ -159,7 +195,7 @@ public sealed class Evaluator(byte[] text, int windows)
         return (max + Math.Log(sum) - logits[target]) / Math.Log(2);
     }
 
-    internal static InferenceSession Open(byte[] model)
+    private static InferenceSession Open(byte[] model)
     {
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         options.RegisterHySparseOps();

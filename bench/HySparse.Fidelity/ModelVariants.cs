@@ -12,16 +12,28 @@ namespace HySparse.Fidelity;
 /// <param name="Layout">One letter per layer (F full, S sparse or sliding window).</param>
 /// <param name="Detail">Parameters in words (K, block size, window).</param>
 /// <param name="Model">The serialized model.</param>
-public sealed record ModelVariant(string Name, string Kind, string Layout, string Detail, byte[] Model);
+/// <param name="Seed">Training seed: 1 for the main models, 2 for <c>dense-seed2.onnx</c> / <c>hysparse-seed2.onnx</c>.</param>
+public sealed record ModelVariant(string Name, string Kind, string Layout, string Detail, byte[] Model, int Seed = 1)
+{
+    /// <summary>The dense model of seed 1: top-1 agreement is measured against it.</summary>
+    public bool IsReference => Kind == "dense" && Seed == 1;
+}
 
 /// <summary>
 /// Builds the list of variants: the three trained models and the dense one converted by the
-/// project's converter at several layouts and K (the question a user converting a dense model asks).
+/// project's converter at several layouts and K (the question a user converting a dense model asks),
+/// then the second-seed dense and native models when the folder holds them.
 /// </summary>
 public static class ModelVariants
 {
     /// <summary>Ratios of full to sparse layers the dense model is converted at.</summary>
     public static readonly string[] Ratios = ["1:1", "1:3", "1:7"];
+
+    /// <summary>Second training seed of the dense model (same interface), evaluated when present.</summary>
+    public const string SecondSeedDense = "dense-seed2.onnx";
+
+    /// <summary>Second training seed of the native model, evaluated when present.</summary>
+    public const string SecondSeedNative = "hysparse-seed2.onnx";
 
     public static IReadOnlyList<ModelVariant> Build(string directory, bool quick)
     {
@@ -44,13 +56,12 @@ public static class ModelVariants
         variants.Add(new("HySparse native", "native", Metadata(native, HybridMetadata.Layout),
             $"K {trainedK} × {blockSize} + w {window}, gate, sinks, KV sharing", native.ToByteArray()));
         variants.Add(new("sliding-window baseline", "swa", Metadata(swa, HybridMetadata.Layout), $"w {window}, sinks", swa.ToByteArray()));
-        // Second seeds, when the folder has them (the GPU recipe trains them): the seed spread.
-        if (File.Exists(Path.Combine(directory, "dense-seed2.onnx")))
-            variants.Add(new("dense, seed 2", "dense_seed2", new string('F', CountLayers(dense)), "full attention",
-                             File.ReadAllBytes(Path.Combine(directory, "dense-seed2.onnx"))));
-        if (File.Exists(Path.Combine(directory, "hysparse-seed2.onnx")))
-            variants.Add(new("HySparse native, seed 2", "native_seed2", Metadata(native, HybridMetadata.Layout),
-                             $"K {trainedK} × {blockSize} + w {window}, gate, sinks, KV sharing", File.ReadAllBytes(Path.Combine(directory, "hysparse-seed2.onnx"))));
+        foreach (var (seed1, file) in new[] { (variants[0], SecondSeedDense), (variants.Single(v => v.Kind == "native"), SecondSeedNative) })
+        {
+            var path = Path.Combine(directory, file);
+            if (File.Exists(path))
+                variants.Add(seed1 with { Name = $"{seed1.Name} (seed 2)", Model = ModelFile.Load(path).ToByteArray(), Seed = 2 });
+        }
         return variants;
     }
 
@@ -61,6 +72,10 @@ public static class ModelVariants
         var name = $"{(kind == "kv_sharing" ? "KV-sharing" : "retrofit")} {ratio}, K {parameters.TopK}";
         return new(name, kind, report.Layout.Pattern, $"K {parameters.TopK} × {parameters.BlockSize} + w {parameters.Window}", converted.ToByteArray());
     }
+
+    /// <summary>The sliding window the native model was trained with (every hybrid row uses it).</summary>
+    public static int TrainedWindow(string directory) =>
+        int.Parse(Metadata(ModelFile.Load(Path.Combine(directory, "hysparse.onnx")), HybridMetadata.Window), System.Globalization.CultureInfo.InvariantCulture);
 
     private static int CountLayers(ModelProto model) => model.Graph.Input.Count(i => i.Name.StartsWith("past_key_values.", StringComparison.Ordinal)) / 2;
 
