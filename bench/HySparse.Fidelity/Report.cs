@@ -301,8 +301,10 @@ public sealed record TrainingCurve(string Kind, IReadOnlyList<(int Step, long To
         {
             using var doc = JsonDocument.Parse(line);
             var r = doc.RootElement;
+            // train_gpu.py's evaluation records carry no training loss, and name the evaluated length eval_seq.
             return (r.GetProperty("step").GetInt32(), r.GetProperty("tokens").GetInt64(), r.GetProperty("seconds").GetDouble(),
-                r.GetProperty("seq").GetInt32(), r.GetProperty("train_bpb").GetDouble(),
+                r.TryGetProperty("eval_seq", out var evalSeq) ? evalSeq.GetInt32() : r.GetProperty("seq").GetInt32(),
+                r.TryGetProperty("train_bpb", out var t) ? t.GetDouble() : double.NaN,
                 r.TryGetProperty("validation_bpb", out var v) ? v.GetDouble() : double.NaN);
         }).ToList();
         return new TrainingCurve(kind, points);
@@ -317,13 +319,14 @@ public static class TrainingReport
     public static string Markdown(IReadOnlyList<TrainingCurve> curves, string svgName)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| model | steps | bytes seen | wall time | last training bits/byte | validation bits/byte at the end (train.py's 4 windows) |");
+        sb.AppendLine("| model | steps | bytes seen | wall time | last training bits/byte | validation bits/byte at the end (the trainer's own windows) |");
         sb.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: |");
         foreach (var c in curves)
         {
             var last = c.Points[^1];
+            var lastTrain = c.Points.LastOrDefault(p => !double.IsNaN(p.TrainBpb));
             var validation = c.Points.LastOrDefault(p => !double.IsNaN(p.ValidationBpb));
-            sb.AppendLine(Inv, $"| {c.Kind} | {last.Step} | {last.Tokens:N0} | {last.Seconds / 60:F0} min | {last.TrainBpb:F3} | {(double.IsNaN(validation.ValidationBpb) ? "—" : $"{validation.ValidationBpb:F3} @{validation.Sequence}")} |");
+            sb.AppendLine(Inv, $"| {c.Kind} | {last.Step} | {last.Tokens:N0} | {last.Seconds / 60:F0} min | {lastTrain.TrainBpb:F3} | {(double.IsNaN(validation.ValidationBpb) ? "—" : $"{validation.ValidationBpb:F3} @{validation.Sequence}")} |");
         }
         sb.AppendLine();
         sb.AppendLine($"![training bits per byte by step]({svgName})");
@@ -337,7 +340,8 @@ public static class TrainingReport
         var colours = new Dictionary<string, string> { ["dense"] = "#000000", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c" };
         foreach (var c in curves)
         {
-            var line = plot.Add.ScatterLine(c.Points.Select(p => (double)p.Step).ToArray(), c.Points.Select(p => p.TrainBpb).ToArray(),
+            var trained = c.Points.Where(p => !double.IsNaN(p.TrainBpb)).ToList();
+            var line = plot.Add.ScatterLine(trained.Select(p => (double)p.Step).ToArray(), trained.Select(p => p.TrainBpb).ToArray(),
                 ScottPlot.Color.FromHex(colours.GetValueOrDefault(c.Kind, "#808080")));
             line.LineWidth = 1.5f;
             line.LegendText = c.Kind;
