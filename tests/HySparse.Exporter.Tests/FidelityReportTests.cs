@@ -123,4 +123,30 @@ public sealed class FidelityReportTests
             System.IO.Directory.Delete(folder, recursive: true);
         }
     }
+
+    /// <summary>Loss curves of both trainers: train.py's records, and train_gpu.py's evaluation lines without a training loss.</summary>
+    [TestMethod]
+    public void TrainingCurvesReadBothTrainersRecords()
+    {
+        var folder = System.IO.Directory.CreateTempSubdirectory("hysparse-curve-");
+        try
+        {
+            File.WriteAllLines(Path.Combine(folder.FullName, "dense.loss.jsonl"),
+            [
+                """{"step": 25, "seq": 512, "tokens": 102400, "seconds": 95.0, "train_bpb": 7.1, "lr": 0.0002}""",
+                """{"step": 50, "seq": 512, "tokens": 204800, "seconds": 160.0, "eval_seq": 2048, "validation_bpb": 5.5, "retrieval_acc": 0.01}""",
+            ]);
+            var curve = TrainingCurve.Load(folder.FullName, "dense")!;
+            Assert.HasCount(2, curve.Points);
+            Assert.AreEqual(7.1, curve.Points[0].TrainBpb);
+            Assert.IsTrue(double.IsNaN(curve.Points[1].TrainBpb));
+            Assert.AreEqual(2048, curve.Points[1].Sequence);
+            StringAssert.Contains(TrainingReport.Markdown([curve], "t.svg"), "| dense | 50 | 204,800 | 3 min | 7.100 | 5.500 @2048 |");
+            Assert.IsNull(TrainingCurve.Load(folder.FullName, "swa"));
+        }
+        finally
+        {
+            folder.Delete(recursive: true);
+        }
+    }
 }
