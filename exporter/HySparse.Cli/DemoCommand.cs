@@ -174,18 +174,11 @@ internal sealed class DemoCommand : Verb
         using var options = new SessionOptions { LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         options.RegisterHySparseOps();
         using var session = new InferenceSession(path, options);
-        using var decoder = new KvCacheDecoder(session);
         var rng = new Random(1);
         var promptIds = Enumerable.Range(0, prompt).Select(_ => (long)rng.Next(config.Vocab)).ToArray();
-        decoder.Step(promptIds);
-        decoder.Reset();
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        var next = decoder.ArgMaxLast(decoder.Step(promptIds), prompt);
-        var prefill = clock.Elapsed.TotalMilliseconds;
-        clock.Restart();
-        for (var step = 0; step < steps; step++) next = decoder.ArgMaxLast(decoder.Step(next), 1);
-        var decode = steps > 0 ? clock.Elapsed.TotalMilliseconds / steps : 0;
-        return new NativeRun(path, prefill, decode, decoder.KvCacheBytes);
+        // The prefill yields the first token, then `steps` decode steps.
+        var (_, prefill, decode, kvBytes) = TrainedDemo.Generate(session, promptIds, steps + 1);
+        return new NativeRun(path, prefill, decode, kvBytes);
     }
 
     /// <summary>The blocks one full layer selected for the first decoded token, per KV head.</summary>

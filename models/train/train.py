@@ -99,11 +99,18 @@ def batch_at(data, step, seq, batch, seed, retrieval_share):
     return window[:, :-1], window[:, 1:], planted
 
 
-def make_optimizer(model, lr):
+def make_optimizer(model, lr, fused=False):
+    """AdamW with weight decay on matrices other than embeddings; fused=True asks for PyTorch 2.x's
+    one-kernel CUDA step (falls back to the plain one where that does not exist)."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+        except (TypeError, RuntimeError):
+            pass
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
 
 
 def train_step(model, optimizer, inputs, targets, lr):

@@ -68,19 +68,6 @@ def save_npz(path, model, meta):
     os.replace(path + ".tmp", path)
 
 
-def make_optimizer(model, lr, device):
-    """train.py's AdamW (same groups and betas), fused into one kernel per step on CUDA."""
-    if device.type != "cuda":
-        return train.make_optimizer(model, lr)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    try:
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
-    except (TypeError, RuntimeError):  # a PyTorch without the fused AdamW
-        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="dense:1,dense:2,hysparse:1,hysparse:2,swa:1",
@@ -126,7 +113,7 @@ def main():
         torch.manual_seed(seed)
         model = ByteLM(ModelConfig(**dict(fields, kind=kind))).to(device)
         models.append(model.train())
-        optimizers.append(make_optimizer(model, args.lr, device))
+        optimizers.append(train.make_optimizer(model, args.lr, fused=device.type == "cuda"))
         names.append(f"{kind}-seed{seed}")
         logs.append(open(os.path.join(args.out, f"{names[-1]}.loss.jsonl"), "w"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
