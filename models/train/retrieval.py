@@ -175,16 +175,59 @@ def make_example(rng, text, length, formats, position=None, distance=None):
     return Example(data[:length], value_start, value_start + len(value), at, value.encode(), name)
 
 
-def mix_rows(rows, seed, share, formats=None):
+def make_dense_example(rng, text, length, formats, pairs):
+    """A window of `length` bytes with `pairs` plant/query pairs at random positions and distances
+    (each query after its own plant; pairs interleave). One pair per window gives a model a few value
+    bytes of long-range signal per thousands of bytes; several per window is what made retrieval
+    learnable in a CPU budget (models/train/README.md, "Retrieval"). Returns (data, [(value_start,
+    value_end, value)]) with every value whole inside the window."""
+    lines = [formats[rng.choice(sorted(formats))](rng) for _ in range(pairs)]
+    inserted = sum(len(plant) + len(ask) + len(value) + len(tail) + 2 + 2 * 8 for plant, ask, value, tail in lines)
+    room = length - inserted
+    if room < 8 * pairs:
+        raise ValueError(f"a window of {length} bytes is too short for {pairs} retrieval pairs")
+    # (offset in `text`, order, line bytes, value offset inside the line or -1)
+    insertions = []
+    for i, (plant, ask, value, tail) in enumerate(lines):
+        at = min(_line_start(text, int(rng.random() * 0.8 * room)), room)
+        query_at = min(_line_start(text, rng.randint(at, room)), room)
+        plant_line = _indent(text, at) + plant.encode() + b"\n"
+        indent = _indent(text, query_at)
+        query = indent + (ask + value + tail).encode() + b"\n"
+        insertions.append((at, 2 * i, plant_line, -1, b""))
+        insertions.append((query_at, 2 * i + 1, query, len(indent) + len(ask), value.encode()))
+    insertions.sort(key=lambda item: (item[0], item[1]))
+    pieces, values, cursor, size = [], [], 0, 0
+    for offset, _, line, value_at, value in insertions:
+        pieces.append(text[cursor:offset])
+        size += offset - cursor
+        cursor = offset
+        if value_at >= 0:
+            values.append((size + value_at, size + value_at + len(value), value))
+        pieces.append(line)
+        size += len(line)
+    pieces.append(text[cursor:])
+    data = b"".join(pieces)[:length]
+    return data, values
+
+
+def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0):
     """Replaces a `share` of the byte rows (each a window of real text) by retrieval examples of the
-    same length, chosen and built from `seed` alone. Returns the new rows and how many were planted."""
+    same length, chosen and built from `seed` alone: one plant/query pair per row, or with
+    `pairs_per_kb` > 0 that many pairs per 1,024 bytes of row (make_dense_example). Returns the new
+    rows and how many pairs were planted."""
     rng = random.Random(seed)
     formats = training_formats if formats is None else formats
     out, planted = [], 0
     for row in rows:
         if rng.random() < share:
-            out.append(make_example(rng, row, len(row), formats).data)
-            planted += 1
+            pairs = max(1, round(pairs_per_kb * len(row) / 1024)) if pairs_per_kb > 0 else 0
+            if pairs:
+                out.append(make_dense_example(rng, row, len(row), formats, pairs)[0])
+                planted += pairs
+            else:
+                out.append(make_example(rng, row, len(row), formats).data)
+                planted += 1
         else:
             out.append(row)
     return out, planted
@@ -202,6 +245,13 @@ def selfcheck(trials=2000):
         assert len(example.data) == length, (example.format, len(example.data))
         assert example.data[example.value_start:example.value_end] == example.value, example
         assert 0 <= example.plant_start < example.value_start < example.value_end <= length, example
+    for i in range(trials // 4):
+        length = rng.choice([512, 2048])
+        start = rng.randrange(0, len(filler) - length)
+        data, values = make_dense_example(rng, filler[start:start + length], length, training_formats, length // 256)
+        assert len(data) == length and len(values) == length // 256, (len(data), len(values))
+        for value_start, value_end, value in values:
+            assert data[value_start:value_end] == value, (data, value_start, value)
 
 
 if __name__ == "__main__":

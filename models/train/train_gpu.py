@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import onnx_weights  # noqa: E402
 import train  # noqa: E402  (batch_at, make_optimizer, validation_bpb, retrieval_accuracy, tune_cpu)
 from hysparse_lm import ByteLM, ModelConfig  # noqa: E402
 
@@ -82,6 +83,11 @@ def main():
     parser.add_argument("--lr", type=float, default=2.5e-3)
     parser.add_argument("--warmup", type=int, default=60, help="warm-up steps")
     parser.add_argument("--retrieval-share", type=float, default=0.2)
+    parser.add_argument("--retrieval-pairs-per-kb", type=float, default=0.0,
+                        help="plant/query pairs per 1,024 bytes of a retrieval row (0: one pair per row)")
+    parser.add_argument("--init-onnx", metavar="DIR",
+                        help="start from trained weights: DIR/<kind>.onnx for seed 1, DIR/<kind>-seed<N>.onnx "
+                             "for others (onnx_weights.py reads exported models back)")
     parser.add_argument("--chunk", type=int, default=512, help="query chunk of the training forward")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--eval-seconds", type=float, default=75.0)
@@ -108,10 +114,20 @@ def main():
     data = train.load_bytes(os.path.join(args.corpus, "train.bin"))
     val = train.load_bytes(os.path.join(args.corpus, "val.bin"))
 
-    models, optimizers, logs, names = [], [], [], []
+    models, optimizers, logs, names, bases = [], [], [], [], []
     for kind, seed in runs:
         torch.manual_seed(seed)
-        model = ByteLM(ModelConfig(**dict(fields, kind=kind))).to(device)
+        model = ByteLM(ModelConfig(**dict(fields, kind=kind)))
+        bases.append({"tokens": 0})
+        if args.init_onnx:
+            path = os.path.join(args.init_onnx, f"{kind}.onnx" if seed == 1 else f"{kind}-seed{seed}.onnx")
+            model, record = onnx_weights.model_from_onnx(path)
+            if model.c.to_dict() != ModelConfig(**dict(fields, kind=kind)).to_dict():
+                sys.exit(f"{path}: its config differs from {args.config}")
+            bases[-1] = {"from": os.path.relpath(path), "tokens": int(record.get("tokens", 0)),
+                         "steps": int(record.get("steps", 0))}
+            print(f"{kind}:{seed} starts from {path} ({record.get('tokens', '?')} bytes trained)", flush=True)
+        model = model.to(device)
         models.append(model.train())
         optimizers.append(train.make_optimizer(model, args.lr, fused=device.type == "cuda"))
         names.append(f"{kind}-seed{seed}")
@@ -142,7 +158,9 @@ def main():
             record["retrieval_acc"] = train.retrieval_accuracy(model, val, eval_seq, args.retrieval_probes * (2 if final else 1), device)
             model.train()
             kind, seed = runs[i]
-            meta = {"config": models[i].c.to_dict(), "kind": kind, "seed": seed, "steps": step, "tokens": tokens,
+            # steps/tokens count the whole training, the initial weights' included (export metadata)
+            meta = {"config": models[i].c.to_dict(), "kind": kind, "seed": seed,
+                    "steps": bases[i].get("steps", 0) + step, "tokens": bases[i]["tokens"] + tokens, "initial": bases[i],
                     "seconds": round(seconds, 1), "validation_bpb": record["validation_bpb"],
                     "retrieval_acc": record["retrieval_acc"], "device": name, "torch": torch.__version__,
                     "recipe": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "weights_out", "done_file")},
@@ -165,7 +183,8 @@ def main():
         batches = {}
         for i, (kind, seed) in enumerate(runs):
             if seed not in batches:
-                inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share)
+                inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share,
+                                                            args.retrieval_pairs_per_kb)
                 batches[seed] = (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
             inputs, targets = batches[seed]
             model, optimizer = models[i], optimizers[i]
