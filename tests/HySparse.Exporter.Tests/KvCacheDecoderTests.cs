@@ -9,68 +9,55 @@ public sealed class KvCacheDecoderTests
 {
     private static readonly LlamaConfig Config = new() { Layers = 4, Hidden = 64, Heads = 4, KvHeads = 2, HeadDim = 16, Ffn = 96, Vocab = 97, Seed = 7 };
 
-    [TestMethod]
-    public void StepwiseDecodingEqualsOneCall_Dense() => StepwiseEqualsOneCall(LlamaModelBuilder.Build(Config).ToByteArray(), registerOps: false);
+    /// <summary>The test decoder as exported (decomposed attention, or another style).</summary>
+    private static byte[] Source(LlamaAttentionStyle style = LlamaAttentionStyle.Decomposed) => LlamaModelBuilder.Build(Config, style).ToByteArray();
+
+    /// <summary>
+    /// <paramref name="model"/> converted to FSSF with K covering every block of these runs, so each
+    /// hybrid is exact and comparable with itself in one call.
+    /// </summary>
+    private static byte[] Converted(byte[] model, HybridMode mode = HybridMode.Retrofit, bool kvBuffer = false) =>
+        HybridConverter.Convert(ModelProto.Parser.ParseFrom(model), new ConversionOptions
+        {
+            Layout = LayoutSpec.FromPattern("FSSF"),
+            Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4, Mode = mode },
+            KvBuffer = kvBuffer,
+        }).Model.ToByteArray();
 
     [TestMethod]
-    public void StepwiseDecodingEqualsOneCall_Hybrid()
-    {
-        // K covers every block, so the hybrid is exact and also comparable with itself in one call.
-        using var dir = new ModelDirectory();
-        File.WriteAllBytes(dir.File("dense.onnx"), LlamaModelBuilder.Build(Config).ToByteArray());
-        var options = new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 } };
-        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("hybrid.onnx"), options, overwrite: false);
-        StepwiseEqualsOneCall(File.ReadAllBytes(dir.File("hybrid.onnx")), registerOps: true);
-    }
+    public void StepwiseDecodingEqualsOneCall_Dense() => StepwiseEqualsOneCall(Source(), registerOps: false);
+
+    [TestMethod]
+    public void StepwiseDecodingEqualsOneCall_Hybrid() => StepwiseEqualsOneCall(Converted(Source()), registerOps: true);
 
     [TestMethod]
     public void StepwiseDecodingEqualsOneCall_SharedBuffers()
     {
         // GroupQueryAttention source and its conversion (shared-buffer mode) on buffers of 30 positions.
-        using var dir = new ModelDirectory();
-        File.WriteAllBytes(dir.File("genai.onnx"), LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray());
-        var options = new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 } };
-        HybridConverter.ConvertFile(dir.File("genai.onnx"), dir.File("hybrid.onnx"), options, overwrite: false);
-        StepwiseEqualsOneCall(File.ReadAllBytes(dir.File("genai.onnx")), registerOps: false, bufferCapacity: 30);
-        StepwiseEqualsOneCall(File.ReadAllBytes(dir.File("hybrid.onnx")), registerOps: true, bufferCapacity: 30);
+        var genai = Source(LlamaAttentionStyle.GroupQueryAttention);
+        StepwiseEqualsOneCall(genai, registerOps: false, bufferCapacity: 30);
+        StepwiseEqualsOneCall(Converted(genai), registerOps: true, bufferCapacity: 30);
     }
 
     [TestMethod]
     public void ChunkedPrefillEqualsOneCall()
     {
         // Dense; retrofit FSSF; kv-sharing (window caches, chunks longer than the window); the GQA
-        // source and its shared-buffer conversion; the dense model converted with --kv-buffer. K
-        // covers every block, so each hybrid is exact.
-        using var dir = new ModelDirectory();
-        File.WriteAllBytes(dir.File("dense.onnx"), LlamaModelBuilder.Build(Config).ToByteArray());
-        File.WriteAllBytes(dir.File("genai.onnx"), LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray());
-        var parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 };
-        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("retrofit.onnx"),
-                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters }, overwrite: false);
-        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("sharing.onnx"),
-                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters with { Mode = HybridMode.KvSharing } },
-                                    overwrite: false);
-        HybridConverter.ConvertFile(dir.File("genai.onnx"), dir.File("buffers.onnx"),
-                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters }, overwrite: false);
-        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("kvbuffer.onnx"),
-                                    new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters, KvBuffer = true },
-                                    overwrite: false);
-        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("dense.onnx")), registerOps: false);
-        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("retrofit.onnx")), registerOps: true);
-        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("sharing.onnx")), registerOps: true);
-        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("genai.onnx")), registerOps: false, bufferCapacity: 40);
-        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("buffers.onnx")), registerOps: true, bufferCapacity: 40);
-        ChunkedPrefillEqualsOneCall(File.ReadAllBytes(dir.File("kvbuffer.onnx")), registerOps: true, bufferCapacity: 40);
+        // source and its shared-buffer conversion; the dense model converted with --kv-buffer.
+        var dense = Source();
+        var genai = Source(LlamaAttentionStyle.GroupQueryAttention);
+        ChunkedPrefillEqualsOneCall(dense, registerOps: false);
+        ChunkedPrefillEqualsOneCall(Converted(dense), registerOps: true);
+        ChunkedPrefillEqualsOneCall(Converted(dense, HybridMode.KvSharing), registerOps: true);
+        ChunkedPrefillEqualsOneCall(genai, registerOps: false, bufferCapacity: 40);
+        ChunkedPrefillEqualsOneCall(Converted(genai), registerOps: true, bufferCapacity: 40);
+        ChunkedPrefillEqualsOneCall(Converted(dense, kvBuffer: true), registerOps: true, bufferCapacity: 40);
     }
 
     [TestMethod]
     public void ChunkedPrefillOfPaddedRowsEqualsOneCallAndGreedyDecodingAgrees()
     {
-        using var dir = new ModelDirectory();
-        File.WriteAllBytes(dir.File("dense.onnx"), LlamaModelBuilder.Build(Config).ToByteArray());
-        var options = new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4 } };
-        HybridConverter.ConvertFile(dir.File("dense.onnx"), dir.File("hybrid.onnx"), options, overwrite: false);
-        using var session = TestSessions.Open(File.ReadAllBytes(dir.File("hybrid.onnx")), registerOps: true);
+        using var session = TestSessions.Open(Converted(Source()), registerOps: true);
         var rng = new Random(5);
         const int promptLen = 21;
         var prompt = Enumerable.Range(0, 2 * promptLen).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();

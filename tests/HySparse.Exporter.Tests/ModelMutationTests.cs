@@ -1,3 +1,4 @@
+using Google.Protobuf.Collections;
 using System.Globalization;
 
 namespace HySparse.Exporter.Tests;
@@ -98,6 +99,23 @@ public sealed class ModelMutationTests
         var m = model.Clone();
         var graph = m.Graph;
         T Pick<T>(IList<T> items) => items[rng.Next(items.Count)];
+        // A copy of a random item, at a random place or at the end (the random draws keep their order:
+        // a seed names the same mutant as before).
+        (string, byte[]) Duplicated<T>(RepeatedField<T> items, string what, Func<T, string> name, bool anywhere)
+            where T : IDeepCloneable<T>
+        {
+            var item = Pick(items);
+            if (anywhere) items.Insert(rng.Next(items.Count + 1), item.Clone());
+            else items.Add(item.Clone());
+            return ($"{what} '{name(item)}' duplicated", m.ToByteArray());
+        }
+        (string, byte[]) Removed<T>(RepeatedField<T> items, string what, Func<T, string> name)
+        {
+            var at = rng.Next(items.Count);
+            var removed = name(items[at]);
+            items.RemoveAt(at);
+            return ($"{what} '{removed}' removed", m.ToByteArray());
+        }
         switch (rng.Next(14))
         {
             case 0:
@@ -112,45 +130,12 @@ public sealed class ModelMutationTests
                 for (var f = 0; f < flips; f++) bytes[rng.Next(bytes.Length)] ^= (byte)(1 << rng.Next(8));
                 return ($"{flips} byte flips", bytes);
             }
-            case 2:
-            {
-                var node = Pick(graph.Node);
-                graph.Node.Insert(rng.Next(graph.Node.Count + 1), node.Clone());
-                return ($"node '{node.Name}' duplicated", m.ToByteArray());
-            }
-            case 3:
-            {
-                var at = rng.Next(graph.Node.Count);
-                var name = graph.Node[at].Name;
-                graph.Node.RemoveAt(at);
-                return ($"node '{name}' removed", m.ToByteArray());
-            }
-            case 4:
-            {
-                var input = Pick(graph.Input);
-                graph.Input.Add(input.Clone());
-                return ($"input '{input.Name}' duplicated", m.ToByteArray());
-            }
-            case 5:
-            {
-                var at = rng.Next(graph.Input.Count);
-                var name = graph.Input[at].Name;
-                graph.Input.RemoveAt(at);
-                return ($"input '{name}' removed", m.ToByteArray());
-            }
-            case 6:
-            {
-                var initializer = Pick(graph.Initializer);
-                graph.Initializer.Add(initializer.Clone());
-                return ($"initializer '{initializer.Name}' duplicated", m.ToByteArray());
-            }
-            case 7:
-            {
-                var at = rng.Next(graph.Initializer.Count);
-                var name = graph.Initializer[at].Name;
-                graph.Initializer.RemoveAt(at);
-                return ($"initializer '{name}' removed", m.ToByteArray());
-            }
+            case 2: return Duplicated(graph.Node, "node", n => n.Name, anywhere: true);
+            case 3: return Removed(graph.Node, "node", n => n.Name);
+            case 4: return Duplicated(graph.Input, "input", i => i.Name, anywhere: false);
+            case 5: return Removed(graph.Input, "input", i => i.Name);
+            case 6: return Duplicated(graph.Initializer, "initializer", t => t.Name, anywhere: false);
+            case 7: return Removed(graph.Initializer, "initializer", t => t.Name);
             case 8:
             {
                 // A cycle: an early node reads the output of a later one.

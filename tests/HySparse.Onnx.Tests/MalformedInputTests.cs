@@ -328,33 +328,16 @@ public sealed class MalformedInputTests
     }
 
     [TestMethod]
-    public void Full_TopKOfTypeFloat() =>
-        // Issue 14: a float top_k used to become the default 16 silently.
-        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.TopK] = 2.5f), FullAttn, Attributes.TopK, "must be an int, got a float");
-
-    [TestMethod]
-    public void Full_BlockSizeOfTypeString() =>
-        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.BlockSize] = "4"), FullAttn, Attributes.BlockSize, "got a string");
-
-    [TestMethod]
-    public void Full_ScaleOfTypeString() =>
-        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.Scale] = "0.125"), FullAttn, Attributes.Scale, "must be a float, got a string");
-
-    [TestMethod]
-    public void Full_NumHeadsAsAList() =>
-        ExpectSessionError(With(ValidFull(), c => c.Attributes[Attributes.NumHeads] = new long[] { 4 }), FullAttn, Attributes.NumHeads, "must be an int");
-
-    [TestMethod]
-    public void Sparse_CombineOfTypeFloat() =>
-        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.Combine] = 1f), SparseAttn, Attributes.Combine, "must be a string, got a float");
-
-    [TestMethod]
-    public void Sparse_WindowOfTypeString() =>
-        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.Window] = "6"), SparseAttn, Attributes.Window, "must be an int");
-
-    [TestMethod]
-    public void Sparse_WindowCacheOfTypeFloat() =>
-        ExpectSessionError(With(ValidSparse(), c => c.Attributes[Attributes.WindowCache] = 1f), SparseAttn, Attributes.WindowCache, "must be an int");
+    // Issue 14: a float top_k used to become the default 16 silently.
+    [DataRow(FullAttn, Attributes.TopK, 2.5f, "must be an int, got a float", DisplayName = "Full_TopKOfTypeFloat")]
+    [DataRow(FullAttn, Attributes.BlockSize, "4", "got a string", DisplayName = "Full_BlockSizeOfTypeString")]
+    [DataRow(FullAttn, Attributes.Scale, "0.125", "must be a float, got a string", DisplayName = "Full_ScaleOfTypeString")]
+    [DataRow(FullAttn, Attributes.NumHeads, new long[] { 4 }, "must be an int", DisplayName = "Full_NumHeadsAsAList")]
+    [DataRow(SparseAttn, Attributes.Combine, 1f, "must be a string, got a float", DisplayName = "Sparse_CombineOfTypeFloat")]
+    [DataRow(SparseAttn, Attributes.Window, "6", "must be an int", DisplayName = "Sparse_WindowOfTypeString")]
+    [DataRow(SparseAttn, Attributes.WindowCache, 1f, "must be an int", DisplayName = "Sparse_WindowCacheOfTypeFloat")]
+    public void AttributeOfTheWrongTypeIsRefused(string op, string attribute, object value, string message) =>
+        ExpectSessionError(With(op == FullAttn ? ValidFull() : ValidSparse(), c => c.Attributes[attribute] = value), op, attribute, message);
 
     [TestMethod]
     public void Full_TopKAboveTheLimit()

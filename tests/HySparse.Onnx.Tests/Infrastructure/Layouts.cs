@@ -4,24 +4,22 @@ namespace HySparse.Onnx.Tests.Infrastructure;
 public static class Layouts
 {
     /// <summary>[B, H, S, D] → [B, S, H·D].</summary>
-    public static double[] BnshToBsnh(double[] x, int batch, int heads, int seq, int dim)
-    {
-        var y = new double[x.Length];
-        for (var b = 0; b < batch; b++)
-        for (var h = 0; h < heads; h++)
-        for (var s = 0; s < seq; s++)
-            Array.Copy(x, (((long)b * heads + h) * seq + s) * dim, y, (((long)b * seq + s) * heads + h) * dim, dim);
-        return y;
-    }
+    public static double[] BnshToBsnh(double[] x, int batch, int heads, int seq, int dim) => Transpose(x, batch, heads, seq, dim, toBsnh: true);
 
     /// <summary>[B, S, H·D] → [B, H, S, D].</summary>
-    public static double[] BsnhToBnsh(double[] x, int batch, int heads, int seq, int dim)
+    public static double[] BsnhToBnsh(double[] x, int batch, int heads, int seq, int dim) => Transpose(x, batch, heads, seq, dim, toBsnh: false);
+
+    private static double[] Transpose(double[] x, int batch, int heads, int seq, int dim, bool toBsnh)
     {
         var y = new double[x.Length];
         for (var b = 0; b < batch; b++)
         for (var h = 0; h < heads; h++)
         for (var s = 0; s < seq; s++)
-            Array.Copy(x, (((long)b * seq + s) * heads + h) * dim, y, (((long)b * heads + h) * seq + s) * dim, dim);
+        {
+            long bnsh = (((long)b * heads + h) * seq + s) * dim, bsnh = (((long)b * seq + s) * heads + h) * dim;
+            if (toBsnh) Array.Copy(x, bnsh, y, bsnh, dim);
+            else Array.Copy(x, bsnh, y, bnsh, dim);
+        }
         return y;
     }
 
