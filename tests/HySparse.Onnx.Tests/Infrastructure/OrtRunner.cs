@@ -16,10 +16,16 @@ public static class OrtRunner
     public static Dictionary<string, TestTensor> Run(byte[] model, IReadOnlyDictionary<string, TestTensor> inputs,
                                                      IReadOnlyList<OutputRequest> outputs, bool registerHySparseOps = true)
     {
+        using var session = OpenSession(model, registerHySparseOps);
+        return Run(session, inputs, outputs);
+    }
+
+    /// <summary>A session over an in-memory model, quiet below errors, with or without the HySparse ops.</summary>
+    public static InferenceSession OpenSession(byte[] model, bool registerHySparseOps = true)
+    {
         using var options = new SessionOptions { IntraOpNumThreads = 2, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
         if (registerHySparseOps) options.RegisterHySparseOps();
-        using var session = new InferenceSession(model, options);
-        return Run(session, inputs, outputs);
+        return new InferenceSession(model, options);
     }
 
     public static Dictionary<string, TestTensor> Run(InferenceSession session, IReadOnlyDictionary<string, TestTensor> inputs,

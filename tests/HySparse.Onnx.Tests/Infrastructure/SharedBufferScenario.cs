@@ -144,9 +144,7 @@ public static class AliasedRunner
 {
     public static Dictionary<string, TestTensor> Run(OpInvocation call)
     {
-        using var options = new SessionOptions { IntraOpNumThreads = 2, LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR };
-        if (call.Domain == HySparseOps.Domain) options.RegisterHySparseOps();
-        using var session = new InferenceSession(call.BuildModel(), options);
+        using var session = OrtRunner.OpenSession(call.BuildModel(), registerHySparseOps: call.Domain == HySparseOps.Domain);
         using var binding = session.CreateIoBinding();
         using var runOptions = new RunOptions();
         var values = new Dictionary<string, OrtValue>();

@@ -1,4 +1,10 @@
-namespace HySparse.Exporter.Tests;
+using Google.Protobuf;
+using HySparse.Exporter;
+using HySparse.Exporter.Layout;
+using HySparse.Models.Llama;
+using Onnx;
+
+namespace HySparse.Onnx.Tests;
 
 /// <summary>
 /// <see cref="KvCacheDecoder"/> on real decoders: carrying present caches back as past must give the
@@ -57,7 +63,7 @@ public sealed class KvCacheDecoderTests
     [TestMethod]
     public void ChunkedPrefillOfPaddedRowsEqualsOneCallAndGreedyDecodingAgrees()
     {
-        using var session = TestSessions.Open(Converted(Source()), registerOps: true);
+        using var session = OrtRunner.OpenSession(Converted(Source()), registerHySparseOps: true);
         var rng = new Random(5);
         const int promptLen = 21;
         var prompt = Enumerable.Range(0, 2 * promptLen).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
@@ -88,7 +94,7 @@ public sealed class KvCacheDecoderTests
     [TestMethod]
     public void SharedBuffersHoldTheirCapacityFromTheFirstStep()
     {
-        using var session = TestSessions.Open(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray(), registerOps: false);
+        using var session = OrtRunner.OpenSession(LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention).ToByteArray(), registerHySparseOps: false);
         using var decoder = new KvCacheDecoder(session, bufferCapacity: 8);
         var bufferBytes = 2L * Config.Layers * Config.KvHeads * 8 * Config.HeadDim * 4;
         Assert.AreEqual(bufferBytes, decoder.KvCacheBytes);
@@ -105,7 +111,7 @@ public sealed class KvCacheDecoderTests
     [TestMethod]
     public void ReportsCacheBytesAndPosition()
     {
-        using var session = TestSessions.Open(LlamaModelBuilder.Build(Config).ToByteArray(), registerOps: false);
+        using var session = OrtRunner.OpenSession(LlamaModelBuilder.Build(Config).ToByteArray(), registerHySparseOps: false);
         using var decoder = new KvCacheDecoder(session);
         Assert.AreEqual(2 * Config.Layers, decoder.CacheTensorCount);
         Assert.AreEqual(0, decoder.KvCacheBytes);
@@ -125,7 +131,7 @@ public sealed class KvCacheDecoderTests
     // the last token's logits of one Step over the 30-token prompt.
     private static void ChunkedPrefillEqualsOneCall(byte[] model, bool registerOps, int? bufferCapacity = null)
     {
-        using var session = TestSessions.Open(model, registerOps);
+        using var session = OrtRunner.OpenSession(model, registerOps);
         var rng = new Random(4);
         var tokens = Enumerable.Range(0, 30).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
         using var whole = new KvCacheDecoder(session, bufferCapacity: bufferCapacity);
@@ -142,7 +148,7 @@ public sealed class KvCacheDecoderTests
 
     private static void StepwiseEqualsOneCall(byte[] model, bool registerOps, int? bufferCapacity = null)
     {
-        using var session = TestSessions.Open(model, registerOps);
+        using var session = OrtRunner.OpenSession(model, registerOps);
         var rng = new Random(3);
         var tokens = Enumerable.Range(0, 23).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
 
@@ -188,13 +194,12 @@ public sealed class BoundKvCacheDecoderTests
     }
 
     [TestMethod]
-    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     [DataRow("dense")]
     [DataRow("retrofit")]
     [DataRow("kv-sharing")]
     public void BoundStepsEqualOrdinarySteps(string kind)
     {
-        using var session = TestSessions.Open(Model(kind), registerOps: kind != "dense");
+        using var session = OrtRunner.OpenSession(Model(kind), registerHySparseOps: kind != "dense");
         var rng = new Random(5);
         // Batch 2: the second row's prompt right-padded by 3, then chunks of 1, 4 and 1 tokens.
         var chunks = new[] { 12, 1, 4, 1, 1 };
@@ -228,10 +233,9 @@ public sealed class BoundKvCacheDecoderTests
     }
 
     [TestMethod]
-    [TestCategory(HySparseEquivalenceTests.NeedsOps)]
     public void ACacheLoadedFromAnEarlierRunContinuesLikeIt()
     {
-        using var session = TestSessions.Open(Model("kv-sharing"), registerOps: true);
+        using var session = OrtRunner.OpenSession(Model("kv-sharing"), registerHySparseOps: true);
         var rng = new Random(6);
         var prompt = Enumerable.Range(0, 20).Select(_ => (long)rng.Next(Config.Vocab)).ToArray();
         using var ordinary = new KvCacheDecoder(session, extraOutputs: session.OutputNames.Where(n => n.StartsWith(DecoderNames.PresentPrefix, StringComparison.Ordinal)));
@@ -259,7 +263,7 @@ public sealed class BoundKvCacheDecoderTests
     [TestMethod]
     public void RefusesWhatItCannotHold()
     {
-        using var session = TestSessions.Open(Model("dense"), registerOps: false);
+        using var session = OrtRunner.OpenSession(Model("dense"), registerHySparseOps: false);
         using var bound = new KvCacheDecoder(session, boundCapacity: 4);
         bound.Step([1, 2, 3]);
         var error = Assert.ThrowsExactly<InvalidOperationException>(() => bound.Step([4, 5]));
@@ -267,3 +271,4 @@ public sealed class BoundKvCacheDecoderTests
         Assert.ThrowsExactly<ArgumentException>(() => new KvCacheDecoder(session, bufferCapacity: 4, boundCapacity: 4));
     }
 }
+
