@@ -148,7 +148,7 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
             LayerLayout? layout = null;
             foreach (var (mode, spec, hybridMode, kvMode, buffered) in new[]
                      {
-                         (AllFull, LayoutSpec.FromPattern("F"), HybridMode.Retrofit, KvCacheMode.Retrofit, false),
+                         (AllFull, LayoutSpec.FromLetters("F"), HybridMode.Retrofit, KvCacheMode.Retrofit, false),
                          (Retrofit, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, false),
                          (KvSharing, LayoutSpec.Default, HybridMode.KvSharing, KvCacheMode.KvSharing, false),
                          (InPlace, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, true),
@@ -234,7 +234,7 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
                 foreach (var (_, decoder) in decoders) decoder.Dispose();
             }
         }
-        return new EndToEndReport(config.Name, c, layout.Pattern, parameters, config.RealPrefix, sessions.Threads, warmup, steps, results);
+        return new EndToEndReport(config.Name, c, layout.Letters, parameters, config.RealPrefix, sessions.Threads, warmup, steps, results);
     }
 }
 

@@ -100,7 +100,7 @@ public sealed class PrefillBench(int threads, string? library, int seed)
             Console.Error.WriteLine($"end-to-end prefill: building {config.Name} ...");
             var dense = LlamaModelBuilder.Build(c, LlamaAttentionStyle.Decomposed);
             var modes = new List<Mode> { Write(dir, Original, dense, hySparse: false) };
-            modes.Add(Convert(dir, AllFull, dense, LayoutSpec.FromPattern("F"), parameters));
+            modes.Add(Convert(dir, AllFull, dense, LayoutSpec.FromLetters("F"), parameters));
             modes.Add(Convert(dir, Retrofit, dense, LayoutSpec.Ratio("1:3", sparseLast: true), parameters));
             modes.Add(Convert(dir, KvSharing, dense, LayoutSpec.Ratio("1:3", sparseLast: true), parameters with { Mode = HybridMode.KvSharing }));
             modes.Add(modes[2] with { Label = $"{Chunked} ({config.ChunkSize})", Chunk = config.ChunkSize });
@@ -184,7 +184,7 @@ public sealed class PrefillBench(int threads, string? library, int seed)
     private static Mode Convert(DirectoryInfo dir, string label, global::Onnx.ModelProto dense, LayoutSpec layout, HybridParameters parameters)
     {
         var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = layout, Parameters = parameters });
-        Console.Error.WriteLine($"  {label}: layout {report.Layout.Pattern}");
+        Console.Error.WriteLine($"  {label}: layout {report.Layout.Letters}");
         return Write(dir, label, model, hySparse: true);
     }
 

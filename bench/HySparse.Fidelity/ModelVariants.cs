@@ -70,7 +70,7 @@ public static class ModelVariants
         var (converted, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio(ratio), Parameters = parameters });
         var kind = parameters.Mode == HybridMode.KvSharing ? "kv_sharing" : "retrofit";
         var name = $"{(kind == "kv_sharing" ? "KV-sharing" : "retrofit")} {ratio}, K {parameters.TopK}";
-        return new(name, kind, report.Layout.Pattern, $"K {parameters.TopK} × {parameters.BlockSize} + w {parameters.Window}", converted.ToByteArray());
+        return new(name, kind, report.Layout.Letters, $"K {parameters.TopK} × {parameters.BlockSize} + w {parameters.Window}", converted.ToByteArray());
     }
 
     /// <summary>The sliding window the native model was trained with (every hybrid row uses it).</summary>

@@ -51,9 +51,9 @@ public static class CliApp
             return Fail(stdout, stderr, json, ExitCodes.Usage, "usage", e.Message,
                 $"run 'hysparse {(root.Subcommands.Any(c => c.Name == verb) ? verb + " " : "")}--help' for usage");
         }
-        catch (LayoutException e)
+        catch (ConversionSettingsException e)
         {
-            return Fail(stdout, stderr, json, ExitCodes.Usage, "invalidLayout", e.Message, null);
+            return Fail(stdout, stderr, json, ExitCodes.Usage, e is HybridParametersException ? "invalidParameters" : "invalidLayout", e.Message, null);
         }
         catch (ConversionException e)
         {

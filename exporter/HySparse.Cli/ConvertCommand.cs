@@ -113,7 +113,7 @@ internal sealed class ConvertCommand : Verb
                 input,
                 output,
                 sourceAttention = report.Style,
-                layout = report.Layout.Pattern,
+                layout = report.Layout.Letters,
                 fullLayers = report.Layout.FullLayers,
                 parameters = new { mode = report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window, combine = "union" },
                 interfaceChanges = report.InterfaceChanges,
@@ -134,7 +134,7 @@ internal sealed class ConvertCommand : Verb
             foreach (var change in folder.ConfigChanges) stdout.WriteLine($"             {GenAiModelFolder.ConfigFileName}: {change}");
         }
         stdout.WriteLine($"  attention  {report.Style.ToString().ToLowerInvariant()}, {report.Layers.Count} layers");
-        stdout.WriteLine($"  layout     {report.Layout.Pattern}  ({options.Layout.Description}{(options.Layout.SparseLast ? "" : ", last layer full")}; full layers {string.Join(",", report.Layout.FullLayers)})");
+        stdout.WriteLine($"  layout     {report.Layout.Letters}  ({options.Layout.Description}{(options.Layout.SparseLast ? "" : ", last layer full")}; full layers {string.Join(",", report.Layout.FullLayers)})");
         stdout.WriteLine($"  sparse     top-k {p.TopK} blocks x block size {p.BlockSize} + window {p.Window} = at most {p.SparseReach} keys per token per sparse layer");
         stdout.WriteLine($"  mode       {SharedOptions.ModeLine(p.Mode)}");
         if (report.WindowCaches.Count == 0)

@@ -109,18 +109,18 @@ internal sealed class DemoCommand : Verb
             NativeRun? native = null;
             if (parse.GetValue(_native))
             {
-                progress?.Invoke($"building and running a HySparse-native model of the same sizes and layout {report.Layout.Pattern}");
-                native = RunNative(config, report.Layout.Pattern, conversion.Parameters, directory, prompt, steps);
+                progress?.Invoke($"building and running a HySparse-native model of the same sizes and layout {report.Layout.Letters}");
+                native = RunNative(config, report.Layout.Letters, conversion.Parameters, directory, prompt, steps);
             }
             var kv = KvAccounting.Compute(config.KvHeads, config.HeadDim, 4, report.Layout, conversion.Parameters, [context]).Single();
 
             if (json)
             {
-                CliApp.WriteJson(stdout, new { ok = true, directory = keep ? directory : null, layout = report.Layout.Pattern, parameters = conversion.Parameters, verify, kv, oracle, native });
+                CliApp.WriteJson(stdout, new { ok = true, directory = keep ? directory : null, layout = report.Layout.Letters, parameters = conversion.Parameters, verify, kv, oracle, native });
                 return ExitCodes.Success;
             }
             var p = conversion.Parameters;
-            stdout.WriteLine($"HySparse demo: {layers}-layer decoder, layout {report.Layout.Pattern}, top-k {p.TopK} x block {p.BlockSize} + window {p.Window}, {p.ModeName.Replace('_', '-')}");
+            stdout.WriteLine($"HySparse demo: {layers}-layer decoder, layout {report.Layout.Letters}, top-k {p.TopK} x block {p.BlockSize} + window {p.Window}, {p.ModeName.Replace('_', '-')}");
             stdout.WriteLine($"  prompt {prompt} tokens, then {steps} greedy decode steps (context {context})");
             stdout.WriteLine();
             stdout.WriteLine("                          dense        hybrid");
@@ -134,7 +134,7 @@ internal sealed class DemoCommand : Verb
             stdout.WriteLine();
             if (oracle is null)
             {
-                stdout.WriteLine($"  Layout {report.Layout.Pattern} has no sparse layers, so no full layer selects blocks.");
+                stdout.WriteLine($"  Layout {report.Layout.Letters} has no sparse layers, so no full layer selects blocks.");
             }
             else
             {

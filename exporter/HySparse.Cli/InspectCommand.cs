@@ -66,7 +66,7 @@ internal sealed class InspectCommand : Verb
                 sourceAttention = report.SourceStyle,
                 layers = report.Layers.Select(l => new { l.Index, l.CacheIndex, l.Node, l.Kind, l.NumHeads, l.KvNumHeads, l.HeadSize, cacheType = SharedOptions.TypeName(l.CacheType), l.BytesPerToken, l.HasKvCache }),
                 unconvertible = report.Failures,
-                layout = report.Layout?.Pattern,
+                layout = report.Layout?.Letters,
                 parameters = new { mode = report.Native ? report.Metadata.GetValueOrDefault(HybridMetadata.Mode, HybridMetadata.NativeMode) : report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window },
                 windowCaches = report.WindowCaches,
                 kv = report.Kv,
@@ -105,7 +105,7 @@ internal sealed class InspectCommand : Verb
         {
             var p = report.Parameters;
             stdout.WriteLine();
-            stdout.WriteLine($"  {(report.Converted ? "hybrid layout" : "with layout")} {layout.Pattern}, top-k {p.TopK}, block size {p.BlockSize}, window {p.Window} (sparse layers read at most {p.SparseReach} keys per token)");
+            stdout.WriteLine($"  {(report.Converted ? "hybrid layout" : "with layout")} {layout.Letters}, top-k {p.TopK}, block size {p.BlockSize}, window {p.Window} (sparse layers read at most {p.SparseReach} keys per token)");
             stdout.WriteLine($"  mode       {(!report.Native ? SharedOptions.ModeLine(report.Mode) : IsSlidingWindow(report.Metadata) ? SlidingWindowModeLine : NativeModeLine)}");
             if (report.WindowCaches.Count > 0)
                 stdout.WriteLine($"  window caches (at most {p.Window} tokens each): {string.Join(", ", report.WindowCaches)}");

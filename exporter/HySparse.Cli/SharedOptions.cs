@@ -65,7 +65,7 @@ internal sealed class LayoutOptions
         var sparseLast = parse.GetValue(_sparseLast);
         if (new[] { pattern, ratio, fullLayers }.Count(o => o is not null) > 1)
             throw new UsageException("give only one of --pattern, --ratio and --full-layers");
-        var layout = pattern is not null ? LayoutSpec.FromPattern(pattern, sparseLast)
+        var layout = pattern is not null ? LayoutSpec.FromLetters(pattern, sparseLast)
             : ratio is not null ? LayoutSpec.Ratio(ratio, sparseLast)
             : fullLayers is not null ? LayoutSpec.FromFullLayers(fullLayers, sparseLast)
             : LayoutSpec.Ratio("1:3", sparseLast);

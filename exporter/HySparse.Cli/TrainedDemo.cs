@@ -77,7 +77,7 @@ internal static class TrainedDemo
             var report = HybridConverter.ConvertFile(densePath, hybridPath, options.Conversion, overwrite: true);
             var prompt = Prompt(options.PromptBytes).Select(b => (long)b).ToArray();
 
-            var runs = new List<(string Label, string Path, string Layout)> { ("dense", densePath, new string('F', report.Layers.Count)), ("hybrid (converted)", hybridPath, report.Layout.Pattern) };
+            var runs = new List<(string Label, string Path, string Layout)> { ("dense", densePath, new string('F', report.Layers.Count)), ("hybrid (converted)", hybridPath, report.Layout.Letters) };
             if (options.Native)
             {
                 var nativePath = Path.Combine(directory, "trained_hysparse.onnx");

@@ -9,66 +9,6 @@ using Onnx;
 
 namespace HySparse.Exporter;
 
-/// <summary>What to convert a model into.</summary>
-public sealed record ConversionOptions
-{
-    /// <summary>Which layers become full and which sparse.</summary>
-    public LayoutSpec Layout { get; init; } = LayoutSpec.Default;
-    /// <summary>K, B, w and the mode.</summary>
-    public HybridParameters Parameters { get; init; } = new();
-    /// <summary>
-    /// Keep concatenated caches (<c>present = Concat(past, new)</c>) in fixed-capacity buffers updated in
-    /// place (<c>--kv-buffer</c>): the ops run in their shared-buffer mode, so a decode step writes its new
-    /// tokens instead of copying every cache. Changes the interface (buffers, right padding only).
-    /// </summary>
-    public bool KvBuffer { get; init; }
-}
-
-/// <summary>One converted layer.</summary>
-/// <param name="Index">Position among the model's attention layers (graph order).</param>
-/// <param name="CacheIndex">N of <c>past_key_values.N</c>, when the caches are named that way.</param>
-/// <param name="Kind">Full or sparse.</param>
-/// <param name="SourceNode">The node the layer was recognised at.</param>
-/// <param name="Node">The HySparse node that replaced it.</param>
-/// <param name="OracleLayer">For a sparse layer: the full layer whose selection it reads.</param>
-public sealed record ConvertedLayer(int Index, int? CacheIndex, LayerKind Kind, string SourceNode, string Node, int? OracleLayer);
-
-/// <summary>What a conversion did.</summary>
-public sealed record ConversionReport
-{
-    /// <summary>Attention style found in the source.</summary>
-    public required AttentionStyle Style { get; init; }
-    /// <summary>The layout applied.</summary>
-    public required LayerLayout Layout { get; init; }
-    /// <summary>The parameters applied.</summary>
-    public required HybridParameters Parameters { get; init; }
-    /// <summary>Per layer, in graph order.</summary>
-    public required IReadOnlyList<ConvertedLayer> Layers { get; init; }
-    /// <summary>The metadata entries written.</summary>
-    public required IReadOnlyDictionary<string, string> Metadata { get; init; }
-    /// <summary>KV sharing: the cache inputs then outputs that became window caches (empty in retrofit).</summary>
-    public required IReadOnlyList<string> WindowCaches { get; init; }
-    /// <summary>How the model's inputs and outputs changed, in words ("none" in retrofit).</summary>
-    public string InterfaceChanges => Metadata[HybridMetadata.InterfaceChanges];
-    /// <summary>The cache geometry all layers share, or null when they differ.</summary>
-    public CacheGeometry? Cache { get; init; }
-    /// <summary>KV sharing of a shared-buffer model: its buffers became concatenated caches.</summary>
-    public bool BuffersConcatenated { get; init; }
-
-    /// <summary>KV figures (dense, retrofit, KV sharing) at <paramref name="contexts"/>; empty without a common cache geometry.</summary>
-    public IReadOnlyList<KvFigures> KvAt(IEnumerable<long> contexts) =>
-        Cache is { } cache ? KvAccounting.Compute(cache, Layout, Parameters, contexts) : [];
-}
-
-/// <summary>The attention layers of a model, as far as the patterns can tell.</summary>
-/// <param name="Layers">Recognised layers in graph order.</param>
-/// <param name="Failures">Attention-like subgraphs that are not convertible, with reasons.</param>
-public sealed record ModelAnalysis(IReadOnlyList<AttentionLayer> Layers, IReadOnlyList<UnconvertibleLayer> Failures)
-{
-    /// <summary>The style of the recognised layers (the first one's), or null when there are none.</summary>
-    public AttentionStyle? Style => Layers.Count > 0 ? Layers[0].Style : null;
-}
-
 /// <summary>
 /// Converts exported decoders into hybrid HySparse models. The rewrite changes graph structure only:
 /// weights are never decoded or copied beyond what parsing the graph protobuf takes.
@@ -233,7 +173,7 @@ public static class HybridConverter
         {
             [HybridMetadata.FormatVersion] = "1",
             [HybridMetadata.Mode] = p.ModeName,
-            [HybridMetadata.Layout] = layout.Pattern,
+            [HybridMetadata.Layout] = layout.Letters,
             [HybridMetadata.FullLayers] = string.Join(",", layout.FullLayers),
             [HybridMetadata.TopK] = Number(p.TopK),
             [HybridMetadata.BlockSize] = Number(p.BlockSize),

@@ -46,13 +46,13 @@ public sealed record HybridParameters
     /// <summary>Largest <see cref="BlockSize"/> the operators accept (docs/ops.md).</summary>
     public const int MaxBlockSize = 4096;
 
-    /// <summary>Throws <see cref="LayoutException"/> naming the first parameter out of range (below 1, or above the operators' limits).</summary>
+    /// <summary>Throws <see cref="HybridParametersException"/> naming the first parameter out of range (below 1, or above the operators' limits).</summary>
     public void Validate()
     {
-        if (TopK < 1) throw new LayoutException($"top-k must be at least 1 block (got {TopK})");
-        if (TopK > MaxTopK) throw new LayoutException($"top-k must be at most {MaxTopK} blocks, the operators' limit (got {TopK})");
-        if (BlockSize < 1) throw new LayoutException($"block size must be at least 1 token (got {BlockSize})");
-        if (BlockSize > MaxBlockSize) throw new LayoutException($"block size must be at most {MaxBlockSize} tokens, the operators' limit (got {BlockSize})");
-        if (Window < 1) throw new LayoutException($"window must be at least 1 token (got {Window})");
+        if (TopK < 1) throw new HybridParametersException($"top-k must be at least 1 block (got {TopK})");
+        if (TopK > MaxTopK) throw new HybridParametersException($"top-k must be at most {MaxTopK} blocks, the operators' limit (got {TopK})");
+        if (BlockSize < 1) throw new HybridParametersException($"block size must be at least 1 token (got {BlockSize})");
+        if (BlockSize > MaxBlockSize) throw new HybridParametersException($"block size must be at most {MaxBlockSize} tokens, the operators' limit (got {BlockSize})");
+        if (Window < 1) throw new HybridParametersException($"window must be at least 1 token (got {Window})");
     }
 }

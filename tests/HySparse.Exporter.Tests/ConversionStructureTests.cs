@@ -79,7 +79,7 @@ public sealed class ConversionStructureTests
         var (model, report) = HybridConverter.Convert(source, options);
 
         Assert.AreEqual(pristine, source, "Convert must not modify its argument");
-        Assert.AreEqual("FSSFSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSFSF", report.Layout.Letters);
         var graph = model.Graph;
         var producers = graph.Node.SelectMany(n => n.Output.Select(o => (o, n))).ToDictionary(p => p.o, p => p.n);
         var ops = graph.Node.Where(n => n.Domain == HySparseOps.Domain).ToList();

@@ -101,7 +101,7 @@ public sealed class ExportVariantConversionTests
         var parameters = new HybridParameters { TopK = 5, BlockSize = 4, Window = 3 };
         var (hybrid, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio("1:1"), Parameters = parameters });
         Assert.HasCount(weights.Config.Layers, report.Layers);
-        Assert.AreEqual("FSFF", report.Layout.Pattern);
+        Assert.AreEqual("FSFF", report.Layout.Letters);
 
         foreach (var ((inputs, expected), (_, actual)) in Run(variant, dense).Zip(Run(variant, hybrid, withOps: true)))
             Close.AssertRealTokens(inputs, weights.Config, expected, actual, 1e-4, $"{name} at T={inputs.Total}");
@@ -148,7 +148,7 @@ public sealed class ExportVariantConversionTests
         // w = 19 ≥ T: every key a sparse layer sees is in its window, read from its own K/V.
         var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 19, Mode = HybridMode.KvSharing };
         var (hybrid, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = parameters });
-        Assert.AreEqual("FSSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSF", report.Layout.Letters);
 
         foreach (var ((inputs, expected), (_, actual)) in Run(variant, dense).Zip(Run(variant, hybrid, withOps: true)))
             Close.AssertRealTokens(inputs, variant.Config(0), expected, actual, 1e-4, $"{name} kv-sharing at T={inputs.Total}");

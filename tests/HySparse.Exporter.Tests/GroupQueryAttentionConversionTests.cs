@@ -94,7 +94,7 @@ public sealed class GroupQueryAttentionConversionTests
         var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 2 };
         var source = LlamaModelBuilder.Build(Config, LlamaAttentionStyle.GroupQueryAttention);
         var (hybrid, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = parameters });
-        Assert.AreEqual("FSSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSF", report.Layout.Letters);
 
         var dense = BufferedRun(source.ToByteArray(), [12, 1, 1], [0, 2], withOps: false);
         var runs = BufferedRun(hybrid.ToByteArray(), [12, 1, 1], [0, 2], withOps: true);

@@ -32,7 +32,7 @@ public sealed class KvSharingTests
         ModelFile.Validate(model, "kv-sharing model");
         var ops = model.Graph.Node.Where(n => n.Domain == HySparseOps.Domain).ToList();
         Assert.HasCount(Config.Layers, ops);
-        Assert.AreEqual("FSSFSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSFSF", report.Layout.Letters);
         var inputs = model.Graph.Input.ToDictionary(i => i.Name);
         var outputs = model.Graph.Output.ToDictionary(o => o.Name);
         for (var l = 0; l < Config.Layers; l++)

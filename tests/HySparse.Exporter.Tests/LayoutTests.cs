@@ -13,7 +13,7 @@ public sealed class LayoutTests
     [DataRow("FSSFS", 5, true, "FSSFS")]
     public void PatternRepeatsOverLayers(string pattern, int layers, bool sparseLast, string expected)
     {
-        Assert.AreEqual(expected, LayoutSpec.FromPattern(pattern, sparseLast).Plan(layers).Pattern);
+        Assert.AreEqual(expected, LayoutSpec.FromLetters(pattern, sparseLast).Plan(layers).Letters);
     }
 
     [TestMethod]
@@ -22,24 +22,24 @@ public sealed class LayoutTests
     [DataRow("1:1", 4, "FSFF")]
     public void RatioIsOneFullThenNSparse(string ratio, int layers, string expected)
     {
-        Assert.AreEqual(expected, LayoutSpec.Ratio(ratio).Plan(layers).Pattern);
+        Assert.AreEqual(expected, LayoutSpec.Ratio(ratio).Plan(layers).Letters);
     }
 
     [TestMethod]
     public void FullLayerListIsExact()
     {
         var layout = LayoutSpec.FromFullLayers("8, 0,4").Plan(10);
-        Assert.AreEqual("FSSSFSSSFF", layout.Pattern);
+        Assert.AreEqual("FSSSFSSSFF", layout.Letters);
         CollectionAssert.AreEqual(new[] { 0, 4, 8, 9 }, layout.FullLayers.ToArray());
         Assert.AreEqual(6, layout.SparseCount);
-        Assert.AreEqual("FSSSFSSSFS", LayoutSpec.FromFullLayers("0,4,8", sparseLast: true).Plan(10).Pattern);
+        Assert.AreEqual("FSSSFSSSFS", LayoutSpec.FromFullLayers("0,4,8", sparseLast: true).Plan(10).Letters);
     }
 
     [TestMethod]
     public void OracleIsTheNearestPrecedingFullLayer()
     {
-        var layout = LayoutSpec.FromPattern("FSSFS").Plan(6);
-        Assert.AreEqual("FSSFSF", layout.Pattern);
+        var layout = LayoutSpec.FromLetters("FSSFS").Plan(6);
+        Assert.AreEqual("FSSFSF", layout.Letters);
         Assert.AreEqual(0, layout.OracleOf(1));
         Assert.AreEqual(0, layout.OracleOf(2));
         Assert.AreEqual(3, layout.OracleOf(4));
@@ -56,7 +56,7 @@ public sealed class LayoutTests
     [DataRow("F-S", "'-'")]
     public void InvalidPatternsAreRefused(string pattern, string because)
     {
-        var error = Assert.ThrowsExactly<LayoutException>(() => LayoutSpec.FromPattern(pattern));
+        var error = Assert.ThrowsExactly<LayoutException>(() => LayoutSpec.FromLetters(pattern));
         StringAssert.Contains(error.Message, because);
     }
 
@@ -97,7 +97,7 @@ public sealed class LayoutTests
     [DataRow(16, 64, -1, "window")]
     public void ParametersBelowOneAreRefused(int topK, int blockSize, int window, string because)
     {
-        var error = Assert.ThrowsExactly<LayoutException>(() => new HybridParameters { TopK = topK, BlockSize = blockSize, Window = window }.Validate());
+        var error = Assert.ThrowsExactly<HybridParametersException>(() => new HybridParameters { TopK = topK, BlockSize = blockSize, Window = window }.Validate());
         StringAssert.Contains(error.Message, because);
     }
 }

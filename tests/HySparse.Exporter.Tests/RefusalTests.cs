@@ -133,10 +133,10 @@ public sealed class RefusalTests
         var input = dir.WriteLlama();
         var hash = ModelDirectory.Sha256(input);
 
-        var report = HybridConverter.ConvertFile(input, dir.File("hybrid.onnx"), new ConversionOptions { Layout = LayoutSpec.FromPattern("FS") });
+        var report = HybridConverter.ConvertFile(input, dir.File("hybrid.onnx"), new ConversionOptions { Layout = LayoutSpec.FromLetters("FS") });
 
         Assert.AreEqual(hash, ModelDirectory.Sha256(input));
-        Assert.AreEqual("FSFF", report.Layout.Pattern);
+        Assert.AreEqual("FSFF", report.Layout.Letters);
         var written = ModelFile.Load(dir.File("hybrid.onnx"));
         Assert.AreEqual("FSFF", written.MetadataProps.Single(p => p.Key == "hysparse.layout").Value);
         Assert.IsEmpty(dir.FilesExcept("llama.onnx", "hybrid.onnx"));

@@ -83,7 +83,7 @@ public sealed class TorchFixtureTests
 
         var (converted, report) = HybridConverter.Convert(source, new ConversionOptions { Layout = LayoutSpec.Ratio("1:3") });
 
-        Assert.AreEqual("FSSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSF", report.Layout.Letters);
         Assert.AreEqual(4, converted.Graph.Node.Count(n => n.Domain == HySparseOps.Domain));
         Assert.IsFalse(converted.Graph.Node.Any(n => n.OpType is "Softmax" or "Expand"));
         CollectionAssert.AreEqual(source.Graph.Input.ToList(), converted.Graph.Input.ToList());
@@ -129,7 +129,7 @@ public sealed class TorchFixtureTests
             Parameters = new HybridParameters { TopK = 1, BlockSize = 2, Window = total, Mode = HybridMode.KvSharing },
         };
         var (converted, report) = HybridConverter.Convert(ModelFile.Load(fixture.Path), options);
-        Assert.AreEqual("FSSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSF", report.Layout.Letters);
         CollectionAssert.AreEqual(new[] { DecoderNames.PastKey(1), DecoderNames.PastValue(1), DecoderNames.PastKey(2), DecoderNames.PastValue(2),
             DecoderNames.PresentKey(1), DecoderNames.PresentValue(1), DecoderNames.PresentKey(2), DecoderNames.PresentValue(2) }, report.WindowCaches.ToArray());
 

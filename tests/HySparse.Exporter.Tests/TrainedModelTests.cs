@@ -109,7 +109,7 @@ public sealed class TrainedModelTests
         // 304 tokens in blocks of 16: 19 blocks, all selected (K ≥ nb), so the union is every key.
         var options = new ConversionOptions { Layout = LayoutSpec.Ratio("1:3"), Parameters = new HybridParameters { TopK = 19, BlockSize = 16, Window = 64 } };
         var (converted, report) = HybridConverter.Convert(source, options);
-        Assert.AreEqual("FSSSFSSF", report.Layout.Pattern);
+        Assert.AreEqual("FSSSFSSF", report.Layout.Letters);
         using var session = TestSessions.Open(converted.ToByteArray());
         RunAndCompare(session, expected);
     }

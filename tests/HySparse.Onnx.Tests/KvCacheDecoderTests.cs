@@ -25,7 +25,7 @@ public sealed class KvCacheDecoderTests
     private static byte[] Converted(byte[] model, HybridMode mode = HybridMode.Retrofit, bool kvBuffer = false) =>
         HybridConverter.Convert(ModelProto.Parser.ParseFrom(model), new ConversionOptions
         {
-            Layout = LayoutSpec.FromPattern("FSSF"),
+            Layout = LayoutSpec.FromLetters("FSSF"),
             Parameters = new HybridParameters { TopK = 8, BlockSize = 4, Window = 4, Mode = mode },
             KvBuffer = kvBuffer,
         }).Model.ToByteArray();
@@ -190,7 +190,7 @@ public sealed class BoundKvCacheDecoderTests
         // K 2 of 4-token blocks + w 5: at 40 tokens the sparse layers read a fraction of the context, and
         // with KV sharing their window caches stop at 5 positions.
         var parameters = new HybridParameters { TopK = 2, BlockSize = 4, Window = 5, Mode = kind == "kv-sharing" ? HybridMode.KvSharing : HybridMode.Retrofit };
-        return HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.FromPattern("FSSF"), Parameters = parameters }).Model.ToByteArray();
+        return HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.FromLetters("FSSF"), Parameters = parameters }).Model.ToByteArray();
     }
 
     [TestMethod]

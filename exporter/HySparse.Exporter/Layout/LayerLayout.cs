@@ -3,8 +3,8 @@ using HySparse.Onnx;
 
 namespace HySparse.Exporter.Layout;
 
-/// <summary>Why a layout request or its parameters are invalid.</summary>
-public sealed class LayoutException(string message) : ArgumentException(message);
+/// <summary>Why a layout request is invalid (a pattern, ratio or full-layer list, or one that does not fit the model).</summary>
+public sealed class LayoutException(string message) : ConversionSettingsException(message);
 
 /// <summary>
 /// A layout request as the user wrote it: a pattern (<c>FSSS</c>, repeated over the layers), a
@@ -17,15 +17,18 @@ public sealed record LayoutSpec
     private LayoutSpec(string description, string? pattern, IReadOnlyList<int>? fullLayers, bool sparseLast)
     {
         Description = description;
-        Pattern = pattern;
+        Letters = pattern;
         FullLayers = fullLayers;
         SparseLast = sparseLast;
     }
 
     /// <summary>The request in the user's words (for messages and metadata).</summary>
     public string Description { get; }
-    /// <summary>The F/S pattern to repeat, or null when full layers are listed.</summary>
-    public string? Pattern { get; }
+    /// <summary>
+    /// The F/S letters to repeat (the CLI's <c>--pattern</c>), or null when full layers are listed. Called
+    /// letters in code because "pattern" there means a graph-recognition rule (<c>IAttentionPattern</c>).
+    /// </summary>
+    public string? Letters { get; }
     /// <summary>The listed full layers, or null for a pattern.</summary>
     public IReadOnlyList<int>? FullLayers { get; }
     /// <summary>When true the last layer keeps the kind the pattern gives it.</summary>
@@ -34,8 +37,8 @@ public sealed record LayoutSpec
     /// <summary>The default: one full layer then three sparse (the paper's 7B ratio).</summary>
     public static LayoutSpec Default { get; } = Ratio("1:3");
 
-    /// <summary>A pattern of <c>F</c> and <c>S</c> (either case), repeated to cover the layers.</summary>
-    public static LayoutSpec FromPattern(string pattern, bool sparseLast = false)
+    /// <summary>Layer letters <c>F</c> and <c>S</c> (either case; the CLI's <c>--pattern</c>), repeated to cover the layers.</summary>
+    public static LayoutSpec FromLetters(string pattern, bool sparseLast = false)
     {
         var normalized = pattern.Trim().ToUpperInvariant();
         if (normalized.Length == 0) throw new LayoutException("the layout pattern is empty; write it as F and S letters, e.g. FSSS");
@@ -76,7 +79,7 @@ public sealed record LayoutSpec
     {
         if (layerCount < 1) throw new LayoutException("the model has no attention layers to lay out");
         var kinds = new LayerKind[layerCount];
-        if (Pattern is { } pattern)
+        if (Letters is { } pattern)
         {
             for (var i = 0; i < layerCount; i++) kinds[i] = pattern[i % pattern.Length] == 'F' ? LayerKind.Full : LayerKind.Sparse;
         }
@@ -112,7 +115,7 @@ public sealed class LayerLayout
     public int Count => Kinds.Count;
 
     /// <summary>One letter per layer: <c>FSSSFSSF</c>.</summary>
-    public string Pattern => new(Kinds.Select(k => k == LayerKind.Full ? 'F' : 'S').ToArray());
+    public string Letters => new(Kinds.Select(k => k == LayerKind.Full ? 'F' : 'S').ToArray());
 
     /// <summary>Indices of the full layers.</summary>
     public IReadOnlyList<int> FullLayers => Enumerable.Range(0, Count).Where(i => Kinds[i] == LayerKind.Full).ToArray();
