@@ -211,23 +211,27 @@ def make_dense_example(rng, text, length, formats, pairs):
     return data, values
 
 
-def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0):
+def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None):
     """Replaces a `share` of the byte rows (each a window of real text) by retrieval examples of the
     same length, chosen and built from `seed` alone: one plant/query pair per row, or with
     `pairs_per_kb` > 0 that many pairs per 1,024 bytes of row (make_dense_example). Returns the new
-    rows and how many pairs were planted."""
+    rows and how many pairs were planted; when `spans` is a list, appends (row, value_start,
+    value_end) for every planted value (a trainer can weigh those bytes)."""
     rng = random.Random(seed)
     formats = training_formats if formats is None else formats
     out, planted = [], 0
-    for row in rows:
+    for index, row in enumerate(rows):
         if rng.random() < share:
             pairs = max(1, round(pairs_per_kb * len(row) / 1024)) if pairs_per_kb > 0 else 0
             if pairs:
-                out.append(make_dense_example(rng, row, len(row), formats, pairs)[0])
-                planted += pairs
+                data, values = make_dense_example(rng, row, len(row), formats, pairs)
             else:
-                out.append(make_example(rng, row, len(row), formats).data)
-                planted += 1
+                example = make_example(rng, row, len(row), formats)
+                data, values = example.data, [(example.value_start, example.value_end, example.value)]
+            out.append(data)
+            planted += len(values)
+            if spans is not None:
+                spans.extend((index, start, end) for start, end, _ in values)
         else:
             out.append(row)
     return out, planted

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import export_onnx  # noqa: E402  (load_checkpoint)
 import onnx_weights  # noqa: E402
 import train  # noqa: E402  (batch_at, make_optimizer, validation_bpb, retrieval_accuracy, tune_cpu)
 from hysparse_lm import ByteLM, ModelConfig  # noqa: E402
@@ -85,9 +86,12 @@ def main():
     parser.add_argument("--retrieval-share", type=float, default=0.2)
     parser.add_argument("--retrieval-pairs-per-kb", type=float, default=0.0,
                         help="plant/query pairs per 1,024 bytes of a retrieval row (0: one pair per row)")
+    parser.add_argument("--value-weight", type=float, default=1.0,
+                        help="loss weight of the planted value bytes in retrieval rows (1: plain next-byte loss)")
     parser.add_argument("--init-onnx", metavar="DIR",
-                        help="start from trained weights: DIR/<kind>.onnx for seed 1, DIR/<kind>-seed<N>.onnx "
-                             "for others (onnx_weights.py reads exported models back)")
+                        help="start from trained weights: DIR/<kind>-seed<N>.npz when there is one (a run of this "
+                             "script), else DIR/<kind>.onnx for seed 1 and DIR/<kind>-seed<N>.onnx for others "
+                             "(onnx_weights.py reads exported models back)")
     parser.add_argument("--chunk", type=int, default=512, help="query chunk of the training forward")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--eval-seconds", type=float, default=75.0)
@@ -120,8 +124,15 @@ def main():
         model = ByteLM(ModelConfig(**dict(fields, kind=kind)))
         bases.append({"tokens": 0})
         if args.init_onnx:
-            path = os.path.join(args.init_onnx, f"{kind}.onnx" if seed == 1 else f"{kind}-seed{seed}.onnx")
-            model, record = onnx_weights.model_from_onnx(path)
+            path = os.path.join(args.init_onnx, f"{kind}-seed{seed}.npz")
+            if os.path.exists(path):
+                checkpoint = export_onnx.load_checkpoint(path)
+                model = ByteLM(ModelConfig(**checkpoint["config"]))
+                model.load_state_dict(checkpoint["state"])
+                record = checkpoint
+            else:
+                path = os.path.join(args.init_onnx, f"{kind}.onnx" if seed == 1 else f"{kind}-seed{seed}.onnx")
+                model, record = onnx_weights.model_from_onnx(path)
             if model.c.to_dict() != ModelConfig(**dict(fields, kind=kind)).to_dict():
                 sys.exit(f"{path}: its config differs from {args.config}")
             bases[-1] = {"from": os.path.relpath(path), "tokens": int(record.get("tokens", 0)),
@@ -183,17 +194,26 @@ def main():
         batches = {}
         for i, (kind, seed) in enumerate(runs):
             if seed not in batches:
+                spans = []
                 inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share,
-                                                            args.retrieval_pairs_per_kb)
-                batches[seed] = (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
-            inputs, targets = batches[seed]
+                                                            args.retrieval_pairs_per_kb, spans)
+                weights = None
+                if args.value_weight != 1.0:
+                    weights = torch.ones(targets.shape)
+                    for row, start, end in spans:   # data byte p is target p - 1
+                        weights[row, start - 1:end - 1] = args.value_weight
+                    weights = weights.to(device, non_blocking=True)
+                batches[seed] = (inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True), weights)
+            inputs, targets, weights = batches[seed]
             model, optimizer = models[i], optimizers[i]
             for group in optimizer.param_groups:
                 group["lr"] = lr
             logits = model.forward_train(inputs, chunk=args.chunk)
-            loss = F.cross_entropy(logits.reshape(-1, model.c.vocab).float(), targets.reshape(-1))
+            losses = F.cross_entropy(logits.reshape(-1, model.c.vocab).float(), targets.reshape(-1), reduction="none")
+            loss = losses.mean()   # logged: the plain next-byte loss
+            objective = loss if weights is None else (losses * weights.reshape(-1)).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             pending[i].append(loss.detach())
