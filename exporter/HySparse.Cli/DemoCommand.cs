@@ -208,7 +208,7 @@ internal sealed class DemoCommand : Verb
         using var decoder = new KvCacheDecoder(session, batchSize: 1, extraOutputs: [indices]);
         var rng = new Random(1);
         var promptIds = Enumerable.Range(0, prompt).Select(_ => (long)rng.Next(config.Vocab)).ToArray();
-        var next = decoder.ArgMaxLast(decoder.Step(promptIds), prompt);
+        var next = decoder.StepGreedy(promptIds);
         decoder.Step(next);
         var chosen = decoder.ExtraOutput(indices);
         var shape = chosen.GetTensorTypeAndShape().Shape;  // [1, H_kv, 1, K]

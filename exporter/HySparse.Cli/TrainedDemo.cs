@@ -114,13 +114,13 @@ internal static class TrainedDemo
         decoder.Step(prompt);
         decoder.Reset();
         var clock = Stopwatch.StartNew();
-        var next = decoder.ArgMaxLast(decoder.Step(prompt), prompt.Length);
+        var next = decoder.StepGreedy(prompt);
         var prefill = clock.Elapsed.TotalMilliseconds;
         var tokens = new List<long>(count) { next[0] };
         clock.Restart();
         while (tokens.Count < count)
         {
-            next = decoder.ArgMaxLast(decoder.Step(next), 1);
+            next = decoder.StepGreedy(next);
             tokens.Add(next[0]);
         }
         var decode = count > 1 ? clock.Elapsed.TotalMilliseconds / (count - 1) : 0;

@@ -462,14 +462,19 @@ public sealed class KvCacheDecoder : IDisposable
         {
             for (var b = 0; b < BatchSize; b++) generated[b * newTokens + step] = next[b];
             if (step + 1 == newTokens) break;
-            var logits = Step(next);
-            next = ArgMaxLast(logits, 1);
+            next = StepGreedy(next);
         }
         return generated;
     }
 
+    /// <summary>
+    /// One greedy step: feeds <paramref name="tokens"/> as <see cref="Step"/> does and returns each row's
+    /// arg-max next token, [B].
+    /// </summary>
+    public long[] StepGreedy(ReadOnlySpan<long> tokens) => ArgMaxLast(Step(tokens), tokens.Length / BatchSize);
+
     /// <summary>Arg-max over the vocabulary of the last token of each row of [B, S, vocab] logits.</summary>
-    public long[] ArgMaxLast(float[] logits, int newLen)
+    private long[] ArgMaxLast(float[] logits, int newLen)
     {
         var vocab = logits.Length / (BatchSize * newLen);
         var result = new long[BatchSize];
