@@ -90,16 +90,23 @@ public sealed class ExportVariantModelTests
 [TestCategory(HySparseEquivalenceTests.NeedsOps)]
 public sealed class ExportVariantConversionTests
 {
+    /// <summary>The variant's export with seeded weights, and its conversion at <paramref name="ratio"/>.</summary>
+    private static (ExportVariant Variant, LlamaWeights Weights, ModelProto Dense, ModelProto Hybrid, ConversionReport Report) Convert(
+        string name, ulong seed, string ratio, HybridParameters parameters)
+    {
+        var variant = ExportVariant.All[name];
+        var weights = LlamaWeights.Generate(variant.Config(seed: seed));
+        var dense = variant.Build(weights);
+        var (hybrid, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio(ratio), Parameters = parameters });
+        return (variant, weights, dense, hybrid, report);
+    }
+
     [TestMethod]
     [DynamicData(nameof(ExportVariant.Names), typeof(ExportVariant))]
     public void ConvertedEqualsDenseWhenTheSelectionCoversEveryKey(string name)
     {
-        var variant = ExportVariant.All[name];
-        var weights = LlamaWeights.Generate(variant.Config(seed: 23));
-        var dense = variant.Build(weights);
         // T reaches 19 tokens: 5 blocks of 4, all selected (docs/ops.md: then union attention is dense).
-        var parameters = new HybridParameters { TopK = 5, BlockSize = 4, Window = 3 };
-        var (hybrid, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio("1:1"), Parameters = parameters });
+        var (variant, weights, dense, hybrid, report) = Convert(name, seed: 23, "1:1", new HybridParameters { TopK = 5, BlockSize = 4, Window = 3 });
         Assert.HasCount(weights.Config.Layers, report.Layers);
         Assert.AreEqual("FSFF", report.Layout.Letters);
 
@@ -111,11 +118,7 @@ public sealed class ExportVariantConversionTests
     [DynamicData(nameof(ExportVariant.Names), typeof(ExportVariant))]
     public void SmallTopKRunsSparselyAndCachesMatchTheAccounting(string name)
     {
-        var variant = ExportVariant.All[name];
-        var weights = LlamaWeights.Generate(variant.Config(seed: 29));
-        var dense = variant.Build(weights);
-        var parameters = new HybridParameters { TopK = 1, BlockSize = 4, Window = 4 };
-        var (hybrid, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio("1:2"), Parameters = parameters });
+        var (variant, weights, dense, hybrid, report) = Convert(name, seed: 29, "1:2", new HybridParameters { TopK = 1, BlockSize = 4, Window = 4 });
 
         var (inputs, outputs) = Run(variant, hybrid, withOps: true)[^1];
         var denseOutputs = Run(variant, dense)[^1].Outputs;

@@ -120,12 +120,13 @@ public sealed class MalformedInputTests
                     FullAttn, "attention_mask");
 
     [TestMethod]
-    public void Full_TopKZero() =>
-        ExpectError(With(ValidFull(), c => c.Attributes[Attributes.TopK] = 0), FullAttn, Attributes.TopK);
-
-    [TestMethod]
-    public void Full_BlockSizeZero() =>
-        ExpectError(With(ValidFull(), c => c.Attributes[Attributes.BlockSize] = 0), FullAttn, Attributes.BlockSize);
+    [DataRow(FullAttn, Attributes.TopK, 0, DisplayName = "Full_TopKZero")]
+    [DataRow(FullAttn, Attributes.BlockSize, 0, DisplayName = "Full_BlockSizeZero")]
+    [DataRow(SparseAttn, Attributes.Combine, "foo", DisplayName = "Sparse_UnknownCombine")]
+    [DataRow(SparseAttn, Attributes.WindowCache, 2, DisplayName = "Sparse_WindowCacheTwo")]
+    [DataRow(SparseAttn, Attributes.Window, 0, DisplayName = "Sparse_WindowZero")]
+    public void AttributeValueOutOfRangeIsRefused(string op, string attribute, object value) =>
+        ExpectError(With(op == FullAttn ? ValidFull() : ValidSparse(), c => c.Attributes[attribute] = value), op, attribute);
 
     [TestMethod]
     public void Full_MissingNumHeads() =>
@@ -162,18 +163,6 @@ public sealed class MalformedInputTests
     public void Sparse_BlockIndicesForOtherTokenCount() =>
         ExpectError(With(ValidSparse(), c => c.Inputs["block_indices"] = TestTensor.Int32s([1, 2, 4, 2], Enumerable.Repeat(-1, 16))),
                     SparseAttn, "block_indices");
-
-    [TestMethod]
-    public void Sparse_UnknownCombine() =>
-        ExpectError(With(ValidSparse(), c => c.Attributes[Attributes.Combine] = "foo"), SparseAttn, Attributes.Combine);
-
-    [TestMethod]
-    public void Sparse_WindowCacheTwo() =>
-        ExpectError(With(ValidSparse(), c => c.Attributes[Attributes.WindowCache] = 2), SparseAttn, Attributes.WindowCache);
-
-    [TestMethod]
-    public void Sparse_WindowZero() =>
-        ExpectError(With(ValidSparse(), c => c.Attributes[Attributes.Window] = 0), SparseAttn, Attributes.Window);
 
     [TestMethod]
     public void Sparse_GateWithUnionCombine() =>
