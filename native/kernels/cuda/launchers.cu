@@ -4,6 +4,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_internal.cuh"
+#include "kernels/scratch_plan.h"
 
 namespace hysparse {
 namespace cuda {
@@ -56,7 +57,7 @@ bool RowsAligned(const T* base, int head_dim) {
 // The fields of the split-K parameters both ops fill the same way (Args: FullAttnArgs or SparseAttnArgs).
 template <typename T, template <typename> class Args>
 GroupAttnParams<T> CommonGroupParams(const Args<T>& a, GroupMode mode, const SplitPlan& splits, int head_chunks,
-                                     char* part_ml, char* part_o) {
+                                     float2* part_ml, float* part_o) {
   GroupAttnParams<T> p;
   p.mode = mode;
   p.batch = a.batch;
@@ -74,8 +75,8 @@ GroupAttnParams<T> CommonGroupParams(const Args<T>& a, GroupMode mode, const Spl
   p.head_chunks = head_chunks;
   p.num_splits = splits.num_splits;
   p.split_len = splits.split_len;
-  p.part_ml = reinterpret_cast<float2*>(part_ml);
-  p.part_o = reinterpret_cast<float*>(part_o);
+  p.part_ml = part_ml;
+  p.part_o = part_o;
   return p;
 }
 
@@ -95,14 +96,24 @@ CombineParams<T> CommonCombineParams(const Args<T>& a, const GroupAttnParams<T>&
   return c;
 }
 
-char* AllocateScratch(ScratchAllocator& scratch, size_t bytes, const char* op, Status* status) {
-  if (bytes == 0) return nullptr;
-  void* p = scratch.Allocate(bytes);
-  if (!p) {
-    *status = Error(cudaErrorMemoryAllocation,
-                    std::string(op) + ": the scratch allocator could not provide " + std::to_string(bytes) + " bytes");
+// Scratch regions start on 256-byte boundaries, as the allocator's base does.
+constexpr size_t kScratchAlignment = 256;
+
+// Sizes `layout(ScratchCarver&)`, makes the one ScratchAllocator call, and fills *regions with what
+// `layout` hands out over that allocation.
+template <typename Regions, typename Layout>
+Status CarveDeviceScratch(ScratchAllocator& scratch, const char* op, Layout&& layout, Regions* regions) {
+  ScratchCarver sizing = ScratchCarver::Sizing(kScratchAlignment);
+  layout(sizing);
+  const size_t bytes = sizing.bytes();
+  void* base = bytes == 0 ? nullptr : scratch.Allocate(bytes);
+  if (bytes != 0 && base == nullptr) {
+    return Error(cudaErrorMemoryAllocation,
+                 std::string(op) + ": the scratch allocator could not provide " + std::to_string(bytes) + " bytes");
   }
-  return static_cast<char*>(p);
+  ScratchCarver carver(kScratchAlignment, base);
+  *regions = layout(carver);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -148,57 +159,62 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
   SplitPlan splits;
   const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
   const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
-  ScratchPlan plan;
-  size_t off_part_ml = 0, off_part_o = 0, off_logits = 0, off_block_max = 0, off_lse = 0, off_indices = 0,
-         off_work = 0;
-  if (split_path) {
-    HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks, a.total_len, &splits));
-    off_part_ml = plan.Add<float2>(head_rows * splits.num_splits);
-    off_part_o = plan.Add<float>(head_rows * splits.num_splits * a.head_dim);
-    if (want_stats) off_logits = plan.Add<float>(head_rows * a.total_len);
-  }
-  if (want_stats) off_block_max = plan.Add<float>(head_rows * nb);
-  if (want_stats) {
-    off_lse = plan.Add<float>(head_rows);
-    if (want_indices && !a.block_indices) off_indices = plan.Add<int32_t>(kv_rows * a.top_k);
-    if (nb > SelectSharedCapacity()) off_work = plan.Add<float>(kv_rows * nb);
-  }
-  Status status;
-  char* base = AllocateScratch(scratch, plan.total(), "HySparseFullAttn", &status);
-  if (!status.ok()) return status;
+  if (split_path) HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks, a.total_len, &splits));
+  // Regions a path does not use stay null.
+  struct Regions {
+    float2* part_ml = nullptr;
+    float* part_o = nullptr;
+    float* logits = nullptr;
+    float* block_max = nullptr;
+    float* lse = nullptr;
+    int32_t* indices = nullptr;
+    float* work = nullptr;
+  } r;
+  const int64_t partials = head_rows * splits.num_splits;
+  HYSPARSE_CUDA_RETURN_IF(CarveDeviceScratch(scratch, "HySparseFullAttn", [&](ScratchCarver& c) {
+    Regions t;
+    if (split_path) {
+      t.part_ml = c.Take<float2>(partials);
+      t.part_o = c.Take<float>(partials * a.head_dim);
+      if (want_stats) t.logits = c.Take<float>(head_rows * a.total_len);
+    }
+    if (want_stats) {
+      t.block_max = c.Take<float>(head_rows * nb);
+      t.lse = c.Take<float>(head_rows);
+      if (want_indices && !a.block_indices) t.indices = c.Take<int32_t>(kv_rows * a.top_k);
+      if (nb > SelectSharedCapacity()) t.work = c.Take<float>(kv_rows * nb);
+    }
+    return t;
+  }, &r));
 
-  float* lse = want_stats ? reinterpret_cast<float*>(base + off_lse) : nullptr;
   if (split_path) {
-    GroupAttnParams<T> p = CommonGroupParams(a, GroupMode::kFull, splits, head_chunks, base + off_part_ml,
-                                             base + off_part_o);
+    GroupAttnParams<T> p = CommonGroupParams(a, GroupMode::kFull, splits, head_chunks, r.part_ml, r.part_o);
     p.key = a.key_cache;
     p.value = a.value_cache;
     p.capacity = a.cache_capacity;
     p.vector_ok = vector_ok;
-    p.key_logits = want_stats ? reinterpret_cast<float*>(base + off_logits) : nullptr;
+    p.key_logits = r.logits;
     p.seqlens = seqlens_k;
     HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
 
     CombineParams<T> c = CommonCombineParams(a, p, 1);
-    c.lse = lse;
+    c.lse = r.lse;
     HYSPARSE_CUDA_RETURN_IF(LaunchCombine(c, stream));
   } else {
     TiledStats stats;
     if (want_stats) {
-      stats.block_max = reinterpret_cast<float*>(base + off_block_max);
-      stats.lse = lse;
+      stats.block_max = r.block_max;
+      stats.lse = r.lse;
     }
     HYSPARSE_CUDA_RETURN_IF(LaunchFullAttnTiled(a, seqlens_k, stats, vector_ok, stream));
   }
   if (!want_stats) return Status::Ok();
   if (split_path) {
-    HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(reinterpret_cast<float*>(base + off_logits),
-                                           reinterpret_cast<float*>(base + off_block_max), head_rows, a.new_len,
-                                           a.total_len, a.block_size, nb, seqlens_k, a.num_heads, stream));
+    HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(r.logits, r.block_max, head_rows, a.new_len, a.total_len, a.block_size,
+                                           nb, seqlens_k, a.num_heads, stream));
   }
 
-  int32_t* indices = a.block_indices ? a.block_indices
-                                     : (want_indices ? reinterpret_cast<int32_t*>(base + off_indices) : nullptr);
+  int32_t* indices = a.block_indices ? a.block_indices : r.indices;
   SelectParams s;
   s.batch = a.batch;
   s.num_heads = a.num_heads;
@@ -210,11 +226,11 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
   s.top_k = a.top_k;
   s.mask = a.attention_mask;
   s.seqlens = seqlens_k;
-  s.block_max = reinterpret_cast<float*>(base + off_block_max);
-  s.lse = lse;
+  s.block_max = r.block_max;
+  s.lse = r.lse;
   s.block_scores = a.block_scores;
   s.block_indices = indices;
-  s.work = nb > SelectSharedCapacity() ? reinterpret_cast<float*>(base + off_work) : nullptr;
+  s.work = r.work;
   HYSPARSE_CUDA_RETURN_IF(LaunchSelect(s, stream));
 
   if (a.selected_key || a.selected_value) {
@@ -264,15 +280,22 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
 
   SplitPlan splits;
   HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks * branches, max_slots, &splits));
-  ScratchPlan plan;
-  const size_t off_part_ml = plan.Add<float2>(branches * head_rows * splits.num_splits);
-  const size_t off_part_o = plan.Add<float>(branches * head_rows * splits.num_splits * a.head_dim);
-  Status status;
-  char* base = AllocateScratch(scratch, plan.total(), "HySparseSparseAttn", &status);
-  if (!status.ok()) return status;
+  struct Regions {
+    float2* part_ml = nullptr;
+    float* part_o = nullptr;
+  } r;
+  // The layouts capture plain numbers: a lambda holding a SplitPlan (internal linkage) would draw
+  // -Wsubobject-linkage.
+  const int64_t partials = branches * head_rows * splits.num_splits;
+  HYSPARSE_CUDA_RETURN_IF(CarveDeviceScratch(scratch, "HySparseSparseAttn", [&](ScratchCarver& c) {
+    Regions t;
+    t.part_ml = c.Take<float2>(partials);
+    t.part_o = c.Take<float>(partials * a.head_dim);
+    return t;
+  }, &r));
 
   GroupAttnParams<T> p = CommonGroupParams(a, gate ? GroupMode::kGate : GroupMode::kUnion, splits, head_chunks,
-                                           base + off_part_ml, base + off_part_o);
+                                           r.part_ml, r.part_o);
   p.window = a.window;
   p.top_k = a.top_k;
   p.key = a.own_key;
