@@ -18,14 +18,28 @@ namespace ops {
 // type (float, float16, bfloat16).
 constexpr ONNXTensorElementDataType kStorageType = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 struct Port {
+  const char* name;  // as docs/ops.md and the error messages spell it
   ONNXTensorElementDataType type;
   bool required;
   // A length the host reads: kept in host memory by placements whose tensors live on a device.
   bool host_memory;
 };
-constexpr Port Required(ONNXTensorElementDataType type = kStorageType) { return {type, true, false}; }
-constexpr Port Optional(ONNXTensorElementDataType type = kStorageType) { return {type, false, false}; }
-constexpr Port HostLength() { return {ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, false, true}; }
+constexpr Port Required(const char* name, ONNXTensorElementDataType type = kStorageType) {
+  return {name, type, true, false};
+}
+constexpr Port Optional(const char* name, ONNXTensorElementDataType type = kStorageType) {
+  return {name, type, false, false};
+}
+constexpr Port HostLength(const char* name) { return {name, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, false, true}; }
+
+// Reads input i of the node into *fields[i] (an op's Inputs members, in table order), named as the
+// table names it.
+template <size_t N, typename... Fields>
+void ReadInputs(const Ort::KernelContext& ctx, const Port (&inputs)[N], Fields*... fields) {
+  static_assert(sizeof...(Fields) == N, "one field per input of the schema");
+  size_t index = 0;
+  ((*fields = ReadInput(ctx, index, inputs[index].name), ++index), ...);
+}
 
 // Where a registration's kernel runs. The CPU provider is ORT's default: no provider name, every
 // input where the provider keeps it, nothing held per node besides the attributes.

@@ -12,15 +12,10 @@
 
 namespace hysparse {
 namespace ops {
-FullAttnInputs::FullAttnInputs(const Ort::KernelContext& ctx)
-    : query(ReadInput(ctx, kFullQuery, "query")),
-      key(ReadInput(ctx, kFullKey, "key")),
-      value(ReadInput(ctx, kFullValue, "value")),
-      past_key(ReadInput(ctx, kFullPastKey, "past_key")),
-      past_value(ReadInput(ctx, kFullPastValue, "past_value")),
-      mask(ReadInput(ctx, kFullMask, "attention_mask")),
-      seqlens_k(ReadInput(ctx, kFullSeqlensK, "seqlens_k")),
-      total_sequence_length(ReadInput(ctx, kFullTotalSequenceLength, "total_sequence_length")) {}
+FullAttnInputs::FullAttnInputs(const Ort::KernelContext& ctx) {
+  ReadInputs(ctx, FullAttnSchema::kInputs, &query, &key, &value, &past_key, &past_value, &mask, &seqlens_k,
+             &total_sequence_length);
+}
 
 FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
                                   ONNXTensorElementDataType type) {
@@ -94,14 +89,7 @@ FullAttnBinding<T> BindFullAttn(Ort::KernelContext& ctx, const HeadAttributes& h
   const QkvShape& qkv = shape.qkv;
   FullAttnBinding<T> binding;
   FullAttnArgs<T>& args = binding.args;
-  args.batch = qkv.batch;
-  args.num_heads = heads.num_heads;
-  args.kv_num_heads = heads.kv_num_heads;
-  args.head_dim = qkv.head_dim;
-  args.new_len = qkv.new_len;
-  args.total_len = shape.total_len;
-  args.scale = ResolveScale(heads.scale, qkv.head_dim);
-  args.block_size = heads.block_size;
+  args.dims() = CallDims(heads, qkv, shape.total_len);
   args.top_k = top_k;
   args.query = in.query.Data<T>();
   args.query_view = qkv.query_view;

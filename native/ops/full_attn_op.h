@@ -31,25 +31,21 @@ struct FullAttnAttributes {
 struct FullAttnSchema {
   static constexpr const char* kName = kFullAttnName;
   static constexpr Port kInputs[] = {
-      Required(), Required(), Required(),             // query, key, value
-      Optional(), Optional(),                         // past_key, past_value
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64),  // attention_mask
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),  // seqlens_k
-      HostLength(),                                   // total_sequence_length
-  };
+      Required("query"), Required("key"), Required("value"), Optional("past_key"), Optional("past_value"),
+      Optional("attention_mask", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64),
+      Optional("seqlens_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32), HostLength("total_sequence_length")};
   static constexpr Port kOutputs[] = {
-      Required(), Required(), Required(),             // output, present_key, present_value
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),  // block_indices
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT),  // block_scores
-      Optional(), Optional(),                         // selected_key, selected_value
-  };
+      Required("output"), Required("present_key"), Required("present_value"),
+      Optional("block_indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),
+      Optional("block_scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT), Optional("selected_key"),
+      Optional("selected_value")};
   using Attributes = FullAttnAttributes;
   static Attributes ReadAttributes(const Ort::ConstKernelInfo& info, const OpContext& op);
 };
 static_assert(std::size(FullAttnSchema::kInputs) == kFullInputCount &&
               std::size(FullAttnSchema::kOutputs) == kFullOutputCount);
 
-// The node's inputs, read from the kernel context.
+// The node's inputs, read from the kernel context in the order of the schema's input table.
 struct FullAttnInputs {
   TensorInput query, key, value, past_key, past_value, mask, seqlens_k, total_sequence_length;
   explicit FullAttnInputs(const Ort::KernelContext& ctx);

@@ -57,15 +57,7 @@ void CheckBlockIndices(const OpContext& op, const int32_t* indices, const IndexL
 }
 
 IndexLayout SparseAttnShape::Indices(int kv_heads, int block_size) const {
-  IndexLayout layout;
-  layout.batch = qkv.batch;
-  layout.kv_heads = kv_heads;
-  layout.new_len = qkv.new_len;
-  layout.top_k = top_k;
-  layout.num_blocks = num_blocks;
-  layout.total_len = total_len;
-  layout.block_size = block_size;
-  return layout;
+  return IndexLayout{qkv.batch, kv_heads, qkv.new_len, top_k, num_blocks, total_len, block_size};
 }
 
 SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
@@ -87,22 +79,10 @@ SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, 
   return a;
 }
 
-SparseAttnInputs::SparseAttnInputs(const Ort::KernelContext& ctx)
-    : query(ReadInput(ctx, kSparseQuery, "query")),
-      key(ReadInput(ctx, kSparseKey, "key")),
-      value(ReadInput(ctx, kSparseValue, "value")),
-      past_key(ReadInput(ctx, kSparsePastKey, "past_key")),
-      past_value(ReadInput(ctx, kSparsePastValue, "past_value")),
-      shared_key(ReadInput(ctx, kSparseSharedKey, "shared_key")),
-      shared_value(ReadInput(ctx, kSparseSharedValue, "shared_value")),
-      block_indices(ReadInput(ctx, kSparseBlockIndices, "block_indices")),
-      mask(ReadInput(ctx, kSparseMask, "attention_mask")),
-      gate(ReadInput(ctx, kSparseGate, "gate")),
-      sinks(ReadInput(ctx, kSparseSinks, "sinks")),
-      selected_key(ReadInput(ctx, kSparseSelectedKey, "selected_key")),
-      selected_value(ReadInput(ctx, kSparseSelectedValue, "selected_value")),
-      seqlens_k(ReadInput(ctx, kSparseSeqlensK, "seqlens_k")),
-      total_sequence_length(ReadInput(ctx, kSparseTotalSequenceLength, "total_sequence_length")) {}
+SparseAttnInputs::SparseAttnInputs(const Ort::KernelContext& ctx) {
+  ReadInputs(ctx, SparseAttnSchema::kInputs, &query, &key, &value, &past_key, &past_value, &shared_key, &shared_value,
+             &block_indices, &mask, &gate, &sinks, &selected_key, &selected_value, &seqlens_k, &total_sequence_length);
+}
 
 SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
                                       ONNXTensorElementDataType type) {
@@ -233,14 +213,7 @@ SparseAttnArgs<T> MakeSparseAttnArgs(const SparseAttnAttributes& attrs, const Sp
                                      const SparseAttnShape& shape, const T* own_key, const T* own_value, T* output) {
   const QkvShape& qkv = shape.qkv;
   SparseAttnArgs<T> args;
-  args.batch = qkv.batch;
-  args.num_heads = attrs.heads.num_heads;
-  args.kv_num_heads = attrs.heads.kv_num_heads;
-  args.head_dim = qkv.head_dim;
-  args.new_len = qkv.new_len;
-  args.total_len = shape.total_len;
-  args.scale = ResolveScale(attrs.heads.scale, qkv.head_dim);
-  args.block_size = attrs.heads.block_size;
+  args.dims() = CallDims(attrs.heads, qkv, shape.total_len);
   args.window = attrs.window;
   args.combine = attrs.combine;
   args.query = in.query.Data<T>();

@@ -33,15 +33,12 @@ SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, 
 struct SparseAttnSchema {
   static constexpr const char* kName = kSparseAttnName;
   static constexpr Port kInputs[] = {
-      Required(), Required(), Required(),                      // query, key, value
-      Optional(), Optional(), Optional(), Optional(),          // past_key/value, shared_key/value
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),           // block_indices
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64),           // attention_mask
-      Optional(), Optional(), Optional(), Optional(),          // gate, sinks, selected_key/value
-      Optional(ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),           // seqlens_k
-      HostLength(),                                            // total_sequence_length
-  };
-  static constexpr Port kOutputs[] = {Required(), Required(), Required()};  // output, present_key/value
+      Required("query"), Required("key"), Required("value"), Optional("past_key"), Optional("past_value"),
+      Optional("shared_key"), Optional("shared_value"), Optional("block_indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),
+      Optional("attention_mask", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64), Optional("gate"), Optional("sinks"),
+      Optional("selected_key"), Optional("selected_value"), Optional("seqlens_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),
+      HostLength("total_sequence_length")};
+  static constexpr Port kOutputs[] = {Required("output"), Required("present_key"), Required("present_value")};
   using Attributes = SparseAttnAttributes;
   static Attributes ReadAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
     return ReadSparseAttnAttributes(info, op);
@@ -51,7 +48,7 @@ static_assert(std::size(SparseAttnSchema::kInputs) == kSparseInputCount &&
               std::size(SparseAttnSchema::kOutputs) == kSparseOutputCount);
 
 
-// The node's inputs, read from the kernel context.
+// The node's inputs, read from the kernel context in the order of the schema's input table.
 struct SparseAttnInputs {
   TensorInput query, key, value, past_key, past_value, shared_key, shared_value, block_indices, mask, gate, sinks,
       selected_key, selected_value, seqlens_k, total_sequence_length;

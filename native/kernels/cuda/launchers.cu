@@ -1,6 +1,7 @@
 // Host launchers: choose the path, plan the one scratch allocation, enqueue the kernels on the
 // caller's stream. No synchronisation and no allocation besides the ScratchAllocator call.
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "kernels/cuda/cuda_internal.cuh"
@@ -59,16 +60,10 @@ template <typename T, template <typename> class Args>
 GroupAttnParams<T> CommonGroupParams(const Args<T>& a, GroupMode mode, const SplitPlan& splits, int head_chunks,
                                      float2* part_ml, float* part_o) {
   GroupAttnParams<T> p;
+  p.dims() = a.dims();
   p.mode = mode;
-  p.batch = a.batch;
-  p.num_heads = a.num_heads;
-  p.kv_num_heads = a.kv_num_heads;
   p.group = a.num_heads / a.kv_num_heads;
-  p.head_dim = a.head_dim;
-  p.new_len = a.new_len;
-  p.total_len = a.total_len;
   p.scale_log2 = a.scale * kLog2e;
-  p.block_size = a.block_size;
   p.query = a.query;
   p.query_view = a.query_view;
   p.mask = a.attention_mask;
@@ -83,10 +78,7 @@ GroupAttnParams<T> CommonGroupParams(const Args<T>& a, GroupMode mode, const Spl
 template <typename T, template <typename> class Args>
 CombineParams<T> CommonCombineParams(const Args<T>& a, const GroupAttnParams<T>& g, int branches) {
   CombineParams<T> c;
-  c.batch = a.batch;
-  c.num_heads = a.num_heads;
-  c.head_dim = a.head_dim;
-  c.new_len = a.new_len;
+  c.dims() = a.dims();
   c.num_splits = g.num_splits;
   c.branches = branches;
   c.part_ml = g.part_ml;
@@ -135,16 +127,30 @@ bool SupportsShape(int head_dim, int num_heads, int kv_num_heads, std::string* w
   return reason.empty();
 }
 
+namespace detail {
+namespace {
+
+// How a launcher call ends before anything is planned, if it does: refused (the legacy default
+// stream would serialise with every other stream; a shape the kernels do not cover), or done at once
+// (no rows). Empty when there is work to launch.
+std::optional<Status> EndBeforeLaunch(const char* op, const AttentionDims& a, cudaStream_t stream) {
+  if (stream == nullptr) return Error(cudaErrorInvalidValue, std::string(op) + ": refusing the legacy default stream");
+  std::string why;
+  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
+    return Error(cudaErrorNotSupported, std::string(op) + ": " + why);
+  }
+  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+  return std::nullopt;
+}
+
+}  // namespace
+}  // namespace detail
+
 template <typename T>
 Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
                       const int32_t* seqlens_k) {
   using namespace detail;
-  if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseFullAttn: refusing the legacy default stream");
-  std::string why;
-  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
-    return Error(cudaErrorNotSupported, "HySparseFullAttn: " + why);
-  }
-  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+  if (const std::optional<Status> end = EndBeforeLaunch("HySparseFullAttn", a, stream)) return *end;
 
   const int group = a.num_heads / a.kv_num_heads;
   const int64_t nb = a.NumBlocks();
@@ -216,12 +222,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
 
   int32_t* indices = a.block_indices ? a.block_indices : r.indices;
   SelectParams s;
-  s.batch = a.batch;
-  s.num_heads = a.num_heads;
-  s.kv_num_heads = a.kv_num_heads;
-  s.new_len = a.new_len;
-  s.total_len = a.total_len;
-  s.block_size = a.block_size;
+  s.dims() = a.dims();
   s.num_blocks = nb;
   s.top_k = a.top_k;
   s.mask = a.attention_mask;
@@ -235,13 +236,8 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
 
   if (a.selected_key || a.selected_value) {
     GatherParams<T> g;
-    g.batch = a.batch;
-    g.kv_num_heads = a.kv_num_heads;
-    g.head_dim = a.head_dim;
-    g.new_len = a.new_len;
-    g.total_len = a.total_len;
+    g.dims() = a.dims();
     g.capacity = a.cache_capacity;
-    g.block_size = a.block_size;
     g.top_k = a.top_k;
     g.seqlens = seqlens_k;
     g.block_indices = indices;
@@ -261,12 +257,7 @@ template <typename T>
 Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
                         const int32_t* seqlens_k) {
   using namespace detail;
-  if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseSparseAttn: refusing the legacy default stream");
-  std::string why;
-  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
-    return Error(cudaErrorNotSupported, "HySparseSparseAttn: " + why);
-  }
-  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+  if (const std::optional<Status> end = EndBeforeLaunch("HySparseSparseAttn", a, stream)) return *end;
 
   const bool gate = a.combine == Combine::kGate;
   const int branches = gate ? 2 : 1;
@@ -325,18 +316,13 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
   return LaunchCombine(c, stream);
 }
 
-template Status LaunchFullAttn<float>(const FullAttnArgs<float>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchFullAttn<Half>(const FullAttnArgs<Half>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchFullAttn<BFloat16>(const FullAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchSparseAttn<float>(const SparseAttnArgs<float>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchSparseAttn<Half>(const SparseAttnArgs<Half>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchSparseAttn<BFloat16>(const SparseAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
+#define HYSPARSE_INSTANTIATE_LAUNCHERS(T)                                                                 \
+  template Status LaunchFullAttn<T>(const FullAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*); \
+  template Status LaunchSparseAttn<T>(const SparseAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*);
+HYSPARSE_INSTANTIATE_LAUNCHERS(float)
+HYSPARSE_INSTANTIATE_LAUNCHERS(Half)
+HYSPARSE_INSTANTIATE_LAUNCHERS(BFloat16)
+#undef HYSPARSE_INSTANTIATE_LAUNCHERS
 
 }  // namespace cuda
 }  // namespace hysparse
