@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "kernels/attention_args.h"
-#include "kernels/cpu/sparse_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 #include "kernels/cpu/tile_kernels.h"
 #include "test_support.h"
 

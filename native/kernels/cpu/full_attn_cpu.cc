@@ -12,7 +12,7 @@
 // With few query tiles (decode) the key range is also split across tasks ("split-KV"): each chunk
 // keeps its own partial maximum/sum/output, merged afterwards. Chunks are whole blocks, so every
 // block maximum is computed by exactly one chunk.
-#include "kernels/cpu/full_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 
 #include <algorithm>
 #include <cmath>
@@ -559,13 +559,4 @@ template void RunFullAttnCpu<Half>(const FullAttnArgs<Half>&, const Executor&,
                                    const FullAttnCpuOptions&);
 
 }  // namespace cpu
-
-template <typename T>
-void RunFullAttnCpu(const FullAttnArgs<T>& args, const Executor& exec) {
-  cpu::RunFullAttnCpu(args, exec, cpu::FullAttnCpuOptions{});
-}
-
-template void RunFullAttnCpu<float>(const FullAttnArgs<float>&, const Executor&);
-template void RunFullAttnCpu<Half>(const FullAttnArgs<Half>&, const Executor&);
-
 }  // namespace hysparse

@@ -20,7 +20,7 @@
 // task's key chunks are split into parts, each part a task with its own partial softmax state; the
 // part that finishes last merges them (in part order, so the bits do not depend on which thread
 // merges) and writes the outputs. The split depends on the shapes only, never on the thread count.
-#include "kernels/cpu/sparse_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 
 #include <algorithm>
 #include <atomic>
@@ -703,13 +703,4 @@ template void RunSparseAttnCpu<Half>(const SparseAttnArgs<Half>&, const Executor
                                      const SparseAttnCpuOptions&);
 
 }  // namespace cpu
-
-template <typename T>
-void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec) {
-  cpu::RunSparseAttnCpu(args, exec, cpu::SparseAttnCpuOptions{});
-}
-
-template void RunSparseAttnCpu<float>(const SparseAttnArgs<float>&, const Executor&);
-template void RunSparseAttnCpu<Half>(const SparseAttnArgs<Half>&, const Executor&);
-
 }  // namespace hysparse
