@@ -30,8 +30,7 @@
 #include <vector>
 
 #include "kernels/attention_args.h"
-#include "kernels/cpu/full_attn_cpu.h"
-#include "kernels/cpu/sparse_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 
 namespace {
 

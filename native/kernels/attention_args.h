@@ -55,18 +55,26 @@ class SerialExecutor final : public Executor {
   }
 };
 
-// HySparseFullAttn after validation. KV caches are [B, H_kv, cache_capacity, D] and already hold
-// past ++ new at positions [0, total_len).
-template <typename T>
-struct FullAttnArgs {
+// The sizes of one attention call. Both ops' arguments and the CUDA launch parameters start with
+// them, so a call's sizes travel as one piece (`dims() = ...`) from the glue to every kernel.
+struct AttentionDims {
   int batch = 0;
   int num_heads = 0;     // H_q
   int kv_num_heads = 0;  // H_kv, divides H_q
   int head_dim = 0;      // D
   int64_t new_len = 0;   // S
-  int64_t total_len = 0; // T = P + S; new token s sits at position T - S + s
+  int64_t total_len = 0; // T = P + S (absolute); new token s sits at position T - S + s
   float scale = 0.f;     // already resolved (never 0)
   int block_size = 64;
+
+  AttentionDims& dims() { return *this; }
+  const AttentionDims& dims() const { return *this; }
+};
+
+// HySparseFullAttn after validation. KV caches are [B, H_kv, cache_capacity, D] and already hold
+// past ++ new at positions [0, total_len).
+template <typename T>
+struct FullAttnArgs : AttentionDims {
   int top_k = 16;
 
   const T* query = nullptr;
@@ -93,15 +101,7 @@ enum class Combine { kUnion, kGate };
 
 // HySparseSparseAttn after validation (docs/ops.md "HySparseSparseAttn").
 template <typename T>
-struct SparseAttnArgs {
-  int batch = 0;
-  int num_heads = 0;
-  int kv_num_heads = 0;
-  int head_dim = 0;
-  int64_t new_len = 0;    // S
-  int64_t total_len = 0;  // T (absolute); new token s sits at position T - S + s
-  float scale = 0.f;
-  int block_size = 64;
+struct SparseAttnArgs : AttentionDims {
   int window = 128;
   Combine combine = Combine::kUnion;
 

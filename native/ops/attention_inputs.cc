@@ -266,6 +266,11 @@ float ResolveScale(float scale, int head_dim) {
   return scale > 0.f ? scale : 1.f / std::sqrt(static_cast<float>(head_dim));
 }
 
+AttentionDims CallDims(const HeadAttributes& heads, const QkvShape& qkv, int64_t total_len) {
+  return AttentionDims{qkv.batch, heads.num_heads, heads.kv_num_heads, qkv.head_dim, qkv.new_len, total_len,
+                       ResolveScale(heads.scale, qkv.head_dim), heads.block_size};
+}
+
 template <typename T>
 void ConcatCaches(const CacheAppend<T>& key, const CacheAppend<T>& value, int64_t past_len, const HeadView& new_view,
                   int64_t new_len, int64_t keep, int batch, int kv_heads, int head_dim, const Executor& exec) {

@@ -87,6 +87,9 @@ void CheckMaskValues(const OpContext& op, const TensorInput& mask);
 // Resolves the scale attribute (0 = 1/sqrt(D)).
 float ResolveScale(float scale, int head_dim);
 
+// The kernel sizes of a checked call of either op, `total_len` long.
+AttentionDims CallDims(const HeadAttributes& heads, const QkvShape& qkv, int64_t total_len);
+
 // One cache's past, its new tokens and where their concatenation goes.
 template <typename T>
 struct CacheAppend {

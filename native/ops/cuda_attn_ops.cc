@@ -176,186 +176,134 @@ PinnedProblem::~PinnedProblem() {
   if (host_) cudaFreeHost(host_);
 }
 
+CudaPlacement::Resources::Resources(const OrtKernelInfo* info)
+    : check_values(CheckValuesEnabled(info)),
+      allocator(DeviceAllocator(info)),
+      problem(std::make_unique<PinnedProblem>()) {}
+
 // ---- HySparseFullAttn ------------------------------------------------------------------------------
 
 template <typename T>
-CudaFullAttnKernel<T>::CudaFullAttnKernel(const OrtApi&, const OrtKernelInfo* info)
-    : op_(kFullAttnName, NodeName(Ort::ConstKernelInfo(info))) {
-  Ort::ConstKernelInfo ki(info);
-  heads_ = ReadHeadAttributes(ki, op_);
-  top_k_ = ReadTopKAttribute(ki, op_);
-  check_values_ = CheckValuesEnabled(info);
-  allocator_ = DeviceAllocator(info);
-  problem_ = std::make_unique<PinnedProblem>();
-}
-
-template <typename T>
-OrtStatusPtr CudaFullAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
-  return GuardStatus([&] {
-    Ort::KernelContext ctx(context);
-    Compute(ctx);
-  });
-}
-
-template <typename T>
-void CudaFullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
+void ComputeFullAttnCuda(const FullAttnCudaNode& node, Ort::KernelContext& ctx) {
+  const OpContext& op = node.op;
+  const HeadAttributes& heads = node.attrs.heads;
+  const int top_k = node.attrs.top_k;
+  const CudaPlacement::Resources& device = node.resources;
   const FullAttnInputs in(ctx);
-  const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
-  CheckTopKOutputSizes(op_, heads_, top_k_, shape, ctx.GetOutputCount());
+  const FullAttnShape shape = CheckFullAttnInputs(op, heads, in, ElementType<T>::kOnnx);
+  CheckTopKOutputSizes(op, heads, top_k, shape, ctx.GetOutputCount());
   std::string why;
-  if (!cuda::SupportsShape(shape.qkv.head_dim, heads_.num_heads, heads_.kv_num_heads, &why)) op_.Fail(why);
-  const cudaStream_t stream = ComputeStream(ctx, op_);
+  if (!cuda::SupportsShape(shape.qkv.head_dim, heads.num_heads, heads.kv_num_heads, &why)) op.Fail(why);
+  const cudaStream_t stream = ComputeStream(ctx, op);
   const QkvShape& qkv = shape.qkv;
   if (shape.shared_buffer) {
     // past_len = total_len = the capacity C: outputs and scratch are sized by C, whatever the step.
     const int32_t* seqlens_k = in.seqlens_k.Data<int32_t>();
-    if (check_values_) {
-      CheckSharedBufferOnDevice(op_, allocator_, *problem_, stream, in.seqlens_k, in.total_sequence_length,
+    if (device.check_values) {
+      CheckSharedBufferOnDevice(op, device.allocator, *device.problem, stream, in.seqlens_k, in.total_sequence_length,
                                 in.past_key, nullptr, nullptr);
     }
-    const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
-    UpdateSharedBufferOnDevice(op_, in.past_key.Data<T>(), bound.present_key, in.key.Data<T>(), qkv.kv_view, qkv.batch,
-                               heads_.kv_num_heads, qkv.new_len, qkv.head_dim, shape.total_len, seqlens_k, stream);
-    UpdateSharedBufferOnDevice(op_, in.past_value.Data<T>(), bound.present_value, in.value.Data<T>(), qkv.kv_view,
-                               qkv.batch, heads_.kv_num_heads, qkv.new_len, qkv.head_dim, shape.total_len, seqlens_k,
+    const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads, top_k, in, shape);
+    UpdateSharedBufferOnDevice(op, in.past_key.Data<T>(), bound.present_key, in.key.Data<T>(), qkv.kv_view, qkv.batch,
+                               heads.kv_num_heads, qkv.new_len, qkv.head_dim, shape.total_len, seqlens_k, stream);
+    UpdateSharedBufferOnDevice(op, in.past_value.Data<T>(), bound.present_value, in.value.Data<T>(), qkv.kv_view,
+                               qkv.batch, heads.kv_num_heads, qkv.new_len, qkv.head_dim, shape.total_len, seqlens_k,
                                stream);
-    OrtScratch scratch(allocator_);
-    ThrowIfFailed(op_, cuda::LaunchFullAttn(bound.args, stream, scratch, seqlens_k));
+    OrtScratch scratch(device.allocator);
+    ThrowIfFailed(op, cuda::LaunchFullAttn(bound.args, stream, scratch, seqlens_k));
     return;
   }
-  if (check_values_) CheckValuesOnDevice(op_, allocator_, *problem_, stream, in.mask, nullptr, nullptr);
+  if (device.check_values) CheckValuesOnDevice(op, device.allocator, *device.problem, stream, in.mask, nullptr, nullptr);
 
-  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
-  BuildCache(op_, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.past_len, in.key.Data<T>(), qkv.kv_view,
-             qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_key, shape.total_len, stream);
-  BuildCache(op_, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.past_len, in.value.Data<T>(),
-             qkv.kv_view, qkv.new_len, qkv.batch, heads_.kv_num_heads, qkv.head_dim, bound.present_value,
+  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads, top_k, in, shape);
+  BuildCache(op, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.past_len, in.key.Data<T>(), qkv.kv_view,
+             qkv.new_len, qkv.batch, heads.kv_num_heads, qkv.head_dim, bound.present_key, shape.total_len, stream);
+  BuildCache(op, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.past_len, in.value.Data<T>(),
+             qkv.kv_view, qkv.new_len, qkv.batch, heads.kv_num_heads, qkv.head_dim, bound.present_value,
              shape.total_len, stream);
-  OrtScratch scratch(allocator_);
-  ThrowIfFailed(op_, cuda::LaunchFullAttn(bound.args, stream, scratch));
-}
-
-template <typename T>
-CudaFullAttnOp<T>::CudaFullAttnOp() {
-  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
-  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
-}
-
-template <typename T>
-OrtStatusPtr CudaFullAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return GuardStatus([&] { *kernel = new CudaFullAttnKernel<T>(api, info); });
+  OrtScratch scratch(device.allocator);
+  ThrowIfFailed(op, cuda::LaunchFullAttn(bound.args, stream, scratch));
 }
 
 // ---- HySparseSparseAttn ----------------------------------------------------------------------------
 
 template <typename T>
-CudaSparseAttnKernel<T>::CudaSparseAttnKernel(const OrtApi&, const OrtKernelInfo* info)
-    : op_(kSparseAttnName, NodeName(Ort::ConstKernelInfo(info))),
-      attrs_(ReadSparseAttnAttributes(Ort::ConstKernelInfo(info), op_)) {
-  check_values_ = CheckValuesEnabled(info);
-  allocator_ = DeviceAllocator(info);
-  problem_ = std::make_unique<PinnedProblem>();
-}
-
-template <typename T>
-OrtStatusPtr CudaSparseAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
-  return GuardStatus([&] {
-    Ort::KernelContext ctx(context);
-    Compute(ctx);
-  });
-}
-
-template <typename T>
-void CudaSparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
+void ComputeSparseAttnCuda(const SparseAttnCudaNode& node, Ort::KernelContext& ctx) {
+  const OpContext& op = node.op;
+  const SparseAttnAttributes& attrs = node.attrs;
+  const CudaPlacement::Resources& device = node.resources;
   const SparseAttnInputs in(ctx);
-  const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
+  const SparseAttnShape shape = CheckSparseAttnInputs(op, attrs, in, ElementType<T>::kOnnx);
   const QkvShape& qkv = shape.qkv;
-  const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
+  const int B = qkv.batch, Hkv = attrs.heads.kv_num_heads, D = qkv.head_dim;
   std::string why;
-  if (!cuda::SupportsShape(D, attrs_.heads.num_heads, Hkv, &why)) op_.Fail(why);
-  const cudaStream_t stream = ComputeStream(ctx, op_);
-  const IndexLayout layout = shape.Indices(Hkv, attrs_.heads.block_size);
+  if (!cuda::SupportsShape(D, attrs.heads.num_heads, Hkv, &why)) op.Fail(why);
+  const cudaStream_t stream = ComputeStream(ctx, op);
+  const IndexLayout layout = shape.Indices(Hkv, attrs.heads.block_size);
   if (shape.shared_buffer) {
     // The own cache is the layer's buffer (capacity C = total_len = own_len, window_cache 0); the SA
     // source is that buffer, the full layer's (shared_*), or the gathered rows, as given.
     const int32_t* seqlens_k = in.seqlens_k.Data<int32_t>();
-    if (check_values_) {
-      CheckSharedBufferOnDevice(op_, allocator_, *problem_, stream, in.seqlens_k, in.total_sequence_length,
+    if (device.check_values) {
+      CheckSharedBufferOnDevice(op, device.allocator, *device.problem, stream, in.seqlens_k, in.total_sequence_length,
                                 in.past_key, in.block_indices.Data<int32_t>(), &layout);
     }
     const std::vector<int64_t> buffer_shape{B, Hkv, shape.own_len, D};
     T* present_key = ctx.GetOutput(kSparsePresentKey, buffer_shape).GetTensorMutableData<T>();
     T* present_value = ctx.GetOutput(kSparsePresentValue, buffer_shape).GetTensorMutableData<T>();
-    UpdateSharedBufferOnDevice(op_, in.past_key.Data<T>(), present_key, in.key.Data<T>(), qkv.kv_view, B, Hkv,
+    UpdateSharedBufferOnDevice(op, in.past_key.Data<T>(), present_key, in.key.Data<T>(), qkv.kv_view, B, Hkv,
                                qkv.new_len, D, shape.own_len, seqlens_k, stream);
-    UpdateSharedBufferOnDevice(op_, in.past_value.Data<T>(), present_value, in.value.Data<T>(), qkv.kv_view, B, Hkv,
+    UpdateSharedBufferOnDevice(op, in.past_value.Data<T>(), present_value, in.value.Data<T>(), qkv.kv_view, B, Hkv,
                                qkv.new_len, D, shape.own_len, seqlens_k, stream);
     T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
-    OrtScratch scratch(allocator_);
-    ThrowIfFailed(op_, cuda::LaunchSparseAttn(MakeSparseAttnArgs<T>(attrs_, in, shape, present_key, present_value,
+    OrtScratch scratch(device.allocator);
+    ThrowIfFailed(op, cuda::LaunchSparseAttn(MakeSparseAttnArgs<T>(attrs, in, shape, present_key, present_value,
                                                                     output),
                                               stream, scratch, seqlens_k));
     return;
   }
-  if (check_values_) {
-    CheckValuesOnDevice(op_, allocator_, *problem_, stream, in.mask, in.block_indices.Data<int32_t>(), &layout);
+  if (device.check_values) {
+    CheckValuesOnDevice(op, device.allocator, *device.problem, stream, in.mask, in.block_indices.Data<int32_t>(), &layout);
   }
 
   // Own cache = past ++ new: the present output itself, or (window cache) scratch whose tail present keeps.
   const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
   T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
   T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
-  OrtScratch scratch(allocator_);
+  OrtScratch scratch(device.allocator);
   T* own_k = present_key;
   T* own_v = present_value;
-  if (attrs_.window_cache) {
+  if (attrs.window_cache) {
     const size_t bytes = sizeof(T) * static_cast<size_t>(B) * Hkv * shape.own_len * D;
     own_k = static_cast<T*>(scratch.Allocate(bytes));
     own_v = static_cast<T*>(scratch.Allocate(bytes));
-    if (own_k == nullptr || own_v == nullptr) op_.Fail("out of device memory for the window cache");
+    if (own_k == nullptr || own_v == nullptr) op.Fail("out of device memory for the window cache");
   }
-  BuildCache(op_, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.own_past, in.key.Data<T>(), qkv.kv_view,
+  BuildCache(op, in.past_key.present ? in.past_key.Data<T>() : nullptr, shape.own_past, in.key.Data<T>(), qkv.kv_view,
              qkv.new_len, B, Hkv, D, own_k, shape.own_len, stream);
-  BuildCache(op_, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.own_past, in.value.Data<T>(),
+  BuildCache(op, in.past_value.present ? in.past_value.Data<T>() : nullptr, shape.own_past, in.value.Data<T>(),
              qkv.kv_view, qkv.new_len, B, Hkv, D, own_v, shape.own_len, stream);
 
   T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
-  ThrowIfFailed(op_, cuda::LaunchSparseAttn(MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output), stream,
+  ThrowIfFailed(op, cuda::LaunchSparseAttn(MakeSparseAttnArgs<T>(attrs, in, shape, own_k, own_v, output), stream,
                                             scratch));
-  if (attrs_.window_cache) {
+  if (attrs.window_cache) {
     // The last present_len rows of each head: a BNSH source view starting present_len rows before the end.
     const int64_t skip = shape.own_len - shape.present_len;
     HeadView tail = HeadView::Bnsh(shape.own_len, Hkv, D);
-    ThrowIfFailed(op_, cuda::LaunchCopyToCache(own_k + skip * D, tail, B, Hkv, shape.present_len, D, present_key,
+    ThrowIfFailed(op, cuda::LaunchCopyToCache(own_k + skip * D, tail, B, Hkv, shape.present_len, D, present_key,
                                                shape.present_len, 0, stream));
-    ThrowIfFailed(op_, cuda::LaunchCopyToCache(own_v + skip * D, tail, B, Hkv, shape.present_len, D, present_value,
+    ThrowIfFailed(op, cuda::LaunchCopyToCache(own_v + skip * D, tail, B, Hkv, shape.present_len, D, present_value,
                                                shape.present_len, 0, stream));
   }
 }
 
-template <typename T>
-CudaSparseAttnOp<T>::CudaSparseAttnOp() {
-  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
-  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
-}
-
-template <typename T>
-OrtStatusPtr CudaSparseAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return GuardStatus([&] { *kernel = new CudaSparseAttnKernel<T>(api, info); });
-}
-
-template class CudaFullAttnKernel<float>;
-template class CudaFullAttnKernel<Half>;
-template class CudaFullAttnKernel<BFloat16>;
-template class CudaSparseAttnKernel<float>;
-template class CudaSparseAttnKernel<Half>;
-template class CudaSparseAttnKernel<BFloat16>;
-template struct CudaFullAttnOp<float>;
-template struct CudaFullAttnOp<Half>;
-template struct CudaFullAttnOp<BFloat16>;
-template struct CudaSparseAttnOp<float>;
-template struct CudaSparseAttnOp<Half>;
-template struct CudaSparseAttnOp<BFloat16>;
+template void ComputeFullAttnCuda<float>(const FullAttnCudaNode&, Ort::KernelContext&);
+template void ComputeFullAttnCuda<Half>(const FullAttnCudaNode&, Ort::KernelContext&);
+template void ComputeFullAttnCuda<BFloat16>(const FullAttnCudaNode&, Ort::KernelContext&);
+template void ComputeSparseAttnCuda<float>(const SparseAttnCudaNode&, Ort::KernelContext&);
+template void ComputeSparseAttnCuda<Half>(const SparseAttnCudaNode&, Ort::KernelContext&);
+template void ComputeSparseAttnCuda<BFloat16>(const SparseAttnCudaNode&, Ort::KernelContext&);
 
 }  // namespace ops
 }  // namespace hysparse

@@ -20,8 +20,6 @@ struct ElementType<BFloat16> {
   static constexpr ONNXTensorElementDataType kOnnx = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
 };
 
-constexpr const char* kCudaExecutionProvider = "CUDAExecutionProvider";
-
 // Session config key: "0" skips the device-side value checks (and the stream synchronisation that
 // reports them) for decode loops whose inputs come straight from HySparseFullAttn.
 constexpr const char* kCudaCheckValuesConfig = "hysparse.cuda.check_values";
@@ -39,72 +37,31 @@ class PinnedProblem {
   cuda::ValueProblem* host_ = nullptr;
 };
 
-template <typename T>
-class CudaFullAttnKernel {
- public:
-  CudaFullAttnKernel(const OrtApi& api, const OrtKernelInfo* info);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) const;
-
- private:
-  void Compute(Ort::KernelContext& ctx) const;
-
-  OpContext op_;
-  HeadAttributes heads_;
-  int top_k_ = 16;
-  bool check_values_ = true;
-  OrtAllocator* allocator_ = nullptr;  // the EP's device allocator (owned by ORT)
-  std::unique_ptr<PinnedProblem> problem_;
+// The CUDA execution provider. total_sequence_length (a HostLength port) stays in host memory, as
+// GroupQueryAttention declares it; seqlens_k is on the device.
+struct CudaPlacement {
+  // What a CUDA kernel object keeps per node besides the attributes.
+  struct Resources {
+    explicit Resources(const OrtKernelInfo* info);
+    bool check_values = true;
+    OrtAllocator* allocator = nullptr;  // the EP's device allocator (owned by ORT)
+    std::unique_ptr<PinnedProblem> problem;
+  };
+  static constexpr const char* kExecutionProvider = "CUDAExecutionProvider";
+  static constexpr bool kHostLengths = true;
 };
 
+using FullAttnCudaNode = AttentionNode<FullAttnSchema, CudaPlacement>;
+using SparseAttnCudaNode = AttentionNode<SparseAttnSchema, CudaPlacement>;
 template <typename T>
-class CudaSparseAttnKernel {
- public:
-  CudaSparseAttnKernel(const OrtApi& api, const OrtKernelInfo* info);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) const;
-
- private:
-  void Compute(Ort::KernelContext& ctx) const;
-
-  OpContext op_;
-  SparseAttnAttributes attrs_;
-  bool check_values_ = true;
-  OrtAllocator* allocator_ = nullptr;
-  std::unique_ptr<PinnedProblem> problem_;
-};
+void ComputeFullAttnCuda(const FullAttnCudaNode& node, Ort::KernelContext& ctx);
+template <typename T>
+void ComputeSparseAttnCuda(const SparseAttnCudaNode& node, Ort::KernelContext& ctx);
 
 template <typename T>
-struct CudaFullAttnOp : Ort::CustomOpBase<CudaFullAttnOp<T>, CudaFullAttnKernel<T>, /*WithStatus=*/true> {
-  CudaFullAttnOp();  // declares past -> present may-inplace, as the CPU op does
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-  const char* GetName() const { return kFullAttnName; }
-  const char* GetExecutionProviderType() const { return kCudaExecutionProvider; }
-  size_t GetInputTypeCount() const { return kFullInputCount; }
-  ONNXTensorElementDataType GetInputType(size_t i) const { return FullAttnInputType(i, ElementType<T>::kOnnx); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return FullAttnInputCharacteristic(i); }
-  // total_sequence_length stays in host memory, as GroupQueryAttention declares it; seqlens_k is on the device.
-  OrtMemType GetInputMemoryType(size_t i) const {
-    return i == kFullTotalSequenceLength ? OrtMemTypeCPUInput : OrtMemTypeDefault;
-  }
-  size_t GetOutputTypeCount() const { return 7; }
-  ONNXTensorElementDataType GetOutputType(size_t i) const { return FullAttnOutputType(i, ElementType<T>::kOnnx); }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return FullAttnOutputCharacteristic(i); }
-};
-
+using CudaFullAttnOp = AttentionOp<FullAttnSchema, CudaPlacement, T, &ComputeFullAttnCuda<T>>;
 template <typename T>
-struct CudaSparseAttnOp : Ort::CustomOpBase<CudaSparseAttnOp<T>, CudaSparseAttnKernel<T>, /*WithStatus=*/true> {
-  CudaSparseAttnOp();  // declares past -> present may-inplace, as the CPU op does
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-  const char* GetName() const { return kSparseAttnName; }
-  const char* GetExecutionProviderType() const { return kCudaExecutionProvider; }
-  size_t GetInputTypeCount() const { return kSparseInputCount; }
-  ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
-  OrtMemType GetInputMemoryType(size_t i) const {
-    return i == kSparseTotalSequenceLength ? OrtMemTypeCPUInput : OrtMemTypeDefault;
-  }
-  size_t GetOutputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ElementType<T>::kOnnx; }
-};
+using CudaSparseAttnOp = AttentionOp<SparseAttnSchema, CudaPlacement, T, &ComputeSparseAttnCuda<T>>;
 
 }  // namespace ops
 }  // namespace hysparse

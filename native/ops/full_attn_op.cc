@@ -12,15 +12,10 @@
 
 namespace hysparse {
 namespace ops {
-FullAttnInputs::FullAttnInputs(const Ort::KernelContext& ctx)
-    : query(ReadInput(ctx, kFullQuery, "query")),
-      key(ReadInput(ctx, kFullKey, "key")),
-      value(ReadInput(ctx, kFullValue, "value")),
-      past_key(ReadInput(ctx, kFullPastKey, "past_key")),
-      past_value(ReadInput(ctx, kFullPastValue, "past_value")),
-      mask(ReadInput(ctx, kFullMask, "attention_mask")),
-      seqlens_k(ReadInput(ctx, kFullSeqlensK, "seqlens_k")),
-      total_sequence_length(ReadInput(ctx, kFullTotalSequenceLength, "total_sequence_length")) {}
+FullAttnInputs::FullAttnInputs(const Ort::KernelContext& ctx) {
+  ReadInputs(ctx, FullAttnSchema::kInputs, &query, &key, &value, &past_key, &past_value, &mask, &seqlens_k,
+             &total_sequence_length);
+}
 
 FullAttnShape CheckFullAttnInputs(const OpContext& op, const HeadAttributes& heads, const FullAttnInputs& in,
                                   ONNXTensorElementDataType type) {
@@ -81,20 +76,11 @@ void CheckTopKOutputSizes(const OpContext& op, const HeadAttributes& heads, int 
   }
 }
 
-template <typename T>
-FullAttnKernel<T>::FullAttnKernel(const OrtApi&, const OrtKernelInfo* info)
-    : op_(kFullAttnName, NodeName(Ort::ConstKernelInfo(info))) {
-  Ort::ConstKernelInfo ki(info);
-  heads_ = ReadHeadAttributes(ki, op_);
-  top_k_ = ReadTopKAttribute(ki, op_);
-}
-
-template <typename T>
-OrtStatusPtr FullAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
-  return GuardStatus([&] {
-    Ort::KernelContext ctx(context);
-    Compute(ctx);
-  });
+FullAttnAttributes FullAttnSchema::ReadAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
+  FullAttnAttributes attrs;
+  attrs.heads = ReadHeadAttributes(info, op);
+  attrs.top_k = ReadTopKAttribute(info, op);
+  return attrs;
 }
 
 template <typename T>
@@ -103,14 +89,7 @@ FullAttnBinding<T> BindFullAttn(Ort::KernelContext& ctx, const HeadAttributes& h
   const QkvShape& qkv = shape.qkv;
   FullAttnBinding<T> binding;
   FullAttnArgs<T>& args = binding.args;
-  args.batch = qkv.batch;
-  args.num_heads = heads.num_heads;
-  args.kv_num_heads = heads.kv_num_heads;
-  args.head_dim = qkv.head_dim;
-  args.new_len = qkv.new_len;
-  args.total_len = shape.total_len;
-  args.scale = ResolveScale(heads.scale, qkv.head_dim);
-  args.block_size = heads.block_size;
+  args.dims() = CallDims(heads, qkv, shape.total_len);
   args.top_k = top_k;
   args.query = in.query.Data<T>();
   args.query_view = qkv.query_view;
@@ -147,45 +126,29 @@ FullAttnBinding<T> BindFullAttn(Ort::KernelContext& ctx, const HeadAttributes& h
   return binding;
 }
 
-template <typename T>
-void FullAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
-  const FullAttnInputs in(ctx);
-  const FullAttnShape shape = CheckFullAttnInputs(op_, heads_, in, ElementType<T>::kOnnx);
-  CheckTopKOutputSizes(op_, heads_, top_k_, shape, ctx.GetOutputCount());
-  if (shape.shared_buffer) {
-    ComputeSharedBuffer(ctx, in, shape);
-    return;
-  }
-  CheckMaskValues(op_, in.mask);
-  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
-  const QkvShape& qkv = shape.qkv;
-  const OrtExecutor exec(ctx);
-  const CacheAppend<T> key{in.past_key.present ? in.past_key.Data<T>() : nullptr, in.key.Data<T>(), bound.present_key};
-  const CacheAppend<T> value{in.past_value.present ? in.past_value.Data<T>() : nullptr, in.value.Data<T>(),
-                             bound.present_value};
-  ConcatCaches(key, value, shape.past_len, qkv.kv_view, qkv.new_len, shape.past_len + qkv.new_len, qkv.batch,
-               heads_.kv_num_heads, qkv.head_dim, exec);
-  RunFullAttnCpu(bound.args, exec);
-}
+namespace {
 
 // One kernel call per row b with batch 1, the row's total length and its real new tokens, over row b
 // of the buffer (cache_capacity stays the buffer's). The per-token outputs of a row whose prompt is
 // right-padded (real < S) or whose block count differs from the buffer's go through compact scratch
 // and are spread into the node's outputs, padding rows filled as the contract says.
 template <typename T>
-void FullAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const FullAttnInputs& in,
-                                            const FullAttnShape& shape) const {
+void ComputeSharedBuffer(const FullAttnCpuNode& node, Ort::KernelContext& ctx, const FullAttnInputs& in,
+                         const FullAttnShape& shape) {
+  const OpContext& op = node.op;
+  const HeadAttributes& heads = node.attrs.heads;
+  const int top_k = node.attrs.top_k;
   const QkvShape& qkv = shape.qkv;
-  const SharedBufferRows rows = ReadSharedBufferRows(op_, in.seqlens_k, in.total_sequence_length, in.past_key, qkv.new_len);
-  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads_, top_k_, in, shape);
+  const SharedBufferRows rows = ReadSharedBufferRows(op, in.seqlens_k, in.total_sequence_length, in.past_key, qkv.new_len);
+  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads, top_k, in, shape);
   UpdateSharedBuffer(in.past_key.Data<T>(), bound.present_key, in.key.Data<T>(), qkv.kv_view, rows, qkv.batch,
-                     heads_.kv_num_heads, qkv.head_dim);
+                     heads.kv_num_heads, qkv.head_dim);
   UpdateSharedBuffer(in.past_value.Data<T>(), bound.present_value, in.value.Data<T>(), qkv.kv_view, rows, qkv.batch,
-                     heads_.kv_num_heads, qkv.head_dim);
+                     heads.kv_num_heads, qkv.head_dim);
 
   const FullAttnArgs<T>& all = bound.args;
-  const int64_t Hkv = heads_.kv_num_heads, S = qkv.new_len, D = qkv.head_dim, K = top_k_;
-  const int64_t capacity = rows.capacity, nb_all = all.NumBlocks(), selected_width = K * heads_.block_size * D;
+  const int64_t Hkv = heads.kv_num_heads, S = qkv.new_len, D = qkv.head_dim, K = top_k;
+  const int64_t capacity = rows.capacity, nb_all = all.NumBlocks(), selected_width = K * heads.block_size * D;
   const OrtExecutor exec(ctx);
   for (int b = 0; b < qkv.batch; ++b) {
     FullAttnArgs<T> row = RowArgs(all, rows, b);
@@ -222,54 +185,42 @@ void FullAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const FullA
     spread(all.block_scores, nb_all, scores_scratch, nb, 0.f);
     spread(all.selected_key, selected_width, selected_key_scratch, selected_width, T{});
     spread(all.selected_value, selected_width, selected_value_scratch, selected_width, T{});
-    ZeroPaddingOutput(all.output, all.output_view, b, heads_.num_heads, qkv.head_dim, real, S);
+    ZeroPaddingOutput(all.output, all.output_view, b, heads.num_heads, qkv.head_dim, real, S);
   }
 }
+
+}  // namespace
 
 template <typename T>
-FullAttnOp<T>::FullAttnOp() {
-  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
-  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
-}
-
-template <typename T>
-OrtStatusPtr FullAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return GuardStatus([&] { *kernel = new FullAttnKernel<T>(api, info); });
-}
-
-ONNXTensorElementDataType FullAttnInputType(size_t index, ONNXTensorElementDataType type) {
-  switch (index) {
-    case kFullMask: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    case kFullSeqlensK:
-    case kFullTotalSequenceLength: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    default: return type;
+void ComputeFullAttnCpu(const FullAttnCpuNode& node, Ort::KernelContext& ctx) {
+  const OpContext& op = node.op;
+  const HeadAttributes& heads = node.attrs.heads;
+  const int top_k = node.attrs.top_k;
+  const FullAttnInputs in(ctx);
+  const FullAttnShape shape = CheckFullAttnInputs(op, heads, in, ElementType<T>::kOnnx);
+  CheckTopKOutputSizes(op, heads, top_k, shape, ctx.GetOutputCount());
+  if (shape.shared_buffer) {
+    ComputeSharedBuffer<T>(node, ctx, in, shape);
+    return;
   }
-}
-
-OrtCustomOpInputOutputCharacteristic FullAttnInputCharacteristic(size_t index) {
-  return index <= kFullValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-}
-
-ONNXTensorElementDataType FullAttnOutputType(size_t index, ONNXTensorElementDataType type) {
-  switch (index) {
-    case kFullIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    case kFullScores: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    default: return type;
-  }
-}
-
-OrtCustomOpInputOutputCharacteristic FullAttnOutputCharacteristic(size_t index) {
-  return index <= kFullPresentValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  CheckMaskValues(op, in.mask);
+  const FullAttnBinding<T> bound = BindFullAttn<T>(ctx, heads, top_k, in, shape);
+  const QkvShape& qkv = shape.qkv;
+  const OrtExecutor exec(ctx);
+  const CacheAppend<T> key{in.past_key.present ? in.past_key.Data<T>() : nullptr, in.key.Data<T>(), bound.present_key};
+  const CacheAppend<T> value{in.past_value.present ? in.past_value.Data<T>() : nullptr, in.value.Data<T>(),
+                             bound.present_value};
+  ConcatCaches(key, value, shape.past_len, qkv.kv_view, qkv.new_len, shape.past_len + qkv.new_len, qkv.batch,
+               heads.kv_num_heads, qkv.head_dim, exec);
+  RunFullAttnCpu(bound.args, exec);
 }
 
 template FullAttnBinding<float> BindFullAttn<float>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
 template FullAttnBinding<Half> BindFullAttn<Half>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
 // bfloat16 is bound only by the CUDA glue; the header is plain C++, so the CPU build compiles it too.
 template FullAttnBinding<BFloat16> BindFullAttn<BFloat16>(Ort::KernelContext&, const HeadAttributes&, int, const FullAttnInputs&, const FullAttnShape&);
-template struct FullAttnOp<float>;
-template struct FullAttnOp<Half>;
-template class FullAttnKernel<float>;
-template class FullAttnKernel<Half>;
+template void ComputeFullAttnCpu<float>(const FullAttnCpuNode&, Ort::KernelContext&);
+template void ComputeFullAttnCpu<Half>(const FullAttnCpuNode&, Ort::KernelContext&);
 
 }  // namespace ops
 }  // namespace hysparse

@@ -4,7 +4,7 @@
 
 #include "kernels/attention_args.h"
 #include "ops/attention_inputs.h"
-#include "ops/element_types.h"
+#include "ops/attention_op.h"
 
 namespace hysparse {
 namespace ops {
@@ -17,16 +17,35 @@ enum FullAttnInput : size_t {
   kFullInputCount
 };
 enum FullAttnOutput : size_t {
-  kFullOutput, kFullPresentKey, kFullPresentValue, kFullIndices, kFullScores, kFullSelectedKey, kFullSelectedValue
+  kFullOutput, kFullPresentKey, kFullPresentValue, kFullIndices, kFullScores, kFullSelectedKey, kFullSelectedValue,
+  kFullOutputCount
 };
 
-// The op's schema, shared by the CPU and CUDA registrations. `type` is the float storage type.
-ONNXTensorElementDataType FullAttnInputType(size_t index, ONNXTensorElementDataType type);
-OrtCustomOpInputOutputCharacteristic FullAttnInputCharacteristic(size_t index);
-ONNXTensorElementDataType FullAttnOutputType(size_t index, ONNXTensorElementDataType type);
-OrtCustomOpInputOutputCharacteristic FullAttnOutputCharacteristic(size_t index);
+struct FullAttnAttributes {
+  HeadAttributes heads;
+  int top_k = 16;
+};
 
-// The node's inputs, read from the kernel context.
+// The op's schema, shared by the CPU and CUDA registrations (AttentionOp); the tables follow the
+// position enums above.
+struct FullAttnSchema {
+  static constexpr const char* kName = kFullAttnName;
+  static constexpr Port kInputs[] = {
+      Required("query"), Required("key"), Required("value"), Optional("past_key"), Optional("past_value"),
+      Optional("attention_mask", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64),
+      Optional("seqlens_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32), HostLength("total_sequence_length")};
+  static constexpr Port kOutputs[] = {
+      Required("output"), Required("present_key"), Required("present_value"),
+      Optional("block_indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),
+      Optional("block_scores", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT), Optional("selected_key"),
+      Optional("selected_value")};
+  using Attributes = FullAttnAttributes;
+  static Attributes ReadAttributes(const Ort::ConstKernelInfo& info, const OpContext& op);
+};
+static_assert(std::size(FullAttnSchema::kInputs) == kFullInputCount &&
+              std::size(FullAttnSchema::kOutputs) == kFullOutputCount);
+
+// The node's inputs, read from the kernel context in the order of the schema's input table.
 struct FullAttnInputs {
   TensorInput query, key, value, past_key, past_value, mask, seqlens_k, total_sequence_length;
   explicit FullAttnInputs(const Ort::KernelContext& ctx);
@@ -68,36 +87,12 @@ template <typename T>
 FullAttnBinding<T> BindFullAttn(Ort::KernelContext& ctx, const HeadAttributes& heads, int top_k,
                                 const FullAttnInputs& in, const FullAttnShape& shape);
 
+// The CPU kernel (full_attn_op.cc).
+using FullAttnCpuNode = AttentionNode<FullAttnSchema, CpuPlacement>;
 template <typename T>
-class FullAttnKernel {
- public:
-  FullAttnKernel(const OrtApi& api, const OrtKernelInfo* info);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) const;
-
- private:
-  void Compute(Ort::KernelContext& ctx) const;
-  // Shared-buffer mode: one kernel call per batch row over that row's valid prefix of the buffer.
-  void ComputeSharedBuffer(Ort::KernelContext& ctx, const FullAttnInputs& in, const FullAttnShape& shape) const;
-
-  OpContext op_;
-  HeadAttributes heads_;
-  int top_k_ = 16;
-};
-
-// The CPU registration. Declares past -> present as may-inplace so ORT can hand a shared-buffer call
-// the same memory for both (CustomOpBase's constructor clears that entry, so it is set afterwards).
+void ComputeFullAttnCpu(const FullAttnCpuNode& node, Ort::KernelContext& ctx);
 template <typename T>
-struct FullAttnOp : Ort::CustomOpBase<FullAttnOp<T>, FullAttnKernel<T>, /*WithStatus=*/true> {
-  FullAttnOp();
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-  const char* GetName() const { return kFullAttnName; }
-  size_t GetInputTypeCount() const { return kFullInputCount; }
-  ONNXTensorElementDataType GetInputType(size_t i) const { return FullAttnInputType(i, ElementType<T>::kOnnx); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return FullAttnInputCharacteristic(i); }
-  size_t GetOutputTypeCount() const { return 7; }
-  ONNXTensorElementDataType GetOutputType(size_t i) const { return FullAttnOutputType(i, ElementType<T>::kOnnx); }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const { return FullAttnOutputCharacteristic(i); }
-};
+using FullAttnOp = AttentionOp<FullAttnSchema, CpuPlacement, T, &ComputeFullAttnCpu<T>>;
 
 }  // namespace ops
 }  // namespace hysparse

@@ -57,15 +57,7 @@ void CheckBlockIndices(const OpContext& op, const int32_t* indices, const IndexL
 }
 
 IndexLayout SparseAttnShape::Indices(int kv_heads, int block_size) const {
-  IndexLayout layout;
-  layout.batch = qkv.batch;
-  layout.kv_heads = kv_heads;
-  layout.new_len = qkv.new_len;
-  layout.top_k = top_k;
-  layout.num_blocks = num_blocks;
-  layout.total_len = total_len;
-  layout.block_size = block_size;
-  return layout;
+  return IndexLayout{qkv.batch, kv_heads, qkv.new_len, top_k, num_blocks, total_len, block_size};
 }
 
 SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
@@ -87,35 +79,10 @@ SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, 
   return a;
 }
 
-template <typename T>
-SparseAttnKernel<T>::SparseAttnKernel(const OrtApi&, const OrtKernelInfo* info)
-    : op_(kSparseAttnName, NodeName(Ort::ConstKernelInfo(info))),
-      attrs_(ReadSparseAttnAttributes(Ort::ConstKernelInfo(info), op_)) {}
-
-template <typename T>
-OrtStatusPtr SparseAttnKernel<T>::ComputeV2(OrtKernelContext* context) const {
-  return GuardStatus([&] {
-    Ort::KernelContext ctx(context);
-    Compute(ctx);
-  });
+SparseAttnInputs::SparseAttnInputs(const Ort::KernelContext& ctx) {
+  ReadInputs(ctx, SparseAttnSchema::kInputs, &query, &key, &value, &past_key, &past_value, &shared_key, &shared_value,
+             &block_indices, &mask, &gate, &sinks, &selected_key, &selected_value, &seqlens_k, &total_sequence_length);
 }
-
-SparseAttnInputs::SparseAttnInputs(const Ort::KernelContext& ctx)
-    : query(ReadInput(ctx, kSparseQuery, "query")),
-      key(ReadInput(ctx, kSparseKey, "key")),
-      value(ReadInput(ctx, kSparseValue, "value")),
-      past_key(ReadInput(ctx, kSparsePastKey, "past_key")),
-      past_value(ReadInput(ctx, kSparsePastValue, "past_value")),
-      shared_key(ReadInput(ctx, kSparseSharedKey, "shared_key")),
-      shared_value(ReadInput(ctx, kSparseSharedValue, "shared_value")),
-      block_indices(ReadInput(ctx, kSparseBlockIndices, "block_indices")),
-      mask(ReadInput(ctx, kSparseMask, "attention_mask")),
-      gate(ReadInput(ctx, kSparseGate, "gate")),
-      sinks(ReadInput(ctx, kSparseSinks, "sinks")),
-      selected_key(ReadInput(ctx, kSparseSelectedKey, "selected_key")),
-      selected_value(ReadInput(ctx, kSparseSelectedValue, "selected_value")),
-      seqlens_k(ReadInput(ctx, kSparseSeqlensK, "seqlens_k")),
-      total_sequence_length(ReadInput(ctx, kSparseTotalSequenceLength, "total_sequence_length")) {}
 
 SparseAttnShape CheckSparseAttnInputs(const OpContext& op, const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
                                       ONNXTensorElementDataType type) {
@@ -246,14 +213,7 @@ SparseAttnArgs<T> MakeSparseAttnArgs(const SparseAttnAttributes& attrs, const Sp
                                      const SparseAttnShape& shape, const T* own_key, const T* own_value, T* output) {
   const QkvShape& qkv = shape.qkv;
   SparseAttnArgs<T> args;
-  args.batch = qkv.batch;
-  args.num_heads = attrs.heads.num_heads;
-  args.kv_num_heads = attrs.heads.kv_num_heads;
-  args.head_dim = qkv.head_dim;
-  args.new_len = qkv.new_len;
-  args.total_len = shape.total_len;
-  args.scale = ResolveScale(attrs.heads.scale, qkv.head_dim);
-  args.block_size = attrs.heads.block_size;
+  args.dims() = CallDims(attrs.heads, qkv, shape.total_len);
   args.window = attrs.window;
   args.combine = attrs.combine;
   args.query = in.query.Data<T>();
@@ -311,73 +271,21 @@ T* WindowScratch(size_t elements, std::unique_ptr<T[]>& owner) {
   return kept.get();
 }
 
-}  // namespace
-
-template <typename T>
-void SparseAttnKernel<T>::Compute(Ort::KernelContext& ctx) const {
-  const SparseAttnInputs in(ctx);
-  const SparseAttnShape shape = CheckSparseAttnInputs(op_, attrs_, in, ElementType<T>::kOnnx);
-  const QkvShape& qkv = shape.qkv;
-  const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
-  if (shape.shared_buffer) {
-    ComputeSharedBuffer(ctx, in, shape);
-    return;
-  }
-  CheckMaskValues(op_, in.mask);
-  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), shape.Indices(Hkv, attrs_.heads.block_size));
-
-  // Own cache = past ++ new. With a full-length cache that is the present output itself. With a
-  // window cache, present keeps only the tail: when that tail holds every own position the kernel
-  // reads (the windows of all new tokens: always so in decode), past ++ new goes straight into
-  // present and the kernel reads it there; otherwise (a prompt longer than the window) past ++ new is
-  // built in scratch and present gets its tail afterwards.
-  const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
-  T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
-  T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
-  const OrtExecutor exec(ctx);
-  const int64_t total = shape.total_len, S = qkv.new_len;
-  const int64_t first_window = std::max<int64_t>(total - S - attrs_.window + 1, total - shape.own_len);
-  const bool present_holds_windows = total - shape.present_len <= std::max<int64_t>(0, first_window);
-  const bool use_scratch = attrs_.window_cache && !present_holds_windows;
-  const int64_t own_len = use_scratch ? shape.own_len : shape.present_len;
-  T* own_k = present_key;
-  T* own_v = present_value;
-  std::unique_ptr<T[]> own_scratch_owner;
-  if (use_scratch) {
-    const size_t elements = static_cast<size_t>(B) * Hkv * shape.own_len * D;
-    T* scratch = WindowScratch<T>(2 * elements, own_scratch_owner);
-    own_k = scratch;
-    own_v = scratch + elements;
-  }
-  const CacheAppend<T> key{in.past_key.present ? in.past_key.Data<T>() : nullptr, in.key.Data<T>(), own_k};
-  const CacheAppend<T> value{in.past_value.present ? in.past_value.Data<T>() : nullptr, in.value.Data<T>(), own_v};
-  ConcatCaches(key, value, shape.own_past, qkv.kv_view, S, own_len, B, Hkv, D, exec);
-
-  T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
-  SparseAttnArgs<T> args = MakeSparseAttnArgs<T>(attrs_, in, shape, own_k, own_v, output);
-  args.own_capacity = args.own_len = own_len;
-  args.own_start = total - own_len;
-  RunSparseAttnCpu(args, exec);
-
-  if (use_scratch) {
-    CopyCacheTail(own_k, shape.own_len, shape.present_len, B, Hkv, D, present_key);
-    CopyCacheTail(own_v, shape.own_len, shape.present_len, B, Hkv, D, present_value);
-  }
-}
-
 // One kernel call per row b with batch 1, the row's total length and its real new tokens; the own
 // cache and the SA source are row b of their buffers (capacities unchanged). The per-token inputs of
 // a right-padded prompt row (block_indices, selected_*) are gathered into compact scratch for the
 // kernel; its padding tokens get zero output.
 template <typename T>
-void SparseAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const SparseAttnInputs& in,
-                                              const SparseAttnShape& shape) const {
+void ComputeSharedBuffer(const SparseAttnCpuNode& node, Ort::KernelContext& ctx, const SparseAttnInputs& in,
+                         const SparseAttnShape& shape) {
+  const OpContext& op = node.op;
+  const SparseAttnAttributes& attrs = node.attrs;
   const QkvShape& qkv = shape.qkv;
-  const int B = qkv.batch, Hkv = attrs_.heads.kv_num_heads, D = qkv.head_dim;
-  const SharedBufferRows rows = ReadSharedBufferRows(op_, in.seqlens_k, in.total_sequence_length, in.past_key, qkv.new_len);
-  IndexLayout layout = shape.Indices(Hkv, attrs_.heads.block_size);
+  const int B = qkv.batch, Hkv = attrs.heads.kv_num_heads, D = qkv.head_dim;
+  const SharedBufferRows rows = ReadSharedBufferRows(op, in.seqlens_k, in.total_sequence_length, in.past_key, qkv.new_len);
+  IndexLayout layout = shape.Indices(Hkv, attrs.heads.block_size);
   layout.row_total_len = rows.total.data();
-  CheckBlockIndices(op_, in.block_indices.Data<int32_t>(), layout);
+  CheckBlockIndices(op, in.block_indices.Data<int32_t>(), layout);
 
   const int64_t capacity = rows.capacity, S = qkv.new_len, K = shape.top_k;
   const std::vector<int64_t> present_shape{B, Hkv, capacity, D};
@@ -387,8 +295,8 @@ void SparseAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const Spa
   UpdateSharedBuffer(in.past_value.Data<T>(), present_value, in.value.Data<T>(), qkv.kv_view, rows, B, Hkv, D);
 
   T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
-  const SparseAttnArgs<T> all = MakeSparseAttnArgs<T>(attrs_, in, shape, present_key, present_value, output);
-  const int64_t buffer_row = Hkv * capacity * D, selected_width = K * attrs_.heads.block_size * D;
+  const SparseAttnArgs<T> all = MakeSparseAttnArgs<T>(attrs, in, shape, present_key, present_value, output);
+  const int64_t buffer_row = Hkv * capacity * D, selected_width = K * attrs.heads.block_size * D;
   const int64_t gate_width = all.gate_per_channel ? 2LL * all.num_heads * D : 2LL * all.num_heads;
   const OrtExecutor exec(ctx);
   for (int b = 0; b < B; ++b) {
@@ -425,41 +333,68 @@ void SparseAttnKernel<T>::ComputeSharedBuffer(Ort::KernelContext& ctx, const Spa
   }
 }
 
-template <typename T>
-SparseAttnOp<T>::SparseAttnOp() {
-  OrtCustomOp::GetMayInplace = &PastPresentMayInplace;
-  OrtCustomOp::ReleaseMayInplace = &ReleasePastPresentInplace;
-}
+}  // namespace
 
 template <typename T>
-OrtStatusPtr SparseAttnOp<T>::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
-  return GuardStatus([&] { *kernel = new SparseAttnKernel<T>(api, info); });
-}
-
-ONNXTensorElementDataType SparseAttnInputType(size_t index, ONNXTensorElementDataType type) {
-  switch (index) {
-    case kSparseBlockIndices: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    case kSparseMask: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    case kSparseSeqlensK:
-    case kSparseTotalSequenceLength: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    default: return type;
+void ComputeSparseAttnCpu(const SparseAttnCpuNode& node, Ort::KernelContext& ctx) {
+  const OpContext& op = node.op;
+  const SparseAttnAttributes& attrs = node.attrs;
+  const SparseAttnInputs in(ctx);
+  const SparseAttnShape shape = CheckSparseAttnInputs(op, attrs, in, ElementType<T>::kOnnx);
+  const QkvShape& qkv = shape.qkv;
+  const int B = qkv.batch, Hkv = attrs.heads.kv_num_heads, D = qkv.head_dim;
+  if (shape.shared_buffer) {
+    ComputeSharedBuffer<T>(node, ctx, in, shape);
+    return;
   }
-}
+  CheckMaskValues(op, in.mask);
+  CheckBlockIndices(op, in.block_indices.Data<int32_t>(), shape.Indices(Hkv, attrs.heads.block_size));
 
-OrtCustomOpInputOutputCharacteristic SparseAttnInputCharacteristic(size_t index) {
-  // block_indices is required by the contract but declared optional here: ORT's own check of a missing
-  // required input names only its position, while CheckSparseAttnInputs names it.
-  return index <= kSparseValue ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  // Own cache = past ++ new. With a full-length cache that is the present output itself. With a
+  // window cache, present keeps only the tail: when that tail holds every own position the kernel
+  // reads (the windows of all new tokens: always so in decode), past ++ new goes straight into
+  // present and the kernel reads it there; otherwise (a prompt longer than the window) past ++ new is
+  // built in scratch and present gets its tail afterwards.
+  const std::vector<int64_t> present_shape{B, Hkv, shape.present_len, D};
+  T* present_key = ctx.GetOutput(kSparsePresentKey, present_shape).GetTensorMutableData<T>();
+  T* present_value = ctx.GetOutput(kSparsePresentValue, present_shape).GetTensorMutableData<T>();
+  const OrtExecutor exec(ctx);
+  const int64_t total = shape.total_len, S = qkv.new_len;
+  const int64_t first_window = std::max<int64_t>(total - S - attrs.window + 1, total - shape.own_len);
+  const bool present_holds_windows = total - shape.present_len <= std::max<int64_t>(0, first_window);
+  const bool use_scratch = attrs.window_cache && !present_holds_windows;
+  const int64_t own_len = use_scratch ? shape.own_len : shape.present_len;
+  T* own_k = present_key;
+  T* own_v = present_value;
+  std::unique_ptr<T[]> own_scratch_owner;
+  if (use_scratch) {
+    const size_t elements = static_cast<size_t>(B) * Hkv * shape.own_len * D;
+    T* scratch = WindowScratch<T>(2 * elements, own_scratch_owner);
+    own_k = scratch;
+    own_v = scratch + elements;
+  }
+  const CacheAppend<T> key{in.past_key.present ? in.past_key.Data<T>() : nullptr, in.key.Data<T>(), own_k};
+  const CacheAppend<T> value{in.past_value.present ? in.past_value.Data<T>() : nullptr, in.value.Data<T>(), own_v};
+  ConcatCaches(key, value, shape.own_past, qkv.kv_view, S, own_len, B, Hkv, D, exec);
+
+  T* output = ctx.GetOutput(kSparseOutput, in.query.shape).GetTensorMutableData<T>();
+  SparseAttnArgs<T> args = MakeSparseAttnArgs<T>(attrs, in, shape, own_k, own_v, output);
+  args.own_capacity = args.own_len = own_len;
+  args.own_start = total - own_len;
+  RunSparseAttnCpu(args, exec);
+
+  if (use_scratch) {
+    CopyCacheTail(own_k, shape.own_len, shape.present_len, B, Hkv, D, present_key);
+    CopyCacheTail(own_v, shape.own_len, shape.present_len, B, Hkv, D, present_value);
+  }
 }
 
 template SparseAttnArgs<float> MakeSparseAttnArgs<float>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const float*, const float*, float*);
 template SparseAttnArgs<Half> MakeSparseAttnArgs<Half>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const Half*, const Half*, Half*);
 // bfloat16 is bound only by the CUDA glue.
 template SparseAttnArgs<BFloat16> MakeSparseAttnArgs<BFloat16>(const SparseAttnAttributes&, const SparseAttnInputs&, const SparseAttnShape&, const BFloat16*, const BFloat16*, BFloat16*);
-template struct SparseAttnOp<float>;
-template struct SparseAttnOp<Half>;
-template class SparseAttnKernel<float>;
-template class SparseAttnKernel<Half>;
+template void ComputeSparseAttnCpu<float>(const SparseAttnCpuNode&, Ort::KernelContext&);
+template void ComputeSparseAttnCpu<Half>(const SparseAttnCpuNode&, Ort::KernelContext&);
 
 }  // namespace ops
 }  // namespace hysparse

@@ -4,7 +4,7 @@
 
 #include "kernels/attention_args.h"
 #include "ops/attention_inputs.h"
-#include "ops/element_types.h"
+#include "ops/attention_op.h"
 
 namespace hysparse {
 namespace ops {
@@ -17,11 +17,7 @@ enum SparseAttnInput : size_t {
   kSparseBlockIndices, kSparseMask, kSparseGate, kSparseSinks, kSparseSelectedKey, kSparseSelectedValue,
   kSparseSeqlensK, kSparseTotalSequenceLength, kSparseInputCount
 };
-enum SparseAttnOutput : size_t { kSparseOutput, kSparsePresentKey, kSparsePresentValue };
-
-// The op's schema, shared by the CPU and CUDA registrations. `type` is the float storage type.
-ONNXTensorElementDataType SparseAttnInputType(size_t index, ONNXTensorElementDataType type);
-OrtCustomOpInputOutputCharacteristic SparseAttnInputCharacteristic(size_t index);
+enum SparseAttnOutput : size_t { kSparseOutput, kSparsePresentKey, kSparsePresentValue, kSparseOutputCount };
 
 struct SparseAttnAttributes {
   HeadAttributes heads;
@@ -31,7 +27,28 @@ struct SparseAttnAttributes {
 };
 SparseAttnAttributes ReadSparseAttnAttributes(const Ort::ConstKernelInfo& info, const OpContext& op);
 
-// The node's inputs, read from the kernel context.
+// The op's schema, shared by the CPU and CUDA registrations (AttentionOp); the tables follow the
+// position enums above. block_indices is required by the contract but declared optional: ORT's own
+// check of a missing required input names only its position, while CheckSparseAttnInputs names it.
+struct SparseAttnSchema {
+  static constexpr const char* kName = kSparseAttnName;
+  static constexpr Port kInputs[] = {
+      Required("query"), Required("key"), Required("value"), Optional("past_key"), Optional("past_value"),
+      Optional("shared_key"), Optional("shared_value"), Optional("block_indices", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),
+      Optional("attention_mask", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64), Optional("gate"), Optional("sinks"),
+      Optional("selected_key"), Optional("selected_value"), Optional("seqlens_k", ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32),
+      HostLength("total_sequence_length")};
+  static constexpr Port kOutputs[] = {Required("output"), Required("present_key"), Required("present_value")};
+  using Attributes = SparseAttnAttributes;
+  static Attributes ReadAttributes(const Ort::ConstKernelInfo& info, const OpContext& op) {
+    return ReadSparseAttnAttributes(info, op);
+  }
+};
+static_assert(std::size(SparseAttnSchema::kInputs) == kSparseInputCount &&
+              std::size(SparseAttnSchema::kOutputs) == kSparseOutputCount);
+
+
+// The node's inputs, read from the kernel context in the order of the schema's input table.
 struct SparseAttnInputs {
   TensorInput query, key, value, past_key, past_value, shared_key, shared_value, block_indices, mask, gate, sinks,
       selected_key, selected_value, seqlens_k, total_sequence_length;
@@ -79,33 +96,12 @@ template <typename T>
 SparseAttnArgs<T> MakeSparseAttnArgs(const SparseAttnAttributes& attrs, const SparseAttnInputs& in,
                                      const SparseAttnShape& shape, const T* own_key, const T* own_value, T* output);
 
+// The CPU kernel (sparse_attn_op.cc).
+using SparseAttnCpuNode = AttentionNode<SparseAttnSchema, CpuPlacement>;
 template <typename T>
-class SparseAttnKernel {
- public:
-  SparseAttnKernel(const OrtApi& api, const OrtKernelInfo* info);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) const;
-
- private:
-  void Compute(Ort::KernelContext& ctx) const;
-  // Shared-buffer mode: one kernel call per batch row over that row's valid prefix of the buffer.
-  void ComputeSharedBuffer(Ort::KernelContext& ctx, const SparseAttnInputs& in, const SparseAttnShape& shape) const;
-
-  OpContext op_;
-  SparseAttnAttributes attrs_;
-};
-
-// The CPU registration; declares past -> present as may-inplace (see FullAttnOp).
+void ComputeSparseAttnCpu(const SparseAttnCpuNode& node, Ort::KernelContext& ctx);
 template <typename T>
-struct SparseAttnOp : Ort::CustomOpBase<SparseAttnOp<T>, SparseAttnKernel<T>, /*WithStatus=*/true> {
-  SparseAttnOp();
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-  const char* GetName() const { return kSparseAttnName; }
-  size_t GetInputTypeCount() const { return kSparseInputCount; }
-  ONNXTensorElementDataType GetInputType(size_t i) const { return SparseAttnInputType(i, ElementType<T>::kOnnx); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const { return SparseAttnInputCharacteristic(i); }
-  size_t GetOutputTypeCount() const { return 3; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ElementType<T>::kOnnx; }
-};
+using SparseAttnOp = AttentionOp<SparseAttnSchema, CpuPlacement, T, &ComputeSparseAttnCpu<T>>;
 
 // What is wrong with a block_indices entry (docs/ops.md "Block indices").
 enum class BlockIndexProblem { kBelowMinusOne, kOutOfRange, kAfterPadding, kNotAscending };

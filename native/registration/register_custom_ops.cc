@@ -3,6 +3,7 @@
 // built (CPU always; CUDA when the library was compiled with HYSPARSE_WITH_CUDA).
 #include <mutex>
 #include <string>
+#include <tuple>
 
 #include "ops/full_attn_op.h"
 #include "ops/sparse_attn_op.h"
@@ -14,38 +15,28 @@ namespace {
 
 constexpr const char* kDomain = "com.hysparse";
 
+// The registration table: every kernel the library was built with, one AttentionOp per op, storage
+// type and execution provider. ORT assigns a node to a CUDA entry when the session uses the CUDA
+// execution provider; the CPU entries stay the fallback for nodes it places on the CPU.
+using RegisteredOps = std::tuple<
+    hysparse::ops::FullAttnOp<float>, hysparse::ops::FullAttnOp<hysparse::Half>,
+    hysparse::ops::SparseAttnOp<float>, hysparse::ops::SparseAttnOp<hysparse::Half>
+#ifdef HYSPARSE_WITH_CUDA
+    ,
+    hysparse::ops::CudaFullAttnOp<float>, hysparse::ops::CudaFullAttnOp<hysparse::Half>,
+    hysparse::ops::CudaFullAttnOp<hysparse::BFloat16>, hysparse::ops::CudaSparseAttnOp<float>,
+    hysparse::ops::CudaSparseAttnOp<hysparse::Half>, hysparse::ops::CudaSparseAttnOp<hysparse::BFloat16>
+#endif
+    >;
+
 // The op objects and the domain must outlive every session that uses them, so they live for the
 // process. The domain is created once and added to each SessionOptions that asks for it.
 struct Registry {
-  hysparse::ops::FullAttnOp<float> full_f32;
-  hysparse::ops::FullAttnOp<hysparse::Half> full_f16;
-  hysparse::ops::SparseAttnOp<float> sparse_f32;
-  hysparse::ops::SparseAttnOp<hysparse::Half> sparse_f16;
-#ifdef HYSPARSE_WITH_CUDA
-  hysparse::ops::CudaFullAttnOp<float> cuda_full_f32;
-  hysparse::ops::CudaFullAttnOp<hysparse::Half> cuda_full_f16;
-  hysparse::ops::CudaFullAttnOp<hysparse::BFloat16> cuda_full_bf16;
-  hysparse::ops::CudaSparseAttnOp<float> cuda_sparse_f32;
-  hysparse::ops::CudaSparseAttnOp<hysparse::Half> cuda_sparse_f16;
-  hysparse::ops::CudaSparseAttnOp<hysparse::BFloat16> cuda_sparse_bf16;
-#endif
+  RegisteredOps ops;
   Ort::CustomOpDomain domain{kDomain};
 
   Registry() {
-    domain.Add(&full_f32);
-    domain.Add(&full_f16);
-    domain.Add(&sparse_f32);
-    domain.Add(&sparse_f16);
-#ifdef HYSPARSE_WITH_CUDA
-    // ORT assigns a node to these when the session uses the CUDA execution provider; the CPU
-    // kernels above stay the fallback for nodes it places on the CPU.
-    domain.Add(&cuda_full_f32);
-    domain.Add(&cuda_full_f16);
-    domain.Add(&cuda_full_bf16);
-    domain.Add(&cuda_sparse_f32);
-    domain.Add(&cuda_sparse_f16);
-    domain.Add(&cuda_sparse_bf16);
-#endif
+    std::apply([this](auto&... op) { (domain.Add(&op), ...); }, ops);
   }
 };
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/attention_args.h"
-#include "kernels/cpu/full_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 #include "kernels/cpu/tile_kernels.h"
 #include "test_support.h"
 
@@ -45,6 +45,7 @@ struct Shape {
   int64_t blocks() const { return (total() + block_size - 1) / block_size; }
   int64_t capacity() const { return total() + spare_capacity; }
   float resolved_scale() const { return scale != 0.f ? scale : 1.f / std::sqrt(float(dim)); }
+  AttentionDims Dims() const { return {batch, heads, kv_heads, dim, fresh, total(), resolved_scale(), block_size}; }
   std::string Describe() const {
     return "B=" + std::to_string(batch) + " Hq=" + std::to_string(heads) +
            " Hkv=" + std::to_string(kv_heads) + " D=" + std::to_string(dim) +
@@ -245,14 +246,7 @@ Outputs<T> RunKernel(const Problem<T>& p, const Executor& exec, const Requests& 
                const FullAttnCpuOptions& options = {}) {
   const Shape& sh = p.shape;
   FullAttnArgs<T> args;
-  args.batch = sh.batch;
-  args.num_heads = sh.heads;
-  args.kv_num_heads = sh.kv_heads;
-  args.head_dim = sh.dim;
-  args.new_len = sh.fresh;
-  args.total_len = sh.total();
-  args.scale = sh.resolved_scale();
-  args.block_size = sh.block_size;
+  args.dims() = sh.Dims();
   args.top_k = sh.top_k;
   args.query = p.query.data();
   args.query_view = p.query_view;

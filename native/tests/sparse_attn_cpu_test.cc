@@ -14,10 +14,11 @@
 #include <random>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels/attention_args.h"
-#include "kernels/cpu/sparse_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 #include "kernels/cpu/tile_kernels.h"
 #include "test_support.h"
 
@@ -278,14 +279,8 @@ struct Problem {
 
   SparseAttnArgs<T> Args() {
     SparseAttnArgs<T> a;
-    a.batch = c.batch;
-    a.num_heads = c.num_heads;
-    a.kv_num_heads = c.kv_heads;
-    a.head_dim = c.dim;
-    a.new_len = c.new_len;
-    a.total_len = c.total_len;
-    a.scale = c.scale != 0.f ? c.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
-    a.block_size = c.block_size;
+    const float scale = c.scale != 0.f ? c.scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.dim)));
+    a.dims() = {c.batch, c.num_heads, c.kv_heads, c.dim, c.new_len, c.total_len, scale, c.block_size};
     a.window = c.window;
     a.combine = c.combine;
     a.query = query.data();
@@ -543,191 +538,195 @@ void CheckCase(const Case& c, bool also_dense) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A list of cases under construction: case i gets seed first_seed + i, and every case the same rows.
+class CaseList {
+ public:
+  explicit CaseList(uint32_t first_seed, Rows rows = Rows::kRandom) : first_seed_(first_seed), rows_(rows) {}
+  void Add(Case c) {
+    c.seed = first_seed_ + static_cast<uint32_t>(cases_.size());
+    c.rows = rows_;
+    cases_.push_back(std::move(c));
+  }
+  std::vector<Case> Take() { return std::move(cases_); }
+
+ private:
+  uint32_t first_seed_;
+  Rows rows_;
+  std::vector<Case> cases_;
+};
+
 // Named cases: each stresses one part of the contract.
 
 std::vector<Case> NamedCases() {
-  std::vector<Case> cases;
-  auto add = [&](Case c) {
-    c.seed = 1000 + static_cast<uint32_t>(cases.size());
-    cases.push_back(c);
-  };
+  CaseList cases(1000);
   Case c;
   // Decode, 7B-like group (4 query heads per KV head), T not a multiple of bs.
   c = {};
   c.name = "DecodeUnionOwnCache";
   c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 1000, c.block_size = 64, c.window = 128, c.top_k = 4;
-  add(c);
+  cases.Add(c);
   c.name = "DecodeUnionOwnCacheSinks", c.sinks = true;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "DecodeGatePerHeadSinksShared";
   c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 777, c.block_size = 64, c.window = 128, c.top_k = 4;
   c.combine = Combine::kGate, c.gate = GateKind::kPerHead, c.sinks = true, c.source = SaSource::kSharedCache;
-  add(c);
+  cases.Add(c);
   c.name = "DecodeGatePerChannelGatheredWindowCache";
   c.gate = GateKind::kPerChannel, c.sinks = false, c.source = SaSource::kGathered, c.window_cache = true;
-  add(c);
+  cases.Add(c);
   c.name = "DecodeGateNoGateTensor";
   c.gate = GateKind::kNone, c.sinks = true;
-  add(c);
+  cases.Add(c);
   c.name = "DecodeUnionSharedWindowCacheSinks";
   c.combine = Combine::kUnion, c.source = SaSource::kSharedCache;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillUnionGatheredWindowCacheManyTiles";  // S spans several token tiles
   c.source = SaSource::kGathered, c.new_len = 70, c.total_len = 300, c.dim = 64, c.sinks = false;
   c.padding = Padding::kHoles;
-  add(c);
+  cases.Add(c);
   // Decode with a padded query (right padding in batch row 1) and left padding in row 0.
   c = {};
   c.name = "DecodePaddedBatch";
   c.batch = 2, c.num_heads = 4, c.kv_heads = 4, c.dim = 64, c.total_len = 90, c.padding = Padding::kLeftRight;
-  add(c);
+  cases.Add(c);
   c.name = "DecodePaddedBatchGate", c.combine = Combine::kGate, c.gate = GateKind::kPerHead, c.sinks = true;
-  add(c);
+  cases.Add(c);
   // Prefill.
   c = {};
   c.name = "PrefillUnionOwnLeftRightPadding3D";
   c.batch = 2, c.num_heads = 4, c.kv_heads = 2, c.dim = 64, c.new_len = 37, c.total_len = 150;
   c.padding = Padding::kLeftRight, c.bsnh = true;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillUnionGatheredSinksHoles";
   c.source = SaSource::kGathered, c.sinks = true, c.padding = Padding::kHoles, c.bsnh = false;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillGatePerChannelSharedWindowCache3D";
   c.batch = 3, c.num_heads = 8, c.kv_heads = 4, c.dim = 64, c.new_len = 45, c.total_len = 200, c.window = 20;
   c.combine = Combine::kGate, c.gate = GateKind::kPerChannel, c.sinks = true, c.source = SaSource::kSharedCache;
   c.window_cache = true, c.bsnh = true, c.padding = Padding::kLeftRight;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillWholeSequenceWindowCache";  // P = 0: the own cache is just the new tokens
   c.new_len = c.total_len = 60, c.batch = 1, c.padding = Padding::kNone;
-  add(c);
+  cases.Add(c);
   // Odd head size, MQA and MHA groupings.
   c = {};
   c.name = "OddHeadSizeUnionShared";
   c.dim = 37, c.num_heads = 2, c.kv_heads = 1, c.new_len = 5, c.total_len = 123, c.block_size = 7, c.top_k = 5;
   c.source = SaSource::kSharedCache;
-  add(c);
+  cases.Add(c);
   c.name = "OddHeadSizeGateGathered", c.combine = Combine::kGate, c.gate = GateKind::kPerChannel;
   c.source = SaSource::kGathered;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "MultiQueryHkv1";
   c.num_heads = 8, c.kv_heads = 1, c.dim = 64, c.new_len = 3, c.total_len = 300, c.top_k = 6;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "SingleHead";
   c.num_heads = 1, c.kv_heads = 1, c.dim = 128, c.new_len = 2, c.total_len = 64;
   c.combine = Combine::kGate, c.source = SaSource::kGathered;
-  add(c);
+  cases.Add(c);
   // Window and block extremes.
   c = {};
   c.name = "WindowLargerThanSequence";
   c.num_heads = 4, c.kv_heads = 2, c.new_len = 6, c.total_len = 50, c.window = 500;
   c.combine = Combine::kGate, c.gate = GateKind::kPerHead, c.source = SaSource::kSharedCache;
-  add(c);
+  cases.Add(c);
   c.name = "WindowOfOne", c.window = 1, c.combine = Combine::kUnion, c.gate = GateKind::kNone;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "BlockSizeOne";
   c.block_size = 1, c.top_k = 9, c.new_len = 4, c.total_len = 40, c.window = 5, c.padding = Padding::kHoles;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "StridedViews";
   c.row_padding = 3, c.new_len = 4, c.total_len = 70, c.bsnh = true, c.combine = Combine::kGate;
   c.gate = GateKind::kPerChannel;
-  add(c);
+  cases.Add(c);
   c.name = "StridedViews4D", c.bsnh = false, c.combine = Combine::kUnion, c.gate = GateKind::kNone, c.scale = 0.3f;
-  add(c);
-  return cases;
+  cases.Add(c);
+  return cases.Take();
 }
 
 // Union over the own cache with every block outside the window selected (K*bs + w >= T): dense.
 std::vector<Case> DenseCases() {
-  std::vector<Case> cases;
-  auto add = [&](Case c) {
-    c.seed = 2000 + static_cast<uint32_t>(cases.size());
-    c.rows = Rows::kCoverOutsideWindow;
-    cases.push_back(c);
-  };
+  CaseList cases(2000, Rows::kCoverOutsideWindow);
   Case c;
   c.name = "DenseDecode";
   c.num_heads = 8, c.kv_heads = 2, c.dim = 128, c.total_len = 300, c.block_size = 32, c.window = 64, c.top_k = 8;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "DensePrefillPadded";
   c.batch = 2, c.num_heads = 4, c.kv_heads = 4, c.dim = 64, c.new_len = 50, c.total_len = 200, c.block_size = 16;
   c.window = 40, c.top_k = 10, c.padding = Padding::kLeftRight, c.bsnh = true;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "DenseWindowCoversAll";
   c.num_heads = 2, c.kv_heads = 1, c.dim = 37, c.new_len = 7, c.total_len = 45, c.window = 64, c.top_k = 1;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "DenseOnlyBlocks";  // window of one: the blocks do all the work
   c.num_heads = 4, c.kv_heads = 2, c.new_len = 9, c.total_len = 100, c.block_size = 8, c.window = 1, c.top_k = 13;
   c.padding = Padding::kHoles;
-  add(c);
-  return cases;
+  cases.Add(c);
+  return cases.Take();
 }
 
 // Prefill shapes: S >= 64 new tokens, so that the prefill tiles (32 tokens) have several tiles, a
 // partial last tile, tiles that start after a past, and (G < kRowBlock) row blocks that span tokens
 // with different selections. CheckCase runs each on both tile shapes, split and threaded.
 std::vector<Case> PrefillCases() {
-  std::vector<Case> cases;
-  auto add = [&](Case c) {
-    c.seed = 3000 + static_cast<uint32_t>(cases.size());
-    cases.push_back(c);
-  };
+  CaseList cases(3000);
   Case c;
   c.name = "PrefillUnionNoPast";  // tiles 0-31, 32-63, 64-95, 96-99
   c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 100, c.total_len = 100, c.block_size = 16;
   c.window = 24, c.top_k = 4;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillUnionAfterPastSinks";
   c.new_len = 70, c.total_len = 333, c.window = 40, c.top_k = 5, c.sinks = true;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillGatePerChannelSinks";
   c.num_heads = 4, c.kv_heads = 2, c.dim = 64, c.new_len = 65, c.total_len = 200, c.block_size = 16;
   c.window = 30, c.top_k = 3, c.combine = Combine::kGate, c.gate = GateKind::kPerChannel, c.sinks = true;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillGatePerHeadNoGateSinks";
   c.gate = GateKind::kPerHead, c.sinks = false, c.new_len = 96, c.total_len = 96;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillPaddedBatch3D";  // left and right padding, poisoned gaps after every row
   c.batch = 3, c.num_heads = 6, c.kv_heads = 2, c.dim = 37, c.new_len = 96, c.total_len = 160, c.block_size = 8;
   c.window = 17, c.top_k = 6, c.padding = Padding::kLeftRight, c.bsnh = true, c.row_padding = 2;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillPaddedBatchGate", c.combine = Combine::kGate, c.gate = GateKind::kPerHead;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillHolesMha";  // G = 1: every row block spans four tokens
   c.batch = 2, c.num_heads = 3, c.kv_heads = 3, c.dim = 32, c.new_len = 80, c.total_len = 80, c.block_size = 8;
   c.window = 12, c.top_k = 5, c.padding = Padding::kHoles;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillKvSharingWindowCache";  // SA from the shared cache, window from the own window cache
   c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 64, c.total_len = 400, c.block_size = 32;
   c.window = 48, c.top_k = 4, c.source = SaSource::kSharedCache, c.window_cache = true;
-  add(c);
+  cases.Add(c);
   c.name = "PrefillKvSharingFullOwnCacheGate";
   c.window_cache = false, c.combine = Combine::kGate, c.gate = GateKind::kPerChannel, c.sinks = true;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillGatheredWindowCache";
   c.num_heads = 4, c.kv_heads = 2, c.dim = 64, c.new_len = 64, c.total_len = 150, c.block_size = 16;
   c.window = 20, c.top_k = 3, c.source = SaSource::kGathered, c.window_cache = true, c.padding = Padding::kLeftRight;
   c.batch = 2;
-  add(c);
+  cases.Add(c);
   c = {};
   c.name = "PrefillLayerShape";  // the benchmark's block and window: K 16 x 64 + w 128
   c.num_heads = 8, c.kv_heads = 2, c.dim = 64, c.new_len = 129, c.total_len = 1500, c.block_size = 64;
   c.window = 128, c.top_k = 16;
-  add(c);
-  return cases;
+  cases.Add(c);
+  return cases.Take();
 }
 
 // Union over the own cache with every block outside the window selected, at prefill lengths.
@@ -779,30 +778,22 @@ std::vector<Case> RandomCases() {
 
 std::string CaseName(const testing::TestParamInfo<Case>& info) { return info.param.name; }
 
-class SparseAttnCpuNamed : public testing::TestWithParam<Case> {};
-TEST_P(SparseAttnCpuNamed, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
-TEST_P(SparseAttnCpuNamed, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
-INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuNamed, testing::ValuesIn(NamedCases()), CaseName);
+// A parametrised suite over `cases`, each case run in float32 and in float16 against the sparse
+// reference, or (dense) against dense attention.
+#define SPARSE_CPU_SUITE(Suite, cases, Float32Test, Float16Test, dense)  \
+  class Suite : public testing::TestWithParam<Case> {};                 \
+  TEST_P(Suite, Float32Test) { CheckCase<float>(GetParam(), dense); }   \
+  TEST_P(Suite, Float16Test) { CheckCase<Half>(GetParam(), dense); }    \
+  INSTANTIATE_TEST_SUITE_P(Sparse, Suite, testing::ValuesIn(cases()), CaseName)
 
-class SparseAttnCpuDense : public testing::TestWithParam<Case> {};
-TEST_P(SparseAttnCpuDense, Float32UnionEqualsDenseAttention) { CheckCase<float>(GetParam(), true); }
-TEST_P(SparseAttnCpuDense, Float16UnionEqualsDenseAttention) { CheckCase<Half>(GetParam(), true); }
-INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuDense, testing::ValuesIn(DenseCases()), CaseName);
-
-class SparseAttnCpuRandom : public testing::TestWithParam<Case> {};
-class SparseAttnCpuPrefill : public testing::TestWithParam<Case> {};
-TEST_P(SparseAttnCpuPrefill, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
-TEST_P(SparseAttnCpuPrefill, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
-INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuPrefill, testing::ValuesIn(PrefillCases()), CaseName);
-
-class SparseAttnCpuDensePrefill : public testing::TestWithParam<Case> {};
-TEST_P(SparseAttnCpuDensePrefill, Float32UnionEqualsDenseAttention) { CheckCase<float>(GetParam(), true); }
-TEST_P(SparseAttnCpuDensePrefill, Float16UnionEqualsDenseAttention) { CheckCase<Half>(GetParam(), true); }
-INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuDensePrefill, testing::ValuesIn(DensePrefillCases()), CaseName);
-
-TEST_P(SparseAttnCpuRandom, Float32MatchesReference) { CheckCase<float>(GetParam(), false); }
-TEST_P(SparseAttnCpuRandom, Float16MatchesReference) { CheckCase<Half>(GetParam(), false); }
-INSTANTIATE_TEST_SUITE_P(Sparse, SparseAttnCpuRandom, testing::ValuesIn(RandomCases()), CaseName);
+SPARSE_CPU_SUITE(SparseAttnCpuNamed, NamedCases, Float32MatchesReference, Float16MatchesReference, false);
+SPARSE_CPU_SUITE(SparseAttnCpuDense, DenseCases, Float32UnionEqualsDenseAttention, Float16UnionEqualsDenseAttention,
+                 true);
+SPARSE_CPU_SUITE(SparseAttnCpuPrefill, PrefillCases, Float32MatchesReference, Float16MatchesReference, false);
+SPARSE_CPU_SUITE(SparseAttnCpuDensePrefill, DensePrefillCases, Float32UnionEqualsDenseAttention,
+                 Float16UnionEqualsDenseAttention, true);
+SPARSE_CPU_SUITE(SparseAttnCpuRandom, RandomCases, Float32MatchesReference, Float16MatchesReference, false);
+#undef SPARSE_CPU_SUITE
 
 // The reference itself must see the cases it claims to: a padded decode query gives a zero row, and
 // the sparse result differs from dense attention when rows leave blocks out (else the comparisons

@@ -12,7 +12,7 @@
 // With few query tiles (decode) the key range is also split across tasks ("split-KV"): each chunk
 // keeps its own partial maximum/sum/output, merged afterwards. Chunks are whole blocks, so every
 // block maximum is computed by exactly one chunk.
-#include "kernels/cpu/full_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "kernels/cpu/tile_kernels.h"
+#include "kernels/scratch_plan.h"
 
 namespace hysparse {
 namespace cpu {
@@ -112,41 +113,12 @@ TaskCoords DecodeTask(int64_t index, int64_t batch_heads, int64_t kv_heads,
 
 // Per-thread scratch, grown on demand and reused across tasks and calls: a task takes what it needs
 // once at its start, nothing is allocated per tile.
-struct ThreadScratch {
-  std::vector<float> floats;
-  std::vector<int64_t> ints;
-};
-ThreadScratch& ScratchForThisThread() {
-  thread_local ThreadScratch scratch;
+HostScratch& ScratchForThisThread() {
+  thread_local HostScratch scratch;
   return scratch;
 }
-
-// Carves consecutive, cache-line aligned pieces out of one buffer.
-template <typename E>
-class Carver {
- public:
-  explicit Carver(std::vector<E>& storage) : storage_(storage) {}
-  void Plan(int64_t n) { total_ += Padded(n); }
-  void Allocate() {
-    const int64_t needed = total_ + kAlign;
-    if (static_cast<int64_t>(storage_.size()) < needed) storage_.resize(needed);
-    // Pieces start on 64-byte boundaries (aligned vector loads of the prepared key tile).
-    const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
-    cursor_ = storage_.data() + (RoundUp(static_cast<int64_t>(address), 64) - address) / sizeof(E);
-  }
-  E* Take(int64_t n) {
-    E* piece = cursor_;
-    cursor_ += Padded(n);
-    return piece;
-  }
-
- private:
-  static constexpr int64_t kAlign = 64 / sizeof(E);
-  static int64_t Padded(int64_t n) { return RoundUp(std::max<int64_t>(n, 1), kAlign); }
-  std::vector<E>& storage_;
-  int64_t total_ = 0;
-  E* cursor_ = nullptr;
-};
+// Pieces start on 64-byte boundaries (aligned vector loads of the prepared key tile).
+constexpr size_t kScratchAlignment = 64;
 
 // Online-softmax state of a task's rows (row r = position offset * group + head in group).
 struct RowState {
@@ -167,25 +139,15 @@ struct TileScratch {
   int64_t* last_key;  // [rows]: last valid key position of the row, -1 for a padding query
 };
 
-void PlanTileScratch(const Plan& plan, int dim, Carver<float>& floats, Carver<int64_t>& ints) {
-  floats.Plan(plan.max_rows * dim);
-  floats.Plan(int64_t{kKeyTile} * dim);
-  floats.Plan(int64_t{kKeyTile} * dim);
-  floats.Plan(int64_t{kKeyTile} * dim);
-  floats.Plan(int64_t{kRowBlock} * kKeyTile);
-  floats.Plan(kRowBlock);
-  ints.Plan(plan.max_rows);
-}
-TileScratch TakeTileScratch(const Plan& plan, int dim, Carver<float>& floats,
-                            Carver<int64_t>& ints) {
+TileScratch TakeTileScratch(const Plan& plan, int dim, ScratchCarver& carver) {
   TileScratch s;
-  s.queries = floats.Take(plan.max_rows * dim);
-  s.key_tile = floats.Take(int64_t{kKeyTile} * dim);
-  s.key_layout = floats.Take(int64_t{kKeyTile} * dim);
-  s.value_tile = floats.Take(int64_t{kKeyTile} * dim);
-  s.scores = floats.Take(int64_t{kRowBlock} * kKeyTile);
-  s.rescale = floats.Take(kRowBlock);
-  s.last_key = ints.Take(plan.max_rows);
+  s.queries = carver.Take<float>(plan.max_rows * dim);
+  s.key_tile = carver.Take<float>(int64_t{kKeyTile} * dim);
+  s.key_layout = carver.Take<float>(int64_t{kKeyTile} * dim);
+  s.value_tile = carver.Take<float>(int64_t{kKeyTile} * dim);
+  s.scores = carver.Take<float>(int64_t{kRowBlock} * kKeyTile);
+  s.rescale = carver.Take<float>(kRowBlock);
+  s.last_key = carver.Take<int64_t>(plan.max_rows);
   return s;
 }
 
@@ -312,21 +274,19 @@ struct FinishScratch {
   int64_t* chosen;     // [num_blocks]
 };
 
-void PlanFinishScratch(const Plan& plan, int dim, Carver<float>& floats, Carver<int64_t>& ints) {
-  floats.Plan(dim);
-  if (!plan.selection) return;
-  floats.Plan(plan.num_blocks);
-  floats.Plan(plan.num_blocks);
-  ints.Plan(plan.num_blocks);
-}
-FinishScratch TakeFinishScratch(const Plan& plan, int dim, Carver<float>& floats,
-                                Carver<int64_t>& ints) {
-  FinishScratch s{floats.Take(dim), nullptr, nullptr, nullptr};
+FinishScratch TakeFinishScratch(const Plan& plan, int dim, ScratchCarver& carver) {
+  FinishScratch s{carver.Take<float>(dim), nullptr, nullptr, nullptr};
   if (!plan.selection) return s;
-  s.head_scores = floats.Take(plan.num_blocks);
-  s.group_scores = floats.Take(plan.num_blocks);
-  s.chosen = ints.Take(plan.num_blocks);
+  s.head_scores = carver.Take<float>(plan.num_blocks);
+  s.group_scores = carver.Take<float>(plan.num_blocks);
+  s.chosen = carver.Take<int64_t>(plan.num_blocks);
   return s;
+}
+
+// A task's own online-softmax rows; the block maxima are the caller's to place.
+RowState TakeRowState(const Plan& plan, int dim, ScratchCarver& carver, float* block_max) {
+  const int64_t rows = plan.max_rows;
+  return RowState{carver.Take<float>(rows), carver.Take<float>(rows), carver.Take<float>(rows * dim), block_max};
 }
 
 // Picks the token's blocks: the min(K, eligible) eligible blocks with the highest group score
@@ -444,25 +404,19 @@ void RunSingleChunk(const FullAttnArgs<T>& args, const Executor& exec, const Pla
   exec.ParallelFor(static_cast<size_t>(batch_heads * plan.num_query_tiles), [&](size_t index) {
     const TaskCoords t =
         DecodeTask(static_cast<int64_t>(index), batch_heads, args.kv_num_heads, plan.num_query_tiles);
-    ThreadScratch& storage = ScratchForThisThread();
-    Carver<float> floats(storage.floats);
-    Carver<int64_t> ints(storage.ints);
-    const int64_t rows = plan.max_rows;
-    floats.Plan(rows);
-    floats.Plan(rows);
-    floats.Plan(rows * dim);
-    if (plan.selection) floats.Plan(rows * plan.num_blocks);
-    PlanTileScratch(plan, dim, floats, ints);
-    PlanFinishScratch(plan, dim, floats, ints);
-    floats.Allocate();
-    ints.Allocate();
-    RowState state{floats.Take(rows), floats.Take(rows), floats.Take(rows * dim), nullptr};
-    if (plan.selection) state.block_max = floats.Take(rows * plan.num_blocks);
-    const TileScratch tile_scratch = TakeTileScratch(plan, dim, floats, ints);
-    const FinishScratch finish_scratch = TakeFinishScratch(plan, dim, floats, ints);
-    AttendKeyRange(args, plan, kernels, t.b, t.g, t.query_tile, 0, args.total_len, state,
-                   tile_scratch);
-    Finish(args, plan, kernels, first_valid_key, t.b, t.g, t.query_tile, state, finish_scratch);
+    struct TaskScratch {
+      RowState state;
+      TileScratch tile;
+      FinishScratch finish;
+    };
+    const TaskScratch s = CarveHostScratch(ScratchForThisThread(), kScratchAlignment, [&](ScratchCarver& c) {
+      RowState state = TakeRowState(plan, dim, c, nullptr);
+      if (plan.selection) state.block_max = c.Take<float>(plan.max_rows * plan.num_blocks);
+      const TileScratch tile = TakeTileScratch(plan, dim, c);
+      return TaskScratch{state, tile, TakeFinishScratch(plan, dim, c)};
+    });
+    AttendKeyRange(args, plan, kernels, t.b, t.g, t.query_tile, 0, args.total_len, s.state, s.tile);
+    Finish(args, plan, kernels, first_valid_key, t.b, t.g, t.query_tile, s.state, s.finish);
   });
 }
 
@@ -495,13 +449,8 @@ void RunSplitChunks(const FullAttnArgs<T>& args, const Executor& exec, const Pla
     const int64_t chunk = static_cast<int64_t>(index) % nc;
     const TaskCoords t = DecodeTask(static_cast<int64_t>(index) / nc, batch_heads,
                                     args.kv_num_heads, plan.num_query_tiles);
-    ThreadScratch& storage = ScratchForThisThread();
-    Carver<float> floats(storage.floats);
-    Carver<int64_t> ints(storage.ints);
-    PlanTileScratch(plan, dim, floats, ints);
-    floats.Allocate();
-    ints.Allocate();
-    const TileScratch tile_scratch = TakeTileScratch(plan, dim, floats, ints);
+    const TileScratch tile_scratch = CarveHostScratch(
+        ScratchForThisThread(), kScratchAlignment, [&](ScratchCarver& c) { return TakeTileScratch(plan, dim, c); });
     const int64_t key_begin = chunk * plan.chunk_len;
     const int64_t key_end = std::min(args.total_len, key_begin + plan.chunk_len);
     AttendKeyRange(args, plan, kernels, t.b, t.g, t.query_tile, key_begin, key_end,
@@ -512,18 +461,17 @@ void RunSplitChunks(const FullAttnArgs<T>& args, const Executor& exec, const Pla
     const TaskCoords t =
         DecodeTask(static_cast<int64_t>(index), batch_heads, args.kv_num_heads, plan.num_query_tiles);
     const int64_t task = task_index(t);
-    ThreadScratch& storage = ScratchForThisThread();
-    Carver<float> floats(storage.floats);
-    Carver<int64_t> ints(storage.ints);
-    floats.Plan(rows);
-    floats.Plan(rows);
-    floats.Plan(rows * dim);
-    PlanFinishScratch(plan, dim, floats, ints);
-    floats.Allocate();
-    ints.Allocate();
-    RowState merged{floats.Take(rows), floats.Take(rows), floats.Take(rows * dim),
-                    plan.selection ? block_maxima.data() + task * block_stride : nullptr};
-    const FinishScratch finish_scratch = TakeFinishScratch(plan, dim, floats, ints);
+    float* const block_max = plan.selection ? block_maxima.data() + task * block_stride : nullptr;
+    struct MergeScratch {
+      RowState merged;
+      FinishScratch finish;
+    };
+    const MergeScratch s = CarveHostScratch(ScratchForThisThread(), kScratchAlignment, [&](ScratchCarver& c) {
+      const RowState merged = TakeRowState(plan, dim, c, block_max);
+      return MergeScratch{merged, TakeFinishScratch(plan, dim, c)};
+    });
+    const RowState& merged = s.merged;
+    const FinishScratch& finish_scratch = s.finish;
     for (int64_t r = 0; r < rows; ++r) {
       float max = kNegInf;
       for (int64_t c = 0; c < nc; ++c) max = std::max(max, partial_state(task, c).row_max[r]);
@@ -611,13 +559,4 @@ template void RunFullAttnCpu<Half>(const FullAttnArgs<Half>&, const Executor&,
                                    const FullAttnCpuOptions&);
 
 }  // namespace cpu
-
-template <typename T>
-void RunFullAttnCpu(const FullAttnArgs<T>& args, const Executor& exec) {
-  cpu::RunFullAttnCpu(args, exec, cpu::FullAttnCpuOptions{});
-}
-
-template void RunFullAttnCpu<float>(const FullAttnArgs<float>&, const Executor&);
-template void RunFullAttnCpu<Half>(const FullAttnArgs<Half>&, const Executor&);
-
 }  // namespace hysparse

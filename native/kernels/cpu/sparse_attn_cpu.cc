@@ -20,7 +20,7 @@
 // task's key chunks are split into parts, each part a task with its own partial softmax state; the
 // part that finishes last merges them (in part order, so the bits do not depend on which thread
 // merges) and writes the outputs. The split depends on the shapes only, never on the thread count.
-#include "kernels/cpu/sparse_attn_cpu.h"
+#include "kernels/cpu/attention_cpu.h"
 
 #include <algorithm>
 #include <atomic>
@@ -32,6 +32,7 @@
 
 #include "kernels/attention_args.h"
 #include "kernels/cpu/tile_kernels.h"
+#include "kernels/scratch_plan.h"
 
 namespace hysparse {
 namespace {
@@ -125,29 +126,8 @@ class TileTask {
         part_(part),
         row_blocks_(row_blocks),
         chunk_(row_blocks ? kPrefillChunk : kChunk) {
-    const size_t rd = static_cast<size_t>(rows_) * dim_;
-    const size_t r = static_cast<size_t>(rows_);
-    const size_t chunk_rows = static_cast<size_t>(chunk_) * dim_;
-    std::vector<float>& f = scratch_.floats;
-    const size_t layout = static_cast<size_t>(cpu::kMaxTileKeys) * dim_;
-    constexpr size_t kAlignFloats = 64 / sizeof(float);
-    const size_t need = layout + kAlignFloats + 3 * rd + r * chunk_ + 5 * r + 2 * chunk_rows +
-                        3 * static_cast<size_t>(dim_);
-    if (f.size() < need) f.resize(need);
-    // prepare_keys wants its scratch on a 64-byte boundary; the other pieces follow it.
-    const size_t misaligned = reinterpret_cast<uintptr_t>(f.data()) / sizeof(float) % kAlignFloats;
-    float* p = f.data() + (kAlignFloats - misaligned) % kAlignFloats;
-    key_layout_ = p, p += layout;
-    query_ = p, p += rd;
-    scores_ = p, p += r * chunk_;
-    rescale_ = p, p += r;
-    state_[0] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
-    state_[1] = {p, p + r, p + 2 * r}, p += 2 * r + rd;
-    key_rows_ = p, p += chunk_rows;
-    value_rows_ = p, p += chunk_rows;
-    out_row_ = p, p += dim_;
-    gate_sa_ = p, p += dim_;
-    gate_swa_ = p;
+    // prepare_keys wants its scratch on a 64-byte boundary; every piece starts on one.
+    CarveHostScratch(scratch_.floats, 64, [this](ScratchCarver& c) { TakeFloatScratch(c); });
   }
 
   void Run() {
@@ -189,7 +169,7 @@ class TileTask {
   // Per-thread working memory, grown when a task needs more and reused by every later task on the
   // thread, so tasks do not allocate once the thread has seen the shape.
   struct Scratch {
-    std::vector<float> floats;
+    HostScratch floats;
     std::vector<TokenInfo> tokens;
     std::vector<KeyRun> runs;
     std::vector<PositionRange> ranges;
@@ -201,6 +181,21 @@ class TileTask {
   static Scratch& ThreadScratch() {
     thread_local Scratch scratch;
     return scratch;
+  }
+
+  void TakeFloatScratch(ScratchCarver& c) {
+    const int64_t rd = int64_t{rows_} * dim_;
+    const int64_t chunk_rows = int64_t{chunk_} * dim_;
+    key_layout_ = c.Take<float>(int64_t{cpu::kMaxTileKeys} * dim_);
+    query_ = c.Take<float>(rd);
+    scores_ = c.Take<float>(int64_t{rows_} * chunk_);
+    rescale_ = c.Take<float>(rows_);
+    for (SoftmaxState& state : state_) state = {c.Take<float>(rows_), c.Take<float>(rows_), c.Take<float>(rd)};
+    key_rows_ = c.Take<float>(chunk_rows);
+    value_rows_ = c.Take<float>(chunk_rows);
+    out_row_ = c.Take<float>(dim_);
+    gate_sa_ = c.Take<float>(dim_);
+    gate_swa_ = c.Take<float>(dim_);
   }
 
   void PrepareTokens() {
@@ -708,13 +703,4 @@ template void RunSparseAttnCpu<Half>(const SparseAttnArgs<Half>&, const Executor
                                      const SparseAttnCpuOptions&);
 
 }  // namespace cpu
-
-template <typename T>
-void RunSparseAttnCpu(const SparseAttnArgs<T>& args, const Executor& exec) {
-  cpu::RunSparseAttnCpu(args, exec, cpu::SparseAttnCpuOptions{});
-}
-
-template void RunSparseAttnCpu<float>(const SparseAttnArgs<float>&, const Executor&);
-template void RunSparseAttnCpu<Half>(const SparseAttnArgs<Half>&, const Executor&);
-
 }  // namespace hysparse

@@ -126,23 +126,6 @@ inline bool StrideAligned16(int64_t elements) {
 }
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-// Scratch regions start on 256-byte boundaries, as the allocator's base does.
-inline size_t AlignUp(size_t bytes) { return (bytes + 255) & ~static_cast<size_t>(255); }
-
-// Carves one scratch allocation into typed regions: first pass sizes, second pass hands out pointers.
-class ScratchPlan {
- public:
-  template <typename U>
-  size_t Add(int64_t count) {
-    const size_t offset = total_;
-    total_ += AlignUp(static_cast<size_t>(count) * sizeof(U));
-    return offset;
-  }
-  size_t total() const { return total_; }
-
- private:
-  size_t total_ = 0;
-};
 
 inline Status LaunchError(const char* what) {
   const cudaError_t err = cudaGetLastError();

@@ -43,12 +43,11 @@ enum class GroupMode { kFull, kUnion, kGate };
 // Split-K attention for all query heads of one KV group at one token: each CTA walks one split of
 // the token's key slots and leaves a partial (max, sum, unnormalised output) per head.
 template <typename T>
-struct GroupAttnParams {
+struct GroupAttnParams : AttentionDims {
   GroupMode mode = GroupMode::kFull;
-  int batch = 0, num_heads = 0, kv_num_heads = 0, group = 0, head_dim = 0;
-  int64_t new_len = 0, total_len = 0;
+  int group = 0;
   float scale_log2 = 0.f;  // scale * log2(e)
-  int block_size = 1, window = 1, top_k = 0;
+  int window = 1, top_k = 0;
 
   const T* query = nullptr;
   HeadView query_view;
@@ -83,9 +82,7 @@ int GroupHeadsPerCta(int head_dim, int element_bytes);
 
 // Merges the split partials of every (b, h, s) and writes the output (and the LSE for kFull).
 template <typename T>
-struct CombineParams {
-  int batch = 0, num_heads = 0, head_dim = 0;
-  int64_t new_len = 0;
+struct CombineParams : AttentionDims {
   int num_splits = 1;
   int branches = 1;  // 2 for gate: SA then SWA
   const float2* part_ml = nullptr;
@@ -101,10 +98,7 @@ template <typename T>
 Status LaunchCombine(const CombineParams<T>& params, cudaStream_t stream);
 
 // Block scores, group max and top-K for every (b, g, s).
-struct SelectParams {
-  int batch = 0, num_heads = 0, kv_num_heads = 0;
-  int64_t new_len = 0, total_len = 0;
-  int block_size = 1;
+struct SelectParams : AttentionDims {
   int64_t num_blocks = 0;
   int top_k = 0;
   const int64_t* mask = nullptr;
@@ -127,10 +121,9 @@ Status LaunchSelect(const SelectParams& params, cudaStream_t stream);
 
 // selected_key/value rows from block_indices (docs/ops.md "Selected KV").
 template <typename T>
-struct GatherParams {
-  int batch = 0, kv_num_heads = 0, head_dim = 0;
-  int64_t new_len = 0, total_len = 0, capacity = 0;
-  int block_size = 1, top_k = 0;
+struct GatherParams : AttentionDims {
+  int64_t capacity = 0;
+  int top_k = 0;
   const int32_t* seqlens = nullptr;  // shared-buffer mode: rows past the row's total_b are zero
   const int32_t* block_indices = nullptr;
   const T* key_cache = nullptr;

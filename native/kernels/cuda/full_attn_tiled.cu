@@ -17,11 +17,10 @@ constexpr int kRows = 64;
 constexpr int kThreads = 256;
 
 template <typename T>
-struct TiledParams {
-  int batch, num_heads, kv_num_heads, group, head_dim;
+struct TiledParams : AttentionDims {
+  int group;
   int tile_tokens;  // BQ
-  int64_t new_len, total_len, cache_capacity;
-  int block_size;
+  int64_t cache_capacity;
   int64_t num_blocks;
   float scale_log2;
   const T* query;
@@ -287,16 +286,10 @@ template <typename T>
 Status LaunchFullAttnTiled(const FullAttnArgs<T>& a, const int32_t* seqlens, const TiledStats& stats, bool vector_ok,
                            cudaStream_t stream) {
   TiledParams<T> p;
-  p.batch = a.batch;
-  p.num_heads = a.num_heads;
-  p.kv_num_heads = a.kv_num_heads;
+  p.dims() = a.dims();
   p.group = a.num_heads / a.kv_num_heads;
-  p.head_dim = a.head_dim;
   p.tile_tokens = kRows / p.group;
-  p.new_len = a.new_len;
-  p.total_len = a.total_len;
   p.cache_capacity = a.cache_capacity;
-  p.block_size = a.block_size;
   p.num_blocks = a.NumBlocks();
   p.scale_log2 = a.scale * kLog2e;
   p.query = a.query;

@@ -133,6 +133,24 @@ __device__ __forceinline__ void ZeroRaw(RawSlice<T, kE>& out) {
   for (int w = 0; w < RawSlice<T, kE>::kWords; ++w) out.words[w] = make_uint4(0, 0, 0, 0);
 }
 
+// Requests the key and value rows of `slot`, or zeros when the slot is at or past `end` or holds no
+// key; returns whether it holds one.
+template <typename T, int kE>
+__device__ __forceinline__ bool LoadSlot(const GroupAttnParams<T>& p, const RowContext<T>& row, int branch,
+                                         int64_t slot, int64_t end, int d0, RawSlice<T, kE>& k, RawSlice<T, kE>& v) {
+  const T* kp = nullptr;
+  const T* vp = nullptr;
+  const bool valid = slot < end && ResolveSlot(p, row, branch, slot, kp, vp);
+  if (valid) {
+    LoadRaw<T, kE>(kp, d0, p.head_dim, p.vector_ok, k);
+    LoadRaw<T, kE>(vp, d0, p.head_dim, p.vector_ok, v);
+  } else {
+    ZeroRaw(k);
+    ZeroRaw(v);
+  }
+  return valid;
+}
+
 // kE: elements per lane (head-size capacity 8*kE); kHeads: query heads per CTA.
 template <typename T, int kE, int kHeads>
 __global__ void __launch_bounds__(kThreads) GroupAttnKernel(const GroupAttnParams<T> p) {
@@ -210,31 +228,12 @@ __global__ void __launch_bounds__(kThreads) GroupAttnKernel(const GroupAttnParam
 
   // Every lane runs the same number of iterations so the shuffles below see all 32 lanes. The rows
   // of the group's next slot are requested before the current slot's arithmetic (one slot ahead).
-  const T* kp = nullptr;
-  const T* vp = nullptr;
-  bool valid = begin + lane_group < end && ResolveSlot(p, row, branch, begin + lane_group, kp, vp);
   RawSlice<T, kE> k_raw, v_raw;
-  if (valid) {
-    LoadRaw<T, kE>(kp, d0, p.head_dim, p.vector_ok, k_raw);
-    LoadRaw<T, kE>(vp, d0, p.head_dim, p.vector_ok, v_raw);
-  } else {
-    ZeroRaw(k_raw);
-    ZeroRaw(v_raw);
-  }
+  bool valid = LoadSlot(p, row, branch, begin + lane_group, end, d0, k_raw, v_raw);
   for (int64_t base = begin; base < end; base += kLaneGroups) {
     const int64_t slot = base + lane_group;
-    const int64_t next_slot = slot + kLaneGroups;
-    const T* next_kp = nullptr;
-    const T* next_vp = nullptr;
-    const bool next_valid = next_slot < end && ResolveSlot(p, row, branch, next_slot, next_kp, next_vp);
     RawSlice<T, kE> next_k, next_v;
-    if (next_valid) {
-      LoadRaw<T, kE>(next_kp, d0, p.head_dim, p.vector_ok, next_k);
-      LoadRaw<T, kE>(next_vp, d0, p.head_dim, p.vector_ok, next_v);
-    } else {
-      ZeroRaw(next_k);
-      ZeroRaw(next_v);
-    }
+    const bool next_valid = LoadSlot(p, row, branch, slot + kLaneGroups, end, d0, next_k, next_v);
 
     float logit[kHeads];
 #pragma unroll

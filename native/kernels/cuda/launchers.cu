@@ -1,9 +1,11 @@
 // Host launchers: choose the path, plan the one scratch allocation, enqueue the kernels on the
 // caller's stream. No synchronisation and no allocation besides the ScratchAllocator call.
 #include <algorithm>
+#include <optional>
 #include <string>
 
 #include "kernels/cuda/cuda_internal.cuh"
+#include "kernels/scratch_plan.h"
 
 namespace hysparse {
 namespace cuda {
@@ -56,36 +58,27 @@ bool RowsAligned(const T* base, int head_dim) {
 // The fields of the split-K parameters both ops fill the same way (Args: FullAttnArgs or SparseAttnArgs).
 template <typename T, template <typename> class Args>
 GroupAttnParams<T> CommonGroupParams(const Args<T>& a, GroupMode mode, const SplitPlan& splits, int head_chunks,
-                                     char* part_ml, char* part_o) {
+                                     float2* part_ml, float* part_o) {
   GroupAttnParams<T> p;
+  p.dims() = a.dims();
   p.mode = mode;
-  p.batch = a.batch;
-  p.num_heads = a.num_heads;
-  p.kv_num_heads = a.kv_num_heads;
   p.group = a.num_heads / a.kv_num_heads;
-  p.head_dim = a.head_dim;
-  p.new_len = a.new_len;
-  p.total_len = a.total_len;
   p.scale_log2 = a.scale * kLog2e;
-  p.block_size = a.block_size;
   p.query = a.query;
   p.query_view = a.query_view;
   p.mask = a.attention_mask;
   p.head_chunks = head_chunks;
   p.num_splits = splits.num_splits;
   p.split_len = splits.split_len;
-  p.part_ml = reinterpret_cast<float2*>(part_ml);
-  p.part_o = reinterpret_cast<float*>(part_o);
+  p.part_ml = part_ml;
+  p.part_o = part_o;
   return p;
 }
 
 template <typename T, template <typename> class Args>
 CombineParams<T> CommonCombineParams(const Args<T>& a, const GroupAttnParams<T>& g, int branches) {
   CombineParams<T> c;
-  c.batch = a.batch;
-  c.num_heads = a.num_heads;
-  c.head_dim = a.head_dim;
-  c.new_len = a.new_len;
+  c.dims() = a.dims();
   c.num_splits = g.num_splits;
   c.branches = branches;
   c.part_ml = g.part_ml;
@@ -95,14 +88,24 @@ CombineParams<T> CommonCombineParams(const Args<T>& a, const GroupAttnParams<T>&
   return c;
 }
 
-char* AllocateScratch(ScratchAllocator& scratch, size_t bytes, const char* op, Status* status) {
-  if (bytes == 0) return nullptr;
-  void* p = scratch.Allocate(bytes);
-  if (!p) {
-    *status = Error(cudaErrorMemoryAllocation,
-                    std::string(op) + ": the scratch allocator could not provide " + std::to_string(bytes) + " bytes");
+// Scratch regions start on 256-byte boundaries, as the allocator's base does.
+constexpr size_t kScratchAlignment = 256;
+
+// Sizes `layout(ScratchCarver&)`, makes the one ScratchAllocator call, and fills *regions with what
+// `layout` hands out over that allocation.
+template <typename Regions, typename Layout>
+Status CarveDeviceScratch(ScratchAllocator& scratch, const char* op, Layout&& layout, Regions* regions) {
+  ScratchCarver sizing = ScratchCarver::Sizing(kScratchAlignment);
+  layout(sizing);
+  const size_t bytes = sizing.bytes();
+  void* base = bytes == 0 ? nullptr : scratch.Allocate(bytes);
+  if (bytes != 0 && base == nullptr) {
+    return Error(cudaErrorMemoryAllocation,
+                 std::string(op) + ": the scratch allocator could not provide " + std::to_string(bytes) + " bytes");
   }
-  return static_cast<char*>(p);
+  ScratchCarver carver(kScratchAlignment, base);
+  *regions = layout(carver);
+  return Status::Ok();
 }
 
 }  // namespace
@@ -124,16 +127,30 @@ bool SupportsShape(int head_dim, int num_heads, int kv_num_heads, std::string* w
   return reason.empty();
 }
 
+namespace detail {
+namespace {
+
+// How a launcher call ends before anything is planned, if it does: refused (the legacy default
+// stream would serialise with every other stream; a shape the kernels do not cover), or done at once
+// (no rows). Empty when there is work to launch.
+std::optional<Status> EndBeforeLaunch(const char* op, const AttentionDims& a, cudaStream_t stream) {
+  if (stream == nullptr) return Error(cudaErrorInvalidValue, std::string(op) + ": refusing the legacy default stream");
+  std::string why;
+  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
+    return Error(cudaErrorNotSupported, std::string(op) + ": " + why);
+  }
+  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+  return std::nullopt;
+}
+
+}  // namespace
+}  // namespace detail
+
 template <typename T>
 Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
                       const int32_t* seqlens_k) {
   using namespace detail;
-  if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseFullAttn: refusing the legacy default stream");
-  std::string why;
-  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
-    return Error(cudaErrorNotSupported, "HySparseFullAttn: " + why);
-  }
-  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+  if (const std::optional<Status> end = EndBeforeLaunch("HySparseFullAttn", a, stream)) return *end;
 
   const int group = a.num_heads / a.kv_num_heads;
   const int64_t nb = a.NumBlocks();
@@ -148,84 +165,79 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
   SplitPlan splits;
   const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
   const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
-  ScratchPlan plan;
-  size_t off_part_ml = 0, off_part_o = 0, off_logits = 0, off_block_max = 0, off_lse = 0, off_indices = 0,
-         off_work = 0;
-  if (split_path) {
-    HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks, a.total_len, &splits));
-    off_part_ml = plan.Add<float2>(head_rows * splits.num_splits);
-    off_part_o = plan.Add<float>(head_rows * splits.num_splits * a.head_dim);
-    if (want_stats) off_logits = plan.Add<float>(head_rows * a.total_len);
-  }
-  if (want_stats) off_block_max = plan.Add<float>(head_rows * nb);
-  if (want_stats) {
-    off_lse = plan.Add<float>(head_rows);
-    if (want_indices && !a.block_indices) off_indices = plan.Add<int32_t>(kv_rows * a.top_k);
-    if (nb > SelectSharedCapacity()) off_work = plan.Add<float>(kv_rows * nb);
-  }
-  Status status;
-  char* base = AllocateScratch(scratch, plan.total(), "HySparseFullAttn", &status);
-  if (!status.ok()) return status;
+  if (split_path) HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks, a.total_len, &splits));
+  // Regions a path does not use stay null.
+  struct Regions {
+    float2* part_ml = nullptr;
+    float* part_o = nullptr;
+    float* logits = nullptr;
+    float* block_max = nullptr;
+    float* lse = nullptr;
+    int32_t* indices = nullptr;
+    float* work = nullptr;
+  } r;
+  const int64_t partials = head_rows * splits.num_splits;
+  HYSPARSE_CUDA_RETURN_IF(CarveDeviceScratch(scratch, "HySparseFullAttn", [&](ScratchCarver& c) {
+    Regions t;
+    if (split_path) {
+      t.part_ml = c.Take<float2>(partials);
+      t.part_o = c.Take<float>(partials * a.head_dim);
+      if (want_stats) t.logits = c.Take<float>(head_rows * a.total_len);
+    }
+    if (want_stats) {
+      t.block_max = c.Take<float>(head_rows * nb);
+      t.lse = c.Take<float>(head_rows);
+      if (want_indices && !a.block_indices) t.indices = c.Take<int32_t>(kv_rows * a.top_k);
+      if (nb > SelectSharedCapacity()) t.work = c.Take<float>(kv_rows * nb);
+    }
+    return t;
+  }, &r));
 
-  float* lse = want_stats ? reinterpret_cast<float*>(base + off_lse) : nullptr;
   if (split_path) {
-    GroupAttnParams<T> p = CommonGroupParams(a, GroupMode::kFull, splits, head_chunks, base + off_part_ml,
-                                             base + off_part_o);
+    GroupAttnParams<T> p = CommonGroupParams(a, GroupMode::kFull, splits, head_chunks, r.part_ml, r.part_o);
     p.key = a.key_cache;
     p.value = a.value_cache;
     p.capacity = a.cache_capacity;
     p.vector_ok = vector_ok;
-    p.key_logits = want_stats ? reinterpret_cast<float*>(base + off_logits) : nullptr;
+    p.key_logits = r.logits;
     p.seqlens = seqlens_k;
     HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
 
     CombineParams<T> c = CommonCombineParams(a, p, 1);
-    c.lse = lse;
+    c.lse = r.lse;
     HYSPARSE_CUDA_RETURN_IF(LaunchCombine(c, stream));
   } else {
     TiledStats stats;
     if (want_stats) {
-      stats.block_max = reinterpret_cast<float*>(base + off_block_max);
-      stats.lse = lse;
+      stats.block_max = r.block_max;
+      stats.lse = r.lse;
     }
     HYSPARSE_CUDA_RETURN_IF(LaunchFullAttnTiled(a, seqlens_k, stats, vector_ok, stream));
   }
   if (!want_stats) return Status::Ok();
   if (split_path) {
-    HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(reinterpret_cast<float*>(base + off_logits),
-                                           reinterpret_cast<float*>(base + off_block_max), head_rows, a.new_len,
-                                           a.total_len, a.block_size, nb, seqlens_k, a.num_heads, stream));
+    HYSPARSE_CUDA_RETURN_IF(LaunchBlockMax(r.logits, r.block_max, head_rows, a.new_len, a.total_len, a.block_size,
+                                           nb, seqlens_k, a.num_heads, stream));
   }
 
-  int32_t* indices = a.block_indices ? a.block_indices
-                                     : (want_indices ? reinterpret_cast<int32_t*>(base + off_indices) : nullptr);
+  int32_t* indices = a.block_indices ? a.block_indices : r.indices;
   SelectParams s;
-  s.batch = a.batch;
-  s.num_heads = a.num_heads;
-  s.kv_num_heads = a.kv_num_heads;
-  s.new_len = a.new_len;
-  s.total_len = a.total_len;
-  s.block_size = a.block_size;
+  s.dims() = a.dims();
   s.num_blocks = nb;
   s.top_k = a.top_k;
   s.mask = a.attention_mask;
   s.seqlens = seqlens_k;
-  s.block_max = reinterpret_cast<float*>(base + off_block_max);
-  s.lse = lse;
+  s.block_max = r.block_max;
+  s.lse = r.lse;
   s.block_scores = a.block_scores;
   s.block_indices = indices;
-  s.work = nb > SelectSharedCapacity() ? reinterpret_cast<float*>(base + off_work) : nullptr;
+  s.work = r.work;
   HYSPARSE_CUDA_RETURN_IF(LaunchSelect(s, stream));
 
   if (a.selected_key || a.selected_value) {
     GatherParams<T> g;
-    g.batch = a.batch;
-    g.kv_num_heads = a.kv_num_heads;
-    g.head_dim = a.head_dim;
-    g.new_len = a.new_len;
-    g.total_len = a.total_len;
+    g.dims() = a.dims();
     g.capacity = a.cache_capacity;
-    g.block_size = a.block_size;
     g.top_k = a.top_k;
     g.seqlens = seqlens_k;
     g.block_indices = indices;
@@ -245,12 +257,7 @@ template <typename T>
 Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
                         const int32_t* seqlens_k) {
   using namespace detail;
-  if (stream == nullptr) return Error(cudaErrorInvalidValue, "HySparseSparseAttn: refusing the legacy default stream");
-  std::string why;
-  if (!SupportsShape(a.head_dim, a.num_heads, a.kv_num_heads, &why)) {
-    return Error(cudaErrorNotSupported, "HySparseSparseAttn: " + why);
-  }
-  if (a.batch == 0 || a.new_len == 0) return Status::Ok();
+  if (const std::optional<Status> end = EndBeforeLaunch("HySparseSparseAttn", a, stream)) return *end;
 
   const bool gate = a.combine == Combine::kGate;
   const int branches = gate ? 2 : 1;
@@ -264,15 +271,22 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
 
   SplitPlan splits;
   HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks * branches, max_slots, &splits));
-  ScratchPlan plan;
-  const size_t off_part_ml = plan.Add<float2>(branches * head_rows * splits.num_splits);
-  const size_t off_part_o = plan.Add<float>(branches * head_rows * splits.num_splits * a.head_dim);
-  Status status;
-  char* base = AllocateScratch(scratch, plan.total(), "HySparseSparseAttn", &status);
-  if (!status.ok()) return status;
+  struct Regions {
+    float2* part_ml = nullptr;
+    float* part_o = nullptr;
+  } r;
+  // The layouts capture plain numbers: a lambda holding a SplitPlan (internal linkage) would draw
+  // -Wsubobject-linkage.
+  const int64_t partials = branches * head_rows * splits.num_splits;
+  HYSPARSE_CUDA_RETURN_IF(CarveDeviceScratch(scratch, "HySparseSparseAttn", [&](ScratchCarver& c) {
+    Regions t;
+    t.part_ml = c.Take<float2>(partials);
+    t.part_o = c.Take<float>(partials * a.head_dim);
+    return t;
+  }, &r));
 
   GroupAttnParams<T> p = CommonGroupParams(a, gate ? GroupMode::kGate : GroupMode::kUnion, splits, head_chunks,
-                                           base + off_part_ml, base + off_part_o);
+                                           r.part_ml, r.part_o);
   p.window = a.window;
   p.top_k = a.top_k;
   p.key = a.own_key;
@@ -302,18 +316,13 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
   return LaunchCombine(c, stream);
 }
 
-template Status LaunchFullAttn<float>(const FullAttnArgs<float>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchFullAttn<Half>(const FullAttnArgs<Half>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchFullAttn<BFloat16>(const FullAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchSparseAttn<float>(const SparseAttnArgs<float>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchSparseAttn<Half>(const SparseAttnArgs<Half>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
-template Status LaunchSparseAttn<BFloat16>(const SparseAttnArgs<BFloat16>&, cudaStream_t, ScratchAllocator&,
-                                         const int32_t*);
+#define HYSPARSE_INSTANTIATE_LAUNCHERS(T)                                                                 \
+  template Status LaunchFullAttn<T>(const FullAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*); \
+  template Status LaunchSparseAttn<T>(const SparseAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*);
+HYSPARSE_INSTANTIATE_LAUNCHERS(float)
+HYSPARSE_INSTANTIATE_LAUNCHERS(Half)
+HYSPARSE_INSTANTIATE_LAUNCHERS(BFloat16)
+#undef HYSPARSE_INSTANTIATE_LAUNCHERS
 
 }  // namespace cuda
 }  // namespace hysparse

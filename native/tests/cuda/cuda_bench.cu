@@ -12,7 +12,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/cuda_kernels.h"
@@ -81,6 +83,13 @@ __global__ void FmaKernel(float* out, int iterations, float a, float b) {
 void Fill(DeviceArray<BFloat16>& a, uint32_t seed, float amplitude, cudaStream_t stream) {
   FillKernel<<<1024, 256, 0, stream>>>(a.get(), a.size(), seed, amplitude);
   Check(cudaGetLastError(), "fill kernel");
+}
+
+// Fills each (array, amplitude) as Fill does, with seeds first_seed, first_seed + 1, ...
+void FillEach(cudaStream_t stream, uint32_t first_seed,
+              std::initializer_list<std::pair<DeviceArray<BFloat16>*, float>> arrays) {
+  uint32_t seed = first_seed;
+  for (const auto& [array, amplitude] : arrays) Fill(*array, seed++, amplitude, stream);
 }
 
 struct Timer {
@@ -185,19 +194,17 @@ std::string Percent(double value, double ceiling, const char* of) {
   return buf;
 }
 
+// The sizes of a bench call: B = 1 at the bench shape.
+AttentionDims BenchDims(int64_t new_len, int64_t total) {
+  return {1, kHeads, kKvHeads, kDim, new_len, total, 1.f / std::sqrt(float(kDim)), kBlock};
+}
+
 // HySparseFullAttn at the bench shape, B = 1, BSNH query, cache capacity = total length.
 FullAttnArgs<BFloat16> FullArgs(int64_t new_len, int64_t total, const DeviceArray<BFloat16>& q,
                                 const DeviceArray<BFloat16>& k, const DeviceArray<BFloat16>& v,
                                 DeviceArray<BFloat16>& out) {
   FullAttnArgs<BFloat16> a;
-  a.batch = 1;
-  a.num_heads = kHeads;
-  a.kv_num_heads = kKvHeads;
-  a.head_dim = kDim;
-  a.new_len = new_len;
-  a.total_len = total;
-  a.scale = 1.f / std::sqrt(float(kDim));
-  a.block_size = kBlock;
+  a.dims() = BenchDims(new_len, total);
   a.top_k = kTopK;
   a.query = q.get();
   a.query_view = HeadView::Bsnh(new_len, kHeads, kDim);
@@ -218,14 +225,7 @@ SparseAttnArgs<BFloat16> GateArgs(int64_t new_len, int64_t total, const DeviceAr
                                   const DeviceArray<BFloat16>& gate, const DeviceArray<BFloat16>& sinks,
                                   DeviceArray<BFloat16>& out) {
   SparseAttnArgs<BFloat16> a;
-  a.batch = 1;
-  a.num_heads = kHeads;
-  a.kv_num_heads = kKvHeads;
-  a.head_dim = kDim;
-  a.new_len = new_len;
-  a.total_len = total;
-  a.scale = 1.f / std::sqrt(float(kDim));
-  a.block_size = kBlock;
+  a.dims() = BenchDims(new_len, total);
   a.window = kWindow;
   a.combine = Combine::kGate;
   a.query = q.get();
@@ -275,11 +275,7 @@ int Main(bool quick) {
     DeviceArray<BFloat16> q(size_t(S) * kHeads * kDim), out(q.size()), k(size_t(S) * kKvHeads * kDim), v(k.size());
     DeviceArray<BFloat16> gate(size_t(S) * 2 * kHeads), sinks(2 * kHeads);
     DeviceArray<int32_t> idx(size_t(S) * kKvHeads * kTopK);
-    Fill(q, 11, 2.f, stream);
-    Fill(k, 12, 1.f, stream);
-    Fill(v, 13, 1.f, stream);
-    Fill(gate, 14, 2.f, stream);
-    Fill(sinks, 15, 1.f, stream);
+    FillEach(stream, 11, {{&q, 2.f}, {&k, 1.f}, {&v, 1.f}, {&gate, 2.f}, {&sinks, 1.f}});
     FullAttnArgs<BFloat16> fa = FullArgs(S, S, q, k, v, out);
     const double causal_pairs = double(S) * (S + 1) / 2;
     const double flops = 4.0 * kHeads * kDim * causal_pairs;
@@ -311,13 +307,7 @@ int Main(bool quick) {
     DeviceArray<BFloat16> own_k(size_t(kWindow) * kKvHeads * kDim), own_v(own_k.size()), gate(2 * kHeads),
         sinks(2 * kHeads);
     DeviceArray<int32_t> idx(size_t(kKvHeads) * kTopK);
-    Fill(q, 21, 2.f, stream);
-    Fill(k, 22, 1.f, stream);
-    Fill(v, 23, 1.f, stream);
-    Fill(own_k, 24, 1.f, stream);
-    Fill(own_v, 25, 1.f, stream);
-    Fill(gate, 26, 2.f, stream);
-    Fill(sinks, 27, 1.f, stream);
+    FillEach(stream, 21, {{&q, 2.f}, {&k, 1.f}, {&v, 1.f}, {&own_k, 1.f}, {&own_v, 1.f}, {&gate, 2.f}, {&sinks, 1.f}});
     FullAttnArgs<BFloat16> fa = FullArgs(1, T, q, k, v, out);
     char size[32];
     std::snprintf(size, sizeof size, "T = %lldk", static_cast<long long>(T / 1024));
@@ -350,16 +340,16 @@ int Main(bool quick) {
     DeviceArray<BFloat16> q(size_t(kHeads) * kDim), out(q.size()), k_new(size_t(kKvHeads) * kDim), v_new(k_new.size());
     DeviceArray<BFloat16> full_k(plane), full_v(plane), own_k(plane), own_v(plane), gate(2 * kHeads), sinks(2 * kHeads);
     DeviceArray<int32_t> idx(size_t(kKvHeads) * kTopK), seqlens(1);
-    Fill(q, 31, 2.f, stream);
-    Fill(k_new, 32, 1.f, stream);
-    Fill(v_new, 33, 1.f, stream);
-    Fill(full_k, 34, 1.f, stream);
-    Fill(full_v, 35, 1.f, stream);
-    Fill(own_k, 36, 1.f, stream);
-    Fill(own_v, 37, 1.f, stream);
-    Fill(gate, 38, 2.f, stream);
-    Fill(sinks, 39, 1.f, stream);
+    FillEach(stream, 31, {{&q, 2.f}, {&k_new, 1.f}, {&v_new, 1.f}, {&full_k, 1.f}, {&full_v, 1.f}, {&own_k, 1.f},
+                          {&own_v, 1.f}, {&gate, 2.f}, {&sinks, 1.f}});
     const HeadView new_view = HeadView::Bsnh(1, kKvHeads, kDim);
+    // A shared-buffer step's cache update: the new token written in place at each row's position.
+    const auto write_new = [&](DeviceArray<BFloat16>& keys, DeviceArray<BFloat16>& values) {
+      Require(LaunchWriteNewTokens(k_new.get(), new_view, 1, kKvHeads, 1, kDim, keys.get(), capacity, seqlens.get(),
+                                   stream));
+      Require(LaunchWriteNewTokens(v_new.get(), new_view, 1, kKvHeads, 1, kDim, values.get(), capacity, seqlens.get(),
+                                   stream));
+    };
     for (int64_t T : shared_decode) {
       const int32_t length = static_cast<int32_t>(T - 1);
       Check(cudaMemcpy(seqlens.get(), &length, sizeof length, cudaMemcpyHostToDevice), "seqlens");
@@ -394,10 +384,7 @@ int Main(bool quick) {
       FullAttnArgs<BFloat16> fa = FullArgs(1, capacity, q, full_k, full_v, out);
       fa.block_indices = idx.get();
       const double shared_ms = TimeMs(stream, 20, [&] {
-        Require(LaunchWriteNewTokens(k_new.get(), new_view, 1, kKvHeads, 1, kDim, full_k.get(), capacity, seqlens.get(),
-                                     stream));
-        Require(LaunchWriteNewTokens(v_new.get(), new_view, 1, kKvHeads, 1, kDim, full_v.get(), capacity, seqlens.get(),
-                                     stream));
+        write_new(full_k, full_v);
         Require(LaunchFullAttn(fa, stream, scratch, seqlens.get()));
       });
       char note[128];
@@ -410,10 +397,7 @@ int Main(bool quick) {
       const double sparse_bytes = 2.0 * kKvHeads * (kTopK * kBlock + kWindow) * kDim * elem;
       const double sparse_floor_ms = sparse_bytes / (ceil.copy_gbs * 1e9) * 1e3;
       const double sparse_ms = TimeMs(stream, 50, [&] {
-        Require(LaunchWriteNewTokens(k_new.get(), new_view, 1, kKvHeads, 1, kDim, own_k.get(), capacity, seqlens.get(),
-                                     stream));
-        Require(LaunchWriteNewTokens(v_new.get(), new_view, 1, kKvHeads, 1, kDim, own_v.get(), capacity, seqlens.get(),
-                                     stream));
+        write_new(own_k, own_v);
         Require(LaunchSparseAttn(sa, stream, scratch, seqlens.get()));
       });
       std::snprintf(note, sizeof note, "; %.1fx faster than the shared-buffer full step", shared_ms / sparse_ms);

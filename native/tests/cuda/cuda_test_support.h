@@ -136,6 +136,50 @@ class Stream {
   cudaStream_t stream_ = nullptr;
 };
 
+// The outputs of a HySparseFullAttn launch in device memory, poisoned so that an element the kernel
+// should have written and did not shows: NaN bytes, and 0x7F7F7F7F in block_indices. An output of
+// size 0 is not requested: Bind leaves it null.
+template <typename T>
+struct FullAttnDeviceOutputs {
+  FullAttnDeviceOutputs(size_t output_n, size_t indices_n, size_t scores_n, size_t selected_n)
+      : output(output_n), indices(indices_n), scores(scores_n), selected_key(selected_n), selected_value(selected_n) {
+    output.FillBytes(0xFF);
+    indices.FillBytes(0x7F);
+    scores.FillBytes(0xFF);
+    selected_key.FillBytes(0xFF);
+    selected_value.FillBytes(0xFF);
+  }
+  void Bind(FullAttnArgs<T>& args) const {
+    args.output = output.get();
+    args.block_indices = indices.get();
+    args.block_scores = scores.get();
+    args.selected_key = selected_key.get();
+    args.selected_value = selected_value.get();
+  }
+
+  DeviceArray<T> output;
+  DeviceArray<int32_t> indices;
+  DeviceArray<float> scores;
+  DeviceArray<T> selected_key, selected_value;
+};
+
+// What one launcher call asked of its scratch allocator.
+struct ScratchUse {
+  size_t bytes = 0;
+  int calls = 0;
+};
+
+// Runs launch(scratch) with a fresh MallocScratch on `stream` and, when it succeeds, waits for the
+// stream before the scratch is freed.
+template <typename Launch>
+Status LaunchAndWait(const Stream& stream, ScratchUse* use, Launch&& launch) {
+  MallocScratch scratch;
+  const Status st = launch(scratch);
+  if (st.ok()) stream.Sync();
+  *use = {scratch.requested_bytes(), scratch.calls()};
+  return st;
+}
+
 }  // namespace testing
 }  // namespace cuda
 }  // namespace hysparse

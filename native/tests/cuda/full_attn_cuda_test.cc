@@ -58,14 +58,7 @@ void RunFullCase(const FullCase& c) {
   std::vector<int32_t> ref_idx(idx_n);
   // Fills the fields both runs share; pointers are set per side.
   auto common = [&](auto& a) {
-    a.batch = B;
-    a.num_heads = H;
-    a.kv_num_heads = Hkv;
-    a.head_dim = D;
-    a.new_len = S;
-    a.total_len = total;
-    a.scale = 1.f / std::sqrt(static_cast<float>(D));
-    a.block_size = bs;
+    a.dims() = {B, H, Hkv, D, S, total, 1.f / std::sqrt(static_cast<float>(D)), bs};
     a.top_k = K;
     a.query_view = qview;
     a.output_view = qview;
@@ -88,16 +81,9 @@ void RunFullCase(const FullCase& c) {
   const bool want_idx = c.outputs == Outputs::kAll || c.outputs == Outputs::kIndicesOnly;
   const bool want_scores = c.outputs == Outputs::kAll || c.outputs == Outputs::kScoresOnly;
   const bool want_sel = c.outputs == Outputs::kAll || c.outputs == Outputs::kSelectedOnly;
-  DeviceArray<T> d_q(q.storage), d_k(kc.storage), d_v(vc.storage), d_out(out_n);
+  DeviceArray<T> d_q(q.storage), d_k(kc.storage), d_v(vc.storage);
   DeviceArray<int64_t> d_mask(mask);
-  DeviceArray<int32_t> d_idx(want_idx ? idx_n : 0);
-  DeviceArray<float> d_scores(want_scores ? score_n : 0);
-  DeviceArray<T> d_selk(want_sel ? sel_n : 0), d_selv(want_sel ? sel_n : 0);
-  d_out.FillBytes(0xFF);
-  d_idx.FillBytes(0x7F);
-  d_scores.FillBytes(0xFF);
-  d_selk.FillBytes(0xFF);
-  d_selv.FillBytes(0xFF);
+  const FullAttnDeviceOutputs<T> dev(out_n, want_idx ? idx_n : 0, want_scores ? score_n : 0, want_sel ? sel_n : 0);
 
   FullAttnArgs<T> ga;
   common(ga);
@@ -105,25 +91,20 @@ void RunFullCase(const FullCase& c) {
   ga.key_cache = d_k.get();
   ga.value_cache = d_v.get();
   ga.attention_mask = mask.empty() ? nullptr : d_mask.get();
-  ga.output = d_out.get();
-  ga.block_indices = want_idx ? d_idx.get() : nullptr;
-  ga.block_scores = want_scores ? d_scores.get() : nullptr;
-  ga.selected_key = want_sel ? d_selk.get() : nullptr;
-  ga.selected_value = want_sel ? d_selv.get() : nullptr;
+  dev.Bind(ga);
   Stream stream;
-  MallocScratch scratch;
-  const Status st = LaunchFullAttn<T>(ga, stream.get(), scratch);
+  ScratchUse use;
+  const Status st = LaunchAndWait(stream, &use, [&](MallocScratch& s) { return LaunchFullAttn<T>(ga, stream.get(), s); });
   ASSERT_TRUE(st.ok()) << st.message;
-  stream.Sync();
-  EXPECT_LE(scratch.calls(), 1);
+  EXPECT_LE(use.calls, 1);
   if (c.outputs == Outputs::kNone) {
-    EXPECT_LE(scratch.requested_bytes(), 1u << 24) << "no selection: no statistics kept";
+    EXPECT_LE(use.bytes, 1u << 24) << "no selection: no statistics kept";
   }
 
-  ExpectClose(d_out.Download(), ref_out, OutputTolerance<T>(), "output");
+  ExpectClose(dev.output.Download(), ref_out, OutputTolerance<T>(), "output");
 
   if (want_scores) {
-    const std::vector<float> scores = d_scores.Download();
+    const std::vector<float> scores = dev.scores.Download();
     size_t bad = 0, worst = 0;
     double worst_err = 0;
     for (size_t i = 0; i < score_n; ++i) {
@@ -141,7 +122,7 @@ void RunFullCase(const FullCase& c) {
   }
   std::vector<int32_t> idx;
   if (want_idx) {
-    idx = d_idx.Download();
+    idx = dev.indices.Download();
     for (size_t row = 0; row < idx_n / K; ++row) {
       std::ostringstream where;
       where << "block_indices row " << row;
@@ -152,7 +133,7 @@ void RunFullCase(const FullCase& c) {
   if (want_sel) {
     // With the indices at hand, check the gathered rows bit for bit against the cache; without them,
     // against the CPU gather (same indices unless scores tie, which these random inputs avoid).
-    const std::vector<T> selk = d_selk.Download(), selv = d_selv.Download();
+    const std::vector<T> selk = dev.selected_key.Download(), selv = dev.selected_value.Download();
     size_t mismatches = 0;
     for (size_t slot = 0; slot < idx_n; ++slot) {
       const int64_t token_row = static_cast<int64_t>(slot) / K;

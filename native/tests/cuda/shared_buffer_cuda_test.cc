@@ -111,6 +111,29 @@ void ExpectBitEqual(const std::vector<T>& gpu, const std::vector<T>& want, const
   EXPECT_EQ(bad, 0u) << what << ": " << bad << " elements differ, first at " << first;
 }
 
+// One layer's host tensors for a step: its query, the new keys/values, its buffer before the step
+// (past) and what the buffer must hold after it.
+template <typename T>
+struct LayerStep {
+  HostTensor<T> q, k_new, v_new, k_buf, v_buf, k_want, v_want;
+};
+template <typename T>
+LayerStep<T> MakeLayerStep(const SharedCase& c, const HeadView& kv_view, const std::vector<int64_t>& past,
+                           const std::vector<int64_t>& real, std::mt19937& rng) {
+  LayerStep<T> l;
+  l.q.Resize(static_cast<size_t>(c.batch) * c.heads * c.new_len * c.dim);
+  l.q.FillUniform(rng, -2.f, 2.f);
+  l.k_new.Resize(static_cast<size_t>(c.batch) * c.kv_heads * c.new_len * c.dim);
+  l.v_new.Resize(l.k_new.storage.size());
+  l.k_new.FillUniform(rng, -1.f, 1.f);
+  l.v_new.FillUniform(rng, -1.f, 1.f);
+  FillBuffer(l.k_buf, c, past, rng);
+  FillBuffer(l.v_buf, c, past, rng);
+  l.k_want = Updated(l.k_buf, l.k_new, kv_view, c, past, real);
+  l.v_want = Updated(l.v_buf, l.v_new, kv_view, c, past, real);
+  return l;
+}
+
 template <typename T>
 void RunSharedCase(const SharedCase& c) {
   std::mt19937 rng(static_cast<uint32_t>(std::hash<std::string>()(c.name)));
@@ -129,24 +152,24 @@ void RunSharedCase(const SharedCase& c) {
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   Stream stream;
   DeviceArray<int32_t> d_seqlens(seqlens);
+  // The sizes of the GPU call (B rows of S tokens over the buffer) or of one row's CPU call.
+  const auto dims = [&](int batch, int64_t new_len, int64_t total_len) {
+    return AttentionDims{batch, H, Hkv, D, new_len, total_len, scale, bs};
+  };
   // The fields the GPU call (whole batch) and the CPU calls (one row each) share.
   auto full_common = [&](auto& a) {
-    a.num_heads = H;
-    a.kv_num_heads = Hkv;
-    a.head_dim = D;
     a.cache_capacity = C;
-    a.scale = scale;
-    a.block_size = bs;
     a.top_k = K;
     a.query_view = qview;
     a.output_view = qview;
   };
+  // The CPU reference of row b (batch 1, its real tokens and total): its slice of the query and output.
+  const auto reference_row = [&](auto& a, const LayerStep<T>& layer, float* output, int b) {
+    a.dims() = dims(1, real[b], c.totals[b]);
+    a.query = layer.q.values.data() + b * qview.batch_stride;
+    a.output = output + b * qview.batch_stride;
+  };
   auto sparse_common = [&](auto& a) {
-    a.num_heads = H;
-    a.kv_num_heads = Hkv;
-    a.head_dim = D;
-    a.scale = scale;
-    a.block_size = bs;
     a.window = c.window;
     a.combine = c.combine;
     a.query_view = qview;
@@ -159,21 +182,11 @@ void RunSharedCase(const SharedCase& c) {
   };
 
   // ---- The full layer ----
-  HostTensor<T> q, k_new, v_new, k_buf, v_buf;
-  q.Resize(static_cast<size_t>(B) * H * S * D);
-  q.FillUniform(rng, -2.f, 2.f);
-  k_new.Resize(static_cast<size_t>(B) * Hkv * S * D);
-  v_new.Resize(k_new.storage.size());
-  k_new.FillUniform(rng, -1.f, 1.f);
-  v_new.FillUniform(rng, -1.f, 1.f);
-  FillBuffer(k_buf, c, past, rng);
-  FillBuffer(v_buf, c, past, rng);
-  const HostTensor<T> k_want = Updated(k_buf, k_new, kvview, c, past, real);
-  const HostTensor<T> v_want = Updated(v_buf, v_new, kvview, c, past, real);
+  const LayerStep<T> full = MakeLayerStep<T>(c, kvview, past, real, rng);
 
   // GPU, as the CUDA glue: present = past (same memory, or a copy), the new tokens written in place.
-  const size_t buf_n = k_buf.storage.size();
-  DeviceArray<T> d_kpast(k_buf.storage), d_vpast(v_buf.storage);
+  const size_t buf_n = full.k_buf.storage.size();
+  DeviceArray<T> d_kpast(full.k_buf.storage), d_vpast(full.v_buf.storage);
   DeviceArray<T> d_kpresent(c.in_place ? 0 : buf_n), d_vpresent(c.in_place ? 0 : buf_n);
   T* kp = c.in_place ? d_kpast.get() : d_kpresent.get();
   T* vp = c.in_place ? d_vpast.get() : d_vpresent.get();
@@ -183,46 +196,34 @@ void RunSharedCase(const SharedCase& c) {
     Check(cudaMemcpyAsync(kp, d_kpast.get(), buf_n * sizeof(T), cudaMemcpyDeviceToDevice, stream.get()), "copy");
     Check(cudaMemcpyAsync(vp, d_vpast.get(), buf_n * sizeof(T), cudaMemcpyDeviceToDevice, stream.get()), "copy");
   }
-  DeviceArray<T> d_knew(k_new.storage), d_vnew(v_new.storage), d_q(q.storage);
+  DeviceArray<T> d_knew(full.k_new.storage), d_vnew(full.v_new.storage), d_q(full.q.storage);
   for (auto [src, dst] : {std::pair<const T*, T*>{d_knew.get(), kp}, std::pair<const T*, T*>{d_vnew.get(), vp}}) {
     const Status st = LaunchWriteNewTokens<T>(src, kvview, B, Hkv, S, D, dst, C, d_seqlens.get(), stream.get());
     ASSERT_TRUE(st.ok()) << st.message;
   }
 
-  const size_t out_n = q.values.size(), idx_n = static_cast<size_t>(B) * Hkv * S * K;
+  const size_t out_n = full.q.values.size(), idx_n = static_cast<size_t>(B) * Hkv * S * K;
   const size_t score_n = static_cast<size_t>(B) * Hkv * S * nb, sel_w = static_cast<size_t>(K) * bs * D;
-  DeviceArray<T> d_out(out_n), d_selk(idx_n * bs * D), d_selv(idx_n * bs * D);
-  DeviceArray<int32_t> d_idx(idx_n);
-  DeviceArray<float> d_scores(score_n);
-  d_out.FillBytes(0xFF);
-  d_idx.FillBytes(0x7F);
-  d_scores.FillBytes(0xFF);
-  d_selk.FillBytes(0xFF);
-  d_selv.FillBytes(0xFF);
+  const FullAttnDeviceOutputs<T> dev(out_n, idx_n, score_n, idx_n * bs * D);
   FullAttnArgs<T> ga;
+  ga.dims() = dims(B, S, C);
   full_common(ga);
-  ga.batch = B;
-  ga.new_len = S;
-  ga.total_len = C;
   ga.query = d_q.get();
   ga.key_cache = kp;
   ga.value_cache = vp;
-  ga.output = d_out.get();
-  ga.block_indices = d_idx.get();
-  ga.block_scores = d_scores.get();
-  ga.selected_key = d_selk.get();
-  ga.selected_value = d_selv.get();
+  dev.Bind(ga);
   {
-    MallocScratch scratch;
-    const Status st = LaunchFullAttn<T>(ga, stream.get(), scratch, d_seqlens.get());
+    ScratchUse use;
+    const Status st = LaunchAndWait(stream, &use, [&](MallocScratch& scratch) {
+      return LaunchFullAttn<T>(ga, stream.get(), scratch, d_seqlens.get());
+    });
     ASSERT_TRUE(st.ok()) << st.message;
-    stream.Sync();
-    EXPECT_LE(scratch.calls(), 1);
+    EXPECT_LE(use.calls, 1);
   }
-  ExpectBitEqual((c.in_place ? d_kpast : d_kpresent).Download(), k_want.storage, "present_key (full layer)");
-  ExpectBitEqual((c.in_place ? d_vpast : d_vpresent).Download(), v_want.storage, "present_value (full layer)");
+  ExpectBitEqual((c.in_place ? d_kpast : d_kpresent).Download(), full.k_want.storage, "present_key (full layer)");
+  ExpectBitEqual((c.in_place ? d_vpast : d_vpresent).Download(), full.v_want.storage, "present_value (full layer)");
   if (!c.in_place) {
-    ExpectBitEqual(d_kpast.Download(), k_buf.storage, "past_key left untouched");
+    ExpectBitEqual(d_kpast.Download(), full.k_buf.storage, "past_key left untouched");
   }
 
   // CPU reference, row by row.
@@ -235,14 +236,10 @@ void RunSharedCase(const SharedCase& c) {
     std::vector<float> scores_c(static_cast<size_t>(Hkv * rb * nb_b)), selk_c(Hkv * rb * sel_w),
         selv_c(Hkv * rb * sel_w);
     FullAttnArgs<float> ra;
+    reference_row(ra, full, ref_out.data(), b);
     full_common(ra);
-    ra.batch = 1;
-    ra.new_len = rb;
-    ra.total_len = c.totals[b];
-    ra.query = q.values.data() + b * qview.batch_stride;
-    ra.output = ref_out.data() + b * qview.batch_stride;
-    ra.key_cache = k_want.values.data() + b * Hkv * plane;
-    ra.value_cache = v_want.values.data() + b * Hkv * plane;
+    ra.key_cache = full.k_want.values.data() + b * Hkv * plane;
+    ra.value_cache = full.v_want.values.data() + b * Hkv * plane;
     ra.block_indices = idx_c.data();
     ra.block_scores = scores_c.data();
     ra.selected_key = selk_c.data();
@@ -254,8 +251,8 @@ void RunSharedCase(const SharedCase& c) {
     Spread(selv_c, ref_selv.data() + b * Hkv * S * sel_w, Hkv, S, rb, sel_w, sel_w);
   }
 
-  ExpectClose(d_out.Download(), ref_out, OutputTolerance<T>(), "output (full layer)");
-  const std::vector<float> scores = d_scores.Download();
+  ExpectClose(dev.output.Download(), ref_out, OutputTolerance<T>(), "output (full layer)");
+  const std::vector<float> scores = dev.scores.Download();
   size_t bad_scores = 0;
   for (size_t i = 0; i < score_n; ++i) {
     if (!(std::fabs(static_cast<double>(scores[i]) - ref_scores[i]) <= 1e-5 + 1e-4 * std::fabs(ref_scores[i]))) {
@@ -263,7 +260,7 @@ void RunSharedCase(const SharedCase& c) {
     }
   }
   EXPECT_EQ(bad_scores, 0u) << "block_scores differing from the CPU (padding rows and blocks past total_b: 0)";
-  const std::vector<int32_t> idx = d_idx.Download();
+  const std::vector<int32_t> idx = dev.indices.Download();
   for (size_t row = 0; row < idx_n / K; ++row) {
     std::ostringstream where;
     where << "block_indices row " << row;
@@ -271,7 +268,7 @@ void RunSharedCase(const SharedCase& c) {
     if (::testing::Test::HasFatalFailure()) return;
   }
   // Gathered rows bit for bit: the buffer's rows of the GPU's blocks, zero past the row's total_b.
-  const std::vector<T> selk = d_selk.Download(), selv = d_selv.Download();
+  const std::vector<T> selk = dev.selected_key.Download(), selv = dev.selected_value.Download();
   size_t sel_bad = 0;
   for (size_t slot = 0; slot < idx_n; ++slot) {
     const int64_t kv_plane = static_cast<int64_t>(slot) / K / S, b = kv_plane / Hkv;
@@ -281,8 +278,8 @@ void RunSharedCase(const SharedCase& c) {
       for (int d = 0; d < D; ++d) {
         const size_t at = (slot * bs + r) * D + d;
         const T zero = ToStorage<T>(0.f);
-        const T& wk = inside ? k_want.storage[(kv_plane * C + pos) * D + d] : zero;
-        const T& wv = inside ? v_want.storage[(kv_plane * C + pos) * D + d] : zero;
+        const T& wk = inside ? full.k_want.storage[(kv_plane * C + pos) * D + d] : zero;
+        const T& wv = inside ? full.v_want.storage[(kv_plane * C + pos) * D + d] : zero;
         if (std::memcmp(&selk[at], &wk, sizeof(T)) || std::memcmp(&selv[at], &wv, sizeof(T))) ++sel_bad;
       }
     }
@@ -290,17 +287,8 @@ void RunSharedCase(const SharedCase& c) {
   EXPECT_EQ(sel_bad, 0u) << "selected_key/value elements differing from the buffer rows";
 
   // ---- The sparse layer: its own buffer, the full layer's indices (and buffer or gathered rows) ----
-  HostTensor<T> q2, k2_new, v2_new, k2_buf, v2_buf, gate, sinks;
-  q2.Resize(out_n);
-  q2.FillUniform(rng, -2.f, 2.f);
-  k2_new.Resize(k_new.storage.size());
-  v2_new.Resize(k_new.storage.size());
-  k2_new.FillUniform(rng, -1.f, 1.f);
-  v2_new.FillUniform(rng, -1.f, 1.f);
-  FillBuffer(k2_buf, c, past, rng);
-  FillBuffer(v2_buf, c, past, rng);
-  const HostTensor<T> k2_want = Updated(k2_buf, k2_new, kvview, c, past, real);
-  const HostTensor<T> v2_want = Updated(v2_buf, v2_new, kvview, c, past, real);
+  const LayerStep<T> sparse = MakeLayerStep<T>(c, kvview, past, real, rng);
+  HostTensor<T> gate, sinks;
   const int64_t gate_w = c.gate == GateKind::kPerChannel ? 2LL * H * D : 2LL * H;
   if (c.gate != GateKind::kNone) {
     gate.Resize(static_cast<size_t>(B * S * gate_w));
@@ -310,18 +298,17 @@ void RunSharedCase(const SharedCase& c) {
     sinks.Resize(static_cast<size_t>(c.combine == Combine::kGate ? 2 : 1) * H);
     sinks.FillUniform(rng, -1.f, 2.f);
   }
-  DeviceArray<T> d_k2(k2_buf.storage), d_v2(v2_buf.storage), d_k2new(k2_new.storage), d_v2new(v2_new.storage),
-      d_q2(q2.storage), d_gate(gate.storage), d_sinks(sinks.storage), d_out2(out_n);
+  DeviceArray<T> d_k2(sparse.k_buf.storage), d_v2(sparse.v_buf.storage), d_k2new(sparse.k_new.storage),
+      d_v2new(sparse.v_new.storage), d_q2(sparse.q.storage), d_gate(gate.storage), d_sinks(sinks.storage),
+      d_out2(out_n);
   d_out2.FillBytes(0xFF);
   for (auto [src, dst] : {std::pair<const T*, T*>{d_k2new.get(), d_k2.get()}, std::pair<const T*, T*>{d_v2new.get(), d_v2.get()}}) {
     const Status st = LaunchWriteNewTokens<T>(src, kvview, B, Hkv, S, D, dst, C, d_seqlens.get(), stream.get());
     ASSERT_TRUE(st.ok()) << st.message;
   }
   SparseAttnArgs<T> gs;
+  gs.dims() = dims(B, S, C);
   sparse_common(gs);
-  gs.batch = B;
-  gs.new_len = S;
-  gs.total_len = C;
   gs.query = d_q2.get();
   gs.output = d_out2.get();
   gs.own_key = d_k2.get();
@@ -334,21 +321,22 @@ void RunSharedCase(const SharedCase& c) {
     gs.sa_key = kp;
     gs.sa_value = vp;
   } else {
-    gs.selected_key = d_selk.get();
-    gs.selected_value = d_selv.get();
+    gs.selected_key = dev.selected_key.get();
+    gs.selected_value = dev.selected_value.get();
   }
-  gs.block_indices = d_idx.get();
+  gs.block_indices = dev.indices.get();
   gs.gate = c.gate != GateKind::kNone ? d_gate.get() : nullptr;
   gs.sinks = c.sinks ? d_sinks.get() : nullptr;
   {
-    MallocScratch scratch;
-    const Status st = LaunchSparseAttn<T>(gs, stream.get(), scratch, d_seqlens.get());
+    ScratchUse use;
+    const Status st = LaunchAndWait(stream, &use, [&](MallocScratch& scratch) {
+      return LaunchSparseAttn<T>(gs, stream.get(), scratch, d_seqlens.get());
+    });
     ASSERT_TRUE(st.ok()) << st.message;
-    stream.Sync();
-    EXPECT_LE(scratch.calls(), 1);
+    EXPECT_LE(use.calls, 1);
   }
-  ExpectBitEqual(d_k2.Download(), k2_want.storage, "present_key (sparse layer)");
-  ExpectBitEqual(d_v2.Download(), v2_want.storage, "present_value (sparse layer)");
+  ExpectBitEqual(d_k2.Download(), sparse.k_want.storage, "present_key (sparse layer)");
+  ExpectBitEqual(d_v2.Download(), sparse.v_want.storage, "present_value (sparse layer)");
 
   std::vector<float> selk_f(selk.size()), selv_f(selv.size());
   for (size_t i = 0; i < selk.size(); ++i) {
@@ -359,22 +347,18 @@ void RunSharedCase(const SharedCase& c) {
   for (int b = 0; b < B; ++b) {
     const int64_t rb = real[b];
     SparseAttnArgs<float> rs;
+    reference_row(rs, sparse, ref_out2.data(), b);
     sparse_common(rs);
-    rs.batch = 1;
-    rs.new_len = rb;
-    rs.total_len = c.totals[b];
-    rs.query = q2.values.data() + b * qview.batch_stride;
-    rs.output = ref_out2.data() + b * qview.batch_stride;
-    rs.own_key = k2_want.values.data() + b * Hkv * plane;
-    rs.own_value = v2_want.values.data() + b * Hkv * plane;
+    rs.own_key = sparse.k_want.values.data() + b * Hkv * plane;
+    rs.own_value = sparse.v_want.values.data() + b * Hkv * plane;
     rs.own_len = c.totals[b];
     std::vector<float> selk_c, selv_c;
     if (c.sa == SaFrom::kOwn) {
       rs.sa_key = rs.own_key;
       rs.sa_value = rs.own_value;
     } else if (c.sa == SaFrom::kShared) {
-      rs.sa_key = k_want.values.data() + b * Hkv * plane;
-      rs.sa_value = v_want.values.data() + b * Hkv * plane;
+      rs.sa_key = full.k_want.values.data() + b * Hkv * plane;
+      rs.sa_value = full.v_want.values.data() + b * Hkv * plane;
     } else {
       selk_c = Compact(selk_f.data() + b * Hkv * S * sel_w, Hkv, S, rb, sel_w);
       selv_c = Compact(selv_f.data() + b * Hkv * S * sel_w, Hkv, S, rb, sel_w);

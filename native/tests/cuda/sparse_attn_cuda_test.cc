@@ -106,14 +106,7 @@ void RunSparseCase(const SparseCase& c) {
 
   // Fills the fields both runs share; pointers are set per side.
   auto common = [&](auto& a) {
-    a.batch = B;
-    a.num_heads = H;
-    a.kv_num_heads = Hkv;
-    a.head_dim = D;
-    a.new_len = S;
-    a.total_len = total;
-    a.scale = 0.75f / std::sqrt(static_cast<float>(D));
-    a.block_size = bs;
+    a.dims() = {B, H, Hkv, D, S, total, 0.75f / std::sqrt(static_cast<float>(D)), bs};
     a.window = w;
     a.combine = c.combine;
     a.query_view = qview;
@@ -175,11 +168,10 @@ void RunSparseCase(const SparseCase& c) {
   ga.sinks = c.sinks ? d_sinks.get() : nullptr;
   ga.output = d_out.get();
   Stream stream;
-  MallocScratch scratch;
-  const Status st = LaunchSparseAttn<T>(ga, stream.get(), scratch);
+  ScratchUse use;
+  const Status st = LaunchAndWait(stream, &use, [&](MallocScratch& s) { return LaunchSparseAttn<T>(ga, stream.get(), s); });
   ASSERT_TRUE(st.ok()) << st.message;
-  stream.Sync();
-  EXPECT_EQ(scratch.calls(), 1);
+  EXPECT_EQ(use.calls, 1);
   ExpectClose(d_out.Download(), ref_out, OutputTolerance<T>(), "output");
 }
 
