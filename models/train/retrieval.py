@@ -211,16 +211,54 @@ def make_dense_example(rng, text, length, formats, pairs):
     return data, values
 
 
-def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None):
+def make_echo_example(rng, text, length, echoes):
+    """A window of `length` bytes in which `echoes` spans of its own text (32-128 bytes from a line
+    start) are repeated later, each copy inserted at a line start after its original: code quoting
+    code, as duplicated lines in real source do. Predicting a copy past its first bytes takes reading
+    back to the original (an induction head), the mechanism every retrieval format needs; a model
+    that never forms one cannot learn the planted values either (models/train/README.md,
+    "Retrieval"). The spans are real text, not a plant/query format, so the evaluation formats stay
+    unseen."""
+    insertions = []
+    budget = length - 16
+    for i in range(echoes):
+        size = rng.randint(32, 128)
+        budget -= size + 1
+        if budget < length // 4:
+            break
+        start = _line_start(text, int(rng.random() * 0.5 * budget))
+        span = text[start:start + size].split(b"\0")[0]
+        if len(span) < 16:
+            continue
+        at = min(_line_start(text, rng.randint(start + len(span), max(start + len(span), budget))), budget)
+        if at < start + len(span):
+            continue
+        insertions.append((at, i, _indent(text, at) + span.lstrip(b" ") + b"\n"))
+    insertions.sort(key=lambda item: (item[0], item[1]))
+    pieces, cursor = [], 0
+    for offset, _, line in insertions:
+        pieces.append(text[cursor:offset])
+        pieces.append(line)
+        cursor = offset
+    pieces.append(text[cursor:])
+    return b"".join(pieces)[:length], len(insertions)
+
+
+def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo_share=0.0, echoes_per_kb=2.0):
     """Replaces a `share` of the byte rows (each a window of real text) by retrieval examples of the
     same length, chosen and built from `seed` alone: one plant/query pair per row, or with
     `pairs_per_kb` > 0 that many pairs per 1,024 bytes of row (make_dense_example). Returns the new
     rows and how many pairs were planted; when `spans` is a list, appends (row, value_start,
-    value_end) for every planted value (a trainer can weigh those bytes)."""
+    value_end) for every planted value (a trainer can weigh those bytes). With `echo_share` > 0 that
+    share of rows first gets `echoes_per_kb` repeated spans of its own text (make_echo_example);
+    retrieval pairs then go into the echoed text."""
     rng = random.Random(seed)
+    echo_rng = random.Random(seed ^ 0x5EED)   # its own stream: without echoes the rows are as before
     formats = training_formats if formats is None else formats
     out, planted = [], 0
     for index, row in enumerate(rows):
+        if echo_share > 0 and echo_rng.random() < echo_share:
+            row = make_echo_example(echo_rng, row, len(row), max(1, round(echoes_per_kb * len(row) / 1024)))[0]
         if rng.random() < share:
             pairs = max(1, round(pairs_per_kb * len(row) / 1024)) if pairs_per_kb > 0 else 0
             if pairs:
@@ -249,6 +287,11 @@ def selfcheck(trials=2000):
         assert len(example.data) == length, (example.format, len(example.data))
         assert example.data[example.value_start:example.value_end] == example.value, example
         assert 0 <= example.plant_start < example.value_start < example.value_end <= length, example
+    for i in range(trials // 4):
+        length = rng.choice([512, 2048])
+        start = rng.randrange(0, len(filler) - length)
+        data, count = make_echo_example(rng, filler[start:start + length], length, length // 512)
+        assert len(data) == length, len(data)
     for i in range(trials // 4):
         length = rng.choice([512, 2048])
         start = rng.randrange(0, len(filler) - length)
