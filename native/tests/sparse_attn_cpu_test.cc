@@ -835,11 +835,17 @@ TEST(SparseAttnCpu, DecodeWithFewKvHeadsSplitsKeyRangeAndStaysExact) {
   }
 }
 
-TEST(SparseAttnCpu, SparseDiffersFromDenseWhenBlocksAreLeftOut) {
+// A decode case of 4 query heads over 2 KV heads in blocks of 16, for the tests below.
+Case GroupedDecode(const char* name, int64_t total_len, int window, int top_k, uint32_t seed) {
   Case c;
-  c.name = "LeftOut";
-  c.num_heads = 4, c.kv_heads = 2, c.total_len = 400, c.block_size = 16, c.window = 16, c.top_k = 2;
-  c.seed = 77;
+  c.name = name;
+  c.num_heads = 4, c.kv_heads = 2, c.total_len = total_len, c.block_size = 16, c.window = window, c.top_k = top_k;
+  c.seed = seed;
+  return c;
+}
+
+TEST(SparseAttnCpu, SparseDiffersFromDenseWhenBlocksAreLeftOut) {
+  const Case c = GroupedDecode("LeftOut", 400, 16, 2, 77);
   Problem<float> p(c);
   const auto sparse = SparseReference(p);
   const auto dense = DenseReference(p);
@@ -881,10 +887,7 @@ void CountedAccumulatePv(const float* p, int64_t ld_p, int num_rows, const float
 }
 
 TEST(SparseAttnCpu, RunsTheGivenTileKernels) {
-  Case c;
-  c.name = "Counted";
-  c.num_heads = 4, c.kv_heads = 2, c.total_len = 200, c.block_size = 16, c.window = 40, c.top_k = 3;
-  c.seed = 31;
+  const Case c = GroupedDecode("Counted", 200, 40, 3, 31);
   Problem<float> p(c);
   cpu::TileKernels counted = cpu::PortableTileKernels();
   counted.dot_rows = CountedDotRows;

@@ -1,3 +1,5 @@
+using System.Globalization;
+
 namespace HySparse.Exporter.Tests;
 
 /// <summary>The hysparse command line end to end (in process).</summary>
@@ -10,6 +12,22 @@ public sealed class CliTests
         using var stderr = new StringWriter();
         var code = CliApp.Run(args, stdout, stderr);
         return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    /// <summary>
+    /// <c>hysparse verify --json</c> on a conversion expected to be exact (its selection covers every
+    /// key): logits within 1e-4, every top-1 token agreeing. Returns the JSON for further checks.
+    /// </summary>
+    internal static JsonDocument VerifyExact(string dense, string converted, int prompt, int steps, int batch)
+    {
+        var verify = Run("verify", dense, converted, "--prompt", prompt.ToString(CultureInfo.InvariantCulture),
+                         "--steps", steps.ToString(CultureInfo.InvariantCulture), "--batch", batch.ToString(CultureInfo.InvariantCulture), "--json");
+        Assert.AreEqual(ExitCodes.Success, verify.Code, verify.Err);
+        var json = JsonDocument.Parse(verify.Out);
+        var report = json.RootElement.GetProperty("report");
+        Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble());
+        Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble());
+        return json;
     }
 
     private static void AssertOneLineError(string stderr, string contains)

@@ -270,17 +270,11 @@ public sealed class GroupQueryAttentionConversionTests
         StringAssert.Contains(shared.Out, "concatenated caches");
 
         // 24 + 2 tokens in blocks of 4: K = 7 selects every block, so the conversion is exact.
-        var verify = CliTests.Run("verify", model, converted, "--prompt", "24", "--steps", "2", "--batch", "2", "--json");
-        Assert.AreEqual(ExitCodes.Success, verify.Code, verify.Err);
-        using (var json = JsonDocument.Parse(verify.Out))
-        {
-            var report = json.RootElement.GetProperty("report");
-            Assert.IsLessThan(1e-4, report.GetProperty("maxAbsError").GetDouble());
-            Assert.AreEqual(1.0, report.GetProperty("top1Agreement").GetDouble());
-            // Both models hold buffers of 26 positions: 4 layers × 2 caches × B=2 × H_kv=2 × 26 × D=32 × 4 bytes.
-            Assert.AreEqual(4L * 2 * 2 * 2 * 26 * 32 * 4, report.GetProperty("hybridKvBytes").GetInt64());
-            Assert.AreEqual(report.GetProperty("denseKvBytes").GetInt64(), report.GetProperty("hybridKvBytes").GetInt64());
-        }
+        using var verified = CliTests.VerifyExact(model, converted, prompt: 24, steps: 2, batch: 2);
+        var report = verified.RootElement.GetProperty("report");
+        // Both models hold buffers of 26 positions: 4 layers × 2 caches × B=2 × H_kv=2 × 26 × D=32 × 4 bytes.
+        Assert.AreEqual(4L * 2 * 2 * 2 * 26 * 32 * 4, report.GetProperty("hybridKvBytes").GetInt64());
+        Assert.AreEqual(report.GetProperty("denseKvBytes").GetInt64(), report.GetProperty("hybridKvBytes").GetInt64());
     }
 
     private static void SetInt(NodeProto node, string name, long value) => node.Attribute.Single(a => a.Name == name).I = value;

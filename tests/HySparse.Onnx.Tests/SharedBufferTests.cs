@@ -1,5 +1,3 @@
-using static HySparse.Onnx.HySparseOps;
-
 namespace HySparse.Onnx.Tests;
 
 /// <summary>

@@ -1,5 +1,3 @@
-using static HySparse.Onnx.HySparseOps;
-
 namespace HySparse.Onnx.Tests;
 
 /// <summary>HySparseSparseAttn through ONNX Runtime against the float64 reference of docs/ops.md.</summary>

@@ -1,5 +1,3 @@
-using static HySparse.Onnx.HySparseOps;
-
 namespace HySparse.Onnx.Tests.Infrastructure;
 
 /// <summary>Where a generated sparse call's SA branch reads.</summary>
