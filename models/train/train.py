@@ -163,6 +163,32 @@ def retrieval_accuracy(model, val, seq, probes, device, seed=11):
     return right / total
 
 
+@torch.no_grad()
+def copy_accuracy(model, val, seq, probes, device, span=48, seed=13):
+    """Arg-max accuracy on the bytes of a repeated span after its first 8: `probes` windows of the
+    validation text, each with a `span`-byte piece of itself copied to the window's end. A model with
+    an induction head (attend to where the current bytes occurred before, predict what followed) gets
+    these right whatever the text; one without predicts them as fresh text. Every retrieval format
+    needs that mechanism, so this says whether retrieval can be learned yet (README, "Retrieval").
+    Returns (accuracy on the copy, accuracy on the same bytes where they first occur)."""
+    model.eval()
+    rng = random.Random(seed)
+    right = original = total = 0
+    for i in range(probes):
+        start = (len(val) - seq - 1) * i // max(1, probes - 1)
+        window = val[start:start + seq - span]
+        at = rng.randrange(0, len(window) - span - 64)
+        ids = torch.tensor(list(window + window[at:at + span]), device=device)
+        predicted = model.forward_train(ids[None])[0].argmax(-1)
+        first = len(window) + 8   # the copy's bytes from the 9th on
+        right += (predicted[first - 1:len(ids) - 1] == ids[first:]).sum().item()
+        # the same bytes where they first occur: what the model gets without reading back
+        original += (predicted[at + 7:at + span - 1] == ids[at + 8:at + span]).sum().item()
+        total += len(ids) - first
+    model.train()
+    return right / total, original / total
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kind", choices=["dense", "hysparse", "swa"], required=True)

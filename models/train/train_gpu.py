@@ -169,13 +169,14 @@ def main():
             record["eval_seq"] = eval_seq
             record["validation_bpb"] = train.validation_bpb(model, val, eval_seq, args.eval_windows * (2 if final else 1), device)
             record["retrieval_acc"] = train.retrieval_accuracy(model, val, eval_seq, args.retrieval_probes * (2 if final else 1), device)
+            record["copy_acc"], record["copy_acc_first"] = train.copy_accuracy(model, val, eval_seq, args.retrieval_probes, device)
             model.train()
             kind, seed = runs[i]
             # steps/tokens count the whole training, the initial weights' included (export metadata)
             meta = {"config": models[i].c.to_dict(), "kind": kind, "seed": seed,
                     "steps": bases[i].get("steps", 0) + step, "tokens": bases[i]["tokens"] + tokens, "initial": bases[i],
                     "seconds": round(seconds, 1), "validation_bpb": record["validation_bpb"],
-                    "retrieval_acc": record["retrieval_acc"], "device": name, "torch": torch.__version__,
+                    "retrieval_acc": record["retrieval_acc"], "copy_acc": record["copy_acc"], "device": name, "torch": torch.__version__,
                     "recipe": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "weights_out", "done_file")},
                     "final": final}
             save_npz(os.path.join(args.weights_out or args.out, f"{names[i]}.npz"), models[i], meta)
