@@ -86,7 +86,7 @@ if (options.MarkdownPath is not null) File.WriteAllText(options.MarkdownPath, ma
 if (options.JsonPath is not null) File.WriteAllText(options.JsonPath, Reports.Json(report));
 if (options.SvgPath is not null)
 {
-    string? svg = SvgPlot.Render(runner.Results, endToEnd);
+    string? svg = DecodeTimePlot.Render(runner.Results, endToEnd);
     if (svg is null) Console.Error.WriteLine("no decode measurements: no plot written");
     else File.WriteAllText(options.SvgPath, svg);
 }

@@ -11,7 +11,7 @@ namespace HySparse.Bench;
 /// when the end-to-end benchmark ran, a panel of whole-model time per token: the dense decoder against
 /// its retrofit and kv-sharing conversions.
 /// </summary>
-public static class SvgPlot
+public static class DecodeTimePlot
 {
     private const int PanelWidth = 900, PanelHeight = 380;
 
