@@ -107,6 +107,16 @@ def model_from_onnx(path):
     return model, record
 
 
+def load_model(path):
+    """(ByteLM, training record) from a train_gpu.py `.npz` or an exported `.onnx` file."""
+    if path.endswith(".npz"):
+        checkpoint = export_onnx.load_checkpoint(path)
+        model = ByteLM(ModelConfig(**checkpoint["config"]))
+        model.load_state_dict(checkpoint["state"])
+        return model, checkpoint
+    return model_from_onnx(path)
+
+
 def selfcheck():
     """Export a random model of each kind, read it back, compare with the weights as stored (float16 or float32)."""
     with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")) as f:

@@ -175,53 +175,57 @@ def make_example(rng, text, length, formats, position=None, distance=None):
     return Example(data[:length], value_start, value_start + len(value), at, value.encode(), name)
 
 
+def _splice(text, length, insertions):
+    """`text` with each (offset, line) of `insertions` inserted at its offset (ties keep list order),
+    cut to `length` bytes. Returns the bytes and where each inserted line starts in them, in the order
+    of `insertions`."""
+    order = sorted(range(len(insertions)), key=lambda k: (insertions[k][0], k))
+    pieces, starts, cursor, size = [], [0] * len(insertions), 0, 0
+    for k in order:
+        offset, line = insertions[k]
+        pieces.append(text[cursor:offset])
+        size += offset - cursor
+        cursor = offset
+        starts[k] = size
+        pieces.append(line)
+        size += len(line)
+    pieces.append(text[cursor:])
+    return b"".join(pieces)[:length], starts
+
+
 def make_dense_example(rng, text, length, formats, pairs):
     """A window of `length` bytes with `pairs` plant/query pairs at random positions and distances
-    (each query after its own plant; pairs interleave). One pair per window gives a model a few value
-    bytes of long-range signal per thousands of bytes; several per window is what made retrieval
-    learnable in a CPU budget (models/train/README.md, "Retrieval"). Returns (data, [(value_start,
-    value_end, value)]) with every value whole inside the window."""
+    (each query after its own plant; pairs interleave): more long-range signal per byte than one pair
+    per window (models/train/README.md, "Why retrieval is not learned yet", for what it did and did
+    not achieve). Returns (data, [(value_start, value_end, value)]) with every value whole inside the
+    window."""
     lines = [formats[rng.choice(sorted(formats))](rng) for _ in range(pairs)]
     inserted = sum(len(plant) + len(ask) + len(value) + len(tail) + 2 + 2 * 8 for plant, ask, value, tail in lines)
     room = length - inserted
     if room < 8 * pairs:
         raise ValueError(f"a window of {length} bytes is too short for {pairs} retrieval pairs")
-    # (offset in `text`, order, line bytes, value offset inside the line or -1)
-    insertions = []
-    for i, (plant, ask, value, tail) in enumerate(lines):
+    insertions, answers = [], []   # answers: (index of the query line, value offset inside it, value)
+    for plant, ask, value, tail in lines:
         at = min(_line_start(text, int(rng.random() * 0.8 * room)), room)
         query_at = min(_line_start(text, rng.randint(at, room)), room)
-        plant_line = _indent(text, at) + plant.encode() + b"\n"
         indent = _indent(text, query_at)
-        query = indent + (ask + value + tail).encode() + b"\n"
-        insertions.append((at, 2 * i, plant_line, -1, b""))
-        insertions.append((query_at, 2 * i + 1, query, len(indent) + len(ask), value.encode()))
-    insertions.sort(key=lambda item: (item[0], item[1]))
-    pieces, values, cursor, size = [], [], 0, 0
-    for offset, _, line, value_at, value in insertions:
-        pieces.append(text[cursor:offset])
-        size += offset - cursor
-        cursor = offset
-        if value_at >= 0:
-            values.append((size + value_at, size + value_at + len(value), value))
-        pieces.append(line)
-        size += len(line)
-    pieces.append(text[cursor:])
-    data = b"".join(pieces)[:length]
-    return data, values
+        insertions.append((at, _indent(text, at) + plant.encode() + b"\n"))
+        answers.append((len(insertions), len(indent) + len(ask), value.encode()))
+        insertions.append((query_at, indent + (ask + value + tail).encode() + b"\n"))
+    data, starts = _splice(text, length, insertions)
+    return data, sorted((starts[k] + at, starts[k] + at + len(value), value) for k, at, value in answers)
 
 
 def make_echo_example(rng, text, length, echoes):
     """A window of `length` bytes in which `echoes` spans of its own text (32-128 bytes from a line
     start) are repeated later, each copy inserted at a line start after its original: code quoting
     code, as duplicated lines in real source do. Predicting a copy past its first bytes takes reading
-    back to the original (an induction head), the mechanism every retrieval format needs; a model
-    that never forms one cannot learn the planted values either (models/train/README.md,
-    "Retrieval"). The spans are real text, not a plant/query format, so the evaluation formats stay
-    unseen."""
+    back to the original (an induction head), the mechanism every retrieval format needs
+    (models/train/README.md, "Why retrieval is not learned yet"). The spans are real text, not a
+    plant/query format, so the evaluation formats stay unseen. Returns (data, number of copies)."""
     insertions = []
     budget = length - 16
-    for i in range(echoes):
+    for _ in range(echoes):
         size = rng.randint(32, 128)
         budget -= size + 1
         if budget < length // 4:
@@ -233,15 +237,8 @@ def make_echo_example(rng, text, length, echoes):
         at = min(_line_start(text, rng.randint(start + len(span), max(start + len(span), budget))), budget)
         if at < start + len(span):
             continue
-        insertions.append((at, i, _indent(text, at) + span.lstrip(b" ") + b"\n"))
-    insertions.sort(key=lambda item: (item[0], item[1]))
-    pieces, cursor = [], 0
-    for offset, _, line in insertions:
-        pieces.append(text[cursor:offset])
-        pieces.append(line)
-        cursor = offset
-    pieces.append(text[cursor:])
-    return b"".join(pieces)[:length], len(insertions)
+        insertions.append((at, _indent(text, at) + span.lstrip(b" ") + b"\n"))
+    return _splice(text, length, insertions)[0], len(insertions)
 
 
 def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo_share=0.0, echoes_per_kb=2.0):

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import export_onnx  # noqa: E402  (load_checkpoint)
-import onnx_weights  # noqa: E402
+import onnx_weights  # noqa: E402  (load_model: .npz or .onnx)
 import train  # noqa: E402  (batch_at, make_optimizer, validation_bpb, retrieval_accuracy, tune_cpu)
 from hysparse_lm import ByteLM, ModelConfig  # noqa: E402
 
@@ -124,17 +123,12 @@ def main():
     for kind, seed in runs:
         torch.manual_seed(seed)
         model = ByteLM(ModelConfig(**dict(fields, kind=kind)))
-        bases.append({"tokens": 0})
+        bases.append({"tokens": 0, "steps": 0})
         if args.init_onnx:
             path = os.path.join(args.init_onnx, f"{kind}-seed{seed}.npz")
-            if os.path.exists(path):
-                checkpoint = export_onnx.load_checkpoint(path)
-                model = ByteLM(ModelConfig(**checkpoint["config"]))
-                model.load_state_dict(checkpoint["state"])
-                record = checkpoint
-            else:
+            if not os.path.exists(path):
                 path = os.path.join(args.init_onnx, f"{kind}.onnx" if seed == 1 else f"{kind}-seed{seed}.onnx")
-                model, record = onnx_weights.model_from_onnx(path)
+            model, record = onnx_weights.load_model(path)
             if model.c.to_dict() != ModelConfig(**dict(fields, kind=kind)).to_dict():
                 sys.exit(f"{path}: its config differs from {args.config}")
             bases[-1] = {"from": os.path.relpath(path), "tokens": int(record.get("tokens", 0)),
@@ -174,7 +168,7 @@ def main():
             kind, seed = runs[i]
             # steps/tokens count the whole training, the initial weights' included (export metadata)
             meta = {"config": models[i].c.to_dict(), "kind": kind, "seed": seed,
-                    "steps": bases[i].get("steps", 0) + step, "tokens": bases[i]["tokens"] + tokens, "initial": bases[i],
+                    "steps": bases[i]["steps"] + step, "tokens": bases[i]["tokens"] + tokens, "initial": bases[i],
                     "seconds": round(seconds, 1), "validation_bpb": record["validation_bpb"],
                     "retrieval_acc": record["retrieval_acc"], "copy_acc": record["copy_acc"], "device": name, "torch": torch.__version__,
                     "recipe": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "weights_out", "done_file")},
