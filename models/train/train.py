@@ -169,7 +169,7 @@ def copy_accuracy(model, val, seq, probes, device, span=48, seed=13):
     validation text, each with a `span`-byte piece of itself copied to the window's end. A model with
     an induction head (attend to where the current bytes occurred before, predict what followed) gets
     these right whatever the text; one without predicts them as fresh text. Every retrieval format
-    needs that mechanism, so this says whether retrieval can be learned yet (README, "Retrieval").
+    needs that mechanism, so this says whether retrieval can be learned yet (README, "Why retrieval is not learned yet").
     Returns (accuracy on the copy, accuracy on the same bytes where they first occur)."""
     model.eval()
     rng = random.Random(seed)
