@@ -53,6 +53,13 @@ inline const char* TypeName<Half>() { return "float16"; }
 template <>
 inline const char* TypeName<BFloat16>() { return "bfloat16"; }
 
+// Uploads and fills go through the legacy default stream, which does not order with the tests'
+// non-blocking streams: cudaMemcpy from pageable memory returns once the bytes are staged, before
+// the DMA lands, and cudaMemset returns at once. Without this wait a kernel can read inputs (or
+// poison) that have not arrived yet: on an H200 that showed as zero outputs in half the cases,
+// which the CPU emulation, where every call completes in order, cannot show.
+inline void WaitForLegacyStream() { Check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+
 // Owning device array.
 template <typename T>
 class DeviceArray {
@@ -79,6 +86,7 @@ class DeviceArray {
   void Upload(const std::vector<T>& host) {
     if (host.size() != count_) throw std::runtime_error("DeviceArray::Upload: size mismatch");
     if (count_) Check(cudaMemcpy(ptr_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice), "upload");
+    WaitForLegacyStream();
   }
   std::vector<T> Download() const {
     std::vector<T> host(count_);
@@ -89,6 +97,7 @@ class DeviceArray {
   // elements a kernel should have written and did not).
   void FillBytes(int byte) {
     if (count_) Check(cudaMemset(ptr_, byte, count_ * sizeof(T)), "cudaMemset");
+    WaitForLegacyStream();
   }
 
  private:
@@ -107,7 +116,10 @@ class MallocScratch final : public ScratchAllocator {
     void* p = nullptr;
     if (cudaMalloc(&p, bytes) != cudaSuccess) return nullptr;
     // Scratch is never assumed zeroed: fill it with NaN bytes so a kernel reading what nobody wrote shows.
-    cudaMemset(p, 0xFF, bytes);
+    if (cudaMemset(p, 0xFF, bytes) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) {
+      cudaFree(p);
+      return nullptr;
+    }
     blocks_.push_back(p);
     requested_ += bytes;
     ++calls_;
