@@ -8,8 +8,9 @@
 #   tests/gpu/prepare.sh        # here: carries the corpus (and the GPU kernel checks' sources) in build/gpu-carry
 #   models/train/gpu_recipe.sh  # there, with build/gpu-carry carried (tests/gpu/all.sh runs it beside the kernel checks)
 #
-# Environment: TRAIN_SECONDS (default 300), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list), MIX
+# Environment: TRAIN_SECONDS (default 300), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list), LR, WARMUP, MIX
 # (the training mix: retrieval rows, pairs per KiB, value-byte weight, echo rows; README "Retrieval"),
+# INIT (a folder of <kind>-seed<N>.npz from an earlier run to continue from; train_gpu.py --init-onnx),
 # CORPUS (default build/gpu-carry/corpus), DONE_FILE (touched on exit, whatever happened), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -34,8 +35,8 @@ PYEOF
 
 $PY models/train/train_gpu.py --corpus "$CORPUS" --out "$work" --weights-out "$out" \
   --seconds "${TRAIN_SECONDS:-300}" --runs "${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}" \
-  --phases "${PHASES:-512x128:0.35,2048x32:0.65}" \
-  ${MIX:---retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5} 2>&1 | tee "$work/train.log"
+  --phases "${PHASES:-512x128:0.35,2048x32:0.65}" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} \
+  ${INIT:+--init-onnx "$INIT"} ${MIX:---retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5} 2>&1 | tee "$work/train.log"
 status=${PIPESTATUS[0]}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$work/train.log" 2>&1
 tar -czf "$out/train-logs.tar.gz" -C "$work" .

@@ -87,6 +87,8 @@ def main():
                         help="plant/query pairs per 1,024 bytes of a retrieval row (0: one pair per row)")
     parser.add_argument("--echo-share", type=float, default=0.0,
                         help="share of rows in which spans of their own text are repeated later (retrieval.make_echo_example)")
+    parser.add_argument("--echoes-per-kb", type=float, default=2.0,
+                        help="repeated spans per 1,024 bytes of an echo row")
     parser.add_argument("--value-weight", type=float, default=1.0,
                         help="loss weight of the planted value bytes in retrieval rows (1: plain next-byte loss)")
     parser.add_argument("--init-onnx", metavar="DIR",
@@ -193,7 +195,8 @@ def main():
             if seed not in batches:
                 spans = []
                 inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share,
-                                                            args.retrieval_pairs_per_kb, spans, args.echo_share)
+                                                            args.retrieval_pairs_per_kb, spans, args.echo_share,
+                                                            args.echoes_per_kb)
                 weights = None
                 if args.value_weight != 1.0:
                     weights = torch.ones(targets.shape)
