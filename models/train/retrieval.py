@@ -241,19 +241,38 @@ def make_echo_example(rng, text, length, echoes):
     return _splice(text, length, insertions)[0], len(insertions)
 
 
-def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo_share=0.0, echoes_per_kb=2.0):
+COPY_ALPHABET = bytes(range(33, 127))   # printable ASCII without the space
+
+
+def make_copy_example(rng, length, low=16, high=64):
+    """A row of one random printable string (`low`-`high` bytes) repeated until `length`: nothing in
+    it is predictable except by reading back, the task on which an induction head forms in a few
+    hundred steps from random initialisation (README, "Why retrieval is not learned yet"), where
+    natural text with repeats in it did not form one in a thousand."""
+    size = rng.randint(low, high)
+    unit = bytes(rng.choice(COPY_ALPHABET) for _ in range(size))
+    return (unit * (length // size + 1))[:length]
+
+
+def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo_share=0.0, echoes_per_kb=2.0,
+             copy_share=0.0):
     """Replaces a `share` of the byte rows (each a window of real text) by retrieval examples of the
     same length, chosen and built from `seed` alone: one plant/query pair per row, or with
     `pairs_per_kb` > 0 that many pairs per 1,024 bytes of row (make_dense_example). Returns the new
     rows and how many pairs were planted; when `spans` is a list, appends (row, value_start,
     value_end) for every planted value (a trainer can weigh those bytes). With `echo_share` > 0 that
     share of rows first gets `echoes_per_kb` repeated spans of its own text (make_echo_example);
-    retrieval pairs then go into the echoed text."""
+    retrieval pairs then go into the echoed text. With `copy_share` > 0 that share of rows is
+    replaced by a repeated random string instead (make_copy_example)."""
     rng = random.Random(seed)
     echo_rng = random.Random(seed ^ 0x5EED)   # its own stream: without echoes the rows are as before
+    copy_rng = random.Random(seed ^ 0xC0B1)   # likewise for copy rows
     formats = training_formats if formats is None else formats
     out, planted = [], 0
     for index, row in enumerate(rows):
+        if copy_share > 0 and copy_rng.random() < copy_share:
+            out.append(make_copy_example(copy_rng, len(row)))
+            continue
         if echo_share > 0 and echo_rng.random() < echo_share:
             row = make_echo_example(echo_rng, row, len(row), max(1, round(echoes_per_kb * len(row) / 1024)))[0]
         if rng.random() < share:

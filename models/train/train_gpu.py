@@ -89,6 +89,10 @@ def main():
                         help="share of rows in which spans of their own text are repeated later (retrieval.make_echo_example)")
     parser.add_argument("--echoes-per-kb", type=float, default=2.0,
                         help="repeated spans per 1,024 bytes of an echo row")
+    parser.add_argument("--copy-share", type=float, default=0.0,
+                        help="share of rows that are a repeated random string (retrieval.make_copy_example)")
+    parser.add_argument("--copy-until", type=float, default=1.0,
+                        help="fraction of the budget after which copy rows stop (a curriculum: induction first)")
     parser.add_argument("--value-weight", type=float, default=1.0,
                         help="loss weight of the planted value bytes in retrieval rows (1: plain next-byte loss)")
     parser.add_argument("--init-onnx", metavar="DIR",
@@ -196,7 +200,8 @@ def main():
                 spans = []
                 inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share,
                                                             args.retrieval_pairs_per_kb, spans, args.echo_share,
-                                                            args.echoes_per_kb)
+                                                            args.echoes_per_kb,
+                                                            args.copy_share if fraction < args.copy_until else 0.0)
                 weights = None
                 if args.value_weight != 1.0:
                     weights = torch.ones(targets.shape)
