@@ -7,7 +7,7 @@ namespace HySparse.Exporter;
 /// symlinked folder (<c>alias/A.onnx</c> for <c>dir/A.onnx</c>), a symlink to the file or a hard link is
 /// recognised. Comparing path strings is not enough: the converter must never write over its input.
 /// </summary>
-public static class FileIdentity
+public static partial class FileIdentity
 {
     /// <summary>
     /// True when <paramref name="a"/> and <paramref name="b"/> both exist and are the same file (or
@@ -59,6 +59,7 @@ public static class FileIdentity
     private const int AtFdCwd = -100;
     private const uint StatxIno = 0x100;
 
-    [DllImport("libc", EntryPoint = "statx", SetLastError = true)]
-    private static extern int Statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, byte[] buffer);
+    // Source-generated marshalling (no runtime IL stubs: trimming- and AOT-safe), as for the native bindings.
+    [LibraryImport("libc", EntryPoint = "statx", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static partial int Statx(int dirfd, string path, int flags, uint mask, [Out] byte[] buffer);
 }
