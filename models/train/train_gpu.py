@@ -90,7 +90,7 @@ def main():
     parser.add_argument("--echoes-per-kb", type=float, default=2.0,
                         help="repeated spans per 1,024 bytes of an echo row")
     parser.add_argument("--copy-share", type=float, default=0.0,
-                        help="share of rows that are a repeated random string (retrieval.make_copy_example)")
+                        help="share of rows made of random strings written twice (retrieval.make_copy_example)")
     parser.add_argument("--copy-until", type=float, default=1.0,
                         help="fraction of the budget after which copy rows stop (a curriculum: induction first)")
     parser.add_argument("--value-weight", type=float, default=1.0,
