@@ -28,19 +28,29 @@ internal sealed class DemoCommand : Verb
     private readonly Option<int?> _steps = SharedOptions.OptionalPositiveInt("--steps", "N", "bytes to generate (default 120; --synthetic: decode steps, 16)");
     private readonly Option<bool> _synthetic = new("--synthetic") { Description = "random-weight decoder instead of the trained model" };
     private readonly Option<int?> _layers = SharedOptions.OptionalPositiveInt("--layers", "N", "--synthetic: decoder layers (default 8)");
+    private readonly Option<double> _temperature = new("--temperature")
+    {
+        HelpName = "T",
+        Description = $"sampling temperature of the trained demo's generations (default {TrainedDemo.DefaultTemperature}; 0: greedy)",
+        CustomParser = OptionValues.NonNegativeNumber,
+        DefaultValueFactory = _ => TrainedDemo.DefaultTemperature,
+    };
+    private readonly Option<int> _seed = SharedOptions.PositiveInt("--seed", "N", "seed of the trained demo's sampler (every model draws with the same one)", 1);
     private readonly Option<bool> _quiet = SharedOptions.Quiet();
     private readonly Option<bool> _json = SharedOptions.Json("print the generations (--synthetic: the comparison, the oracle's choices and the native run) as JSON on stdout");
     private readonly LayoutOptions _layout = new(defaults: null);
 
     public DemoCommand() : base("demo", "convert the built-in trained model and run dense and hybrid side by side")
     {
-        foreach (var option in new Option[] { _directory, _native, _prompt, _steps, _synthetic, _layers, _quiet, _json }) Options.Add(option);
+        foreach (var option in new Option[] { _directory, _native, _prompt, _steps, _temperature, _seed, _synthetic, _layers, _quiet, _json }) Options.Add(option);
         _layout.AddTo(this);
         Details = $"""
             Details:
               The whole pipeline on a built-in model. Converts the built-in trained model - a byte-level
               language model of Python source (8 layers, 1.6 M parameters, models/fixtures/trained) - and
-              lets dense and hybrid continue the same held-out Python prompt: it prints both continuations,
+              lets dense and hybrid continue the same held-out Python prompt (sampled at --temperature,
+              0.7 by default, with the same --seed for every model; greedy decoding of a model this small
+              falls into loops): it prints both continuations,
               how often the hybrid predicts the byte dense wrote, KV bytes and speed. Defaults: ratio 1:3,
               top-k 8, block size 16, window 64 (what the model's HySparse twin was trained with); add
               --kv-sharing for that mode's smaller cache, --native to also run the model trained as
@@ -70,7 +80,7 @@ internal sealed class DemoCommand : Verb
     {
         if (parse.GetValue(_layers) is not null) throw new UsageException("--layers sizes the random-weight decoder: add --synthetic");
         var options = new TrainedDemo.Options(_layout.Read(parse, TrainedDefaults), parse.GetValue(_prompt) ?? 1024, parse.GetValue(_steps) ?? 120,
-            parse.GetValue(_native), parse.GetValue(_directory));
+            parse.GetValue(_native), parse.GetValue(_directory), parse.GetValue(_temperature), parse.GetValue(_seed));
         var result = TrainedDemo.Run(options, progress);
         if (json)
         {

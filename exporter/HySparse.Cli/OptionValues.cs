@@ -29,6 +29,15 @@ internal static class OptionValues
         return 0;
     }
 
+    /// <summary>A number ≥ 0.</summary>
+    public static double NonNegativeNumber(ArgumentResult result)
+    {
+        var text = Text(result);
+        if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var value) && value >= 0 && double.IsFinite(value)) return value;
+        result.AddError($"option {OptionName(result)} needs a number ≥ 0, not '{text}'");
+        return 0;
+    }
+
     /// <summary>Comma-separated integers ≥ 1; a k suffix multiplies by 1024 (4k, 32k: how people write context lengths).</summary>
     public static long[] PositiveIntList(ArgumentResult result)
     {

@@ -234,6 +234,15 @@ public sealed class CliTests
         var layers = Run("demo", "--layers", "2");
         Assert.AreEqual(ExitCodes.Usage, layers.Code);
         StringAssert.Contains(layers.Err, "--synthetic");
+
+        // Sampling is seeded: the same seed writes the same text; greedy (temperature 0) is accepted, a negative one is not.
+        string Continuations(params string[] extra) => string.Join("|", JsonDocument.Parse(Run(["demo", "--prompt", "200", "--steps", "16", "--json", .. extra]).Out)
+            .RootElement.GetProperty("generations").EnumerateArray().Select(g => g.GetProperty("text").GetString()));
+        Assert.AreEqual(Continuations("--seed", "3"), Continuations("--seed", "3"));
+        Assert.AreEqual(Continuations("--temperature", "0", "--seed", "3"), Continuations("--temperature", "0", "--seed", "4"));
+        var negative = Run("demo", "--temperature", "-1");
+        Assert.AreEqual(ExitCodes.Usage, negative.Code);
+        StringAssert.Contains(negative.Err, "--temperature needs a number ≥ 0, not '-1'");
     }
 
     [TestMethod]

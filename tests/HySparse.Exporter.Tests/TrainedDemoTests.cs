@@ -43,4 +43,27 @@ public sealed class TrainedDemoTests
         StringAssert.Contains(text.ToString(), "same next byte as dense");
         StringAssert.Contains(text.ToString(), result.Prompt[^40..]);
     }
+
+    [TestMethod]
+    public void NextTokenIsTheArgMaxAtTemperatureZeroAndADrawAmongTheLikeliestAbove()
+    {
+        var random = new Random(5);
+        // Two rows of logits: only the last one counts. Random values, a clear winner at 77 in the last row.
+        var logits = Enumerable.Range(0, 2 * 256).Select(_ => (float)random.NextDouble()).ToArray();
+        logits[256 + 77] = 3f;
+        logits[13] = 9f;   // the first row's maximum must not be read
+        Assert.AreEqual(77, TrainedDemo.NextToken(logits, 0, new Random(1)));
+
+        var likeliest = Enumerable.Range(0, 256).OrderByDescending(v => logits[256 + v]).Take(TrainedDemo.SampleTopK).ToHashSet();
+        var draws = Enumerable.Range(0, 2000).Select(i => TrainedDemo.NextToken(logits, 1.0, random)).ToArray();
+        Assert.IsTrue(draws.All(d => likeliest.Contains((int)d)), "a draw outside the top-k");
+        // exp(3 - ~1) against 19 others of exp(~0.5 - 1): 77 wins about a third of the time at T = 1, nearly always at T = 0.05.
+        Assert.IsTrue(draws.Count(d => d == 77) is > 300 and < 1500, $"77 drawn {draws.Count(d => d == 77)} times");
+        Assert.IsTrue(Enumerable.Range(0, 200).All(_ => TrainedDemo.NextToken(logits, 0.05, random) == 77));
+        // Same seed, same draws: the demo is reproducible.
+        var a = new Random(9);
+        var b = new Random(9);
+        CollectionAssert.AreEqual(Enumerable.Range(0, 50).Select(_ => TrainedDemo.NextToken(logits, 0.7, a)).ToArray(),
+                                  Enumerable.Range(0, 50).Select(_ => TrainedDemo.NextToken(logits, 0.7, b)).ToArray());
+    }
 }
