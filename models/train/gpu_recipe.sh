@@ -35,8 +35,8 @@ PYEOF
 
 $PY models/train/train_gpu.py --corpus "$CORPUS" --out "$work" --weights-out "$out" \
   --seconds "${TRAIN_SECONDS:-300}" --runs "${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}" \
-  --phases "${PHASES:-96x256:0.2,512x128:0.3,2048x32:0.5}" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} \
-  ${INIT:+--init-onnx "$INIT"} ${MIX:---copy-share 1 --copy-until 0.2 --retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5} 2>&1 | tee "$work/train.log"
+  --phases "${PHASES:-512x128:0.35,2048x32:0.65}" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} \
+  ${INIT:+--init-onnx "$INIT"} ${MIX:---retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5} 2>&1 | tee "$work/train.log"
 status=${PIPESTATUS[0]}
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$work/train.log" 2>&1
 tar -czf "$out/train-logs.tar.gz" -C "$work" .

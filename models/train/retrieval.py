@@ -246,11 +246,10 @@ COPY_ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
 
 def make_copy_example(rng, length, low=24, high=48):
     """A row of random lowercase strings, each written twice in a row (`s s t t u u ...`, each string
-    `low`-`high` bytes), cut to `length`: the second copy of each string is predictable only by reading
-    back. On rows of 96 bytes made of one 48-letter string twice, the 8-layer model forms an induction
-    head from random initialisation in 200-250 steps of 16 rows (models/train/README.md, "Why retrieval
-    is not learned yet"); on rows of 256 it had not after 275 steps, so copy rows belong in short
-    early phases."""
+    `low`-`high` bytes), cut to `length`: the second copy of each string is predictable only by finding
+    the first and reading on (an induction head), and its offset varies, so a fixed positional lookup
+    does not solve it. Not yet shown to form an induction head in the budgets tried
+    (models/train/README.md, "Why retrieval is not learned yet")."""
     out = bytearray()
     while len(out) < length:
         size = rng.randint(low, high)
