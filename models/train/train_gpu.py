@@ -165,9 +165,9 @@ def main():
         for i, model in enumerate(models):
             model.eval()
             record = {"step": step, "seq": seq, "tokens": tokens, "seconds": round(seconds, 1)}
-            # The probes need room (copy_accuracy: a 48-byte span plus 64 bytes before it), so a short
-            # warm-up phase is evaluated at 512.
-            eval_seq = phases[-1][0] if final else max(seq, 512)
+            # The probes need room (a retrieval example, copy_accuracy's 48-byte span plus 64 bytes before
+            # it), so short phases are evaluated at 512.
+            eval_seq = max(phases[-1][0] if final else seq, 512)
             record["eval_seq"] = eval_seq
             record["validation_bpb"] = train.validation_bpb(model, val, eval_seq, args.eval_windows * (2 if final else 1), device)
             record["retrieval_acc"] = train.retrieval_accuracy(model, val, eval_seq, args.retrieval_probes * (2 if final else 1), device)
