@@ -153,8 +153,8 @@ internal static class TrainedDemo
     {
         const int vocab = 256;
         var row = logits[^vocab..];
-        var order = Enumerable.Range(0, vocab).OrderByDescending(v => row[v]).ThenBy(v => v).Take(temperature > 0 ? SampleTopK : 1).ToArray();
-        if (temperature <= 0) return order[0];
+        if (temperature <= 0) return ArgMax(row);
+        var order = Enumerable.Range(0, vocab).OrderByDescending(v => row[v]).ThenBy(v => v).Take(SampleTopK).ToArray();
         var weights = order.Select(v => Math.Exp((row[v] - row[order[0]]) / temperature)).ToArray();
         var draw = random.NextDouble() * weights.Sum();
         for (var i = 0; i < order.Length; i++)
@@ -173,11 +173,15 @@ internal static class TrainedDemo
         var logits = decoder.Step([.. prompt, .. reference[..^1]]);
         const int vocab = 256;
         var best = new int[reference.Length];
-        for (var i = 0; i < reference.Length; i++)
-        {
-            var row = logits.AsSpan((prompt.Length - 1 + i) * vocab, vocab);
-            for (var v = 1; v < vocab; v++) if (row[v] > row[best[i]]) best[i] = v;
-        }
+        for (var i = 0; i < reference.Length; i++) best[i] = ArgMax(logits.AsSpan((prompt.Length - 1 + i) * vocab, vocab));
+        return best;
+    }
+
+    // The most likely byte; ties go to the lowest.
+    private static int ArgMax(ReadOnlySpan<float> row)
+    {
+        var best = 0;
+        for (var v = 1; v < row.Length; v++) if (row[v] > row[best]) best = v;
         return best;
     }
 
