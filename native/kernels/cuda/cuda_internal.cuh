@@ -80,6 +80,40 @@ Status LaunchGroupAttn(const GroupAttnParams<T>& params, cudaStream_t stream);
 // Heads one group-kernel CTA serves (the register budget depends on D and the storage size).
 int GroupHeadsPerCta(int head_dim, int element_bytes);
 
+// Tiled HySparseSparseAttn prefill with a full-length SA source (sparse_attn_tiled.cu): per CTA a tile
+// of `tile_tokens` tokens x the query heads of one KV head, the union of the tile's selected blocks
+// loaded once for all of them. Leaves the split-K partials with one split (part_ml/part_o as
+// GroupAttnParams, branches as for kGate), for LaunchCombine.
+template <typename T>
+struct SparseTiledParams : AttentionDims {
+  bool gate = false;
+  int group = 0, tile_tokens = 0;
+  int window = 1, top_k = 0;
+  int list_capacity = 1;  // a power of two >= tile_tokens * top_k, at most kMaxSparseTileList
+  float scale_log2 = 0.f;
+  const T* query = nullptr;
+  HeadView query_view;
+  const int64_t* mask = nullptr;
+  const int32_t* seqlens = nullptr;  // shared-buffer mode (RowOf), or null
+  const T* own_key = nullptr;        // slot k = position own_start + k
+  const T* own_value = nullptr;
+  int64_t own_capacity = 0, own_start = 0;
+  const T* sa_key = nullptr;         // positions [0, total_len)
+  const T* sa_value = nullptr;
+  int64_t sa_capacity = 0;
+  const int32_t* block_indices = nullptr;
+  bool vector_ok = false;
+  float2* part_ml = nullptr;
+  float* part_o = nullptr;
+};
+// Most block_indices entries (tile_tokens * top_k) one tiled CTA deduplicates; beyond it the launcher
+// takes the split-K path.
+constexpr int kMaxSparseTileList = 4096;
+// Dynamic shared memory of the tiled sparse kernel for a head size and list capacity.
+size_t SparseTiledSharedBytes(int head_dim, int list_capacity);
+template <typename T>
+Status LaunchSparseAttnTiled(const SparseTiledParams<T>& params, cudaStream_t stream);
+
 // Merges the split partials of every (b, h, s) and writes the output (and the LSE for kFull).
 template <typename T>
 struct CombineParams : AttentionDims {

@@ -3,19 +3,14 @@
 // One CTA serves a query tile of BQ consecutive tokens times all G = H_q/H_kv query heads of one KV
 // head (rows = BQ*G <= 64), so every K/V tile loaded into shared memory feeds all heads of the group.
 // Per key tile: logits (scale*log2e pre-applied to Q), optional per-(row, key block) running maxima in
-// global scratch for the block scores, online softmax in base 2, O += P V. Arithmetic is float32 from
-// shared-memory tiles; 256 threads as 16x16, each thread owning 4 rows x (BK/16) keys for the logits
-// and the same 4 rows x (D/16) dims of the output.
-#include "kernels/cuda/cuda_internal.cuh"
+// global scratch for the block scores, online softmax in base 2, O += P V (tile_math.cuh).
+#include "kernels/cuda/tile_math.cuh"
 
 namespace hysparse {
 namespace cuda {
 namespace detail {
-namespace {
 
-constexpr int kRows = 64;
-constexpr int kThreads = 256;
-
+// Outside the anonymous namespace: the launcher's shape-dispatch lambda captures it.
 template <typename T>
 struct TiledParams : AttentionDims {
   int group;
@@ -36,24 +31,21 @@ struct TiledParams : AttentionDims {
   bool vector_ok;
 };
 
+namespace {
+
+constexpr int kRows = kTileRows;
+constexpr int kThreads = kTileThreads;
+
 template <int kD, int kBK>
-struct TiledLayout {
-  static constexpr int kQStride = kD + 1;  // +1: the 16 key/row lanes of a warp hit 16 banks
-  static constexpr int kKStride = kD + 1;
-  static constexpr int kPStride = kBK + 1;
-  static constexpr int kQFloats = kRows * kQStride;
-  static constexpr int kKFloats = kBK * kKStride;  // also holds P (kRows x kPStride) once logits are done
-  static constexpr int kVFloats = kBK * kD;
-  static_assert(kRows * kPStride <= kKFloats, "P must fit where the K tile was");
-  static constexpr size_t kBytes = sizeof(float) * (kQFloats + kKFloats + kVFloats) + sizeof(int) * (kRows + kBK);
+struct TiledLayout : TileShape<kD, kBK> {
+  static constexpr size_t kBytes = sizeof(float) * TileShape<kD, kBK>::kFloats + sizeof(int) * (kRows + kBK);
 };
 
 template <typename T, int kD, int kBK>
 __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParams<T> p) {
   using L = TiledLayout<kD, kBK>;
-  constexpr int kKeysPerThread = kBK / 16;
-  constexpr int kDimsPerThread = kD / 16;
-  constexpr int kChunksPerRow = kD / 8;
+  constexpr int kKeysPerThread = L::kKeysPerThread;
+  constexpr int kDimsPerThread = L::kDimsPerThread;
 
   extern __shared__ float smem[];
   float* sQ = smem;
@@ -83,55 +75,18 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
   const T* kbase = p.key_cache + (static_cast<int64_t>(b) * p.kv_num_heads + g) * p.cache_capacity * p.head_dim;
   const T* vbase = p.value_cache + (static_cast<int64_t>(b) * p.kv_num_heads + g) * p.cache_capacity * p.head_dim;
 
-  // Row r of the tile is token s0 + r / G, query head g*G + r % G.
-  for (int r = tid; r < kRows; r += kThreads) {
-    const int64_t s = s0 + r / G;
-    int pos = -1;
-    if (r < rows && s < real) {
-      const int64_t t = past + s;
-      if (!mask || mask[t] != 0) pos = static_cast<int>(t);
-    }
-    row_pos[r] = pos;
-  }
-  for (int c = tid; c < kRows * kChunksPerRow; c += kThreads) {
-    const int r = c / kChunksPerRow, d0 = (c % kChunksPerRow) * 8;
-    const int64_t s = s0 + r / G;
-    float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    if (r < rows && s < seq && d0 < p.head_dim) {
-      const int h = g * G + r % G;
-      Load8(p.query + ViewOffset(p.query_view, b, h, s) + d0, p.head_dim - d0, p.vector_ok, v);
-    }
-#pragma unroll
-    for (int i = 0; i < 8; ++i) sQ[r * L::kQStride + d0 + i] = v[i] * p.scale_log2;
-  }
+  TileRowPositions(row_pos, rows, G, s0, real, past, mask);
+  LoadQueryTile<T, kD, kBK>(sQ, p.query, p.query_view, b, g, G, rows, s0, seq, p.head_dim, p.vector_ok,
+                            p.scale_log2);
 
-  float m[4], l[4], o[4][kDimsPerThread];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    m[i] = NegInf();
-    l[i] = 0.f;
-#pragma unroll
-    for (int j = 0; j < kDimsPerThread; ++j) o[i][j] = 0.f;
-  }
+  TileRows<kD> acc;
+  acc.Init();
   const bool want_stats = p.block_max != nullptr;
 
   for (int64_t k0 = 0; k0 < key_end; k0 += kBK) {
     // K/V tile (zeros past key_end, which are masked anyway).
-    for (int c = tid; c < kBK * kChunksPerRow; c += kThreads) {
-      const int kr = c / kChunksPerRow, d0 = (c % kChunksPerRow) * 8;
-      const int64_t pos = k0 + kr;
-      float kv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      float vv[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      if (pos < key_end && d0 < p.head_dim) {
-        Load8(kbase + pos * p.head_dim + d0, p.head_dim - d0, p.vector_ok, kv);
-        Load8(vbase + pos * p.head_dim + d0, p.head_dim - d0, p.vector_ok, vv);
-      }
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        sK[kr * L::kKStride + d0 + i] = kv[i];
-        sV[kr * kD + d0 + i] = vv[i];
-      }
-    }
+    LoadKeyTile<T, kD, kBK>(sK, sV, kbase, vbase, p.head_dim, p.vector_ok,
+                            [&](int kr) { return k0 + kr < key_end ? k0 + kr : int64_t{-1}; });
     for (int kr = tid; kr < kBK; kr += kThreads) {
       const int64_t pos = k0 + kr;
       key_ok[kr] = pos < key_end && (!mask || mask[pos] != 0);
@@ -139,22 +94,7 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
     __syncthreads();
 
     float s[4][kKeysPerThread];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int j = 0; j < kKeysPerThread; ++j) s[i][j] = 0.f;
-#pragma unroll 8
-    for (int d = 0; d < kD; ++d) {
-      float qv[4], kv[kKeysPerThread];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) qv[i] = sQ[(ty + 16 * i) * L::kQStride + d];
-#pragma unroll
-      for (int j = 0; j < kKeysPerThread; ++j) kv[j] = sK[(tx + 16 * j) * L::kKStride + d];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < kKeysPerThread; ++j) s[i][j] = fmaf(qv[i], kv[j], s[i][j]);
-    }
+    ScoreTile<kD, kBK>(sQ, sK, s);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int pos = row_pos[ty + 16 * i];
@@ -193,58 +133,12 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
       }
       __syncthreads();
     }
-
-    // Online softmax; the 16 lanes sharing ty hold one row's keys and agree on its max.
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float tile_max = s[i][0];
-#pragma unroll
-      for (int j = 1; j < kKeysPerThread; ++j) tile_max = fmaxf(tile_max, s[i][j]);
-#pragma unroll
-      for (int off = 8; off >= 1; off >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
-      const float m_new = fmaxf(m[i], tile_max);
-      float alpha = 1.f;
-      if (m_new != NegInf()) {
-        alpha = exp2f(m[i] - m_new);  // m[i] = -inf gives 0
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < kKeysPerThread; ++j) {
-          s[i][j] = exp2f(s[i][j] - m_new);
-          sum += s[i][j];
-        }
-        l[i] = l[i] * alpha + sum;
-        m[i] = m_new;
-      } else {
-#pragma unroll
-        for (int j = 0; j < kKeysPerThread; ++j) s[i][j] = 0.f;
-      }
-#pragma unroll
-      for (int j = 0; j < kDimsPerThread; ++j) o[i][j] *= alpha;
-#pragma unroll
-      for (int j = 0; j < kKeysPerThread; ++j) sP[(ty + 16 * i) * L::kPStride + tx + 16 * j] = s[i][j];
-    }
-    __syncthreads();
-
-#pragma unroll 4
-    for (int k = 0; k < kBK; ++k) {
-      float pv[4], vv[kDimsPerThread];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) pv[i] = sP[(ty + 16 * i) * L::kPStride + k];
-#pragma unroll
-      for (int j = 0; j < kDimsPerThread; ++j) vv[j] = sV[k * kD + tx + 16 * j];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < kDimsPerThread; ++j) o[i][j] = fmaf(pv[i], vv[j], o[i][j]);
-    }
-    __syncthreads();  // before the next tile overwrites sK/sP/sV
+    AccumulateTile<kD, kBK>(s, acc, sP, sV);
   }
 
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    float total = l[i];
-#pragma unroll
-    for (int off = 8; off >= 1; off >>= 1) total += __shfl_xor_sync(0xffffffffu, total, off);
+    const float total = acc.RowSum(i);
     const int r = ty + 16 * i;
     const int64_t s_row = s0 + r / G;
     if (r >= rows || s_row >= seq) continue;
@@ -254,10 +148,10 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
 #pragma unroll
     for (int j = 0; j < kDimsPerThread; ++j) {
       const int d = tx + 16 * j;
-      if (d < p.head_dim) out[d] = FromFloat<T>(o[i][j] * inv);
+      if (d < p.head_dim) out[d] = FromFloat<T>(acc.o[i][j] * inv);
     }
     if (p.lse && tx == 0) {
-      p.lse[(static_cast<int64_t>(b) * p.num_heads + h) * seq + s_row] = total > 0.f ? m[i] + log2f(total) : NegInf();
+      p.lse[(static_cast<int64_t>(b) * p.num_heads + h) * seq + s_row] = total > 0.f ? acc.m[i] + log2f(total) : NegInf();
     }
   }
 }
@@ -303,9 +197,9 @@ Status LaunchFullAttnTiled(const FullAttnArgs<T>& a, const int32_t* seqlens, con
   p.block_max = stats.block_max;
   p.lse = stats.lse;
   p.vector_ok = vector_ok;
-  if (a.head_dim <= 64) return Launch<T, 64, 64>(p, stream);
-  if (a.head_dim <= 128) return Launch<T, 128, 64>(p, stream);
-  return Launch<T, 256, 32>(p, stream);
+  return WithTileShape(a.head_dim, [&](auto d, auto bk) {
+    return Launch<T, decltype(d)::value, decltype(bk)::value>(p, stream);
+  });
 }
 
 template Status LaunchFullAttnTiled<float>(const FullAttnArgs<float>&, const int32_t*, const TiledStats&, bool,

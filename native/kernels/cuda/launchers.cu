@@ -4,7 +4,7 @@
 #include <optional>
 #include <string>
 
-#include "kernels/cuda/cuda_internal.cuh"
+#include "kernels/cuda/tile_math.cuh"
 #include "kernels/scratch_plan.h"
 
 namespace hysparse {
@@ -28,11 +28,18 @@ struct SplitPlan {
 
 // Enough CTAs for a few waves over the GPU, splits of at least kMinSplitSlots and a multiple of the
 // 16 lane groups of a CTA.
-Status PlanSplits(int64_t row_ctas, int64_t max_slots, SplitPlan* plan) {
-  int device = 0, sms = 0;
+// An attribute of the current device.
+Status DeviceAttribute(cudaDeviceAttr attribute, int* value) {
+  int device = 0;
   cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(value, attribute, device);
   if (err != cudaSuccess) return Error(err, std::string("cannot query the device: ") + cudaGetErrorString(err));
+  return Status::Ok();
+}
+
+Status PlanSplits(int64_t row_ctas, int64_t max_slots, SplitPlan* plan) {
+  int sms = 0;
+  HYSPARSE_CUDA_RETURN_IF(DeviceAttribute(cudaDevAttrMultiProcessorCount, &sms));
   const int64_t target_ctas = 4LL * sms;
   int64_t splits = CeilDiv(target_ctas, std::max<int64_t>(row_ctas, 1));
   splits = std::min(splits, std::max<int64_t>(1, CeilDiv(max_slots, kMinSplitSlots)));
@@ -269,8 +276,22 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
   const int heads_per_cta = GroupHeadsPerCta(a.head_dim, static_cast<int>(sizeof(T)));
   const int head_chunks = static_cast<int>(CeilDiv(group, heads_per_cta));
 
+  // Prefill with a full-length SA source takes the tiled kernel (one load of each selected block per
+  // query tile), unless the tile's block_indices entries or its shared memory exceed what it serves.
+  const int tile_tokens = kTileRows / group;
+  const int64_t tile_entries = static_cast<int64_t>(tile_tokens) * a.top_k;
+  int list_capacity = 1;
+  while (list_capacity < tile_entries) list_capacity <<= 1;
+  bool tiled = a.new_len > kSplitPathMaxTokens && a.selected_key == nullptr && a.block_indices != nullptr &&
+               tile_entries <= kMaxSparseTileList;
+  if (tiled) {
+    int shared_limit = 0;
+    HYSPARSE_CUDA_RETURN_IF(DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, &shared_limit));
+    tiled = SparseTiledSharedBytes(a.head_dim, list_capacity) <= static_cast<size_t>(shared_limit);
+  }
+
   SplitPlan splits;
-  HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks * branches, max_slots, &splits));
+  if (!tiled) HYSPARSE_CUDA_RETURN_IF(PlanSplits(kv_rows * head_chunks * branches, max_slots, &splits));
   struct Regions {
     float2* part_ml = nullptr;
     float* part_o = nullptr;
@@ -307,7 +328,35 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
                 RowsAligned(a.own_value, a.head_dim) && RowsAligned(p.sa_key, a.head_dim) &&
                 RowsAligned(p.sa_value, a.head_dim) && RowsAligned(p.selected_key, a.head_dim) &&
                 RowsAligned(p.selected_value, a.head_dim);
-  HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
+  if (tiled) {
+    SparseTiledParams<T> t;
+    t.dims() = a.dims();
+    t.gate = gate;
+    t.group = group;
+    t.tile_tokens = tile_tokens;
+    t.window = a.window;
+    t.top_k = a.top_k;
+    t.list_capacity = list_capacity;
+    t.scale_log2 = p.scale_log2;
+    t.query = a.query;
+    t.query_view = a.query_view;
+    t.mask = a.attention_mask;
+    t.seqlens = seqlens_k;
+    t.own_key = a.own_key;
+    t.own_value = a.own_value;
+    t.own_capacity = a.own_capacity;
+    t.own_start = a.own_start;
+    t.sa_key = a.sa_key;
+    t.sa_value = a.sa_value;
+    t.sa_capacity = a.sa_capacity;
+    t.block_indices = a.block_indices;
+    t.vector_ok = p.vector_ok;
+    t.part_ml = r.part_ml;
+    t.part_o = r.part_o;
+    HYSPARSE_CUDA_RETURN_IF(LaunchSparseAttnTiled(t, stream));
+  } else {
+    HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));
+  }
 
   CombineParams<T> c = CommonCombineParams(a, p, branches);
   c.gate = gate ? a.gate : nullptr;

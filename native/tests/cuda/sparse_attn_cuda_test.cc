@@ -198,6 +198,16 @@ std::vector<SparseParam> SparseParams() {
       {"gate_group8_channel", 1, 8, 1, 64, 2, 600, 64, 3, 100, G, Source::kShared, true, GateKind::kPerChannel, true, MaskKind::kNone, false},
       {"gate_prefill_7b_heads", 1, 32, 8, 128, 256, 1024, 64, 4, 128, G, Source::kShared, true, GateKind::kPerHead, true, MaskKind::kNone, false},
       {"gate_decode_64k_7b_shape", 1, 32, 8, 128, 1, 65536, 64, 16, 128, G, Source::kShared, true, GateKind::kPerHead, true, MaskKind::kNone, false},
+      // Prefill on the tiled kernel (S > 4, full-length SA source): KV sharing with a window cache after a
+      // past; one token per KV head row (G = 1: 64 tokens a tile, the membership masks' high bits);
+      // blocks longer than a key tile; one-position blocks; the fallback to split-K when a tile's
+      // block_indices entries exceed the kernel's list; D = 256 (32-key tiles); gate with padding.
+      {"union_shared_prefill_window_cache_past", 1, 8, 2, 64, 70, 570, 16, 6, 40, U, Source::kShared, true, GateKind::kNone, true, MaskKind::kHoles, false},
+      {"union_prefill_g1_two_tiles", 1, 2, 2, 64, 100, 700, 64, 16, 128, U, Source::kOwn, false, GateKind::kNone, false, MaskKind::kNone, false},
+      {"gate_prefill_block_over_tile", 1, 4, 2, 128, 40, 900, 128, 3, 50, G, Source::kShared, false, GateKind::kPerChannel, false, MaskKind::kNone, true},
+      {"union_prefill_block1", 1, 8, 1, 32, 24, 200, 1, 40, 8, U, Source::kShared, true, GateKind::kNone, false, MaskKind::kNone, false},
+      {"union_prefill_list_fallback", 1, 1, 1, 32, 10, 400, 4, 80, 10, U, Source::kOwn, false, GateKind::kNone, true, MaskKind::kNone, false},
+      {"gate_prefill_d256_left_pad", 2, 4, 2, 256, 20, 300, 32, 4, 64, G, Source::kOwn, false, GateKind::kPerHead, true, MaskKind::kLeftPad, false},
       {"union_decode_64k_retrofit", 1, 32, 8, 128, 1, 65536, 64, 16, 128, U, Source::kOwn, false, GateKind::kNone, false, MaskKind::kNone, false},
   };
   return InAllDTypes<SparseParam>(cases);
