@@ -81,7 +81,8 @@ public sealed record EndToEndReport(string Model, LlamaConfig Config, string Lay
 public sealed class EndToEndBench(SessionFactory sessions, int seed)
 {
     /// <summary>Mode labels, in table order.</summary>
-    public const string Dense = "dense", AllFull = "all-full (--pattern F)", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing", InPlace = "hybrid 1:3 in-place";
+    public const string Dense = "dense", AllFull = "all-full (--pattern F)",
+        AllFullDecomposedRope = "all-full, RoPE left decomposed", Retrofit = "hybrid 1:3 retrofit", KvSharing = "hybrid 1:3 kv-sharing", InPlace = "hybrid 1:3 in-place";
 
     /// <summary>Decode steps of the binding check.</summary>
     private const int CheckSteps = 3;
@@ -146,16 +147,22 @@ public sealed class EndToEndBench(SessionFactory sessions, int seed)
             // The all-full conversion (every layer the fused HySparseFullAttn, no sparse layer) separates what
             // the fused kernel gives from what sparsity gives (issue 15).
             LayerLayout? layout = null;
-            foreach (var (mode, spec, hybridMode, kvMode, buffered) in new[]
+            // The all-full conversion with its RoPE left decomposed separates what the converter's RoPE
+            // fusion gives (per-step graph overhead of small models).
+            foreach (var (mode, spec, hybridMode, kvMode, buffered, fuseRotary) in new[]
                      {
-                         (AllFull, LayoutSpec.FromLetters("F"), HybridMode.Retrofit, KvCacheMode.Retrofit, false),
-                         (Retrofit, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, false),
-                         (KvSharing, LayoutSpec.Default, HybridMode.KvSharing, KvCacheMode.KvSharing, false),
-                         (InPlace, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, true),
+                         (AllFull, LayoutSpec.FromLetters("F"), HybridMode.Retrofit, KvCacheMode.Retrofit, false, true),
+                         (AllFullDecomposedRope, LayoutSpec.FromLetters("F"), HybridMode.Retrofit, KvCacheMode.Retrofit, false, false),
+                         (Retrofit, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, false, true),
+                         (KvSharing, LayoutSpec.Default, HybridMode.KvSharing, KvCacheMode.KvSharing, false, true),
+                         (InPlace, LayoutSpec.Default, HybridMode.Retrofit, KvCacheMode.Retrofit, true, true),
                      })
             {
-                var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = spec, Parameters = parameters with { Mode = hybridMode }, KvBuffer = buffered });
-                if (mode != AllFull) layout ??= report.Layout;
+                var (model, report) = HybridConverter.Convert(dense, new ConversionOptions
+                {
+                    Layout = spec, Parameters = parameters with { Mode = hybridMode }, KvBuffer = buffered, FuseRotary = fuseRotary,
+                });
+                if (mode is not (AllFull or AllFullDecomposedRope)) layout ??= report.Layout;
                 var kv = new KvCacheCalculator(report.Layout.Kinds, c.KvHeads, c.HeadDim, sizeof(float), kvMode, parameters.Window);
                 hybrids.Add((mode, sessions.Create(model.ToByteArray(), withHySparse: true), kv, buffered));
             }

@@ -83,7 +83,8 @@ public sealed record PrefillProfile(string Mode, int Context, IReadOnlyDictionar
 public sealed class PrefillBench(int threads, string? library, int seed)
 {
     /// <summary>Mode labels, in table order.</summary>
-    public const string Original = "original export (decomposed)", AllFull = "all-full (--pattern F)", Retrofit = "1:3 retrofit, sparse last (FSSS)",
+    public const string Original = "original export (decomposed)", AllFull = "all-full (--pattern F)",
+        AllFullDecomposedRope = "all-full, RoPE left decomposed (--keep-decomposed-rope)", Retrofit = "1:3 retrofit, sparse last (FSSS)",
         KvSharing = "1:3 kv-sharing, sparse last (FSSS)", Chunked = "1:3 retrofit FSSS, chunked";
 
     private sealed record Mode(string Label, string Path, bool HySparse, int Chunk);
@@ -101,9 +102,10 @@ public sealed class PrefillBench(int threads, string? library, int seed)
             var dense = LlamaModelBuilder.Build(c, LlamaAttentionStyle.Decomposed);
             var modes = new List<Mode> { Write(dir, Original, dense, hySparse: false) };
             modes.Add(Convert(dir, AllFull, dense, LayoutSpec.FromLetters("F"), parameters));
+            modes.Add(Convert(dir, AllFullDecomposedRope, dense, LayoutSpec.FromLetters("F"), parameters, fuseRotary: false));
             modes.Add(Convert(dir, Retrofit, dense, LayoutSpec.Ratio("1:3", sparseLast: true), parameters));
             modes.Add(Convert(dir, KvSharing, dense, LayoutSpec.Ratio("1:3", sparseLast: true), parameters with { Mode = HybridMode.KvSharing }));
-            modes.Add(modes[2] with { Label = $"{Chunked} ({config.ChunkSize})", Chunk = config.ChunkSize });
+            modes.Add(modes.Single(m => m.Label == Retrofit) with { Label = $"{Chunked} ({config.ChunkSize})", Chunk = config.ChunkSize });
 
             var samples = new Dictionary<(string, int), List<Sample>>();
             for (int r = 0; r < rounds; r++)
@@ -154,6 +156,8 @@ public sealed class PrefillBench(int threads, string? library, int seed)
             {
                 if (Logits(samples, Original, s) is { } original && Logits(samples, AllFull, s) is { } allFull)
                     checks.Add(Agree($"S {s}: all-full conversion vs original export", allFull, original));
+                if (Logits(samples, AllFullDecomposedRope, s) is { } unfused && Logits(samples, AllFull, s) is { } fused)
+                    checks.Add(Agree($"S {s}: all-full with fused RoPE vs RoPE left decomposed", fused, unfused));
                 if (Logits(samples, Retrofit, s) is { } single && Logits(samples, modes[^1].Label, s) is { } chunked)
                     checks.Add(Agree($"S {s}: chunked vs single-call prefill of the FSSS retrofit", chunked, single));
             }
@@ -181,9 +185,10 @@ public sealed class PrefillBench(int threads, string? library, int seed)
         return new Mode(label, path, hySparse, 0);
     }
 
-    private static Mode Convert(DirectoryInfo dir, string label, global::Onnx.ModelProto dense, LayoutSpec layout, HybridParameters parameters)
+    private static Mode Convert(DirectoryInfo dir, string label, global::Onnx.ModelProto dense, LayoutSpec layout, HybridParameters parameters,
+                                bool fuseRotary = true)
     {
-        var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = layout, Parameters = parameters });
+        var (model, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = layout, Parameters = parameters, FuseRotary = fuseRotary });
         Console.Error.WriteLine($"  {label}: layout {report.Layout.Letters}");
         return Write(dir, label, model, hySparse: true);
     }

@@ -25,6 +25,11 @@ internal sealed class ConvertCommand : Verb
             + "bound to the same memory (IOBinding), so a decode step writes its new tokens instead of copying each cache. attention_mask keeps its [B, P+S] "
             + "meaning, but padding may only be on the right of the first prompt. Refused with --kv-sharing and for models without a KV cache",
     };
+    private readonly Option<bool> _keepRope = new("--keep-decomposed-rope")
+    {
+        Description = "leave the decomposed RoPE of torch exports (Slice, Neg, Concat, Mul, Add on Q and K) as it is; by default it becomes one "
+            + "com.microsoft.RotaryEmbedding per Q and K (the same rotation up to float rounding, in one pass instead of seven)",
+    };
     private readonly Option<bool> _quiet = SharedOptions.Quiet();
     private readonly Option<bool> _json = SharedOptions.Json("print the result as JSON on stdout (no progress lines)");
     private readonly LayoutOptions _layout = new(new HybridParameters());
@@ -32,7 +37,7 @@ internal sealed class ConvertCommand : Verb
     public ConvertCommand() : base("convert", "rewrite a dense decoder into a hybrid HySparse model")
     {
         Arguments.Add(_model);
-        foreach (var option in new Option[] { _output, _contexts, _overwrite, _kvBuffer, _quiet, _json }) Options.Add(option);
+        foreach (var option in new Option[] { _output, _contexts, _overwrite, _kvBuffer, _keepRope, _quiet, _json }) Options.Add(option);
         _layout.AddTo(this);
         Details = $"""
             Details:
@@ -50,7 +55,9 @@ internal sealed class ConvertCommand : Verb
               the model's inputs and outputs keep their names and shapes; sparse layers compute one exact
               softmax over selected blocks plus window. With --kv-sharing the sparse layers' caches become
               window caches (the command lists them) and sparse layers read selected blocks from the full
-              layer's cache. Initializers and all other nodes are left as they are. The layout, parameters,
+              layer's cache. The decomposed RoPE in front of Q and K (torch exports) becomes one
+              com.microsoft.RotaryEmbedding each, reading the model's own cos/sin tables
+              (--keep-decomposed-rope keeps it). Initializers and all other nodes are left as they are. The layout, parameters,
               mode and any interface change are recorded in the model's metadata (hysparse.*).
 
               An onnxruntime-genai model folder (a folder with genai_config.json) converts into a new
@@ -84,7 +91,7 @@ internal sealed class ConvertCommand : Verb
     {
         var json = parse.GetValue(_json);
         var input = parse.GetRequiredValue(_model);
-        var options = _layout.Read(parse) with { KvBuffer = parse.GetValue(_kvBuffer) };
+        var options = _layout.Read(parse) with { KvBuffer = parse.GetValue(_kvBuffer), FuseRotary = !parse.GetValue(_keepRope) };
         var overwrite = parse.GetValue(_overwrite);
         var isFolder = GenAiModelFolder.IsModelFolder(input);
         var output = parse.GetValue(_output) ?? (isFolder ? Path.TrimEndingDirectorySeparator(input) + "-hysparse" : DefaultOutput(input));
@@ -118,6 +125,8 @@ internal sealed class ConvertCommand : Verb
                 parameters = new { mode = report.Parameters.ModeName, topK = report.Parameters.TopK, blockSize = report.Parameters.BlockSize, window = report.Parameters.Window, combine = "union" },
                 interfaceChanges = report.InterfaceChanges,
                 windowCaches = report.WindowCaches,
+                fusedRotaries = report.FusedRotaries,
+                rotariesLeftDecomposed = report.RotariesLeftDecomposed,
                 kv,
                 layers = report.Layers,
                 metadata = report.Metadata,
@@ -137,6 +146,9 @@ internal sealed class ConvertCommand : Verb
         stdout.WriteLine($"  layout     {report.Layout.Letters}  ({options.Layout.Description}{(options.Layout.SparseLast ? "" : ", last layer full")}; full layers {string.Join(",", report.Layout.FullLayers)})");
         stdout.WriteLine($"  sparse     top-k {p.TopK} blocks x block size {p.BlockSize} + window {p.Window} = at most {p.SparseReach} keys per token per sparse layer");
         stdout.WriteLine($"  mode       {SharedOptions.ModeLine(p.Mode)}");
+        if (report.FusedRotaries > 0)
+            stdout.WriteLine($"  rope       {report.FusedRotaries} decomposed rotations (Q and K) fused into com.microsoft.RotaryEmbedding");
+        foreach (var reason in report.RotariesLeftDecomposed) stdout.WriteLine($"  rope       left decomposed: {reason}");
         if (report.WindowCaches.Count == 0)
         {
             stdout.WriteLine(report.InterfaceChanges == "none"

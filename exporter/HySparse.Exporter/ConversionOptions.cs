@@ -15,4 +15,10 @@ public sealed record ConversionOptions
     /// tokens instead of copying every cache. Changes the interface (buffers, right padding only).
     /// </summary>
     public bool KvBuffer { get; init; }
+    /// <summary>
+    /// Replace the decomposed RoPE in front of decomposed-attention layers (Slice, Neg, Concat, Mul, Add
+    /// on Q and K) by <c>com.microsoft.RotaryEmbedding</c> (the default; <c>--keep-decomposed-rope</c> turns
+    /// it off). The rotation is the same up to float rounding; the model's interface does not change.
+    /// </summary>
+    public bool FuseRotary { get; init; } = true;
 }

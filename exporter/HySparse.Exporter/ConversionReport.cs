@@ -34,6 +34,10 @@ public sealed record ConversionReport
     public CacheGeometry? Cache { get; init; }
     /// <summary>KV sharing of a shared-buffer model: its buffers became concatenated caches.</summary>
     public bool BuffersConcatenated { get; init; }
+    /// <summary>Decomposed RoPE applications (one per Q or K) replaced by <c>com.microsoft.RotaryEmbedding</c>.</summary>
+    public int FusedRotaries { get; init; }
+    /// <summary>Where a decomposed-attention layer's Q or K kept its decomposed RoPE, and why.</summary>
+    public IReadOnlyList<string> RotariesLeftDecomposed { get; init; } = [];
 
     /// <summary>KV figures (dense, retrofit, KV sharing) at <paramref name="contexts"/>; empty without a common cache geometry.</summary>
     public IReadOnlyList<KvFigures> KvAt(IEnumerable<long> contexts) =>

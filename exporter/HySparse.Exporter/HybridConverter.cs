@@ -151,6 +151,7 @@ public static class HybridConverter
 
         if (kvBuffer is not null) KvBufferRewrite.Apply(model, analysis.Layers, kvBuffer);
         var (ops, windowCaches) = HybridRewriter.Apply(model, analysis.Layers, layout, options.Parameters);
+        var rotary = options.FuseRotary ? RotaryFusionRewrite.Apply(model, analysis.Layers) : new RotaryFusionRewrite.Result(0, []);
         var metadata = Metadata(analysis, layout, options, windowCaches, buffersConcatenated);
         foreach (var (key, value) in metadata) model.MetadataProps.Add(new StringStringEntryProto { Key = key, Value = value });
 
@@ -159,6 +160,8 @@ public static class HybridConverter
             layout.Kinds[i] == LayerKind.Sparse ? layout.OracleOf(i) : null)).ToList();
         return new ConversionReport { Style = analysis.Style!.Value, Layout = layout, Parameters = options.Parameters, Layers = layers, Metadata = metadata, WindowCaches = windowCaches,
             BuffersConcatenated = buffersConcatenated,
+            FusedRotaries = rotary.Fused,
+            RotariesLeftDecomposed = rotary.LeftDecomposed,
             Cache = CacheGeometry.Common(analysis.Layers.Select(l => new CacheGeometry(l.KvNumHeads, l.HeadSize, Tensors.ElementSize(l.ElementType)))),
         };
     }

@@ -94,9 +94,10 @@ public sealed class ConversionStructureTests
             var scope = $"/model/layers.{l}/self_attn";
             Assert.AreEqual($"{scope}/{op.OpType}", op.Name);
             Assert.AreEqual(report.Layers[l].Node, op.Name);
-            // Q and K come from the RoPE Adds, V from the head Transpose of this layer.
-            Assert.AreEqual($"{scope}/Add", producers[op.Input[0]].Name);
-            Assert.AreEqual($"{scope}/Add_1", producers[op.Input[1]].Name);
+            // Q and K come from the layer's RoPE (fused into RotaryEmbedding), V from its head Transpose.
+            Assert.AreEqual($"{scope}/hysparse_rotary", producers[op.Input[0]].Name);
+            Assert.AreEqual($"{scope}/hysparse_rotary_1", producers[op.Input[1]].Name);
+            Assert.AreEqual("RotaryEmbedding", producers[op.Input[0]].OpType);
             Assert.AreEqual($"{scope}/Transpose_2", producers[op.Input[2]].Name);
             Assert.AreEqual(DecoderNames.PastKey(l), op.Input[3]);
             Assert.AreEqual(DecoderNames.PastValue(l), op.Input[4]);

@@ -85,6 +85,11 @@ public sealed class TorchFixtureTests
 
         Assert.AreEqual("FSSF", report.Layout.Letters);
         Assert.AreEqual(4, converted.Graph.Node.Count(n => n.Domain == HySparseOps.Domain));
+        // torch's RoPE (halves sliced at x.shape[-1] // 2 computed in the graph) becomes RotaryEmbedding,
+        // except where the keys are rotated on the [B,S,H,D] head split (the export without cache).
+        var rotatedOnHeadSplit = name == "tiny_llama_where_nocache";
+        Assert.AreEqual(rotatedOnHeadSplit ? 0 : 2 * fixture.Config.Layers, report.FusedRotaries, string.Join("; ", report.RotariesLeftDecomposed));
+        Assert.AreEqual(report.FusedRotaries, converted.Graph.Node.Count(n => n.OpType == "RotaryEmbedding"));
         Assert.IsFalse(converted.Graph.Node.Any(n => n.OpType is "Softmax" or "Expand"));
         CollectionAssert.AreEqual(source.Graph.Input.ToList(), converted.Graph.Input.ToList());
         CollectionAssert.AreEqual(source.Graph.Output.ToList(), converted.Graph.Output.ToList());

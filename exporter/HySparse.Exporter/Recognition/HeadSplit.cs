@@ -5,8 +5,8 @@ namespace HySparse.Exporter.Recognition;
 
 /// <summary>
 /// A per-head view of a projection: <c>Reshape(x, [.., .., H, D])</c> ([B,S,H,D]), optionally
-/// followed by <c>Transpose(0,2,1,3)</c> ([B,H,S,D]), with element-wise steps (RoPE, scaling) after
-/// either. H and D must be constants of the Reshape's shape.
+/// followed by <c>Transpose(0,2,1,3)</c> ([B,H,S,D]), with element-wise steps (RoPE, scaling) or a
+/// <c>com.microsoft.RotaryEmbedding</c> after either. H and D must be constants of the Reshape's shape.
 /// </summary>
 /// <param name="Heads">H.</param>
 /// <param name="HeadSize">D.</param>
@@ -17,8 +17,15 @@ internal sealed record HeadSplit(int Heads, int HeadSize, bool Bnsh)
     public static HeadSplit? Find(GraphIndex graph, string tensor)
     {
         var bnsh = false;
-        for (var depth = 0; depth < 12 && graph.Producer(tensor) is { Domain: "" } node; depth++)
+        for (var depth = 0; depth < 12 && graph.Producer(tensor) is { Domain: "" or "com.microsoft" } node; depth++)
         {
+            if (node.Domain == "com.microsoft")
+            {
+                // The converter's fused RoPE (RotaryFusionRewrite) rotates the heads in place.
+                if (node.OpType != "RotaryEmbedding") return null;
+                tensor = node.Input[0];
+                continue;
+            }
             switch (node.OpType)
             {
                 case "Reshape":

@@ -19,6 +19,7 @@ namespace HySparse.Exporter.Rewrite;
 /// </summary>
 internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<string, string> uniqueNode, long defaultOpset)
 {
+    private readonly NodeFactory _factory = new(uniqueTensor, uniqueNode);
     private const string MicrosoftDomain = "com.microsoft";
     private readonly Dictionary<string, string> _positions = new(StringComparer.Ordinal);
 
@@ -138,19 +139,8 @@ internal sealed class FusedInputRewrite(Func<string, string> uniqueTensor, Func<
         return node.Output[0];
     }
 
-    private string Constant(TensorProto value, string name, List<NodeProto> nodes)
-    {
-        var node = NewNode("Constant", "", name, [], 1, nodes);
-        node.Attribute.Add(Attr.Tensor("value", value));
-        return node.Output[0];
-    }
+    private string Constant(TensorProto value, string name, List<NodeProto> nodes) => _factory.Constant(value, name, nodes);
 
-    private NodeProto NewNode(string opType, string domain, string name, IEnumerable<string> inputs, int outputs, List<NodeProto> nodes)
-    {
-        var node = new NodeProto { OpType = opType, Domain = domain, Name = uniqueNode(name) };
-        node.Input.AddRange(inputs);
-        for (var i = 0; i < outputs; i++) node.Output.Add(uniqueTensor($"{node.Name}_output_{i}"));
-        nodes.Add(node);
-        return node;
-    }
+    private NodeProto NewNode(string opType, string domain, string name, IEnumerable<string> inputs, int outputs, List<NodeProto> nodes) =>
+        _factory.Node(opType, domain, name, inputs, outputs, nodes);
 }

@@ -269,7 +269,7 @@ internal static class HybridRewriter
     /// only readers (the mask construction, scale constants), transitively. Nodes that were already
     /// dead in the source stay: the rewrite only cleans up after itself.
     /// </summary>
-    private static HashSet<NodeProto> DropOrphans(GraphProto graph, List<NodeProto> nodes, HashSet<NodeProto> removed)
+    internal static HashSet<NodeProto> DropOrphans(GraphProto graph, List<NodeProto> nodes, HashSet<NodeProto> removed)
     {
         var producers = new Dictionary<string, NodeProto>(StringComparer.Ordinal);
         foreach (var node in nodes)
@@ -295,7 +295,7 @@ internal static class HybridRewriter
         return dropped;
     }
 
-    private static void PruneValueInfoAndInitializers(GraphProto graph, HashSet<NodeProto> dropped)
+    internal static void PruneValueInfoAndInitializers(GraphProto graph, HashSet<NodeProto> dropped)
     {
         var produced = graph.Node.SelectMany(n => n.Output).ToHashSet(StringComparer.Ordinal);
         var read = graph.Node.SelectMany(n => n.Input).Concat(graph.Output.Select(o => o.Name)).ToHashSet(StringComparer.Ordinal);
@@ -344,13 +344,13 @@ internal static class HybridRewriter
         return order;
     }
 
-    private static string ScopeOf(string nodeName)
+    internal static string ScopeOf(string nodeName)
     {
         var slash = nodeName.LastIndexOf('/');
         return slash > 0 ? nodeName[..slash] : "/hysparse";
     }
 
-    private static string Unique(HashSet<string> used, string stem)
+    internal static string Unique(HashSet<string> used, string stem)
     {
         var name = stem;
         for (var n = 1; !used.Add(name); n++) name = $"{stem}_{n}";
