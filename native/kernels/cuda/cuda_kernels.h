@@ -67,12 +67,17 @@ template <typename T>
 Status LaunchFullAttn(const FullAttnArgs<T>& args, cudaStream_t stream, ScratchAllocator& scratch,
                       const int32_t* seqlens_k = nullptr);
 
+// Which kernel a HySparseSparseAttn call takes. kAuto: the tiled kernel for prefill (S > 4) with a
+// full-length SA source when it can serve the call, split-K otherwise. kSplitK: split-K always, so
+// benchmarks and tests can compare the two on the same call.
+enum class SparsePath { kAuto, kSplitK };
+
 // HySparseSparseAttn: the SA (selected blocks) and SWA (window) branches, combined by union or gate.
 // Shared-buffer mode as above when `seqlens_k` is given: total_len = own_capacity = own_len = C,
 // own_start 0, the own cache (and sa_key/value, sa_capacity C, when KV is shared) the buffers.
 template <typename T>
 Status LaunchSparseAttn(const SparseAttnArgs<T>& args, cudaStream_t stream, ScratchAllocator& scratch,
-                        const int32_t* seqlens_k = nullptr);
+                        const int32_t* seqlens_k = nullptr, SparsePath path = SparsePath::kAuto);
 
 // Copies tokens [0, len) of a [B, H, len, D] tensor seen through `src_view` (BSNH or BNSH, as the op
 // inputs) into cache rows [dst_start, dst_start + len) of a [B, H, dst_capacity, D] cache. The glue

@@ -262,7 +262,7 @@ Status LaunchFullAttn(const FullAttnArgs<T>& a, cudaStream_t stream, ScratchAllo
 
 template <typename T>
 Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, ScratchAllocator& scratch,
-                        const int32_t* seqlens_k) {
+                        const int32_t* seqlens_k, SparsePath path) {
   using namespace detail;
   if (const std::optional<Status> end = EndBeforeLaunch("HySparseSparseAttn", a, stream)) return *end;
 
@@ -282,8 +282,8 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
   const int64_t tile_entries = static_cast<int64_t>(tile_tokens) * a.top_k;
   int list_capacity = 1;
   while (list_capacity < tile_entries) list_capacity <<= 1;
-  bool tiled = a.new_len > kSplitPathMaxTokens && a.selected_key == nullptr && a.block_indices != nullptr &&
-               tile_entries <= kMaxSparseTileList;
+  bool tiled = path == SparsePath::kAuto && a.new_len > kSplitPathMaxTokens && a.selected_key == nullptr &&
+               a.block_indices != nullptr && tile_entries <= kMaxSparseTileList;
   if (tiled) {
     int shared_limit = 0;
     HYSPARSE_CUDA_RETURN_IF(DeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, &shared_limit));
@@ -367,7 +367,7 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
 
 #define HYSPARSE_INSTANTIATE_LAUNCHERS(T)                                                                 \
   template Status LaunchFullAttn<T>(const FullAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*); \
-  template Status LaunchSparseAttn<T>(const SparseAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*);
+  template Status LaunchSparseAttn<T>(const SparseAttnArgs<T>&, cudaStream_t, ScratchAllocator&, const int32_t*, SparsePath);
 HYSPARSE_INSTANTIATE_LAUNCHERS(float)
 HYSPARSE_INSTANTIATE_LAUNCHERS(Half)
 HYSPARSE_INSTANTIATE_LAUNCHERS(BFloat16)

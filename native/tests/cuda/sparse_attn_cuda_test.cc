@@ -173,6 +173,22 @@ void RunSparseCase(const SparseCase& c) {
   ASSERT_TRUE(st.ok()) << st.message;
   EXPECT_EQ(use.calls, 1);
   ExpectClose(d_out.Download(), ref_out, OutputTolerance<T>(), "output");
+
+  // Prefill with a full-length SA source takes the tiled kernel by default; the split-K kernel must
+  // compute the same call too (it serves what the tiled one refuses). On a GPU only: emulated, the
+  // split-K prefill of these cases takes minutes, and the emulation already runs split-K prefill in
+  // the fallback and gathered-rows cases.
+#ifndef HYSPARSE_CUDA_EMULATION
+  if (S > 4 && c.source != Source::kSelected) {
+    d_out.FillBytes(0xFF);
+    ScratchUse split_use;
+    const Status split = LaunchAndWait(stream, &split_use, [&](MallocScratch& s) {
+      return LaunchSparseAttn<T>(ga, stream.get(), s, nullptr, SparsePath::kSplitK);
+    });
+    ASSERT_TRUE(split.ok()) << split.message;
+    ExpectClose(d_out.Download(), ref_out, OutputTolerance<T>(), "output (split-K path)");
+  }
+#endif
 }
 
 using SparseAttnCudaTest = CudaKernelTest<SparseParam>;
