@@ -10,7 +10,7 @@
 // machine wall times scatter; --clock cpu (one thread, serial) times each call in the calling
 // thread's CPU time instead, which the load barely changes.
 //
-//   hysparse_prefill_bench [--shape small|7b] [--s 4096,16384] [--iters 5] [--threads 2]
+//   hysparse_prefill_bench [--shape small|e2e|7b] [--s 4096,16384] [--iters 5] [--threads 2]
 //                          [--type f32|f16] [--queries iid|correlated] [--only full|token|tiled]
 //                          [--past P] [--kv-parts N] [--clock wall|cpu]
 #include <algorithm>
@@ -118,7 +118,9 @@ struct Options {
 
 template <typename E>
 void RunLength(const Options& o, int64_t S, const Executor& exec) {
-  const int hq = o.shape == "7b" ? 32 : 8, hkv = o.shape == "7b" ? 8 : 2, dim = o.shape == "7b" ? 128 : 64;
+  // small: H_q 8, H_kv 2, D 64; e2e: the end-to-end prefill benchmark's decoder (D 32); 7b: 32 / 8 / 128.
+  const int hq = o.shape == "7b" ? 32 : 8, hkv = o.shape == "7b" ? 8 : 2,
+            dim = o.shape == "7b" ? 128 : o.shape == "e2e" ? 32 : 64;
   const int bs = 64, top_k = 16, window = 128;
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
