@@ -91,6 +91,8 @@ def main():
                         help="repeated spans per 1,024 bytes of an echo row")
     parser.add_argument("--copy-share", type=float, default=0.0,
                         help="share of rows made of random strings written twice (retrieval.make_copy_example)")
+    parser.add_argument("--copy-gap", type=int, default=0,
+                        help="at most this many random letters between the two copies of a copy row's string")
     parser.add_argument("--copy-until", type=float, default=1.0,
                         help="fraction of the budget after which copy rows stop (a curriculum: induction first)")
     parser.add_argument("--value-weight", type=float, default=1.0,
@@ -203,7 +205,8 @@ def main():
                 inputs, targets, _ = train.batch_at(data, step, seq, batch, seed, args.retrieval_share,
                                                             args.retrieval_pairs_per_kb, spans, args.echo_share,
                                                             args.echoes_per_kb,
-                                                            args.copy_share if fraction < args.copy_until else 0.0)
+                                                            args.copy_share if fraction < args.copy_until else 0.0,
+                                                            args.copy_gap)
                 weights = None
                 if args.value_weight != 1.0:
                     weights = torch.ones(targets.shape)
