@@ -82,29 +82,13 @@ int GroupHeadsPerCta(int head_dim, int element_bytes);
 
 // Tiled HySparseSparseAttn prefill with a full-length SA source (sparse_attn_tiled.cu): per CTA a tile
 // of `tile_tokens` tokens x the query heads of one KV head, the union of the tile's selected blocks
-// loaded once for all of them. Leaves the split-K partials with one split (part_ml/part_o as
-// GroupAttnParams, branches as for kGate), for LaunchCombine.
+// loaded once for all of them. The split-K kernel's parameters for the same call (mode kUnion or
+// kGate, the own cache as key/value, the SA source as sa_key/value, one split) plus the tile's shape;
+// it leaves the same partials, for LaunchCombine.
 template <typename T>
-struct SparseTiledParams : AttentionDims {
-  bool gate = false;
-  int group = 0, tile_tokens = 0;
-  int window = 1, top_k = 0;
+struct SparseTiledParams : GroupAttnParams<T> {
+  int tile_tokens = 0;
   int list_capacity = 1;  // a power of two >= tile_tokens * top_k, at most kMaxSparseTileList
-  float scale_log2 = 0.f;
-  const T* query = nullptr;
-  HeadView query_view;
-  const int64_t* mask = nullptr;
-  const int32_t* seqlens = nullptr;  // shared-buffer mode (RowOf), or null
-  const T* own_key = nullptr;        // slot k = position own_start + k
-  const T* own_value = nullptr;
-  int64_t own_capacity = 0, own_start = 0;
-  const T* sa_key = nullptr;         // positions [0, total_len)
-  const T* sa_value = nullptr;
-  int64_t sa_capacity = 0;
-  const int32_t* block_indices = nullptr;
-  bool vector_ok = false;
-  float2* part_ml = nullptr;
-  float* part_o = nullptr;
 };
 // Most block_indices entries (tile_tokens * top_k) one tiled CTA deduplicates; beyond it the launcher
 // takes the split-K path.

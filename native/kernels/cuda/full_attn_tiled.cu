@@ -95,16 +95,7 @@ __global__ void __launch_bounds__(kThreads) FullAttnTiledKernel(const TiledParam
 
     float s[4][kKeysPerThread];
     ScoreTile<kD, kBK>(sQ, sK, s);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int pos = row_pos[ty + 16 * i];
-#pragma unroll
-      for (int j = 0; j < kKeysPerThread; ++j) {
-        const int kr = tx + 16 * j;
-        const bool valid = pos >= 0 && key_ok[kr] && k0 + kr <= pos;
-        if (!valid) s[i][j] = NegInf();
-      }
-    }
+    MaskTile<kBK>(s, row_pos, [&](int, int pos, int kr) { return key_ok[kr] && k0 + kr <= pos; });
     __syncthreads();  // everyone is done with sK: it now holds logits, then P
 
     if (want_stats) {

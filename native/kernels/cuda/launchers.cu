@@ -26,8 +26,6 @@ struct SplitPlan {
   int64_t split_len = 1;
 };
 
-// Enough CTAs for a few waves over the GPU, splits of at least kMinSplitSlots and a multiple of the
-// 16 lane groups of a CTA.
 // An attribute of the current device.
 Status DeviceAttribute(cudaDeviceAttr attribute, int* value) {
   int device = 0;
@@ -37,6 +35,8 @@ Status DeviceAttribute(cudaDeviceAttr attribute, int* value) {
   return Status::Ok();
 }
 
+// Enough CTAs for a few waves over the GPU, splits of at least kMinSplitSlots and a multiple of the
+// 16 lane groups of a CTA.
 Status PlanSplits(int64_t row_ctas, int64_t max_slots, SplitPlan* plan) {
   int sms = 0;
   HYSPARSE_CUDA_RETURN_IF(DeviceAttribute(cudaDevAttrMultiProcessorCount, &sms));
@@ -330,29 +330,9 @@ Status LaunchSparseAttn(const SparseAttnArgs<T>& a, cudaStream_t stream, Scratch
                 RowsAligned(p.selected_value, a.head_dim);
   if (tiled) {
     SparseTiledParams<T> t;
-    t.dims() = a.dims();
-    t.gate = gate;
-    t.group = group;
+    static_cast<GroupAttnParams<T>&>(t) = p;
     t.tile_tokens = tile_tokens;
-    t.window = a.window;
-    t.top_k = a.top_k;
     t.list_capacity = list_capacity;
-    t.scale_log2 = p.scale_log2;
-    t.query = a.query;
-    t.query_view = a.query_view;
-    t.mask = a.attention_mask;
-    t.seqlens = seqlens_k;
-    t.own_key = a.own_key;
-    t.own_value = a.own_value;
-    t.own_capacity = a.own_capacity;
-    t.own_start = a.own_start;
-    t.sa_key = a.sa_key;
-    t.sa_value = a.sa_value;
-    t.sa_capacity = a.sa_capacity;
-    t.block_indices = a.block_indices;
-    t.vector_ok = p.vector_ok;
-    t.part_ml = r.part_ml;
-    t.part_o = r.part_o;
     HYSPARSE_CUDA_RETURN_IF(LaunchSparseAttnTiled(t, stream));
   } else {
     HYSPARSE_CUDA_RETURN_IF(LaunchGroupAttn(p, stream));

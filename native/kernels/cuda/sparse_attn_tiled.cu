@@ -74,8 +74,9 @@ __global__ void __launch_bounds__(kTileThreads) SparseAttnTiledKernel(const Spar
   const int ty = tid / 16, tx = tid % 16;
   const int warp = tid / 32, lane = tid % 32;
   const int branch = blockIdx.z;  // gate: 0 = SA, 1 = window; union: 0 = both
-  const bool sa_part = !p.gate || branch == 0;
-  const bool window_part = !p.gate || branch == 1;
+  const bool gate = p.mode == GroupMode::kGate;
+  const bool sa_part = !gate || branch == 0;
+  const bool window_part = !gate || branch == 1;
   const int64_t tile = blockIdx.x;
   const int g = blockIdx.y % p.kv_num_heads;
   const int b = blockIdx.y / p.kv_num_heads;
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(kTileThreads) SparseAttnTiledKernel(const Spar
     // (1) The tile's selections and their union. A block can hold a valid key for some row only if it
     // starts at or before t_last and, in union mode, before the latest row's window (positions the
     // window covers count there).
-    const int64_t sa_end = p.gate ? t_last + 1 : max(t_last - w + 1, p.own_start);
+    const int64_t sa_end = gate ? t_last + 1 : max(t_last - w + 1, p.start);
     const int entries = BQ * K;
     for (int i = tid; i < p.list_capacity; i += kTileThreads) {
       int block = -1;
@@ -190,19 +191,11 @@ __global__ void __launch_bounds__(kTileThreads) SparseAttnTiledKernel(const Spar
       ScoreTile<kD, kBK>(sQ, sK, s);
       // A row keeps a key of a block its token selected, at or before the token and, in union mode,
       // before the token's window (whose positions, from t - w + 1 or the own cache's first, count there).
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = ty + 16 * i;
-        const int pos = row_pos[r];
-        const int sa_limit = p.gate ? INT_MAX : max(pos - w + 1, static_cast<int>(p.own_start));
-#pragma unroll
-        for (int j = 0; j < kKeysPerThread; ++j) {
-          const int kr = tx + 16 * j;
-          const int kp = key_pos[kr];
-          const bool selected = (member[key_unit[kr]] >> (r / G)) & 1ull;
-          if (pos < 0 || kp < 0 || kp > pos || !selected || kp >= sa_limit) s[i][j] = NegInf();
-        }
-      }
+      MaskTile<kBK>(s, row_pos, [&](int r, int pos, int kr) {
+        const int kp = key_pos[kr];
+        const bool selected = (member[key_unit[kr]] >> (r / G)) & 1ull;
+        return kp >= 0 && kp <= pos && selected && (gate || kp < max(pos - w + 1, static_cast<int>(p.start)));
+      });
       __syncthreads();
       AccumulateTile<kD, kBK>(s, acc, sP, sV);
     }
@@ -210,9 +203,9 @@ __global__ void __launch_bounds__(kTileThreads) SparseAttnTiledKernel(const Spar
 
   if (window_part && s_last >= s0) {
     // (3) The window band of the own cache (slot = position - own_start).
-    const int64_t lo = max(max(past + s0 - w + 1, p.own_start), int64_t{0});
-    const T* kbase = p.own_key + plane * p.own_capacity * p.head_dim;
-    const T* vbase = p.own_value + plane * p.own_capacity * p.head_dim;
+    const int64_t lo = max(max(past + s0 - w + 1, p.start), int64_t{0});
+    const T* kbase = p.key + plane * p.capacity * p.head_dim;
+    const T* vbase = p.value + plane * p.capacity * p.head_dim;
     for (int64_t k0 = lo; k0 <= t_last; k0 += kBK) {
       for (int kr = tid; kr < kBK; kr += kTileThreads) {
         const int64_t at = k0 + kr;
@@ -220,22 +213,16 @@ __global__ void __launch_bounds__(kTileThreads) SparseAttnTiledKernel(const Spar
       }
       __syncthreads();
       LoadKeyTile<T, kD, kBK>(sK, sV, kbase, vbase, p.head_dim, p.vector_ok, [&](int kr) {
-        return key_pos[kr] < 0 ? int64_t{-1} : static_cast<int64_t>(key_pos[kr]) - p.own_start;
+        return key_pos[kr] < 0 ? int64_t{-1} : static_cast<int64_t>(key_pos[kr]) - p.start;
       });
       __syncthreads();
       float s[4][kKeysPerThread];
       ScoreTile<kD, kBK>(sQ, sK, s);
-      // A row keeps its own window: positions max(t - w + 1, own_start) to t.
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int pos = row_pos[ty + 16 * i];
-        const int first = max(pos - w + 1, static_cast<int>(p.own_start));
-#pragma unroll
-        for (int j = 0; j < kKeysPerThread; ++j) {
-          const int kp = key_pos[tx + 16 * j];
-          if (pos < 0 || kp < 0 || kp < first || kp > pos) s[i][j] = NegInf();
-        }
-      }
+      // A row keeps its own window: positions max(t - w + 1, own start) to t.
+      MaskTile<kBK>(s, row_pos, [&](int, int pos, int kr) {
+        const int kp = key_pos[kr];
+        return kp >= 0 && kp <= pos && kp >= max(pos - w + 1, static_cast<int>(p.start));
+      });
       __syncthreads();
       AccumulateTile<kD, kBK>(s, acc, sP, sV);
     }
@@ -272,7 +259,7 @@ Status Launch(const SparseTiledParams<T>& p, cudaStream_t stream) {
                            cudaGetErrorString(attr));
   }
   const dim3 grid(static_cast<unsigned>(CeilDiv(p.new_len, p.tile_tokens)),
-                  static_cast<unsigned>(p.batch * p.kv_num_heads), p.gate ? 2u : 1u);
+                  static_cast<unsigned>(p.batch * p.kv_num_heads), p.mode == GroupMode::kGate ? 2u : 1u);
   kernel<<<grid, kTileThreads, bytes, stream>>>(p);
   HYSPARSE_CUDA_CHECK_LAUNCH("HySparseSparseAttn tiled kernel");
   return Status::Ok();

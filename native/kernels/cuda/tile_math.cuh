@@ -146,6 +146,23 @@ __device__ __forceinline__ void ScoreTile(const float* sQ, const float* sK, floa
   }
 }
 
+// Sets the logit of row ty + 16i against key tx + 16j to -inf (not a key of the row) when the row has
+// no valid keys (row_pos < 0) or keep(r, pos, kr) is false for row r at position pos and key kr.
+template <int kBK, typename Keep>
+__device__ __forceinline__ void MaskTile(float (&s)[4][kBK / 16], const int* row_pos, Keep keep) {
+  const int ty = threadIdx.x / 16, tx = threadIdx.x % 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = ty + 16 * i;
+    const int pos = row_pos[r];
+#pragma unroll
+    for (int j = 0; j < kBK / 16; ++j) {
+      const int kr = tx + 16 * j;
+      if (pos < 0 || !keep(r, pos, kr)) s[i][j] = NegInf();
+    }
+  }
+}
+
 // Folds the masked logits (-inf: not a key of the row) into the rows' online softmax and adds P V.
 // The caller has synchronised after the last read of sK (P overwrites it); returns synchronised, so
 // the next key tile may be loaded.
