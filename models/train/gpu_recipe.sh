@@ -8,8 +8,12 @@
 #   tests/gpu/prepare.sh        # here: carries the corpus (and the GPU kernel checks' sources) in build/gpu-carry
 #   models/train/gpu_recipe.sh  # there, with build/gpu-carry carried (tests/gpu/all.sh runs it beside the kernel checks)
 #
-# Environment: TRAIN_SECONDS (default 300), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list), LR, WARMUP, MIX
-# (the training mix: retrieval rows, pairs per KiB, value-byte weight, echo rows; README "Retrieval"),
+# Environment: RECIPE (induction, the default, or plain: the committed models' one-stage recipe),
+# TRAIN_SECONDS (default 300, all stages), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list of the
+# language-modelling stage; PHASES1, PHASES2 and STAGE1_PERCENT, STAGE2_PERCENT for the induction
+# recipe's copy stages), LR, WARMUP, MIX (the last stage's training mix: retrieval rows, pairs per KiB,
+# value-byte weight, echo and copy rows; README "Retrieval"), EXTRA (more train_gpu.py arguments, e.g.
+# "--device cpu --threads 1" to run the recipe on a CPU),
 # INIT (a folder of <kind>-seed<N>.npz from an earlier run to continue from; train_gpu.py --init-onnx),
 # CORPUS (default build/gpu-carry/corpus), DONE_FILE (touched on exit, whatever happened), PYTHON.
 set -uo pipefail
@@ -33,11 +37,38 @@ for split in manifest["splits"].values():
 print(f"corpus {corpus}: matches corpus-manifest.json")
 PYEOF
 
-$PY models/train/train_gpu.py --corpus "$CORPUS" --out "$work" --weights-out "$out" \
-  --seconds "${TRAIN_SECONDS:-300}" --runs "${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}" \
-  --phases "${PHASES:-512x128:0.35,2048x32:0.65}" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} \
-  ${INIT:+--init-onnx "$INIT"} ${MIX:---retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5} 2>&1 | tee "$work/train.log"
-status=${PIPESTATUS[0]}
+train() {   # train() STAGE SECONDS PHASES INIT_DIR WEIGHTS_DIR MIX...: one train_gpu.py call over every run
+  local stage=$1 seconds=$2 phases=$3 init=$4 weights=$5; shift 5
+  $PY models/train/train_gpu.py --corpus "$CORPUS" --out "$work/$stage" --weights-out "$weights" \
+    --seconds "$seconds" --runs "${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}" \
+    --phases "$phases" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} ${init:+--init-onnx "$init"} \
+    ${EXTRA:-} "$@" 2>&1 | tee -a "$work/train.log"
+  return "${PIPESTATUS[0]}"
+}
+: > "$work/train.log"
+seconds=${TRAIN_SECONDS:-300}
+if [ "${RECIPE:-induction}" = plain ]; then
+  # The committed models' recipe (2026-12-04): language modelling with retrieval and echo rows from
+  # the start. No run formed an induction head with it (README, "Why retrieval is not learned yet").
+  # shellcheck disable=SC2086
+  train curves "$seconds" "${PHASES:-512x128:0.35,2048x32:0.65}" "${INIT:-}" "$out" \
+    ${MIX:---retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5}
+  status=$?
+else
+  # Induction first (README, "Induction first"): copy rows only — random strings and pieces of text,
+  # a row's first half repeated shuffled in its second — at 128 bytes, where the head forms, then at
+  # 512 and 2,048, where it learns to reach back that far; then language modelling with a quarter of
+  # the rows still copy rows so the head stays, and the retrieval mix.
+  copy="--retrieval-share 0 --copy-share 1 --copy-text 0.5 --copy-halves"
+  s1=$(( seconds * ${STAGE1_PERCENT:-25} / 100 )); s2=$(( seconds * ${STAGE2_PERCENT:-10} / 100 ))
+  s3=$(( seconds - s1 - s2 ))
+  # shellcheck disable=SC2086
+  train stage1 "$s1" "${PHASES1:-128x256:1}" "${INIT:-}" "$work/stage1" $copy --eval-seconds 1e9 &&
+  train stage2 "$s2" "${PHASES2:-512x64:0.5,2048x16:0.5}" "$work/stage1" "$work/stage2" $copy --eval-seconds 1e9 &&
+  train stage3 "$s3" "${PHASES:-512x128:0.3,2048x32:0.7}" "$work/stage2" "$out" \
+    ${MIX:---retrieval-share 0.3 --retrieval-pairs-per-kb 6 --value-weight 2 --copy-share 0.25 --copy-text 0.5 --copy-halves}
+  status=$?
+fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$work/train.log" 2>&1
 tar -czf "$out/train-logs.tar.gz" -C "$work" .
 exit "$status"

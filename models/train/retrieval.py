@@ -244,25 +244,43 @@ def make_echo_example(rng, text, length, echoes):
 COPY_ALPHABET = b"abcdefghijklmnopqrstuvwxyz"
 
 
-def make_copy_example(rng, length, low=24, high=48, gap=0):
+def make_copy_example(rng, length, low=24, high=48, gap=0, text=None, text_share=0.0, halves=False):
     """A row of random lowercase strings, each written twice (`s s t t u u ...`, each string
     `low`-`high` bytes), cut to `length`: the second copy of each string is predictable only by finding
     the first and reading on (an induction head), and its offset varies, so a fixed positional lookup
     does not solve it. With `gap` > 0, 0-`gap` other random letters stand between the two copies
     (`s x s t y t ...`), so the copy must be found at distances up to high + gap. The 8-layer model
     learns the adjacent form (gap 0) at 64 rows per step in ~1,000 steps (models/train/README.md,
-    "Why retrieval is not learned yet")."""
-    out = bytearray()
-    while len(out) < length:
+    "Why retrieval is not learned yet"). With `text` and `text_share` > 0, that share of the strings
+    are random pieces of `text` instead of letters: a copy of Python source, so the mechanism learned
+    on letters is also exercised on the bytes the copy test and the retrieval probes use. With `halves`,
+    the first half of the row is a run of strings and the second half the same strings in a random
+    order: every byte of the second half is a copy, from 0 to nearly a whole row back."""
+    def unit():
         size = rng.randint(low, high)
-        unit = bytes(rng.choice(COPY_ALPHABET) for _ in range(size))
+        if text is not None and text_share > 0 and rng.random() < text_share and len(text) > size:
+            at = rng.randrange(0, len(text) - size)
+            return bytes(text[at:at + size])
+        return bytes(rng.choice(COPY_ALPHABET) for _ in range(size))
+
+    out = bytearray()
+    if halves:
+        units = []
+        while sum(map(len, units)) < (length + 1) // 2:
+            units.append(unit())
+        order = list(range(len(units)))
+        rng.shuffle(order)
+        out += b"".join(units) + b"".join(units[i] for i in order)
+        return bytes(out[:length])
+    while len(out) < length:
+        piece = unit()
         filler = bytes(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(0, gap))) if gap > 0 else b""
-        out += unit + filler + unit
+        out += piece + filler + piece
     return bytes(out[:length])
 
 
 def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo_share=0.0, echoes_per_kb=2.0,
-             copy_share=0.0, copy_gap=0):
+             copy_share=0.0, copy_gap=0, copy_text=0.0, copy_halves=False):
     """Replaces a `share` of the byte rows (each a window of real text) by retrieval examples of the
     same length, chosen and built from `seed` alone: one plant/query pair per row, or with
     `pairs_per_kb` > 0 that many pairs per 1,024 bytes of row (make_dense_example). Returns the new
@@ -271,7 +289,7 @@ def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo
     share of rows first gets `echoes_per_kb` repeated spans of its own text (make_echo_example);
     retrieval pairs then go into the echoed text. With `copy_share` > 0 that share of rows is
     replaced by repeated random strings instead (make_copy_example, `copy_gap` letters at most between
-    the copies)."""
+    the copies; with `copy_text` > 0 that share of the strings are pieces of the row's own text)."""
     rng = random.Random(seed)
     echo_rng = random.Random(seed ^ 0x5EED)   # its own stream: without echoes the rows are as before
     copy_rng = random.Random(seed ^ 0xC0B1)   # likewise for copy rows
@@ -279,7 +297,8 @@ def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo
     out, planted = [], 0
     for index, row in enumerate(rows):
         if copy_share > 0 and copy_rng.random() < copy_share:
-            out.append(make_copy_example(copy_rng, len(row), gap=copy_gap))
+            out.append(make_copy_example(copy_rng, len(row), gap=copy_gap, text=row, text_share=copy_text,
+                                         halves=copy_halves))
             continue
         if echo_share > 0 and echo_rng.random() < echo_share:
             row = make_echo_example(echo_rng, row, len(row), max(1, round(echoes_per_kb * len(row) / 1024)))[0]

@@ -93,6 +93,10 @@ def main():
                         help="share of rows made of random strings written twice (retrieval.make_copy_example)")
     parser.add_argument("--copy-gap", type=int, default=0,
                         help="at most this many random letters between the two copies of a copy row's string")
+    parser.add_argument("--copy-text", type=float, default=0.0,
+                        help="share of a copy row's strings that are pieces of real text instead of random letters")
+    parser.add_argument("--copy-halves", action="store_true",
+                        help="copy rows as a run of strings followed by the same strings shuffled (copies up to a row back)")
     parser.add_argument("--copy-until", type=float, default=1.0,
                         help="fraction of the budget after which copy rows stop (a curriculum: induction first)")
     parser.add_argument("--value-weight", type=float, default=1.0,
@@ -206,7 +210,7 @@ def main():
                                                             args.retrieval_pairs_per_kb, spans, args.echo_share,
                                                             args.echoes_per_kb,
                                                             args.copy_share if fraction < args.copy_until else 0.0,
-                                                            args.copy_gap)
+                                                            args.copy_gap, args.copy_text, args.copy_halves)
                 weights = None
                 if args.value_weight != 1.0:
                     weights = torch.ones(targets.shape)
