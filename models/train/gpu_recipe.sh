@@ -11,7 +11,7 @@
 # Environment: RECIPE (induction, the default, or plain: the committed models' one-stage recipe),
 # TRAIN_SECONDS (default 300, all stages), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list of the
 # language-modelling stage; PHASES1, PHASES2 and STAGE1_PERCENT, STAGE2_PERCENT for the induction
-# recipe's copy stages), LR, WARMUP, MIX (the last stage's training mix: retrieval rows, pairs per KiB,
+# recipe's copy stages), LR, WARMUP, LR3 (the induction recipe's language stage, default 1e-3), MIX (the last stage's training mix: retrieval rows, pairs per KiB,
 # value-byte weight, echo and copy rows; README "Retrieval"), EXTRA (more train_gpu.py arguments, e.g.
 # "--device cpu --threads 1" to run the recipe on a CPU),
 # INIT (a folder of <kind>-seed<N>.npz from an earlier run to continue from; train_gpu.py --init-onnx),
@@ -59,13 +59,15 @@ else
   # a row's first half repeated shuffled in its second — at 128 bytes, where the head forms, then at
   # 512 and 2,048, where it learns to reach back that far; then language modelling with a quarter of
   # the rows still copy rows so the head stays, and the retrieval mix.
-  copy="--retrieval-share 0 --copy-share 1 --copy-text 0.5 --copy-halves"
+  # The copy stages evaluate once, at their end, on few windows: their time comes out of the lease.
+  copy="--retrieval-share 0 --copy-share 1 --copy-text 0.5 --copy-halves --eval-seconds 1e9 --eval-windows 4 --retrieval-probes 16"
   s1=$(( seconds * ${STAGE1_PERCENT:-25} / 100 )); s2=$(( seconds * ${STAGE2_PERCENT:-10} / 100 ))
   s3=$(( seconds - s1 - s2 ))
   # shellcheck disable=SC2086
-  train stage1 "$s1" "${PHASES1:-128x256:1}" "${INIT:-}" "$work/stage1" $copy --eval-seconds 1e9 &&
-  train stage2 "$s2" "${PHASES2:-512x64:0.5,2048x16:0.5}" "$work/stage1" "$work/stage2" $copy --eval-seconds 1e9 &&
-  train stage3 "$s3" "${PHASES:-512x128:0.3,2048x32:0.7}" "$work/stage2" "$out" \
+  train stage1 "$s1" "${PHASES1:-128x256:1}" "${INIT:-}" "$work/stage1" $copy &&
+  train stage2 "$s2" "${PHASES2:-512x64:0.5,2048x16:0.5}" "$work/stage1" "$work/stage2" $copy &&
+  # Stage 3 at LR3 (1e-3, as the CPU run that kept the head, README run G), whatever LR says.
+  train stage3 "$s3" "${PHASES:-512x128:0.3,2048x32:0.7}" "$work/stage2" "$out" --lr "${LR3:-1e-3}" \
     ${MIX:---retrieval-share 0.3 --retrieval-pairs-per-kb 6 --value-weight 2 --copy-share 0.25 --copy-text 0.5 --copy-halves}
   status=$?
 fi
