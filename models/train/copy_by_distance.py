@@ -21,9 +21,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnx_weights  # noqa: E402  (load_model: .npz or .onnx)
+import train  # noqa: E402  (copy_hits: the trainer's copy test scores probes the same way)
+from retrieval import COPY_ALPHABET  # noqa: E402  (the letters of the copy rows)
 
 SPAN = 48
-LETTERS = b"abcdefghijklmnopqrstuvwxyz"
 
 
 def main():
@@ -54,15 +55,14 @@ def main():
                 row = bytearray(val[start:start + args.window])
                 at = rng.randrange(0, args.window - 2 * SPAN - gap)
                 if kind == "letters":
-                    row[at:at + SPAN] = bytes(rng.choice(LETTERS) for _ in range(SPAN))
+                    row[at:at + SPAN] = bytes(rng.choice(COPY_ALPHABET) for _ in range(SPAN))
                 copy = at + SPAN + gap
                 row[copy:copy + SPAN] = row[at:at + SPAN]
                 ids = torch.tensor(list(row))
                 with torch.no_grad():
-                    predicted = model.forward_train(ids[None])[0].argmax(-1)   # predicted[p] guesses byte p + 1
-                right += (predicted[copy + 7:copy + SPAN - 1] == ids[copy + 8:copy + SPAN]).sum().item()
-                first += (predicted[at + 7:at + SPAN - 1] == ids[at + 8:at + SPAN]).sum().item()
-                total += SPAN - 8
+                    predicted = model.forward_train(ids[None])[0].argmax(-1)
+                hits = train.copy_hits(predicted, ids, at, copy, SPAN)
+                right, first, total = right + hits[0], first + hits[1], total + hits[2]
             print(f"{kind:8s} {gap:5d} {right / total:6.3f} {first / total:6.3f}", flush=True)
 
 

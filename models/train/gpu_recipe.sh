@@ -11,8 +11,9 @@
 # Environment: RECIPE (induction, the default, or plain: the committed models' one-stage recipe),
 # TRAIN_SECONDS (default 300, all stages), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list of the
 # language-modelling stage; PHASES1, PHASES2 and STAGE1_PERCENT, STAGE2_PERCENT for the induction
-# recipe's copy stages), LR, WARMUP, LR3 (the induction recipe's language stage, default 1e-3), MIX (the last stage's training mix: retrieval rows, pairs per KiB,
-# value-byte weight, echo and copy rows; README "Retrieval"), EXTRA (more train_gpu.py arguments, e.g.
+# recipe's copy stages), LR, WARMUP, LR3 (the induction recipe's language stage, default 1e-3), MIX
+# (the last stage's training mix: retrieval rows, pairs per KiB, value-byte weight, echo and copy rows;
+# README "Retrieval"), EXTRA (more train_gpu.py arguments, e.g.
 # "--device cpu --threads 1" to run the recipe on a CPU),
 # INIT (a folder of <kind>-seed<N>.npz from an earlier run to continue from; train_gpu.py --init-onnx),
 # CORPUS (default build/gpu-carry/corpus), DONE_FILE (touched on exit, whatever happened), PYTHON.

@@ -263,15 +263,14 @@ def make_copy_example(rng, length, low=24, high=48, gap=0, text=None, text_share
             return bytes(text[at:at + size])
         return bytes(rng.choice(COPY_ALPHABET) for _ in range(size))
 
-    out = bytearray()
     if halves:
-        units = []
-        while sum(map(len, units)) < (length + 1) // 2:
-            units.append(unit())
-        order = list(range(len(units)))
-        rng.shuffle(order)
-        out += b"".join(units) + b"".join(units[i] for i in order)
-        return bytes(out[:length])
+        first = []
+        while sum(map(len, first)) < (length + 1) // 2:
+            first.append(unit())
+        second = list(first)
+        rng.shuffle(second)
+        return (b"".join(first) + b"".join(second))[:length]
+    out = bytearray()
     while len(out) < length:
         piece = unit()
         filler = bytes(rng.choice(COPY_ALPHABET) for _ in range(rng.randint(0, gap))) if gap > 0 else b""
@@ -289,7 +288,8 @@ def mix_rows(rows, seed, share, formats=None, pairs_per_kb=0.0, spans=None, echo
     share of rows first gets `echoes_per_kb` repeated spans of its own text (make_echo_example);
     retrieval pairs then go into the echoed text. With `copy_share` > 0 that share of rows is
     replaced by repeated random strings instead (make_copy_example, `copy_gap` letters at most between
-    the copies; with `copy_text` > 0 that share of the strings are pieces of the row's own text)."""
+    the copies; with `copy_text` > 0 that share of the strings are pieces of the row's own text; with
+    `copy_halves` a run of strings followed by the same strings shuffled)."""
     rng = random.Random(seed)
     echo_rng = random.Random(seed ^ 0x5EED)   # its own stream: without echoes the rows are as before
     copy_rng = random.Random(seed ^ 0xC0B1)   # likewise for copy rows

@@ -183,13 +183,20 @@ def copy_accuracy(model, val, seq, probes, device, span=48, seed=13):
         at = rng.randrange(0, len(window) - span - 64)
         ids = torch.tensor(list(window + window[at:at + span]), device=device)
         predicted = model.forward_train(ids[None])[0].argmax(-1)
-        first = len(window) + 8   # the copy's bytes from the 9th on
-        right += (predicted[first - 1:len(ids) - 1] == ids[first:]).sum().item()
-        # the same bytes where they first occur: what the model gets without reading back
-        original += (predicted[at + 7:at + span - 1] == ids[at + 8:at + span]).sum().item()
-        total += len(ids) - first
+        hits = copy_hits(predicted, ids, at, len(window), span)
+        right, original, total = right + hits[0], original + hits[1], total + hits[2]
     model.train()
     return right / total, original / total
+
+
+def copy_hits(predicted, ids, at, copy_at, span):
+    """Scores one copy probe: `ids[copy_at:copy_at + span]` repeats `ids[at:at + span]`, and
+    `predicted[p]` is the model's arg-max guess of byte p + 1. Returns (right guesses on the copy's
+    bytes from the 9th on, right guesses on the same bytes where they first occur — what the model
+    gets without reading back —, bytes counted)."""
+    right = (predicted[copy_at + 7:copy_at + span - 1] == ids[copy_at + 8:copy_at + span]).sum().item()
+    original = (predicted[at + 7:at + span - 1] == ids[at + 8:at + span]).sum().item()
+    return right, original, span - 8
 
 
 def main():
