@@ -35,7 +35,12 @@ public static class ModelVariants
     /// <summary>Second training seed of the native model, evaluated when present.</summary>
     public const string SecondSeedNative = "hysparse-seed2.onnx";
 
-    public static IReadOnlyList<ModelVariant> Build(string directory, bool quick)
+    /// <param name="directory">The models folder (dense.onnx, hysparse.onnx, swa.onnx, optional second seeds).</param>
+    /// <param name="quick">Only the 1:3 retrofit at the trained K (the smoke run).</param>
+    /// <param name="fullLayerSets">More retrofits of the dense model, one per set of full layers (e.g. "0,6,7":
+    /// the layers that hold its induction heads), at the trained K; each set goes through
+    /// <see cref="LayoutSpec.FromFullLayers"/>, which names what is wrong with a bad one.</param>
+    public static IReadOnlyList<ModelVariant> Build(string directory, bool quick, IReadOnlyList<string>? fullLayerSets = null)
     {
         var dense = ModelFile.Load(Path.Combine(directory, "dense.onnx"));
         var native = ModelFile.Load(Path.Combine(directory, "hysparse.onnx"));
@@ -51,8 +56,10 @@ public static class ModelVariants
         int[] topKs = quick ? [trainedK] : [trainedK / 2, trainedK];
         foreach (var ratio in ratios)
             foreach (var k in topKs)
-                variants.Add(Convert(dense, ratio, new HybridParameters { TopK = k, BlockSize = blockSize, Window = window }));
-        variants.Add(Convert(dense, "1:3", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window, Mode = HybridMode.KvSharing }));
+                variants.Add(Convert(dense, LayoutSpec.Ratio(ratio), ratio, new HybridParameters { TopK = k, BlockSize = blockSize, Window = window }));
+        foreach (var set in fullLayerSets ?? [])
+            variants.Add(Convert(dense, LayoutSpec.FromFullLayers(set), $"full {set}", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window }));
+        variants.Add(Convert(dense, LayoutSpec.Ratio("1:3"), "1:3", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window, Mode = HybridMode.KvSharing }));
         variants.Add(new("HySparse native", "native", Metadata(native, HybridMetadata.Layout),
             $"K {trainedK} × {blockSize} + w {window}, gate, sinks, KV sharing", native.ToByteArray()));
         variants.Add(new("sliding-window baseline", "swa", Metadata(swa, HybridMetadata.Layout), $"w {window}, sinks", swa.ToByteArray()));
@@ -65,11 +72,11 @@ public static class ModelVariants
         return variants;
     }
 
-    private static ModelVariant Convert(ModelProto dense, string ratio, HybridParameters parameters)
+    private static ModelVariant Convert(ModelProto dense, LayoutSpec layout, string layoutName, HybridParameters parameters)
     {
-        var (converted, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = LayoutSpec.Ratio(ratio), Parameters = parameters });
+        var (converted, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = layout, Parameters = parameters });
         var kind = parameters.Mode == HybridMode.KvSharing ? "kv_sharing" : "retrofit";
-        var name = $"{(kind == "kv_sharing" ? "KV-sharing" : "retrofit")} {ratio}, K {parameters.TopK}";
+        var name = $"{(kind == "kv_sharing" ? "KV-sharing" : "retrofit")} {layoutName}, K {parameters.TopK}";
         return new(name, kind, report.Layout.Letters, $"K {parameters.TopK} × {parameters.BlockSize} + w {parameters.Window}", converted.ToByteArray());
     }
 

@@ -32,11 +32,15 @@ var probesOption = new Option<int>("--probes")
 };
 var recallContextOption = new Option<int>("--recall-context") { Description = "context of the attention-recall measurement", DefaultValueFactory = _ => 2048 };
 var recallWindowsOption = new Option<int>("--recall-windows") { Description = "windows of validation text for the attention recall", DefaultValueFactory = _ => 4 };
+var fullLayersOption = new Option<string[]>("--full-layers")
+{
+    Description = "also retrofit the dense model with exactly these full layers (0-based, e.g. 0,6,7: where its induction heads are; models/train/induction_heads.py finds them), at the trained K; repeatable",
+};
 var outOption = new Option<string>("--out") { Description = "write the generated section of this markdown file (between its markers), plus .json and .svg files beside it" };
 var quickOption = new Option<bool>("--quick") { Description = "smoke run: contexts 128,256, 2 windows, 2 probes per cell at 1k, recall on 1 window of 256" };
 var root = new RootCommand("The fidelity report (docs/fidelity.md): the trained byte-level models and the dense model's conversions, evaluated in ONNX Runtime.")
 {
-    modelsOption, textOption, contextsOption, windowsOption, probesOption, recallContextOption, recallWindowsOption, outOption, quickOption,
+    modelsOption, textOption, contextsOption, windowsOption, probesOption, recallContextOption, recallWindowsOption, outOption, quickOption, fullLayersOption,
 };
 var parsed = root.Parse(args);
 if (parsed.Errors.Count > 0)
@@ -84,7 +88,16 @@ var allProbes = ProbeSet.Load(probePath);
 var probeContexts = allProbes.Select(p => p.Context).Distinct().Where(contexts.Contains).ToList();
 if (probeContexts.Count == 0) probeContexts = [allProbes.Min(p => p.Context)];
 var probeSet = ProbeSet.Select(allProbes, probeContexts, probes);
-var variants = ModelVariants.Build(modelsDir, quick);
+IReadOnlyList<ModelVariant> variants;
+try
+{
+    variants = ModelVariants.Build(modelsDir, quick, parsed.GetValue(fullLayersOption) ?? []);
+}
+catch (Exception e) when (e is HySparse.Exporter.ConversionSettingsException or HySparse.Exporter.ConversionException)
+{
+    Console.Error.WriteLine($"fidelity: cannot convert the dense model: {e.Message}");
+    return 2;
+}
 var window = ModelVariants.TrainedWindow(modelsDir);
 var evaluator = new Evaluator(text, windows);
 var results = new List<VariantResult>();

@@ -1,3 +1,4 @@
+using HySparse.Exporter.Layout;
 using HySparse.Fidelity;
 
 namespace HySparse.Exporter.Tests;
@@ -39,6 +40,25 @@ public sealed class FidelityReportTests
                 else Assert.IsTrue(score.Top1Agreement is > 0.2 and <= 1.0, $"{variant.Name}: agreement {score.Top1Agreement}");
             }
         }
+    }
+
+    [TestMethod]
+    public void FullLayerSetsAddRetrofitsWithExactlyThoseFullLayers()
+    {
+        // The layout a user would pick after finding the dense model's induction heads (layer 6 here):
+        // three full layers, as 1:3 has, but not the same three.
+        var variants = ModelVariants.Build(Directory, quick: true, ["0,6,7"]);
+        var ratio = variants.Single(v => v.Kind == "retrofit" && v.Name.StartsWith("retrofit 1:3", StringComparison.Ordinal));
+        var chosen = variants.Single(v => v.Name.StartsWith("retrofit full 0,6,7, K ", StringComparison.Ordinal));
+
+        Assert.AreEqual("FSSSSSFF", chosen.Layout);
+        Assert.AreEqual("FSSSFSSF", ratio.Layout);
+        Assert.AreEqual("retrofit", chosen.Kind);
+        Assert.AreEqual(ratio.Detail, chosen.Detail, "the same K, block size and window as the ratio retrofits");
+        CollectionAssert.AreNotEqual(ratio.Model, chosen.Model);
+
+        var error = Assert.ThrowsExactly<LayoutException>(() => ModelVariants.Build(Directory, quick: true, ["0,9"]));
+        StringAssert.Contains(error.Message, "full layer 9 does not exist");
     }
 
     [TestMethod]
