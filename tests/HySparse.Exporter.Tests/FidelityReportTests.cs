@@ -45,8 +45,8 @@ public sealed class FidelityReportTests
     [TestMethod]
     public void FullLayerSetsAddRetrofitsWithExactlyThoseFullLayers()
     {
-        // The layout a user would pick after finding the dense model's induction heads (layer 6 here):
-        // three full layers, as 1:3 has, but not the same three.
+        // The layout a user picks after finding where a dense model's induction heads are (layer 6 for the
+        // one in models/train/README.md, "Where the head forms"): three full layers, as 1:3 has, not the same three.
         var variants = ModelVariants.Build(Directory, quick: true, ["0,6,7"]);
         var ratio = variants.Single(v => v.Kind == "retrofit" && v.Name.StartsWith("retrofit 1:3", StringComparison.Ordinal));
         var chosen = variants.Single(v => v.Name.StartsWith("retrofit full 0,6,7, K ", StringComparison.Ordinal));
