@@ -14,7 +14,8 @@ Why it matters (models/train/README.md, "Where the head forms"): a retrofit that
 layer sparse loses retrieval unless the oracle of the preceding full layer happens to select the
 blocks that layer reads; a hybrid model whose full layers never form the head cannot retrieve at all.
 Only full layers are scored: the dense model's eight, the hybrids' layers 0 and 4 (their other layers
-see a window and selected blocks, not the whole row).
+see a window and selected blocks, not the whole row). For HySparse models it also prints each sparse
+layer's attention gates on the same queries: whether the layer uses the selected blocks at all.
 """
 import argparse
 import os
@@ -30,8 +31,15 @@ from retrieval import COPY_ALPHABET  # noqa: E402
 
 
 def head_scores(model, length, rows, seed):
-    """{layer: (induction [heads], previous token [heads])} averaged over rows and queries."""
+    """({layer: (induction [heads], previous token [heads])}, {sparse layer: (SA gate [heads], window
+    gate [heads])}) averaged over rows and the second copy's queries. Gates exist in HySparse models
+    only: how much of each sparse layer's output comes from the selected blocks and from the window."""
     captured = []
+    gates = {}
+    hooks = [layer.self_attn.gate_proj.register_forward_hook(
+                 lambda module, inputs, output, index=i: gates.__setitem__(index, torch.sigmoid(output[0])))
+             for i, layer in enumerate(model.layers) if hasattr(layer.self_attn, "gate_proj")]
+    gate_sums = {}
     original = hysparse_lm.full_attention_train
 
     def recording(q, k, v, c, chunk=None):
@@ -56,9 +64,15 @@ def head_scores(model, length, rows, seed):
                 heads = probs.reshape(-1, probs.shape[-2], probs.shape[-1])  # query heads in order
                 sums[layer][0] = sums[layer][0] + heads[:, queries, queries - length + 1].mean(-1).numpy()
                 sums[layer][1] = sums[layer][1] + heads[:, queries, queries - 1].mean(-1).numpy()
+            for layer, values in gates.items():  # [S, 2H]: SA logits, then window logits
+                gate_sums[layer] = gate_sums.get(layer, 0) + values[queries].mean(0).numpy()
     finally:
         hysparse_lm.full_attention_train = original
-    return {layer: (s[0] / rows, s[1] / rows) for layer, s in sums.items()}
+        for hook in hooks:
+            hook.remove()
+    heads = model.c.heads
+    return ({layer: (s[0] / rows, s[1] / rows) for layer, s in sums.items()},
+            {layer: (g[:heads] / rows, g[heads:] / rows) for layer, g in gate_sums.items()})
 
 
 def main():
@@ -75,8 +89,14 @@ def main():
         model, _ = onnx_weights.load_model(path)
         model.eval()
         print(f"{path} ({model.c.kind}): per query head, induction / previous token")
-        for layer, (induction, previous) in head_scores(model, args.length, args.rows, args.seed).items():
+        scores, gates = head_scores(model, args.length, args.rows, args.seed)
+        for layer, (induction, previous) in scores.items():
             cells = "  ".join(f"{i:.2f}/{p:.2f}" for i, p in zip(induction, previous))
+            print(f"  layer {layer}: {cells}")
+        if gates:
+            print("  sparse layers' gates per query head, SA (selected blocks) / window:")
+        for layer, (sa, window) in gates.items():
+            cells = "  ".join(f"{a:.2f}/{w:.2f}" for a, w in zip(sa, window))
             print(f"  layer {layer}: {cells}")
 
 
