@@ -14,7 +14,12 @@ namespace HySparse.Fidelity;
 /// <param name="Coverage">Mean share of the causal keys inside the selected blocks ∪ the window: the
 /// recall a layer whose attention is uniform would have (recall well above it means the oracle finds
 /// where the layer looks).</param>
-public sealed record LayerRecall(int Layer, int Context, int Windows, double Recall, double Coverage);
+/// <param name="SaGate">Mean σ(gate) of the SA branch (selected blocks) over heads, positions and windows,
+/// for a <c>combine="gate"</c> layer (the native model); NaN for a layer without gates. A native layer
+/// whose SA gate stays near 0 barely uses its selection, whatever its recall.</param>
+/// <param name="WindowGate">Mean σ(gate) of the sliding-window branch, like <paramref name="SaGate"/>.</param>
+public sealed record LayerRecall(int Layer, int Context, int Windows, double Recall, double Coverage,
+    double SaGate = double.NaN, double WindowGate = double.NaN);
 
 /// <summary>Recall and key coverage of one layer on one batch (see <see cref="LayerRecall"/>).</summary>
 public readonly record struct RecallStats(double Recall, double Coverage);
@@ -34,7 +39,8 @@ public sealed record SparseLayerSpec(int NumHeads, int KvHeads, double Scale, in
 /// shared full layer's new keys (KV sharing, native) — both the whole cache after a prefill from empty.</param>
 /// <param name="BlockIndices">The oracle's selection the node consumes.</param>
 /// <param name="Spec">The node's attributes.</param>
-public sealed record RecallLayer(int Layer, string Query, string Key, string BlockIndices, SparseLayerSpec Spec)
+/// <param name="Gate">The node's gate logits (<c>combine="gate"</c> with a gate input), or null.</param>
+public sealed record RecallLayer(int Layer, string Query, string Key, string BlockIndices, SparseLayerSpec Spec, string? Gate = null)
 {
     /// <summary>The layer's mean recall over the batch in these outputs of one prefill.</summary>
     public RecallStats Measure(OrtValue query, OrtValue key, OrtValue blockIndices) =>
@@ -80,12 +86,16 @@ public static class AttentionRecall
             var spec = new SparseLayerSpec((int)Int(node, HySparseOps.Attributes.NumHeads, 0), (int)Int(node, HySparseOps.Attributes.KvNumHeads, 0),
                 node.Attribute.FirstOrDefault(a => a.Name == HySparseOps.Attributes.Scale)?.F ?? 0,
                 (int)Int(node, HySparseOps.Attributes.BlockSize, 64), (int)Int(node, HySparseOps.Attributes.Window, 128));
-            layers.Add(new RecallLayer(LayerNumber(node, attention.IndexOf(node)), node.Input[0], key, node.Input[7], spec));
+            var gated = node.Attribute.FirstOrDefault(a => a.Name == HySparseOps.Attributes.Combine)?.S.ToStringUtf8() == HySparseOps.CombineModes.Gate;
+            var gate = gated && node.Input.Count > 9 && node.Input[9].Length > 0 ? node.Input[9] : null;
+            layers.Add(new RecallLayer(LayerNumber(node, attention.IndexOf(node)), node.Input[0], key, node.Input[7], spec, gate));
         }
         var declared = model.Graph.Output.Select(o => o.Name).ToHashSet();
         foreach (var l in layers)
         {
-            foreach (var (name, type) in new[] { (l.Query, TensorProto.Types.DataType.Float), (l.Key, TensorProto.Types.DataType.Float), (l.BlockIndices, TensorProto.Types.DataType.Int32) })
+            var outputs = new List<(string, TensorProto.Types.DataType)> { (l.Query, TensorProto.Types.DataType.Float), (l.Key, TensorProto.Types.DataType.Float), (l.BlockIndices, TensorProto.Types.DataType.Int32) };
+            if (l.Gate is not null) outputs.Add((l.Gate, TensorProto.Types.DataType.Float));
+            foreach (var (name, type) in outputs)
                 if (declared.Add(name))
                     model.Graph.Output.Add(new ValueInfoProto { Name = name, Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)type } } });
         }
@@ -168,6 +178,30 @@ public static class AttentionRecall
         var count = (double)batch * hq * s;
         return new RecallStats(total / count, covered / count);
     }
+
+    /// <summary>
+    /// Mean σ of the SA and of the window gate logits in <paramref name="gate"/>, [B, S, 2·H_q] (per head)
+    /// or [B, S, 2·H_q·D] (per channel): the first half of the last axis is the SA branch's, the second the
+    /// window's (docs/ops.md, <c>combine = "gate"</c>).
+    /// </summary>
+    public static (double Sa, double Window) GateMeans(ReadOnlySpan<float> gate, ReadOnlySpan<long> shape)
+    {
+        if (shape.Length != 3 || shape[2] < 2 || shape[2] % 2 != 0)
+            throw new ArgumentException($"expected gate logits [B, S, 2·H] or [B, S, 2·H·D], got [{string.Join(",", shape.ToArray())}]");
+        var half = (int)shape[2] / 2;
+        var rows = (int)(shape[0] * shape[1]);
+        double sa = 0, window = 0;
+        for (var r = 0; r < rows; r++)
+            for (var c = 0; c < half; c++)
+            {
+                sa += Sigmoid(gate[r * 2 * half + c]);
+                window += Sigmoid(gate[r * 2 * half + half + c]);
+            }
+        var count = (double)rows * half;
+        return (sa / count, window / count);
+    }
+
+    private static double Sigmoid(double x) => 1 / (1 + Math.Exp(-x));
 
     /// <summary>N of the node's <c>present.N.key</c> output; its index among the attention nodes otherwise.</summary>
     private static int LayerNumber(NodeProto node, int ordinal)

@@ -132,7 +132,9 @@ public sealed class Evaluator(byte[] text, int windows)
         var (tokens, _) = Windows(context, rows);
         var recall = new double[layers.Count];
         var coverage = new double[layers.Count];
-        var names = layers.SelectMany(l => new[] { l.Query, l.Key, l.BlockIndices }).Distinct().ToList();
+        var saGate = new double[layers.Count];
+        var windowGate = new double[layers.Count];
+        var names = layers.SelectMany(l => new[] { l.Query, l.Key, l.BlockIndices, l.Gate }).OfType<string>().Distinct().ToList();
         Prefill(session, tokens, rows, context, (_, _, _, decoder) =>
         {
             for (var i = 0; i < layers.Count; i++)
@@ -140,9 +142,15 @@ public sealed class Evaluator(byte[] text, int windows)
                 var stats = layers[i].Measure(decoder.ExtraOutput(layers[i].Query), decoder.ExtraOutput(layers[i].Key), decoder.ExtraOutput(layers[i].BlockIndices));
                 recall[i] += stats.Recall * decoder.BatchSize;
                 coverage[i] += stats.Coverage * decoder.BatchSize;
+                if (layers[i].Gate is not { } gateName) continue;
+                var gate = decoder.ExtraOutput(gateName);
+                var (sa, window) = AttentionRecall.GateMeans(gate.GetTensorDataAsSpan<float>(), gate.GetTensorTypeAndShape().Shape);
+                saGate[i] += sa * decoder.BatchSize;
+                windowGate[i] += window * decoder.BatchSize;
             }
         }, names);
-        return layers.Select((l, i) => new LayerRecall(l.Layer, context, rows, recall[i] / rows, coverage[i] / rows)).ToList();
+        return layers.Select((l, i) => new LayerRecall(l.Layer, context, rows, recall[i] / rows, coverage[i] / rows,
+            l.Gate is null ? double.NaN : saGate[i] / rows, l.Gate is null ? double.NaN : windowGate[i] / rows)).ToList();
     }
 
     /// <summary>

@@ -186,6 +186,27 @@ public static class Report
                       + "i.e. the recall a layer with uniform attention would have; recall far above it means the oracle finds where the layer looks, "
                       + "recall near it means the layer's attention is spread out.");
         sb.AppendLine();
+        AppendGates(sb, rows, layers);
+    }
+
+    /// <summary>The native model's gates: how much each sparse layer's output takes from the selected blocks.</summary>
+    private static void AppendGates(StringBuilder sb, IReadOnlyList<VariantResult> rows, IReadOnlyList<int> layers)
+    {
+        var gated = rows.Where(r => r.Recall.Any(l => !double.IsNaN(l.SaGate))).ToList();
+        if (gated.Count == 0) return;
+        sb.AppendLine("Gates of the models that combine their two branches by gates (`combine=\"gate\"`): mean σ(gate) of the SA branch (selected blocks) / "
+                      + "the window branch, over heads, positions and the same windows. Recall says whether the selection holds what a layer would attend to; "
+                      + "the SA gate says how much of the layer's output comes from it.");
+        sb.AppendLine();
+        sb.AppendLine("| model | " + string.Join(" | ", layers.Select(l => $"layer {l}")) + " | mean |");
+        sb.AppendLine("| --- | " + string.Join(" | ", layers.Select(_ => "---:")) + " | ---: |");
+        foreach (var r in gated)
+        {
+            var withGates = r.Recall.Where(l => !double.IsNaN(l.SaGate)).ToList();
+            sb.AppendLine($"| {r.Variant.Name} | " + string.Join(" | ", layers.Select(l => withGates.FirstOrDefault(x => x.Layer == l) is { } x ? $"{F(x.SaGate, 2)} / {F(x.WindowGate, 2)}" : "·"))
+                          + $" | {F(withGates.Average(x => x.SaGate), 2)} / {F(withGates.Average(x => x.WindowGate), 2)} |");
+        }
+        sb.AppendLine();
     }
 
     private static void AppendSeedSpread(StringBuilder sb, IReadOnlyList<VariantResult> results, IReadOnlyList<int> contexts)

@@ -77,5 +77,24 @@ public sealed class AttentionRecallTests
         var native = evaluator.Recall(new ModelVariant("native", "native", "FSSSFSSS", "", File.ReadAllBytes(Path.Combine(directory, "hysparse.onnx"))), context: 256, rows: 1);
         CollectionAssert.AreEqual(new[] { 1, 2, 3, 5, 6, 7 }, native.Select(r => r.Layer).ToArray());
         foreach (var layer in native) Assert.IsTrue(layer.Recall is > 0.3 and < 1.0, $"layer {layer.Layer}: {layer.Recall}");
+        // The native model gates its branches (the retrofit's union has no gates); σ is strictly inside (0, 1).
+        foreach (var layer in native)
+            Assert.IsTrue(layer.SaGate is > 0 and < 1 && layer.WindowGate is > 0 and < 1, $"layer {layer.Layer}: gates {layer.SaGate} / {layer.WindowGate}");
+        Assert.IsTrue(recall.All(l => double.IsNaN(l.SaGate) && double.IsNaN(l.WindowGate)));
+    }
+
+    [TestMethod]
+    public void GateMeansAreTheMeanSigmoidOfEachBranchsHalf()
+    {
+        // [B=1, S=2, 2·H_q=4]: SA logits for heads 0, 1, then window logits. σ(0) = 1/2, σ(ln 3) = 3/4,
+        // σ(−ln 3) = 1/4, σ(ln 9) = 9/10.
+        float ln3 = MathF.Log(3), ln9 = MathF.Log(9);
+        float[] gate = [0, ln3, ln9, -ln3, /* position 1 */ -ln3, ln9, 0, 0];
+        var (sa, window) = AttentionRecall.GateMeans(gate, [1, 2, 4]);
+        Assert.AreEqual((0.5 + 0.75 + 0.25 + 0.9) / 4, sa, 1e-6);
+        Assert.AreEqual((0.9 + 0.25 + 0.5 + 0.5) / 4, window, 1e-6);
+        // A per-channel gate [B, S, 2·H_q·D] splits the same way.
+        Assert.AreEqual(0.5, AttentionRecall.GateMeans(new float[] { 0, 0, ln3, -ln3 }, [1, 1, 4]).Window, 1e-6);
+        Assert.ThrowsExactly<ArgumentException>(() => AttentionRecall.GateMeans(new float[3], [1, 1, 3]));
     }
 }
