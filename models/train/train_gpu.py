@@ -14,7 +14,12 @@ the budget spent; the warm-up counts steps.
 
 Each run ends as <out>/<kind>-seed<N>.npz (float32 weights, the config and the training record under
 the key "meta") and <out>/<kind>-seed<N>.loss.jsonl. export_onnx.py --checkpoint takes the .npz.
-Weights are also written at every evaluation, so a run stopped early still leaves its last state.
+Weights are also written at every evaluation, so a run stopped early still leaves its last state,
+and with them <kind>-seed<N>.resume.pt (optimizer, step, clock): `--resume` with the same options
+continues a stopped stage where its last evaluation left it, on the same learning-rate schedule and
+data order, so a stage may be longer than the session that runs it (CPU runs, models/train/README.md).
+`--micro-batch` splits each batch into slices whose gradients are summed before the one optimizer
+step: the same update in a fraction of the memory (a HySparse 2,048 x 8 step holds ~19 GB at once).
 """
 import argparse
 import io
@@ -69,6 +74,46 @@ def save_npz(path, model, meta):
     os.replace(path + ".tmp", path)
 
 
+def save_resume_point(path, state):
+    """What --resume needs besides the weights (the .npz written beside it), written atomically."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def resume_point(args, recipe, name):
+    """(model, base record, resume state) of run `name` at its last evaluation; exits with the reason
+    when there is none or the stage was started with other options."""
+    directory = args.weights_out or args.out
+    weights, state_path = os.path.join(directory, f"{name}.npz"), os.path.join(directory, f"{name}.resume.pt")
+    for path in (weights, state_path):
+        if not os.path.exists(path):
+            sys.exit(f"--resume: {path} does not exist (start the stage without --resume)")
+    state = torch.load(state_path, map_location="cpu")
+    changed = sorted(k for k in set(recipe) | set(state["recipe"]) if recipe.get(k) != state["recipe"].get(k))
+    if changed:
+        sys.exit(f"--resume: {name} was started with other options: "
+                 + ", ".join(f"--{k.replace('_', '-')} {state['recipe'].get(k)} (now {recipe.get(k)})" for k in changed))
+    model, record = onnx_weights.load_model(weights)
+    if model.c.to_dict() != ModelConfig(**dict(json.load(open(args.config)), kind=model.c.kind)).to_dict():
+        sys.exit(f"--resume: {weights}: its config differs from {args.config}")
+    if record.get("final"):
+        sys.exit(f"--resume: {name} already finished its {args.seconds:.0f} s ({weights} is final)")
+    if record.get("steps", 0) - record["initial"].get("steps", 0) != state["step"]:
+        sys.exit(f"--resume: {weights} and {state_path} are from different steps")
+    return model, record["initial"], state
+
+
+def keep_curve_until(path, step):
+    """Drops the loss records after `step` (training past the resume point that is done again)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="dense:1,dense:2,hysparse:1,hysparse:2,swa:1",
@@ -113,8 +158,20 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (CPU runs only)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--done-file", help="touched when training is over (the GPU script times kernels after it)")
+    parser.add_argument("--micro-batch", type=int, default=0,
+                        help="rows per forward/backward, gradients summed over the batch before the step "
+                             "(the same update with less memory); 0: the whole batch at once")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the runs in --out from their last evaluation (weights, optimizer, step, "
+                             "clock); every other option must be the one the stage started with")
     args = parser.parse_args()
     runs, phases = parse_runs(args.runs), parse_time_phases(args.phases)
+    if args.micro_batch < 0 or any(args.micro_batch and batch % args.micro_batch for _, batch, _ in phases):
+        sys.exit(f"--micro-batch {args.micro_batch}: must divide every phase's batch ({args.phases})")
+    # what decides the updates: a resumed stage must keep it (threads, slices and evaluation may change)
+    recipe = {k: v for k, v in vars(args).items() if k not in (
+        "corpus", "out", "weights_out", "done_file", "resume", "micro_batch", "threads", "device", "log_every",
+        "eval_seconds", "eval_windows", "retrieval_probes")}
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -132,6 +189,7 @@ def main():
     val = train.load_bytes(os.path.join(args.corpus, "val.bin"))
 
     models, optimizers, logs, names, bases = [], [], [], [], []
+    resumed = []   # per run: the .resume.pt contents when --resume
     for kind, seed in runs:
         torch.manual_seed(seed)
         model = ByteLM(ModelConfig(**dict(fields, kind=kind)))
@@ -146,11 +204,18 @@ def main():
             bases[-1] = {"from": os.path.relpath(path), "tokens": int(record.get("tokens", 0)),
                          "steps": int(record.get("steps", 0))}
             print(f"{kind}:{seed} starts from {path} ({record.get('tokens', '?')} bytes trained)", flush=True)
+        names.append(f"{kind}-seed{seed}")
+        if args.resume:
+            model, bases[-1], state = resume_point(args, recipe, names[-1])
+            resumed.append(state)
         model = model.to(device)
         models.append(model.train())
         optimizers.append(train.make_optimizer(model, args.lr, fused=device.type == "cuda"))
-        names.append(f"{kind}-seed{seed}")
-        logs.append(open(os.path.join(args.out, f"{names[-1]}.loss.jsonl"), "w"))
+        curve = os.path.join(args.out, f"{names[-1]}.loss.jsonl")
+        if args.resume:
+            optimizers[-1].load_state_dict(resumed[-1]["optimizer"])
+            keep_curve_until(curve, resumed[-1]["step"])
+        logs.append(open(curve, "a" if args.resume else "w"))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{len(runs)} runs on {name} (torch {torch.__version__}): "
           + ", ".join(f"{n} {m.parameter_count():,} parameters" for n, m in zip(names, models)), flush=True)
@@ -188,12 +253,21 @@ def main():
                     "recipe": {k: v for k, v in vars(args).items() if k not in ("corpus", "out", "weights_out", "done_file")},
                     "final": final}
             save_npz(os.path.join(args.weights_out or args.out, f"{names[i]}.npz"), models[i], meta)
+            save_resume_point(os.path.join(args.weights_out or args.out, f"{names[i]}.resume.pt"),
+                              {"optimizer": optimizers[i].state_dict(), "step": step, "tokens": tokens,
+                               "seconds": time.time() - started, "recipe": recipe})
             records.append(record)
         return records
 
     started = time.time()
     last_eval = started
     step, tokens = 0, 0
+    if resumed:
+        if len({(r["step"], r["tokens"]) for r in resumed}) != 1:
+            sys.exit("--resume: the runs stopped at different steps; resume them one at a time")
+        step, tokens = resumed[0]["step"], resumed[0]["tokens"]
+        started -= resumed[0]["seconds"]   # the schedule goes on from where the clock stopped
+        print(f"resuming at step {step} ({tokens:,} bytes/run, {resumed[0]['seconds']:.0f} s of {args.seconds:.0f})", flush=True)
     pending = [[] for _ in models]   # loss tensors not yet read (reading one waits for the GPU)
     while True:
         elapsed = time.time() - started
@@ -222,12 +296,20 @@ def main():
             model, optimizer = models[i], optimizers[i]
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            logits = model.forward_train(inputs, chunk=args.chunk)
-            losses = F.cross_entropy(logits.reshape(-1, model.c.vocab).float(), targets.reshape(-1), reduction="none")
-            loss = losses.mean()   # logged: the plain next-byte loss
-            objective = loss if weights is None else (losses * weights.reshape(-1)).sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            # Each slice's objective is its share of the whole batch's (sums over the batch's count or
+            # weight), so the summed gradients are the whole batch's.
+            rows = args.micro_batch or batch
+            loss = 0.0
+            for first in range(0, batch, rows):
+                part = slice(first, first + rows)
+                logits = model.forward_train(inputs[part], chunk=args.chunk)
+                losses = F.cross_entropy(logits.reshape(-1, model.c.vocab).float(), targets[part].reshape(-1), reduction="none")
+                loss = loss + losses.detach().sum() / targets.numel()   # logged: the plain next-byte loss
+                objective = (losses.sum() / targets.numel() if weights is None
+                             else (losses * weights[part].reshape(-1)).sum() / weights.sum())
+                objective.backward()
+                del logits, losses, objective
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             pending[i].append(loss.detach())
