@@ -21,7 +21,8 @@ public sealed record ModelVariant(string Name, string Kind, string Layout, strin
 
 /// <summary>
 /// Builds the list of variants: the three trained models and the dense one converted by the
-/// project's converter at several layouts and K (the question a user converting a dense model asks),
+/// project's converter at several layouts and K, and at 1:3 with a bigger block and a wider window
+/// (the questions a user converting a dense model asks),
 /// then the second-seed dense and native models when the folder holds them.
 /// </summary>
 public static class ModelVariants
@@ -36,7 +37,7 @@ public static class ModelVariants
     public const string SecondSeedNative = "hysparse-seed2.onnx";
 
     /// <param name="directory">The models folder (dense.onnx, hysparse.onnx, swa.onnx, optional second seeds).</param>
-    /// <param name="quick">Only the 1:3 retrofit at the trained K (the smoke run).</param>
+    /// <param name="quick">Only the 1:3 retrofit at the trained K (the smoke run): no other K, block size or window.</param>
     /// <param name="fullLayerSets">More retrofits of the dense model, one per set of full layers (e.g. "0,6,7":
     /// the layers that hold its induction heads), at the trained K; each set goes through
     /// <see cref="LayoutSpec.FromFullLayers"/>, which names what is wrong with a bad one.</param>
@@ -57,6 +58,13 @@ public static class ModelVariants
         foreach (var ratio in ratios)
             foreach (var k in topKs)
                 variants.Add(Convert(dense, LayoutSpec.Ratio(ratio), ratio, new HybridParameters { TopK = k, BlockSize = blockSize, Window = window }));
+        if (!quick)
+        {
+            // Block size and window, at 1:3: the trained K's keys in blocks twice as big (half as many),
+            // and the trained K with a window four times as wide.
+            variants.Add(Convert(dense, LayoutSpec.Ratio("1:3"), "1:3", new HybridParameters { TopK = trainedK / 2, BlockSize = 2 * blockSize, Window = window }, blockSize, window));
+            variants.Add(Convert(dense, LayoutSpec.Ratio("1:3"), "1:3", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = 4 * window }, blockSize, window));
+        }
         foreach (var set in fullLayerSets ?? [])
             variants.Add(Convert(dense, LayoutSpec.FromFullLayers(set), $"full {set}", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window }));
         variants.Add(Convert(dense, LayoutSpec.Ratio("1:3"), "1:3", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window, Mode = HybridMode.KvSharing }));
@@ -72,11 +80,16 @@ public static class ModelVariants
         return variants;
     }
 
-    private static ModelVariant Convert(ModelProto dense, LayoutSpec layout, string layoutName, HybridParameters parameters)
+    /// <param name="trainedBlockSize">The native model's block size: a row whose block size differs names it.</param>
+    /// <param name="trainedWindow">The native model's window: a row whose window differs names it.</param>
+    private static ModelVariant Convert(ModelProto dense, LayoutSpec layout, string layoutName, HybridParameters parameters,
+        int? trainedBlockSize = null, int? trainedWindow = null)
     {
         var (converted, report) = HybridConverter.Convert(dense, new ConversionOptions { Layout = layout, Parameters = parameters });
         var kind = parameters.Mode == HybridMode.KvSharing ? "kv_sharing" : "retrofit";
-        var name = $"{(kind == "kv_sharing" ? "KV-sharing" : "retrofit")} {layoutName}, K {parameters.TopK}";
+        var name = $"{(kind == "kv_sharing" ? "KV-sharing" : "retrofit")} {layoutName}, K {parameters.TopK}"
+                   + (trainedBlockSize is { } b && b != parameters.BlockSize ? $" × {parameters.BlockSize}" : "")
+                   + (trainedWindow is { } w && w != parameters.Window ? $", w {parameters.Window}" : "");
         return new(name, kind, report.Layout.Letters, $"K {parameters.TopK} × {parameters.BlockSize} + w {parameters.Window}", converted.ToByteArray());
     }
 

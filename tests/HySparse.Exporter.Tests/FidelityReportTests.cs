@@ -1,4 +1,5 @@
 using HySparse.Exporter.Layout;
+using HySparse.Onnx;
 using HySparse.Fidelity;
 
 namespace HySparse.Exporter.Tests;
@@ -59,6 +60,29 @@ public sealed class FidelityReportTests
 
         var error = Assert.ThrowsExactly<LayoutException>(() => ModelVariants.Build(Directory, quick: true, ["0,9"]));
         StringAssert.Contains(error.Message, "full layer 9 does not exist");
+    }
+
+    [TestMethod]
+    public void TheFullRunAlsoVariesBlockSizeAndWindowAt1To3()
+    {
+        var variants = ModelVariants.Build(Directory, quick: false);
+        var names = variants.Select(v => v.Name).ToList();
+
+        CollectionAssert.AllItemsAreUnique(names);
+        CollectionAssert.IsSubsetOf(new[] { "retrofit 1:3, K 4", "retrofit 1:3, K 8", "retrofit 1:3, K 4 × 32", "retrofit 1:3, K 8, w 256" }, names);
+        // The node attributes say what the names say.
+        foreach (var (name, topK, blockSize, window) in new[] { ("retrofit 1:3, K 4 × 32", 4L, 32L, 64L), ("retrofit 1:3, K 8, w 256", 8L, 16L, 256L) })
+        {
+            var variant = variants.Single(v => v.Name == name);
+            Assert.AreEqual("FSSSFSSF", variant.Layout);
+            var model = global::Onnx.ModelProto.Parser.ParseFrom(variant.Model);
+            var sparse = model.Graph.Node.Where(n => n.OpType == HySparseOps.SparseAttn).ToList();
+            var full = model.Graph.Node.Where(n => n.OpType == HySparseOps.FullAttn).ToList();
+            Assert.HasCount(5, sparse, name);
+            long Attr(global::Onnx.NodeProto n, string a) => n.Attribute.Single(x => x.Name == a).I;
+            Assert.IsTrue(full.All(n => Attr(n, HySparseOps.Attributes.TopK) == topK && Attr(n, HySparseOps.Attributes.BlockSize) == blockSize), name);
+            Assert.IsTrue(sparse.All(n => Attr(n, HySparseOps.Attributes.Window) == window && Attr(n, HySparseOps.Attributes.BlockSize) == blockSize), name);
+        }
     }
 
     [TestMethod]
