@@ -311,7 +311,10 @@ public static class Report
 /// <summary>The loss curve of one trained model (models/train writes it as <c>kind.loss.jsonl</c>).</summary>
 /// <param name="Kind">dense, hysparse or swa.</param>
 /// <param name="Points">(step, bytes seen, seconds, training bits per byte, validation bits per byte or NaN) per logged step.</param>
-public sealed record TrainingCurve(string Kind, IReadOnlyList<(int Step, long Tokens, double Seconds, int Sequence, double TrainBpb, double ValidationBpb)> Points)
+/// <param name="StartedFrom">"random weights", or the model a warm start took its weights from (the export's
+/// <c>training.warm_start</c> metadata, written by models/train/warm_start.py): the curve then begins with that model's training.</param>
+public sealed record TrainingCurve(string Kind, IReadOnlyList<(int Step, long Tokens, double Seconds, int Sequence, double TrainBpb, double ValidationBpb)> Points,
+    string StartedFrom = "random weights")
 {
     /// <summary>Reads <c>{kind}.loss.jsonl</c> from <paramref name="directory"/>; null when the file is absent.</summary>
     public static TrainingCurve? Load(string directory, string kind)
@@ -328,7 +331,18 @@ public sealed record TrainingCurve(string Kind, IReadOnlyList<(int Step, long To
                 r.TryGetProperty("train_bpb", out var t) ? t.GetDouble() : double.NaN,
                 r.TryGetProperty("validation_bpb", out var v) ? v.GetDouble() : double.NaN);
         }).ToList();
-        return new TrainingCurve(kind, points);
+        return new TrainingCurve(kind, points, StartOf(Path.Combine(directory, $"{kind}.onnx")));
+    }
+
+    private static string StartOf(string modelPath)
+    {
+        if (!File.Exists(modelPath)) return "random weights";
+        var warm = HySparse.Exporter.ModelFile.Load(modelPath).MetadataProps.FirstOrDefault(p => p.Key == "training.warm_start")?.Value;
+        if (warm is null) return "random weights";
+        using var doc = JsonDocument.Parse(warm);
+        var r = doc.RootElement;
+        var kind = r.TryGetProperty("from_kind", out var k) ? k.GetString() : "another";
+        return r.TryGetProperty("from_steps", out var steps) ? $"warm start: {kind} model after {steps.GetInt32():N0} steps" : $"warm start: {kind} model";
     }
 }
 
@@ -340,14 +354,14 @@ public static class TrainingReport
     public static string Markdown(IReadOnlyList<TrainingCurve> curves, string svgName)
     {
         var sb = new StringBuilder();
-        sb.AppendLine("| model | steps | bytes seen | wall time | last training bits/byte | validation bits/byte at the end (the trainer's own windows) |");
-        sb.AppendLine("| --- | ---: | ---: | ---: | ---: | ---: |");
+        sb.AppendLine("| model | started from | steps | bytes seen | wall time | last training bits/byte | validation bits/byte at the end (the trainer's own windows) |");
+        sb.AppendLine("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
         foreach (var c in curves)
         {
             var last = c.Points[^1];
             var lastTrain = c.Points.LastOrDefault(p => !double.IsNaN(p.TrainBpb));
             var validation = c.Points.LastOrDefault(p => !double.IsNaN(p.ValidationBpb));
-            sb.AppendLine(Inv, $"| {c.Kind} | {last.Step} | {last.Tokens:N0} | {last.Seconds / 60:F0} min | {lastTrain.TrainBpb:F3} | {(double.IsNaN(validation.ValidationBpb) ? "—" : $"{validation.ValidationBpb:F3} @{validation.Sequence}")} |");
+            sb.AppendLine(Inv, $"| {c.Kind} | {c.StartedFrom} | {last.Step} | {last.Tokens:N0} | {last.Seconds / 60:F0} min | {lastTrain.TrainBpb:F3} | {(double.IsNaN(validation.ValidationBpb) ? "—" : $"{validation.ValidationBpb:F3} @{validation.Sequence}")} |");
         }
         sb.AppendLine();
         sb.AppendLine($"![training bits per byte by step]({svgName})");

@@ -304,6 +304,10 @@ def metadata(model, kind, checkpoint):
     entries = {"training.kind": kind, "training.steps": str(checkpoint["steps"]),
                "training.tokens": str(checkpoint["tokens"]),
                "training.config": json.dumps(c.to_dict())}
+    warm_start = (checkpoint.get("initial") or {}).get("warm_start")
+    if warm_start:
+        # A model that did not start from random weights says so (models/train/warm_start.py).
+        entries["training.warm_start"] = json.dumps(warm_start)
     if kind != "dense":
         entries.update({"hysparse.format_version": "1", "hysparse.layout": layout,
                         "hysparse.mode": "native" if kind == "hysparse" else "sliding_window",
@@ -347,6 +351,11 @@ def main():
     parser.add_argument("--expected", help="also write reference logits (JSON) for the agreement test")
     parser.add_argument("--text", help="validation bytes the reference inputs are taken from (required with --expected)")
     args = parser.parse_args()
+    if args.expected and not args.text:
+        parser.error("--expected needs --text (the validation bytes the reference inputs come from)")
+    for path in (args.out, args.expected):
+        if path and os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.manual_seed(0)
     model, checkpoint = rounded_model(args.checkpoint)
     kind = model.c.kind

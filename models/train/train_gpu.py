@@ -203,6 +203,8 @@ def main():
                 sys.exit(f"{path}: its config differs from {args.config}")
             bases[-1] = {"from": os.path.relpath(path), "tokens": int(record.get("tokens", 0)),
                          "steps": int(record.get("steps", 0))}
+            if (record.get("initial") or {}).get("warm_start"):   # warm_start.py's record travels on
+                bases[-1]["warm_start"] = record["initial"]["warm_start"]
             print(f"{kind}:{seed} starts from {path} ({record.get('tokens', '?')} bytes trained)", flush=True)
         names.append(f"{kind}-seed{seed}")
         if args.resume:

@@ -98,7 +98,8 @@ def main():
     steps, tokens = int(record.get("steps", 0)), int(record.get("tokens", 0))
     meta = {"config": model.c.to_dict(), "kind": "hysparse", "seed": seed, "steps": steps, "tokens": tokens,
             "initial": {"from": os.path.relpath(args.swa), "tokens": tokens, "steps": steps,
-                        "warm_start": {"from_kind": "swa", "sa_gate_bias": args.sa_gate_bias,
+                        "warm_start": {"from": os.path.relpath(args.swa), "from_kind": "swa", "from_steps": steps,
+                                       "sa_gate_bias": args.sa_gate_bias,
                                        "window_gate_bias": args.window_gate_bias, "sa_sink": args.sa_sink}},
             "seconds": 0.0, "final": True}
     os.makedirs(args.out, exist_ok=True)

@@ -185,8 +185,16 @@ public sealed class FidelityReportTests
             Assert.AreEqual(7.1, curve.Points[0].TrainBpb);
             Assert.IsTrue(double.IsNaN(curve.Points[1].TrainBpb));
             Assert.AreEqual(2048, curve.Points[1].Sequence);
-            StringAssert.Contains(TrainingReport.Markdown([curve], "t.svg"), "| dense | 50 | 204,800 | 3 min | 7.100 | 5.500 @2048 |");
+            StringAssert.Contains(TrainingReport.Markdown([curve], "t.svg"), "| dense | random weights | 50 | 204,800 | 3 min | 7.100 | 5.500 @2048 |");
             Assert.IsNull(TrainingCurve.Load(folder.FullName, "swa"));
+
+            // A warm-started model (models/train/warm_start.py) says where its weights came from.
+            File.Copy(Path.Combine(folder.FullName, "dense.loss.jsonl"), Path.Combine(folder.FullName, "hysparse.loss.jsonl"));
+            var model = new global::Onnx.ModelProto { IrVersion = 8, Graph = new global::Onnx.GraphProto { Name = "g" } };
+            model.OpsetImport.Add(new global::Onnx.OperatorSetIdProto { Domain = "", Version = 14 });
+            model.MetadataProps.Add(new global::Onnx.StringStringEntryProto { Key = "training.warm_start", Value = """{"from": "x.npz", "from_kind": "swa", "from_steps": 1984}""" });
+            File.WriteAllBytes(Path.Combine(folder.FullName, "hysparse.onnx"), Google.Protobuf.MessageExtensions.ToByteArray(model));
+            StringAssert.Contains(TrainingReport.Markdown([TrainingCurve.Load(folder.FullName, "hysparse")!], "t.svg"), "| hysparse | warm start: swa model after 1,984 steps | 50 |");
         }
         finally
         {
