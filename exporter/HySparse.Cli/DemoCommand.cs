@@ -51,10 +51,11 @@ internal sealed class DemoCommand : Verb
               lets dense and hybrid continue the same held-out Python prompt (sampled at --temperature,
               0.7 by default, with the same --seed for every model; greedy decoding of a model this small
               falls into loops): it prints both continuations,
-              how often the hybrid predicts the byte dense wrote, KV bytes and speed. Defaults: ratio 1:3,
-              top-k 8, block size 16, window 64 (what the model's HySparse twin was trained with); add
-              --kv-sharing for that mode's smaller cache, --native to also run the model trained as
-              HySparse.
+              how often the hybrid predicts the byte dense wrote, KV bytes and speed. Defaults: full layers
+              {TrainedDemo.BuiltInFullLayers} (where this model's induction heads need them; --ratio 1:3, the
+              converter's default, makes layer 6 sparse and shows what that costs), top-k 8, block size 16,
+              window 64 (what the model's HySparse twin was trained with); add --kv-sharing for that mode's
+              smaller cache, --native to also run the model trained as HySparse.
 
               --synthetic runs the earlier demo instead: a Llama-style decoder with random weights (hidden
               256, 8 query / 2 KV heads, head size 32) on a random prompt and greedy decode steps (as verify
@@ -79,7 +80,7 @@ internal sealed class DemoCommand : Verb
     private int RunTrained(ParseResult parse, bool json, Action<string>? progress, TextWriter stdout)
     {
         if (parse.GetValue(_layers) is not null) throw new UsageException("--layers sizes the random-weight decoder: add --synthetic");
-        var options = new TrainedDemo.Options(_layout.Read(parse, TrainedDefaults), parse.GetValue(_prompt) ?? 1024, parse.GetValue(_steps) ?? 120,
+        var options = new TrainedDemo.Options(_layout.Read(parse, TrainedDefaults, LayoutSpec.FromFullLayers(TrainedDemo.BuiltInFullLayers)), parse.GetValue(_prompt) ?? 1024, parse.GetValue(_steps) ?? 120,
             parse.GetValue(_native), parse.GetValue(_directory), parse.GetValue(_temperature), parse.GetValue(_seed));
         var result = TrainedDemo.Run(options, progress);
         if (json)

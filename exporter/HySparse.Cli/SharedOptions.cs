@@ -55,8 +55,9 @@ internal sealed class LayoutOptions
             command.Options.Add(option);
     }
 
-    /// <summary>The layout and parameters <paramref name="parse"/> gives; <paramref name="defaults"/> (or the constructor's, or the paper's) for parameters it does not.</summary>
-    public ConversionOptions Read(ParseResult parse, HybridParameters? defaults = null)
+    /// <summary>The layout and parameters <paramref name="parse"/> gives; <paramref name="defaults"/> (or the constructor's, or the paper's) for parameters it does not,
+    /// <paramref name="defaultLayout"/> (else ratio 1:3) when it gives no layout.</summary>
+    public ConversionOptions Read(ParseResult parse, HybridParameters? defaults = null, LayoutSpec? defaultLayout = null)
     {
         defaults ??= _defaults ?? new HybridParameters();
         var pattern = parse.GetValue(_pattern);
@@ -68,7 +69,7 @@ internal sealed class LayoutOptions
         var layout = pattern is not null ? LayoutSpec.FromLetters(pattern, sparseLast)
             : ratio is not null ? LayoutSpec.Ratio(ratio, sparseLast)
             : fullLayers is not null ? LayoutSpec.FromFullLayers(fullLayers, sparseLast)
-            : LayoutSpec.Ratio("1:3", sparseLast);
+            : defaultLayout ?? LayoutSpec.Ratio("1:3", sparseLast);
         var parameters = new HybridParameters
         {
             TopK = parse.GetValue(_topK) ?? defaults.TopK,

@@ -45,6 +45,8 @@ stage() {
 
 case "$KIND" in
   dense)
+    # (The committed seed 1's stage 1 had copy pairs with short gaps, --copy-gap 32, instead of rows in
+    # halves, and was carried on from step 1,243 of a 2,700-s stage: README, "The committed models".)
     stage dense$SEED-1-copy128 dense:$SEED 2000 128x64:1 2.5e-3 60 "" $COPY --eval-seconds 500
     stage dense$SEED-2-copy512 dense:$SEED 1240 512x32:1 1.5e-3 30 "$STATE/dense$SEED-1-copy128" $COPY --eval-seconds 620
     stage dense$SEED-3-text2k dense:$SEED 3000 2048x8:1 1e-3 30 "$STATE/dense$SEED-2-copy512" \

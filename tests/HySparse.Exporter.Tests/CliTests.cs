@@ -225,8 +225,12 @@ public sealed class CliTests
         Assert.AreEqual("trained", root.GetProperty("model").GetString());
         var generations = root.GetProperty("generations").EnumerateArray().ToList();
         Assert.HasCount(2, generations);
-        Assert.AreEqual("FSSSFSSF", generations[1].GetProperty("layout").GetString());
+        // The default keeps the built-in model's induction layer (6) full; a layout option replaces it.
+        Assert.AreEqual("FSSSSSFF", generations[1].GetProperty("layout").GetString());
         Assert.AreEqual(8, root.GetProperty("parameters").GetProperty("topK").GetInt32());
+        var ratio = Run("demo", "--prompt", "200", "--steps", "2", "--ratio", "1:3", "--json");
+        Assert.AreEqual(ExitCodes.Success, ratio.Code, ratio.Err);
+        Assert.AreEqual("FSSSFSSF", JsonDocument.Parse(ratio.Out).RootElement.GetProperty("generations")[1].GetProperty("layout").GetString());
 
         var text = Run("demo", "--prompt", "200", "--steps", "4", "-q");
         Assert.AreEqual(ExitCodes.Success, text.Code, text.Err);
