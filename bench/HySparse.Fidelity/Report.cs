@@ -342,7 +342,7 @@ public sealed record TrainingCurve(string Kind, IReadOnlyList<(int Step, long To
         using var doc = JsonDocument.Parse(warm);
         var r = doc.RootElement;
         var kind = r.TryGetProperty("from_kind", out var k) ? k.GetString() : "another";
-        return r.TryGetProperty("from_steps", out var steps) ? $"warm start: {kind} model after {steps.GetInt32():N0} steps" : $"warm start: {kind} model";
+        return r.TryGetProperty("from_steps", out var steps) ? $"warm start: {kind} model after {steps.GetInt32().ToString("N0", CultureInfo.InvariantCulture)} steps" : $"warm start: {kind} model";
     }
 }
 
