@@ -11,8 +11,8 @@
 # Two chains at a time fit the 2-core, 24 GB machine (the HySparse 2k stage runs in micro-batches for
 # that). STATE (default build/train-cpu) holds one folder per stage; a stage with a `done` file is
 # skipped and one stopped early resumes from its last evaluation (train_gpu.py --resume), so after an
-# interruption the same command goes on. Stages are budgeted in seconds, so a faster or slower
-# machine gets more or fewer steps; the README gives the step counts of the committed runs.
+# interruption the same command goes on. Stages are budgeted in steps, the committed seed-1 runs'
+# counts, so a busy machine changes the time a stage takes, not its schedule.
 # Then export: export_onnx.py --checkpoint $STATE/<last stage>/<kind>-seed<N>.npz, join_curves.py.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,15 +29,15 @@ COPY="--retrieval-share 0 --copy-share 1 --copy-text 0.5 --copy-halves --eval-wi
 # Language at 2k: text, 30 % retrieval rows (6 plant/query pairs per KiB, value bytes weighted 2x), 25 % copy rows.
 LM="--retrieval-share 0.3 --retrieval-pairs-per-kb 6 --value-weight 2 --copy-share 0.25 --copy-text 0.5 --copy-halves --eval-windows 8 --retrieval-probes 32"
 
-# stage NAME RUN SECONDS PHASES LR WARMUP INIT_DIR [options...]
+# stage NAME RUN STEPS PHASES LR WARMUP INIT_DIR [options...]
 stage() {
-  local name=$1 run=$2 seconds=$3 phases=$4 lr=$5 warmup=$6 init=$7; shift 7
+  local name=$1 run=$2 steps=$3 phases=$4 lr=$5 warmup=$6 init=$7; shift 7
   local dir=$STATE/$name resume=()
   mkdir -p "$dir"
   if [ -f "$dir/done" ]; then echo "$name: done"; return 0; fi
   if ls "$dir"/*.resume.pt >/dev/null 2>&1; then resume=(--resume); fi
-  echo "$name: ${resume[*]:-start} ($seconds s, $phases, lr $lr; log $dir/log)"
-  nice "$PYTHON" models/train/train_gpu.py --corpus "$CORPUS" --out "$dir" --runs "$run" --seconds "$seconds" \
+  echo "$name: ${resume[*]:-start} ($steps steps, $phases, lr $lr; log $dir/log)"
+  nice "$PYTHON" models/train/train_gpu.py --corpus "$CORPUS" --out "$dir" --runs "$run" --steps "$steps" \
     --phases "$phases" --lr "$lr" --warmup "$warmup" ${init:+--init-onnx "$init"} "$@" \
     --device cpu --threads 1 "${resume[@]}" >> "$dir/log" 2>&1
   touch "$dir/done"
@@ -47,18 +47,18 @@ case "$KIND" in
   dense)
     # (The committed seed 1's stage 1 had copy pairs with short gaps, --copy-gap 32, instead of rows in
     # halves, and was carried on from step 1,243 of a 2,700-s stage: README, "The committed models".)
-    stage dense$SEED-1-copy128 dense:$SEED 2000 128x64:1 2.5e-3 60 "" $COPY --eval-seconds 500
-    stage dense$SEED-2-copy512 dense:$SEED 1240 512x32:1 1.5e-3 30 "$STATE/dense$SEED-1-copy128" $COPY --eval-seconds 620
-    stage dense$SEED-3-text2k dense:$SEED 3000 2048x8:1 1e-3 30 "$STATE/dense$SEED-2-copy512" \
+    stage dense$SEED-1-copy128 dense:$SEED 1243 128x64:1 2.5e-3 60 "" $COPY --eval-seconds 600
+    stage dense$SEED-2-copy512 dense:$SEED 254 512x32:1 1.5e-3 30 "$STATE/dense$SEED-1-copy128" $COPY --eval-seconds 600
+    stage dense$SEED-3-text2k dense:$SEED 363 2048x8:1 1e-3 30 "$STATE/dense$SEED-2-copy512" \
       --retrieval-share 0.15 --copy-share 0.25 --copy-text 0.5 --copy-halves --eval-windows 8 --retrieval-probes 32 --eval-seconds 600
-    stage dense$SEED-4-retrieval2k dense:$SEED 2400 2048x8:1 6e-4 30 "$STATE/dense$SEED-3-text2k" \
+    stage dense$SEED-4-retrieval2k dense:$SEED 302 2048x8:1 6e-4 30 "$STATE/dense$SEED-3-text2k" \
       --retrieval-share 0.35 --retrieval-pairs-per-kb 6 --value-weight 2 --copy-share 0.2 --copy-text 0.5 --copy-halves \
       --eval-windows 8 --retrieval-probes 32 --eval-seconds 800
     ;;
   swa)
-    stage swa$SEED-1-copy128 swa:$SEED 2700 128x64:1 2.5e-3 60 "" $COPY --eval-seconds 1000000000
-    stage swa$SEED-2-copy512 swa:$SEED 1080 512x32:1 1.5e-3 30 "$STATE/swa$SEED-1-copy128" $COPY --eval-seconds 540
-    stage swa$SEED-3-text2k swa:$SEED 2700 2048x8:1 1e-3 30 "$STATE/swa$SEED-2-copy512" $LM --eval-seconds 600
+    stage swa$SEED-1-copy128 swa:$SEED 1683 128x64:1 2.5e-3 60 "" $COPY --eval-seconds 600
+    stage swa$SEED-2-copy512 swa:$SEED 301 512x32:1 1.5e-3 30 "$STATE/swa$SEED-1-copy128" $COPY --eval-seconds 540
+    stage swa$SEED-3-text2k swa:$SEED 404 2048x8:1 1e-3 30 "$STATE/swa$SEED-2-copy512" $LM --eval-seconds 600
     ;;
   hysparse)
     # From random, HySparse formed no induction head in 1,500 steps at 512 bytes (README, "Where the head
@@ -67,8 +67,8 @@ case "$KIND" in
     if [ ! -f "$STATE/hysparse$SEED-0-from-swa/hysparse-seed$SEED.npz" ]; then
       "$PYTHON" models/train/warm_start.py --swa "$STATE/swa$SEED-2-copy512/swa-seed$SEED.npz" --out "$STATE/hysparse$SEED-0-from-swa"
     fi
-    stage hysparse$SEED-1-copy512 hysparse:$SEED 600 512x16:1 1e-3 20 "$STATE/hysparse$SEED-0-from-swa" $COPY --eval-seconds 1000000000
-    stage hysparse$SEED-2-text2k hysparse:$SEED 4800 2048x8:1 1e-3 30 "$STATE/hysparse$SEED-1-copy512" $LM --eval-seconds 600 --micro-batch 2
+    stage hysparse$SEED-1-copy512 hysparse:$SEED 149 512x16:1 1e-3 20 "$STATE/hysparse$SEED-0-from-swa" $COPY --eval-seconds 600
+    stage hysparse$SEED-2-text2k hysparse:$SEED 391 2048x8:1 1e-3 30 "$STATE/hysparse$SEED-1-copy512" $LM --eval-seconds 600 --micro-batch 2
     ;;
   *) echo "cpu_recipe.sh: unknown kind '$KIND' (dense, swa or hysparse)" >&2; exit 2 ;;
 esac

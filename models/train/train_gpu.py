@@ -10,7 +10,9 @@ step count nobody can predict for an unseen machine. Training every run inside o
 comparison fair anyway: at step i every run gets the same sequence length, batch shape and learning
 rate, and runs of one seed read the same batch (train.batch_at(seed, i), as train.py does), so the
 kinds differ only in their architecture. Phases and the cosine schedule advance with the fraction of
-the budget spent; the warm-up counts steps.
+the budget spent; the warm-up counts steps. The budget is wall-clock seconds (`--seconds`: a GPU lease)
+or steps (`--steps`: the CPU recipe, where a busy machine would otherwise give one seed fewer steps
+than another).
 
 Each run ends as <out>/<kind>-seed<N>.npz (float32 weights, the config and the training record under
 the key "meta") and <out>/<kind>-seed<N>.loss.jsonl. export_onnx.py --checkpoint takes the .npz.
@@ -97,7 +99,7 @@ def resume_point(args, recipe, name):
     if model.c.to_dict() != ModelConfig(**dict(json.load(open(args.config)), kind=model.c.kind)).to_dict():
         sys.exit(f"--resume: {weights}: its config differs from {args.config}")
     if record.get("final"):
-        sys.exit(f"--resume: {name} already finished its {args.seconds:.0f} s ({weights} is final)")
+        sys.exit(f"--resume: {name} already finished its budget ({weights} is final)")
     if record.get("steps", 0) - record["initial"].get("steps", 0) != state["step"]:
         sys.exit(f"--resume: {weights} and {state_path} are from different steps")
     return model, record["initial"], state
@@ -122,7 +124,10 @@ def main():
     parser.add_argument("--out", required=True, help="loss curves (<run>.loss.jsonl)")
     parser.add_argument("--weights-out", help="where the .npz files go (default: --out)")
     parser.add_argument("--config", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json"))
-    parser.add_argument("--seconds", type=float, required=True, help="training budget (wall clock, all runs)")
+    parser.add_argument("--seconds", type=float, help="training budget (wall clock, all runs)")
+    parser.add_argument("--steps", type=int,
+                        help="training budget in steps instead of seconds: phases and the cosine schedule advance with "
+                             "the steps done, so runs on a busy or a free machine get the same schedule (CPU recipe, seeds)")
     parser.add_argument("--phases", default="512x128:0.35,2048x32:0.65",
                         help="SEQxBATCH:SHARE of the budget, in order")
     parser.add_argument("--lr", type=float, default=2.5e-3)
@@ -165,6 +170,9 @@ def main():
                         help="continue the runs in --out from their last evaluation (weights, optimizer, step, "
                              "clock); every other option must be the one the stage started with")
     args = parser.parse_args()
+    if (args.seconds is None) == (args.steps is None) or (args.steps is not None and args.steps < 1) \
+            or (args.seconds is not None and args.seconds <= 0):
+        sys.exit("give one budget: --seconds S (> 0) or --steps N (>= 1)")
     runs, phases = parse_runs(args.runs), parse_time_phases(args.phases)
     if args.micro_batch < 0 or any(args.micro_batch and batch % args.micro_batch for _, batch, _ in phases):
         sys.exit(f"--micro-batch {args.micro_batch}: must divide every phase's batch ({args.phases})")
@@ -269,11 +277,11 @@ def main():
             sys.exit("--resume: the runs stopped at different steps; resume them one at a time")
         step, tokens = resumed[0]["step"], resumed[0]["tokens"]
         started -= resumed[0]["seconds"]   # the schedule goes on from where the clock stopped
-        print(f"resuming at step {step} ({tokens:,} bytes/run, {resumed[0]['seconds']:.0f} s of {args.seconds:.0f})", flush=True)
+        print(f"resuming at step {step} ({tokens:,} bytes/run, {resumed[0]['seconds']:.0f} s on the clock)", flush=True)
     pending = [[] for _ in models]   # loss tensors not yet read (reading one waits for the GPU)
     while True:
         elapsed = time.time() - started
-        fraction = elapsed / args.seconds
+        fraction = step / args.steps if args.steps else elapsed / args.seconds
         if fraction >= 1.0:
             break
         seq, batch = phase_at(fraction)
