@@ -80,7 +80,7 @@ internal sealed class DemoCommand : Verb
     private int RunTrained(ParseResult parse, bool json, Action<string>? progress, TextWriter stdout)
     {
         if (parse.GetValue(_layers) is not null) throw new UsageException("--layers sizes the random-weight decoder: add --synthetic");
-        var options = new TrainedDemo.Options(_layout.Read(parse, TrainedDefaults, LayoutSpec.FromFullLayers(TrainedDemo.BuiltInFullLayers)), parse.GetValue(_prompt) ?? 1024, parse.GetValue(_steps) ?? 120,
+        var options = new TrainedDemo.Options(_layout.Read(parse, TrainedDefaults, TrainedDemo.BuiltInFullLayers), parse.GetValue(_prompt) ?? 1024, parse.GetValue(_steps) ?? 120,
             parse.GetValue(_native), parse.GetValue(_directory), parse.GetValue(_temperature), parse.GetValue(_seed));
         var result = TrainedDemo.Run(options, progress);
         if (json)

@@ -56,8 +56,8 @@ internal sealed class LayoutOptions
     }
 
     /// <summary>The layout and parameters <paramref name="parse"/> gives; <paramref name="defaults"/> (or the constructor's, or the paper's) for parameters it does not,
-    /// <paramref name="defaultLayout"/> (else ratio 1:3) when it gives no layout.</summary>
-    public ConversionOptions Read(ParseResult parse, HybridParameters? defaults = null, LayoutSpec? defaultLayout = null)
+    /// the full layers <paramref name="defaultFullLayers"/> (else ratio 1:3) when it gives no layout.</summary>
+    public ConversionOptions Read(ParseResult parse, HybridParameters? defaults = null, string? defaultFullLayers = null)
     {
         defaults ??= _defaults ?? new HybridParameters();
         var pattern = parse.GetValue(_pattern);
@@ -68,8 +68,8 @@ internal sealed class LayoutOptions
             throw new UsageException("give only one of --pattern, --ratio and --full-layers");
         var layout = pattern is not null ? LayoutSpec.FromLetters(pattern, sparseLast)
             : ratio is not null ? LayoutSpec.Ratio(ratio, sparseLast)
-            : fullLayers is not null ? LayoutSpec.FromFullLayers(fullLayers, sparseLast)
-            : defaultLayout ?? LayoutSpec.Ratio("1:3", sparseLast);
+            : (fullLayers ?? defaultFullLayers) is { } list ? LayoutSpec.FromFullLayers(list, sparseLast)
+            : LayoutSpec.Ratio("1:3", sparseLast);
         var parameters = new HybridParameters
         {
             TopK = parse.GetValue(_topK) ?? defaults.TopK,
