@@ -96,8 +96,6 @@ def resume_point(args, recipe, name):
         sys.exit(f"--resume: {name} was started with other options: "
                  + ", ".join(f"--{k.replace('_', '-')} {state['recipe'].get(k)} (now {recipe.get(k)})" for k in changed))
     model, record = onnx_weights.load_model(weights)
-    if model.c.to_dict() != ModelConfig(**dict(json.load(open(args.config)), kind=model.c.kind)).to_dict():
-        sys.exit(f"--resume: {weights}: its config differs from {args.config}")
     if record.get("final"):
         sys.exit(f"--resume: {name} already finished its budget ({weights} is final)")
     if record.get("steps", 0) - record["initial"].get("steps", 0) != state["step"]:
@@ -199,25 +197,28 @@ def main():
     models, optimizers, logs, names, bases = [], [], [], [], []
     resumed = []   # per run: the .resume.pt contents when --resume
     for kind, seed in runs:
-        torch.manual_seed(seed)
-        model = ByteLM(ModelConfig(**dict(fields, kind=kind)))
-        bases.append({"tokens": 0, "steps": 0})
-        if args.init_onnx:
-            path = os.path.join(args.init_onnx, f"{kind}-seed{seed}.npz")
-            if not os.path.exists(path):
-                path = os.path.join(args.init_onnx, f"{kind}.onnx" if seed == 1 else f"{kind}-seed{seed}.onnx")
-            model, record = onnx_weights.load_model(path)
-            if model.c.to_dict() != ModelConfig(**dict(fields, kind=kind)).to_dict():
-                sys.exit(f"{path}: its config differs from {args.config}")
-            bases[-1] = {"from": os.path.relpath(path), "tokens": int(record.get("tokens", 0)),
-                         "steps": int(record.get("steps", 0))}
-            if (record.get("initial") or {}).get("warm_start"):   # warm_start.py's record travels on
-                bases[-1]["warm_start"] = record["initial"]["warm_start"]
-            print(f"{kind}:{seed} starts from {path} ({record.get('tokens', '?')} bytes trained)", flush=True)
         names.append(f"{kind}-seed{seed}")
-        if args.resume:
-            model, bases[-1], state = resume_point(args, recipe, names[-1])
+        config = ModelConfig(**dict(fields, kind=kind))
+        if args.resume:   # the stage's own last weights; --init-onnx only started it
+            model, base, state = resume_point(args, recipe, names[-1])
             resumed.append(state)
+            source = os.path.join(args.weights_out or args.out, f"{names[-1]}.npz")
+        elif args.init_onnx:
+            source = os.path.join(args.init_onnx, f"{kind}-seed{seed}.npz")
+            if not os.path.exists(source):
+                source = os.path.join(args.init_onnx, f"{kind}.onnx" if seed == 1 else f"{kind}-seed{seed}.onnx")
+            model, record = onnx_weights.load_model(source)
+            base = {"from": os.path.relpath(source), "tokens": int(record.get("tokens", 0)),
+                    "steps": int(record.get("steps", 0))}
+            if (record.get("initial") or {}).get("warm_start"):   # warm_start.py's record travels on
+                base["warm_start"] = record["initial"]["warm_start"]
+            print(f"{kind}:{seed} starts from {source} ({record.get('tokens', '?')} bytes trained)", flush=True)
+        else:
+            torch.manual_seed(seed)
+            model, base, source = ByteLM(config), {"tokens": 0, "steps": 0}, None
+        if source and model.c.to_dict() != config.to_dict():
+            sys.exit(f"{source}: its config differs from {args.config}")
+        bases.append(base)
         model = model.to(device)
         models.append(model.train())
         optimizers.append(train.make_optimizer(model, args.lr, fused=device.type == "cuda"))
