@@ -86,7 +86,8 @@ def parse_phases(text):
 
 
 def batch_at(data, step, seq, batch, seed, retrieval_share, pairs_per_kb=0.0, spans=None, echo_share=0.0,
-             echoes_per_kb=2.0, copy_share=0.0, copy_gap=0, copy_text=0.0, copy_halves=False):
+             echoes_per_kb=2.0, copy_share=0.0, copy_gap=0, copy_text=0.0, copy_halves=False,
+             distances="positions"):
     """The batch of training step `step`: `batch` random windows of seq + 1 bytes, a share of them
     turned into retrieval examples. A pure function of its arguments, so a resumed run reads the
     same data as an uninterrupted one and every kind sees the same data order."""
@@ -98,7 +99,7 @@ def batch_at(data, step, seq, batch, seed, retrieval_share, pairs_per_kb=0.0, sp
     rows, planted = retrieval.mix_rows(rows, rng.getrandbits(63), retrieval_share, pairs_per_kb=pairs_per_kb, spans=spans,
                                        echo_share=echo_share, echoes_per_kb=echoes_per_kb, copy_share=copy_share,
                                        copy_gap=copy_gap, copy_text=copy_text,
-                                       copy_halves=copy_halves)
+                                       copy_halves=copy_halves, distances=distances)
     window = torch.frombuffer(bytearray(b"".join(rows)), dtype=torch.uint8).view(batch, seq + 1).long()
     return window[:, :-1], window[:, 1:], planted
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnx_weights  # noqa: E402  (load_model: .npz or .onnx)
+import retrieval  # noqa: E402  (DISTANCES)
 import train  # noqa: E402  (batch_at, make_optimizer, validation_bpb, retrieval_accuracy, tune_cpu)
 from hysparse_lm import ByteLM, ModelConfig  # noqa: E402
 
@@ -82,19 +83,21 @@ def save_resume_point(path, state):
     os.replace(path + ".tmp", path)
 
 
-def resume_point(args, recipe, name):
+def resume_point(args, recipe, name, defaults):
     """(model, base record, resume state) of run `name` at its last evaluation; exits with the reason
-    when there is none or the stage was started with other options."""
+    when there is none or the stage was started with other options. An option the saved state does
+    not name did not exist when the stage started: it ran with that option's default (`defaults`)."""
     directory = args.weights_out or args.out
     weights, state_path = os.path.join(directory, f"{name}.npz"), os.path.join(directory, f"{name}.resume.pt")
     for path in (weights, state_path):
         if not os.path.exists(path):
             sys.exit(f"--resume: {path} does not exist (start the stage without --resume)")
     state = torch.load(state_path, map_location="cpu")
-    changed = sorted(k for k in set(recipe) | set(state["recipe"]) if recipe.get(k) != state["recipe"].get(k))
+    started = {**{k: defaults.get(k) for k in recipe}, **state["recipe"]}
+    changed = sorted(k for k in set(recipe) | set(started) if recipe.get(k) != started.get(k))
     if changed:
         sys.exit(f"--resume: {name} was started with other options: "
-                 + ", ".join(f"--{k.replace('_', '-')} {state['recipe'].get(k)} (now {recipe.get(k)})" for k in changed))
+                 + ", ".join(f"--{k.replace('_', '-')} {started.get(k)} (now {recipe.get(k)})" for k in changed))
     model, record = onnx_weights.load_model(weights)
     if record.get("final"):
         sys.exit(f"--resume: {name} already finished its budget ({weights} is final)")
@@ -133,6 +136,9 @@ def main():
     parser.add_argument("--retrieval-share", type=float, default=0.2)
     parser.add_argument("--retrieval-pairs-per-kb", type=float, default=0.0,
                         help="plant/query pairs per 1,024 bytes of a retrieval row (0: one pair per row)")
+    parser.add_argument("--retrieval-distances", choices=retrieval.DISTANCES, default="positions",
+                        help="how pairs are placed (retrieval.make_dense_example): positions = plant early, query "
+                             "anywhere after (most distances short); uniform = every distance up to the row equally often")
     parser.add_argument("--echo-share", type=float, default=0.0,
                         help="share of rows in which spans of their own text are repeated later (retrieval.make_echo_example)")
     parser.add_argument("--echoes-per-kb", type=float, default=2.0,
@@ -200,7 +206,7 @@ def main():
         names.append(f"{kind}-seed{seed}")
         config = ModelConfig(**dict(fields, kind=kind))
         if args.resume:   # the stage's own last weights; --init-onnx only started it
-            model, base, state = resume_point(args, recipe, names[-1])
+            model, base, state = resume_point(args, recipe, names[-1], {k: parser.get_default(k) for k in recipe})
             resumed.append(state)
             source = os.path.join(args.weights_out or args.out, f"{names[-1]}.npz")
         elif args.init_onnx:
@@ -295,7 +301,8 @@ def main():
                                                             args.retrieval_pairs_per_kb, spans, args.echo_share,
                                                             args.echoes_per_kb,
                                                             args.copy_share if fraction < args.copy_until else 0.0,
-                                                            args.copy_gap, args.copy_text, args.copy_halves)
+                                                            args.copy_gap, args.copy_text, args.copy_halves,
+                                                            args.retrieval_distances)
                 weights = None
                 if args.value_weight != 1.0:
                     weights = torch.ones(targets.shape)
