@@ -29,7 +29,10 @@ public sealed record ProbeOutcome(int Context, double Position, int Distance, in
 /// <param name="MeanDistance">Mean bytes between the planted line and the value.</param>
 /// <param name="ValueAccuracy">Fraction of value bytes whose arg-max prediction (teacher-forced) is right.</param>
 /// <param name="ValueBitsPerByte">Mean cross-entropy of the value bytes, in bits.</param>
-public sealed record ProbeScore(int Context, double Position, int Probes, double MeanDistance, double ValueAccuracy, double ValueBitsPerByte)
+/// <param name="ValueAccuracyError">Standard error of <paramref name="ValueAccuracy"/> across the probes (the bytes of
+/// one value are not independent draws, the probes are): how far another set of probes of the same kind could move it.</param>
+public sealed record ProbeScore(int Context, double Position, int Probes, double MeanDistance, double ValueAccuracy, double ValueBitsPerByte,
+    double ValueAccuracyError)
 {
     /// <summary>One score per (context, position) of <paramref name="outcomes"/>, in context then position order.</summary>
     public static IReadOnlyList<ProbeScore> Cells(IEnumerable<ProbeOutcome> outcomes) =>
@@ -40,8 +43,37 @@ public sealed record ProbeScore(int Context, double Position, int Probes, double
     public static ProbeScore Pool(int context, double position, IReadOnlyCollection<ProbeOutcome> outcomes)
     {
         var bytes = outcomes.Sum(o => o.ValueBytes);
+        var accuracy = bytes > 0 ? (double)outcomes.Sum(o => o.Right) / bytes : double.NaN;
         return new ProbeScore(context, position, outcomes.Count, outcomes.Count > 0 ? outcomes.Average(o => o.Distance) : double.NaN,
-            bytes > 0 ? (double)outcomes.Sum(o => o.Right) / bytes : double.NaN, bytes > 0 ? outcomes.Sum(o => o.Bits) / bytes : double.NaN);
+            accuracy, bytes > 0 ? outcomes.Sum(o => o.Bits) / bytes : double.NaN,
+            RatioStandardError(outcomes.Select(o => ((double)o.Right, (double)o.ValueBytes)).ToList(), accuracy));
+    }
+
+    /// <summary>
+    /// Retrieval of <paramref name="a"/> minus that of <paramref name="b"/> on the same probes (outcomes in the same
+    /// probe order, as <see cref="Evaluator.Probe"/> returns them), with the standard error of the paired difference:
+    /// both models read the same windows and values, so the difference varies much less than either score.
+    /// </summary>
+    public static (double Difference, double StandardError) Paired(IReadOnlyList<ProbeOutcome> a, IReadOnlyList<ProbeOutcome> b)
+    {
+        if (a.Count != b.Count || a.Zip(b).Any(p => p.First.Context != p.Second.Context || p.First.Position != p.Second.Position
+                                                   || p.First.Distance != p.Second.Distance || p.First.ValueBytes != p.Second.ValueBytes))
+            throw new ArgumentException("paired retrieval needs the outcomes of the same probes in the same order");
+        var bytes = a.Sum(o => o.ValueBytes);
+        if (bytes == 0) return (double.NaN, double.NaN);
+        var difference = (double)(a.Sum(o => o.Right) - b.Sum(o => o.Right)) / bytes;
+        return (difference, RatioStandardError(a.Zip(b, (x, y) => ((double)(x.Right - y.Right), (double)x.ValueBytes)).ToList(), difference));
+    }
+
+    /// <summary>Standard error of the ratio Σy / Σx over independent units (y, x) with ratio <paramref name="ratio"/>
+    /// (the linearised ratio estimator; NaN with fewer than two units).</summary>
+    private static double RatioStandardError(IReadOnlyList<(double Y, double X)> units, double ratio)
+    {
+        var n = units.Count;
+        var total = units.Sum(u => u.X);
+        if (n < 2 || total <= 0) return double.NaN;
+        var squares = units.Sum(u => (u.Y - ratio * u.X) * (u.Y - ratio * u.X));
+        return Math.Sqrt(squares * n / (n - 1)) / total;
     }
 }
 

@@ -62,7 +62,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(FIXTURES, "probes.json"))
     parser.add_argument("--contexts", default="1024,2048,4096")
     parser.add_argument("--positions", default="0.1,0.5,0.9", help="needle positions, fractions of the window")
-    parser.add_argument("--per-cell", type=int, default=16, help="probes per (context, needle position)")
+    parser.add_argument("--per-cell", type=int, default=48, help="probes per (context, needle position)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
 

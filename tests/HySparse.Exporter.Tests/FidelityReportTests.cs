@@ -120,6 +120,34 @@ public sealed class FidelityReportTests
     }
 
     [TestMethod]
+    public void RetrievalErrorsAreThoseOfTheRatioOverProbes()
+    {
+        // Hand-computed: pooled 15/25 = 0.6; residuals right − 0.6·bytes = 1, −3, 2; √(14 · 3/2) / 25.
+        ProbeOutcome[] a = [new(2048, 0.1, 1800, 10, 7, 20), new(2048, 0.5, 1000, 10, 3, 40), new(2048, 0.9, 240, 5, 5, 2)];
+        var pooled = ProbeScore.Pool(2048, double.NaN, a);
+        Assert.AreEqual(0.6, pooled.ValueAccuracy, 1e-12);
+        Assert.AreEqual(Math.Sqrt(21) / 25, pooled.ValueAccuracyError, 1e-12);
+
+        // Paired with b (same probes): differences 2, 0, 4 → 6/25; residuals −0.4, −2.4, 2.8; √(13.76 · 3/2) / 25.
+        ProbeOutcome[] b = [a[0] with { Right = 5 }, a[1] with { Right = 3 }, a[2] with { Right = 1 }];
+        var (difference, error) = ProbeScore.Paired(a, b);
+        Assert.AreEqual(0.24, difference, 1e-12);
+        Assert.AreEqual(Math.Sqrt(20.64) / 25, error, 1e-12);
+        // Smaller than the two scores' own errors combined: what makes a probe hard is shared and cancels.
+        Assert.IsLessThan(Math.Sqrt(Math.Pow(pooled.ValueAccuracyError, 2) + Math.Pow(ProbeScore.Pool(2048, double.NaN, b).ValueAccuracyError, 2)), error);
+
+        Assert.ThrowsExactly<ArgumentException>(() => ProbeScore.Paired(a, [b[1], b[0], b[2]]));
+        Assert.IsTrue(double.IsNaN(ProbeScore.Pool(2048, 0.5, [a[0]]).ValueAccuracyError), "one probe has no spread");
+
+        static VariantResult Result(string kind, string name, ProbeOutcome[] probes) =>
+            new(new ModelVariant(name, kind, "", "", []), [new ContextScore(2048, 1.3, 1.3, 1, 0, 0)], probes, []);
+        var targets = Report.Targets([Result("dense", "dense", a), Result("native", "HySparse native", b)], 2048, 2048, window: 64);
+        Assert.AreEqual("60.0 ± 18.3 %", targets[1].Measured);
+        Assert.AreEqual("met", targets[1].Verdict);
+        Assert.AreEqual("36.0 % vs 60.0 % (−24.0 ± 18.2 points, paired)", targets[3].Measured);
+    }
+
+    [TestMethod]
     public void TargetsCompareTheModelsWithTheIssuesThresholds()
     {
         static VariantResult Result(string kind, string name, double bitsPerByte, int right, int distance = 500) => new(
