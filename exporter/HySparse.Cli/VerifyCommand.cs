@@ -13,6 +13,15 @@ internal sealed class VerifyCommand : Verb
     private readonly Option<int> _steps = SharedOptions.PositiveInt("--steps", "N", "decode steps after the prompt", Defaults.DecodeSteps);
     private readonly Option<int> _batch = SharedOptions.PositiveInt("--batch", "N", "sequences per call", Defaults.Batch);
     private readonly Option<int> _seed = SharedOptions.PositiveInt("--seed", "N", "seed of the random prompt", (int)Defaults.Seed);
+    private readonly Option<bool> _copy = new("--copy")
+    {
+        Description = "make the prompt a copy test (its second half repeats the first) and report how much of the repeat each model predicts",
+    };
+    private readonly Option<string?> _tokens = new("--tokens")
+    {
+        Description = "draw the random prompt from token ids LOW (inclusive) to HIGH (exclusive) instead of the whole vocabulary",
+        HelpName = "LOW:HIGH",
+    };
     private readonly Option<bool> _quiet = SharedOptions.Quiet();
     private readonly Option<bool> _json = SharedOptions.Json("print the options and the report as JSON on stdout");
 
@@ -20,7 +29,7 @@ internal sealed class VerifyCommand : Verb
     {
         Arguments.Add(_dense);
         Arguments.Add(_converted);
-        foreach (var option in new Option[] { _prompt, _steps, _batch, _seed, _quiet, _json }) Options.Add(option);
+        foreach (var option in new Option[] { _prompt, _steps, _batch, _seed, _copy, _tokens, _quiet, _json }) Options.Add(option);
         Details = """
             Details:
               Feeds both models the same random prompt (prefill), then decodes greedily: the dense model's
@@ -36,14 +45,35 @@ internal sealed class VerifyCommand : Verb
               while w >= context; its window caches are fed back at whatever length they come out, and
               the KV bytes both models returned at the last call are printed.
 
+              Logit errors and agreement on random tokens say how close the conversion is, not whether it
+              keeps what the model reads from far back: on random tokens there is nothing to read. --copy
+              makes the prompt random tokens whose second half repeats the first, and reports the share of
+              the repeat each model predicts (arg-max) — a model with induction heads predicts most of it
+              at the distance of half the prompt; a conversion that makes the wrong layers sparse loses it.
+              Compare layouts this way (--full-layers) before converting for long contexts. --tokens LOW:HIGH
+              keeps the random ids in a range: out of a subword vocabulary's special tokens, or, for a
+              byte-level model, in the bytes it was trained on (97:123 is a-z).
+
               A HySparse-native model (hysparse.mode = native) has no dense original, so verify refuses it
               on either side; inspect it instead.
 
             Example:
               hysparse convert llama.onnx -o hybrid.onnx --top-k 2 --block-size 16 --window 32
               hysparse verify llama.onnx hybrid.onnx --prompt 256 --steps 16
+              hysparse verify llama.onnx hybrid.onnx --prompt 1024 --steps 1 --copy --tokens 1000:30000
 
             """;
+    }
+
+    /// <summary>LOW:HIGH → (LOW, HIGH); null when the option is absent.</summary>
+    private static (int, int)? TokenRange(string? text)
+    {
+        if (text is null) return null;
+        var parts = text.Split(':');
+        if (parts.Length != 2 || !int.TryParse(parts[0], System.Globalization.NumberStyles.None, null, out var low)
+            || !int.TryParse(parts[1], System.Globalization.NumberStyles.None, null, out var high) || high - low < 2)
+            throw new UsageException($"--tokens needs LOW:HIGH, two token ids with at least two ids from LOW up to HIGH (exclusive), not '{text}'");
+        return (low, high);
     }
 
     public override string PositionalError(IReadOnlyList<string> given) =>
@@ -59,11 +89,23 @@ internal sealed class VerifyCommand : Verb
             DecodeSteps = parse.GetValue(_steps),
             Batch = parse.GetValue(_batch),
             Seed = (ulong)parse.GetValue(_seed),
+            Copy = parse.GetValue(_copy),
+            Tokens = TokenRange(parse.GetValue(_tokens)),
         };
+        if (options.Copy && options.PromptLength < 4)
+            throw new UsageException($"--copy needs --prompt of at least 4 tokens (two halves of 2), not {options.PromptLength}");
         var paths = new[] { parse.GetRequiredValue(_dense), parse.GetRequiredValue(_converted) }.Select(SharedOptions.ModelFile).ToList();
 
         Action<string>? progress = json || quiet ? null : step => stderr.WriteLine($"[verify] {step}");
-        var report = ModelVerifier.Verify(paths[0], paths[1], options, progress);
+        VerifyReport report;
+        try
+        {
+            report = ModelVerifier.Verify(paths[0], paths[1], options, progress);
+        }
+        catch (ArgumentException e) when (options.Tokens is not null && e is not ConversionSettingsException)
+        {
+            throw new UsageException($"--tokens: {e.Message}");   // the range against the model's vocabulary
+        }
 
         if (json)
         {
@@ -75,6 +117,9 @@ internal sealed class VerifyCommand : Verb
         foreach (var s in report.Steps)
             stdout.WriteLine($"  {(s.Step == 0 ? "pre" : s.Step.ToString()),4}  {s.Tokens,6}  {s.MaxAbsError,11:0.000e+00}  {s.MaxRelError,11:0.000e+00}  {s.Top1Agreement,11:P1}  {s.DenseMilliseconds,8:0.00}  {s.HybridMilliseconds,9:0.00}");
         stdout.WriteLine($"  overall: max abs error {report.MaxAbsError:0.000e+00}, top-1 agreement {report.Top1Agreement:P1}, decode {report.DenseDecodeMilliseconds:0.00} ms dense vs {report.HybridDecodeMilliseconds:0.00} ms hybrid per step");
+        if (report.Copy is { } copy)
+            stdout.WriteLine($"  copy test: {copy.Dense:P1} of the repeat predicted by the dense model, {copy.Hybrid:P1} by the converted one "
+                             + $"({copy.Positions} positions per sequence, {copy.Distance} tokens back)");
         stdout.WriteLine($"  KV cache after the last call: {SharedOptions.Bytes(report.DenseKvBytes)} dense, {SharedOptions.Bytes(report.HybridKvBytes)} converted");
         return ExitCodes.Success;
     }

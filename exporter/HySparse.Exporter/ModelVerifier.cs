@@ -18,6 +18,19 @@ public sealed record VerifyOptions
     public int Batch { get; init; } = 1;
     /// <summary>Seed of the random prompt tokens.</summary>
     public ulong Seed { get; init; } = 1;
+    /// <summary>
+    /// Make the prompt a copy test: random tokens whose second half repeats the first (period
+    /// PromptLength / 2), and report how much of the repeat each model predicts. A model that reads
+    /// back (induction heads) predicts nearly all of it; a conversion that hides the first half from the
+    /// layers that look it up does not — what random prompts alone cannot show, since there every
+    /// model's best guess is noise.
+    /// </summary>
+    public bool Copy { get; init; }
+    /// <summary>
+    /// Draw the random prompt tokens from [Low, High) instead of the whole vocabulary (null): keeps special
+    /// tokens out of a subword model's prompt, or a byte-level model's prompt in the bytes it was trained on.
+    /// </summary>
+    public (int Low, int High)? Tokens { get; init; }
 }
 
 /// <summary>Differences at one call.</summary>
@@ -38,8 +51,17 @@ public sealed record VerifyStep(int Step, int Tokens, double MaxAbsError, double
 /// <param name="HybridDecodeMilliseconds">Mean hybrid decode-step time.</param>
 /// <param name="DenseKvBytes">Bytes of the dense model's caches after the last call (what it really returned).</param>
 /// <param name="HybridKvBytes">Bytes of the converted model's caches after the last call (smaller with KV sharing).</param>
+/// <param name="Copy">With <see cref="VerifyOptions.Copy"/>: how much of the prompt's repeat each model predicts; null otherwise.</param>
 public sealed record VerifyReport(IReadOnlyList<VerifyStep> Steps, double MaxAbsError, double Top1Agreement, double DenseDecodeMilliseconds, double HybridDecodeMilliseconds,
-    long DenseKvBytes, long HybridKvBytes);
+    long DenseKvBytes, long HybridKvBytes, CopyScore? Copy = null);
+
+/// <summary>The copy test of <see cref="VerifyOptions.Copy"/>: arg-max predictions of the prompt's repeated half.</summary>
+/// <param name="Distance">Tokens between a token and its copy (the period of the prompt).</param>
+/// <param name="Positions">Predictions scored per sequence: every position of the repeat whose next token is a copy, except the
+/// repeat's first token (nothing says the prompt starts over there).</param>
+/// <param name="Dense">Fraction of those predictions the dense model gets right.</param>
+/// <param name="Hybrid">The same for the converted model.</param>
+public sealed record CopyScore(int Distance, int Positions, double Dense, double Hybrid);
 
 /// <summary>
 /// Runs a dense decoder and its HySparse conversion side by side in ONNX Runtime (CPU) on the same
@@ -57,6 +79,8 @@ public static class ModelVerifier
     {
         if (options.PromptLength < 1 || options.DecodeSteps < 0 || options.Batch < 1)
             throw new ArgumentException("verify needs a prompt of at least one token, a batch of at least one and a non-negative number of decode steps");
+        if (options.Copy && options.PromptLength < 4)
+            throw new ArgumentException($"a copy test needs a prompt of at least 4 tokens (two halves of 2), not {options.PromptLength}");
         var dense = ModelFile.Load(densePath);
         if (HybridConverter.IsNative(dense))
         {
@@ -79,7 +103,15 @@ public static class ModelVerifier
 
         var rng = new SplitMix64(options.Seed);
         var ids = new long[options.Batch * options.PromptLength];
-        for (var i = 0; i < ids.Length; i++) ids[i] = rng.NextInt(layers.Vocab);
+        var (low, high) = options.Tokens ?? (0, layers.Vocab);
+        if (low < 0 || high > layers.Vocab)
+            throw new ArgumentException($"prompt tokens [{low}, {high}) reach outside the model's vocabulary [0, {layers.Vocab})");
+        if (high - low < 2)
+            throw new ArgumentException($"prompt tokens [{low}, {high}) hold fewer than two ids");
+        var period = options.PromptLength / 2;
+        for (var i = 0; i < ids.Length; i++)
+            ids[i] = options.Copy && i % options.PromptLength >= period ? ids[i - period] : low + rng.NextInt(high - low);
+        var prompt = ids;
         // Shared-buffer conversions only take fixed-capacity buffers; a GroupQueryAttention source is
         // fed the same way so that both see the same inputs.
         var sharedBuffers = hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache)
@@ -96,6 +128,7 @@ public static class ModelVerifier
         denseState.Reset();
         hybridState.Reset();
         var steps = new List<VerifyStep>();
+        CopyScore? copy = null;
         // Without a KV cache a call sees only its own tokens: decoding one token at a time would
         // compare attention over a single key, so such models are compared on the prefill alone.
         var decodeSteps = layers.Layers > 0 ? options.DecodeSteps : 0;
@@ -107,13 +140,28 @@ public static class ModelVerifier
             var (hybridLogits, hybridMs) = Run(hybridPath, () => Timed(hybridState, ids));
             var tokens = ids.Length / options.Batch;
             steps.Add(Compare(step, tokens, denseLogits, hybridLogits, layers.Vocab, denseMs, hybridMs));
+            if (step == 0 && options.Copy)
+                copy = new CopyScore(period, options.PromptLength - period - 1,
+                    CopyAccuracy(denseLogits, prompt, options.Batch, options.PromptLength, period, layers.Vocab),
+                    CopyAccuracy(hybridLogits, prompt, options.Batch, options.PromptLength, period, layers.Vocab));
             ids = LastArgMax(denseLogits, options.Batch, tokens, layers.Vocab);
         }
         var decode = steps.Skip(1).ToList();
         var compared = steps.Sum(s => (double)s.Tokens);
         return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
             decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0,
-            denseState.KvCacheBytes, hybridState.KvCacheBytes);
+            denseState.KvCacheBytes, hybridState.KvCacheBytes, copy);
+    }
+
+    /// <summary>Fraction of the positions t in [period, length − 1) of each sequence whose arg-max is the prompt's token t + 1
+    /// (a copy of token t + 1 − period).</summary>
+    private static double CopyAccuracy(float[] logits, long[] prompt, int batch, int length, int period, int vocab)
+    {
+        var right = 0;
+        for (var b = 0; b < batch; b++)
+            for (var t = period; t < length - 1; t++)
+                if (ArgMax(logits, (b * length + t) * vocab, vocab) == prompt[b * length + t + 1]) right++;
+        return (double)right / (batch * (length - period - 1));
     }
 
     /// <summary>
