@@ -26,7 +26,7 @@ internal static class CommandLineSyntax
     public static RootCommand Root()
     {
         var root = new RootCommand(Overview);
-        foreach (var verb in new Verb[] { new ConvertCommand(), new GenerateCommand(), new InspectCommand(), new VerifyCommand(), new DemoCommand(), new NativeLibraryCommand() })
+        foreach (var verb in new Verb[] { new ConvertCommand(), new GenerateCommand(), new InspectCommand(), new VerifyCommand(), new ScanLayersCommand(), new DemoCommand(), new NativeLibraryCommand() })
             root.Subcommands.Add(verb);
         foreach (var option in root.Options)
         {

@@ -120,6 +120,24 @@ internal static class SharedOptions
         DefaultValueFactory = _ => InspectCommand.DefaultContexts,
     };
 
+    /// <summary><c>--tokens LOW:HIGH</c> of the commands that feed random prompts (<see cref="TokenRange"/>).</summary>
+    public static Option<string?> Tokens() => new("--tokens")
+    {
+        Description = "draw the random prompt from token ids LOW (inclusive) to HIGH (exclusive) instead of the whole vocabulary",
+        HelpName = "LOW:HIGH",
+    };
+
+    /// <summary>LOW:HIGH → (LOW, HIGH); null when the option is absent.</summary>
+    public static (int, int)? TokenRange(string? text)
+    {
+        if (text is null) return null;
+        var parts = text.Split(':');
+        if (parts.Length != 2 || !int.TryParse(parts[0], System.Globalization.NumberStyles.None, null, out var low)
+            || !int.TryParse(parts[1], System.Globalization.NumberStyles.None, null, out var high) || high - low < 2)
+            throw new UsageException($"--tokens needs LOW:HIGH, two token ids with at least two ids from LOW up to HIGH (exclusive), not '{text}'");
+        return (low, high);
+    }
+
     /// <summary>The positional argument that names the model (or model folder).</summary>
     public static Argument<string> Model(string name, string description) => new(name) { Description = description };
 

@@ -17,11 +17,7 @@ internal sealed class VerifyCommand : Verb
     {
         Description = "make the prompt a copy test (its second half repeats the first) and report how much of the repeat each model predicts",
     };
-    private readonly Option<string?> _tokens = new("--tokens")
-    {
-        Description = "draw the random prompt from token ids LOW (inclusive) to HIGH (exclusive) instead of the whole vocabulary",
-        HelpName = "LOW:HIGH",
-    };
+    private readonly Option<string?> _tokens = SharedOptions.Tokens();
     private readonly Option<bool> _quiet = SharedOptions.Quiet();
     private readonly Option<bool> _json = SharedOptions.Json("print the options and the report as JSON on stdout");
 
@@ -65,17 +61,6 @@ internal sealed class VerifyCommand : Verb
             """;
     }
 
-    /// <summary>LOW:HIGH → (LOW, HIGH); null when the option is absent.</summary>
-    private static (int, int)? TokenRange(string? text)
-    {
-        if (text is null) return null;
-        var parts = text.Split(':');
-        if (parts.Length != 2 || !int.TryParse(parts[0], System.Globalization.NumberStyles.None, null, out var low)
-            || !int.TryParse(parts[1], System.Globalization.NumberStyles.None, null, out var high) || high - low < 2)
-            throw new UsageException($"--tokens needs LOW:HIGH, two token ids with at least two ids from LOW up to HIGH (exclusive), not '{text}'");
-        return (low, high);
-    }
-
     public override string PositionalError(IReadOnlyList<string> given) =>
         "verify takes two model files or genai model folders: hysparse verify <dense.onnx> <converted.onnx>";
 
@@ -90,7 +75,7 @@ internal sealed class VerifyCommand : Verb
             Batch = parse.GetValue(_batch),
             Seed = (ulong)parse.GetValue(_seed),
             Copy = parse.GetValue(_copy),
-            Tokens = TokenRange(parse.GetValue(_tokens)),
+            Tokens = SharedOptions.TokenRange(parse.GetValue(_tokens)),
         };
         if (options.Copy && options.PromptLength < 4)
             throw new UsageException($"--copy needs --prompt of at least 4 tokens (two halves of 2), not {options.PromptLength}");
