@@ -39,8 +39,9 @@ public static class ModelVariants
     /// <param name="directory">The models folder (dense.onnx, hysparse.onnx, swa.onnx, optional second seeds).</param>
     /// <param name="quick">Only the 1:3 retrofit at the trained K (the smoke run): no other K, block size or window.</param>
     /// <param name="fullLayerSets">More retrofits of the dense model, one per set of full layers (e.g. "0,6,7":
-    /// the layers that hold its induction heads), at the trained K; each set goes through
-    /// <see cref="LayoutSpec.FromFullLayers"/>, which names what is wrong with a bad one.</param>
+    /// the layers that hold its induction heads), at the trained K; exactly the listed layers are full (the last
+    /// layer too only when listed); each set goes through <see cref="LayoutSpec.FromFullLayers"/>, which names what
+    /// is wrong with a bad one.</param>
     public static IReadOnlyList<ModelVariant> Build(string directory, bool quick, IReadOnlyList<string>? fullLayerSets = null)
     {
         var dense = ModelFile.Load(Path.Combine(directory, "dense.onnx"));
@@ -66,7 +67,7 @@ public static class ModelVariants
             variants.Add(Convert(dense, LayoutSpec.Ratio("1:3"), "1:3", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = 4 * window }, blockSize, window));
         }
         foreach (var set in fullLayerSets ?? [])
-            variants.Add(Convert(dense, LayoutSpec.FromFullLayers(set), $"full {set}", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window }));
+            variants.Add(Convert(dense, LayoutSpec.FromFullLayers(set, sparseLast: true), $"full {set}", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window }));
         variants.Add(Convert(dense, LayoutSpec.Ratio("1:3"), "1:3", new HybridParameters { TopK = trainedK, BlockSize = blockSize, Window = window, Mode = HybridMode.KvSharing }));
         variants.Add(new("HySparse native", "native", Metadata(native, HybridMetadata.Layout),
             $"K {trainedK} × {blockSize} + w {window}, gate, sinks, KV sharing", native.ToByteArray()));

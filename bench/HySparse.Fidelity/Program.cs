@@ -34,7 +34,8 @@ var recallContextOption = new Option<int>("--recall-context") { Description = "c
 var recallWindowsOption = new Option<int>("--recall-windows") { Description = "windows of validation text for the attention recall", DefaultValueFactory = _ => 4 };
 var fullLayersOption = new Option<string[]>("--full-layers")
 {
-    Description = "also retrofit the dense model with exactly these full layers (0-based, e.g. 0,6,7: where its induction heads are; models/train/induction_heads.py finds them), at the trained K; repeatable",
+    Description = "also retrofit the dense model with exactly these full layers (0-based; the last layer only if listed), at the trained K; repeatable. "
+                  + "E.g. 0,6,7 (layer 6 holds its induction heads: models/train/induction_heads.py) or what `hysparse scan-layers` suggests (0,2,6)",
 };
 var outOption = new Option<string>("--out") { Description = "write the generated section of this markdown file (between its markers), plus .json and .svg files beside it" };
 var quickOption = new Option<bool>("--quick") { Description = "smoke run: contexts 128,256, 2 windows, 2 probes per cell at 1k, recall on 1 window of 256" };

@@ -33,8 +33,9 @@ internal sealed class ScanLayersCommand : Verb
               scan-layers converts the model with one layer sparse at a time (retrofit, the given K, B, W)
               and runs verify's copy test on each: random tokens whose second half repeats the first, and
               the share of the repeat the model predicts. It then suggests as full layer 0 and the layers
-              whose sparsity cost the copy most, as many as --full, and runs the copy test on that layout and
-              on --ratio 1:3 for comparison. One conversion and two prefills per layer; the scratch files
+              whose sparsity cost the copy most, as many as --full (the last layer only if it is one of them:
+              the suggestion then ends in --sparse-last), and runs the copy test on that layout and on
+              --ratio 1:3 for comparison. One conversion and two prefills per layer; the scratch files
               go to a temporary folder (with copies of external data files, if the model has them) and the
               input is never modified.
 
@@ -45,7 +46,7 @@ internal sealed class ScanLayersCommand : Verb
 
             Example:
               hysparse scan-layers model.onnx --top-k 8 --block-size 16 --window 64
-              hysparse convert model.onnx -o model.hysparse.onnx --full-layers 0,6,7 --top-k 8 --block-size 16 --window 64
+              hysparse convert model.onnx -o model.hysparse.onnx --full-layers 0,2,6 --sparse-last --top-k 8 --block-size 16 --window 64
 
             """;
     }
@@ -86,7 +87,7 @@ internal sealed class ScanLayersCommand : Verb
         if (json)
         {
             CliApp.WriteJson(stdout, new { ok = true, model = path, parameters = new { topK = parameters.TopK, blockSize = parameters.BlockSize, window = parameters.Window }, copyTest = test, report,
-                fullLayers = report.FullLayersArgument });
+                convertArguments = report.ConvertArguments });
             return ExitCodes.Success;
         }
         stdout.WriteLine($"Scanned {path}: {report.Layers} layers, K {parameters.TopK} x B {parameters.BlockSize} + W {parameters.Window}; "
@@ -95,7 +96,7 @@ internal sealed class ScanLayersCommand : Verb
         stdout.WriteLine("  layer  copy with only this layer sparse");
         foreach (var layer in report.Single)
             stdout.WriteLine($"  {layer.Layer,5}  {layer.Copy,8:P1}{(report.FullLayers.Contains(layer.Layer) ? "  <- keep full" : "")}");
-        stdout.WriteLine($"  suggested: --full-layers {report.FullLayersArgument}  copy {report.SuggestedCopy:P1}");
+        stdout.WriteLine($"  suggested: {report.ConvertArguments}  copy {report.SuggestedCopy:P1}");
         stdout.WriteLine($"  --ratio 1:3 ({report.RatioLetters}): copy {report.RatioCopy:P1}");
         return ExitCodes.Success;
     }

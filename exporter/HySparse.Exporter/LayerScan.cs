@@ -22,6 +22,10 @@ public sealed record LayerScanReport(int Layers, int Distance, double DenseCopy,
 {
     /// <summary>The suggestion as <c>--full-layers</c> takes it.</summary>
     public string FullLayersArgument => string.Join(",", FullLayers);
+
+    /// <summary>The convert options that give exactly the suggested layout: <c>--sparse-last</c> too when the last
+    /// layer is not among the full ones (without it the converter makes the last layer full, as the paper does).</summary>
+    public string ConvertArguments => $"--full-layers {FullLayersArgument}" + (FullLayers.Contains(Layers - 1) ? "" : " --sparse-last");
 }
 
 /// <summary>

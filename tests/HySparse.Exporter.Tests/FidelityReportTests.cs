@@ -48,11 +48,13 @@ public sealed class FidelityReportTests
     {
         // The layout a user picks after finding where a dense model's induction heads are (layer 6 for the
         // one in models/train/README.md, "Where the head forms"): three full layers, as 1:3 has, not the same three.
-        var variants = ModelVariants.Build(Directory, quick: true, ["0,6,7"]);
+        var variants = ModelVariants.Build(Directory, quick: true, ["0,6,7", "0,2,6"]);
         var ratio = variants.Single(v => v.Kind == "retrofit" && v.Name.StartsWith("retrofit 1:3", StringComparison.Ordinal));
         var chosen = variants.Single(v => v.Name.StartsWith("retrofit full 0,6,7, K ", StringComparison.Ordinal));
 
         Assert.AreEqual("FSSSSSFF", chosen.Layout);
+        // Exactly the listed layers: the last one stays sparse when not listed (what scan-layers suggested here).
+        Assert.AreEqual("FSFSSSFS", variants.Single(v => v.Name.StartsWith("retrofit full 0,2,6, K ", StringComparison.Ordinal)).Layout);
         Assert.AreEqual("FSSSFSSF", ratio.Layout);
         Assert.AreEqual("retrofit", chosen.Kind);
         Assert.AreEqual(ratio.Detail, chosen.Detail, "the same K, block size and window as the ratio retrofits");
@@ -150,23 +152,27 @@ public sealed class FidelityReportTests
     [TestMethod]
     public void TargetsCompareTheModelsWithTheIssuesThresholds()
     {
-        static VariantResult Result(string kind, string name, double bitsPerByte, int right, int distance = 500) => new(
-            new ModelVariant(name, kind, "", "", []),
+        static VariantResult Result(string kind, string name, double bitsPerByte, int right, string layout = "") => new(
+            new ModelVariant(name, kind, layout, "", []),
             [new ContextScore(2048, bitsPerByte, bitsPerByte, 1, 0, 0)],
-            [new ProbeOutcome(2048, 0.5, distance, 10, right, 30)],
+            [new ProbeOutcome(2048, 0.5, 500, 10, right, 30)],
             []);
         VariantResult[] results =
         [
-            Result("dense", "dense", 2.25, 7), Result("retrofit", "retrofit 1:3, K 8", 2.3, 6),
+            Result("dense", "dense", 2.25, 7), Result("retrofit", "retrofit 1:3, K 8", 2.3, 6, "FSSSFSSF"),
             Result("native", "HySparse native", 2.31, 7), Result("swa", "sliding-window baseline", 2.4, 1),
+            // Same budget as 1:3 (three full layers) elsewhere: judged beside it; four full layers: not.
+            Result("retrofit", "retrofit full 0,2,6, K 8", 2.26, 7, "FSFSSSFS"), Result("retrofit", "retrofit full 0,2,6,7, K 8", 2.26, 7, "FSFSSSFF"),
         ];
 
         var targets = Report.Targets(results, 2048, 2048, window: 64);
 
-        CollectionAssert.AreEqual(new bool?[] { true, true, false, true, null, false }, targets.Select(t => t.Met).ToArray());
+        CollectionAssert.AreEqual(new bool?[] { true, true, false, true, null, false, true }, targets.Select(t => t.Met).ToArray());
         Assert.AreEqual("missed by 0.010 bits/byte", targets[2].Verdict);
         Assert.AreEqual("10.0 % (dense 70.0 %, native 70.0 %)", targets[4].Measured);
         Assert.AreEqual("missed: 86 % kept", targets[5].Verdict);
+        Assert.AreEqual("retrofit full 0,2,6, K 8 (as many full layers as 1:3) keeps ≥ 90 % of dense's retrieval at 2k", targets[6].Goal);
+        Assert.AreEqual("met (100 % kept)", targets[6].Verdict);
         StringAssert.Contains(Report.Markdown(results, [2048], 64, "a.svg", "b.svg"), "No second seed was evaluated");
     }
 

@@ -81,6 +81,8 @@ public sealed class VerifyCopyTests
         CollectionAssert.Contains(full, 0);
         CollectionAssert.Contains(full, 6);
         Assert.AreEqual("FSSSFSSF", report.GetProperty("ratioLetters").GetString());
+        var root = JsonDocument.Parse(stdout).RootElement;
+        Assert.AreEqual($"--full-layers {string.Join(",", full)}{(full.Contains(7) ? "" : " --sparse-last")}", root.GetProperty("convertArguments").GetString());
         // Measured (batch 2): the suggestion (0,2,6) 84.0 %, 1:3 4.2 %.
         Assert.IsGreaterThan(report.GetProperty("ratioCopy").GetDouble() + 0.5, report.GetProperty("suggestedCopy").GetDouble());
     }
