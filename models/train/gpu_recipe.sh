@@ -8,10 +8,10 @@
 #   tests/gpu/prepare.sh        # here: carries the corpus (and the GPU kernel checks' sources) in build/gpu-carry
 #   models/train/gpu_recipe.sh  # there, with build/gpu-carry carried (tests/gpu/all.sh runs it beside the kernel checks)
 #
-# Environment: RECIPE (induction, the default, or plain: the committed models' one-stage recipe),
+# Environment: RECIPE (induction, the default, or plain: the 2026-12-04 models' one-stage recipe),
 # TRAIN_SECONDS (default 300, all stages), RUNS (KIND:SEED list), PHASES (SEQxBATCH:SHARE list of the
 # language-modelling stage; PHASES1, PHASES2 and STAGE1_PERCENT, STAGE2_PERCENT for the induction
-# recipe's copy stages), LR, WARMUP, LR3 (the induction recipe's language stage, default 1e-3), MIX
+# recipe's copy stages; PHASES2B and WARM_PERCENT for the warm-started HySparse runs' copy stage), LR, WARMUP, LR3 (the induction recipe's language stage, default 1e-3), MIX
 # (the last stage's training mix: retrieval rows, pairs per KiB, value-byte weight, echo and copy rows;
 # README "Retrieval"), EXTRA (more train_gpu.py arguments, e.g.
 # "--device cpu --threads 1" to run the recipe on a CPU),
@@ -23,6 +23,7 @@ PY=${PYTHON:-python3}
 CORPUS=${CORPUS:-build/gpu-carry/corpus}
 out=${OUT:-build/gpu-out}
 work=build/train-gpu
+rm -rf "$work"   # scratch of one run: an earlier run's curves would travel back with this one's
 mkdir -p "$out" "$work"
 [ -n "${DONE_FILE:-}" ] && trap 'touch "$DONE_FILE"' EXIT
 export PYTHONUNBUFFERED=1
@@ -38,10 +39,11 @@ for split in manifest["splits"].values():
 print(f"corpus {corpus}: matches corpus-manifest.json")
 PYEOF
 
-train() {   # train() STAGE SECONDS PHASES INIT_DIR WEIGHTS_DIR MIX...: one train_gpu.py call over every run
-  local stage=$1 seconds=$2 phases=$3 init=$4 weights=$5; shift 5
+runs=${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}
+train() {   # train() STAGE RUNS SECONDS PHASES INIT_DIR WEIGHTS_DIR MIX...: one train_gpu.py call over the runs
+  local stage=$1 stage_runs=$2 seconds=$3 phases=$4 init=$5 weights=$6; shift 6
   $PY models/train/train_gpu.py --corpus "$CORPUS" --out "$work/$stage" --weights-out "$weights" \
-    --seconds "$seconds" --runs "${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}" \
+    --seconds "$seconds" --runs "$stage_runs" \
     --phases "$phases" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} ${init:+--init-onnx "$init"} \
     ${EXTRA:-} "$@" 2>&1 | tee -a "$work/train.log"
   return "${PIPESTATUS[0]}"
@@ -52,7 +54,7 @@ if [ "${RECIPE:-induction}" = plain ]; then
   # The committed models' recipe (2026-12-04): language modelling with retrieval and echo rows from
   # the start. No run formed an induction head with it (README, "Why retrieval is not learned yet").
   # shellcheck disable=SC2086
-  train curves "$seconds" "${PHASES:-512x128:0.35,2048x32:0.65}" "${INIT:-}" "$out" \
+  train curves "$runs" "$seconds" "${PHASES:-512x128:0.35,2048x32:0.65}" "${INIT:-}" "$out" \
     ${MIX:---retrieval-share 0.5 --retrieval-pairs-per-kb 6 --value-weight 2 --echo-share 0.5}
   status=$?
 else
@@ -62,16 +64,38 @@ else
   # the rows still copy rows so the head stays, and the retrieval mix.
   # The copy stages evaluate once, at their end, on few windows: their time comes out of the lease.
   copy="--retrieval-share 0 --copy-share 1 --copy-text 0.5 --copy-halves --eval-seconds 1e9 --eval-windows 4 --retrieval-probes 16"
+  # HySparse trained from random formed no induction head (README, "Where the head forms"), so as in the
+  # committed models each hysparse:N is the sliding-window model swa:N after the copy stages, made
+  # HySparse by warm_start.py, given a short copy stage of its own, then trained with the others.
+  base=$(tr ',' '\n' <<< "$runs" | sed 's/^hysparse:/swa:/' | awk '!seen[$0]++' | paste -sd, -)
+  hysparse=$(tr ',' '\n' <<< "$runs" | grep '^hysparse:' | paste -sd, -)
   s1=$(( seconds * ${STAGE1_PERCENT:-25} / 100 )); s2=$(( seconds * ${STAGE2_PERCENT:-10} / 100 ))
-  s3=$(( seconds - s1 - s2 ))
+  s2b=0; [ -n "$hysparse" ] && s2b=$(( seconds * ${WARM_PERCENT:-5} / 100 ))
+  s3=$(( seconds - s1 - s2 - s2b ))
+  warm() {   # every hysparse:N from swa:N of stage 2, then its copy stage; stage 3 starts from init3
+    rm -rf "$work/init3" "$work/warm" && mkdir -p "$work/init3" "$work/warm"
+    ln -sf "$PWD/$work"/stage2/*.npz "$work/init3/"
+    [ -z "$hysparse" ] && return 0
+    for run in ${hysparse//,/ }; do
+      $PY models/train/warm_start.py --swa "$work/stage2/swa-seed${run#hysparse:}.npz" --out "$work/warm" 2>&1 | tee -a "$work/train.log"
+      [ "${PIPESTATUS[0]}" = 0 ] || return 1
+    done
+    # shellcheck disable=SC2086
+    train stage2b "$hysparse" "$s2b" "${PHASES2B:-512x64:1}" "$work/warm" "$work/stage2b" $copy --lr 1e-3 --warmup 20 &&
+      ln -sf "$PWD/$work"/stage2b/hysparse-seed*.npz "$work/init3/"
+  }
   # shellcheck disable=SC2086
-  train stage1 "$s1" "${PHASES1:-128x256:1}" "${INIT:-}" "$work/stage1" $copy &&
-  train stage2 "$s2" "${PHASES2:-512x64:0.5,2048x16:0.5}" "$work/stage1" "$work/stage2" $copy &&
+  train stage1 "$base" "$s1" "${PHASES1:-128x256:1}" "${INIT:-}" "$work/stage1" $copy &&
+  train stage2 "$base" "$s2" "${PHASES2:-512x64:0.5,2048x16:0.5}" "$work/stage1" "$work/stage2" $copy &&
+  warm &&
   # Stage 3 at LR3 (1e-3, as the CPU run that kept the head, README run G), whatever LR says.
-  train stage3 "$s3" "${PHASES:-512x128:0.3,2048x32:0.7}" "$work/stage2" "$out" --lr "${LR3:-1e-3}" \
+  train stage3 "$runs" "$s3" "${PHASES:-512x128:0.3,2048x32:0.7}" "$work/init3" "$out" --lr "${LR3:-1e-3}" \
     ${MIX:---retrieval-share 0.3 --retrieval-pairs-per-kb 6 --value-weight 2 --copy-share 0.25 --copy-text 0.5 --copy-halves}
   status=$?
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$work/train.log" 2>&1
-tar -czf "$out/train-logs.tar.gz" -C "$work" .
+# Only weights and logs travel back (the device tool returns at most 8 files, each size-limited): the
+# optimizer states train_gpu.py keeps for --resume, and the stages' intermediate weights, stay there.
+rm -f "$out"/*.resume.pt
+tar -czf "$out/train-logs.tar.gz" --exclude='*.npz' --exclude='*.resume.pt' -C "$work" .
 exit "$status"
