@@ -132,7 +132,7 @@ if (outPath.Length == 0)
     return 0;
 }
 
-var curves = new[] { "dense", "hysparse", "swa" }.Select(k => TrainingCurve.Load(modelsDir, k)).OfType<TrainingCurve>().ToList();
+var curves = new[] { "dense", "dense-seed2", "hysparse", "hysparse-seed2", "swa" }.Select(k => TrainingCurve.Load(modelsDir, k)).OfType<TrainingCurve>().ToList();
 var trainingSvg = Path.GetFileNameWithoutExtension(outPath) + "-training.svg";
 var training = curves.Count > 0 ? "### Training\n\n" + TrainingReport.Markdown(curves, trainingSvg) + "\n### Evaluation\n\n" : "";
 var generated = $"{Begin}\n\nRun {run.date} on {run.machine}: `{run.command}` ({windows} windows per context from {text.Length:N0} bytes of validation text).\n\n{training}{tables}\n{End}";

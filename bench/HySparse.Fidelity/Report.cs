@@ -332,7 +332,7 @@ public static class Report
 }
 
 /// <summary>The loss curve of one trained model (models/train writes it as <c>kind.loss.jsonl</c>).</summary>
-/// <param name="Kind">dense, hysparse or swa.</param>
+/// <param name="Kind">dense, hysparse or swa; dense-seed2 or hysparse-seed2 for a second seed.</param>
 /// <param name="Points">(step, bytes seen, seconds, training bits per byte, validation bits per byte or NaN) per logged step.</param>
 /// <param name="StartedFrom">"random weights", or the model a warm start took its weights from (the export's
 /// <c>training.warm_start</c> metadata, written by models/train/warm_start.py): the curve then begins with that model's training.</param>
@@ -395,7 +395,7 @@ public static class TrainingReport
     public static string Svg(IReadOnlyList<TrainingCurve> curves)
     {
         var plot = Plots.New("training loss", "training step", "training bits per byte");
-        var colours = new Dictionary<string, string> { ["dense"] = "#000000", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c" };
+        var colours = new Dictionary<string, string> { ["dense"] = "#000000", ["hysparse"] = "#d62728", ["swa"] = "#2ca02c", ["dense-seed2"] = "#8c8c8c", ["hysparse-seed2"] = "#ff9896" };
         foreach (var c in curves)
         {
             var trained = c.Points.Where(p => !double.IsNaN(p.TrainBpb)).ToList();
