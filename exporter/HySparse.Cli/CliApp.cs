@@ -53,7 +53,12 @@ public static class CliApp
         }
         catch (ConversionSettingsException e)
         {
-            return Fail(stdout, stderr, json, ExitCodes.Usage, e is HybridParametersException ? "invalidParameters" : "invalidLayout", e.Message, null);
+            return Fail(stdout, stderr, json, ExitCodes.Usage, e switch
+            {
+                HybridParametersException => "invalidParameters",
+                VerifySettingsException => "invalidVerifySettings",
+                _ => "invalidLayout",
+            }, e.Message, null);
         }
         catch (ConversionException e)
         {

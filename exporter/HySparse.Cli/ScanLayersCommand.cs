@@ -6,12 +6,9 @@ namespace HySparse.Cli;
 /// <summary><c>hysparse scan-layers</c>: which layers a retrofit should keep full (<see cref="LayerScanner"/>).</summary>
 internal sealed class ScanLayersCommand : Verb
 {
-    private static readonly HybridParameters Defaults = new();
     private readonly Argument<string> _model = SharedOptions.Model("model", "the dense model file or genai model folder");
     private readonly Option<int?> _full = SharedOptions.OptionalPositiveInt("--full", "N", "layers the suggestion keeps full, layer 0 among them (default: as many as --ratio 1:3)");
-    private readonly Option<int?> _topK = SharedOptions.OptionalPositiveInt("--top-k", "K", $"blocks each token selects (default {Defaults.TopK})");
-    private readonly Option<int?> _blockSize = SharedOptions.OptionalPositiveInt("--block-size", "B", $"tokens per key block (default {Defaults.BlockSize})");
-    private readonly Option<int?> _window = SharedOptions.OptionalPositiveInt("--window", "W", $"sliding-window tokens of each sparse layer (default {Defaults.Window})");
+    private readonly SparseParameterOptions _parameters = new(new HybridParameters());
     private readonly Option<int> _prompt = SharedOptions.PositiveInt("--prompt", "N", "copy-test prompt tokens per sequence (the repeat is N/2 back)", 1024);
     private readonly Option<int> _batch = SharedOptions.PositiveInt("--batch", "N", "copy-test sequences", 2);
     private readonly Option<int> _seed = SharedOptions.PositiveInt("--seed", "N", "seed of the random prompt", 1);
@@ -22,7 +19,7 @@ internal sealed class ScanLayersCommand : Verb
     public ScanLayersCommand() : base("scan-layers", "find the layers a conversion should keep full (copy test, one layer sparse at a time)")
     {
         Arguments.Add(_model);
-        foreach (var option in new Option[] { _full, _topK, _blockSize, _window, _prompt, _batch, _seed, _tokens, _quiet, _json }) Options.Add(option);
+        foreach (var option in _parameters.All.Prepend(_full).Concat([_prompt, _batch, _seed, _tokens, _quiet, _json])) Options.Add(option);
         Details = """
             Details:
               A ratio layout (--ratio 1:3) puts the full layers at fixed places. A model reads far back
@@ -56,12 +53,7 @@ internal sealed class ScanLayersCommand : Verb
     protected override int Run(ParseResult parse, TextWriter stdout, TextWriter stderr)
     {
         var json = parse.GetValue(_json);
-        var parameters = new HybridParameters
-        {
-            TopK = parse.GetValue(_topK) ?? Defaults.TopK,
-            BlockSize = parse.GetValue(_blockSize) ?? Defaults.BlockSize,
-            Window = parse.GetValue(_window) ?? Defaults.Window,
-        };
+        var parameters = _parameters.Read(parse, new HybridParameters());
         var test = new VerifyOptions
         {
             PromptLength = parse.GetValue(_prompt),
@@ -69,20 +61,10 @@ internal sealed class ScanLayersCommand : Verb
             Seed = (ulong)parse.GetValue(_seed),
             Tokens = SharedOptions.TokenRange(parse.GetValue(_tokens)),
         };
-        if (test.PromptLength < 4)
-            throw new UsageException($"--prompt must be at least 4 tokens (two halves of 2) for the copy test, not {test.PromptLength}");
         var path = SharedOptions.ModelFile(parse.GetRequiredValue(_model));
         Action<string>? progress = json || parse.GetValue(_quiet) ? null : step => stderr.WriteLine($"[scan-layers] {step}");
 
-        LayerScanReport report;
-        try
-        {
-            report = LayerScanner.Scan(path, parameters, test, parse.GetValue(_full), progress);
-        }
-        catch (ArgumentException e) when (test.Tokens is not null && e is not ConversionSettingsException)
-        {
-            throw new UsageException($"--tokens: {e.Message}");   // the range against the model's vocabulary
-        }
+        var report = LayerScanner.Scan(path, parameters, test, parse.GetValue(_full), progress);
 
         if (json)
         {

@@ -6,6 +6,40 @@ using HySparse.Exporter.Layout;
 namespace HySparse.Cli;
 
 /// <summary>
+/// <c>--top-k</c>, <c>--block-size</c> and <c>--window</c>: the sparse-attention parameters of every
+/// command that converts (convert, inspect and demo through <see cref="LayoutOptions"/>; scan-layers,
+/// which takes no layout, on their own).
+/// </summary>
+internal sealed class SparseParameterOptions
+{
+    private readonly Option<int?> _topK;
+    private readonly Option<int?> _blockSize;
+    private readonly Option<int?> _window;
+
+    /// <summary><paramref name="defaults"/>: what <c>--help</c> shows as the defaults, or null where the command chooses them later.</summary>
+    public SparseParameterOptions(HybridParameters? defaults)
+    {
+        _topK = Parameter("--top-k", "K", $"blocks each token selects, at most {HybridParameters.MaxTopK}", defaults?.TopK);
+        _blockSize = Parameter("--block-size", "B", $"tokens per key block, at most {HybridParameters.MaxBlockSize}", defaults?.BlockSize);
+        _window = Parameter("--window", "W", "sliding-window tokens of each sparse layer", defaults?.Window);
+    }
+
+    /// <summary>The three options, in help order.</summary>
+    public IEnumerable<Option> All => [_topK, _blockSize, _window];
+
+    /// <summary>The parameters <paramref name="parse"/> gives, <paramref name="defaults"/>' for those it does not (its mode kept).</summary>
+    public HybridParameters Read(ParseResult parse, HybridParameters defaults) => defaults with
+    {
+        TopK = parse.GetValue(_topK) ?? defaults.TopK,
+        BlockSize = parse.GetValue(_blockSize) ?? defaults.BlockSize,
+        Window = parse.GetValue(_window) ?? defaults.Window,
+    };
+
+    private static Option<int?> Parameter(string name, string helpName, string description, int? shownDefault) =>
+        SharedOptions.OptionalPositiveInt(name, helpName, shownDefault is { } value ? $"{description} (default {value})" : description);
+}
+
+/// <summary>
 /// The layout, sparse-parameter and mode options convert, inspect and demo share: each of them adds
 /// its own set (<see cref="AddTo"/>).
 /// </summary>
@@ -16,9 +50,7 @@ internal sealed class LayoutOptions
     private readonly Option<string> _ratio = new("--ratio") { HelpName = "1:N", Description = "layout: one full layer, then N sparse layers, repeated (1:3 = FSSS; the default layout)" };
     private readonly Option<string> _fullLayers = new("--full-layers") { HelpName = "0,4,8", Description = "layout: exactly these layers are full (0-based)" };
     private readonly Option<bool> _sparseLast = new("--sparse-last") { Description = "keep the last layer sparse if the layout makes it so (by default the last layer is full, as in the paper)" };
-    private readonly Option<int?> _topK;
-    private readonly Option<int?> _blockSize;
-    private readonly Option<int?> _window;
+    private readonly SparseParameterOptions _parameters;
     private readonly Option<bool> _kvSharing = new("--kv-sharing")
     {
         Description = "mode: sparse layers read their selected blocks from the preceding full layer's KV cache and keep only a window cache of their own: their "
@@ -35,9 +67,7 @@ internal sealed class LayoutOptions
     public LayoutOptions(HybridParameters? defaults)
     {
         _defaults = defaults;
-        _topK = Parameter("--top-k", "K", $"blocks each token selects, at most {HybridParameters.MaxTopK}", defaults?.TopK);
-        _blockSize = Parameter("--block-size", "B", $"tokens per key block, at most {HybridParameters.MaxBlockSize}", defaults?.BlockSize);
-        _window = Parameter("--window", "W", "sliding-window tokens of each sparse layer", defaults?.Window);
+        _parameters = new SparseParameterOptions(defaults);
         _ratio.CompletionSources.Add("1:1", "1:3", "1:7");
     }
 
@@ -51,7 +81,7 @@ internal sealed class LayoutOptions
     /// <summary>Adds the options to <paramref name="command"/>.</summary>
     public void AddTo(Command command)
     {
-        foreach (var option in new Option[] { _pattern, _ratio, _fullLayers, _sparseLast, _topK, _blockSize, _window, _kvSharing })
+        foreach (var option in new Option[] { _pattern, _ratio, _fullLayers, _sparseLast }.Concat(_parameters.All).Append(_kvSharing))
             command.Options.Add(option);
     }
 
@@ -70,18 +100,9 @@ internal sealed class LayoutOptions
             : ratio is not null ? LayoutSpec.Ratio(ratio, sparseLast)
             : (fullLayers ?? defaultFullLayers) is { } list ? LayoutSpec.FromFullLayers(list, sparseLast)
             : LayoutSpec.Ratio("1:3", sparseLast);
-        var parameters = new HybridParameters
-        {
-            TopK = parse.GetValue(_topK) ?? defaults.TopK,
-            BlockSize = parse.GetValue(_blockSize) ?? defaults.BlockSize,
-            Window = parse.GetValue(_window) ?? defaults.Window,
-            Mode = parse.GetValue(_kvSharing) ? HybridMode.KvSharing : defaults.Mode,
-        };
+        var parameters = _parameters.Read(parse, defaults) with { Mode = parse.GetValue(_kvSharing) ? HybridMode.KvSharing : defaults.Mode };
         return new ConversionOptions { Layout = layout, Parameters = parameters };
     }
-
-    private static Option<int?> Parameter(string name, string helpName, string description, int? shownDefault) =>
-        SharedOptions.OptionalPositiveInt(name, helpName, shownDefault is { } value ? $"{description} (default {value})" : description);
 }
 
 /// <summary>Helpers the commands share: options, the model argument, how figures are written.</summary>

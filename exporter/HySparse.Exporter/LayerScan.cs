@@ -50,6 +50,8 @@ public static class LayerScanner
     public static LayerScanReport Scan(string densePath, HybridParameters parameters, VerifyOptions copyTest, int? fullLayers = null, Action<string>? progress = null)
     {
         parameters.Validate();
+        if (copyTest.PromptLength < 4)
+            throw new VerifySettingsException($"--prompt must be at least 4 tokens (two halves of 2) for the copy test, not {copyTest.PromptLength}");
         if (parameters.Mode != HybridMode.Retrofit)
             throw new HybridParametersException("the layer scan measures retrofit conversions; a kv-sharing model's sparse layers read another layer's keys whatever the layout");
         var source = ModelFile.Load(densePath);
@@ -74,7 +76,7 @@ public static class LayerScanner
             {
                 var output = Path.Combine(scratch.FullName, name + ".onnx");
                 HybridConverter.ConvertFile(input, output, new ConversionOptions { Layout = layout, Parameters = parameters }, overwrite: true);
-                var copy = ModelVerifier.Verify(input, output, test with { DecodeSteps = 1 }).Copy!;
+                var copy = ModelVerifier.Verify(input, output, test with { DecodeSteps = 0 }).Copy!;
                 File.Delete(output);
                 denseCopy = copy.Dense;
                 distance = copy.Distance;

@@ -78,9 +78,9 @@ public static class ModelVerifier
     public static VerifyReport Verify(string densePath, string hybridPath, VerifyOptions options, Action<string>? progress = null)
     {
         if (options.PromptLength < 1 || options.DecodeSteps < 0 || options.Batch < 1)
-            throw new ArgumentException("verify needs a prompt of at least one token, a batch of at least one and a non-negative number of decode steps");
+            throw new VerifySettingsException("verify needs a prompt of at least one token, a batch of at least one and a non-negative number of decode steps");
         if (options.Copy && options.PromptLength < 4)
-            throw new ArgumentException($"a copy test needs a prompt of at least 4 tokens (two halves of 2), not {options.PromptLength}");
+            throw new VerifySettingsException($"--copy needs --prompt of at least 4 tokens (two halves of 2), not {options.PromptLength}");
         var dense = ModelFile.Load(densePath);
         if (HybridConverter.IsNative(dense))
         {
@@ -105,9 +105,9 @@ public static class ModelVerifier
         var ids = new long[options.Batch * options.PromptLength];
         var (low, high) = options.Tokens ?? (0, layers.Vocab);
         if (low < 0 || high > layers.Vocab)
-            throw new ArgumentException($"prompt tokens [{low}, {high}) reach outside the model's vocabulary [0, {layers.Vocab})");
+            throw new VerifySettingsException($"--tokens: prompt tokens [{low}, {high}) reach outside the model's vocabulary [0, {layers.Vocab})");
         if (high - low < 2)
-            throw new ArgumentException($"prompt tokens [{low}, {high}) hold fewer than two ids");
+            throw new VerifySettingsException($"--tokens: prompt tokens [{low}, {high}) hold fewer than two ids");
         var period = options.PromptLength / 2;
         for (var i = 0; i < ids.Length; i++)
             ids[i] = options.Copy && i % options.PromptLength >= period ? ids[i - period] : low + rng.NextInt(high - low);

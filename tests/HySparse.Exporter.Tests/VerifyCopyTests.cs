@@ -137,6 +137,14 @@ public sealed class VerifyCopyTests
             Assert.AreEqual(ExitCodes.Usage, code, stderr);
             StringAssert.Contains(stderr, message);
         }
+        // The verifier's own refusals (known only once the model is read) keep their kind in --json.
+        foreach (var verb in new[] { "verify", "scan-layers" })
+        {
+            var (code, stdout, stderr) = CliTests.Run([verb, Dense, .. verb == "verify" ? new[] { Dense } : [], "--tokens", "0:300", "--json"]);
+            Assert.AreEqual(ExitCodes.Usage, code, stderr);
+            using var json = JsonDocument.Parse(stdout);
+            Assert.AreEqual("invalidVerifySettings", json.RootElement.GetProperty("error").GetProperty("kind").GetString(), verb);
+        }
     }
 
     [TestMethod]
