@@ -176,6 +176,37 @@ public sealed class FidelityReportTests
         StringAssert.Contains(Report.Markdown(results, [2048], 64, "a.svg", "b.svg"), "No second seed was evaluated");
     }
 
+    /// <summary>A second seed's native model is judged against the dense model of its own seed, after seed 1's targets.</summary>
+    [TestMethod]
+    public void SecondSeedTargetsPairEachNativeModelWithTheDenseModelOfItsSeed()
+    {
+        static VariantResult Result(string kind, string name, double bitsPerByte, int right, int seed = 1) => new(
+            new ModelVariant(name, kind, "", "", [], seed),
+            [new ContextScore(2048, bitsPerByte, bitsPerByte, 1, 0, 0)],
+            [new ProbeOutcome(2048, 0.5, 500, 10, right, 30)],
+            []);
+        VariantResult[] results =
+        [
+            Result("dense", "dense", 1.30, 5), Result("native", "HySparse native", 1.32, 6),
+            // Seed 2: native retrieves 20 points below its own dense (missed), though as much as seed 1's dense.
+            Result("dense", "dense (seed 2)", 1.25, 7, seed: 2), Result("native", "HySparse native (seed 2)", 1.33, 5, seed: 2),
+        ];
+
+        var targets = Report.Targets(results, 2048, 2048, window: 64);
+
+        CollectionAssert.AreEqual(new[]
+        {
+            "dense ≤ 2.3 bits/byte at 2k", "dense retrieval ≥ 60 % at 2k",
+            "HySparse native within 0.05 bits/byte of dense (or better) at 2k", "HySparse native within 10 points of dense on retrieval at 2k",
+            "dense (seed 2) ≤ 2.3 bits/byte at 2k", "dense (seed 2) retrieval ≥ 60 % at 2k",
+            "HySparse native (seed 2) within 0.05 bits/byte of dense (seed 2) (or better) at 2k", "HySparse native (seed 2) within 10 points of dense (seed 2) on retrieval at 2k",
+        }, targets.Select(t => t.Goal).ToArray());
+        CollectionAssert.AreEqual(new bool?[] { true, false, true, true, true, true, false, false }, targets.Select(t => t.Met).ToArray());
+        Assert.AreEqual("1.330 vs 1.250 (+0.080)", targets[6].Measured);
+        Assert.AreEqual("missed by 0.030 bits/byte", targets[6].Verdict);
+        Assert.AreEqual("50.0 % vs 70.0 % (−20.0 points)", targets[7].Measured);
+    }
+
     [TestMethod]
     public void ASecondSeedIsEvaluatedWhenTheFolderHoldsItAndItsSpreadReported()
     {
@@ -191,10 +222,12 @@ public sealed class FidelityReportTests
             Assert.AreEqual(("dense (seed 2)", "dense", false), (second.Name, second.Kind, second.IsReference));
             Assert.AreSame(variants[0], variants.Single(v => v.IsReference));
 
-            static VariantResult Result(ModelVariant variant, double bitsPerByte) => new(variant,
-                [new ContextScore(2048, bitsPerByte, bitsPerByte, 1, 0, 0)], [new ProbeOutcome(2048, 0.5, 500, 10, 3, 30)], []);
-            var markdown = Report.Markdown([Result(variants[0], 2.5), Result(second, 2.45)], [2048], 64, "a.svg", "b.svg");
+            static VariantResult Result(ModelVariant variant, double bitsPerByte, int right) => new(variant,
+                [new ContextScore(2048, bitsPerByte, bitsPerByte, 1, 0, 0)], [new ProbeOutcome(2048, 0.5, 500, 10, right, 30)], []);
+            var markdown = Report.Markdown([Result(variants[0], 2.5, 3), Result(second, 2.45, 5)], [2048], 64, "a.svg", "b.svg");
             StringAssert.Contains(markdown, "| dense | bits/byte @2k | 2.500 | 2.450 | −0.050 |");
+            // 30 % → 50 %: the values are percentages, their difference is in points.
+            StringAssert.Contains(markdown, "| dense | retrieval @2k | 30.0 % | 50.0 % | +20.0 points |");
         }
         finally
         {

@@ -78,6 +78,8 @@ public sealed class TrainedModelTests
     [DataRow("dense")]
     [DataRow("hysparse")]
     [DataRow("swa")]
+    [DataRow("dense-seed2")]      // the second seeds are in the fidelity report too
+    [DataRow("hysparse-seed2")]
     public void TrainedModelRunsAsPyTorchComputedIt(string kind)
     {
         var expected = Load(kind);
@@ -86,10 +88,12 @@ public sealed class TrainedModelTests
     }
 
     [TestMethod]
-    public void NativeModelsOracleSelectsTheBlocksPyTorchSelects()
+    [DataRow("hysparse")]
+    [DataRow("hysparse-seed2")]
+    public void NativeModelsOracleSelectsTheBlocksPyTorchSelects(string kind)
     {
-        var expected = Load("hysparse");
-        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(Directory, "hysparse.onnx")));
+        var expected = Load(kind);
+        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(Directory, $"{kind}.onnx")));
         // Expose each full layer's block_indices so the decode steps can compare the selections.
         var names = expected.FullLayers.Select(l => $"layers.{l}.block_indices").ToList();
         foreach (var name in names)
