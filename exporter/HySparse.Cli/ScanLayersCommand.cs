@@ -32,7 +32,7 @@ internal sealed class ScanLayersCommand : Verb
               the share of the repeat the model predicts. It then suggests as full layer 0 and the layers
               whose sparsity cost the copy most, as many as --full (the last layer only if it is one of them;
               when it is not, the suggested options end in --sparse-last), and runs the copy test on that
-              layout and on --ratio 1:3 for comparison. One conversion and two prefills per layer; the scratch files
+              layout and on --ratio 1:3 for comparison. One conversion and one prefill per layer (the dense model's once); the scratch files
               go to a temporary folder (with copies of external data files, if the model has them) and the
               input is never modified.
 

@@ -34,7 +34,8 @@ public sealed record LayerScanReport(int Layers, int Distance, double DenseCopy,
 /// it); made sparse, such a layer sees only the selected blocks and the window, and the model stops
 /// reading back — docs/fidelity.md measures it on the trained model, whose heads sit in layer 6, which
 /// 1:3 makes sparse. The scan converts the model with one layer sparse at a time, runs
-/// <see cref="ModelVerifier"/>'s copy test on each (random tokens whose second half repeats the first),
+/// <see cref="ModelVerifier.CopyTest"/> on each (random tokens whose second half repeats the first; on
+/// the dense model once),
 /// keeps full layer 0 and the layers whose sparsity cost the copy most, and checks that layout and the
 /// 1:3 one the same way. A single-layer ablation misses layers that matter only together; the check of
 /// the suggested layout shows what the combination keeps.
@@ -70,17 +71,15 @@ public static class LayerScanner
         try
         {
             var input = StageInput(densePath, source, scratch.FullName);
-            double denseCopy = double.NaN;
-            var distance = 0;
+            progress?.Invoke("dense model");
+            var denseCopy = ModelVerifier.CopyTest(input, test);
             double Measure(string name, LayoutSpec layout)
             {
                 var output = Path.Combine(scratch.FullName, name + ".onnx");
                 HybridConverter.ConvertFile(input, output, new ConversionOptions { Layout = layout, Parameters = parameters }, overwrite: true);
-                var copy = ModelVerifier.Verify(input, output, test with { DecodeSteps = 0 }).Copy!;
+                var copy = ModelVerifier.CopyTest(output, test);
                 File.Delete(output);
-                denseCopy = copy.Dense;
-                distance = copy.Distance;
-                return copy.Hybrid;
+                return copy;
             }
 
             var single = new List<LayerCopy>();
@@ -96,7 +95,7 @@ public static class LayerScanner
             var suggested = Measure("suggested", LayoutSpec.FromFullLayers(string.Join(",", chosen), sparseLast: true));
             progress?.Invoke($"--ratio 1:3 ({ratio.Letters})");
             var ratioCopy = Measure("ratio", LayoutSpec.Default);
-            return new LayerScanReport(layers, distance, denseCopy, single, chosen, suggested, ratio.Letters, ratioCopy);
+            return new LayerScanReport(layers, test.PromptLength / 2, denseCopy, single, chosen, suggested, ratio.Letters, ratioCopy);
         }
         finally
         {

@@ -101,17 +101,9 @@ public static class ModelVerifier
             throw new ConversionException(ConversionError.AlreadyConverted,
                 $"'{hybridPath}' is a model trained as a hybrid (hysparse.mode = {hybridMode}), not a conversion of '{densePath}': it was trained with its sparse layers and has no dense original to be compared with");
 
-        var rng = new SplitMix64(options.Seed);
-        var ids = new long[options.Batch * options.PromptLength];
-        var (low, high) = options.Tokens ?? (0, layers.Vocab);
-        if (low < 0 || high > layers.Vocab)
-            throw new VerifySettingsException($"--tokens: prompt tokens [{low}, {high}) reach outside the model's vocabulary [0, {layers.Vocab})");
-        if (high - low < 2)
-            throw new VerifySettingsException($"--tokens: prompt tokens [{low}, {high}) hold fewer than two ids");
-        var period = options.PromptLength / 2;
-        for (var i = 0; i < ids.Length; i++)
-            ids[i] = options.Copy && i % options.PromptLength >= period ? ids[i - period] : low + rng.NextInt(high - low);
+        var ids = Prompt(options, layers.Vocab);
         var prompt = ids;
+        var period = options.PromptLength / 2;
         // Shared-buffer conversions only take fixed-capacity buffers; a GroupQueryAttention source is
         // fed the same way so that both see the same inputs.
         var sharedBuffers = hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache)
@@ -151,6 +143,46 @@ public static class ModelVerifier
         return new VerifyReport(steps, steps.Max(s => s.MaxAbsError), steps.Sum(s => s.Top1Agreement * s.Tokens) / compared,
             decode.Count > 0 ? decode.Average(s => s.DenseMilliseconds) : 0, decode.Count > 0 ? decode.Average(s => s.HybridMilliseconds) : 0,
             denseState.KvCacheBytes, hybridState.KvCacheBytes, copy);
+    }
+
+    /// <summary>
+    /// The copy test of <paramref name="options"/> (<see cref="VerifyOptions.Copy"/> implied) on one model, dense
+    /// or converted: one prefill of the same prompt <see cref="Verify"/> feeds, and the share of its repeat the
+    /// model predicts (<see cref="CopyScore"/>). Verify runs its dense model beside every conversion; a caller
+    /// comparing one dense model with many conversions (<see cref="LayerScanner"/>) scores the dense one once.
+    /// </summary>
+    public static double CopyTest(string path, VerifyOptions options)
+    {
+        options = options with { Copy = true };
+        if (options.PromptLength < 4 || options.Batch < 1)
+            throw new VerifySettingsException($"a copy test needs a prompt of at least 4 tokens (two halves of 2) and a batch of at least one, not {options.PromptLength} x {options.Batch}");
+        var layers = DecoderInterface.Read(ModelFile.Load(path), path);
+        var prompt = Prompt(options, layers.Vocab);
+        using var session = Open(path, registerOps: true);
+        // A shared-buffer conversion takes only fixed-capacity buffers: room for the prompt.
+        var sharedBuffers = session.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache) && kvCache == HybridMetadata.SharedBufferCache;
+        using var decoder = Run(path, () => new KvCacheDecoder(session, options.Batch, bufferCapacity: sharedBuffers ? options.PromptLength : null));
+        var logits = Run(path, () => decoder.Step(prompt));
+        return CopyAccuracy(logits, prompt, options.Batch, options.PromptLength, options.PromptLength / 2, layers.Vocab);
+    }
+
+    /// <summary>
+    /// The random prompt of <paramref name="options"/>: Batch × PromptLength tokens from the seed, in the token range
+    /// (checked against the model's vocabulary), the second half of each row repeating the first for a copy test.
+    /// </summary>
+    private static long[] Prompt(VerifyOptions options, int vocab)
+    {
+        var (low, high) = options.Tokens ?? (0, vocab);
+        if (low < 0 || high > vocab)
+            throw new VerifySettingsException($"--tokens: prompt tokens [{low}, {high}) reach outside the model's vocabulary [0, {vocab})");
+        if (high - low < 2)
+            throw new VerifySettingsException($"--tokens: prompt tokens [{low}, {high}) hold fewer than two ids");
+        var rng = new SplitMix64(options.Seed);
+        var ids = new long[options.Batch * options.PromptLength];
+        var period = options.PromptLength / 2;
+        for (var i = 0; i < ids.Length; i++)
+            ids[i] = options.Copy && i % options.PromptLength >= period ? ids[i - period] : low + rng.NextInt(high - low);
+        return ids;
     }
 
     /// <summary>Fraction of the positions t in [period, length − 1) of each sequence whose arg-max is the prompt's token t + 1

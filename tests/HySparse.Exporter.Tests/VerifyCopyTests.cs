@@ -85,6 +85,13 @@ public sealed class VerifyCopyTests
         Assert.AreEqual($"--full-layers {string.Join(",", full)}{(full.Contains(7) ? "" : " --sparse-last")}", root.GetProperty("convertArguments").GetString());
         // Measured (batch 2): the suggestion (0,2,6) 84.0 %, 1:3 4.2 %.
         Assert.IsGreaterThan(report.GetProperty("ratioCopy").GetDouble() + 0.5, report.GetProperty("suggestedCopy").GetDouble());
+
+        // The scan scores each model alone (the dense one once); verify --copy runs the pair: the same prompt, the same numbers.
+        using var dir = new ModelDirectory();
+        var verified = Copy(Convert(dir, "ratio.onnx", "--ratio", "1:3"));
+        Assert.AreEqual(verified.GetProperty("dense").GetDouble(), dense);
+        Assert.AreEqual(verified.GetProperty("hybrid").GetDouble(), report.GetProperty("ratioCopy").GetDouble());
+        Assert.AreEqual(verified.GetProperty("distance").GetInt32(), report.GetProperty("distance").GetInt32());
     }
 
     [TestMethod]
