@@ -60,7 +60,8 @@ public static class Report
             var denseError = denseModel.RetrievalAt(probeContext).ValueAccuracyError;
             targets.Add(new($"dense{seed} retrieval ≥ 60 % at {rat}", $"{F(100 * denseRetrieval, 1)}{PlusMinus(100 * denseError)} %", denseRetrieval >= 0.6,
                 denseRetrieval >= 0.6 ? "met" : $"missed by {F(100 * (0.6 - denseRetrieval), 1)} points"
-                                                + (double.IsNaN(denseError) ? "" : $" ({F((0.6 - denseRetrieval) / denseError, 1)} standard errors)")));
+                                                // No spread (one probe, or every probe alike, e.g. all wrong): no error to count in.
+                                                + (double.IsNaN(denseError) || denseError <= 0 ? "" : $" ({F((0.6 - denseRetrieval) / denseError, 1)} standard errors)")));
             if (nativeModel is null) return;
             var gap = Bpb(nativeModel) - denseBpb;
             targets.Add(new($"HySparse native{seed} within 0.05 bits/byte of dense{seed} (or better) at {at}", $"{F(Bpb(nativeModel), 3)} vs {F(denseBpb, 3)} ({Signed(gap, 3)})",

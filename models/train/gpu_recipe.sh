@@ -16,6 +16,8 @@
 # README "Retrieval"), EXTRA (more train_gpu.py arguments, e.g.
 # "--device cpu --threads 1" to run the recipe on a CPU),
 # INIT (a folder of <kind>-seed<N>.npz from an earlier run to continue from; train_gpu.py --init-onnx),
+# CONFIG (the model size: models/train/config.json, the committed fixtures' 1.64 M parameters, by
+# default; models/train/config-large.json is 5.8 M, the same layout and attention settings),
 # CORPUS (default build/gpu-carry/corpus), DONE_FILE (touched on exit, whatever happened), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -43,7 +45,7 @@ runs=${RUNS:-dense:1,dense:2,hysparse:1,hysparse:2,swa:1}
 train() {   # train() STAGE RUNS SECONDS PHASES INIT_DIR WEIGHTS_DIR MIX...: one train_gpu.py call over the runs
   local stage=$1 stage_runs=$2 seconds=$3 phases=$4 init=$5 weights=$6; shift 6
   $PY models/train/train_gpu.py --corpus "$CORPUS" --out "$work/$stage" --weights-out "$weights" \
-    --seconds "$seconds" --runs "$stage_runs" \
+    --config "${CONFIG:-models/train/config.json}" --seconds "$seconds" --runs "$stage_runs" \
     --phases "$phases" ${LR:+--lr "$LR"} ${WARMUP:+--warmup "$WARMUP"} ${init:+--init-onnx "$init"} \
     ${EXTRA:-} "$@" 2>&1 | tee -a "$work/train.log"
   return "${PIPESTATUS[0]}"
@@ -97,5 +99,20 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv >> "$work/trai
 # Only weights and logs travel back (the device tool returns at most 8 files, each size-limited): the
 # optimizer states train_gpu.py keeps for --resume, and the stages' intermediate weights, stay there.
 rm -f "$out"/*.resume.pt
+# Files come back only up to 16 MiB each and 64 MiB together: a larger CONFIG's float32 weights
+# (23 MB each at config-large.json) travel as float16 — what the ONNX exports store anyway.
+for f in "$out"/*.npz; do
+  [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt $(( 15 * 1024 * 1024 )) ] || continue
+  $PY - "$f" <<'PYEOF'
+import os, sys
+import numpy as np
+path = sys.argv[1]
+with np.load(path) as z:
+    arrays = {k: z[k].astype(np.float16) if k.startswith("state/") else z[k] for k in z.files}
+np.savez(path + ".tmp.npz", **arrays)
+os.replace(path + ".tmp.npz", path)
+print(f"{path}: weights as float16, {os.path.getsize(path):,} bytes")
+PYEOF
+done
 tar -czf "$out/train-logs.tar.gz" --exclude='*.npz' --exclude='*.resume.pt' -C "$work" .
 exit "$status"

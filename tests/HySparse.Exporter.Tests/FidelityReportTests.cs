@@ -176,6 +176,17 @@ public sealed class FidelityReportTests
         StringAssert.Contains(Report.Markdown(results, [2048], 64, "a.svg", "b.svg"), "No second seed was evaluated");
     }
 
+    /// <summary>A dense model that gets every probe wrong has no spread: the miss is stated without "standard errors" (not ∞ of them).</summary>
+    [TestMethod]
+    public void ARetrievalMissWithoutSpreadIsNotCountedInStandardErrors()
+    {
+        ProbeOutcome[] wrong = [new(2048, 0.1, 1800, 8, 0, 40), new(2048, 0.5, 1000, 6, 0, 30), new(2048, 0.9, 200, 10, 0, 50)];
+        var dense = new VariantResult(new ModelVariant("dense", "dense", "", "", []), [new ContextScore(2048, 4.7, 4.7, 1, 0, 0)], wrong, []);
+        var target = Report.Targets([dense], 2048, 2048, window: 64)[1];
+        Assert.AreEqual("0.0 ± 0.0 %", target.Measured);
+        Assert.AreEqual("missed by 60.0 points", target.Verdict);
+    }
+
     /// <summary>A second seed's native model is judged against the dense model of its own seed, after seed 1's targets.</summary>
     [TestMethod]
     public void SecondSeedTargetsPairEachNativeModelWithTheDenseModelOfItsSeed()
