@@ -106,11 +106,9 @@ public static class ModelVerifier
         var period = options.PromptLength / 2;
         // Shared-buffer conversions only take fixed-capacity buffers; a GroupQueryAttention source is
         // fed the same way so that both see the same inputs.
-        var sharedBuffers = hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache)
-            && kvCache == HybridMetadata.SharedBufferCache;
-        int? capacity = sharedBuffers ? options.PromptLength + options.DecodeSteps : null;
+        int? capacity = TakesSharedBuffers(hybridSession) ? options.PromptLength + options.DecodeSteps : null;
         // A --kv-buffer conversion keeps a concatenating source: that one is fed growing caches.
-        var denseBuffered = sharedBuffers && hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.SourceStyle, out var style)
+        var denseBuffered = capacity is not null && hybridSession.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.SourceStyle, out var style)
             && style == AttentionStyle.GroupQueryAttention.ToString().ToLowerInvariant();
         using var denseState = Run(densePath, () => new KvCacheDecoder(denseSession, options.Batch, bufferCapacity: denseBuffered ? capacity : null));
         using var hybridState = Run(hybridPath, () => new KvCacheDecoder(hybridSession, options.Batch, bufferCapacity: capacity));
@@ -160,11 +158,14 @@ public static class ModelVerifier
         var prompt = Prompt(options, layers.Vocab);
         using var session = Open(path, registerOps: true);
         // A shared-buffer conversion takes only fixed-capacity buffers: room for the prompt.
-        var sharedBuffers = session.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache) && kvCache == HybridMetadata.SharedBufferCache;
-        using var decoder = Run(path, () => new KvCacheDecoder(session, options.Batch, bufferCapacity: sharedBuffers ? options.PromptLength : null));
+        using var decoder = Run(path, () => new KvCacheDecoder(session, options.Batch, bufferCapacity: TakesSharedBuffers(session) ? options.PromptLength : null));
         var logits = Run(path, () => decoder.Step(prompt));
         return CopyAccuracy(logits, prompt, options.Batch, options.PromptLength, options.PromptLength / 2, layers.Vocab);
     }
+
+    /// <summary>A shared-buffer conversion (metadata <c>hysparse.kv_cache</c>): it takes only fixed-capacity KV buffers.</summary>
+    private static bool TakesSharedBuffers(InferenceSession session) =>
+        session.ModelMetadata.CustomMetadataMap.TryGetValue(HybridMetadata.KvCache, out var kvCache) && kvCache == HybridMetadata.SharedBufferCache;
 
     /// <summary>
     /// The random prompt of <paramref name="options"/>: Batch × PromptLength tokens from the seed, in the token range
